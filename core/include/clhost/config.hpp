@@ -1,0 +1,113 @@
+// The run configuration: parsed from TOML, merged with CLI overrides, validated in full before
+// anything runs. Every key, unit and default is documented in docs/config.md.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace clhost {
+
+// One value of a plug-in's table, kept with where it came from so that the plug-in's schema can
+// be checked later (after the plug-in is loaded) with a precise error location.
+struct PluginSetting {
+  std::string key;
+  std::variant<bool, int64_t, double, std::string> value;
+  std::string location;  // "file:line:column"
+};
+
+struct PluginSpec {
+  std::string id;
+  std::vector<PluginSetting> settings;
+  std::string location;  // where the [[pipeline]] entry starts
+};
+
+struct TaskOverride {
+  std::string name;                   // empty: default "task<K>"
+  std::optional<int64_t> batch_size;  // the seed's per-task batch size
+};
+
+enum class Scenario { kSplit, kPermuted };
+enum class Incremental { kTask, kDomain, kClass };
+enum class ModelKind { kMlp, kCnn };
+enum class OptimizerKind { kSgd, kAdam };
+
+struct RunSection {
+  std::string name = "run";
+  uint64_t seed = 0;
+  int threads = 1;
+  std::string output_dir = "runs";
+  std::vector<std::string> plugin_path;
+  int64_t log_every = 50;  // steps between metrics.csv rows / progress lines
+};
+
+struct DataSection {
+  std::string dir = "/usr/share/datasets/fashion-mnist";
+  Scenario scenario = Scenario::kSplit;
+  int64_t num_tasks = 5;
+  Incremental incremental = Incremental::kTask;
+  int64_t train_samples_per_task = 0;  // 0: all
+  int64_t test_samples_per_task = 0;   // 0: all
+};
+
+struct ModelSection {
+  ModelKind kind = ModelKind::kMlp;
+  std::vector<int64_t> hidden = {400, 400};
+};
+
+struct TrainSection {
+  OptimizerKind optimizer = OptimizerKind::kAdam;
+  double lr = 1e-3;
+  double momentum = 0.0;  // SGD only
+  int64_t batch_size = 128;
+  int64_t iterations = 2000;  // optimizer steps per task; ignored when epochs > 0
+  int64_t epochs = 0;
+  int64_t eval_batch_size = 1000;
+};
+
+// The seed's [fisher_computation] keys; consumed by Fisher-based regularizers.
+struct FisherSection {
+  bool use_memory_efficient = false;
+  int64_t block_size = 1000000;
+  bool use_compression = true;
+  int64_t compression_level = 9;
+  double compression_ratio = 0.1;
+};
+
+struct RunConfig {
+  std::string source;  // the config file path
+  RunSection run;
+  DataSection data;
+  ModelSection model;
+  TrainSection train;
+  FisherSection fisher;
+  std::vector<PluginSpec> pipeline;
+  std::vector<TaskOverride> tasks;
+  bool profile_memory = false;
+  bool dynamic_batch_size = false;
+  std::vector<std::string> cli_plugin_path;  // --plugin-path, searched before everything else
+  std::string resolved_json;  // the whole validated configuration, as JSON, for results.json
+};
+
+// Command-line inputs that change the configuration.
+struct ConfigOverrides {
+  std::vector<std::string> set;                 // "key.path=value" (value in TOML syntax)
+  std::optional<std::vector<std::string>> plugins;  // --plugins: replaces the pipeline's list
+  std::vector<std::string> plugin_path;         // --plugin-path entries, searched first
+  bool use_memory_efficient = false;
+  bool profile_memory = false;
+  bool dynamic_batch_size = false;
+};
+
+// Parses and validates; throws ConfigError("file:line:column: key: reason").
+RunConfig load_config(const std::string& path, const ConfigOverrides& overrides = {});
+
+// Names of enum values as written in TOML.
+const char* to_string(Scenario value);
+const char* to_string(Incremental value);
+const char* to_string(ModelKind value);
+const char* to_string(OptimizerKind value);
+
+}  // namespace clhost

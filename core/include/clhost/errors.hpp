@@ -1,0 +1,29 @@
+// Exception types used inside the host. They never cross the plug-in ABI: the CLI catches them
+// at its edge and maps each to an exit code (see docs/cli.md).
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace clhost {
+
+// Bad configuration (file or --set override). The message starts with "file:line:column:" and
+// names the key path. Exit code 2; nothing is written.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A plug-in could not be found, loaded, validated or created. Exit code 3.
+class PluginError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Anything that stops a run once it started (data file unreadable, a hook failed). Exit code 1.
+class RunError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace clhost

@@ -1,0 +1,84 @@
+// Finds, loads and checks plug-ins (Boost.DLL). A plug-in with id X is the file clhost_X.so in
+// the first search directory that has it. Loaded libraries are never unloaded: a plug-in that
+// touched LibTorch must not be dlclose'd before exit.
+#pragma once
+
+#include <clhost/clhost_plugin.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "clhost/config.hpp"
+
+namespace clhost {
+
+struct LoadedPlugin {
+  std::string id;
+  std::string path;  // absolute
+  const clhost_plugin_entry_t* entry = nullptr;
+  const clhost_plugin_descriptor_t* descriptor = nullptr;
+  const void* interface = nullptr;  // the table of the descriptor's kind
+};
+
+// A plug-in's validated configuration in the ABI's form; owns the strings it points to.
+class ResolvedPluginConfig {
+ public:
+  ResolvedPluginConfig() = default;
+  ResolvedPluginConfig(const ResolvedPluginConfig&) = delete;
+  ResolvedPluginConfig& operator=(const ResolvedPluginConfig&) = delete;
+  ResolvedPluginConfig(ResolvedPluginConfig&&) = default;
+  ResolvedPluginConfig& operator=(ResolvedPluginConfig&&) = default;
+
+  [[nodiscard]] const clhost_config_t* abi() const { return &config_; }
+  [[nodiscard]] const std::vector<clhost_config_value_t>& values() const { return values_; }
+
+ private:
+  friend ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin&, const PluginSpec&,
+                                                    size_t);
+  std::vector<std::unique_ptr<std::string>> strings_;
+  std::vector<clhost_config_value_t> values_;
+  clhost_config_t config_{sizeof(clhost_config_t), nullptr, 0};
+};
+
+// Checks spec's settings against the plug-in's schema (unknown key, type, range, choices) and
+// fills defaults. Throws ConfigError naming "file:line:column: pipeline[i] (id).key: reason".
+ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const PluginSpec& spec,
+                                           size_t pipeline_index);
+
+const char* kind_name(clhost_plugin_kind_t kind);
+const char* kind_interface_id(clhost_plugin_kind_t kind);
+const char* config_type_name(clhost_config_type_t type);
+
+class PluginLoader {
+ public:
+  explicit PluginLoader(std::vector<std::string> search_path);
+
+  // Search order: --plugin-path, then $CLHOST_PLUGIN_PATH (':'-separated), then the config's
+  // run.plugin_path, then the directories next to the executable (build tree and install tree).
+  static std::vector<std::string> search_path_for(const std::vector<std::string>& cli,
+                                                  const std::vector<std::string>& config);
+
+  // Throws PluginError with the reason (not found: what was found and where it looked).
+  const LoadedPlugin& load(const std::string& id);
+  // Loads a given file (used by load and by listing).
+  const LoadedPlugin& load_file(const std::string& path, const std::string& expected_id);
+
+  struct Candidate {
+    std::string id;
+    std::string path;
+    const LoadedPlugin* plugin = nullptr;  // null when it failed to load
+    std::string error;
+    bool shadowed = false;  // an earlier directory has the same id
+  };
+  // Every clhost_*.so in the search path, each loaded and checked.
+  std::vector<Candidate> discover();
+
+  [[nodiscard]] const std::vector<std::string>& search_path() const { return search_path_; }
+
+ private:
+  std::vector<std::string> search_path_;
+  std::vector<std::unique_ptr<LoadedPlugin>> loaded_;
+};
+
+}  // namespace clhost

@@ -1,0 +1,423 @@
+#include "clhost/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <sstream>
+
+#include "clhost/errors.hpp"
+
+namespace clhost {
+namespace {
+
+std::string location_of(const toml::source_region& region, const std::string& fallback) {
+  if (region.begin.line == 0) {
+    return fallback;
+  }
+  std::ostringstream out;
+  out << (region.path ? *region.path : fallback) << ':' << region.begin.line << ':'
+      << region.begin.column;
+  return out.str();
+}
+
+std::string join(const std::vector<std::string>& items, const char* separator) {
+  std::string out;
+  for (const auto& item : items) {
+    if (!out.empty()) out += separator;
+    out += item;
+  }
+  return out;
+}
+
+const char* type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    default: return "a date/time";
+  }
+}
+
+// Reads one TOML table against a fixed schema: every get_* marks its key as known, finish()
+// rejects whatever is left. Errors carry file:line:column and the full key path.
+class SectionReader {
+ public:
+  SectionReader(const toml::table* table, std::string prefix, std::string file)
+      : table_(table), prefix_(std::move(prefix)), file_(std::move(file)) {}
+
+  [[noreturn]] void fail(const toml::node& node, const std::string& key,
+                         const std::string& reason) const {
+    throw ConfigError(location_of(node.source(), file_) + ": " + path(key) + ": " + reason);
+  }
+
+  const toml::node* take(const std::string& key) {
+    known_.insert(key);
+    return table_ != nullptr ? table_->get(key) : nullptr;
+  }
+
+  int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return fallback;
+    if (!node->is_integer()) fail(*node, key, std::string("expected an integer, got ") + type_name(*node));
+    const int64_t value = node->as_integer()->get();
+    if (value < min || value > max) {
+      fail(*node, key, "value " + std::to_string(value) + " is out of range [" +
+                           std::to_string(min) + ", " + std::to_string(max) + "]");
+    }
+    return value;
+  }
+
+  double get_float(const std::string& key, double fallback, double min, double max) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return fallback;
+    double value = 0.0;
+    if (node->is_floating_point()) {
+      value = node->as_floating_point()->get();
+    } else if (node->is_integer()) {
+      value = static_cast<double>(node->as_integer()->get());
+    } else {
+      fail(*node, key, std::string("expected a number, got ") + type_name(*node));
+    }
+    if (!std::isfinite(value) || value < min || value > max) {
+      std::ostringstream reason;
+      reason << "value " << value << " is out of range [" << min << ", " << max << "]";
+      fail(*node, key, reason.str());
+    }
+    return value;
+  }
+
+  bool get_bool(const std::string& key, bool fallback) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return fallback;
+    if (!node->is_boolean()) fail(*node, key, std::string("expected a boolean, got ") + type_name(*node));
+    return node->as_boolean()->get();
+  }
+
+  std::string get_string(const std::string& key, const std::string& fallback,
+                         const std::vector<std::string>& choices = {}) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return fallback;
+    if (!node->is_string()) fail(*node, key, std::string("expected a string, got ") + type_name(*node));
+    std::string value = node->as_string()->get();
+    if (!choices.empty() && std::find(choices.begin(), choices.end(), value) == choices.end()) {
+      fail(*node, key, "\"" + value + "\" is not one of: " + join(choices, ", "));
+    }
+    return value;
+  }
+
+  std::vector<std::string> get_string_list(const std::string& key) {
+    const toml::node* node = take(key);
+    std::vector<std::string> out;
+    if (node == nullptr) return out;
+    if (node->is_string()) return {node->as_string()->get()};
+    if (!node->is_array()) fail(*node, key, std::string("expected an array of strings, got ") + type_name(*node));
+    for (const auto& element : *node->as_array()) {
+      if (!element.is_string()) fail(element, key, "every element must be a string");
+      out.push_back(element.as_string()->get());
+    }
+    return out;
+  }
+
+  std::vector<int64_t> get_int_list(const std::string& key, std::vector<int64_t> fallback,
+                                    int64_t min, int64_t max) {
+    const toml::node* node = take(key);
+    if (node == nullptr) return fallback;
+    if (!node->is_array()) fail(*node, key, std::string("expected an array of integers, got ") + type_name(*node));
+    std::vector<int64_t> out;
+    for (const auto& element : *node->as_array()) {
+      if (!element.is_integer()) fail(element, key, "every element must be an integer");
+      const int64_t value = element.as_integer()->get();
+      if (value < min || value > max) {
+        fail(element, key, "element " + std::to_string(value) + " is out of range [" +
+                               std::to_string(min) + ", " + std::to_string(max) + "]");
+      }
+      out.push_back(value);
+    }
+    return out;
+  }
+
+  void finish() const {
+    if (table_ == nullptr) return;
+    for (const auto& [key, node] : *table_) {
+      const std::string name(key.str());
+      if (known_.count(name) == 0) {
+        std::vector<std::string> names(known_.begin(), known_.end());
+        throw ConfigError(location_of(key.source(), file_) + ": " + path(name) +
+                          ": unknown key (known keys here: " + join(names, ", ") + ")");
+      }
+    }
+  }
+
+  [[nodiscard]] std::string path(const std::string& key) const {
+    return prefix_.empty() ? key : prefix_ + "." + key;
+  }
+
+ private:
+  const toml::table* table_;
+  std::string prefix_;
+  std::string file_;
+  std::set<std::string> known_;
+};
+
+const toml::table* sub_table(SectionReader& root, const std::string& key) {
+  const toml::node* node = root.take(key);
+  if (node == nullptr) return nullptr;
+  if (!node->is_table()) root.fail(*node, key, std::string("expected a table, got ") + type_name(*node));
+  return node->as_table();
+}
+
+// Applies "a.b.c=value": the value is parsed as TOML ("5", "1e-3", "true", "[1,2]", "\"x\"");
+// anything that does not parse is taken as a bare string, so --set run.name=demo works.
+void apply_override(toml::table& root, const std::string& assignment) {
+  const auto equals = assignment.find('=');
+  if (equals == std::string::npos || equals == 0) {
+    throw ConfigError("--set " + assignment + ": expected key.path=value");
+  }
+  const std::string key_path = assignment.substr(0, equals);
+  const std::string text = assignment.substr(equals + 1);
+  const std::string source = "--set " + key_path;
+  toml::table parsed;
+  try {
+    parsed = toml::parse("value = " + text, source);
+  } catch (const toml::parse_error&) {
+    parsed = toml::parse("value = \"\"", source);
+    parsed.insert_or_assign("value", text);
+  }
+  std::vector<std::string> segments;
+  std::stringstream stream(key_path);
+  for (std::string segment; std::getline(stream, segment, '.');) {
+    if (segment.empty()) throw ConfigError(source + ": empty segment in key path");
+    segments.push_back(segment);
+  }
+  toml::node* current = &root;
+  for (size_t i = 0; i + 1 < segments.size(); ++i) {
+    const std::string& segment = segments[i];
+    if (auto* table = current->as_table()) {
+      if (table->get(segment) == nullptr) table->insert(segment, toml::table{});
+      current = table->get(segment);
+    } else if (auto* array = current->as_array()) {
+      size_t index = 0;
+      try {
+        index = std::stoul(segment);
+      } catch (const std::exception&) {
+        throw ConfigError(source + ": '" + segment + "' must be an array index");
+      }
+      if (index >= array->size()) {
+        throw ConfigError(source + ": index " + segment + " is past the end of the array (size " +
+                          std::to_string(array->size()) + ")");
+      }
+      current = array->get(index);
+    } else {
+      throw ConfigError(source + ": '" + segment + "' is not a table");
+    }
+  }
+  auto* target = current->as_table();
+  if (target == nullptr) throw ConfigError(source + ": parent of the last key is not a table");
+  target->insert_or_assign(segments.back(), *parsed.get("value"));
+}
+
+PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t index) {
+  const std::string prefix = "pipeline[" + std::to_string(index) + "]";
+  if (!node.is_table()) {
+    throw ConfigError(location_of(node.source(), file) + ": " + prefix +
+                      ": expected a table with a 'plugin' key");
+  }
+  const toml::table& table = *node.as_table();
+  PluginSpec spec;
+  spec.location = location_of(node.source(), file);
+  const toml::node* id = table.get("plugin");
+  if (id == nullptr || !id->is_string()) {
+    throw ConfigError(spec.location + ": " + prefix + ".plugin: missing or not a string (the plug-in id, e.g. \"l2\")");
+  }
+  spec.id = id->as_string()->get();
+  for (const auto& [key, value] : table) {
+    const std::string name(key.str());
+    if (name == "plugin") continue;
+    PluginSetting setting;
+    setting.key = name;
+    setting.location = location_of(value.source(), file);
+    if (value.is_boolean()) {
+      setting.value = value.as_boolean()->get();
+    } else if (value.is_integer()) {
+      setting.value = value.as_integer()->get();
+    } else if (value.is_floating_point()) {
+      setting.value = value.as_floating_point()->get();
+    } else if (value.is_string()) {
+      setting.value = value.as_string()->get();
+    } else {
+      throw ConfigError(setting.location + ": " + prefix + "." + name + ": plug-in settings must be booleans, integers, floats or strings, got " + type_name(value));
+    }
+    spec.settings.push_back(std::move(setting));
+  }
+  return spec;
+}
+
+}  // namespace
+
+const char* to_string(Scenario value) { return value == Scenario::kSplit ? "split" : "permuted"; }
+const char* to_string(Incremental value) {
+  switch (value) {
+    case Incremental::kTask: return "task";
+    case Incremental::kDomain: return "domain";
+    default: return "class";
+  }
+}
+const char* to_string(ModelKind value) { return value == ModelKind::kMlp ? "mlp" : "cnn"; }
+const char* to_string(OptimizerKind value) { return value == OptimizerKind::kSgd ? "sgd" : "adam"; }
+
+RunConfig load_config(const std::string& path, const ConfigOverrides& overrides) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& error) {
+    std::string reason(error.description());
+    if (reason.find("File could not be opened") != std::string::npos) {
+      throw ConfigError(path + ": cannot open the config file");
+    }
+    throw ConfigError(location_of(error.source(), path) + ": TOML syntax error: " + reason);
+  }
+  for (const auto& assignment : overrides.set) apply_override(root, assignment);
+
+  RunConfig config;
+  config.source = path;
+  SectionReader top(&root, "", path);
+
+  SectionReader run(sub_table(top, "run"), "run", path);
+  config.run.name = run.get_string("name", config.run.name);
+  if (config.run.name.empty() || config.run.name.find('/') != std::string::npos) {
+    throw ConfigError(path + ": run.name: must be non-empty and contain no '/'");
+  }
+  config.run.seed = static_cast<uint64_t>(run.get_int("seed", 0, 0, INT64_MAX));
+  config.run.threads = static_cast<int>(run.get_int("threads", 1, 1, 256));
+  config.run.output_dir = run.get_string("output_dir", config.run.output_dir);
+  config.run.plugin_path = run.get_string_list("plugin_path");
+  config.run.log_every = run.get_int("log_every", 50, 1, 1000000);
+  run.finish();
+
+  SectionReader data(sub_table(top, "data"), "data", path);
+  config.data.dir = data.get_string("dir", config.data.dir);
+  config.data.scenario = data.get_string("scenario", "split", {"split", "permuted"}) == "split"
+                             ? Scenario::kSplit
+                             : Scenario::kPermuted;
+  const bool split = config.data.scenario == Scenario::kSplit;
+  const std::string default_incremental = split ? "task" : "domain";
+  const std::string incremental =
+      data.get_string("incremental", default_incremental, {"task", "domain", "class"});
+  config.data.incremental = incremental == "task"     ? Incremental::kTask
+                            : incremental == "domain" ? Incremental::kDomain
+                                                      : Incremental::kClass;
+  config.data.num_tasks = data.get_int("num_tasks", split ? 5 : 10, 1, split ? 10 : 100);
+  if (split && 10 % config.data.num_tasks != 0) {
+    data.fail(*root["data"]["num_tasks"].node(), "num_tasks",
+              "a split scenario needs a divisor of the 10 classes (1, 2, 5 or 10)");
+  }
+  config.data.train_samples_per_task = data.get_int("train_samples_per_task", 0, 0, INT64_MAX);
+  config.data.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
+  data.finish();
+
+  SectionReader model(sub_table(top, "model"), "model", path);
+  config.model.kind = model.get_string("kind", "mlp", {"mlp", "cnn"}) == "mlp" ? ModelKind::kMlp
+                                                                               : ModelKind::kCnn;
+  config.model.hidden = model.get_int_list("hidden", config.model.hidden, 1, 1 << 20);
+  if (config.model.hidden.empty()) {
+    model.fail(*root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
+  }
+  model.finish();
+
+  SectionReader train(sub_table(top, "train"), "train", path);
+  config.train.optimizer = train.get_string("optimizer", "adam", {"sgd", "adam"}) == "sgd"
+                               ? OptimizerKind::kSgd
+                               : OptimizerKind::kAdam;
+  config.train.lr = train.get_float("lr", 1e-3, 1e-12, 10.0);
+  config.train.momentum = train.get_float("momentum", 0.0, 0.0, 0.999999);
+  config.train.batch_size = train.get_int("batch_size", 128, 1, 1 << 24);
+  config.train.iterations = train.get_int("iterations", 2000, 1, INT64_MAX / 2);
+  config.train.epochs = train.get_int("epochs", 0, 0, 100000);
+  config.train.eval_batch_size = train.get_int("eval_batch_size", 1000, 1, 1 << 24);
+  train.finish();
+
+  SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path);
+  config.fisher.use_memory_efficient = fisher.get_bool("use_memory_efficient", false);
+  config.fisher.block_size = fisher.get_int("block_size", 1000000, 1, INT64_MAX);
+  config.fisher.use_compression = fisher.get_bool("use_compression", true);
+  config.fisher.compression_level = fisher.get_int("compression_level", 9, 1, 9);
+  config.fisher.compression_ratio = fisher.get_float("compression_ratio", 0.1, 1e-6, 1.0);
+  fisher.finish();
+  if (overrides.use_memory_efficient) config.fisher.use_memory_efficient = true;
+
+  if (const toml::node* node = top.take("pipeline")) {
+    if (!node->is_array()) top.fail(*node, "pipeline", "expected an array of tables ([[pipeline]])");
+    size_t index = 0;
+    for (const auto& element : *node->as_array()) {
+      config.pipeline.push_back(read_plugin(element, path, index++));
+    }
+  }
+  if (const toml::node* node = top.take("tasks")) {
+    if (!node->is_array()) top.fail(*node, "tasks", "expected an array of tables ([[tasks]])");
+    size_t index = 0;
+    for (const auto& element : *node->as_array()) {
+      const std::string prefix = "tasks[" + std::to_string(index++) + "]";
+      if (!element.is_table()) top.fail(element, prefix, "expected a table");
+      SectionReader task(element.as_table(), prefix, path);
+      TaskOverride override_entry;
+      override_entry.name = task.get_string("name", "");
+      if (task.take("batch_size") != nullptr) {
+        override_entry.batch_size = task.get_int("batch_size", 0, 1, 1 << 24);
+      }
+      task.finish();
+      config.tasks.push_back(override_entry);
+    }
+    if (static_cast<int64_t>(config.tasks.size()) > config.data.num_tasks) {
+      top.fail(*node, "tasks",
+               std::to_string(config.tasks.size()) + " [[tasks]] entries but data.num_tasks is " +
+                   std::to_string(config.data.num_tasks));
+    }
+  }
+  top.finish();
+
+  if (overrides.plugins) {
+    std::vector<PluginSpec> chosen;
+    for (const auto& id : *overrides.plugins) {
+      auto match = std::find_if(config.pipeline.begin(), config.pipeline.end(),
+                                [&](const PluginSpec& spec) { return spec.id == id; });
+      if (match != config.pipeline.end()) {
+        chosen.push_back(*match);
+      } else {
+        chosen.push_back(PluginSpec{id, {}, "--plugins"});
+      }
+    }
+    config.pipeline = std::move(chosen);
+  }
+  auto require_plugin = [&](const std::string& id, const std::string& reason) {
+    const bool present = std::any_of(config.pipeline.begin(), config.pipeline.end(),
+                                     [&](const PluginSpec& spec) { return spec.id == id; });
+    if (!present) config.pipeline.push_back(PluginSpec{id, {}, reason});
+  };
+  config.profile_memory = overrides.profile_memory;
+  config.dynamic_batch_size = overrides.dynamic_batch_size;
+  if (overrides.profile_memory) require_plugin("memory_profiler", "--profile-memory");
+  if (overrides.dynamic_batch_size) require_plugin("dynamic", "--dynamic-batch-size");
+  if (config.fisher.use_memory_efficient) {
+    const bool has_fisher_regularizer =
+        std::any_of(config.pipeline.begin(), config.pipeline.end(), [](const PluginSpec& spec) {
+          return spec.id == "ewc" || spec.id == "lowrank_fisher";
+        });
+    if (!has_fisher_regularizer) {
+      require_plugin("ewc", overrides.use_memory_efficient ? "--use-memory-efficient"
+                                                           : "fisher_computation.use_memory_efficient");
+    }
+  }
+  config.cli_plugin_path = overrides.plugin_path;
+
+  std::ostringstream json;
+  json << toml::json_formatter{root};
+  config.resolved_json = json.str();
+  return config;
+}
+
+}  // namespace clhost

@@ -1,0 +1,33 @@
+#include "model.hpp"
+
+#include <torch/torch.h>
+
+namespace clhost {
+
+torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, int64_t image_side,
+                                 int64_t num_classes) {
+  torch::nn::Sequential net;
+  int64_t features = input_size;
+  if (model.kind == ModelKind::kCnn) {
+    net->push_back("unflatten", torch::nn::Unflatten(torch::nn::UnflattenOptions(
+                                    1, std::vector<int64_t>{1, image_side, image_side})));
+    net->push_back("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 16, 5)));
+    net->push_back("relu_c1", torch::nn::ReLU());
+    net->push_back("pool1", torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(2)));
+    net->push_back("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(16, 32, 5)));
+    net->push_back("relu_c2", torch::nn::ReLU());
+    net->push_back("pool2", torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(2)));
+    net->push_back("flatten", torch::nn::Flatten());
+    const int64_t side = ((image_side - 4) / 2 - 4) / 2;
+    features = 32 * side * side;
+  }
+  for (size_t i = 0; i < model.hidden.size(); ++i) {
+    net->push_back("fc" + std::to_string(i + 1), torch::nn::Linear(features, model.hidden[i]));
+    net->push_back("relu" + std::to_string(i + 1), torch::nn::ReLU());
+    features = model.hidden[i];
+  }
+  net->push_back("out", torch::nn::Linear(features, num_classes));
+  return net;
+}
+
+}  // namespace clhost

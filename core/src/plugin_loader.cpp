@@ -1,0 +1,339 @@
+#include "clhost/plugin_loader.hpp"
+
+#define BOOST_DLL_USE_STD_FS
+#include <torch/version.h>
+
+#include <algorithm>
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+
+#include "clhost/errors.hpp"
+
+namespace clhost {
+namespace fs = std::filesystem;
+
+const char* kind_name(clhost_plugin_kind_t kind) {
+  switch (kind) {
+    case CLHOST_PLUGIN_KIND_REGULARIZER: return "regularizer";
+    case CLHOST_PLUGIN_KIND_BATCH_POLICY: return "batch_policy";
+    case CLHOST_PLUGIN_KIND_PROFILER: return "profiler";
+  }
+  return "unknown";
+}
+
+const char* kind_interface_id(clhost_plugin_kind_t kind) {
+  switch (kind) {
+    case CLHOST_PLUGIN_KIND_REGULARIZER: return CLHOST_INTERFACE_REGULARIZER_V1;
+    case CLHOST_PLUGIN_KIND_BATCH_POLICY: return CLHOST_INTERFACE_BATCH_POLICY_V1;
+    case CLHOST_PLUGIN_KIND_PROFILER: return CLHOST_INTERFACE_PROFILER_V1;
+  }
+  return nullptr;
+}
+
+const char* config_type_name(clhost_config_type_t type) {
+  switch (type) {
+    case CLHOST_CONFIG_TYPE_BOOL: return "bool";
+    case CLHOST_CONFIG_TYPE_INT: return "int";
+    case CLHOST_CONFIG_TYPE_FLOAT: return "float";
+    case CLHOST_CONFIG_TYPE_STRING: return "string";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr const char* kFilePrefix = "clhost_";
+constexpr const char* kFileSuffix = ".so";
+
+std::string file_name_for(const std::string& id) { return kFilePrefix + id + kFileSuffix; }
+
+std::vector<std::string> split_path_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream stream(text);
+  for (std::string item; std::getline(stream, item, ':');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+// Checks the entry's version and fields before anything else in it is trusted.
+void check_entry(const clhost_plugin_entry_t* entry, const std::string& path,
+                 const std::string& expected_id) {
+  if (entry == nullptr) {
+    throw PluginError(path + ": clhost_plugin_entry() returned NULL");
+  }
+  const auto& version = entry->abi_version;
+  if (version.major != CLHOST_ABI_VERSION_MAJOR || version.minor > CLHOST_ABI_VERSION_MINOR) {
+    std::ostringstream message;
+    message << path << ": plug-in built for clhost ABI " << version.major << '.' << version.minor
+            << ", this host implements ABI " << CLHOST_ABI_VERSION_MAJOR << '.'
+            << CLHOST_ABI_VERSION_MINOR
+            << " (the major must match and the minor must not be newer); rebuild the plug-in "
+               "against this clhost's SDK";
+    throw PluginError(message.str());
+  }
+  if (entry->struct_size < sizeof(clhost_plugin_entry_t) || entry->descriptor == nullptr ||
+      entry->create == nullptr || entry->destroy == nullptr || entry->get_interface == nullptr) {
+    throw PluginError(path + ": malformed plug-in entry (struct too small or a NULL member)");
+  }
+  const auto* descriptor = entry->descriptor;
+  if (descriptor->struct_size < sizeof(clhost_plugin_descriptor_t) || descriptor->id == nullptr ||
+      descriptor->version == nullptr) {
+    throw PluginError(path + ": malformed plug-in descriptor");
+  }
+  if (!expected_id.empty() && expected_id != descriptor->id) {
+    throw PluginError(path + ": the file name says id '" + expected_id +
+                      "' but the plug-in declares id '" + descriptor->id + "'");
+  }
+  if (kind_interface_id(descriptor->kind) == nullptr) {
+    throw PluginError(path + ": unknown plug-in kind " + std::to_string(descriptor->kind));
+  }
+  if (const auto* fingerprint = entry->fingerprint) {
+    const int host_abi = _GLIBCXX_USE_CXX11_ABI;
+    const std::string plugin_torch = fingerprint->torch_version ? fingerprint->torch_version : "?";
+    if (plugin_torch != TORCH_VERSION || fingerprint->cxx11_abi != host_abi) {
+      std::ostringstream message;
+      message << path << ": build fingerprint mismatch: plug-in uses LibTorch " << plugin_torch
+              << " with _GLIBCXX_USE_CXX11_ABI=" << fingerprint->cxx11_abi
+              << ", this host uses LibTorch " << TORCH_VERSION
+              << " with _GLIBCXX_USE_CXX11_ABI=" << host_abi
+              << "; two LibTorch builds cannot share a process";
+      throw PluginError(message.str());
+    }
+  }
+}
+
+}  // namespace
+
+PluginLoader::PluginLoader(std::vector<std::string> search_path)
+    : search_path_(std::move(search_path)) {}
+
+std::vector<std::string> PluginLoader::search_path_for(const std::vector<std::string>& cli,
+                                                       const std::vector<std::string>& config) {
+  std::vector<std::string> out;
+  for (const auto& entry : cli) {
+    for (const auto& dir : split_path_list(entry)) out.push_back(dir);
+  }
+  if (const char* env = std::getenv("CLHOST_PLUGIN_PATH")) {
+    for (const auto& dir : split_path_list(env)) out.push_back(dir);
+  }
+  out.insert(out.end(), config.begin(), config.end());
+  std::error_code error;
+  const fs::path exe_dir = boost::dll::program_location(error).parent_path();
+  if (!error) {
+    out.push_back((exe_dir.parent_path() / "plugins").string());              // build tree
+    out.push_back((exe_dir.parent_path() / "lib" / "clhost" / "plugins").string());  // install
+  }
+  return out;
+}
+
+const LoadedPlugin& PluginLoader::load_file(const std::string& path,
+                                            const std::string& expected_id) {
+  const std::string absolute = fs::absolute(path).lexically_normal().string();
+  for (const auto& plugin : loaded_) {
+    if (plugin->path == absolute) return *plugin;
+  }
+  // Intentionally leaked: plug-ins stay loaded until the process exits (no dlclose).
+  auto* library = new boost::dll::shared_library();
+  try {
+    library->load(absolute, boost::dll::load_mode::rtld_local | boost::dll::load_mode::rtld_now);
+  } catch (const std::exception& e) {
+    delete library;
+    throw PluginError(absolute + ": cannot load shared library: " + e.what());
+  }
+  if (!library->has(CLHOST_ENTRY_SYMBOL)) {
+    throw PluginError(absolute + ": not a clhost plug-in (it does not export '" +
+                      CLHOST_ENTRY_SYMBOL + "')");
+  }
+  const auto entry_fn = library->get<const clhost_plugin_entry_t*()>(CLHOST_ENTRY_SYMBOL);
+  const clhost_plugin_entry_t* entry = entry_fn();
+  check_entry(entry, absolute, expected_id);
+  const void* interface = entry->get_interface(kind_interface_id(entry->descriptor->kind));
+  if (interface == nullptr) {
+    throw PluginError(absolute + ": declares kind " + kind_name(entry->descriptor->kind) +
+                      " but does not provide interface " +
+                      kind_interface_id(entry->descriptor->kind));
+  }
+  auto plugin = std::make_unique<LoadedPlugin>();
+  plugin->id = entry->descriptor->id;
+  plugin->path = absolute;
+  plugin->entry = entry;
+  plugin->descriptor = entry->descriptor;
+  plugin->interface = interface;
+  loaded_.push_back(std::move(plugin));
+  return *loaded_.back();
+}
+
+const LoadedPlugin& PluginLoader::load(const std::string& id) {
+  for (const auto& plugin : loaded_) {
+    if (plugin->id == id) return *plugin;
+  }
+  const std::string file = file_name_for(id);
+  for (const auto& dir : search_path_) {
+    const fs::path candidate = fs::path(dir) / file;
+    if (fs::exists(candidate)) return load_file(candidate.string(), id);
+  }
+  std::ostringstream message;
+  message << "plug-in '" << id << "' not found: no " << file << " in the search path";
+  std::vector<std::string> found;
+  for (const auto& dir : search_path_) {
+    message << "\n  looked in " << dir;
+    std::error_code error;
+    for (const auto& item : fs::directory_iterator(dir, error)) {
+      const std::string name = item.path().filename().string();
+      if (name.rfind(kFilePrefix, 0) == 0 && item.path().extension() == kFileSuffix) {
+        found.push_back(name.substr(std::strlen(kFilePrefix),
+                                    name.size() - std::strlen(kFilePrefix) - std::strlen(kFileSuffix)));
+      }
+    }
+  }
+  std::sort(found.begin(), found.end());
+  found.erase(std::unique(found.begin(), found.end()), found.end());
+  message << "\n  plug-ins found: ";
+  if (found.empty()) message << "(none)";
+  for (size_t i = 0; i < found.size(); ++i) message << (i ? ", " : "") << found[i];
+  message << "\n  add a directory with --plugin-path, CLHOST_PLUGIN_PATH or run.plugin_path";
+  throw PluginError(message.str());
+}
+
+std::vector<PluginLoader::Candidate> PluginLoader::discover() {
+  std::vector<Candidate> out;
+  std::vector<std::string> seen;
+  for (const auto& dir : search_path_) {
+    std::error_code error;
+    std::vector<fs::path> files;
+    for (const auto& item : fs::directory_iterator(dir, error)) {
+      const std::string name = item.path().filename().string();
+      if (name.rfind(kFilePrefix, 0) == 0 && item.path().extension() == kFileSuffix) {
+        files.push_back(item.path());
+      }
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto& file : files) {
+      const std::string name = file.filename().string();
+      Candidate candidate;
+      candidate.id = name.substr(std::strlen(kFilePrefix),
+                                 name.size() - std::strlen(kFilePrefix) - std::strlen(kFileSuffix));
+      candidate.path = fs::absolute(file).lexically_normal().string();
+      candidate.shadowed = std::find(seen.begin(), seen.end(), candidate.id) != seen.end();
+      seen.push_back(candidate.id);
+      try {
+        candidate.plugin = &load_file(candidate.path, candidate.id);
+      } catch (const PluginError& e) {
+        candidate.error = e.what();
+      }
+      out.push_back(std::move(candidate));
+    }
+  }
+  return out;
+}
+
+ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const PluginSpec& spec,
+                                           size_t pipeline_index) {
+  const auto* descriptor = plugin.descriptor;
+  const std::string prefix =
+      "pipeline[" + std::to_string(pipeline_index) + "] (" + plugin.id + ")";
+  ResolvedPluginConfig resolved;
+  auto keep = [&](const std::string& text) {
+    resolved.strings_.push_back(std::make_unique<std::string>(text));
+    return resolved.strings_.back()->c_str();
+  };
+  for (const auto& setting : spec.settings) {
+    bool known = false;
+    for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
+      known = known || setting.key == descriptor->config_schema[i].key;
+    }
+    if (!known) {
+      std::string keys;
+      for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
+        keys += (i ? ", " : "") + std::string(descriptor->config_schema[i].key);
+      }
+      throw ConfigError(setting.location + ": " + prefix + "." + setting.key +
+                        ": unknown key for this plug-in (its keys: " +
+                        (keys.empty() ? "none" : keys) + "; see `clhost plugins show " +
+                        plugin.id + "`)");
+    }
+  }
+  for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
+    const clhost_config_key_t& schema = descriptor->config_schema[i];
+    clhost_config_value_t value{};
+    value.key = keep(schema.key);
+    value.type = schema.type;
+    const PluginSetting* setting = nullptr;
+    for (const auto& candidate : spec.settings) {
+      if (candidate.key == schema.key) setting = &candidate;
+    }
+    std::variant<bool, int64_t, double, std::string> raw;
+    std::string location = setting ? setting->location : std::string(plugin.path) + " (default)";
+    if (setting != nullptr) {
+      raw = setting->value;
+    } else {
+      // Defaults are TOML literals in the schema: parse the few forms allowed.
+      const std::string text = schema.default_value ? schema.default_value : "";
+      switch (schema.type) {
+        case CLHOST_CONFIG_TYPE_BOOL: raw = (text == "true"); break;
+        case CLHOST_CONFIG_TYPE_INT: raw = static_cast<int64_t>(std::strtoll(text.c_str(), nullptr, 10)); break;
+        case CLHOST_CONFIG_TYPE_FLOAT: raw = std::strtod(text.c_str(), nullptr); break;
+        case CLHOST_CONFIG_TYPE_STRING:
+          raw = (text.size() >= 2 && text.front() == '"') ? text.substr(1, text.size() - 2) : text;
+          break;
+      }
+    }
+    const std::string where = location + ": " + prefix + "." + schema.key + ": ";
+    switch (schema.type) {
+      case CLHOST_CONFIG_TYPE_BOOL:
+        if (!std::holds_alternative<bool>(raw)) throw ConfigError(where + "expected a boolean");
+        value.bool_value = std::get<bool>(raw) ? 1 : 0;
+        break;
+      case CLHOST_CONFIG_TYPE_INT:
+        if (!std::holds_alternative<int64_t>(raw)) throw ConfigError(where + "expected an integer");
+        value.int_value = std::get<int64_t>(raw);
+        value.float_value = static_cast<double>(value.int_value);
+        break;
+      case CLHOST_CONFIG_TYPE_FLOAT:
+        if (std::holds_alternative<int64_t>(raw)) {
+          value.float_value = static_cast<double>(std::get<int64_t>(raw));
+        } else if (std::holds_alternative<double>(raw)) {
+          value.float_value = std::get<double>(raw);
+        } else {
+          throw ConfigError(where + "expected a number");
+        }
+        break;
+      case CLHOST_CONFIG_TYPE_STRING: {
+        if (!std::holds_alternative<std::string>(raw)) throw ConfigError(where + "expected a string");
+        const std::string& text = std::get<std::string>(raw);
+        if (schema.choices != nullptr) {
+          std::vector<std::string> choices;
+          std::stringstream stream(schema.choices);
+          for (std::string item; std::getline(stream, item, '|');) choices.push_back(item);
+          if (std::find(choices.begin(), choices.end(), text) == choices.end()) {
+            throw ConfigError(where + "\"" + text + "\" is not one of: " + schema.choices);
+          }
+        }
+        value.string_value = keep(text);
+        break;
+      }
+    }
+    if (schema.has_range != 0 &&
+        (schema.type == CLHOST_CONFIG_TYPE_INT || schema.type == CLHOST_CONFIG_TYPE_FLOAT)) {
+      if (!std::isfinite(value.float_value) || value.float_value < schema.min_value ||
+          value.float_value > schema.max_value) {
+        std::ostringstream message;
+        message << where << "value " << value.float_value << " is out of range ["
+                << schema.min_value << ", " << schema.max_value << "]";
+        throw ConfigError(message.str());
+      }
+    }
+    resolved.values_.push_back(value);
+  }
+  resolved.config_.values = resolved.values_.data();
+  resolved.config_.count = static_cast<uint32_t>(resolved.values_.size());
+  return resolved;
+}
+
+}  // namespace clhost

@@ -1,0 +1,680 @@
+#include "clhost/runner.hpp"
+
+#include <ATen/DLConvertor.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "clhost/errors.hpp"
+#include "clhost/plugin_loader.hpp"
+#include "data.hpp"
+#include "fisher.hpp"
+#include "io.hpp"
+#include "model.hpp"
+#include "progress.hpp"
+
+namespace clhost {
+
+const char* version() { return CLHOST_VERSION; }
+
+namespace {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+class Runtime;
+
+// What a plug-in's host pointer leads to: the runtime, and who is calling (for log prefixes).
+struct PluginContext {
+  Runtime* runtime = nullptr;
+  std::string id;
+};
+
+std::mutex& log_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+void host_log(const clhost_host_t* host, clhost_log_level_t level, const char* message) {
+  static const char* const kLevels[] = {"debug", "info", "warning", "error"};
+  const auto* context = static_cast<const PluginContext*>(host->host_data);
+  const int index = level >= CLHOST_LOG_DEBUG && level <= CLHOST_LOG_ERROR ? level : 1;
+  const std::lock_guard<std::mutex> lock(log_mutex());
+  std::fprintf(stderr, "[%s] %s: %s\n", context->id.c_str(), kLevels[index], message);
+}
+
+// The live state that host services read. One per run; plug-ins reach it through host_data.
+class Runtime {
+ public:
+  torch::nn::Sequential model;
+  std::vector<torch::Tensor> parameters;
+  std::vector<std::string> parameter_names;
+  std::vector<std::vector<int64_t>> parameter_shapes;
+  FisherContext fisher_context;
+  bool in_task_end = false;
+  int64_t budget_bytes = -1;
+
+  void bind_model(torch::nn::Sequential net) {
+    model = std::move(net);
+    for (const auto& item : model->named_parameters()) {
+      parameters.push_back(item.value());
+      parameter_names.push_back(item.key());
+      parameter_shapes.push_back(item.value().sizes().vec());
+    }
+  }
+};
+
+Runtime& runtime_of(const clhost_host_t* host) {
+  return *static_cast<const PluginContext*>(host->host_data)->runtime;
+}
+
+DLTensor as_dltensor(const torch::Tensor& tensor, std::vector<int64_t>& shape) {
+  DLTensor out{};
+  out.data = tensor.data_ptr();
+  out.device = {tensor.is_cuda() ? kDLCUDA : kDLCPU,
+                static_cast<int32_t>(tensor.is_cuda() ? tensor.get_device() : 0)};
+  out.ndim = static_cast<int32_t>(tensor.dim());
+  out.dtype = at::getDLDataType(tensor);
+  out.shape = shape.data();
+  out.strides = nullptr;  // contiguous (checked by the caller)
+  out.byte_offset = 0;
+  return out;
+}
+
+uint32_t params_count(const clhost_host_t* host) {
+  return static_cast<uint32_t>(runtime_of(host).parameters.size());
+}
+
+clhost_status_t params_get(const clhost_host_t* host, uint32_t index, clhost_parameter_t* out,
+                           clhost_error_t* error) {
+  Runtime& runtime = runtime_of(host);
+  if (out == nullptr || index >= runtime.parameters.size()) {
+    std::snprintf(error->message, sizeof(error->message),
+                  "params.get: index %u out of range (%zu parameters)", index,
+                  runtime.parameters.size());
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  const torch::Tensor& value = runtime.parameters[index];
+  std::vector<int64_t>& shape = runtime.parameter_shapes[index];
+  *out = clhost_parameter_t{};
+  out->name = runtime.parameter_names[index].c_str();
+  out->value = as_dltensor(value, shape);
+  out->numel = value.numel();
+  const torch::Tensor& grad = value.grad();
+  if (grad.defined()) {
+    out->grad = as_dltensor(grad, shape);
+  } else {
+    out->grad = out->value;
+    out->grad.data = nullptr;
+  }
+  return CLHOST_STATUS_OK;
+}
+
+clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
+                                          const clhost_fisher_request_t* request,
+                                          clhost_fisher_sink_fn sink, void* sink_data,
+                                          clhost_error_t* error) {
+  Runtime& runtime = runtime_of(host);
+  if (!runtime.in_task_end) {
+    std::snprintf(error->message, sizeof(error->message),
+                  "gradstats.diagonal_fisher may only be called from on_task_end");
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  try {
+    std::vector<torch::Tensor> fisher = diagonal_fisher(runtime.fisher_context, *request);
+    for (size_t p = 0; p < fisher.size(); ++p) {
+      DLTensor view = as_dltensor(fisher[p], runtime.parameter_shapes[p]);
+      const clhost_status_t status = sink(sink_data, static_cast<uint32_t>(p), &view, error);
+      if (status != CLHOST_STATUS_OK) return status;
+    }
+    return CLHOST_STATUS_OK;
+  } catch (const std::exception& e) {
+    std::snprintf(error->message, sizeof(error->message), "diagonal Fisher failed: %s", e.what());
+    return std::strstr(e.what(), "out of memory") ? CLHOST_STATUS_OUT_OF_MEMORY
+                                                  : CLHOST_STATUS_INTERNAL;
+  }
+}
+
+clhost_status_t memory_get_info(const clhost_host_t* host, clhost_memory_info_t* out,
+                                clhost_error_t* error) {
+  if (out == nullptr || out->struct_size < sizeof(clhost_memory_info_t)) {
+    std::snprintf(error->message, sizeof(error->message),
+                  "memory.get_info: out->struct_size must be set to sizeof(clhost_memory_info_t)");
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  const ProcessMemory memory = read_process_memory();
+  out->rss_bytes = memory.rss_bytes;
+  out->rss_peak_bytes = memory.peak_rss_bytes;
+  out->tensor_bytes = -1;  // no counting allocator installed in this build of the host
+  out->tensor_peak_bytes = -1;
+  out->budget_bytes = runtime_of(host).budget_bytes;
+  out->device_allocated_bytes = -1;
+  out->device_reserved_bytes = -1;
+  return CLHOST_STATUS_OK;
+}
+
+const clhost_log_service_v1_t kLogService{sizeof(clhost_log_service_v1_t), &host_log};
+const clhost_params_service_v1_t kParamsService{sizeof(clhost_params_service_v1_t), &params_count,
+                                                &params_get};
+const clhost_gradstats_service_v1_t kGradstatsService{sizeof(clhost_gradstats_service_v1_t),
+                                                      &gradstats_diagonal_fisher};
+const clhost_memory_service_v1_t kMemoryService{sizeof(clhost_memory_service_v1_t),
+                                                &memory_get_info};
+
+const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
+  if (id == nullptr) return nullptr;
+  if (std::strcmp(id, CLHOST_SERVICE_LOG_V1) == 0) return &kLogService;
+  if (std::strcmp(id, CLHOST_SERVICE_PARAMS_V1) == 0) return &kParamsService;
+  if (std::strcmp(id, CLHOST_SERVICE_GRADSTATS_V1) == 0) return &kGradstatsService;
+  if (std::strcmp(id, CLHOST_SERVICE_MEMORY_V1) == 0) return &kMemoryService;
+  return nullptr;
+}
+
+// One created plug-in; destroys its instance when it goes (the library stays loaded).
+struct PluginInstance {
+  const LoadedPlugin* plugin = nullptr;
+  ResolvedPluginConfig config;
+  PluginContext context;
+  clhost_host_t host{};
+  void* instance = nullptr;
+  std::string variant;
+
+  PluginInstance() = default;
+  PluginInstance(const PluginInstance&) = delete;
+  PluginInstance& operator=(const PluginInstance&) = delete;
+  PluginInstance(PluginInstance&&) = delete;
+  PluginInstance& operator=(PluginInstance&&) = delete;
+  ~PluginInstance() {
+    if (instance != nullptr) plugin->entry->destroy(instance);
+  }
+  [[nodiscard]] clhost_plugin_kind_t kind() const { return plugin->descriptor->kind; }
+  template <class Table>
+  [[nodiscard]] const Table& table() const {
+    return *static_cast<const Table*>(plugin->interface);
+  }
+  // Turns a non-OK status into a RunError naming the plug-in and hook.
+  void check(clhost_status_t status, const clhost_error_t& error, const char* hook) const {
+    if (status != CLHOST_STATUS_OK) {
+      throw RunError("plug-in '" + plugin->id + "' failed in " + hook + " (status " +
+                     std::to_string(status) + "): " + error.message);
+    }
+  }
+};
+
+json config_values_json(const ResolvedPluginConfig& config) {
+  json out = json::object();
+  for (const auto& value : config.values()) {
+    switch (value.type) {
+      case CLHOST_CONFIG_TYPE_BOOL: out[value.key] = value.bool_value != 0; break;
+      case CLHOST_CONFIG_TYPE_INT: out[value.key] = value.int_value; break;
+      case CLHOST_CONFIG_TYPE_FLOAT: out[value.key] = value.float_value; break;
+      case CLHOST_CONFIG_TYPE_STRING: out[value.key] = value.string_value; break;
+    }
+  }
+  return out;
+}
+
+std::string timestamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  char buffer[32];
+  std::strftime(buffer, sizeof(buffer), "%Y%m%d_%H%M%S", &local);
+  return buffer;
+}
+
+std::string choose_run_dir(const RunConfig& config, const RunOptions& options) {
+  if (!options.run_dir.empty()) {
+    std::error_code error;
+    if (fs::exists(options.run_dir) && !fs::is_empty(options.run_dir, error)) {
+      throw RunError("--output " + options.run_dir +
+                     ": directory exists and is not empty; choose a new directory");
+    }
+    return options.run_dir;
+  }
+  const std::string base = (fs::path(config.run.output_dir) / (config.run.name + "_" + timestamp())).string();
+  std::string candidate = base;
+  for (int suffix = 2; fs::exists(candidate); ++suffix) candidate = base + "_" + std::to_string(suffix);
+  return candidate;
+}
+
+// Columns of the model's output a task trains on / is evaluated on, and label -> column maps.
+struct ClassView {
+  torch::Tensor active;     // int64 column indices
+  torch::Tensor label_map;  // [num_classes] global label -> index into active (-1 if absent)
+};
+
+ClassView make_class_view(const std::vector<int64_t>& classes, int64_t num_classes) {
+  ClassView view;
+  view.active = torch::tensor(classes, torch::kInt64);
+  view.label_map = torch::full({num_classes}, -1, torch::kInt64);
+  for (size_t i = 0; i < classes.size(); ++i) view.label_map[classes[i]] = static_cast<int64_t>(i);
+  return view;
+}
+
+std::vector<int64_t> training_classes(const RunConfig& config, const TaskSequence& sequence,
+                                      size_t task) {
+  switch (config.data.incremental) {
+    case Incremental::kTask: return sequence.tasks[task].classes;
+    case Incremental::kClass: {
+      // van de Ven et al.: the classes seen so far are active while training.
+      std::vector<int64_t> seen;
+      for (size_t t = 0; t <= task; ++t) {
+        seen.insert(seen.end(), sequence.tasks[t].classes.begin(), sequence.tasks[t].classes.end());
+      }
+      return seen;
+    }
+    default: {
+      std::vector<int64_t> all(static_cast<size_t>(sequence.num_classes));
+      for (size_t c = 0; c < all.size(); ++c) all[c] = static_cast<int64_t>(c);
+      return all;
+    }
+  }
+}
+
+std::vector<int64_t> evaluation_classes(const RunConfig& config, const TaskSequence& sequence,
+                                        size_t task) {
+  if (config.data.incremental == Incremental::kTask) return sequence.tasks[task].classes;
+  std::vector<int64_t> all(static_cast<size_t>(sequence.num_classes));
+  for (size_t c = 0; c < all.size(); ++c) all[c] = static_cast<int64_t>(c);
+  return all;
+}
+
+double evaluate(torch::nn::Sequential& model, const TaskData& task, const ClassView& view,
+                int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  int64_t correct = 0;
+  const int64_t total = task.test_x.size(0);
+  for (int64_t start = 0; start < total; start += batch_size) {
+    const int64_t end = std::min(total, start + batch_size);
+    torch::Tensor logits = model->forward(task.test_x.slice(0, start, end)).index_select(1, view.active);
+    torch::Tensor predicted = view.active.index_select(0, logits.argmax(1));
+    correct += predicted.eq(task.test_y.slice(0, start, end)).sum().item<int64_t>();
+  }
+  model->train();
+  return total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
+}
+
+std::string machine_name() {
+  char buffer[256] = {};
+  if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown";
+  return buffer;
+}
+
+std::string format_double(double value, int digits) {
+  std::ostringstream out;
+  out.setf(std::ios::fixed);
+  out.precision(digits);
+  out << value;
+  return out.str();
+}
+
+}  // namespace
+
+RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
+  const auto wall_start = Clock::now();
+  // 1. Everything that can fail because of the user's input happens before any file is written.
+  PluginLoader loader(PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
+  std::vector<const LoadedPlugin*> plugins;
+  std::vector<ResolvedPluginConfig> plugin_configs;
+  for (size_t i = 0; i < config.pipeline.size(); ++i) {
+    const PluginSpec& spec = config.pipeline[i];
+    try {
+      plugins.push_back(&loader.load(spec.id));
+    } catch (const PluginError& e) {
+      if (spec.location.rfind("--", 0) == 0 || spec.location.rfind("fisher_computation", 0) == 0) {
+        throw PluginError(std::string(e.what()) + "\n  (" + spec.location + " needs plug-in '" +
+                          spec.id + "')");
+      }
+      throw PluginError(spec.location + ": pipeline[" + std::to_string(i) + "]: " + e.what());
+    }
+    plugin_configs.push_back(resolve_plugin_config(*plugins.back(), spec, i));
+  }
+  const std::string run_dir = choose_run_dir(config, options);
+
+  at::set_num_threads(config.run.threads);
+  torch::manual_seed(config.run.seed);
+  TaskSequence sequence = build_task_sequence(config.data, config.tasks, config.run.seed);
+
+  Runtime runtime;
+  runtime.bind_model(make_model(config.model, sequence.input_size, sequence.image_side,
+                                sequence.num_classes));
+  runtime.fisher_context.model = runtime.model;
+  runtime.fisher_context.seed = config.run.seed;
+
+  std::vector<std::unique_ptr<PluginInstance>> instances;
+  for (size_t i = 0; i < plugins.size(); ++i) {
+    auto instance = std::make_unique<PluginInstance>();
+    instance->plugin = plugins[i];
+    instance->config = std::move(plugin_configs[i]);
+    instance->context = PluginContext{&runtime, plugins[i]->id};
+    instance->host = clhost_host_t{sizeof(clhost_host_t),
+                                   {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
+                                   CLHOST_VERSION,
+                                   &host_get_service,
+                                   &instance->context};
+    clhost_error_t error{};
+    const clhost_status_t status = plugins[i]->entry->create(
+        &instance->host, instance->config.abi(), &instance->instance, &error);
+    if (status != CLHOST_STATUS_OK) {
+      instance->instance = nullptr;
+      throw PluginError(config.pipeline[i].location + ": plug-in '" + plugins[i]->id +
+                        "' refused to start (create returned status " + std::to_string(status) +
+                        "): " + error.message);
+    }
+    instances.push_back(std::move(instance));
+  }
+
+  // 2. The run directory.
+  std::error_code dir_error;
+  fs::create_directories(run_dir, dir_error);
+  if (dir_error) throw RunError(run_dir + ": cannot create run directory: " + dir_error.message());
+  std::ofstream metrics_csv(fs::path(run_dir) / "metrics.csv");
+  metrics_csv << "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second\n";
+
+  auto emit = [&](clhost_event_kind_t kind, int32_t task, const std::string& label) {
+    const clhost_event_t event{sizeof(clhost_event_t), kind,
+                               std::chrono::duration<double>(Clock::now() - wall_start).count(),
+                               task, label.c_str(), run_dir.c_str()};
+    for (auto& instance : instances) {
+      if (instance->kind() != CLHOST_PLUGIN_KIND_PROFILER) continue;
+      clhost_error_t error{};
+      instance->check(instance->table<clhost_profiler_v1_t>().on_event(instance->instance, &event, &error),
+                      error, "on_event");
+    }
+  };
+  PluginInstance* batch_policy = nullptr;
+  for (auto& instance : instances) {
+    if (instance->kind() == CLHOST_PLUGIN_KIND_BATCH_POLICY) {
+      if (batch_policy != nullptr) {
+        throw RunError("the pipeline has two batch policies ('" + batch_policy->plugin->id +
+                       "' and '" + instance->plugin->id + "'); keep one");
+      }
+      batch_policy = instance.get();
+    }
+  }
+
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  if (config.train.optimizer == OptimizerKind::kAdam) {
+    optimizer = std::make_unique<torch::optim::Adam>(runtime.parameters,
+                                                     torch::optim::AdamOptions(config.train.lr));
+  } else {
+    optimizer = std::make_unique<torch::optim::SGD>(
+        runtime.parameters, torch::optim::SGDOptions(config.train.lr).momentum(config.train.momentum));
+  }
+
+  const size_t task_count = sequence.tasks.size();
+  ProgressReporter progress(stderr, !options.quiet);
+  RunSummary summary;
+  summary.run_dir = run_dir;
+  emit(CLHOST_EVENT_RUN_BEGIN, -1, "run begin");
+
+  // Accuracy of the untrained model: the baseline for forward transfer.
+  for (size_t j = 0; j < task_count; ++j) {
+    summary.random_init_accuracy.push_back(
+        evaluate(runtime.model, sequence.tasks[j],
+                 make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
+                 config.train.eval_batch_size));
+  }
+
+  json task_reports = json::array();
+  int64_t global_step = 0;
+  runtime.model->train();
+  for (size_t t = 0; t < task_count; ++t) {
+    const TaskData& task = sequence.tasks[t];
+    const int64_t train_samples = task.train_x.size(0);
+    if (train_samples == 0) throw RunError("task " + task.name + " has no training samples");
+    const int64_t batch_size = t < config.tasks.size() && config.tasks[t].batch_size
+                                   ? *config.tasks[t].batch_size
+                                   : config.train.batch_size;
+    const int64_t steps = config.train.epochs > 0
+                              ? config.train.epochs * ((train_samples + batch_size - 1) / batch_size)
+                              : config.train.iterations;
+    const ClassView view = make_class_view(training_classes(config, sequence, t), sequence.num_classes);
+    runtime.fisher_context.task = &task;
+    runtime.fisher_context.active_classes = view.active;
+    runtime.fisher_context.label_map = view.label_map;
+
+    const bool peak_reset = reset_peak_rss();
+    const clhost_task_info_t task_info{sizeof(clhost_task_info_t), static_cast<uint32_t>(t),
+                                       static_cast<uint32_t>(task_count), task.name.c_str(),
+                                       train_samples, steps};
+    emit(CLHOST_EVENT_TASK_BEGIN, static_cast<int32_t>(t), "task " + task.name + " begin");
+    for (auto& instance : instances) {
+      if (instance->kind() != CLHOST_PLUGIN_KIND_REGULARIZER) continue;
+      const auto& table = instance->table<clhost_regularizer_v1_t>();
+      if (table.on_task_begin == nullptr) continue;
+      clhost_error_t error{};
+      instance->check(table.on_task_begin(instance->instance, &task_info, &error), error, "on_task_begin");
+    }
+
+    int64_t micro_batch = batch_size;
+    auto ask_policy = [&](int64_t peak_bytes) {
+      if (batch_policy == nullptr) return;
+      const clhost_batch_request_t request{sizeof(clhost_batch_request_t), static_cast<uint32_t>(t),
+                                           batch_size, micro_batch, 0, runtime.budget_bytes,
+                                           peak_bytes};
+      int64_t chosen = micro_batch;
+      clhost_error_t error{};
+      batch_policy->check(batch_policy->table<clhost_batch_policy_v1_t>().choose_micro_batch(
+                              batch_policy->instance, &request, &chosen, &error),
+                          error, "choose_micro_batch");
+      chosen = std::clamp<int64_t>(chosen, 1, batch_size);
+      if (chosen != micro_batch) {
+        emit(CLHOST_EVENT_BATCH_SIZE_CHANGE, static_cast<int32_t>(t),
+             "micro-batch " + std::to_string(micro_batch) + " -> " + std::to_string(chosen));
+        micro_batch = chosen;
+      }
+    };
+    ask_policy(-1);
+
+    // The data order: a seeded shuffle per task, reshuffled at every pass over the data.
+    std::mt19937_64 order_rng(config.run.seed * 1000003ULL + t);
+    std::vector<int64_t> order(static_cast<size_t>(train_samples));
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    std::shuffle(order.begin(), order.end(), order_rng);
+    size_t cursor = 0;
+
+    progress.begin_task("task " + std::to_string(t + 1) + "/" + std::to_string(task_count) + " (" +
+                            task.name + ")",
+                        steps);
+    const auto task_start = Clock::now();
+    auto window_start = task_start;
+    int64_t window_samples = 0;
+    double last_loss = 0.0;
+    double samples_per_second = 0.0;
+    for (int64_t step = 0; step < steps; ++step) {
+      std::vector<int64_t> batch_indices;
+      batch_indices.reserve(static_cast<size_t>(batch_size));
+      while (static_cast<int64_t>(batch_indices.size()) < std::min(batch_size, train_samples)) {
+        if (cursor == order.size()) {
+          std::shuffle(order.begin(), order.end(), order_rng);
+          cursor = 0;
+        }
+        batch_indices.push_back(order[cursor++]);
+      }
+      const torch::Tensor rows = torch::tensor(batch_indices, torch::kInt64);
+      const int64_t samples = rows.size(0);
+      optimizer->zero_grad();
+      double loss_value = 0.0;
+      // Gradient accumulation over micro-batches: the optimizer always sees the whole batch.
+      for (int64_t start = 0; start < samples; start += micro_batch) {
+        const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
+        const torch::Tensor x = task.train_x.index_select(0, part);
+        const torch::Tensor y = view.label_map.index_select(0, task.train_y.index_select(0, part));
+        const torch::Tensor logits = runtime.model->forward(x).index_select(1, view.active);
+        const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
+        torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y) * share;
+        loss.backward();
+        loss_value += loss.item<double>();
+      }
+      double penalty = 0.0;
+      const clhost_step_info_t step_info{sizeof(clhost_step_info_t), static_cast<uint32_t>(t), step,
+                                         global_step, samples, loss_value};
+      for (auto& instance : instances) {
+        if (instance->kind() != CLHOST_PLUGIN_KIND_REGULARIZER) continue;
+        const auto& table = instance->table<clhost_regularizer_v1_t>();
+        if (table.after_backward == nullptr) continue;
+        double plugin_penalty = 0.0;
+        clhost_error_t error{};
+        instance->check(table.after_backward(instance->instance, &step_info, &plugin_penalty, &error),
+                        error, "after_backward");
+        penalty += plugin_penalty;
+      }
+      if (!std::isfinite(loss_value) || !std::isfinite(penalty)) {
+        throw RunError("task " + task.name + " step " + std::to_string(step) +
+                       ": loss or penalty is not finite (loss " + std::to_string(loss_value) +
+                       ", penalty " + std::to_string(penalty) +
+                       "); lower train.lr or the regularizer's strength");
+      }
+      optimizer->step();
+      ++global_step;
+      last_loss = loss_value;
+      window_samples += samples;
+      const bool log_now = (step + 1) % config.run.log_every == 0 || step + 1 == steps;
+      if (log_now) {
+        const auto now = Clock::now();
+        const double seconds = std::chrono::duration<double>(now - window_start).count();
+        samples_per_second = seconds > 0 ? static_cast<double>(window_samples) / seconds : 0.0;
+        window_start = now;
+        window_samples = 0;
+        metrics_csv << t << ',' << step + 1 << ',' << global_step << ',' << loss_value << ','
+                    << penalty << ',' << samples << ',' << micro_batch << ','
+                    << format_double(samples_per_second, 1) << '\n';
+      }
+      progress.update(step + 1, last_loss, samples_per_second);
+      if (batch_policy != nullptr) ask_policy(-1);
+    }
+    const double train_seconds = std::chrono::duration<double>(Clock::now() - task_start).count();
+
+    emit(CLHOST_EVENT_CONSOLIDATE_BEGIN, static_cast<int32_t>(t), "consolidate " + task.name);
+    const auto consolidate_start = Clock::now();
+    runtime.in_task_end = true;
+    for (auto& instance : instances) {
+      if (instance->kind() != CLHOST_PLUGIN_KIND_REGULARIZER) continue;
+      const auto& table = instance->table<clhost_regularizer_v1_t>();
+      if (table.on_task_end == nullptr) continue;
+      clhost_error_t error{};
+      instance->check(table.on_task_end(instance->instance, &task_info, &error), error, "on_task_end");
+    }
+    runtime.in_task_end = false;
+    const double consolidate_seconds =
+        std::chrono::duration<double>(Clock::now() - consolidate_start).count();
+    emit(CLHOST_EVENT_CONSOLIDATE_END, static_cast<int32_t>(t), "consolidate " + task.name + " end");
+    emit(CLHOST_EVENT_TASK_END, static_cast<int32_t>(t), "task " + task.name + " end");
+
+    emit(CLHOST_EVENT_EVAL_BEGIN, static_cast<int32_t>(t), "evaluate after " + task.name);
+    std::vector<double> row;
+    for (size_t j = 0; j < task_count; ++j) {
+      row.push_back(evaluate(runtime.model, sequence.tasks[j],
+                             make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
+                             config.train.eval_batch_size));
+    }
+    emit(CLHOST_EVENT_EVAL_END, static_cast<int32_t>(t), "evaluate after " + task.name + " end");
+    summary.accuracy.push_back(row);
+    summary.optimizer_steps += steps;
+    const ProcessMemory memory = read_process_memory();
+    double seen_sum = 0.0;
+    for (size_t j = 0; j <= t; ++j) seen_sum += row[j];
+    task_reports.push_back(json{{"name", task.name},
+                                {"classes", task.classes},
+                                {"train_samples", train_samples},
+                                {"test_samples", task.test_x.size(0)},
+                                {"steps", steps},
+                                {"batch_size", batch_size},
+                                {"final_micro_batch", micro_batch},
+                                {"train_seconds", train_seconds},
+                                {"consolidate_seconds", consolidate_seconds},
+                                {"samples_per_second", static_cast<double>(steps * batch_size) / train_seconds},
+                                {"peak_rss_bytes", memory.peak_rss_bytes},
+                                {"peak_rss_scope", peak_reset ? "this task" : "process lifetime"}});
+    progress.end_task("task " + std::to_string(t + 1) + "/" + std::to_string(task_count) + " done in " +
+                      format_double(train_seconds, 1) + " s; mean accuracy on tasks seen: " +
+                      format_double(seen_sum / static_cast<double>(t + 1), 4));
+    metrics_csv.flush();
+  }
+  emit(CLHOST_EVENT_RUN_END, -1, "run end");
+  metrics_csv.close();
+  if (!metrics_csv) throw RunError(run_dir + "/metrics.csv: write failed");
+
+  summary.metrics = compute_metrics(summary.accuracy, summary.random_init_accuracy);
+  summary.wall_seconds = std::chrono::duration<double>(Clock::now() - wall_start).count();
+
+  // 3. Outputs.
+  std::ostringstream matrix_csv;
+  matrix_csv << "after_task";
+  for (const auto& task : sequence.tasks) matrix_csv << ',' << task.name;
+  matrix_csv << '\n';
+  for (size_t i = 0; i < summary.accuracy.size(); ++i) {
+    matrix_csv << sequence.tasks[i].name;
+    for (double value : summary.accuracy[i]) matrix_csv << ',' << format_double(value, 6);
+    matrix_csv << '\n';
+  }
+  write_file_atomic((fs::path(run_dir) / "accuracy_matrix.csv").string(), matrix_csv.str());
+
+  json plugin_reports = json::array();
+  for (auto& instance : instances) {
+    json report{{"id", instance->plugin->id},
+                {"kind", kind_name(instance->kind())},
+                {"version", instance->plugin->descriptor->version},
+                {"path", instance->plugin->path},
+                {"config", config_values_json(instance->config)}};
+    if (instance->kind() == CLHOST_PLUGIN_KIND_REGULARIZER) {
+      const auto& table = instance->table<clhost_regularizer_v1_t>();
+      if (table.describe != nullptr) {
+        char buffer[1024] = {};
+        table.describe(instance->instance, buffer, sizeof(buffer));
+        report["variant"] = buffer;
+      }
+    }
+    plugin_reports.push_back(report);
+  }
+  auto optional_json = [](const std::optional<double>& value) {
+    return value ? json(*value) : json(nullptr);
+  };
+  const ProcessMemory memory = read_process_memory();
+  json results{
+      {"clhost_version", CLHOST_VERSION},
+      {"abi_version", {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR}},
+      {"config_file", config.source},
+      {"config", json::parse(config.resolved_json)},
+      {"scenario",
+       {{"kind", to_string(config.data.scenario)},
+        {"incremental", to_string(config.data.incremental)},
+        {"tasks", task_count}}},
+      {"plugins", plugin_reports},
+      {"accuracy_matrix", summary.accuracy},
+      {"random_init_accuracy", summary.random_init_accuracy},
+      {"metrics",
+       {{"average_accuracy", summary.metrics.average_accuracy},
+        {"forgetting", optional_json(summary.metrics.forgetting)},
+        {"backward_transfer", optional_json(summary.metrics.backward_transfer)},
+        {"forward_transfer", optional_json(summary.metrics.forward_transfer)}}},
+      {"tasks", task_reports},
+      {"optimizer_steps", summary.optimizer_steps},
+      {"wall_seconds", summary.wall_seconds},
+      {"peak_rss_bytes", memory.peak_rss_bytes},
+      {"machine",
+       {{"hostname", machine_name()},
+        {"hardware_threads", std::thread::hardware_concurrency()},
+        {"torch_threads", at::get_num_threads()},
+        {"torch_version", TORCH_VERSION},
+        {"device", "cpu"}}}};
+  write_file_atomic((fs::path(run_dir) / "results.json").string(), results.dump(2) + "\n");
+  return summary;
+}
+
+}  // namespace clhost

@@ -1,0 +1,274 @@
+// plugin.hpp — header-only C++17 helper over clhost_plugin.h.
+//
+// A plug-in author writes one class deriving from clhost::sdk::Regularizer, BatchPolicy or
+// Profiler, overrides the hooks it needs, and adds one line:
+//
+//   CLHOST_DEFINE_PLUGIN(MyRegularizer, kMyDescriptor, nullptr);
+//
+// The helper generates the exported entry, the interface tables and trampolines that catch every
+// exception and turn it into a status code plus message, so nothing throws across the C ABI.
+// It needs only the C++ standard library; LibTorch helpers live in plugin_torch.hpp.
+#ifndef CLHOST_SDK_PLUGIN_HPP
+#define CLHOST_SDK_PLUGIN_HPP
+
+#include <clhost/clhost_plugin.h>
+
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace clhost::sdk {
+
+// Throw this from a hook to choose the status code; any other exception becomes INTERNAL
+// (std::bad_alloc becomes OUT_OF_MEMORY).
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& message, clhost_status_t status = CLHOST_STATUS_INTERNAL)
+      : std::runtime_error(message), status_(status) {}
+  [[nodiscard]] clhost_status_t status() const noexcept { return status_; }
+
+ private:
+  clhost_status_t status_;
+};
+
+inline void write_error(clhost_error_t* error, const char* message) noexcept {
+  if (error != nullptr) {
+    std::snprintf(error->message, sizeof(error->message), "%s", message);
+  }
+}
+
+template <class Body>
+clhost_status_t guarded_call(clhost_error_t* error, Body&& body) noexcept {
+  try {
+    body();
+    return CLHOST_STATUS_OK;
+  } catch (const Error& e) {
+    write_error(error, e.what());
+    return e.status();
+  } catch (const std::bad_alloc&) {
+    write_error(error, "out of memory");
+    return CLHOST_STATUS_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    write_error(error, e.what());
+    return std::strstr(e.what(), "out of memory") != nullptr ? CLHOST_STATUS_OUT_OF_MEMORY
+                                                            : CLHOST_STATUS_INTERNAL;
+  } catch (...) {
+    write_error(error, "unknown exception in plug-in");
+    return CLHOST_STATUS_INTERNAL;
+  }
+}
+
+// Read-only view of the resolved configuration given to the constructor.
+class Config {
+ public:
+  explicit Config(const clhost_config_t* config) : config_(config) {}
+  [[nodiscard]] double get_float(const char* key) const { return find(key).float_value; }
+  [[nodiscard]] int64_t get_int(const char* key) const { return find(key).int_value; }
+  [[nodiscard]] bool get_bool(const char* key) const { return find(key).bool_value != 0; }
+  [[nodiscard]] std::string get_string(const char* key) const {
+    const char* value = find(key).string_value;
+    return value != nullptr ? value : "";
+  }
+
+ private:
+  [[nodiscard]] const clhost_config_value_t& find(const char* key) const {
+    const clhost_config_value_t* value = clhost_config_find(config_, key);
+    if (value == nullptr) {
+      throw Error(std::string("config key '") + key + "' is not in the plug-in's schema",
+                  CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    return *value;
+  }
+  const clhost_config_t* config_;
+};
+
+// Typed access to host services; each accessor throws Error when the host lacks the service.
+class Host {
+ public:
+  explicit Host(const clhost_host_t* host) : host_(host) {}
+
+  [[nodiscard]] const clhost_host_t* raw() const noexcept { return host_; }
+
+  void log(clhost_log_level_t level, const std::string& message) const {
+    const auto* service =
+        static_cast<const clhost_log_service_v1_t*>(host_->get_service(host_, CLHOST_SERVICE_LOG_V1));
+    if (service != nullptr) {
+      service->log(host_, level, message.c_str());
+    }
+  }
+
+  [[nodiscard]] const clhost_params_service_v1_t& params() const {
+    return service<clhost_params_service_v1_t>(CLHOST_SERVICE_PARAMS_V1);
+  }
+  [[nodiscard]] const clhost_gradstats_service_v1_t& gradstats() const {
+    return service<clhost_gradstats_service_v1_t>(CLHOST_SERVICE_GRADSTATS_V1);
+  }
+  [[nodiscard]] const clhost_memory_service_v1_t& memory() const {
+    return service<clhost_memory_service_v1_t>(CLHOST_SERVICE_MEMORY_V1);
+  }
+
+  [[nodiscard]] uint32_t parameter_count() const { return params().count(host_); }
+  [[nodiscard]] clhost_parameter_t parameter(uint32_t index) const {
+    clhost_parameter_t out{};
+    clhost_error_t error{};
+    check(params().get(host_, index, &out, &error), error);
+    return out;
+  }
+  [[nodiscard]] clhost_memory_info_t memory_info() const {
+    clhost_memory_info_t out{};
+    out.struct_size = sizeof(out);
+    clhost_error_t error{};
+    check(memory().get_info(host_, &out, &error), error);
+    return out;
+  }
+
+  static void check(clhost_status_t status, const clhost_error_t& error) {
+    if (status != CLHOST_STATUS_OK) {
+      throw Error(error.message, status);
+    }
+  }
+
+ private:
+  template <class Table>
+  const Table& service(const char* id) const {
+    const auto* table = static_cast<const Table*>(host_->get_service(host_, id));
+    if (table == nullptr) {
+      throw Error(std::string("host does not provide service ") + id, CLHOST_STATUS_UNSUPPORTED);
+    }
+    return *table;
+  }
+  const clhost_host_t* host_;
+};
+
+class PluginBase {
+ public:
+  explicit PluginBase(const clhost_host_t* host) : host_(host) {}
+  virtual ~PluginBase() = default;
+  PluginBase(const PluginBase&) = delete;
+  PluginBase& operator=(const PluginBase&) = delete;
+  PluginBase(PluginBase&&) = delete;
+  PluginBase& operator=(PluginBase&&) = delete;
+
+ protected:
+  [[nodiscard]] const Host& host() const noexcept { return host_; }
+
+ private:
+  Host host_;
+};
+
+class Regularizer : public PluginBase {
+ public:
+  using PluginBase::PluginBase;
+  virtual void on_task_begin(const clhost_task_info_t& /*task*/) {}
+  // Adds the penalty's gradient into the parameter gradients and returns the penalty.
+  virtual double after_backward(const clhost_step_info_t& step) = 0;
+  virtual void on_task_end(const clhost_task_info_t& /*task*/) {}
+  [[nodiscard]] virtual std::string describe() const { return {}; }
+};
+
+class BatchPolicy : public PluginBase {
+ public:
+  using PluginBase::PluginBase;
+  virtual int64_t choose_micro_batch(const clhost_batch_request_t& request) = 0;
+};
+
+class Profiler : public PluginBase {
+ public:
+  using PluginBase::PluginBase;
+  virtual void on_event(const clhost_event_t& event) = 0;
+};
+
+namespace detail {
+
+template <class Plugin>
+struct Trampolines {
+  static clhost_status_t create(const clhost_host_t* host, const clhost_config_t* config,
+                                void** instance, clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] {
+      Config view(config);
+      *instance = new Plugin(host, view);
+    });
+  }
+  static void destroy(void* instance) noexcept {
+    try {
+      delete static_cast<Plugin*>(instance);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor must not cross the ABI
+    }
+  }
+  static Plugin& self(void* instance) { return *static_cast<Plugin*>(instance); }
+
+  static clhost_status_t task_begin(void* instance, const clhost_task_info_t* task,
+                                    clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] { self(instance).on_task_begin(*task); });
+  }
+  static clhost_status_t after_backward(void* instance, const clhost_step_info_t* step,
+                                        double* penalty, clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] { *penalty = self(instance).after_backward(*step); });
+  }
+  static clhost_status_t task_end(void* instance, const clhost_task_info_t* task,
+                                  clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] { self(instance).on_task_end(*task); });
+  }
+  static void describe(void* instance, char* buffer, size_t size) noexcept {
+    try {
+      std::snprintf(buffer, size, "%s", self(instance).describe().c_str());
+    } catch (...) {
+      std::snprintf(buffer, size, "%s", "");
+    }
+  }
+  static clhost_status_t choose(void* instance, const clhost_batch_request_t* request,
+                                int64_t* micro_batch, clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] { *micro_batch = self(instance).choose_micro_batch(*request); });
+  }
+  static clhost_status_t event(void* instance, const clhost_event_t* event,
+                               clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] { self(instance).on_event(*event); });
+  }
+
+  static const void* get_interface(const char* id) noexcept {
+    if constexpr (std::is_base_of_v<Regularizer, Plugin>) {
+      static const clhost_regularizer_v1_t table{sizeof(clhost_regularizer_v1_t), &task_begin,
+                                                 &after_backward, &task_end, &describe};
+      if (std::strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0) return &table;
+    } else if constexpr (std::is_base_of_v<BatchPolicy, Plugin>) {
+      static const clhost_batch_policy_v1_t table{sizeof(clhost_batch_policy_v1_t), &choose};
+      if (std::strcmp(id, CLHOST_INTERFACE_BATCH_POLICY_V1) == 0) return &table;
+    } else {
+      static_assert(std::is_base_of_v<Profiler, Plugin>,
+                    "a plug-in class derives from Regularizer, BatchPolicy or Profiler");
+      static const clhost_profiler_v1_t table{sizeof(clhost_profiler_v1_t), &event};
+      if (std::strcmp(id, CLHOST_INTERFACE_PROFILER_V1) == 0) return &table;
+    }
+    return nullptr;
+  }
+};
+
+}  // namespace detail
+
+template <class Plugin>
+const clhost_plugin_entry_t* make_entry(const clhost_plugin_descriptor_t* descriptor,
+                                        const clhost_build_fingerprint_t* fingerprint) noexcept {
+  using T = detail::Trampolines<Plugin>;
+  static const clhost_plugin_entry_t entry{sizeof(clhost_plugin_entry_t),
+                                           {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
+                                           descriptor,
+                                           fingerprint,
+                                           &T::create,
+                                           &T::destroy,
+                                           &T::get_interface};
+  return &entry;
+}
+
+}  // namespace clhost::sdk
+
+// Defines the plug-in's single exported symbol. FINGERPRINT: nullptr, or
+// CLHOST_TORCH_FINGERPRINT from plugin_torch.hpp when the plug-in uses the LibTorch C++ API.
+#define CLHOST_DEFINE_PLUGIN(PLUGIN_CLASS, DESCRIPTOR, FINGERPRINT)                      \
+  extern "C" CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {      \
+    return ::clhost::sdk::make_entry<PLUGIN_CLASS>(&(DESCRIPTOR), (FINGERPRINT));        \
+  }
+
+#endif  // CLHOST_SDK_PLUGIN_HPP

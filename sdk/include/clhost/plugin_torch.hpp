@@ -1,0 +1,59 @@
+// plugin_torch.hpp — optional LibTorch helpers for plug-ins that use the LibTorch C++ API.
+// Including it makes the plug-in link LibTorch; plug-ins that only read DLTensors don't need it.
+#ifndef CLHOST_SDK_PLUGIN_TORCH_HPP
+#define CLHOST_SDK_PLUGIN_TORCH_HPP
+
+#include <clhost/plugin.hpp>
+
+#include <ATen/DLConvertor.h>
+#include <torch/types.h>
+#include <torch/version.h>
+
+#include <vector>
+
+namespace clhost::sdk {
+
+// A tensor that aliases the DLTensor's memory (no copy, no ownership). Valid as long as the
+// DLTensor is (for host tensors: the current hook).
+inline torch::Tensor tensor_view(const DLTensor& tensor) {
+  if (tensor.data == nullptr) {
+    throw Error("tensor has no data (gradient not computed yet?)", CLHOST_STATUS_INVALID_ARGUMENT);
+  }
+  const c10::ScalarType dtype = at::toScalarType(tensor.dtype);
+  std::vector<int64_t> sizes(tensor.shape, tensor.shape + tensor.ndim);
+  std::vector<int64_t> strides;
+  if (tensor.strides != nullptr) {
+    strides.assign(tensor.strides, tensor.strides + tensor.ndim);
+  } else {
+    strides.resize(static_cast<size_t>(tensor.ndim));
+    int64_t stride = 1;
+    for (int32_t dim = tensor.ndim - 1; dim >= 0; --dim) {
+      strides[static_cast<size_t>(dim)] = stride;
+      stride *= sizes[static_cast<size_t>(dim)];
+    }
+  }
+  auto options = torch::TensorOptions().dtype(dtype);
+  if (tensor.device.device_type == kDLCUDA) {
+    options = options.device(torch::kCUDA, tensor.device.device_id);
+  }
+  auto* base = static_cast<char*>(tensor.data) + tensor.byte_offset;
+  return torch::from_blob(base, sizes, strides, options);
+}
+
+}  // namespace clhost::sdk
+
+#ifndef _GLIBCXX_USE_CXX11_ABI
+#define CLHOST_CXX11_ABI_VALUE (-1)
+#else
+#define CLHOST_CXX11_ABI_VALUE _GLIBCXX_USE_CXX11_ABI
+#endif
+
+// Use as the FINGERPRINT argument of CLHOST_DEFINE_PLUGIN.
+#define CLHOST_TORCH_FINGERPRINT                                                             \
+  ([]() -> const clhost_build_fingerprint_t* {                                               \
+    static const clhost_build_fingerprint_t fingerprint{                                     \
+        sizeof(clhost_build_fingerprint_t), TORCH_VERSION, CLHOST_CXX11_ABI_VALUE, __VERSION__}; \
+    return &fingerprint;                                                                     \
+  }())
+
+#endif  // CLHOST_SDK_PLUGIN_TORCH_HPP

@@ -1,0 +1,243 @@
+// clhost — the command-line entry point. Every command is documented in docs/cli.md.
+// Exit codes: 0 success, 1 run failed, 2 bad configuration or usage, 3 plug-in problem.
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "clhost/config.hpp"
+#include "clhost/errors.hpp"
+#include "clhost/plugin_loader.hpp"
+#include "clhost/runner.hpp"
+
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr int kExitRunFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitPlugin = 3;
+
+const char* const kTopHelp = R"(clhost — memory-efficient continual learning with plug-ins
+
+usage: clhost <command> [options]
+
+commands:
+  run        train over a task sequence described by a TOML config
+  validate   check a config (and its plug-ins' settings) without running
+  plugins    list the plug-ins found, or show one: clhost plugins list | show ID
+
+options:
+  --version  print the clhost and plug-in ABI versions
+  --help     this text; `clhost <command> --help` for a command's options
+)";
+
+std::vector<std::string> split_commas(const std::vector<std::string>& items) {
+  std::vector<std::string> out;
+  for (const auto& item : items) {
+    std::stringstream stream(item);
+    for (std::string part; std::getline(stream, part, ',');) {
+      if (!part.empty()) out.push_back(part);
+    }
+  }
+  return out;
+}
+
+po::options_description config_options() {
+  po::options_description options("options");
+  options.add_options()
+      ("help,h", "show this help")
+      ("config,c", po::value<std::string>()->required(), "TOML configuration file")
+      ("plugins", po::value<std::vector<std::string>>()->composing(),
+       "comma-separated plug-in ids; replaces the config's [[pipeline]] list (settings of "
+       "listed ids are kept)")
+      ("plugin-path", po::value<std::vector<std::string>>()->composing(),
+       "directory searched for clhost_<id>.so before $CLHOST_PLUGIN_PATH and run.plugin_path")
+      ("set", po::value<std::vector<std::string>>()->composing(),
+       "override a config key: --set train.lr=0.01 (value in TOML syntax; repeatable)")
+      ("use-memory-efficient", po::bool_switch(),
+       "set fisher_computation.use_memory_efficient = true (needs the ewc plug-in)")
+      ("profile-memory", po::bool_switch(), "add the memory_profiler plug-in to the pipeline")
+      ("dynamic-batch-size", po::bool_switch(), "add the dynamic batch-policy plug-in");
+  return options;
+}
+
+clhost::ConfigOverrides overrides_from(const po::variables_map& vm) {
+  clhost::ConfigOverrides overrides;
+  if (vm.count("set")) overrides.set = vm["set"].as<std::vector<std::string>>();
+  if (vm.count("plugins")) overrides.plugins = split_commas(vm["plugins"].as<std::vector<std::string>>());
+  if (vm.count("plugin-path")) overrides.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
+  overrides.use_memory_efficient = vm["use-memory-efficient"].as<bool>();
+  overrides.profile_memory = vm["profile-memory"].as<bool>();
+  overrides.dynamic_batch_size = vm["dynamic-batch-size"].as<bool>();
+  return overrides;
+}
+
+// Parses a subcommand's options; returns false when help was printed.
+bool parse(const std::vector<std::string>& args, const po::options_description& options,
+           const char* usage, po::variables_map& vm) {
+  po::store(po::command_line_parser(args).options(options).run(), vm);
+  if (vm.count("help")) {
+    std::cout << usage << "\n\n" << options << '\n';
+    return false;
+  }
+  po::notify(vm);
+  return true;
+}
+
+int command_run(const std::vector<std::string>& args) {
+  po::options_description options = config_options();
+  options.add_options()
+      ("output,o", po::value<std::string>(), "exact run directory (must be new or empty)")
+      ("quiet,q", po::bool_switch(), "no progress output");
+  po::variables_map vm;
+  if (!parse(args, options, "usage: clhost run --config FILE [options]", vm)) return 0;
+  const clhost::RunConfig config = clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+  clhost::RunOptions run_options;
+  if (vm.count("output")) run_options.run_dir = vm["output"].as<std::string>();
+  run_options.quiet = vm["quiet"].as<bool>();
+  const clhost::RunSummary summary = clhost::run_pipeline(config, run_options);
+
+  std::printf("\naccuracy matrix (row: after training task i; column: task j)\n");
+  for (const auto& row : summary.accuracy) {
+    for (double value : row) std::printf(" %.4f", value);
+    std::printf("\n");
+  }
+  const auto& metrics = summary.metrics;
+  std::printf("average accuracy   %.4f\n", metrics.average_accuracy);
+  if (metrics.forgetting) std::printf("forgetting         %.4f\n", *metrics.forgetting);
+  if (metrics.backward_transfer) std::printf("backward transfer  %+.4f\n", *metrics.backward_transfer);
+  if (metrics.forward_transfer) std::printf("forward transfer   %+.4f\n", *metrics.forward_transfer);
+  std::printf("wall time          %.1f s (%lld optimizer steps, %.1f steps/s)\n", summary.wall_seconds,
+              static_cast<long long>(summary.optimizer_steps),
+              static_cast<double>(summary.optimizer_steps) / summary.wall_seconds);
+  std::printf("results            %s/results.json\n", summary.run_dir.c_str());
+  return 0;
+}
+
+int command_validate(const std::vector<std::string>& args) {
+  po::options_description options = config_options();
+  po::variables_map vm;
+  if (!parse(args, options, "usage: clhost validate --config FILE [options]", vm)) return 0;
+  const clhost::RunConfig config = clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+  clhost::PluginLoader loader(
+      clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
+  for (size_t i = 0; i < config.pipeline.size(); ++i) {
+    const auto& plugin = loader.load(config.pipeline[i].id);
+    (void)clhost::resolve_plugin_config(plugin, config.pipeline[i], i);
+  }
+  std::printf("%s: valid (%zu plug-in%s in the pipeline)\n", config.source.c_str(),
+              config.pipeline.size(), config.pipeline.size() == 1 ? "" : "s");
+  return 0;
+}
+
+int command_plugins(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()
+      ("help,h", "show this help")
+      ("plugin-path", po::value<std::vector<std::string>>()->composing(), "extra plug-in directory")
+      ("action", po::value<std::string>(), "list | show")
+      ("id", po::value<std::string>(), "plug-in id for show");
+  po::positional_options_description positional;
+  positional.add("action", 1).add("id", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+  if (vm.count("help") || !vm.count("action")) {
+    std::cout << "usage: clhost plugins list | show ID [--plugin-path DIR]\n\n" << options << '\n';
+    return vm.count("help") ? 0 : kExitUsage;
+  }
+  po::notify(vm);
+  std::vector<std::string> cli_path;
+  if (vm.count("plugin-path")) cli_path = vm["plugin-path"].as<std::vector<std::string>>();
+  clhost::PluginLoader loader(clhost::PluginLoader::search_path_for(cli_path, {}));
+  const std::string action = vm["action"].as<std::string>();
+  if (action == "list") {
+    const auto candidates = loader.discover();
+    std::printf("%-18s %-13s %-9s %s\n", "ID", "KIND", "VERSION", "PATH");
+    for (const auto& candidate : candidates) {
+      if (candidate.plugin != nullptr) {
+        std::printf("%-18s %-13s %-9s %s%s\n", candidate.id.c_str(),
+                    clhost::kind_name(candidate.plugin->descriptor->kind),
+                    candidate.plugin->descriptor->version, candidate.path.c_str(),
+                    candidate.shadowed ? "  (shadowed by an earlier directory)" : "");
+      } else {
+        std::printf("%-18s %-13s %-9s %s\n    error: %s\n", candidate.id.c_str(), "-", "-",
+                    candidate.path.c_str(), candidate.error.c_str());
+      }
+    }
+    std::printf("\nsearched:");
+    for (const auto& dir : loader.search_path()) std::printf(" %s", dir.c_str());
+    std::printf("\n");
+    return 0;
+  }
+  if (action == "show") {
+    if (!vm.count("id")) {
+      std::fprintf(stderr, "clhost plugins show: missing plug-in id\n");
+      return kExitUsage;
+    }
+    const auto& plugin = loader.load(vm["id"].as<std::string>());
+    const auto* descriptor = plugin.descriptor;
+    std::printf("id           %s\nkind         %s\nversion      %s\nvendor       %s\n"
+                "abi          %u.%u\npath         %s\nuses LibTorch %s\ndescription  %s\n",
+                descriptor->id, clhost::kind_name(descriptor->kind), descriptor->version,
+                descriptor->vendor ? descriptor->vendor : "-", plugin.entry->abi_version.major,
+                plugin.entry->abi_version.minor, plugin.path.c_str(),
+                plugin.entry->fingerprint ? "yes" : "no",
+                descriptor->description ? descriptor->description : "");
+    std::printf("\nconfig keys (in its [[pipeline]] table):\n");
+    if (descriptor->config_schema_count == 0) std::printf("  (none)\n");
+    for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
+      const auto& key = descriptor->config_schema[i];
+      std::printf("  %-18s %-7s default %-12s %s", key.key, clhost::config_type_name(key.type),
+                  key.default_value ? key.default_value : "-", key.doc ? key.doc : "");
+      if (key.has_range) std::printf(" [range %g .. %g]", key.min_value, key.max_value);
+      if (key.choices) std::printf(" [one of %s]", key.choices);
+      std::printf("\n");
+    }
+    return 0;
+  }
+  std::fprintf(stderr, "clhost plugins: unknown action '%s' (list | show ID)\n", action.c_str());
+  return kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << kTopHelp;
+    return args.empty() ? kExitUsage : 0;
+  }
+  if (args[0] == "--version") {
+    std::printf("clhost %s (plug-in ABI %d.%d)\n", clhost::version(), CLHOST_ABI_VERSION_MAJOR,
+                CLHOST_ABI_VERSION_MINOR);
+    return 0;
+  }
+  const std::string command = args[0];
+  args.erase(args.begin());
+  try {
+    if (command == "run") return command_run(args);
+    if (command == "validate") return command_validate(args);
+    if (command == "plugins") return command_plugins(args);
+    std::fprintf(stderr, "clhost: unknown command '%s'\n\n%s", command.c_str(), kTopHelp);
+    return kExitUsage;
+  } catch (const po::error& e) {
+    std::fprintf(stderr, "clhost %s: %s (see clhost %s --help)\n", command.c_str(), e.what(),
+                 command.c_str());
+    return kExitUsage;
+  } catch (const clhost::ConfigError& e) {
+    std::fprintf(stderr, "config error: %s\n", e.what());
+    return kExitUsage;
+  } catch (const clhost::PluginError& e) {
+    std::fprintf(stderr, "plug-in error: %s\n", e.what());
+    return kExitPlugin;
+  } catch (const clhost::RunError& e) {
+    std::fprintf(stderr, "run failed: %s\n", e.what());
+    return kExitRunFailed;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "run failed: %s\n", e.what());
+    return kExitRunFailed;
+  }
+}
