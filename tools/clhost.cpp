@@ -124,10 +124,7 @@ int command_validate(const std::vector<std::string>& args) {
   const clhost::RunConfig config = clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
   clhost::PluginLoader loader(
       clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
-  for (size_t i = 0; i < config.pipeline.size(); ++i) {
-    const auto& plugin = loader.load(config.pipeline[i].id);
-    (void)clhost::resolve_plugin_config(plugin, config.pipeline[i], i);
-  }
+  (void)clhost::load_pipeline(loader, config);
   std::printf("%s: valid (%zu plug-in%s in the pipeline)\n", config.source.c_str(),
               config.pipeline.size(), config.pipeline.size() == 1 ? "" : "s");
   return 0;

@@ -47,12 +47,19 @@ const char* type_name(const toml::node& node) {
 // rejects whatever is left. Errors carry file:line:column and the full key path.
 class SectionReader {
  public:
-  SectionReader(const toml::table* table, std::string prefix, std::string file)
-      : table_(table), prefix_(std::move(prefix)), file_(std::move(file)) {}
+  SectionReader(const toml::table* table, std::string prefix, std::string file,
+                const std::set<std::string>& overridden)
+      : table_(table), prefix_(std::move(prefix)), file_(std::move(file)), overridden_(overridden) {}
 
   [[noreturn]] void fail(const toml::node& node, const std::string& key,
                          const std::string& reason) const {
-    throw ConfigError(location_of(node.source(), file_) + ": " + path(key) + ": " + reason);
+    throw ConfigError(where(node.source(), key) + ": " + path(key) + ": " + reason);
+  }
+
+  // A value from --set has no line in the file: name the option instead.
+  [[nodiscard]] std::string where(const toml::source_region& region, const std::string& key) const {
+    if (overridden_.count(path(key)) != 0) return "--set " + path(key);
+    return location_of(region, file_);
   }
 
   const toml::node* take(const std::string& key) {
@@ -147,7 +154,7 @@ class SectionReader {
       const std::string name(key.str());
       if (known_.count(name) == 0) {
         std::vector<std::string> names(known_.begin(), known_.end());
-        throw ConfigError(location_of(key.source(), file_) + ": " + path(name) +
+        throw ConfigError(where(key.source(), name) + ": " + path(name) +
                           ": unknown key (known keys here: " + join(names, ", ") + ")");
       }
     }
@@ -162,6 +169,7 @@ class SectionReader {
   std::string prefix_;
   std::string file_;
   std::set<std::string> known_;
+  const std::set<std::string>& overridden_;
 };
 
 const toml::table* sub_table(SectionReader& root, const std::string& key) {
@@ -198,7 +206,14 @@ void apply_override(toml::table& root, const std::string& assignment) {
   for (size_t i = 0; i + 1 < segments.size(); ++i) {
     const std::string& segment = segments[i];
     if (auto* table = current->as_table()) {
-      if (table->get(segment) == nullptr) table->insert(segment, toml::table{});
+      if (table->get(segment) == nullptr) {
+        const bool indexes_array = segments[i + 1].find_first_not_of("0123456789") == std::string::npos;
+        if (indexes_array) {
+          throw ConfigError(source + ": there is no array '" + segment + "' to index (add the " +
+                            "[[" + segment + "]] entry to the config file first)");
+        }
+        table->insert(segment, toml::table{});
+      }
       current = table->get(segment);
     } else if (auto* array = current->as_array()) {
       size_t index = 0;
@@ -221,7 +236,8 @@ void apply_override(toml::table& root, const std::string& assignment) {
   target->insert_or_assign(segments.back(), *parsed.get("value"));
 }
 
-PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t index) {
+PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t index,
+                       const std::set<std::string>& overridden) {
   const std::string prefix = "pipeline[" + std::to_string(index) + "]";
   if (!node.is_table()) {
     throw ConfigError(location_of(node.source(), file) + ": " + prefix +
@@ -240,7 +256,9 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
     if (name == "plugin") continue;
     PluginSetting setting;
     setting.key = name;
-    setting.location = location_of(value.source(), file);
+    const std::string override_key = "pipeline." + std::to_string(index) + "." + name;
+    setting.location = overridden.count(override_key) != 0 ? "--set " + override_key
+                                                           : location_of(value.source(), file);
     if (value.is_boolean()) {
       setting.value = value.as_boolean()->get();
     } else if (value.is_integer()) {
@@ -281,13 +299,17 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     }
     throw ConfigError(location_of(error.source(), path) + ": TOML syntax error: " + reason);
   }
-  for (const auto& assignment : overrides.set) apply_override(root, assignment);
+  std::set<std::string> overridden;
+  for (const auto& assignment : overrides.set) {
+    apply_override(root, assignment);
+    overridden.insert(assignment.substr(0, assignment.find('=')));
+  }
 
   RunConfig config;
   config.source = path;
-  SectionReader top(&root, "", path);
+  SectionReader top(&root, "", path, overridden);
 
-  SectionReader run(sub_table(top, "run"), "run", path);
+  SectionReader run(sub_table(top, "run"), "run", path, overridden);
   config.run.name = run.get_string("name", config.run.name);
   if (config.run.name.empty() || config.run.name.find('/') != std::string::npos) {
     throw ConfigError(path + ": run.name: must be non-empty and contain no '/'");
@@ -299,7 +321,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.run.log_every = run.get_int("log_every", 50, 1, 1000000);
   run.finish();
 
-  SectionReader data(sub_table(top, "data"), "data", path);
+  SectionReader data(sub_table(top, "data"), "data", path, overridden);
   config.data.dir = data.get_string("dir", config.data.dir);
   config.data.scenario = data.get_string("scenario", "split", {"split", "permuted"}) == "split"
                              ? Scenario::kSplit
@@ -320,7 +342,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.data.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
   data.finish();
 
-  SectionReader model(sub_table(top, "model"), "model", path);
+  SectionReader model(sub_table(top, "model"), "model", path, overridden);
   config.model.kind = model.get_string("kind", "mlp", {"mlp", "cnn"}) == "mlp" ? ModelKind::kMlp
                                                                                : ModelKind::kCnn;
   config.model.hidden = model.get_int_list("hidden", config.model.hidden, 1, 1 << 20);
@@ -329,7 +351,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   }
   model.finish();
 
-  SectionReader train(sub_table(top, "train"), "train", path);
+  SectionReader train(sub_table(top, "train"), "train", path, overridden);
   config.train.optimizer = train.get_string("optimizer", "adam", {"sgd", "adam"}) == "sgd"
                                ? OptimizerKind::kSgd
                                : OptimizerKind::kAdam;
@@ -341,7 +363,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.train.eval_batch_size = train.get_int("eval_batch_size", 1000, 1, 1 << 24);
   train.finish();
 
-  SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path);
+  SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path, overridden);
   config.fisher.use_memory_efficient = fisher.get_bool("use_memory_efficient", false);
   config.fisher.block_size = fisher.get_int("block_size", 1000000, 1, INT64_MAX);
   config.fisher.use_compression = fisher.get_bool("use_compression", true);
@@ -354,7 +376,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     if (!node->is_array()) top.fail(*node, "pipeline", "expected an array of tables ([[pipeline]])");
     size_t index = 0;
     for (const auto& element : *node->as_array()) {
-      config.pipeline.push_back(read_plugin(element, path, index++));
+      config.pipeline.push_back(read_plugin(element, path, index++, overridden));
     }
   }
   if (const toml::node* node = top.take("tasks")) {
@@ -363,7 +385,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     for (const auto& element : *node->as_array()) {
       const std::string prefix = "tasks[" + std::to_string(index++) + "]";
       if (!element.is_table()) top.fail(element, prefix, "expected a table");
-      SectionReader task(element.as_table(), prefix, path);
+      SectionReader task(element.as_table(), prefix, path, overridden);
       TaskOverride override_entry;
       override_entry.name = task.get_string("name", "");
       if (task.take("batch_size") != nullptr) {

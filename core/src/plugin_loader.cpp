@@ -336,4 +336,24 @@ ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const Plu
   return resolved;
 }
 
+LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config) {
+  LoadedPipeline pipeline;
+  for (size_t i = 0; i < config.pipeline.size(); ++i) {
+    const PluginSpec& spec = config.pipeline[i];
+    try {
+      pipeline.plugins.push_back(&loader.load(spec.id));
+    } catch (const PluginError& e) {
+      const bool from_switch =
+          spec.location.rfind("--", 0) == 0 || spec.location.rfind("fisher_computation", 0) == 0;
+      if (from_switch) {
+        throw PluginError(std::string(e.what()) + "\n  (" + spec.location + " needs plug-in '" +
+                          spec.id + "')");
+      }
+      throw PluginError(spec.location + ": pipeline[" + std::to_string(i) + "]: " + e.what());
+    }
+    pipeline.configs.push_back(resolve_plugin_config(*pipeline.plugins.back(), spec, i));
+  }
+  return pipeline;
+}
+
 }  // namespace clhost

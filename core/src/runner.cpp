@@ -328,21 +328,9 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   const auto wall_start = Clock::now();
   // 1. Everything that can fail because of the user's input happens before any file is written.
   PluginLoader loader(PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
-  std::vector<const LoadedPlugin*> plugins;
-  std::vector<ResolvedPluginConfig> plugin_configs;
-  for (size_t i = 0; i < config.pipeline.size(); ++i) {
-    const PluginSpec& spec = config.pipeline[i];
-    try {
-      plugins.push_back(&loader.load(spec.id));
-    } catch (const PluginError& e) {
-      if (spec.location.rfind("--", 0) == 0 || spec.location.rfind("fisher_computation", 0) == 0) {
-        throw PluginError(std::string(e.what()) + "\n  (" + spec.location + " needs plug-in '" +
-                          spec.id + "')");
-      }
-      throw PluginError(spec.location + ": pipeline[" + std::to_string(i) + "]: " + e.what());
-    }
-    plugin_configs.push_back(resolve_plugin_config(*plugins.back(), spec, i));
-  }
+  LoadedPipeline pipeline = load_pipeline(loader, config);
+  const std::vector<const LoadedPlugin*>& plugins = pipeline.plugins;
+  std::vector<ResolvedPluginConfig>& plugin_configs = pipeline.configs;
   const std::string run_dir = choose_run_dir(config, options);
 
   at::set_num_threads(config.run.threads);

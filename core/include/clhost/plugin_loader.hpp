@@ -81,4 +81,12 @@ class PluginLoader {
   std::vector<std::unique_ptr<LoadedPlugin>> loaded_;
 };
 
+// Loads every plug-in of the pipeline and validates its settings, in order. Errors name the
+// pipeline entry (or the CLI switch that asked for the plug-in).
+struct LoadedPipeline {
+  std::vector<const LoadedPlugin*> plugins;
+  std::vector<ResolvedPluginConfig> configs;
+};
+LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config);
+
 }  // namespace clhost
