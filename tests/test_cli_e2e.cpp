@@ -42,14 +42,16 @@ TEST(CliEndToEnd, QuickRunWithTheCL2PluginWritesResults) {
   EXPECT_EQ(results["accuracy_matrix"].size(), 5U);
   EXPECT_EQ(results["plugins"][0]["id"], "l2");
   EXPECT_EQ(results["plugins"][0]["kind"], "regularizer");
-  EXPECT_NE(results["plugins"][0]["variant"].get<std::string>().find("0.5*lambda"), std::string::npos);
+  EXPECT_NE(results["plugins"][0]["variant"].get<std::string>().find("0.5*lambda"),
+            std::string::npos);
   EXPECT_TRUE(results["metrics"]["forgetting"].is_number());
   EXPECT_TRUE(std::filesystem::exists(dir.path("l2") + "/accuracy_matrix.csv"));
 }
 
 TEST(CliEndToEnd, L2ForgetsLessThanFineTuning) {
   clhost::test::TempDir dir;
-  const Result plain = clhost("run --config " + kQuick + " --plugins '' --output " + dir.path("plain") + " -q");
+  const Result plain =
+      clhost("run --config " + kQuick + " --plugins '' --output " + dir.path("plain") + " -q");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   const Result l2 = clhost("run --config " + kQuick + " --set pipeline.0.lambda=5 --output " +
                            dir.path("l2") + " -q");
@@ -65,7 +67,8 @@ TEST(CliEndToEnd, ConfigErrorExitsTwoAndWritesNothing) {
   const std::string bad = dir.file("bad.toml", "[train]\nlr = \"fast\"\n");
   const Result run = clhost("run --config " + bad + " --output " + dir.path("out"));
   EXPECT_EQ(run.exit_code, 2);
-  EXPECT_NE(run.output.find(bad + ":2:6: train.lr: expected a number"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find(bad + ":2:6: train.lr: expected a number"), std::string::npos)
+      << run.output;
   EXPECT_FALSE(std::filesystem::exists(dir.path("out")));
   const Result validate = clhost("validate --config " + bad);
   EXPECT_EQ(validate.exit_code, 2);
@@ -73,7 +76,8 @@ TEST(CliEndToEnd, ConfigErrorExitsTwoAndWritesNothing) {
 
 TEST(CliEndToEnd, UnknownPluginExitsThree) {
   clhost::test::TempDir dir;
-  const Result run = clhost("run --config " + kQuick + " --plugins nonesuch --output " + dir.path("out"));
+  const Result run =
+      clhost("run --config " + kQuick + " --plugins nonesuch --output " + dir.path("out"));
   EXPECT_EQ(run.exit_code, 3) << run.output;
   EXPECT_NE(run.output.find("plug-in 'nonesuch' not found"), std::string::npos) << run.output;
   EXPECT_FALSE(std::filesystem::exists(dir.path("out")));

@@ -38,31 +38,34 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         BadInput{"syntax", "[run]\nname = \"x\nseed = 1\n", ":2:", "TOML syntax error"},
         BadInput{"unknown_section", "[trian]\nlr = 1\n", ":1:2:", "trian: unknown key"},
-        BadInput{"unknown_key", "[train]\nlearning_rate = 0.1\n", ":2:1:",
-                 "train.learning_rate: unknown key"},
-        BadInput{"wrong_type", "[train]\nbatch_size = \"128\"\n", ":2:14:",
-                 "train.batch_size: expected an integer, got a string"},
-        BadInput{"out_of_range", "[train]\nbatch_size = 0\n", ":2:14:",
-                 "train.batch_size: value 0 is out of range"},
-        BadInput{"negative_lr", "[train]\nlr = -0.5\n", ":2:6:", "train.lr: value -0.5 is out of range"},
-        BadInput{"bad_choice", "[data]\nscenario = \"rotated\"\n", ":2:12:",
-                 "data.scenario: \"rotated\" is not one of: split, permuted"},
-        BadInput{"bad_split", "[data]\nscenario = \"split\"\nnum_tasks = 3\n", ":3:13:",
-                 "data.num_tasks: a split scenario needs a divisor"},
-        BadInput{"hidden_not_array", "[model]\nhidden = 400\n", ":2:10:",
-                 "model.hidden: expected an array of integers"},
-        BadInput{"hidden_element", "[model]\nhidden = [400, -1]\n", ":2:16:",
-                 "model.hidden: element -1 is out of range"},
-        BadInput{"pipeline_without_id", "[[pipeline]]\nlambda = 1.0\n", ":1:1:",
-                 "pipeline[0].plugin: missing or not a string"},
-        BadInput{"pipeline_nested_value", "[[pipeline]]\nplugin = \"l2\"\nx = [1, 2]\n", ":3:5:",
-                 "pipeline[0].x: plug-in settings must be"},
-        BadInput{"task_unknown_key", "[[tasks]]\nname = \"a\"\nbatch = 4\n", ":3:1:",
-                 "tasks[0].batch: unknown key"},
+        BadInput{"unknown_key", "[train]\nlearning_rate = 0.1\n",
+                 ":2:1:", "train.learning_rate: unknown key"},
+        BadInput{"wrong_type", "[train]\nbatch_size = \"128\"\n",
+                 ":2:14:", "train.batch_size: expected an integer, got a string"},
+        BadInput{"out_of_range", "[train]\nbatch_size = 0\n",
+                 ":2:14:", "train.batch_size: value 0 is out of range"},
+        BadInput{"negative_lr", "[train]\nlr = -0.5\n",
+                 ":2:6:", "train.lr: value -0.5 is out of range"},
+        BadInput{"bad_choice", "[data]\nscenario = \"rotated\"\n",
+                 ":2:12:", "data.scenario: \"rotated\" is not one of: split, permuted"},
+        BadInput{"bad_split", "[data]\nscenario = \"split\"\nnum_tasks = 3\n",
+                 ":3:13:", "data.num_tasks: a split scenario needs a divisor"},
+        BadInput{"hidden_not_array", "[model]\nhidden = 400\n",
+                 ":2:10:", "model.hidden: expected an array of integers"},
+        BadInput{"hidden_element", "[model]\nhidden = [400, -1]\n",
+                 ":2:16:", "model.hidden: element -1 is out of range"},
+        BadInput{"pipeline_without_id", "[[pipeline]]\nlambda = 1.0\n",
+                 ":1:1:", "pipeline[0].plugin: missing or not a string"},
+        BadInput{"pipeline_nested_value", "[[pipeline]]\nplugin = \"l2\"\nx = [1, 2]\n",
+                 ":3:5:", "pipeline[0].x: plug-in settings must be"},
+        BadInput{"task_unknown_key", "[[tasks]]\nname = \"a\"\nbatch = 4\n",
+                 ":3:1:", "tasks[0].batch: unknown key"},
         BadInput{"section_not_table", "run = 5\n", ":1:7:", "run: expected a table"},
-        BadInput{"bool_as_string", "[fisher_computation]\nuse_compression = \"yes\"\n", ":2:19:",
-                 "fisher_computation.use_compression: expected a boolean"}),
-    [](const ::testing::TestParamInfo<BadInput>& param_info) { return std::string(param_info.param.name); });
+        BadInput{"bool_as_string", "[fisher_computation]\nuse_compression = \"yes\"\n",
+                 ":2:19:", "fisher_computation.use_compression: expected a boolean"}),
+    [](const ::testing::TestParamInfo<BadInput>& param_info) {
+      return std::string(param_info.param.name);
+    });
 
 TEST(Config, DefaultsAreTheSplitProtocol) {
   clhost::test::TempDir dir;
@@ -77,7 +80,8 @@ TEST(Config, DefaultsAreTheSplitProtocol) {
 
 TEST(Config, SetOverridesAreTypedAndLocated) {
   clhost::test::TempDir dir;
-  const std::string path = dir.file("c.toml", "[train]\nlr = 0.001\n[[pipeline]]\nplugin = \"l2\"\nlambda = 1.0\n");
+  const std::string path =
+      dir.file("c.toml", "[train]\nlr = 0.001\n[[pipeline]]\nplugin = \"l2\"\nlambda = 1.0\n");
   clhost::ConfigOverrides overrides;
   overrides.set = {"train.lr=0.01", "run.name=demo", "pipeline.0.lambda=5"};
   const auto config = load_config(path, overrides);
@@ -101,8 +105,8 @@ TEST(Config, SetOverridesAreTypedAndLocated) {
 
 TEST(Config, PluginsFlagReplacesThePipelineAndKeepsSettings) {
   clhost::test::TempDir dir;
-  const std::string path =
-      dir.file("c.toml", "[[pipeline]]\nplugin = \"l2\"\nlambda = 3.0\n[[pipeline]]\nplugin = \"other\"\n");
+  const std::string path = dir.file(
+      "c.toml", "[[pipeline]]\nplugin = \"l2\"\nlambda = 3.0\n[[pipeline]]\nplugin = \"other\"\n");
   clhost::ConfigOverrides overrides;
   overrides.plugins = std::vector<std::string>{"l2", "fresh"};
   overrides.profile_memory = true;
@@ -120,7 +124,8 @@ TEST(Config, MissingFileIsAConfigError) {
     (void)load_config("/nonexistent/clhost.toml");
     FAIL();
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("/nonexistent/clhost.toml: cannot open"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/clhost.toml: cannot open"),
+              std::string::npos)
         << e.what();
   }
 }

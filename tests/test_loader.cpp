@@ -14,7 +14,9 @@ namespace {
 using clhost::PluginError;
 using clhost::PluginLoader;
 
-PluginLoader test_loader() { return PluginLoader({CLHOST_TEST_PLUGIN_DIR, CLHOST_PLUGIN_DIR}); }
+PluginLoader test_loader() {
+  return PluginLoader({CLHOST_TEST_PLUGIN_DIR, CLHOST_PLUGIN_DIR});
+}
 
 std::string load_error(const std::string& id) {
   PluginLoader loader = test_loader();
@@ -54,7 +56,8 @@ TEST(Loader, RefusesANewerMinor) {
 }
 
 TEST(Loader, RefusesALibraryWithoutTheEntrySymbol) {
-  expect_contains(load_error("no_entry"), "not a clhost plug-in (it does not export 'clhost_plugin_entry')");
+  expect_contains(load_error("no_entry"),
+                  "not a clhost plug-in (it does not export 'clhost_plugin_entry')");
 }
 
 TEST(Loader, RefusesAnIdThatDiffersFromTheFileName) {
@@ -81,14 +84,17 @@ TEST(Loader, DiscoverReportsEveryCandidate) {
   bool saw_bad = false;
   for (const auto& candidate : loader.discover()) {
     if (candidate.id == "l2") saw_l2 = candidate.plugin != nullptr;
-    if (candidate.id == "bad_abi") saw_bad = candidate.plugin == nullptr && !candidate.error.empty();
+    if (candidate.id == "bad_abi")
+      saw_bad = candidate.plugin == nullptr && !candidate.error.empty();
   }
   EXPECT_TRUE(saw_l2);
   EXPECT_TRUE(saw_bad);
 }
 
-clhost::PluginSpec spec_with(const std::string& key, std::variant<bool, int64_t, double, std::string> value) {
-  return clhost::PluginSpec{"failing_create", {{key, std::move(value), "cfg.toml:7:3"}}, "cfg.toml:5:1"};
+clhost::PluginSpec spec_with(const std::string& key,
+                             std::variant<bool, int64_t, double, std::string> value) {
+  return clhost::PluginSpec{
+      "failing_create", {{key, std::move(value), "cfg.toml:7:3"}}, "cfg.toml:5:1"};
 }
 
 std::string config_error(const clhost::PluginSpec& spec) {
@@ -102,8 +108,9 @@ std::string config_error(const clhost::PluginSpec& spec) {
 }
 
 TEST(PluginConfig, ValidatesAgainstTheSchema) {
-  expect_contains(config_error(spec_with("strenght", 1.0)),
-                  "cfg.toml:7:3: pipeline[2] (failing_create).strenght: unknown key for this plug-in");
+  expect_contains(
+      config_error(spec_with("strenght", 1.0)),
+      "cfg.toml:7:3: pipeline[2] (failing_create).strenght: unknown key for this plug-in");
   expect_contains(config_error(spec_with("strength", std::string("high"))),
                   "cfg.toml:7:3: pipeline[2] (failing_create).strength: expected a number");
   expect_contains(config_error(spec_with("strength", 11.0)), "value 11 is out of range [0, 10]");
@@ -113,8 +120,8 @@ TEST(PluginConfig, ValidatesAgainstTheSchema) {
 
 TEST(PluginConfig, FillsDefaults) {
   PluginLoader loader = test_loader();
-  const auto resolved =
-      clhost::resolve_plugin_config(loader.load("failing_create"), spec_with("strength", int64_t{3}), 0);
+  const auto resolved = clhost::resolve_plugin_config(loader.load("failing_create"),
+                                                      spec_with("strength", int64_t{3}), 0);
   const auto* strength = clhost_config_find(resolved.abi(), "strength");
   ASSERT_NE(strength, nullptr);
   EXPECT_DOUBLE_EQ(strength->float_value, 3.0);
@@ -124,11 +131,11 @@ TEST(PluginConfig, FillsDefaults) {
 
 TEST(PluginCreate, AFailingCreateReportsThePluginsMessageAndWritesNothing) {
   clhost::test::TempDir dir;
-  const std::string config_path = dir.file(
-      "c.toml", std::string("[run]\noutput_dir = \"") + dir.path("runs") +
-                    "\"\n[data]\ntrain_samples_per_task = 10\ntest_samples_per_task = 10\n"
-                    "[train]\niterations = 1\n[[pipeline]]\nplugin = \"failing_create\"\n"
-                    "reason = \"needs a GPU\"\n");
+  const std::string config_path =
+      dir.file("c.toml", std::string("[run]\noutput_dir = \"") + dir.path("runs") +
+                             "\"\n[data]\ntrain_samples_per_task = 10\ntest_samples_per_task = 10\n"
+                             "[train]\niterations = 1\n[[pipeline]]\nplugin = \"failing_create\"\n"
+                             "reason = \"needs a GPU\"\n");
   clhost::ConfigOverrides overrides;
   overrides.plugin_path = {CLHOST_TEST_PLUGIN_DIR};
   const auto config = clhost::load_config(config_path, overrides);

@@ -1,7 +1,7 @@
 // The SDK header seen by C11 and C++17 compilers must describe the same layout, and the C++
 // helper must turn exceptions into status codes.
-#include <clhost/plugin.hpp>
 #include <gtest/gtest.h>
+#include <clhost/plugin.hpp>
 
 #include <cstddef>
 
@@ -22,8 +22,10 @@ TEST(SdkHeader, CAndCxxAgreeOnLayout) {
 
 TEST(SdkHelper, ExceptionsBecomeStatusCodes) {
   clhost_error_t error{};
-  EXPECT_EQ(clhost::sdk::guarded_call(&error, [] { throw clhost::sdk::Error("bad key", CLHOST_STATUS_INVALID_ARGUMENT); }),
-            CLHOST_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(
+      clhost::sdk::guarded_call(
+          &error, [] { throw clhost::sdk::Error("bad key", CLHOST_STATUS_INVALID_ARGUMENT); }),
+      CLHOST_STATUS_INVALID_ARGUMENT);
   EXPECT_STREQ(error.message, "bad key");
   EXPECT_EQ(clhost::sdk::guarded_call(&error, [] { throw std::bad_alloc(); }),
             CLHOST_STATUS_OUT_OF_MEMORY);

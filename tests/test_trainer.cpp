@@ -10,11 +10,13 @@
 namespace {
 
 std::string tiny_config(const clhost::test::TempDir& dir, const std::string& extra = "") {
-  return dir.file("tiny.toml",
-                  "[run]\nseed = 7\nthreads = 1\nlog_every = 5\n"
-                  "[data]\nnum_tasks = 2\ntrain_samples_per_task = 300\ntest_samples_per_task = 200\n"
-                  "[model]\nhidden = [32]\n"
-                  "[train]\nbatch_size = 32\niterations = 20\n" + extra);
+  return dir.file(
+      "tiny.toml",
+      "[run]\nseed = 7\nthreads = 1\nlog_every = 5\n"
+      "[data]\nnum_tasks = 2\ntrain_samples_per_task = 300\ntest_samples_per_task = 200\n"
+      "[model]\nhidden = [32]\n"
+      "[train]\nbatch_size = 32\niterations = 20\n" +
+          extra);
 }
 
 clhost::RunSummary run(const std::string& config_path, const std::string& run_dir,

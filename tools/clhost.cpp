@@ -47,28 +47,29 @@ std::vector<std::string> split_commas(const std::vector<std::string>& items) {
 
 po::options_description config_options() {
   po::options_description options("options");
-  options.add_options()
-      ("help,h", "show this help")
-      ("config,c", po::value<std::string>()->required(), "TOML configuration file")
-      ("plugins", po::value<std::vector<std::string>>()->composing(),
-       "comma-separated plug-in ids; replaces the config's [[pipeline]] list (settings of "
-       "listed ids are kept)")
-      ("plugin-path", po::value<std::vector<std::string>>()->composing(),
-       "directory searched for clhost_<id>.so before $CLHOST_PLUGIN_PATH and run.plugin_path")
-      ("set", po::value<std::vector<std::string>>()->composing(),
-       "override a config key: --set train.lr=0.01 (value in TOML syntax; repeatable)")
-      ("use-memory-efficient", po::bool_switch(),
-       "set fisher_computation.use_memory_efficient = true (needs the ewc plug-in)")
-      ("profile-memory", po::bool_switch(), "add the memory_profiler plug-in to the pipeline")
-      ("dynamic-batch-size", po::bool_switch(), "add the dynamic batch-policy plug-in");
+  options.add_options()("help,h", "show this help")(
+      "config,c", po::value<std::string>()->required(), "TOML configuration file")(
+      "plugins", po::value<std::vector<std::string>>()->composing(),
+      "comma-separated plug-in ids; replaces the config's [[pipeline]] list (settings of "
+      "listed ids are kept)")(
+      "plugin-path", po::value<std::vector<std::string>>()->composing(),
+      "directory searched for clhost_<id>.so before $CLHOST_PLUGIN_PATH and run.plugin_path")(
+      "set", po::value<std::vector<std::string>>()->composing(),
+      "override a config key: --set train.lr=0.01 (value in TOML syntax; repeatable)")(
+      "use-memory-efficient", po::bool_switch(),
+      "set fisher_computation.use_memory_efficient = true (needs the ewc plug-in)")(
+      "profile-memory", po::bool_switch(), "add the memory_profiler plug-in to the pipeline")(
+      "dynamic-batch-size", po::bool_switch(), "add the dynamic batch-policy plug-in");
   return options;
 }
 
 clhost::ConfigOverrides overrides_from(const po::variables_map& vm) {
   clhost::ConfigOverrides overrides;
   if (vm.count("set")) overrides.set = vm["set"].as<std::vector<std::string>>();
-  if (vm.count("plugins")) overrides.plugins = split_commas(vm["plugins"].as<std::vector<std::string>>());
-  if (vm.count("plugin-path")) overrides.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
+  if (vm.count("plugins"))
+    overrides.plugins = split_commas(vm["plugins"].as<std::vector<std::string>>());
+  if (vm.count("plugin-path"))
+    overrides.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
   overrides.use_memory_efficient = vm["use-memory-efficient"].as<bool>();
   overrides.profile_memory = vm["profile-memory"].as<bool>();
   overrides.dynamic_batch_size = vm["dynamic-batch-size"].as<bool>();
@@ -89,12 +90,13 @@ bool parse(const std::vector<std::string>& args, const po::options_description& 
 
 int command_run(const std::vector<std::string>& args) {
   po::options_description options = config_options();
-  options.add_options()
-      ("output,o", po::value<std::string>(), "exact run directory (must be new or empty)")
-      ("quiet,q", po::bool_switch(), "no progress output");
+  options.add_options()("output,o", po::value<std::string>(),
+                        "exact run directory (must be new or empty)")("quiet,q", po::bool_switch(),
+                                                                      "no progress output");
   po::variables_map vm;
   if (!parse(args, options, "usage: clhost run --config FILE [options]", vm)) return 0;
-  const clhost::RunConfig config = clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+  const clhost::RunConfig config =
+      clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
   clhost::RunOptions run_options;
   if (vm.count("output")) run_options.run_dir = vm["output"].as<std::string>();
   run_options.quiet = vm["quiet"].as<bool>();
@@ -108,10 +110,12 @@ int command_run(const std::vector<std::string>& args) {
   const auto& metrics = summary.metrics;
   std::printf("average accuracy   %.4f\n", metrics.average_accuracy);
   if (metrics.forgetting) std::printf("forgetting         %.4f\n", *metrics.forgetting);
-  if (metrics.backward_transfer) std::printf("backward transfer  %+.4f\n", *metrics.backward_transfer);
-  if (metrics.forward_transfer) std::printf("forward transfer   %+.4f\n", *metrics.forward_transfer);
-  std::printf("wall time          %.1f s (%lld optimizer steps, %.1f steps/s)\n", summary.wall_seconds,
-              static_cast<long long>(summary.optimizer_steps),
+  if (metrics.backward_transfer)
+    std::printf("backward transfer  %+.4f\n", *metrics.backward_transfer);
+  if (metrics.forward_transfer)
+    std::printf("forward transfer   %+.4f\n", *metrics.forward_transfer);
+  std::printf("wall time          %.1f s (%lld optimizer steps, %.1f steps/s)\n",
+              summary.wall_seconds, static_cast<long long>(summary.optimizer_steps),
               static_cast<double>(summary.optimizer_steps) / summary.wall_seconds);
   std::printf("results            %s/results.json\n", summary.run_dir.c_str());
   return 0;
@@ -121,7 +125,8 @@ int command_validate(const std::vector<std::string>& args) {
   po::options_description options = config_options();
   po::variables_map vm;
   if (!parse(args, options, "usage: clhost validate --config FILE [options]", vm)) return 0;
-  const clhost::RunConfig config = clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+  const clhost::RunConfig config =
+      clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
   clhost::PluginLoader loader(
       clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
   (void)clhost::load_pipeline(loader, config);
@@ -132,11 +137,10 @@ int command_validate(const std::vector<std::string>& args) {
 
 int command_plugins(const std::vector<std::string>& args) {
   po::options_description options("options");
-  options.add_options()
-      ("help,h", "show this help")
-      ("plugin-path", po::value<std::vector<std::string>>()->composing(), "extra plug-in directory")
-      ("action", po::value<std::string>(), "list | show")
-      ("id", po::value<std::string>(), "plug-in id for show");
+  options.add_options()("help,h", "show this help")(
+      "plugin-path", po::value<std::vector<std::string>>()->composing(), "extra plug-in directory")(
+      "action", po::value<std::string>(), "list | show")("id", po::value<std::string>(),
+                                                         "plug-in id for show");
   po::positional_options_description positional;
   positional.add("action", 1).add("id", 1);
   po::variables_map vm;
@@ -176,13 +180,14 @@ int command_plugins(const std::vector<std::string>& args) {
     }
     const auto& plugin = loader.load(vm["id"].as<std::string>());
     const auto* descriptor = plugin.descriptor;
-    std::printf("id           %s\nkind         %s\nversion      %s\nvendor       %s\n"
-                "abi          %u.%u\npath         %s\nuses LibTorch %s\ndescription  %s\n",
-                descriptor->id, clhost::kind_name(descriptor->kind), descriptor->version,
-                descriptor->vendor ? descriptor->vendor : "-", plugin.entry->abi_version.major,
-                plugin.entry->abi_version.minor, plugin.path.c_str(),
-                plugin.entry->fingerprint ? "yes" : "no",
-                descriptor->description ? descriptor->description : "");
+    std::printf(
+        "id           %s\nkind         %s\nversion      %s\nvendor       %s\n"
+        "abi          %u.%u\npath         %s\nuses LibTorch %s\ndescription  %s\n",
+        descriptor->id, clhost::kind_name(descriptor->kind), descriptor->version,
+        descriptor->vendor ? descriptor->vendor : "-", plugin.entry->abi_version.major,
+        plugin.entry->abi_version.minor, plugin.path.c_str(),
+        plugin.entry->fingerprint ? "yes" : "no",
+        descriptor->description ? descriptor->description : "");
     std::printf("\nconfig keys (in its [[pipeline]] table):\n");
     if (descriptor->config_schema_count == 0) std::printf("  (none)\n");
     for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {

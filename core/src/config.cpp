@@ -49,7 +49,10 @@ class SectionReader {
  public:
   SectionReader(const toml::table* table, std::string prefix, std::string file,
                 const std::set<std::string>& overridden)
-      : table_(table), prefix_(std::move(prefix)), file_(std::move(file)), overridden_(overridden) {}
+      : table_(table),
+        prefix_(std::move(prefix)),
+        file_(std::move(file)),
+        overridden_(overridden) {}
 
   [[noreturn]] void fail(const toml::node& node, const std::string& key,
                          const std::string& reason) const {
@@ -70,11 +73,13 @@ class SectionReader {
   int64_t get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) {
     const toml::node* node = take(key);
     if (node == nullptr) return fallback;
-    if (!node->is_integer()) fail(*node, key, std::string("expected an integer, got ") + type_name(*node));
+    if (!node->is_integer())
+      fail(*node, key, std::string("expected an integer, got ") + type_name(*node));
     const int64_t value = node->as_integer()->get();
     if (value < min || value > max) {
-      fail(*node, key, "value " + std::to_string(value) + " is out of range [" +
-                           std::to_string(min) + ", " + std::to_string(max) + "]");
+      fail(*node, key,
+           "value " + std::to_string(value) + " is out of range [" + std::to_string(min) + ", " +
+               std::to_string(max) + "]");
     }
     return value;
   }
@@ -101,7 +106,8 @@ class SectionReader {
   bool get_bool(const std::string& key, bool fallback) {
     const toml::node* node = take(key);
     if (node == nullptr) return fallback;
-    if (!node->is_boolean()) fail(*node, key, std::string("expected a boolean, got ") + type_name(*node));
+    if (!node->is_boolean())
+      fail(*node, key, std::string("expected a boolean, got ") + type_name(*node));
     return node->as_boolean()->get();
   }
 
@@ -109,7 +115,8 @@ class SectionReader {
                          const std::vector<std::string>& choices = {}) {
     const toml::node* node = take(key);
     if (node == nullptr) return fallback;
-    if (!node->is_string()) fail(*node, key, std::string("expected a string, got ") + type_name(*node));
+    if (!node->is_string())
+      fail(*node, key, std::string("expected a string, got ") + type_name(*node));
     std::string value = node->as_string()->get();
     if (!choices.empty() && std::find(choices.begin(), choices.end(), value) == choices.end()) {
       fail(*node, key, "\"" + value + "\" is not one of: " + join(choices, ", "));
@@ -122,7 +129,8 @@ class SectionReader {
     std::vector<std::string> out;
     if (node == nullptr) return out;
     if (node->is_string()) return {node->as_string()->get()};
-    if (!node->is_array()) fail(*node, key, std::string("expected an array of strings, got ") + type_name(*node));
+    if (!node->is_array())
+      fail(*node, key, std::string("expected an array of strings, got ") + type_name(*node));
     for (const auto& element : *node->as_array()) {
       if (!element.is_string()) fail(element, key, "every element must be a string");
       out.push_back(element.as_string()->get());
@@ -134,14 +142,16 @@ class SectionReader {
                                     int64_t min, int64_t max) {
     const toml::node* node = take(key);
     if (node == nullptr) return fallback;
-    if (!node->is_array()) fail(*node, key, std::string("expected an array of integers, got ") + type_name(*node));
+    if (!node->is_array())
+      fail(*node, key, std::string("expected an array of integers, got ") + type_name(*node));
     std::vector<int64_t> out;
     for (const auto& element : *node->as_array()) {
       if (!element.is_integer()) fail(element, key, "every element must be an integer");
       const int64_t value = element.as_integer()->get();
       if (value < min || value > max) {
-        fail(element, key, "element " + std::to_string(value) + " is out of range [" +
-                               std::to_string(min) + ", " + std::to_string(max) + "]");
+        fail(element, key,
+             "element " + std::to_string(value) + " is out of range [" + std::to_string(min) +
+                 ", " + std::to_string(max) + "]");
       }
       out.push_back(value);
     }
@@ -175,7 +185,8 @@ class SectionReader {
 const toml::table* sub_table(SectionReader& root, const std::string& key) {
   const toml::node* node = root.take(key);
   if (node == nullptr) return nullptr;
-  if (!node->is_table()) root.fail(*node, key, std::string("expected a table, got ") + type_name(*node));
+  if (!node->is_table())
+    root.fail(*node, key, std::string("expected a table, got ") + type_name(*node));
   return node->as_table();
 }
 
@@ -207,7 +218,8 @@ void apply_override(toml::table& root, const std::string& assignment) {
     const std::string& segment = segments[i];
     if (auto* table = current->as_table()) {
       if (table->get(segment) == nullptr) {
-        const bool indexes_array = segments[i + 1].find_first_not_of("0123456789") == std::string::npos;
+        const bool indexes_array =
+            segments[i + 1].find_first_not_of("0123456789") == std::string::npos;
         if (indexes_array) {
           throw ConfigError(source + ": there is no array '" + segment + "' to index (add the " +
                             "[[" + segment + "]] entry to the config file first)");
@@ -248,7 +260,8 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
   spec.location = location_of(node.source(), file);
   const toml::node* id = table.get("plugin");
   if (id == nullptr || !id->is_string()) {
-    throw ConfigError(spec.location + ": " + prefix + ".plugin: missing or not a string (the plug-in id, e.g. \"l2\")");
+    throw ConfigError(spec.location + ": " + prefix +
+                      ".plugin: missing or not a string (the plug-in id, e.g. \"l2\")");
   }
   spec.id = id->as_string()->get();
   for (const auto& [key, value] : table) {
@@ -268,7 +281,9 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
     } else if (value.is_string()) {
       setting.value = value.as_string()->get();
     } else {
-      throw ConfigError(setting.location + ": " + prefix + "." + name + ": plug-in settings must be booleans, integers, floats or strings, got " + type_name(value));
+      throw ConfigError(setting.location + ": " + prefix + "." + name +
+                        ": plug-in settings must be booleans, integers, floats or strings, got " +
+                        type_name(value));
     }
     spec.settings.push_back(std::move(setting));
   }
@@ -277,7 +292,9 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
 
 }  // namespace
 
-const char* to_string(Scenario value) { return value == Scenario::kSplit ? "split" : "permuted"; }
+const char* to_string(Scenario value) {
+  return value == Scenario::kSplit ? "split" : "permuted";
+}
 const char* to_string(Incremental value) {
   switch (value) {
     case Incremental::kTask: return "task";
@@ -285,8 +302,12 @@ const char* to_string(Incremental value) {
     default: return "class";
   }
 }
-const char* to_string(ModelKind value) { return value == ModelKind::kMlp ? "mlp" : "cnn"; }
-const char* to_string(OptimizerKind value) { return value == OptimizerKind::kSgd ? "sgd" : "adam"; }
+const char* to_string(ModelKind value) {
+  return value == ModelKind::kMlp ? "mlp" : "cnn";
+}
+const char* to_string(OptimizerKind value) {
+  return value == OptimizerKind::kSgd ? "sgd" : "adam";
+}
 
 RunConfig load_config(const std::string& path, const ConfigOverrides& overrides) {
   toml::table root;
@@ -343,8 +364,8 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   data.finish();
 
   SectionReader model(sub_table(top, "model"), "model", path, overridden);
-  config.model.kind = model.get_string("kind", "mlp", {"mlp", "cnn"}) == "mlp" ? ModelKind::kMlp
-                                                                               : ModelKind::kCnn;
+  config.model.kind =
+      model.get_string("kind", "mlp", {"mlp", "cnn"}) == "mlp" ? ModelKind::kMlp : ModelKind::kCnn;
   config.model.hidden = model.get_int_list("hidden", config.model.hidden, 1, 1 << 20);
   if (config.model.hidden.empty()) {
     model.fail(*root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
@@ -363,7 +384,8 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.train.eval_batch_size = train.get_int("eval_batch_size", 1000, 1, 1 << 24);
   train.finish();
 
-  SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path, overridden);
+  SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path,
+                       overridden);
   config.fisher.use_memory_efficient = fisher.get_bool("use_memory_efficient", false);
   config.fisher.block_size = fisher.get_int("block_size", 1000000, 1, INT64_MAX);
   config.fisher.use_compression = fisher.get_bool("use_compression", true);
@@ -373,7 +395,8 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   if (overrides.use_memory_efficient) config.fisher.use_memory_efficient = true;
 
   if (const toml::node* node = top.take("pipeline")) {
-    if (!node->is_array()) top.fail(*node, "pipeline", "expected an array of tables ([[pipeline]])");
+    if (!node->is_array())
+      top.fail(*node, "pipeline", "expected an array of tables ([[pipeline]])");
     size_t index = 0;
     for (const auto& element : *node->as_array()) {
       config.pipeline.push_back(read_plugin(element, path, index++, overridden));
@@ -425,13 +448,13 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   if (overrides.profile_memory) require_plugin("memory_profiler", "--profile-memory");
   if (overrides.dynamic_batch_size) require_plugin("dynamic", "--dynamic-batch-size");
   if (config.fisher.use_memory_efficient) {
-    const bool has_fisher_regularizer =
-        std::any_of(config.pipeline.begin(), config.pipeline.end(), [](const PluginSpec& spec) {
-          return spec.id == "ewc" || spec.id == "lowrank_fisher";
-        });
+    const bool has_fisher_regularizer = std::any_of(
+        config.pipeline.begin(), config.pipeline.end(),
+        [](const PluginSpec& spec) { return spec.id == "ewc" || spec.id == "lowrank_fisher"; });
     if (!has_fisher_regularizer) {
-      require_plugin("ewc", overrides.use_memory_efficient ? "--use-memory-efficient"
-                                                           : "fisher_computation.use_memory_efficient");
+      require_plugin("ewc", overrides.use_memory_efficient
+                                ? "--use-memory-efficient"
+                                : "fisher_computation.use_memory_efficient");
     }
   }
   config.cli_plugin_path = overrides.plugin_path;

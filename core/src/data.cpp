@@ -106,7 +106,8 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
         torch::Tensor rows = limit(mask.nonzero().squeeze(1), count);
         return std::make_pair(x.index_select(0, rows).contiguous(), y.index_select(0, rows));
       };
-      std::tie(entry.train_x, entry.train_y) = select(train_x, train_y, data.train_samples_per_task);
+      std::tie(entry.train_x, entry.train_y) =
+          select(train_x, train_y, data.train_samples_per_task);
       std::tie(entry.test_x, entry.test_y) = select(test_x, test_y, data.test_samples_per_task);
     } else {
       for (int64_t c = 0; c < 10; ++c) entry.classes.push_back(c);
@@ -115,9 +116,11 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
       for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
       if (task > 0) std::shuffle(order.begin(), order.end(), rng);
       torch::Tensor permutation = torch::tensor(order, torch::kInt64);
-      entry.train_x = limit(train_x, data.train_samples_per_task).index_select(1, permutation).contiguous();
+      entry.train_x =
+          limit(train_x, data.train_samples_per_task).index_select(1, permutation).contiguous();
       entry.train_y = limit(train_y, data.train_samples_per_task);
-      entry.test_x = limit(test_x, data.test_samples_per_task).index_select(1, permutation).contiguous();
+      entry.test_x =
+          limit(test_x, data.test_samples_per_task).index_select(1, permutation).contiguous();
       entry.test_y = limit(test_y, data.test_samples_per_task);
     }
     sequence.tasks.push_back(std::move(entry));

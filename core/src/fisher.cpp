@@ -66,8 +66,8 @@ std::vector<torch::Tensor> diagonal_fisher(const FisherContext& context,
         torch::Tensor probs = log_probs.exp().detach();
         const int64_t classes = log_probs.size(0);
         for (int64_t c = 0; c < classes; ++c) {
-          auto grads = torch::autograd::grad({-log_probs[c]}, parameters, {}, c + 1 < classes,
-                                             false, true);
+          auto grads =
+              torch::autograd::grad({-log_probs[c]}, parameters, {}, c + 1 < classes, false, true);
           accumulate(grads, probs[c].item<double>());
         }
       } else {

@@ -50,7 +50,9 @@ namespace {
 constexpr const char* kFilePrefix = "clhost_";
 constexpr const char* kFileSuffix = ".so";
 
-std::string file_name_for(const std::string& id) { return kFilePrefix + id + kFileSuffix; }
+std::string file_name_for(const std::string& id) {
+  return kFilePrefix + id + kFileSuffix;
+}
 
 std::vector<std::string> split_path_list(const std::string& text) {
   std::vector<std::string> out;
@@ -126,7 +128,7 @@ std::vector<std::string> PluginLoader::search_path_for(const std::vector<std::st
   std::error_code error;
   const fs::path exe_dir = boost::dll::program_location(error).parent_path();
   if (!error) {
-    out.push_back((exe_dir.parent_path() / "plugins").string());              // build tree
+    out.push_back((exe_dir.parent_path() / "plugins").string());                     // build tree
     out.push_back((exe_dir.parent_path() / "lib" / "clhost" / "plugins").string());  // install
   }
   return out;
@@ -187,8 +189,9 @@ const LoadedPlugin& PluginLoader::load(const std::string& id) {
     for (const auto& item : fs::directory_iterator(dir, error)) {
       const std::string name = item.path().filename().string();
       if (name.rfind(kFilePrefix, 0) == 0 && item.path().extension() == kFileSuffix) {
-        found.push_back(name.substr(std::strlen(kFilePrefix),
-                                    name.size() - std::strlen(kFilePrefix) - std::strlen(kFileSuffix)));
+        found.push_back(
+            name.substr(std::strlen(kFilePrefix),
+                        name.size() - std::strlen(kFilePrefix) - std::strlen(kFileSuffix)));
       }
     }
   }
@@ -236,8 +239,7 @@ std::vector<PluginLoader::Candidate> PluginLoader::discover() {
 ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const PluginSpec& spec,
                                            size_t pipeline_index) {
   const auto* descriptor = plugin.descriptor;
-  const std::string prefix =
-      "pipeline[" + std::to_string(pipeline_index) + "] (" + plugin.id + ")";
+  const std::string prefix = "pipeline[" + std::to_string(pipeline_index) + "] (" + plugin.id + ")";
   ResolvedPluginConfig resolved;
   auto keep = [&](const std::string& text) {
     resolved.strings_.push_back(std::make_unique<std::string>(text));
@@ -253,10 +255,10 @@ ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const Plu
       for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
         keys += (i ? ", " : "") + std::string(descriptor->config_schema[i].key);
       }
-      throw ConfigError(setting.location + ": " + prefix + "." + setting.key +
-                        ": unknown key for this plug-in (its keys: " +
-                        (keys.empty() ? "none" : keys) + "; see `clhost plugins show " +
-                        plugin.id + "`)");
+      throw ConfigError(
+          setting.location + ": " + prefix + "." + setting.key +
+          ": unknown key for this plug-in (its keys: " + (keys.empty() ? "none" : keys) +
+          "; see `clhost plugins show " + plugin.id + "`)");
     }
   }
   for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
@@ -277,7 +279,9 @@ ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const Plu
       const std::string text = schema.default_value ? schema.default_value : "";
       switch (schema.type) {
         case CLHOST_CONFIG_TYPE_BOOL: raw = (text == "true"); break;
-        case CLHOST_CONFIG_TYPE_INT: raw = static_cast<int64_t>(std::strtoll(text.c_str(), nullptr, 10)); break;
+        case CLHOST_CONFIG_TYPE_INT:
+          raw = static_cast<int64_t>(std::strtoll(text.c_str(), nullptr, 10));
+          break;
         case CLHOST_CONFIG_TYPE_FLOAT: raw = std::strtod(text.c_str(), nullptr); break;
         case CLHOST_CONFIG_TYPE_STRING:
           raw = (text.size() >= 2 && text.front() == '"') ? text.substr(1, text.size() - 2) : text;
@@ -305,7 +309,8 @@ ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const Plu
         }
         break;
       case CLHOST_CONFIG_TYPE_STRING: {
-        if (!std::holds_alternative<std::string>(raw)) throw ConfigError(where + "expected a string");
+        if (!std::holds_alternative<std::string>(raw))
+          throw ConfigError(where + "expected a string");
         const std::string& text = std::get<std::string>(raw);
         if (schema.choices != nullptr) {
           std::vector<std::string> choices;

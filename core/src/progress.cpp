@@ -21,7 +21,8 @@ void ProgressReporter::update(int64_t step, double loss, double samples_per_seco
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
   const double elapsed = std::chrono::duration<double>(now - started_).count();
-  const double eta = step > 0 ? elapsed / static_cast<double>(step) * static_cast<double>(total_ - step) : 0.0;
+  const double eta =
+      step > 0 ? elapsed / static_cast<double>(step) * static_cast<double>(total_ - step) : 0.0;
   if (terminal_) {
     // Redrawing more often than 10 Hz costs time and shows nothing.
     if (step < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;

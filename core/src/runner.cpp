@@ -27,7 +27,9 @@
 
 namespace clhost {
 
-const char* version() { return CLHOST_VERSION; }
+const char* version() {
+  return CLHOST_VERSION;
+}
 
 namespace {
 namespace fs = std::filesystem;
@@ -244,9 +246,11 @@ std::string choose_run_dir(const RunConfig& config, const RunOptions& options) {
     }
     return options.run_dir;
   }
-  const std::string base = (fs::path(config.run.output_dir) / (config.run.name + "_" + timestamp())).string();
+  const std::string base =
+      (fs::path(config.run.output_dir) / (config.run.name + "_" + timestamp())).string();
   std::string candidate = base;
-  for (int suffix = 2; fs::exists(candidate); ++suffix) candidate = base + "_" + std::to_string(suffix);
+  for (int suffix = 2; fs::exists(candidate); ++suffix)
+    candidate = base + "_" + std::to_string(suffix);
   return candidate;
 }
 
@@ -300,7 +304,8 @@ double evaluate(torch::nn::Sequential& model, const TaskData& task, const ClassV
   const int64_t total = task.test_x.size(0);
   for (int64_t start = 0; start < total; start += batch_size) {
     const int64_t end = std::min(total, start + batch_size);
-    torch::Tensor logits = model->forward(task.test_x.slice(0, start, end)).index_select(1, view.active);
+    torch::Tensor logits =
+        model->forward(task.test_x.slice(0, start, end)).index_select(1, view.active);
     torch::Tensor predicted = view.active.index_select(0, logits.argmax(1));
     correct += predicted.eq(task.test_y.slice(0, start, end)).sum().item<int64_t>();
   }
@@ -327,7 +332,8 @@ std::string format_double(double value, int digits) {
 RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   const auto wall_start = Clock::now();
   // 1. Everything that can fail because of the user's input happens before any file is written.
-  PluginLoader loader(PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
+  PluginLoader loader(
+      PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
   LoadedPipeline pipeline = load_pipeline(loader, config);
   const std::vector<const LoadedPlugin*>& plugins = pipeline.plugins;
   std::vector<ResolvedPluginConfig>& plugin_configs = pipeline.configs;
@@ -338,8 +344,8 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   TaskSequence sequence = build_task_sequence(config.data, config.tasks, config.run.seed);
 
   Runtime runtime;
-  runtime.bind_model(make_model(config.model, sequence.input_size, sequence.image_side,
-                                sequence.num_classes));
+  runtime.bind_model(
+      make_model(config.model, sequence.input_size, sequence.image_side, sequence.num_classes));
   runtime.fisher_context.model = runtime.model;
   runtime.fisher_context.seed = config.run.seed;
 
@@ -374,14 +380,18 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   metrics_csv << "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second\n";
 
   auto emit = [&](clhost_event_kind_t kind, int32_t task, const std::string& label) {
-    const clhost_event_t event{sizeof(clhost_event_t), kind,
+    const clhost_event_t event{sizeof(clhost_event_t),
+                               kind,
                                std::chrono::duration<double>(Clock::now() - wall_start).count(),
-                               task, label.c_str(), run_dir.c_str()};
+                               task,
+                               label.c_str(),
+                               run_dir.c_str()};
     for (auto& instance : instances) {
       if (instance->kind() != CLHOST_PLUGIN_KIND_PROFILER) continue;
       clhost_error_t error{};
-      instance->check(instance->table<clhost_profiler_v1_t>().on_event(instance->instance, &event, &error),
-                      error, "on_event");
+      instance->check(
+          instance->table<clhost_profiler_v1_t>().on_event(instance->instance, &event, &error),
+          error, "on_event");
     }
   };
   PluginInstance* batch_policy = nullptr;
@@ -401,7 +411,8 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
                                                      torch::optim::AdamOptions(config.train.lr));
   } else {
     optimizer = std::make_unique<torch::optim::SGD>(
-        runtime.parameters, torch::optim::SGDOptions(config.train.lr).momentum(config.train.momentum));
+        runtime.parameters,
+        torch::optim::SGDOptions(config.train.lr).momentum(config.train.momentum));
   }
 
   const size_t task_count = sequence.tasks.size();
@@ -428,32 +439,42 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
     const int64_t batch_size = t < config.tasks.size() && config.tasks[t].batch_size
                                    ? *config.tasks[t].batch_size
                                    : config.train.batch_size;
-    const int64_t steps = config.train.epochs > 0
-                              ? config.train.epochs * ((train_samples + batch_size - 1) / batch_size)
-                              : config.train.iterations;
-    const ClassView view = make_class_view(training_classes(config, sequence, t), sequence.num_classes);
+    const int64_t steps =
+        config.train.epochs > 0
+            ? config.train.epochs * ((train_samples + batch_size - 1) / batch_size)
+            : config.train.iterations;
+    const ClassView view =
+        make_class_view(training_classes(config, sequence, t), sequence.num_classes);
     runtime.fisher_context.task = &task;
     runtime.fisher_context.active_classes = view.active;
     runtime.fisher_context.label_map = view.label_map;
 
     const bool peak_reset = reset_peak_rss();
-    const clhost_task_info_t task_info{sizeof(clhost_task_info_t), static_cast<uint32_t>(t),
-                                       static_cast<uint32_t>(task_count), task.name.c_str(),
-                                       train_samples, steps};
+    const clhost_task_info_t task_info{sizeof(clhost_task_info_t),
+                                       static_cast<uint32_t>(t),
+                                       static_cast<uint32_t>(task_count),
+                                       task.name.c_str(),
+                                       train_samples,
+                                       steps};
     emit(CLHOST_EVENT_TASK_BEGIN, static_cast<int32_t>(t), "task " + task.name + " begin");
     for (auto& instance : instances) {
       if (instance->kind() != CLHOST_PLUGIN_KIND_REGULARIZER) continue;
       const auto& table = instance->table<clhost_regularizer_v1_t>();
       if (table.on_task_begin == nullptr) continue;
       clhost_error_t error{};
-      instance->check(table.on_task_begin(instance->instance, &task_info, &error), error, "on_task_begin");
+      instance->check(table.on_task_begin(instance->instance, &task_info, &error), error,
+                      "on_task_begin");
     }
 
     int64_t micro_batch = batch_size;
     auto ask_policy = [&](int64_t peak_bytes) {
       if (batch_policy == nullptr) return;
-      const clhost_batch_request_t request{sizeof(clhost_batch_request_t), static_cast<uint32_t>(t),
-                                           batch_size, micro_batch, 0, runtime.budget_bytes,
+      const clhost_batch_request_t request{sizeof(clhost_batch_request_t),
+                                           static_cast<uint32_t>(t),
+                                           batch_size,
+                                           micro_batch,
+                                           0,
+                                           runtime.budget_bytes,
                                            peak_bytes};
       int64_t chosen = micro_batch;
       clhost_error_t error{};
@@ -476,9 +497,9 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
     std::shuffle(order.begin(), order.end(), order_rng);
     size_t cursor = 0;
 
-    progress.begin_task("task " + std::to_string(t + 1) + "/" + std::to_string(task_count) + " (" +
-                            task.name + ")",
-                        steps);
+    progress.begin_task(
+        "task " + std::to_string(t + 1) + "/" + std::to_string(task_count) + " (" + task.name + ")",
+        steps);
     const auto task_start = Clock::now();
     auto window_start = task_start;
     int64_t window_samples = 0;
@@ -510,16 +531,21 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
         loss_value += loss.item<double>();
       }
       double penalty = 0.0;
-      const clhost_step_info_t step_info{sizeof(clhost_step_info_t), static_cast<uint32_t>(t), step,
-                                         global_step, samples, loss_value};
+      const clhost_step_info_t step_info{sizeof(clhost_step_info_t),
+                                         static_cast<uint32_t>(t),
+                                         step,
+                                         global_step,
+                                         samples,
+                                         loss_value};
       for (auto& instance : instances) {
         if (instance->kind() != CLHOST_PLUGIN_KIND_REGULARIZER) continue;
         const auto& table = instance->table<clhost_regularizer_v1_t>();
         if (table.after_backward == nullptr) continue;
         double plugin_penalty = 0.0;
         clhost_error_t error{};
-        instance->check(table.after_backward(instance->instance, &step_info, &plugin_penalty, &error),
-                        error, "after_backward");
+        instance->check(
+            table.after_backward(instance->instance, &step_info, &plugin_penalty, &error), error,
+            "after_backward");
         penalty += plugin_penalty;
       }
       if (!std::isfinite(loss_value) || !std::isfinite(penalty)) {
@@ -556,20 +582,23 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
       const auto& table = instance->table<clhost_regularizer_v1_t>();
       if (table.on_task_end == nullptr) continue;
       clhost_error_t error{};
-      instance->check(table.on_task_end(instance->instance, &task_info, &error), error, "on_task_end");
+      instance->check(table.on_task_end(instance->instance, &task_info, &error), error,
+                      "on_task_end");
     }
     runtime.in_task_end = false;
     const double consolidate_seconds =
         std::chrono::duration<double>(Clock::now() - consolidate_start).count();
-    emit(CLHOST_EVENT_CONSOLIDATE_END, static_cast<int32_t>(t), "consolidate " + task.name + " end");
+    emit(CLHOST_EVENT_CONSOLIDATE_END, static_cast<int32_t>(t),
+         "consolidate " + task.name + " end");
     emit(CLHOST_EVENT_TASK_END, static_cast<int32_t>(t), "task " + task.name + " end");
 
     emit(CLHOST_EVENT_EVAL_BEGIN, static_cast<int32_t>(t), "evaluate after " + task.name);
     std::vector<double> row;
     for (size_t j = 0; j < task_count; ++j) {
-      row.push_back(evaluate(runtime.model, sequence.tasks[j],
-                             make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
-                             config.train.eval_batch_size));
+      row.push_back(
+          evaluate(runtime.model, sequence.tasks[j],
+                   make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
+                   config.train.eval_batch_size));
     }
     emit(CLHOST_EVENT_EVAL_END, static_cast<int32_t>(t), "evaluate after " + task.name + " end");
     summary.accuracy.push_back(row);
@@ -577,20 +606,22 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
     const ProcessMemory memory = read_process_memory();
     double seen_sum = 0.0;
     for (size_t j = 0; j <= t; ++j) seen_sum += row[j];
-    task_reports.push_back(json{{"name", task.name},
-                                {"classes", task.classes},
-                                {"train_samples", train_samples},
-                                {"test_samples", task.test_x.size(0)},
-                                {"steps", steps},
-                                {"batch_size", batch_size},
-                                {"final_micro_batch", micro_batch},
-                                {"train_seconds", train_seconds},
-                                {"consolidate_seconds", consolidate_seconds},
-                                {"samples_per_second", static_cast<double>(steps * batch_size) / train_seconds},
-                                {"peak_rss_bytes", memory.peak_rss_bytes},
-                                {"peak_rss_scope", peak_reset ? "this task" : "process lifetime"}});
-    progress.end_task("task " + std::to_string(t + 1) + "/" + std::to_string(task_count) + " done in " +
-                      format_double(train_seconds, 1) + " s; mean accuracy on tasks seen: " +
+    task_reports.push_back(
+        json{{"name", task.name},
+             {"classes", task.classes},
+             {"train_samples", train_samples},
+             {"test_samples", task.test_x.size(0)},
+             {"steps", steps},
+             {"batch_size", batch_size},
+             {"final_micro_batch", micro_batch},
+             {"train_seconds", train_seconds},
+             {"consolidate_seconds", consolidate_seconds},
+             {"samples_per_second", static_cast<double>(steps * batch_size) / train_seconds},
+             {"peak_rss_bytes", memory.peak_rss_bytes},
+             {"peak_rss_scope", peak_reset ? "this task" : "process lifetime"}});
+    progress.end_task("task " + std::to_string(t + 1) + "/" + std::to_string(task_count) +
+                      " done in " + format_double(train_seconds, 1) +
+                      " s; mean accuracy on tasks seen: " +
                       format_double(seen_sum / static_cast<double>(t + 1), 4));
     metrics_csv.flush();
   }
@@ -634,33 +665,32 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
     return value ? json(*value) : json(nullptr);
   };
   const ProcessMemory memory = read_process_memory();
-  json results{
-      {"clhost_version", CLHOST_VERSION},
-      {"abi_version", {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR}},
-      {"config_file", config.source},
-      {"config", json::parse(config.resolved_json)},
-      {"scenario",
-       {{"kind", to_string(config.data.scenario)},
-        {"incremental", to_string(config.data.incremental)},
-        {"tasks", task_count}}},
-      {"plugins", plugin_reports},
-      {"accuracy_matrix", summary.accuracy},
-      {"random_init_accuracy", summary.random_init_accuracy},
-      {"metrics",
-       {{"average_accuracy", summary.metrics.average_accuracy},
-        {"forgetting", optional_json(summary.metrics.forgetting)},
-        {"backward_transfer", optional_json(summary.metrics.backward_transfer)},
-        {"forward_transfer", optional_json(summary.metrics.forward_transfer)}}},
-      {"tasks", task_reports},
-      {"optimizer_steps", summary.optimizer_steps},
-      {"wall_seconds", summary.wall_seconds},
-      {"peak_rss_bytes", memory.peak_rss_bytes},
-      {"machine",
-       {{"hostname", machine_name()},
-        {"hardware_threads", std::thread::hardware_concurrency()},
-        {"torch_threads", at::get_num_threads()},
-        {"torch_version", TORCH_VERSION},
-        {"device", "cpu"}}}};
+  json results{{"clhost_version", CLHOST_VERSION},
+               {"abi_version", {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR}},
+               {"config_file", config.source},
+               {"config", json::parse(config.resolved_json)},
+               {"scenario",
+                {{"kind", to_string(config.data.scenario)},
+                 {"incremental", to_string(config.data.incremental)},
+                 {"tasks", task_count}}},
+               {"plugins", plugin_reports},
+               {"accuracy_matrix", summary.accuracy},
+               {"random_init_accuracy", summary.random_init_accuracy},
+               {"metrics",
+                {{"average_accuracy", summary.metrics.average_accuracy},
+                 {"forgetting", optional_json(summary.metrics.forgetting)},
+                 {"backward_transfer", optional_json(summary.metrics.backward_transfer)},
+                 {"forward_transfer", optional_json(summary.metrics.forward_transfer)}}},
+               {"tasks", task_reports},
+               {"optimizer_steps", summary.optimizer_steps},
+               {"wall_seconds", summary.wall_seconds},
+               {"peak_rss_bytes", memory.peak_rss_bytes},
+               {"machine",
+                {{"hostname", machine_name()},
+                 {"hardware_threads", std::thread::hardware_concurrency()},
+                 {"torch_threads", at::get_num_threads()},
+                 {"torch_version", TORCH_VERSION},
+                 {"device", "cpu"}}}};
   write_file_atomic((fs::path(run_dir) / "results.json").string(), results.dump(2) + "\n");
   return summary;
 }

@@ -18,14 +18,14 @@ typedef struct l2_state {
   const clhost_params_service_v1_t* params;
   double lambda;
   uint32_t parameter_count;
-  float** anchors;  /* one buffer per parameter, NULL until the first task ends */
+  float** anchors; /* one buffer per parameter, NULL until the first task ends */
   int64_t* anchor_numel;
 } l2_state_t;
 
 static const clhost_config_key_t l2_schema[] = {
     {"lambda", CLHOST_CONFIG_TYPE_FLOAT, "1.0",
-     "penalty strength (dimensionless; the penalty is 0.5*lambda*||theta-theta*||^2)", 1, 0.0,
-     1e12, NULL},
+     "penalty strength (dimensionless; the penalty is 0.5*lambda*||theta-theta*||^2)", 1, 0.0, 1e12,
+     NULL},
 };
 
 static const clhost_plugin_descriptor_t l2_descriptor = {
@@ -209,4 +209,6 @@ static const clhost_plugin_entry_t l2_entry = {
     l2_get_interface,
 };
 
-CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) { return &l2_entry; }
+CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {
+  return &l2_entry;
+}

@@ -21,8 +21,7 @@ const clhost_plugin_descriptor_t kDescriptor{sizeof(clhost_plugin_descriptor_t),
 
 class FailingCreate : public clhost::sdk::Regularizer {
  public:
-  FailingCreate(const clhost_host_t* host, const clhost::sdk::Config& config)
-      : Regularizer(host) {
+  FailingCreate(const clhost_host_t* host, const clhost::sdk::Config& config) : Regularizer(host) {
     if (config.get_bool("fail")) {
       throw clhost::sdk::Error("cannot start: " + config.get_string("reason"),
                                CLHOST_STATUS_INVALID_ARGUMENT);

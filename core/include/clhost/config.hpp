@@ -93,9 +93,9 @@ struct RunConfig {
 
 // Command-line inputs that change the configuration.
 struct ConfigOverrides {
-  std::vector<std::string> set;                 // "key.path=value" (value in TOML syntax)
+  std::vector<std::string> set;                     // "key.path=value" (value in TOML syntax)
   std::optional<std::vector<std::string>> plugins;  // --plugins: replaces the pipeline's list
-  std::vector<std::string> plugin_path;         // --plugin-path entries, searched first
+  std::vector<std::string> plugin_path;             // --plugin-path entries, searched first
   bool use_memory_efficient = false;
   bool profile_memory = false;
   bool dynamic_batch_size = false;

@@ -11,8 +11,8 @@ namespace clhost {
 using AccuracyMatrix = std::vector<std::vector<double>>;
 
 struct ContinualMetrics {
-  double average_accuracy = 0.0;         // mean_j R[T-1][j]
-  std::optional<double> forgetting;      // mean_{j<T-1} max_{l<T-1} R[l][j] - R[T-1][j]
+  double average_accuracy = 0.0;            // mean_j R[T-1][j]
+  std::optional<double> forgetting;         // mean_{j<T-1} max_{l<T-1} R[l][j] - R[T-1][j]
   std::optional<double> backward_transfer;  // mean_{j<T-1} R[T-1][j] - R[j][j]
   std::optional<double> forward_transfer;   // mean_{j>0} R[j-1][j] - b[j]
 };

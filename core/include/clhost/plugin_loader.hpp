@@ -34,8 +34,7 @@ class ResolvedPluginConfig {
   [[nodiscard]] const std::vector<clhost_config_value_t>& values() const { return values_; }
 
  private:
-  friend ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin&, const PluginSpec&,
-                                                    size_t);
+  friend ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin&, const PluginSpec&, size_t);
   std::vector<std::unique_ptr<std::string>> strings_;
   std::vector<clhost_config_value_t> values_;
   clhost_config_t config_{sizeof(clhost_config_t), nullptr, 0};

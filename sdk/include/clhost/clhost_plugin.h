@@ -84,15 +84,16 @@ typedef struct clhost_error {
  * ------------------------------------------------------------------------------------------ */
 
 typedef enum clhost_plugin_kind {
-  CLHOST_PLUGIN_KIND_REGULARIZER = 1,  /* adds a penalty gradient; interface "clhost.regularizer/1" */
+  CLHOST_PLUGIN_KIND_REGULARIZER =
+      1, /* adds a penalty gradient; interface "clhost.regularizer/1" */
   CLHOST_PLUGIN_KIND_BATCH_POLICY = 2, /* chooses micro-batch sizes; "clhost.batch_policy/1" */
   CLHOST_PLUGIN_KIND_PROFILER = 3      /* observes events and memory; "clhost.profiler/1" */
 } clhost_plugin_kind_t;
 
 typedef enum clhost_config_type {
   CLHOST_CONFIG_TYPE_BOOL = 1,
-  CLHOST_CONFIG_TYPE_INT = 2,    /* TOML integer, int64 */
-  CLHOST_CONFIG_TYPE_FLOAT = 3,  /* TOML float; an integer literal is accepted */
+  CLHOST_CONFIG_TYPE_INT = 2,   /* TOML integer, int64 */
+  CLHOST_CONFIG_TYPE_FLOAT = 3, /* TOML float; an integer literal is accepted */
   CLHOST_CONFIG_TYPE_STRING = 4
 } clhost_config_type_t;
 
@@ -100,14 +101,14 @@ typedef enum clhost_config_type {
  * outside [min_value, max_value] (when has_range != 0) before `create` is called, and prints
  * the schema in `clhost plugins show ID`. Lifetime of every pointer: static. */
 typedef struct clhost_config_key {
-  const char* key;           /* e.g. "lambda" */
+  const char* key; /* e.g. "lambda" */
   clhost_config_type_t type;
   const char* default_value; /* as a TOML literal: "100.0", "true", "\"online\"" */
   const char* doc;           /* one line, with the unit */
   int32_t has_range;         /* non-zero: min_value/max_value apply (INT and FLOAT) */
   double min_value;
   double max_value;
-  const char* choices;       /* STRING only: NULL or "|"-separated allowed values, "a|b|c" */
+  const char* choices; /* STRING only: NULL or "|"-separated allowed values, "a|b|c" */
 } clhost_config_key_t;
 
 /* Lifetime of every pointer: static. */
@@ -115,7 +116,7 @@ typedef struct clhost_plugin_descriptor {
   uint32_t struct_size; /* sizeof(clhost_plugin_descriptor_t) */
   const char* id;       /* [a-z0-9_]+, equal to the file name stem: clhost_<id>.so */
   clhost_plugin_kind_t kind;
-  const char* version;  /* the plug-in's own semantic version, "1.2.0" */
+  const char* version; /* the plug-in's own semantic version, "1.2.0" */
   const char* description;
   const char* vendor;
   const clhost_config_key_t* config_schema; /* array of config_schema_count keys, may be NULL */
@@ -236,9 +237,9 @@ typedef enum clhost_fisher_labels {
 typedef struct clhost_fisher_request {
   uint32_t struct_size;
   clhost_fisher_labels_t labels;
-  int64_t max_samples;  /* <= 0: every training sample of the task */
-  int32_t batched;      /* non-zero: squared mini-batch gradients (Avalanche) instead of per-sample */
-  int64_t batch_size;   /* samples processed together; bounds temporary memory */
+  int64_t max_samples; /* <= 0: every training sample of the task */
+  int32_t batched;    /* non-zero: squared mini-batch gradients (Avalanche) instead of per-sample */
+  int64_t batch_size; /* samples processed together; bounds temporary memory */
 } clhost_fisher_request_t;
 
 /* Receives the diagonal Fisher of one parameter, mean over samples, float32, contiguous, same
@@ -260,11 +261,11 @@ typedef struct clhost_gradstats_service_v1 {
 /* "clhost.memory/1" */
 typedef struct clhost_memory_info {
   uint32_t struct_size;
-  int64_t rss_bytes;           /* process resident set size now */
-  int64_t rss_peak_bytes;      /* process high-water mark (VmHWM) */
-  int64_t tensor_bytes;        /* bytes held by LibTorch's CPU allocator now, -1 if unknown */
-  int64_t tensor_peak_bytes;   /* high-water mark of the above, -1 if unknown */
-  int64_t budget_bytes;        /* configured memory budget, -1 when none */
+  int64_t rss_bytes;              /* process resident set size now */
+  int64_t rss_peak_bytes;         /* process high-water mark (VmHWM) */
+  int64_t tensor_bytes;           /* bytes held by LibTorch's CPU allocator now, -1 if unknown */
+  int64_t tensor_peak_bytes;      /* high-water mark of the above, -1 if unknown */
+  int64_t budget_bytes;           /* configured memory budget, -1 when none */
   int64_t device_allocated_bytes; /* GPU allocator bytes, -1 on CPU-only runs */
   int64_t device_reserved_bytes;  /* GPU bytes reserved by the caching allocator, -1 likewise */
 } clhost_memory_info_t;
@@ -285,9 +286,9 @@ typedef struct clhost_task_info {
   uint32_t struct_size;
   uint32_t task_index; /* 0-based position in the sequence */
   uint32_t task_count;
-  const char* task_name;   /* lifetime: call */
+  const char* task_name; /* lifetime: call */
   int64_t train_samples;
-  int64_t steps;           /* optimizer steps planned for this task */
+  int64_t steps; /* optimizer steps planned for this task */
 } clhost_task_info_t;
 
 typedef struct clhost_step_info {
@@ -312,8 +313,8 @@ typedef struct clhost_regularizer_v1 {
   /* After the data loss's backward pass, before the optimizer step. The regularizer adds the
    * gradient of its penalty to the parameter gradients (params service, grad tensors) and
    * writes the penalty value (not multiplied into the loss by the host) into *penalty. */
-  clhost_status_t (*after_backward)(void* instance, const clhost_step_info_t* step,
-                                    double* penalty, clhost_error_t* error);
+  clhost_status_t (*after_backward)(void* instance, const clhost_step_info_t* step, double* penalty,
+                                    clhost_error_t* error);
   /* After the task's last step, before evaluation: consolidate (Fisher, anchors). */
   clhost_status_t (*on_task_end)(void* instance, const clhost_task_info_t* task,
                                  clhost_error_t* error);
@@ -351,8 +352,7 @@ typedef struct clhost_profiler_v1 {
   uint32_t struct_size;
   /* Called for every event in order. Thread rule: trainer thread; a profiler that samples in
    * its own thread must synchronise itself. RUN_END is the last call before destroy. */
-  clhost_status_t (*on_event)(void* instance, const clhost_event_t* event,
-                              clhost_error_t* error);
+  clhost_status_t (*on_event)(void* instance, const clhost_event_t* event, clhost_error_t* error);
 } clhost_profiler_v1_t;
 
 typedef struct clhost_batch_request {

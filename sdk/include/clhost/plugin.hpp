@@ -54,7 +54,7 @@ clhost_status_t guarded_call(clhost_error_t* error, Body&& body) noexcept {
   } catch (const std::exception& e) {
     write_error(error, e.what());
     return std::strstr(e.what(), "out of memory") != nullptr ? CLHOST_STATUS_OUT_OF_MEMORY
-                                                            : CLHOST_STATUS_INTERNAL;
+                                                             : CLHOST_STATUS_INTERNAL;
   } catch (...) {
     write_error(error, "unknown exception in plug-in");
     return CLHOST_STATUS_INTERNAL;
@@ -93,8 +93,8 @@ class Host {
   [[nodiscard]] const clhost_host_t* raw() const noexcept { return host_; }
 
   void log(clhost_log_level_t level, const std::string& message) const {
-    const auto* service =
-        static_cast<const clhost_log_service_v1_t*>(host_->get_service(host_, CLHOST_SERVICE_LOG_V1));
+    const auto* service = static_cast<const clhost_log_service_v1_t*>(
+        host_->get_service(host_, CLHOST_SERVICE_LOG_V1));
     if (service != nullptr) {
       service->log(host_, level, message.c_str());
     }
@@ -266,9 +266,9 @@ const clhost_plugin_entry_t* make_entry(const clhost_plugin_descriptor_t* descri
 
 // Defines the plug-in's single exported symbol. FINGERPRINT: nullptr, or
 // CLHOST_TORCH_FINGERPRINT from plugin_torch.hpp when the plug-in uses the LibTorch C++ API.
-#define CLHOST_DEFINE_PLUGIN(PLUGIN_CLASS, DESCRIPTOR, FINGERPRINT)                      \
-  extern "C" CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {      \
-    return ::clhost::sdk::make_entry<PLUGIN_CLASS>(&(DESCRIPTOR), (FINGERPRINT));        \
+#define CLHOST_DEFINE_PLUGIN(PLUGIN_CLASS, DESCRIPTOR, FINGERPRINT)                 \
+  extern "C" CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) { \
+    return ::clhost::sdk::make_entry<PLUGIN_CLASS>(&(DESCRIPTOR), (FINGERPRINT));   \
   }
 
 #endif  // CLHOST_SDK_PLUGIN_HPP

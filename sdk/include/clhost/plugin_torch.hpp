@@ -49,11 +49,11 @@ inline torch::Tensor tensor_view(const DLTensor& tensor) {
 #endif
 
 // Use as the FINGERPRINT argument of CLHOST_DEFINE_PLUGIN.
-#define CLHOST_TORCH_FINGERPRINT                                                             \
-  ([]() -> const clhost_build_fingerprint_t* {                                               \
-    static const clhost_build_fingerprint_t fingerprint{                                     \
+#define CLHOST_TORCH_FINGERPRINT                                                                 \
+  ([]() -> const clhost_build_fingerprint_t* {                                                   \
+    static const clhost_build_fingerprint_t fingerprint{                                         \
         sizeof(clhost_build_fingerprint_t), TORCH_VERSION, CLHOST_CXX11_ABI_VALUE, __VERSION__}; \
-    return &fingerprint;                                                                     \
+    return &fingerprint;                                                                         \
   }())
 
 #endif  // CLHOST_SDK_PLUGIN_TORCH_HPP
