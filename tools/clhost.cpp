@@ -9,6 +9,8 @@
 
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
+#include "clhost/fisher_store.hpp"
+#include "ewc_state.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "clhost/runner.hpp"
 
@@ -28,6 +30,8 @@ commands:
   run        train over a task sequence described by a TOML config
   validate   check a config (and its plug-ins' settings) without running
   plugins    list the plug-ins found, or show one: clhost plugins list | show ID
+  fisher     inspect a Fisher store: clhost fisher inspect FILE.h5
+  memory-plan  EWC state memory per mode: clhost memory-plan --params 7e9 --tasks 5
 
 options:
   --version  print the clhost and plug-in ABI versions
@@ -204,6 +208,92 @@ int command_plugins(const std::vector<std::string>& args) {
   return kExitUsage;
 }
 
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+  int unit = 0;
+  while (bytes >= 1000.0 && unit < 5) {
+    bytes /= 1000.0;
+    ++unit;
+  }
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
+  return buffer;
+}
+
+int command_fisher(const std::vector<std::string>& args) {
+  if (args.size() != 2 || args[0] != "inspect") {
+    if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
+      std::printf("usage: clhost fisher inspect FILE.h5\n");
+      return 0;
+    }
+    std::fprintf(stderr, "usage: clhost fisher inspect FILE.h5\n");
+    return kExitUsage;
+  }
+  const clhost::StoreSummary summary = clhost::FisherStore::inspect(args[1]);
+  int64_t parameters = 0;
+  for (const auto& parameter : summary.model) parameters += parameter.numel();
+  std::printf("%s\n  format %s, written by clhost %s, %s on disk\n  model: %zu tensors, %lld parameters\n",
+              summary.path.c_str(), summary.format.c_str(), summary.clhost_version.c_str(),
+              human_bytes(static_cast<double>(summary.file_bytes)).c_str(), summary.model.size(),
+              static_cast<long long>(parameters));
+  for (const auto& group : summary.groups) {
+    int64_t raw = 0;
+    int64_t stored = 0;
+    for (const auto& dataset : group.datasets) {
+      raw += dataset.raw_bytes;
+      stored += dataset.stored_bytes;
+    }
+    std::printf("\ngroup %s: %s\n  %-22s %-14s %-6s %-10s %12s %12s %7s\n", group.name.c_str(),
+                group.description.c_str(), "dataset", "shape", "dtype", "codec", "raw", "stored", "ratio");
+    for (const auto& dataset : group.datasets) {
+      std::string shape = "[";
+      for (size_t i = 0; i < dataset.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(dataset.shape[i]);
+      shape += "]";
+      std::printf("  %-22s %-14s %-6s %-10s %12s %12s %6.2fx\n", dataset.name.c_str(), shape.c_str(),
+                  dataset.dtype.c_str(), dataset.codec.c_str(),
+                  human_bytes(static_cast<double>(dataset.raw_bytes)).c_str(),
+                  human_bytes(static_cast<double>(dataset.stored_bytes)).c_str(),
+                  dataset.stored_bytes > 0 ? static_cast<double>(dataset.raw_bytes) / static_cast<double>(dataset.stored_bytes) : 0.0);
+    }
+    std::printf("  %-22s %-14s %-6s %-10s %12s %12s %6.2fx\n", "total", "", "", "",
+                human_bytes(static_cast<double>(raw)).c_str(), human_bytes(static_cast<double>(stored)).c_str(),
+                stored > 0 ? static_cast<double>(raw) / static_cast<double>(stored) : 0.0);
+  }
+  return 0;
+}
+
+int command_memory_plan(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()
+      ("help,h", "show this help")
+      ("params", po::value<double>()->required(), "number of model parameters (e.g. 7e9)")
+      ("tasks", po::value<int64_t>()->default_value(5), "number of tasks consolidated");
+  po::variables_map vm;
+  if (!parse(args, options, "usage: clhost memory-plan --params N [--tasks T]", vm)) return 0;
+  const double params_value = vm["params"].as<double>();
+  const int64_t tasks = vm["tasks"].as<int64_t>();
+  if (!(params_value >= 1.0) || params_value > 1e15 || tasks < 1 || tasks > 100000) {
+    std::fprintf(stderr, "clhost memory-plan: --params must be in [1, 1e15] and --tasks in [1, 100000]\n");
+    return kExitUsage;
+  }
+  const auto params = static_cast<int64_t>(params_value);
+  using clhost::ewc::StateLayout;
+  std::printf("EWC state held in memory for %s parameters after %lld task%s\n\n", human_bytes(params_value).c_str(),
+              static_cast<long long>(tasks), tasks == 1 ? "" : "s");
+  std::printf("%-40s %14s %12s\n", "mode (ewc mode / use_memory_efficient)", "bytes", "bytes/param");
+  const std::pair<const char*, StateLayout> rows[] = {
+      {"separate, fp32 (use_memory_efficient=false)", StateLayout::kSeparate},
+      {"online, fp32 (the seed's 'normal')", StateLayout::kOnline},
+      {"efficient, fp32 merged (state_dtype=fp32)", StateLayout::kMergedFp32},
+      {"efficient, int8 merged (default)", StateLayout::kMergedInt8}};
+  for (const auto& [label, layout] : rows) {
+    const auto bytes = static_cast<double>(clhost::ewc::state_bytes(params, tasks, layout));
+    std::printf("%-40s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);
+  }
+  std::printf("\n(decimal units; the Fisher pass adds one block of fisher_computation.block_size floats)\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -223,6 +313,8 @@ int main(int argc, char** argv) {
     if (command == "run") return command_run(args);
     if (command == "validate") return command_validate(args);
     if (command == "plugins") return command_plugins(args);
+    if (command == "fisher") return command_fisher(args);
+    if (command == "memory-plan") return command_memory_plan(args);
     std::fprintf(stderr, "clhost: unknown command '%s'\n\n%s", command.c_str(), kTopHelp);
     return kExitUsage;
   } catch (const po::error& e) {

@@ -386,11 +386,14 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
 
   SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path,
                        overridden);
-  config.fisher.use_memory_efficient = fisher.get_bool("use_memory_efficient", false);
+  config.fisher.use_memory_efficient = fisher.get_bool("use_memory_efficient", true);
   config.fisher.block_size = fisher.get_int("block_size", 1000000, 1, INT64_MAX);
   config.fisher.use_compression = fisher.get_bool("use_compression", true);
   config.fisher.compression_level = fisher.get_int("compression_level", 9, 1, 9);
   config.fisher.compression_ratio = fisher.get_float("compression_ratio", 0.1, 1e-6, 1.0);
+  config.fisher.codec = fisher.get_string(
+      "codec", "gzip", {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd", "zfp"});
+  config.fisher.store_dtype = fisher.get_string("store_dtype", "fp32", {"fp32", "fp16", "bf16"});
   fisher.finish();
   if (overrides.use_memory_efficient) config.fisher.use_memory_efficient = true;
 
@@ -447,17 +450,67 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.dynamic_batch_size = overrides.dynamic_batch_size;
   if (overrides.profile_memory) require_plugin("memory_profiler", "--profile-memory");
   if (overrides.dynamic_batch_size) require_plugin("dynamic", "--dynamic-batch-size");
-  if (config.fisher.use_memory_efficient) {
-    const bool has_fisher_regularizer = std::any_of(
-        config.pipeline.begin(), config.pipeline.end(),
-        [](const PluginSpec& spec) { return spec.id == "ewc" || spec.id == "lowrank_fisher"; });
-    if (!has_fisher_regularizer) {
-      require_plugin("ewc", overrides.use_memory_efficient
-                                ? "--use-memory-efficient"
-                                : "fisher_computation.use_memory_efficient");
-    }
+  if (overrides.use_memory_efficient) {
+    const bool has_fisher_regularizer =
+        std::any_of(config.pipeline.begin(), config.pipeline.end(), [](const PluginSpec& spec) {
+          return spec.id == "ewc" || spec.id == "lowrank_fisher";
+        });
+    if (!has_fisher_regularizer) require_plugin("ewc", "--use-memory-efficient");
   }
   config.cli_plugin_path = overrides.plugin_path;
+
+  // Record every resolved value (defaults and CLI switches included), so results.json and the
+  // clhost.settings/1 service see exactly what ran.
+  auto section = [&](const char* name) -> toml::table& {
+    if (!root.contains(name)) root.insert(name, toml::table{});
+    return *root.get_as<toml::table>(name);
+  };
+  auto int_array = [](const std::vector<int64_t>& values) {
+    toml::array out;
+    for (int64_t value : values) out.push_back(value);
+    return out;
+  };
+  toml::array plugin_path;
+  for (const auto& dir : config.run.plugin_path) plugin_path.push_back(dir);
+  section("run").insert_or_assign("name", config.run.name);
+  section("run").insert_or_assign("seed", static_cast<int64_t>(config.run.seed));
+  section("run").insert_or_assign("threads", static_cast<int64_t>(config.run.threads));
+  section("run").insert_or_assign("output_dir", config.run.output_dir);
+  section("run").insert_or_assign("plugin_path", plugin_path);
+  section("run").insert_or_assign("log_every", config.run.log_every);
+  section("data").insert_or_assign("dir", config.data.dir);
+  section("data").insert_or_assign("scenario", to_string(config.data.scenario));
+  section("data").insert_or_assign("num_tasks", config.data.num_tasks);
+  section("data").insert_or_assign("incremental", to_string(config.data.incremental));
+  section("data").insert_or_assign("train_samples_per_task", config.data.train_samples_per_task);
+  section("data").insert_or_assign("test_samples_per_task", config.data.test_samples_per_task);
+  section("model").insert_or_assign("kind", to_string(config.model.kind));
+  section("model").insert_or_assign("hidden", int_array(config.model.hidden));
+  section("train").insert_or_assign("optimizer", to_string(config.train.optimizer));
+  section("train").insert_or_assign("lr", config.train.lr);
+  section("train").insert_or_assign("momentum", config.train.momentum);
+  section("train").insert_or_assign("batch_size", config.train.batch_size);
+  section("train").insert_or_assign("iterations", config.train.iterations);
+  section("train").insert_or_assign("epochs", config.train.epochs);
+  section("train").insert_or_assign("eval_batch_size", config.train.eval_batch_size);
+  auto& fisher_table = section("fisher_computation");
+  fisher_table.insert_or_assign("use_memory_efficient", config.fisher.use_memory_efficient);
+  fisher_table.insert_or_assign("block_size", config.fisher.block_size);
+  fisher_table.insert_or_assign("use_compression", config.fisher.use_compression);
+  fisher_table.insert_or_assign("compression_level", config.fisher.compression_level);
+  fisher_table.insert_or_assign("compression_ratio", config.fisher.compression_ratio);
+  fisher_table.insert_or_assign("codec", config.fisher.codec);
+  fisher_table.insert_or_assign("store_dtype", config.fisher.store_dtype);
+  toml::array pipeline;
+  for (const auto& spec : config.pipeline) {
+    toml::table entry;
+    entry.insert("plugin", spec.id);
+    for (const auto& setting : spec.settings) {
+      std::visit([&](const auto& value) { entry.insert_or_assign(setting.key, value); }, setting.value);
+    }
+    pipeline.push_back(entry);
+  }
+  root.insert_or_assign("pipeline", pipeline);
 
   std::ostringstream json;
   json << toml::json_formatter{root};

@@ -2,88 +2,360 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "clhost/errors.hpp"
 
 namespace clhost {
 namespace {
 
-// Log-probabilities over the active classes.
-torch::Tensor active_log_probs(const FisherContext& context, const torch::Tensor& x) {
-  torch::nn::Sequential model = context.model;
-  return torch::log_softmax(model->forward(x).index_select(1, context.active_classes), 1);
+// A layer whose per-sample gradients follow from its input and output gradient.
+struct KnownLayer {
+  enum class Kind { kLinear, kConv2d } kind = Kind::kLinear;
+  size_t module_index = 0;
+  std::optional<size_t> weight;
+  std::optional<size_t> bias;
+  torch::nn::functional::UnfoldFuncOptions unfold{{1, 1}};
+};
+
+struct ModelMap {
+  std::vector<KnownLayer> layers;
+  std::vector<int> layer_of_parameter;  // -1: needs the per-sample loop
+};
+
+std::optional<size_t> index_of(const std::vector<torch::Tensor>& parameters,
+                               const torch::Tensor& tensor) {
+  if (!tensor.defined()) return std::nullopt;
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    if (parameters[i].is_same(tensor)) return i;
+  }
+  return std::nullopt;
 }
+
+ModelMap map_model(torch::nn::Sequential& model, const std::vector<torch::Tensor>& parameters) {
+  ModelMap map;
+  map.layer_of_parameter.assign(parameters.size(), -1);
+  size_t module_index = 0;
+  for (const auto& any : *model) {
+    const auto module = any.ptr();
+    KnownLayer layer;
+    layer.module_index = module_index++;
+    bool known = false;
+    if (const auto* linear = module->as<torch::nn::LinearImpl>()) {
+      layer.kind = KnownLayer::Kind::kLinear;
+      layer.weight = index_of(parameters, linear->weight);
+      layer.bias = index_of(parameters, linear->bias);
+      known = true;
+    } else if (const auto* conv = module->as<torch::nn::Conv2dImpl>()) {
+      const auto& options = conv->options;
+      const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&options.padding());
+      const bool zeros = c10::holds_alternative<torch::enumtype::kZeros>(options.padding_mode());
+      if (options.groups() == 1 && padding != nullptr && zeros) {
+        layer.kind = KnownLayer::Kind::kConv2d;
+        layer.weight = index_of(parameters, conv->weight);
+        layer.bias = index_of(parameters, conv->bias);
+        layer.unfold = torch::nn::functional::UnfoldFuncOptions(options.kernel_size())
+                           .dilation(options.dilation())
+                           .padding(*padding)
+                           .stride(options.stride());
+        known = true;
+      }
+    }
+    if (known) {
+      const int id = static_cast<int>(map.layers.size());
+      if (layer.weight) map.layer_of_parameter[*layer.weight] = id;
+      if (layer.bias) map.layer_of_parameter[*layer.bias] = id;
+      map.layers.push_back(layer);
+    }
+  }
+  return map;
+}
+
+int64_t row_numel(const torch::Tensor& parameter) {
+  return parameter.dim() == 0 ? 1 : parameter.numel() / std::max<int64_t>(parameter.size(0), 1);
+}
+
+int64_t rows_of(const torch::Tensor& parameter) {
+  return parameter.dim() == 0 ? 1 : parameter.size(0);
+}
+
+// Squared per-sample gradients of one known layer, weighted per sample and summed over the batch,
+// for rows [row_begin, row_end) of `parameter`.
+torch::Tensor layer_fisher_rows(const KnownLayer& layer, bool is_weight, const torch::Tensor& input,
+                                const torch::Tensor& output_grad, const torch::Tensor& weight,
+                                int64_t row_begin, int64_t row_end) {
+  const torch::Tensor delta = output_grad.slice(1, row_begin, row_end);
+  const torch::Tensor w = weight.view({-1, 1});
+  if (layer.kind == KnownLayer::Kind::kLinear) {
+    // grad_i(W) = delta_i x_i^T, so sum_i w_i grad_i(W)^2 = (w * delta^2)^T (x^2).
+    if (!is_weight) return (delta.square() * w).sum(0);
+    return (delta.square() * w).t().mm(input.square());
+  }
+  // Conv2d: grad_i(W)[o, k] = sum_p delta_i[o, p] * unfold(x_i)[k, p].
+  const int64_t batch = delta.size(0);
+  const torch::Tensor delta_flat = delta.reshape({batch, delta.size(1), -1});
+  if (!is_weight) return (delta_flat.sum(2).square() * w).sum(0);
+  const torch::Tensor patches = torch::nn::functional::unfold(input, layer.unfold);
+  const torch::Tensor per_sample = delta_flat.bmm(patches.transpose(1, 2));  // [N, O, K]
+  return (per_sample.square() * w.view({-1, 1, 1})).sum(0);
+}
+
+class BlockPass {
+ public:
+  BlockPass(const FisherContext& context, const clhost_fisher_request_t& request,
+            FisherMethod method, torch::nn::Sequential model, std::vector<torch::Tensor> parameters,
+            const ModelMap& map, const FisherBlock& block, torch::Generator generator)
+      : context_(context),
+        request_(request),
+        method_(method),
+        model_(std::move(model)),
+        parameters_(std::move(parameters)),
+        map_(map),
+        block_(block),
+        generator_(std::move(generator)) {
+    for (const auto& segment : block_) {
+      const auto& parameter = parameters_[segment.parameter];
+      std::vector<int64_t> shape = parameter.sizes().vec();
+      if (shape.empty()) shape.push_back(1);
+      shape[0] = segment.row_end - segment.row_begin;
+      sums_.push_back(torch::zeros(shape, parameter.options().requires_grad(false)));
+    }
+  }
+
+  // Accumulates one chunk of samples.
+  void add_chunk(const torch::Tensor& x, const torch::Tensor& y) {
+    if (request_.batched != 0) {
+      add_batched(x, y);
+      return;
+    }
+    bool any_known = false;
+    bool any_loop = false;
+    for (const auto& segment : block_) {
+      (uses_layer_path(segment.parameter) ? any_known : any_loop) = true;
+    }
+    if (any_known) add_known_layers(x, y);
+    if (any_loop) add_per_sample_loop(x, y);
+    contributions_ += x.size(0);
+  }
+
+  void emit(const FisherSink& sink) {
+    const double denominator = static_cast<double>(std::max<int64_t>(contributions_, 1));
+    for (size_t s = 0; s < block_.size(); ++s) {
+      const auto& segment = block_[s];
+      const int64_t offset = segment.row_begin * row_numel(parameters_[segment.parameter]);
+      sink(segment.parameter, offset, sums_[s].div_(denominator).reshape({-1}).contiguous());
+    }
+  }
+
+ private:
+  bool uses_layer_path(size_t parameter) const {
+    return method_ == FisherMethod::kAuto && map_.layer_of_parameter[parameter] >= 0;
+  }
+
+  torch::Tensor log_probs(const torch::Tensor& logits) const {
+    return torch::log_softmax(logits.index_select(1, context_.active_classes), 1);
+  }
+
+  torch::Tensor sample_labels(const torch::Tensor& log_probabilities) {
+    return torch::multinomial(log_probabilities.exp().detach(), 1, true, generator_).squeeze(1);
+  }
+
+  // Batched exact per-sample Fisher for the Linear/Conv2d segments of the block.
+  void add_known_layers(const torch::Tensor& x, const torch::Tensor& y) {
+    std::vector<int> needed;  // layer ids used by this block
+    for (const auto& segment : block_) {
+      const int layer = uses_layer_path(segment.parameter) ? map_.layer_of_parameter[segment.parameter] : -1;
+      if (layer >= 0 && std::find(needed.begin(), needed.end(), layer) == needed.end()) needed.push_back(layer);
+    }
+    std::vector<torch::Tensor> inputs(map_.layers.size());
+    std::vector<torch::Tensor> outputs(map_.layers.size());
+    torch::Tensor h = x;
+    size_t module_index = 0;
+    for (auto& any : *model_) {
+      int layer_id = -1;
+      for (int id : needed) {
+        if (map_.layers[static_cast<size_t>(id)].module_index == module_index) layer_id = id;
+      }
+      if (layer_id >= 0) inputs[static_cast<size_t>(layer_id)] = h.detach();
+      h = any.forward(h);
+      if (layer_id >= 0) outputs[static_cast<size_t>(layer_id)] = h;
+      ++module_index;
+    }
+    const torch::Tensor lp = log_probs(h);
+    std::vector<torch::Tensor> wanted;
+    for (int id : needed) wanted.push_back(outputs[static_cast<size_t>(id)]);
+
+    auto accumulate = [&](const torch::Tensor& loss, const torch::Tensor& weight, bool keep_graph) {
+      const auto grads = torch::autograd::grad({loss}, wanted, {}, keep_graph, false, true);
+      for (size_t s = 0; s < block_.size(); ++s) {
+        const auto& segment = block_[s];
+        if (!uses_layer_path(segment.parameter)) continue;
+        const int id = map_.layer_of_parameter[segment.parameter];
+        const auto position = static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin());
+        const KnownLayer& layer = map_.layers[static_cast<size_t>(id)];
+        if (!grads[position].defined()) continue;
+        const bool is_weight = layer.weight && *layer.weight == segment.parameter;
+        sums_[s].add_(layer_fisher_rows(layer, is_weight, inputs[static_cast<size_t>(id)],
+                                        grads[position], weight, segment.row_begin, segment.row_end)
+                          .reshape(sums_[s].sizes()));
+      }
+    };
+    const torch::Tensor ones = torch::ones({x.size(0)}, lp.options().requires_grad(false));
+    if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
+      // E_{c ~ p}[g_c^2] = sum_c p_c g_c^2: one backward pass per class, weighted per sample.
+      const torch::Tensor probs = lp.exp().detach();
+      const int64_t classes = lp.size(1);
+      for (int64_t c = 0; c < classes; ++c) {
+        accumulate(-lp.select(1, c).sum(), probs.select(1, c).contiguous(), c + 1 < classes);
+      }
+    } else {
+      const torch::Tensor labels = request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
+      // Summed (not averaged) loss: each sample's output gradient is its own.
+      accumulate(-lp.gather(1, labels.view({-1, 1})).sum(), ones, false);
+    }
+  }
+
+  // The reference: one backward pass per sample (and per class for EXPECTATION).
+  void add_per_sample_loop(const torch::Tensor& x, const torch::Tensor& y) {
+    std::vector<torch::Tensor> targets;
+    std::vector<size_t> segment_of_target;
+    for (size_t s = 0; s < block_.size(); ++s) {
+      if (uses_layer_path(block_[s].parameter)) continue;
+      targets.push_back(parameters_[block_[s].parameter]);
+      segment_of_target.push_back(s);
+    }
+    auto accumulate = [&](const std::vector<torch::Tensor>& grads, double weight) {
+      for (size_t t = 0; t < targets.size(); ++t) {
+        if (!grads[t].defined()) continue;
+        const auto& segment = block_[segment_of_target[t]];
+        torch::Tensor rows = grads[t].dim() == 0 ? grads[t].view({1})
+                                                 : grads[t].slice(0, segment.row_begin, segment.row_end);
+        sums_[segment_of_target[t]].add_(rows.square(), weight);
+      }
+    };
+    for (int64_t i = 0; i < x.size(0); ++i) {
+      const torch::Tensor lp = log_probs(model_->forward(x.slice(0, i, i + 1))).squeeze(0);
+      if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
+        const torch::Tensor probs = lp.exp().detach();
+        const int64_t classes = lp.size(0);
+        for (int64_t c = 0; c < classes; ++c) {
+          accumulate(torch::autograd::grad({-lp[c]}, targets, {}, c + 1 < classes, false, true),
+                     probs[c].item<double>());
+        }
+      } else {
+        int64_t label = y[i].item<int64_t>();
+        if (request_.labels == CLHOST_FISHER_LABELS_SAMPLE) {
+          label = sample_labels(lp.view({1, -1})).item<int64_t>();
+        }
+        accumulate(torch::autograd::grad({-lp[label]}, targets, {}, false, false, true), 1.0);
+      }
+    }
+  }
+
+  // Avalanche's estimate: the squared gradient of each mini-batch's mean loss.
+  void add_batched(const torch::Tensor& x, const torch::Tensor& y) {
+    std::vector<torch::Tensor> targets;
+    for (const auto& segment : block_) targets.push_back(parameters_[segment.parameter]);
+    const torch::Tensor lp = log_probs(model_->forward(x));
+    torch::Tensor loss;
+    if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
+      loss = -(lp.exp().detach() * lp).sum(1).mean();
+    } else {
+      const torch::Tensor labels = request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
+      loss = torch::nll_loss(lp, labels);
+    }
+    const auto grads = torch::autograd::grad({loss}, targets, {}, false, false, true);
+    for (size_t s = 0; s < block_.size(); ++s) {
+      if (!grads[s].defined()) continue;
+      const auto& segment = block_[s];
+      torch::Tensor rows = grads[s].dim() == 0 ? grads[s].view({1})
+                                               : grads[s].slice(0, segment.row_begin, segment.row_end);
+      sums_[s].add_(rows.square());
+    }
+    ++contributions_;
+  }
+
+  const FisherContext& context_;
+  const clhost_fisher_request_t& request_;
+  FisherMethod method_;
+  torch::nn::Sequential model_;
+  std::vector<torch::Tensor> parameters_;
+  const ModelMap& map_;
+  const FisherBlock& block_;
+  torch::Generator generator_;
+  std::vector<torch::Tensor> sums_;
+  int64_t contributions_ = 0;
+};
 
 }  // namespace
 
-std::vector<torch::Tensor> diagonal_fisher(const FisherContext& context,
-                                           const clhost_fisher_request_t& request) {
+std::vector<FisherBlock> plan_fisher_blocks(const std::vector<torch::Tensor>& parameters,
+                                            int64_t block_size) {
+  if (block_size <= 0) throw RunError("Fisher block_size must be positive");
+  std::vector<FisherBlock> blocks;
+  FisherBlock current;
+  int64_t current_size = 0;
+  for (size_t p = 0; p < parameters.size(); ++p) {
+    const int64_t numel = parameters[p].numel();
+    const int64_t rows = rows_of(parameters[p]);
+    if (numel <= block_size) {
+      if (current_size + numel > block_size && !current.empty()) {
+        blocks.push_back(std::move(current));
+        current = {};
+        current_size = 0;
+      }
+      current.push_back({p, 0, rows});
+      current_size += numel;
+      continue;
+    }
+    if (!current.empty()) {
+      blocks.push_back(std::move(current));
+      current = {};
+      current_size = 0;
+    }
+    const int64_t rows_per_block = std::max<int64_t>(1, block_size / row_numel(parameters[p]));
+    for (int64_t row = 0; row < rows; row += rows_per_block) {
+      blocks.push_back({{p, row, std::min(rows, row + rows_per_block)}});
+    }
+  }
+  if (!current.empty()) blocks.push_back(std::move(current));
+  return blocks;
+}
+
+void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
+                     int64_t block_size, FisherMethod method, const FisherSink& sink) {
   const TaskData& task = *context.task;
   torch::nn::Sequential model = context.model;
-  std::vector<torch::Tensor> parameters = model->parameters();
-  std::vector<torch::Tensor> fisher;
-  for (const auto& parameter : parameters) fisher.push_back(torch::zeros_like(parameter));
-
+  const std::vector<torch::Tensor> parameters = model->parameters();
+  if (request.labels != CLHOST_FISHER_LABELS_TRUE && request.labels != CLHOST_FISHER_LABELS_SAMPLE &&
+      request.labels != CLHOST_FISHER_LABELS_EXPECTATION) {
+    throw RunError("Fisher request: unknown labels mode " + std::to_string(request.labels));
+  }
   int64_t samples = task.train_x.size(0);
   if (request.max_samples > 0) samples = std::min(samples, request.max_samples);
   if (samples == 0) throw RunError("Fisher requested on a task without training samples");
   const int64_t chunk = std::max<int64_t>(request.batch_size, 1);
-  torch::Generator generator = at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL);
-
+  const ModelMap map = map_model(model, parameters);
   const bool was_training = model->is_training();
   model->eval();
-  auto accumulate = [&](const std::vector<torch::Tensor>& grads, double weight) {
-    for (size_t p = 0; p < fisher.size(); ++p) {
-      if (grads[p].defined()) fisher[p].add_(grads[p].square(), weight);
-    }
-  };
-  int64_t contributions = 0;
-  for (int64_t start = 0; start < samples; start += chunk) {
-    const int64_t end = std::min(samples, start + chunk);
-    torch::Tensor x = task.train_x.slice(0, start, end);
-    torch::Tensor y = context.label_map.index_select(0, task.train_y.slice(0, start, end));
-    if (request.batched != 0) {
-      // Avalanche's estimate: the squared gradient of the mini-batch's mean loss.
-      torch::Tensor log_probs = active_log_probs(context, x);
-      torch::Tensor labels = y;
-      if (request.labels == CLHOST_FISHER_LABELS_SAMPLE) {
-        labels = torch::multinomial(log_probs.exp().detach(), 1, true, generator).squeeze(1);
+  try {
+    for (const auto& block : plan_fisher_blocks(parameters, block_size)) {
+      // The same label draws for every block: the generator restarts per block.
+      BlockPass pass(context, request, method, model, parameters, map, block,
+                     at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
+      for (int64_t start = 0; start < samples; start += chunk) {
+        const int64_t end = std::min(samples, start + chunk);
+        const torch::Tensor x = task.train_x.slice(0, start, end).to(parameters.front().dtype());
+        const torch::Tensor y = context.label_map.index_select(0, task.train_y.slice(0, start, end));
+        pass.add_chunk(x, y);
       }
-      if (request.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
-        torch::Tensor probs = log_probs.exp().detach();
-        torch::Tensor loss = -(probs * log_probs).sum(1).mean();
-        accumulate(torch::autograd::grad({loss}, parameters, {}, false, false, true), 1.0);
-      } else {
-        torch::Tensor loss = torch::nll_loss(log_probs, labels);
-        accumulate(torch::autograd::grad({loss}, parameters, {}, false, false, true), 1.0);
-      }
-      ++contributions;
-      continue;
+      pass.emit(sink);
     }
-    // Exact per-sample Fisher: one backward pass per sample (and per class for EXPECTATION).
-    for (int64_t i = 0; i < end - start; ++i) {
-      torch::Tensor log_probs = active_log_probs(context, x.slice(0, i, i + 1)).squeeze(0);
-      if (request.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
-        torch::Tensor probs = log_probs.exp().detach();
-        const int64_t classes = log_probs.size(0);
-        for (int64_t c = 0; c < classes; ++c) {
-          auto grads =
-              torch::autograd::grad({-log_probs[c]}, parameters, {}, c + 1 < classes, false, true);
-          accumulate(grads, probs[c].item<double>());
-        }
-      } else {
-        int64_t label = y[i].item<int64_t>();
-        if (request.labels == CLHOST_FISHER_LABELS_SAMPLE) {
-          label = torch::multinomial(log_probs.exp().detach(), 1, true, generator).item<int64_t>();
-        }
-        accumulate(torch::autograd::grad({-log_probs[label]}, parameters, {}, false, false, true),
-                   1.0);
-      }
-      ++contributions;
-    }
+  } catch (...) {
+    if (was_training) model->train();
+    throw;
   }
   if (was_training) model->train();
-  for (auto& entry : fisher) entry.div_(static_cast<double>(contributions));
-  return fisher;
 }
 
 }  // namespace clhost

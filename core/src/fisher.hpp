@@ -1,10 +1,11 @@
-// Diagonal Fisher information of the model on one task's training data. Internal to the core;
-// plug-ins reach it through the clhost.gradstats/1 service.
+// Diagonal Fisher information of the model on one task's training data, block by block.
+// Internal to the core; plug-ins reach it through the clhost.gradstats/1 service.
 #pragma once
 
 #include <clhost/clhost_plugin.h>
 #include <torch/nn/modules/container/sequential.h>
 
+#include <functional>
 #include <vector>
 
 #include "data.hpp"
@@ -19,9 +20,31 @@ struct FisherContext {
   uint64_t seed = 0;             // for LABELS_SAMPLE
 };
 
-// Mean over samples of the squared per-sample gradient (or of squared mini-batch gradients when
-// request.batched), one float32 tensor per model parameter. Throws RunError on bad requests.
-std::vector<torch::Tensor> diagonal_fisher(const FisherContext& context,
-                                           const clhost_fisher_request_t& request);
+// A contiguous range of whole rows (dim 0) of one parameter.
+struct FisherSegment {
+  size_t parameter = 0;
+  int64_t row_begin = 0;
+  int64_t row_end = 0;
+};
+using FisherBlock = std::vector<FisherSegment>;
+
+// Groups parameters, in order, into blocks of at most block_size elements that follow layer
+// boundaries; a parameter larger than block_size is cut into blocks of whole rows.
+std::vector<FisherBlock> plan_fisher_blocks(const std::vector<torch::Tensor>& parameters,
+                                            int64_t block_size);
+
+enum class FisherMethod {
+  kAuto,           // batched exact for Linear/Conv2d, per-sample loop for anything else
+  kPerSampleLoop,  // batch-of-1 loop for every parameter (the reference)
+};
+
+// Receives the Fisher of flat elements [offset, offset + values.numel()) of a parameter;
+// values is 1-D, float32 for float32 models.
+using FisherSink = std::function<void(size_t parameter, int64_t offset, const torch::Tensor& values)>;
+
+// Mean over samples of the squared per-sample gradient (or, with request.batched, of squared
+// mini-batch gradients), computed one block at a time. Throws RunError on bad requests.
+void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
+                     int64_t block_size, FisherMethod method, const FisherSink& sink);
 
 }  // namespace clhost

@@ -348,8 +348,7 @@ LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config) {
     try {
       pipeline.plugins.push_back(&loader.load(spec.id));
     } catch (const PluginError& e) {
-      const bool from_switch =
-          spec.location.rfind("--", 0) == 0 || spec.location.rfind("fisher_computation", 0) == 0;
+      const bool from_switch = spec.location.rfind("--", 0) == 0;
       if (from_switch) {
         throw PluginError(std::string(e.what()) + "\n  (" + spec.location + " needs plug-in '" +
                           spec.id + "')");

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "clhost/errors.hpp"
+#include "clhost/fisher_store.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
@@ -67,6 +68,24 @@ class Runtime {
   FisherContext fisher_context;
   bool in_task_end = false;
   int64_t budget_bytes = -1;
+  int64_t fisher_block_size = 1000000;
+  json settings;  // the resolved configuration, for clhost.settings/1
+  std::unique_ptr<FisherStore> store;  // created on first use
+
+  const json* setting(const char* key_path) const {
+    const json* node = &settings;
+    std::string path(key_path);
+    size_t start = 0;
+    while (start <= path.size()) {
+      const size_t dot = path.find('.', start);
+      const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      if (!node->is_object() || !node->contains(key)) return nullptr;
+      node = &(*node)[key];
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    return node;
+  }
 
   void bind_model(torch::nn::Sequential net) {
     model = std::move(net);
@@ -124,6 +143,17 @@ clhost_status_t params_get(const clhost_host_t* host, uint32_t index, clhost_par
   return CLHOST_STATUS_OK;
 }
 
+// Converts a host exception into the ABI's status + message.
+clhost_status_t report_exception(const std::exception& e, const char* what, clhost_error_t* error) {
+  std::snprintf(error->message, sizeof(error->message), "%s: %s", what, e.what());
+  return std::strstr(e.what(), "out of memory") ? CLHOST_STATUS_OUT_OF_MEMORY
+                                                : CLHOST_STATUS_INTERNAL;
+}
+
+struct SinkFailure {
+  clhost_status_t status;
+};
+
 clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
                                           const clhost_fisher_request_t* request,
                                           clhost_fisher_sink_fn sink, void* sink_data,
@@ -134,19 +164,105 @@ clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
                   "gradstats.diagonal_fisher may only be called from on_task_end");
     return CLHOST_STATUS_INVALID_ARGUMENT;
   }
-  try {
-    std::vector<torch::Tensor> fisher = diagonal_fisher(runtime.fisher_context, *request);
-    for (size_t p = 0; p < fisher.size(); ++p) {
-      DLTensor view = as_dltensor(fisher[p], runtime.parameter_shapes[p]);
-      const clhost_status_t status = sink(sink_data, static_cast<uint32_t>(p), &view, error);
-      if (status != CLHOST_STATUS_OK) return status;
-    }
-    return CLHOST_STATUS_OK;
-  } catch (const std::exception& e) {
-    std::snprintf(error->message, sizeof(error->message), "diagonal Fisher failed: %s", e.what());
-    return std::strstr(e.what(), "out of memory") ? CLHOST_STATUS_OUT_OF_MEMORY
-                                                  : CLHOST_STATUS_INTERNAL;
+  if (request == nullptr || request->struct_size < sizeof(clhost_fisher_request_t)) {
+    std::snprintf(error->message, sizeof(error->message),
+                  "gradstats.diagonal_fisher: request->struct_size must be sizeof(clhost_fisher_request_t)");
+    return CLHOST_STATUS_INVALID_ARGUMENT;
   }
+  try {
+    const int64_t block_size = request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
+    diagonal_fisher(runtime.fisher_context, *request, block_size, FisherMethod::kAuto,
+                    [&](size_t parameter, int64_t offset, const torch::Tensor& values) {
+                      std::vector<int64_t> shape{values.numel()};
+                      const torch::Tensor flat = values.to(torch::kFloat32).contiguous();
+                      DLTensor view = as_dltensor(flat, shape);
+                      const clhost_status_t status =
+                          sink(sink_data, static_cast<uint32_t>(parameter), offset, &view, error);
+                      if (status != CLHOST_STATUS_OK) throw SinkFailure{status};
+                    });
+    return CLHOST_STATUS_OK;
+  } catch (const SinkFailure& failure) {
+    return failure.status;  // the plug-in's message is already in *error
+  } catch (const std::exception& e) {
+    return report_exception(e, "diagonal Fisher failed", error);
+  }
+}
+
+template <class T>
+int32_t setting_get(const clhost_host_t* host, const char* key_path, T* out) {
+  if (key_path == nullptr || out == nullptr) return 1;
+  const json* node = runtime_of(host).setting(key_path);
+  if (node == nullptr) return 1;
+  if constexpr (std::is_same_v<T, int32_t>) {
+    if (!node->is_boolean()) return 1;
+    *out = node->get<bool>() ? 1 : 0;
+  } else if constexpr (std::is_same_v<T, int64_t>) {
+    if (!node->is_number_integer()) return 1;
+    *out = node->get<int64_t>();
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (!node->is_number()) return 1;
+    *out = node->get<double>();
+  } else {
+    if (!node->is_string()) return 1;
+    *out = node->get_ref<const std::string&>().c_str();
+  }
+  return 0;
+}
+
+FisherStore& store_of(Runtime& runtime) {
+  if (runtime.store == nullptr) throw RunError("the Fisher store is not available in this run");
+  return *runtime.store;
+}
+
+template <class Body>
+clhost_status_t store_call(clhost_error_t* error, Body&& body) {
+  try {
+    body();
+    return CLHOST_STATUS_OK;
+  } catch (const RunError& e) {
+    std::snprintf(error->message, sizeof(error->message), "%s", e.what());
+    return CLHOST_STATUS_IO;
+  } catch (const std::exception& e) {
+    return report_exception(e, "Fisher store", error);
+  }
+}
+
+const float* float_data(const DLTensor* tensor, int64_t* count) {
+  if (tensor == nullptr || tensor->ndim != 1 || tensor->dtype.code != kDLFloat || tensor->dtype.bits != 32 ||
+      tensor->device.device_type != kDLCPU ||
+      (tensor->strides != nullptr && tensor->strides[0] != 1)) {
+    throw RunError("Fisher store blocks must be 1-D contiguous float32 CPU tensors");
+  }
+  *count = tensor->shape[0];
+  return reinterpret_cast<const float*>(static_cast<const char*>(tensor->data) + tensor->byte_offset);
+}
+
+clhost_status_t store_begin(const clhost_host_t* host, const char* group, const char* description,
+                            clhost_error_t* error) {
+  return store_call(error, [&] { store_of(runtime_of(host)).begin_group(group ? group : "", description ? description : ""); });
+}
+clhost_status_t store_write(const clhost_host_t* host, uint32_t parameter, int64_t offset,
+                            const DLTensor* block, clhost_error_t* error) {
+  return store_call(error, [&] {
+    int64_t count = 0;
+    const float* data = float_data(block, &count);
+    store_of(runtime_of(host)).write_block(parameter, offset, data, count);
+  });
+}
+clhost_status_t store_commit(const clhost_host_t* host, clhost_error_t* error) {
+  return store_call(error, [&] { store_of(runtime_of(host)).commit_group(); });
+}
+void store_abort(const clhost_host_t* host) {
+  Runtime& runtime = runtime_of(host);
+  if (runtime.store != nullptr) runtime.store->abort_group();
+}
+clhost_status_t store_read(const clhost_host_t* host, const char* group, uint32_t parameter,
+                           int64_t offset, DLTensor* out, clhost_error_t* error) {
+  return store_call(error, [&] {
+    int64_t count = 0;
+    auto* data = const_cast<float*>(float_data(out, &count));
+    store_of(runtime_of(host)).read_block(group ? group : "", parameter, offset, data, count);
+  });
 }
 
 clhost_status_t memory_get_info(const clhost_host_t* host, clhost_memory_info_t* out,
@@ -175,8 +291,17 @@ const clhost_gradstats_service_v1_t kGradstatsService{sizeof(clhost_gradstats_se
 const clhost_memory_service_v1_t kMemoryService{sizeof(clhost_memory_service_v1_t),
                                                 &memory_get_info};
 
+const clhost_settings_service_v1_t kSettingsService{
+    sizeof(clhost_settings_service_v1_t), &setting_get<int32_t>, &setting_get<int64_t>,
+    &setting_get<double>, &setting_get<const char*>};
+const clhost_fisher_store_v1_t kFisherStoreService{sizeof(clhost_fisher_store_v1_t),
+                                                   &store_begin, &store_write, &store_commit,
+                                                   &store_abort, &store_read};
+
 const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (id == nullptr) return nullptr;
+  if (std::strcmp(id, CLHOST_SERVICE_SETTINGS_V1) == 0) return &kSettingsService;
+  if (std::strcmp(id, CLHOST_SERVICE_FISHER_STORE_V1) == 0) return &kFisherStoreService;
   if (std::strcmp(id, CLHOST_SERVICE_LOG_V1) == 0) return &kLogService;
   if (std::strcmp(id, CLHOST_SERVICE_PARAMS_V1) == 0) return &kParamsService;
   if (std::strcmp(id, CLHOST_SERVICE_GRADSTATS_V1) == 0) return &kGradstatsService;
@@ -348,6 +473,25 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
       make_model(config.model, sequence.input_size, sequence.image_side, sequence.num_classes));
   runtime.fisher_context.model = runtime.model;
   runtime.fisher_context.seed = config.run.seed;
+  runtime.fisher_block_size = config.fisher.block_size;
+  runtime.settings = json::parse(config.resolved_json);
+  {
+    StoreOptions store_options;
+    store_options.codec = config.fisher.use_compression ? config.fisher.codec : "none";
+    store_options.level = static_cast<int>(config.fisher.compression_level);
+    store_options.dtype = config.fisher.store_dtype;
+    store_options.chunk_elements = config.fisher.block_size;
+    std::vector<ParameterInfo> model_info;
+    for (size_t i = 0; i < runtime.parameters.size(); ++i) {
+      model_info.push_back({runtime.parameter_names[i], runtime.parameter_shapes[i]});
+    }
+    try {
+      runtime.store = std::make_unique<FisherStore>((fs::path(run_dir) / "fisher.h5").string(),
+                                                    store_options, model_info, CLHOST_VERSION);
+    } catch (const RunError& e) {
+      throw ConfigError(config.source + ": fisher_computation: " + e.what());
+    }
+  }
 
   std::vector<std::unique_ptr<PluginInstance>> instances;
   for (size_t i = 0; i < plugins.size(); ++i) {
@@ -657,6 +801,20 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
         char buffer[1024] = {};
         table.describe(instance->instance, buffer, sizeof(buffer));
         report["variant"] = buffer;
+      }
+    }
+    if (const auto* reporter = static_cast<const clhost_report_v1_t*>(
+            instance->plugin->entry->get_interface(CLHOST_INTERFACE_REPORT_V1))) {
+      std::string buffer(4096, '\0');
+      size_t needed = reporter->write_json(instance->instance, buffer.data(), buffer.size());
+      if (needed >= buffer.size()) {
+        buffer.assign(needed + 1, '\0');
+        needed = reporter->write_json(instance->instance, buffer.data(), buffer.size());
+      }
+      buffer.resize(std::min(needed, buffer.size() - 1));
+      if (!buffer.empty()) {
+        const json parsed = json::parse(buffer, nullptr, false);
+        report["report"] = parsed.is_discarded() ? json(buffer) : parsed;
       }
     }
     plugin_reports.push_back(report);

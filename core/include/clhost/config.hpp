@@ -69,11 +69,13 @@ struct TrainSection {
 
 // The seed's [fisher_computation] keys; consumed by Fisher-based regularizers.
 struct FisherSection {
-  bool use_memory_efficient = false;
+  bool use_memory_efficient = true;
   int64_t block_size = 1000000;
   bool use_compression = true;
   int64_t compression_level = 9;
   double compression_ratio = 0.1;
+  std::string codec = "gzip";       // Fisher store codec (see docs/config.md)
+  std::string store_dtype = "fp32";  // on-disk dtype of stored Fisher blocks
 };
 
 struct RunConfig {

@@ -237,26 +237,74 @@ typedef enum clhost_fisher_labels {
 typedef struct clhost_fisher_request {
   uint32_t struct_size;
   clhost_fisher_labels_t labels;
-  int64_t max_samples; /* <= 0: every training sample of the task */
-  int32_t batched;    /* non-zero: squared mini-batch gradients (Avalanche) instead of per-sample */
-  int64_t batch_size; /* samples processed together; bounds temporary memory */
+  int64_t max_samples;  /* <= 0: every training sample of the task */
+  int32_t batched;      /* non-zero: squared mini-batch gradients (Avalanche) instead of per-sample */
+  int64_t batch_size;   /* samples per forward/backward pass; bounds activation memory */
+  int64_t block_size;   /* parameters per block; <= 0: fisher_computation.block_size */
 } clhost_fisher_request_t;
 
-/* Receives the diagonal Fisher of one parameter, mean over samples, float32, contiguous, same
- * shape as the parameter. `fisher` lifetime: call — copy what you keep. Called once per
- * parameter index, in order. */
+/* Receives one block of the diagonal Fisher (mean over samples, float32): the flat elements
+ * [offset, offset + block->shape[0]) of parameter `param_index` (row-major), as a 1-D contiguous
+ * DLTensor. Blocks follow layer boundaries: a block never spans two parameters; a parameter
+ * larger than block_size arrives as several blocks of whole rows. Blocks arrive in parameter
+ * order with ascending offsets and cover every element exactly once. `block` lifetime: call. */
 typedef clhost_status_t (*clhost_fisher_sink_fn)(void* sink_data, uint32_t param_index,
-                                                 const DLTensor* fisher, clhost_error_t* error);
+                                                 int64_t offset, const DLTensor* block,
+                                                 clhost_error_t* error);
 
 #define CLHOST_SERVICE_GRADSTATS_V1 "clhost.gradstats/1"
 typedef struct clhost_gradstats_service_v1 {
   uint32_t struct_size;
-  /* Only callable from on_task_end. Uses the task that just ended. */
+  /* Only callable from on_task_end; uses the task that just ended. Per-sample Fisher is exact:
+   * for Linear and Conv2d layers it is computed from whole batches (layer inputs and output
+   * gradients), for other modules by a per-sample loop. Temporary memory is bounded by one block
+   * plus one batch's activations. */
   clhost_status_t (*diagonal_fisher)(const clhost_host_t* host,
                                      const clhost_fisher_request_t* request,
                                      clhost_fisher_sink_fn sink, void* sink_data,
                                      clhost_error_t* error);
 } clhost_gradstats_service_v1_t;
+
+/* "clhost.settings/1": read-only access to the run's resolved configuration, by dotted key path
+ * ("fisher_computation.block_size"). Each getter returns 0 and sets *out when the key exists with
+ * a compatible type (an integer is also a float), non-zero otherwise. Strings: lifetime of the
+ * run. Thread rule: any thread. */
+#define CLHOST_SERVICE_SETTINGS_V1 "clhost.settings/1"
+typedef struct clhost_settings_service_v1 {
+  uint32_t struct_size;
+  int32_t (*get_bool)(const clhost_host_t* host, const char* key_path, int32_t* out);
+  int32_t (*get_int)(const clhost_host_t* host, const char* key_path, int64_t* out);
+  int32_t (*get_float)(const clhost_host_t* host, const char* key_path, double* out);
+  int32_t (*get_string)(const clhost_host_t* host, const char* key_path, const char** out);
+} clhost_settings_service_v1_t;
+
+/* "clhost.fisher_store/1": the run's Fisher store, an HDF5 file in the run directory
+ * (fisher.h5): one group per saved state, one dataset per parameter (flat, float32 in memory;
+ * on disk as fisher_computation.store_dtype, compressed as configured, Fletcher-32 checksummed),
+ * plus the model fingerprint (parameter names and shapes). A save is atomic: after a crash the
+ * file holds either every group it had before, or those plus the new one.
+ * Call sequence: begin_group, write_block for every element of every parameter, commit_group
+ * (or abort_group). Only from hooks, on the trainer thread. */
+#define CLHOST_SERVICE_FISHER_STORE_V1 "clhost.fisher_store/1"
+typedef struct clhost_fisher_store_v1 {
+  uint32_t struct_size;
+  /* `group`: [A-Za-z0-9_]+, new in the file. `description`: stored as an attribute (e.g. the
+   * Fisher variant). Both lifetime: call. */
+  clhost_status_t (*begin_group)(const clhost_host_t* host, const char* group,
+                                 const char* description, clhost_error_t* error);
+  /* Flat elements [offset, offset + block->shape[0]) of parameter `param_index`; `block` is 1-D
+   * float32 contiguous, lifetime: call. */
+  clhost_status_t (*write_block)(const clhost_host_t* host, uint32_t param_index, int64_t offset,
+                                 const DLTensor* block, clhost_error_t* error);
+  clhost_status_t (*commit_group)(const clhost_host_t* host, clhost_error_t* error);
+  void (*abort_group)(const clhost_host_t* host);
+  /* Reads flat elements [offset, offset + out->shape[0]) of parameter `param_index` from `group`
+   * into `out` (1-D float32 contiguous, caller-owned), verifying checksums and that the file was
+   * written for this model. */
+  clhost_status_t (*read_block)(const clhost_host_t* host, const char* group,
+                                uint32_t param_index, int64_t offset, DLTensor* out,
+                                clhost_error_t* error);
+} clhost_fisher_store_v1_t;
 
 /* "clhost.memory/1" */
 typedef struct clhost_memory_info {
@@ -375,6 +423,16 @@ typedef struct clhost_batch_policy_v1 {
   clhost_status_t (*choose_micro_batch)(void* instance, const clhost_batch_request_t* request,
                                         int64_t* micro_batch, clhost_error_t* error);
 } clhost_batch_policy_v1_t;
+
+/* Optional for every kind: a JSON object the host puts under plugins[i].report in results.json
+ * at the end of the run (e.g. measured state sizes). Writes a NUL-terminated JSON object into
+ * buffer (size bytes); returns the length it needed (excluding NUL), so a caller can retry with
+ * a larger buffer. */
+#define CLHOST_INTERFACE_REPORT_V1 "clhost.report/1"
+typedef struct clhost_report_v1 {
+  uint32_t struct_size;
+  size_t (*write_json)(void* instance, char* buffer, size_t size);
+} clhost_report_v1_t;
 
 /* ---------------------------------------------------------------------------------------------
  * The entry point

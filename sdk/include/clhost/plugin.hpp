@@ -152,6 +152,9 @@ class PluginBase {
   PluginBase(PluginBase&&) = delete;
   PluginBase& operator=(PluginBase&&) = delete;
 
+  // Optional: a JSON object for results.json (plugins[i].report); empty means none.
+  [[nodiscard]] virtual std::string report_json() const { return {}; }
+
  protected:
   [[nodiscard]] const Host& host() const noexcept { return host_; }
 
@@ -228,7 +231,20 @@ struct Trampolines {
     return guarded_call(error, [&] { self(instance).on_event(*event); });
   }
 
+  static size_t report(void* instance, char* buffer, size_t size) noexcept {
+    try {
+      const std::string json = self(instance).report_json();
+      if (size > 0) std::snprintf(buffer, size, "%s", json.c_str());
+      return json.size();
+    } catch (...) {
+      if (size > 0) buffer[0] = '\0';
+      return 0;
+    }
+  }
+
   static const void* get_interface(const char* id) noexcept {
+    static const clhost_report_v1_t report_table{sizeof(clhost_report_v1_t), &report};
+    if (std::strcmp(id, CLHOST_INTERFACE_REPORT_V1) == 0) return &report_table;
     if constexpr (std::is_base_of_v<Regularizer, Plugin>) {
       static const clhost_regularizer_v1_t table{sizeof(clhost_regularizer_v1_t), &task_begin,
                                                  &after_backward, &task_end, &describe};

@@ -1,0 +1,89 @@
+// The Fisher store: an HDF5 file with one group per saved state (e.g. per task) and one flat
+// dataset per model parameter, chunked by block, compressed, Fletcher-32 checksummed, with the
+// model's fingerprint (parameter names and shapes) so a file is never applied to another model.
+// Every save is atomic: it goes to "<file>.tmp" (a copy of the old file plus the new group),
+// which is fsynced and renamed over the old file only when complete.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace clhost {
+
+struct StoreOptions {
+  std::string codec = "gzip";  // gzip | none | lz4 | blosc-lz4 | blosc-zstd | bzip2 | zfp
+  int level = 9;               // gzip 1..9; blosc 1..9
+  bool shuffle = true;         // byte shuffle before gzip (blosc shuffles itself)
+  std::string dtype = "fp32";  // on-disk type: fp32 | fp16 | bf16 (clamped to the finite range)
+  int64_t chunk_elements = 1000000;
+};
+
+struct ParameterInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  [[nodiscard]] int64_t numel() const;
+};
+
+struct StoredDataset {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;
+  std::string codec;
+  int64_t raw_bytes = 0;     // float32 in memory
+  int64_t stored_bytes = 0;  // on disk, after filters
+};
+
+struct StoredGroup {
+  std::string name;
+  std::string description;
+  std::vector<StoredDataset> datasets;
+};
+
+struct StoreSummary {
+  std::string path;
+  std::string format;
+  std::string clhost_version;
+  std::vector<ParameterInfo> model;
+  std::vector<StoredGroup> groups;
+  int64_t file_bytes = 0;
+};
+
+class FisherStore {
+ public:
+  FisherStore(std::string path, StoreOptions options, std::vector<ParameterInfo> model,
+              std::string clhost_version);
+  ~FisherStore();
+  FisherStore(const FisherStore&) = delete;
+  FisherStore& operator=(const FisherStore&) = delete;
+  FisherStore(FisherStore&&) = delete;
+  FisherStore& operator=(FisherStore&&) = delete;
+
+  // All throw RunError with the file, group and parameter named.
+  void begin_group(const std::string& group, const std::string& description);
+  void write_block(size_t parameter, int64_t offset, const float* values, int64_t count);
+  void commit_group();
+  void abort_group() noexcept;
+  void read_block(const std::string& group, size_t parameter, int64_t offset, float* out,
+                  int64_t count) const;
+
+  [[nodiscard]] const std::string& path() const { return path_; }
+  [[nodiscard]] const StoreOptions& options() const { return options_; }
+
+  // Reads the layout of any store file (for `clhost fisher inspect`).
+  static StoreSummary inspect(const std::string& path);
+  // Checks that the codec's HDF5 filter is available; throws RunError naming the package.
+  static void require_codec(const std::string& codec);
+
+ private:
+  std::string path_;
+  StoreOptions options_;
+  std::vector<ParameterInfo> model_;
+  std::string clhost_version_;
+  int64_t file_ = -1;  // hid_t of the open temporary file, -1 when no group is being written
+  int64_t group_ = -1;
+  std::string group_name_;
+  std::vector<int64_t> written_;  // elements written per parameter in the open group
+};
+
+}  // namespace clhost

@@ -1,0 +1,463 @@
+#include "clhost/fisher_store.hpp"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "clhost/errors.hpp"
+
+namespace clhost {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr const char* kFormat = "clhost-fisher-store/1";
+constexpr const char* kDebianPluginDir = "/usr/lib/x86_64-linux-gnu/hdf5/serial/plugins";
+
+struct CodecInfo {
+  const char* name;
+  H5Z_filter_t filter;
+  const char* package;
+};
+
+// Registered HDF5 filter ids (https://portal.hdfgroup.org/display/support/Registered+Filters).
+const CodecInfo kCodecs[] = {
+    {"none", H5Z_FILTER_NONE, ""},
+    {"gzip", H5Z_FILTER_DEFLATE, "libhdf5 (built in)"},
+    {"lz4", 32004, "hdf5-filter-plugin"},
+    {"bzip2", 307, "hdf5-filter-plugin"},
+    {"blosc-lz4", 32001, "hdf5-filter-plugin-blosc-serial"},
+    {"blosc-zstd", 32001, "hdf5-filter-plugin-blosc-serial"},
+    {"zfp", 32013, "hdf5-filter-plugin-zfp-serial"},
+};
+
+const CodecInfo& codec_info(const std::string& codec) {
+  for (const auto& info : kCodecs) {
+    if (codec == info.name) return info;
+  }
+  throw RunError("unknown Fisher store codec '" + codec +
+                 "' (one of: none, gzip, lz4, bzip2, blosc-lz4, blosc-zstd, zfp)");
+}
+
+// HDF5 prints its error stack by default; clhost reports errors itself.
+void quiet_hdf5() {
+  static const bool done = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    if (fs::exists(kDebianPluginDir)) H5PLappend(kDebianPluginDir);
+    return true;
+  }();
+  (void)done;
+}
+
+// The innermost HDF5 error message, for context in our own errors.
+std::string hdf5_reason() {
+  std::string reason;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned, const H5E_error2_t* error, void* data) -> herr_t {
+        auto* out = static_cast<std::string*>(data);
+        if (out->empty() && error->desc != nullptr) *out = error->desc;
+        return 0;
+      },
+      &reason);
+  H5Eclear2(H5E_DEFAULT);
+  return reason.empty() ? "HDF5 call failed" : reason;
+}
+
+// On-disk float types: HDF5 1.10 has no half types, so describe their bit layout.
+hid_t make_disk_type(const std::string& dtype) {
+  if (dtype == "fp32") return H5Tcopy(H5T_IEEE_F32LE);
+  hid_t type = H5Tcopy(H5T_IEEE_F32LE);
+  if (dtype == "fp16") {
+    H5Tset_fields(type, 15, 10, 5, 0, 10);
+    H5Tset_size(type, 2);
+    H5Tset_ebias(type, 15);
+  } else if (dtype == "bf16") {
+    H5Tset_fields(type, 15, 7, 8, 0, 7);
+    H5Tset_size(type, 2);
+    H5Tset_ebias(type, 127);
+  } else {
+    H5Tclose(type);
+    throw RunError("unknown Fisher store dtype '" + dtype + "' (one of: fp32, fp16, bf16)");
+  }
+  H5Tset_precision(type, 16);
+  return type;
+}
+
+float dtype_max(const std::string& dtype) {
+  if (dtype == "fp16") return 65504.0F;
+  if (dtype == "bf16") return 3.38953139e38F;
+  return std::numeric_limits<float>::max();
+}
+
+std::string dtype_of(hid_t type) {
+  const size_t size = H5Tget_size(type);
+  if (size == 4) return "fp32";
+  size_t spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0;
+  H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize);
+  if (size == 2 && esize == 5) return "fp16";
+  if (size == 2 && esize == 8) return "bf16";
+  return "float" + std::to_string(size * 8);
+}
+
+void write_string_attribute(hid_t object, const char* name, const std::string& value) {
+  const hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, std::max<size_t>(value.size(), 1));
+  const hid_t space = H5Screate(H5S_SCALAR);
+  const hid_t attribute = H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  const herr_t status = attribute < 0 ? -1 : H5Awrite(attribute, type, value.empty() ? " " : value.c_str());
+  if (attribute >= 0) H5Aclose(attribute);
+  H5Sclose(space);
+  H5Tclose(type);
+  if (status < 0) throw RunError(std::string("cannot write attribute ") + name + ": " + hdf5_reason());
+}
+
+std::string read_string_attribute(hid_t object, const char* name) {
+  if (H5Aexists(object, name) <= 0) return "";
+  const hid_t attribute = H5Aopen(object, name, H5P_DEFAULT);
+  const hid_t type = H5Aget_type(attribute);
+  std::string value(H5Tget_size(type), '\0');
+  H5Aread(attribute, type, value.data());
+  H5Tclose(type);
+  H5Aclose(attribute);
+  while (!value.empty() && value.back() == '\0') value.pop_back();
+  return value;
+}
+
+void write_shape_attribute(hid_t object, const std::vector<int64_t>& shape) {
+  const hsize_t rank = shape.size();
+  const hid_t space = H5Screate_simple(1, &rank, nullptr);
+  const hid_t attribute = H5Acreate2(object, "shape", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(attribute, H5T_NATIVE_INT64, shape.data());
+  H5Aclose(attribute);
+  H5Sclose(space);
+}
+
+std::vector<int64_t> read_shape_attribute(hid_t object) {
+  if (H5Aexists(object, "shape") <= 0) return {};
+  const hid_t attribute = H5Aopen(object, "shape", H5P_DEFAULT);
+  const hid_t space = H5Aget_space(attribute);
+  std::vector<int64_t> shape(static_cast<size_t>(H5Sget_simple_extent_npoints(space)));
+  H5Aread(attribute, H5T_NATIVE_INT64, shape.data());
+  H5Sclose(space);
+  H5Aclose(attribute);
+  return shape;
+}
+
+std::string model_json(const std::vector<ParameterInfo>& model) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& parameter : model) out.push_back({{"name", parameter.name}, {"shape", parameter.shape}});
+  return out.dump();
+}
+
+std::vector<ParameterInfo> parse_model(const std::string& text) {
+  std::vector<ParameterInfo> model;
+  if (text.empty()) return model;
+  for (const auto& item : nlohmann::json::parse(text)) {
+    model.push_back({item.at("name").get<std::string>(), item.at("shape").get<std::vector<int64_t>>()});
+  }
+  return model;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw RunError(path + ": cannot open for fsync");
+  const int status = ::fsync(fd);
+  ::close(fd);
+  if (status != 0) throw RunError(path + ": fsync failed");
+}
+
+hid_t open_existing(const std::string& path, unsigned flags) {
+  quiet_hdf5();
+  if (!fs::exists(path)) throw RunError(path + ": no such Fisher store");
+  const hid_t file = H5Fopen(path.c_str(), flags, H5P_DEFAULT);
+  if (file < 0) throw RunError(path + ": not a readable HDF5 file (" + hdf5_reason() + ")");
+  return file;
+}
+
+}  // namespace
+
+int64_t ParameterInfo::numel() const {
+  int64_t count = 1;
+  for (int64_t dim : shape) count *= dim;
+  return count;
+}
+
+void FisherStore::require_codec(const std::string& codec) {
+  quiet_hdf5();
+  const CodecInfo& info = codec_info(codec);
+  if (info.filter == H5Z_FILTER_NONE) return;
+  if (H5Zfilter_avail(info.filter) <= 0) {
+    const char* env = std::getenv("HDF5_PLUGIN_PATH");
+    throw RunError("Fisher store codec '" + codec + "' needs HDF5 filter " +
+                   std::to_string(info.filter) + ", which is not available: install Debian package " +
+                   info.package + " (filters are searched in " + (env ? env : "") +
+                   (env ? ":" : "") + kDebianPluginDir + ")");
+  }
+}
+
+FisherStore::FisherStore(std::string path, StoreOptions options, std::vector<ParameterInfo> model,
+                         std::string clhost_version)
+    : path_(std::move(path)),
+      options_(std::move(options)),
+      model_(std::move(model)),
+      clhost_version_(std::move(clhost_version)) {
+  quiet_hdf5();
+  require_codec(options_.codec);
+  hid_t probe = make_disk_type(options_.dtype);  // validates the dtype name
+  H5Tclose(probe);
+  if (options_.chunk_elements <= 0) throw RunError("Fisher store chunk size must be positive");
+}
+
+FisherStore::~FisherStore() { abort_group(); }
+
+void FisherStore::begin_group(const std::string& group, const std::string& description) {
+  if (file_ >= 0) throw RunError(path_ + ": group '" + group_name_ + "' is still being written");
+  if (group.empty() || group.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != std::string::npos) {
+    throw RunError(path_ + ": invalid group name '" + group + "' (letters, digits, _)");
+  }
+  const std::string temporary = path_ + ".tmp";
+  std::error_code error;
+  fs::remove(temporary, error);
+  if (fs::exists(path_)) {
+    // The old file is never opened for writing: the new state is built in a copy.
+    fs::copy_file(path_, temporary, fs::copy_options::overwrite_existing, error);
+    if (error) throw RunError(temporary + ": cannot copy the store: " + error.message());
+    file_ = H5Fopen(temporary.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    if (file_ < 0) throw RunError(path_ + ": cannot open the store copy: " + hdf5_reason());
+    const auto stored = parse_model(read_string_attribute(file_, "model"));
+    if (model_json(stored) != model_json(model_)) {
+      H5Fclose(file_);
+      file_ = -1;
+      fs::remove(temporary, error);
+      throw RunError(path_ + ": written for another model; refusing to add to it");
+    }
+    if (H5Lexists(file_, group.c_str(), H5P_DEFAULT) > 0) {
+      H5Fclose(file_);
+      file_ = -1;
+      fs::remove(temporary, error);
+      throw RunError(path_ + ": group '" + group + "' already exists");
+    }
+  } else {
+    file_ = H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file_ < 0) throw RunError(temporary + ": cannot create: " + hdf5_reason());
+    write_string_attribute(file_, "format", kFormat);
+    write_string_attribute(file_, "clhost_version", clhost_version_);
+    write_string_attribute(file_, "model", model_json(model_));
+  }
+  group_ = H5Gcreate2(file_, group.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  if (group_ < 0) {
+    abort_group();
+    throw RunError(path_ + ": cannot create group '" + group + "': " + hdf5_reason());
+  }
+  write_string_attribute(group_, "description", description);
+  group_name_ = group;
+  written_.assign(model_.size(), 0);
+
+  const hid_t disk_type = make_disk_type(options_.dtype);
+  const CodecInfo& codec = codec_info(options_.codec);
+  for (const auto& parameter : model_) {
+    const hsize_t size = static_cast<hsize_t>(parameter.numel());
+    const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
+    const hid_t space = H5Screate_simple(1, &size, nullptr);
+    const hid_t properties = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(properties, 1, &chunk);
+    herr_t status = 0;
+    if (options_.codec == "gzip") {
+      if (options_.shuffle) status |= H5Pset_shuffle(properties);
+      status |= H5Pset_deflate(properties, static_cast<unsigned>(options_.level));
+    } else if (options_.codec == "blosc-lz4" || options_.codec == "blosc-zstd") {
+      // Blosc's own byte shuffle; compressor codes: 1 lz4, 5 zstd.
+      const unsigned values[7] = {0, 0, 0, 0, static_cast<unsigned>(options_.level), 1,
+                                  options_.codec == "blosc-lz4" ? 1U : 5U};
+      status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 7, values);
+    } else if (options_.codec == "zfp") {
+      const unsigned values[1] = {5};  // H5Z-ZFP reversible (lossless) mode
+      status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 1, values);
+    } else if (options_.codec != "none") {
+      if (options_.shuffle) status |= H5Pset_shuffle(properties);
+      status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 0, nullptr);
+    }
+    status |= H5Pset_fletcher32(properties);
+    const hid_t dataset = status < 0 ? -1
+                                     : H5Dcreate2(group_, parameter.name.c_str(), disk_type, space,
+                                                  H5P_DEFAULT, properties, H5P_DEFAULT);
+    H5Pclose(properties);
+    H5Sclose(space);
+    if (dataset < 0) {
+      const std::string reason = hdf5_reason();
+      H5Tclose(disk_type);
+      abort_group();
+      throw RunError(path_ + ": cannot create dataset " + group + "/" + parameter.name + " with codec " +
+                     options_.codec + ": " + reason);
+    }
+    write_shape_attribute(dataset, parameter.shape);
+    write_string_attribute(dataset, "codec", options_.codec);
+    H5Dclose(dataset);
+  }
+  H5Tclose(disk_type);
+}
+
+void FisherStore::write_block(size_t parameter, int64_t offset, const float* values, int64_t count) {
+  if (file_ < 0) throw RunError(path_ + ": write_block without begin_group");
+  if (parameter >= model_.size()) throw RunError(path_ + ": parameter index out of range");
+  const ParameterInfo& info = model_[parameter];
+  if (offset < 0 || count < 0 || offset + count > info.numel()) {
+    throw RunError(path_ + ": block [" + std::to_string(offset) + ", " + std::to_string(offset + count) +
+                   ") is outside parameter " + info.name + " (" + std::to_string(info.numel()) + " elements)");
+  }
+  // Narrow types overflow to inf; a Fisher entry that large is clamped to the largest finite value.
+  std::vector<float> clamped;
+  const float limit = dtype_max(options_.dtype);
+  const float* source = values;
+  if (options_.dtype != "fp32") {
+    clamped.assign(values, values + count);
+    for (auto& value : clamped) value = std::isnan(value) ? value : std::clamp(value, -limit, limit);
+    source = clamped.data();
+  }
+  const hid_t dataset = H5Dopen2(group_, info.name.c_str(), H5P_DEFAULT);
+  const hid_t file_space = H5Dget_space(dataset);
+  const hsize_t start = static_cast<hsize_t>(offset);
+  const hsize_t size = static_cast<hsize_t>(count);
+  H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, nullptr, &size, nullptr);
+  const hid_t memory_space = H5Screate_simple(1, &size, nullptr);
+  const herr_t status = H5Dwrite(dataset, H5T_NATIVE_FLOAT, memory_space, file_space, H5P_DEFAULT, source);
+  H5Sclose(memory_space);
+  H5Sclose(file_space);
+  H5Dclose(dataset);
+  if (status < 0) throw RunError(path_ + ": writing " + group_name_ + "/" + info.name + " failed: " + hdf5_reason());
+  written_[parameter] += count;
+}
+
+void FisherStore::commit_group() {
+  if (file_ < 0) throw RunError(path_ + ": commit_group without begin_group");
+  for (size_t p = 0; p < model_.size(); ++p) {
+    if (written_[p] != model_[p].numel()) {
+      const std::string message = path_ + ": group '" + group_name_ + "' is incomplete: parameter " +
+                                  model_[p].name + " has " + std::to_string(written_[p]) + " of " +
+                                  std::to_string(model_[p].numel()) + " elements written";
+      abort_group();
+      throw RunError(message);
+    }
+  }
+  H5Gclose(group_);
+  group_ = -1;
+  const herr_t status = H5Fclose(file_);
+  file_ = -1;
+  const std::string temporary = path_ + ".tmp";
+  if (status < 0) {
+    std::error_code ignored;
+    fs::remove(temporary, ignored);
+    throw RunError(temporary + ": closing failed: " + hdf5_reason());
+  }
+  fsync_path(temporary);
+  if (std::rename(temporary.c_str(), path_.c_str()) != 0) throw RunError(path_ + ": rename failed");
+  fsync_path(fs::path(path_).parent_path().empty() ? "." : fs::path(path_).parent_path().string());
+}
+
+void FisherStore::abort_group() noexcept {
+  if (group_ >= 0) H5Gclose(group_);
+  if (file_ >= 0) H5Fclose(file_);
+  if (file_ >= 0) {
+    std::error_code ignored;
+    fs::remove(path_ + ".tmp", ignored);
+  }
+  group_ = -1;
+  file_ = -1;
+}
+
+void FisherStore::read_block(const std::string& group, size_t parameter, int64_t offset, float* out,
+                             int64_t count) const {
+  if (parameter >= model_.size()) throw RunError(path_ + ": parameter index out of range");
+  const hid_t file = open_existing(path_, H5F_ACC_RDONLY);
+  const auto stored = parse_model(read_string_attribute(file, "model"));
+  for (size_t p = 0; p < std::max(stored.size(), model_.size()); ++p) {
+    if (p >= stored.size() || p >= model_.size() || stored[p].name != model_[p].name ||
+        stored[p].shape != model_[p].shape) {
+      H5Fclose(file);
+      const std::string mine = p < model_.size() ? model_[p].name + " " + shape_text(model_[p].shape) : "(none)";
+      const std::string theirs = p < stored.size() ? stored[p].name + " " + shape_text(stored[p].shape) : "(none)";
+      throw RunError(path_ + ": written for another model: parameter " + std::to_string(p) + " is " +
+                     theirs + " in the file but " + mine + " in this model");
+    }
+  }
+  const std::string name = group + "/" + model_[parameter].name;
+  const hid_t dataset = H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0
+                            ? H5Dopen2(file, name.c_str(), H5P_DEFAULT)
+                            : -1;
+  if (dataset < 0) {
+    H5Fclose(file);
+    throw RunError(path_ + ": no dataset " + name);
+  }
+  const hid_t file_space = H5Dget_space(dataset);
+  const hsize_t start = static_cast<hsize_t>(offset);
+  const hsize_t size = static_cast<hsize_t>(count);
+  herr_t status = offset >= 0 && offset + count <= model_[parameter].numel()
+                      ? H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, nullptr, &size, nullptr)
+                      : -1;
+  const hid_t memory_space = H5Screate_simple(1, &size, nullptr);
+  if (status >= 0) status = H5Dread(dataset, H5T_NATIVE_FLOAT, memory_space, file_space, H5P_DEFAULT, out);
+  const std::string reason = status < 0 ? hdf5_reason() : "";
+  H5Sclose(memory_space);
+  H5Sclose(file_space);
+  H5Dclose(dataset);
+  H5Fclose(file);
+  if (status < 0) {
+    throw RunError(path_ + ": reading " + name + " failed (corrupt data or checksum mismatch?): " + reason);
+  }
+}
+
+StoreSummary FisherStore::inspect(const std::string& path) {
+  const hid_t file = open_existing(path, H5F_ACC_RDONLY);
+  StoreSummary summary;
+  summary.path = path;
+  summary.format = read_string_attribute(file, "format");
+  if (summary.format != kFormat) {
+    H5Fclose(file);
+    throw RunError(path + ": not a clhost Fisher store (format attribute is '" + summary.format + "')");
+  }
+  summary.clhost_version = read_string_attribute(file, "clhost_version");
+  summary.model = parse_model(read_string_attribute(file, "model"));
+  summary.file_bytes = static_cast<int64_t>(fs::file_size(path));
+  hsize_t count = 0;
+  H5Gget_num_objs(file, &count);
+  for (hsize_t i = 0; i < count; ++i) {
+    char name[256] = {};
+    H5Gget_objname_by_idx(file, i, name, sizeof(name));
+    const hid_t group = H5Gopen2(file, name, H5P_DEFAULT);
+    StoredGroup stored{name, read_string_attribute(group, "description"), {}};
+    for (const auto& parameter : summary.model) {
+      if (H5Lexists(group, parameter.name.c_str(), H5P_DEFAULT) <= 0) continue;
+      const hid_t dataset = H5Dopen2(group, parameter.name.c_str(), H5P_DEFAULT);
+      const hid_t type = H5Dget_type(dataset);
+      StoredDataset entry;
+      entry.name = parameter.name;
+      entry.shape = read_shape_attribute(dataset);
+      entry.dtype = dtype_of(type);
+      entry.codec = read_string_attribute(dataset, "codec");
+      entry.raw_bytes = parameter.numel() * static_cast<int64_t>(sizeof(float));
+      entry.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dataset));
+      H5Tclose(type);
+      H5Dclose(dataset);
+      stored.datasets.push_back(entry);
+    }
+    H5Gclose(group);
+    summary.groups.push_back(stored);
+  }
+  H5Fclose(file);
+  return summary;
+}
+
+}  // namespace clhost

@@ -1,0 +1,410 @@
+// ewc — Elastic Weight Consolidation with a diagonal Fisher (Kirkpatrick et al. 2017).
+//
+// Penalty 0.5 * lambda * sum_i F_i (theta_i - theta*_i)^2, its gradient lambda * F * (theta -
+// theta*) added straight into the parameter gradients (no autograd graph). The Fisher comes from
+// the host's clhost.gradstats/1 service (exact per-sample, block-wise), each task's Fisher is saved
+// to the run's HDF5 Fisher store, and the state held in memory is one of ewc_state.hpp's layouts.
+// No LibTorch: the plug-in reads and writes DLTensor memory directly.
+#include <clhost/plugin.hpp>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "ewc_state.hpp"
+
+namespace {
+
+using clhost::ewc::StateLayout;
+
+const clhost_config_key_t kSchema[] = {
+    {"lambda", CLHOST_CONFIG_TYPE_FLOAT, "100.0",
+     "penalty strength (dimensionless; penalty 0.5*lambda*sum F (theta-theta*)^2)", 1, 0.0, 1e15,
+     nullptr},
+    {"mode", CLHOST_CONFIG_TYPE_STRING, "\"separate\"",
+     "separate: one quadratic per task; online: F <- gamma*F + F_new, anchor = latest parameters", 0,
+     0, 0, "separate|online"},
+    {"gamma", CLHOST_CONFIG_TYPE_FLOAT, "1.0",
+     "online decay applied to the old Fisher before adding the new one (online mode only)", 1, 0.0,
+     1.0, nullptr},
+    {"labels", CLHOST_CONFIG_TYPE_STRING, "\"expectation\"",
+     "Fisher labels: true (empirical), sample (drawn from the model), expectation (over the softmax)",
+     0, 0, 0, "true|sample|expectation"},
+    {"fisher_samples", CLHOST_CONFIG_TYPE_INT, "0",
+     "training samples used for the Fisher (0: all of the task)", 1, 0, 1e12, nullptr},
+    {"batched", CLHOST_CONFIG_TYPE_BOOL, "false",
+     "true: Avalanche's squared mini-batch gradients instead of the exact per-sample Fisher", 0, 0,
+     0, nullptr},
+    {"fisher_batch_size", CLHOST_CONFIG_TYPE_INT, "256",
+     "samples per Fisher forward/backward pass (bounds activation memory)", 1, 1, 1e9, nullptr},
+    {"state_dtype", CLHOST_CONFIG_TYPE_STRING, "\"int8\"",
+     "memory-efficient state precision: int8 (~2 bytes/param) or fp32 (8 bytes/param)", 0, 0, 0,
+     "int8|fp32"},
+    {"store", CLHOST_CONFIG_TYPE_BOOL, "true",
+     "save each task's Fisher to the run's HDF5 store (fisher.h5)", 0, 0, 0, nullptr},
+};
+
+const clhost_plugin_descriptor_t kDescriptor{
+    sizeof(clhost_plugin_descriptor_t),
+    "ewc",
+    CLHOST_PLUGIN_KIND_REGULARIZER,
+    "1.0.0",
+    "Elastic Weight Consolidation: diagonal Fisher, separate/online/memory-efficient state",
+    "clhost",
+    kSchema,
+    static_cast<uint32_t>(sizeof(kSchema) / sizeof(kSchema[0]))};
+
+struct Parameter {
+  float* value = nullptr;
+  float* grad = nullptr;
+  int64_t numel = 0;
+};
+
+bool is_plain_float32(const DLTensor& tensor) {
+  return tensor.device.device_type == kDLCPU && tensor.dtype.code == kDLFloat &&
+         tensor.dtype.bits == 32 && tensor.dtype.lanes == 1 && tensor.strides == nullptr;
+}
+
+float* floats(const DLTensor& tensor) {
+  return reinterpret_cast<float*>(static_cast<char*>(tensor.data) + tensor.byte_offset);
+}
+
+// State of one parameter tensor.
+struct TensorState {
+  int64_t numel = 0;
+  std::vector<std::vector<float>> fisher;  // separate: one per task; online/merged fp32: one
+  std::vector<std::vector<float>> anchor;
+  std::vector<uint8_t> fisher_codes;  // merged int8
+  std::vector<uint8_t> anchor_codes;
+  std::vector<clhost::ewc::QuantBlockScale> scales;
+
+  [[nodiscard]] int64_t bytes() const {
+    int64_t total = 0;
+    for (const auto& v : fisher) total += static_cast<int64_t>(v.capacity() * sizeof(float));
+    for (const auto& v : anchor) total += static_cast<int64_t>(v.capacity() * sizeof(float));
+    total += static_cast<int64_t>(fisher_codes.capacity() + anchor_codes.capacity());
+    total += static_cast<int64_t>(scales.capacity() * sizeof(clhost::ewc::QuantBlockScale));
+    return total;
+  }
+};
+
+class Ewc : public clhost::sdk::Regularizer {
+ public:
+  Ewc(const clhost_host_t* host, const clhost::sdk::Config& config)
+      : Regularizer(host),
+        lambda_(config.get_float("lambda")),
+        gamma_(config.get_float("gamma")),
+        online_(config.get_string("mode") == "online"),
+        labels_(config.get_string("labels")),
+        fisher_samples_(config.get_int("fisher_samples")),
+        batched_(config.get_bool("batched")),
+        fisher_batch_size_(config.get_int("fisher_batch_size")),
+        store_(config.get_bool("store")) {
+    const auto* settings = static_cast<const clhost_settings_service_v1_t*>(
+        host->get_service(host, CLHOST_SERVICE_SETTINGS_V1));
+    int32_t memory_efficient = 0;
+    if (settings != nullptr) {
+      settings->get_bool(host, "fisher_computation.use_memory_efficient", &memory_efficient);
+    }
+    if (memory_efficient != 0) {
+      layout_ = config.get_string("state_dtype") == "int8" ? StateLayout::kMergedInt8 : StateLayout::kMergedFp32;
+    } else {
+      layout_ = online_ ? StateLayout::kOnline : StateLayout::kSeparate;
+    }
+    (void)this->host().gradstats();  // fail at create, not after the first task, if missing
+  }
+
+  double after_backward(const clhost_step_info_t& /*step*/) override {
+    if (tasks_ == 0) return 0.0;  // no anchor yet: exactly zero before the first task ends
+    const auto parameters = current_parameters(true);
+    double sum = 0.0;
+    for (size_t p = 0; p < parameters.size(); ++p) {
+      sum += penalty_for(parameters[p], states_[p]);
+    }
+    return 0.5 * lambda_ * sum;
+  }
+
+  void on_task_end(const clhost_task_info_t& task) override {
+    const auto start = std::chrono::steady_clock::now();
+    parameters_ = current_parameters(false);
+    if (states_.empty()) {
+      states_.resize(parameters_.size());
+      for (size_t p = 0; p < parameters_.size(); ++p) states_[p].numel = parameters_[p].numel;
+    }
+    prepare_for_new_task();
+
+    const auto* store = static_cast<const clhost_fisher_store_v1_t*>(
+        host().raw()->get_service(host().raw(), CLHOST_SERVICE_FISHER_STORE_V1));
+    store_service_ = store_ ? store : nullptr;
+    clhost_error_t error{};
+    if (store_service_ != nullptr) {
+      const std::string group = "task_" + std::to_string(task.task_index);
+      clhost::sdk::Host::check(store_service_->begin_group(host().raw(), group.c_str(), fisher_variant().c_str(), &error), error);
+    }
+    clhost_fisher_request_t request{};
+    request.struct_size = sizeof(request);
+    request.labels = labels_ == "true"     ? CLHOST_FISHER_LABELS_TRUE
+                     : labels_ == "sample" ? CLHOST_FISHER_LABELS_SAMPLE
+                                           : CLHOST_FISHER_LABELS_EXPECTATION;
+    request.max_samples = fisher_samples_;
+    request.batched = batched_ ? 1 : 0;
+    request.batch_size = fisher_batch_size_;
+    request.block_size = 0;  // the host's fisher_computation.block_size
+    const clhost_status_t status =
+        host().gradstats().diagonal_fisher(host().raw(), &request, &Ewc::sink, this, &error);
+    if (status != CLHOST_STATUS_OK) {
+      if (store_service_ != nullptr) store_service_->abort_group(host().raw());
+      throw clhost::sdk::Error("Fisher pass failed: " + std::string(error.message), status);
+    }
+    if (store_service_ != nullptr) {
+      clhost::sdk::Host::check(store_service_->commit_group(host().raw(), &error), error);
+    }
+    ++tasks_;
+    fisher_seconds_.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) + ": Fisher consolidated in " +
+                                    std::to_string(fisher_seconds_.back()) + " s; state " +
+                                    std::to_string(state_bytes()) + " bytes");
+  }
+
+  [[nodiscard]] std::string describe() const override {
+    std::ostringstream out;
+    out << "EWC, penalty 0.5*lambda*sum_i F_i*(theta_i-theta*_i)^2 (with the 1/2), lambda=" << lambda_
+        << "; Fisher: " << fisher_variant() << "; state: " << clhost::ewc::layout_name(layout_);
+    if (layout_ == StateLayout::kOnline || (online_ && layout_ != StateLayout::kSeparate)) {
+      out << "; gamma=" << gamma_ << " multiplies the old Fisher before the new one is added";
+    }
+    out << "; gradient added directly to the parameter gradients";
+    return out.str();
+  }
+
+  [[nodiscard]] std::string report_json() const override {
+    int64_t parameters = 0;
+    for (const auto& state : states_) parameters += state.numel;
+    nlohmann::json report{{"state_layout", clhost::ewc::layout_name(layout_)},
+                          {"tasks_consolidated", tasks_},
+                          {"parameters", parameters},
+                          {"state_bytes", state_bytes()},
+                          {"state_bytes_per_parameter",
+                           parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters) : 0.0},
+                          {"fisher_seconds", fisher_seconds_}};
+    return report.dump();
+  }
+
+ private:
+  [[nodiscard]] std::string fisher_variant() const {
+    std::string labels = labels_ == "true" ? "empirical (dataset labels)"
+                         : labels_ == "sample" ? "labels sampled from the model"
+                                               : "exact expectation over the softmax";
+    return std::string(batched_ ? "squared mini-batch gradients (Avalanche-style)" : "exact per-sample") +
+           ", " + labels + ", mean over " +
+           (fisher_samples_ > 0 ? std::to_string(fisher_samples_) + " samples" : std::string("all task samples"));
+  }
+
+  [[nodiscard]] int64_t state_bytes() const {
+    int64_t total = 0;
+    for (const auto& state : states_) total += state.bytes();
+    return total;
+  }
+
+  std::vector<Parameter> current_parameters(bool need_grad) const {
+    std::vector<Parameter> out;
+    const uint32_t count = host().parameter_count();
+    for (uint32_t i = 0; i < count; ++i) {
+      const clhost_parameter_t parameter = host().parameter(i);
+      if (!is_plain_float32(parameter.value)) {
+        throw clhost::sdk::Error(std::string("ewc: parameter ") + parameter.name +
+                                     " is not contiguous float32 on the CPU",
+                                 CLHOST_STATUS_UNSUPPORTED);
+      }
+      Parameter entry{floats(parameter.value), nullptr, parameter.numel};
+      if (need_grad && parameter.grad.data != nullptr) entry.grad = floats(parameter.grad);
+      out.push_back(entry);
+    }
+    if (!states_.empty() && out.size() != states_.size()) {
+      throw clhost::sdk::Error("ewc: the model's parameter count changed", CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    return out;
+  }
+
+  double penalty_for(const Parameter& parameter, const TensorState& state) const {
+    double sum = 0.0;
+    const auto lambda = static_cast<float>(lambda_);
+    const int64_t n = parameter.numel;
+    auto quadratic = [&](const float* fisher, const float* anchor) {
+      for (int64_t i = 0; i < n; ++i) {
+        const float delta = parameter.value[i] - anchor[i];
+        sum += static_cast<double>(fisher[i] * delta * delta);
+        if (parameter.grad != nullptr) parameter.grad[i] += lambda * fisher[i] * delta;
+      }
+    };
+    if (layout_ != StateLayout::kMergedInt8) {
+      for (size_t t = 0; t < state.fisher.size(); ++t) quadratic(state.fisher[t].data(), state.anchor[t].data());
+      return sum;
+    }
+    float table[256];
+    for (size_t block = 0; block < state.scales.size(); ++block) {
+      const auto& scale = state.scales[block];
+      clhost::ewc::fisher_table(scale, table);
+      const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
+      const int64_t end = std::min(n, begin + clhost::ewc::kQuantBlock);
+      for (int64_t i = begin; i < end; ++i) {
+        const float fisher = table[state.fisher_codes[static_cast<size_t>(i)]];
+        const float delta = parameter.value[i] - clhost::ewc::anchor_value(scale, state.anchor_codes[static_cast<size_t>(i)]);
+        sum += static_cast<double>(fisher * delta * delta);
+        if (parameter.grad != nullptr) parameter.grad[i] += lambda * fisher * delta;
+      }
+    }
+    return sum;
+  }
+
+  void prepare_for_new_task() {
+    for (size_t p = 0; p < states_.size(); ++p) {
+      TensorState& state = states_[p];
+      const auto n = static_cast<size_t>(state.numel);
+      const float* theta = parameters_[p].value;
+      switch (layout_) {
+        case StateLayout::kSeparate:
+          state.fisher.emplace_back(n, 0.0F);
+          state.anchor.emplace_back(theta, theta + n);
+          break;
+        case StateLayout::kOnline:
+          if (state.fisher.empty()) state.fisher.emplace_back(n, 0.0F);
+          if (state.anchor.empty()) state.anchor.emplace_back(n, 0.0F);
+          for (auto& value : state.fisher[0]) value *= static_cast<float>(gamma_);
+          std::copy(theta, theta + n, state.anchor[0].begin());
+          break;
+        case StateLayout::kMergedFp32:
+          if (state.fisher.empty()) {
+            state.fisher.emplace_back(n, 0.0F);
+            state.anchor.emplace_back(theta, theta + n);
+          }
+          break;
+        case StateLayout::kMergedInt8: {
+          const size_t blocks = (n + clhost::ewc::kQuantBlock - 1) / clhost::ewc::kQuantBlock;
+          if (state.scales.empty()) {
+            state.fisher_codes.assign(n, 0);
+            state.anchor_codes.assign(n, 0);
+            state.scales.assign(blocks, {});
+            state.fisher_codes.shrink_to_fit();
+            state.anchor_codes.shrink_to_fit();
+            state.scales.shrink_to_fit();
+          }
+          pending_fisher_.clear();
+          break;
+        }
+      }
+    }
+    pending_parameter_ = 0;
+    pending_offset_ = 0;
+  }
+
+  static clhost_status_t sink(void* data, uint32_t parameter, int64_t offset, const DLTensor* block,
+                              clhost_error_t* error) {
+    return clhost::sdk::guarded_call(error, [&] {
+      static_cast<Ewc*>(data)->consume(parameter, offset, *block);
+    });
+  }
+
+  // One block of the new task's Fisher: save it, then fold it into the state.
+  void consume(uint32_t parameter, int64_t offset, const DLTensor& block) {
+    if (parameter >= states_.size() || !is_plain_float32(block) || block.ndim != 1) {
+      throw clhost::sdk::Error("ewc: unexpected Fisher block", CLHOST_STATUS_INTERNAL);
+    }
+    if (store_service_ != nullptr) {
+      clhost_error_t error{};
+      clhost::sdk::Host::check(store_service_->write_block(host().raw(), parameter, offset, &block, &error), error);
+    }
+    const float* fisher = floats(block);
+    const int64_t count = block.shape[0];
+    TensorState& state = states_[parameter];
+    const float* theta = parameters_[parameter].value;
+    const auto gamma = static_cast<float>(online_ ? gamma_ : 1.0);
+    switch (layout_) {
+      case StateLayout::kSeparate:
+      case StateLayout::kOnline:
+        for (int64_t i = 0; i < count; ++i) state.fisher.back()[static_cast<size_t>(offset + i)] += fisher[i];
+        break;
+      case StateLayout::kMergedFp32:
+        for (int64_t i = 0; i < count; ++i) {
+          const auto k = static_cast<size_t>(offset + i);
+          merge(state.fisher[0][k], state.anchor[0][k], gamma, fisher[i], theta[k]);
+        }
+        break;
+      case StateLayout::kMergedInt8: {
+        // Requantise whole quantisation blocks: buffer at most one block of the new Fisher.
+        if (parameter != pending_parameter_) {
+          pending_parameter_ = parameter;
+          pending_offset_ = 0;
+          pending_fisher_.clear();
+        }
+        pending_fisher_.insert(pending_fisher_.end(), fisher, fisher + count);
+        while (true) {
+          const int64_t block_begin = pending_offset_;
+          const int64_t block_end = std::min(state.numel, block_begin + clhost::ewc::kQuantBlock);
+          const int64_t have = static_cast<int64_t>(pending_fisher_.size());
+          if (have < block_end - block_begin || block_begin >= state.numel) break;
+          requantize(state, block_begin, block_end, gamma, theta);
+          pending_fisher_.erase(pending_fisher_.begin(), pending_fisher_.begin() + (block_end - block_begin));
+          pending_offset_ = block_end;
+        }
+        break;
+      }
+    }
+  }
+
+  // Sum of two quadratics a1 (x-m1)^2 + a2 (x-m2)^2 = (a1+a2)(x - m)^2 + const, m the weighted mean.
+  static void merge(float& merged_fisher, float& merged_anchor, float gamma, float fisher, float theta) {
+    const float old_weight = gamma * merged_fisher;
+    const float total = old_weight + fisher;
+    merged_anchor = total > 0.0F ? (old_weight * merged_anchor + fisher * theta) / total : theta;
+    merged_fisher = total;
+  }
+
+  void requantize(TensorState& state, int64_t begin, int64_t end, float gamma, const float* theta) {
+    const size_t block = static_cast<size_t>(begin / clhost::ewc::kQuantBlock);
+    float table[256];
+    clhost::ewc::fisher_table(state.scales[block], table);
+    const int64_t count = end - begin;
+    std::vector<float>& merged_fisher = scratch_fisher_;
+    std::vector<float>& merged_anchor = scratch_anchor_;
+    merged_fisher.resize(static_cast<size_t>(count));
+    merged_anchor.resize(static_cast<size_t>(count));
+    const bool first = tasks_ == 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const auto k = static_cast<size_t>(begin + i);
+      float fisher = first ? 0.0F : table[state.fisher_codes[k]];
+      float anchor = first ? theta[k] : clhost::ewc::anchor_value(state.scales[block], state.anchor_codes[k]);
+      merge(fisher, anchor, gamma, pending_fisher_[static_cast<size_t>(i)], theta[k]);
+      merged_fisher[static_cast<size_t>(i)] = fisher;
+      merged_anchor[static_cast<size_t>(i)] = anchor;
+    }
+    state.scales[block] = clhost::ewc::quantize_block(merged_fisher.data(), merged_anchor.data(), count,
+                                                      state.fisher_codes.data() + begin,
+                                                      state.anchor_codes.data() + begin);
+  }
+
+  double lambda_;
+  double gamma_;
+  bool online_;
+  std::string labels_;
+  int64_t fisher_samples_;
+  bool batched_;
+  int64_t fisher_batch_size_;
+  bool store_;
+  StateLayout layout_ = StateLayout::kSeparate;
+  std::vector<TensorState> states_;
+  int64_t tasks_ = 0;
+  std::vector<double> fisher_seconds_;
+  // Valid only inside on_task_end:
+  std::vector<Parameter> parameters_;
+  const clhost_fisher_store_v1_t* store_service_ = nullptr;
+  uint32_t pending_parameter_ = 0;
+  int64_t pending_offset_ = 0;
+  std::vector<float> pending_fisher_;
+  std::vector<float> scratch_fisher_;
+  std::vector<float> scratch_anchor_;
+};
+
+}  // namespace
+
+CLHOST_DEFINE_PLUGIN(Ewc, kDescriptor, nullptr)
