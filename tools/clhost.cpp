@@ -208,8 +208,10 @@ int command_plugins(const std::vector<std::string>& args) {
   return kExitUsage;
 }
 
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+std::string human_bytes(double bytes, bool count = false) {
+  const char* byte_units[] = {"B", "KB", "MB", "GB", "TB", "PB"};
+  const char* count_units[] = {"", "thousand", "million", "billion", "trillion", "quadrillion"};
+  const char* const* units = count ? count_units : byte_units;
   int unit = 0;
   while (bytes >= 1000.0 && unit < 5) {
     bytes /= 1000.0;
@@ -278,9 +280,9 @@ int command_memory_plan(const std::vector<std::string>& args) {
   }
   const auto params = static_cast<int64_t>(params_value);
   using clhost::ewc::StateLayout;
-  std::printf("EWC state held in memory for %s parameters after %lld task%s\n\n", human_bytes(params_value).c_str(),
+  std::printf("EWC state held in memory for %s parameters after %lld task%s\n\n", human_bytes(params_value, true).c_str(),
               static_cast<long long>(tasks), tasks == 1 ? "" : "s");
-  std::printf("%-40s %14s %12s\n", "mode (ewc mode / use_memory_efficient)", "bytes", "bytes/param");
+  std::printf("%-46s %14s %12s\n", "mode (ewc mode / use_memory_efficient)", "bytes", "bytes/param");
   const std::pair<const char*, StateLayout> rows[] = {
       {"separate, fp32 (use_memory_efficient=false)", StateLayout::kSeparate},
       {"online, fp32 (the seed's 'normal')", StateLayout::kOnline},
@@ -288,7 +290,7 @@ int command_memory_plan(const std::vector<std::string>& args) {
       {"efficient, int8 merged (default)", StateLayout::kMergedInt8}};
   for (const auto& [label, layout] : rows) {
     const auto bytes = static_cast<double>(clhost::ewc::state_bytes(params, tasks, layout));
-    std::printf("%-40s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);
+    std::printf("%-46s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);
   }
   std::printf("\n(decimal units; the Fisher pass adds one block of fisher_computation.block_size floats)\n");
   return 0;

@@ -392,7 +392,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.fisher.compression_level = fisher.get_int("compression_level", 9, 1, 9);
   config.fisher.compression_ratio = fisher.get_float("compression_ratio", 0.1, 1e-6, 1.0);
   config.fisher.codec = fisher.get_string(
-      "codec", "gzip", {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd", "zfp"});
+      "codec", "gzip", {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"});
   config.fisher.store_dtype = fisher.get_string("store_dtype", "fp32", {"fp32", "fp16", "bf16"});
   fisher.finish();
   if (overrides.use_memory_efficient) config.fisher.use_memory_efficient = true;

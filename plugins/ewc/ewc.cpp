@@ -7,6 +7,8 @@
 // No LibTorch: the plug-in reads and writes DLTensor memory directly.
 #include <clhost/plugin.hpp>
 
+#include <malloc.h>
+
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -131,7 +133,10 @@ class Ewc : public clhost::sdk::Regularizer {
       states_.resize(parameters_.size());
       for (size_t p = 0; p < parameters_.size(); ++p) states_[p].numel = parameters_[p].numel;
     }
+    // Resident state is measured with the allocator's own counters around the allocation.
+    const int64_t heap_before = heap_bytes();
     prepare_for_new_task();
+    measured_state_bytes_ += heap_bytes() - heap_before;
 
     const auto* store = static_cast<const clhost_fisher_store_v1_t*>(
         host().raw()->get_service(host().raw(), CLHOST_SERVICE_FISHER_STORE_V1));
@@ -184,6 +189,7 @@ class Ewc : public clhost::sdk::Regularizer {
                           {"tasks_consolidated", tasks_},
                           {"parameters", parameters},
                           {"state_bytes", state_bytes()},
+                          {"state_bytes_measured", measured_state_bytes_},
                           {"state_bytes_per_parameter",
                            parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters) : 0.0},
                           {"fisher_seconds", fisher_seconds_}};
@@ -198,6 +204,11 @@ class Ewc : public clhost::sdk::Regularizer {
     return std::string(batched_ ? "squared mini-batch gradients (Avalanche-style)" : "exact per-sample") +
            ", " + labels + ", mean over " +
            (fisher_samples_ > 0 ? std::to_string(fisher_samples_) + " samples" : std::string("all task samples"));
+  }
+
+  static int64_t heap_bytes() {
+    const struct mallinfo2 info = mallinfo2();
+    return static_cast<int64_t>(info.uordblks + info.hblkhd);
   }
 
   [[nodiscard]] int64_t state_bytes() const {
@@ -394,6 +405,7 @@ class Ewc : public clhost::sdk::Regularizer {
   StateLayout layout_ = StateLayout::kSeparate;
   std::vector<TensorState> states_;
   int64_t tasks_ = 0;
+  int64_t measured_state_bytes_ = 0;
   std::vector<double> fisher_seconds_;
   // Valid only inside on_task_end:
   std::vector<Parameter> parameters_;

@@ -69,6 +69,7 @@ inline constexpr float kLogRange = 24.0F;
 inline QuantBlockScale quantize_block(const float* fisher, const float* anchor, int64_t count,
                                       uint8_t* fisher_codes, uint8_t* anchor_codes) {
   QuantBlockScale scale;
+  if (count <= 0) return scale;
   float high = 0.0F;
   for (int64_t i = 0; i < count; ++i) high = std::max(high, fisher[i]);
   if (high > 0.0F) {
@@ -89,7 +90,7 @@ inline QuantBlockScale quantize_block(const float* fisher, const float* anchor, 
       fisher_codes[i] = static_cast<uint8_t>(1 + std::clamp(std::lround(position), 0L, 254L));
     }
   } else {
-    std::fill(fisher_codes, fisher_codes + count, uint8_t{0});
+    for (int64_t i = 0; i < count; ++i) fisher_codes[i] = 0;
   }
   float low = anchor[0];
   float top = anchor[0];

@@ -12,7 +12,7 @@
 namespace clhost {
 
 struct StoreOptions {
-  std::string codec = "gzip";  // gzip | none | lz4 | blosc-lz4 | blosc-zstd | bzip2 | zfp
+  std::string codec = "gzip";  // gzip | none | lz4 | blosc-lz4 | blosc-zstd | bzip2
   int level = 9;               // gzip 1..9; blosc 1..9
   bool shuffle = true;         // byte shuffle before gzip (blosc shuffles itself)
   std::string dtype = "fp32";  // on-disk type: fp32 | fp16 | bf16 (clamped to the finite range)

@@ -1,0 +1,150 @@
+// The exact batched per-sample Fisher against the batch-of-1 reference, and its block plan.
+#include <gtest/gtest.h>
+#include <malloc.h>
+#include <torch/torch.h>
+
+#include <map>
+
+#include "fisher.hpp"
+#include "model.hpp"
+
+namespace {
+
+using clhost::FisherContext;
+using clhost::FisherMethod;
+
+struct Fixture {
+  torch::nn::Sequential model;
+  clhost::TaskData task;
+  FisherContext context;
+};
+
+Fixture make_fixture(clhost::ModelKind kind, torch::Dtype dtype, int64_t samples) {
+  torch::manual_seed(3);
+  Fixture fixture;
+  clhost::ModelSection section;
+  section.kind = kind;
+  section.hidden = {24, 12};
+  fixture.model = clhost::make_model(section, 784, 28, 10);
+  fixture.model->to(dtype);
+  fixture.task.train_x = torch::rand({samples, 784}, dtype);
+  fixture.task.train_y = torch::randint(0, 10, {samples}, torch::kInt64);
+  fixture.task.classes = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  fixture.context.model = fixture.model;
+  fixture.context.task = &fixture.task;
+  fixture.context.active_classes = torch::arange(10, torch::kInt64);
+  fixture.context.label_map = torch::arange(10, torch::kInt64);
+  return fixture;
+}
+
+std::vector<torch::Tensor> fisher_of(const FisherContext& context, clhost_fisher_labels_t labels,
+                                     int64_t block_size, FisherMethod method, int64_t batch = 16) {
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.labels = labels;
+  request.batch_size = batch;
+  const auto parameters = context.model->parameters();
+  std::vector<torch::Tensor> out;
+  for (const auto& parameter : parameters) out.push_back(torch::full({parameter.numel()}, -1.0, parameter.options().requires_grad(false)));
+  clhost::diagonal_fisher(context, request, block_size, method,
+                          [&](size_t p, int64_t offset, const torch::Tensor& values) {
+                            out[p].slice(0, offset, offset + values.numel()).copy_(values);
+                          });
+  return out;
+}
+
+double max_relative_error(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  double worst = 0.0;
+  for (size_t p = 0; p < a.size(); ++p) {
+    const torch::Tensor scale = b[p].abs().max();
+    // Relative to the tensor's largest entry: entries near zero have no meaningful relative error.
+    worst = std::max(worst, ((a[p] - b[p]).abs().max() / scale.clamp_min(1e-30)).item<double>());
+  }
+  return worst;
+}
+
+class ExactFisher : public ::testing::TestWithParam<std::tuple<clhost::ModelKind, clhost_fisher_labels_t>> {};
+
+TEST_P(ExactFisher, BatchedEqualsTheBatchOfOneLoop) {
+  const auto [kind, labels] = GetParam();
+  Fixture fixture = make_fixture(kind, torch::kFloat64, 40);
+  const auto fast = fisher_of(fixture.context, labels, 1 << 30, FisherMethod::kAuto);
+  const auto reference = fisher_of(fixture.context, labels, 1 << 30, FisherMethod::kPerSampleLoop);
+  for (const auto& tensor : fast) EXPECT_GE(tensor.min().item<double>(), 0.0) << "every element written";
+  EXPECT_LE(max_relative_error(fast, reference), 1e-5);
+  EXPECT_GT(reference[0].sum().item<double>(), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ExactFisher,
+                         ::testing::Combine(::testing::Values(clhost::ModelKind::kMlp, clhost::ModelKind::kCnn),
+                                            ::testing::Values(CLHOST_FISHER_LABELS_TRUE,
+                                                              CLHOST_FISHER_LABELS_EXPECTATION)));
+
+TEST(FisherBlocks, FollowLayerBoundariesAndSplitLargeLayersByRows) {
+  const std::vector<torch::Tensor> parameters = {torch::zeros({10, 5}), torch::zeros({10}),
+                                                 torch::zeros({4, 10}), torch::zeros({4})};
+  const auto blocks = clhost::plan_fisher_blocks(parameters, 60);
+  // 50 + 10 fit one block; 40 + 4 the next.
+  ASSERT_EQ(blocks.size(), 2U);
+  EXPECT_EQ(blocks[0].size(), 2U);
+  EXPECT_EQ(blocks[1].size(), 2U);
+  const auto small = clhost::plan_fisher_blocks(parameters, 20);
+  // [10,5] splits into 4-row blocks (4,4,2 rows), the rest fit whole.
+  ASSERT_GE(small.size(), 5U);
+  EXPECT_EQ(small[0][0].row_end - small[0][0].row_begin, 4);
+  int64_t covered = 0;
+  for (const auto& block : small) {
+    int64_t size = 0;
+    for (const auto& segment : block) {
+      size += (segment.row_end - segment.row_begin) * (parameters[segment.parameter].numel() / std::max<int64_t>(parameters[segment.parameter].size(0), 1));
+    }
+    EXPECT_LE(size, 20);
+    covered += size;
+  }
+  EXPECT_EQ(covered, 50 + 10 + 40 + 4);
+}
+
+TEST(FisherBlocks, SmallBlocksGiveTheSameFisher) {
+  Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 64);
+  const auto whole = fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto);
+  const auto blocked = fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 500, FisherMethod::kAuto);
+  EXPECT_LE(max_relative_error(blocked, whole), 1e-6);
+}
+
+int64_t heap_bytes() {
+  const struct mallinfo2 info = mallinfo2();
+  return static_cast<int64_t>(info.uordblks + info.hblkhd);
+}
+
+// Peak heap growth while blocks are emitted, measured with the allocator's counters.
+int64_t peak_growth(const FisherContext& context, int64_t block_size) {
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.labels = CLHOST_FISHER_LABELS_TRUE;
+  request.batch_size = 8;
+  const int64_t baseline = heap_bytes();
+  int64_t peak = 0;
+  clhost::diagonal_fisher(context, request, block_size, FisherMethod::kAuto,
+                          [&](size_t, int64_t, const torch::Tensor&) { peak = std::max(peak, heap_bytes() - baseline); });
+  return peak;
+}
+
+TEST(FisherBlocks, TemporaryMemoryIsBoundedByTheBlock) {
+  torch::manual_seed(1);
+  Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 16);
+  clhost::ModelSection wide;
+  wide.hidden = {1024, 1024};  // ~1.9M parameters: 7.6 MB of fp32 Fisher
+  fixture.model = clhost::make_model(wide, 784, 28, 10);
+  fixture.context.model = fixture.model;
+  int64_t total = 0;
+  for (const auto& parameter : fixture.model->parameters()) total += parameter.numel();
+  const int64_t whole_bytes = total * 4;
+  const int64_t small = peak_growth(fixture.context, 50000);
+  const int64_t large = peak_growth(fixture.context, 1 << 30);
+  RecordProperty("peak_growth_small_block", std::to_string(small));
+  RecordProperty("peak_growth_whole_model", std::to_string(large));
+  EXPECT_GE(large, whole_bytes) << "one block = the whole model's Fisher held at once";
+  EXPECT_LT(small, whole_bytes / 4) << "blocks of 50k parameters must not hold the model's Fisher";
+}
+
+}  // namespace
