@@ -111,3 +111,63 @@ TEST(CliEndToEnd, VersionAndHelp) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(CliEndToEndEwc, QuickRunStoresTheFisherAndForgetsLessThanFineTuning) {
+  clhost::test::TempDir dir;
+  const Result plain = clhost("run --config " + kQuick + " --plugins '' --output " + dir.path("plain") + " -q");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  const Result ewc = clhost("run --config " + kQuick + " --plugins ewc --use-memory-efficient --output " +
+                            dir.path("ewc") + " -q");
+  ASSERT_EQ(ewc.exit_code, 0) << ewc.output;
+  const auto results = results_of(dir.path("ewc"));
+  EXPECT_EQ(results["plugins"][0]["id"], "ewc");
+  const std::string variant = results["plugins"][0]["variant"];
+  EXPECT_NE(variant.find("0.5*lambda"), std::string::npos) << variant;
+  EXPECT_NE(variant.find("exact per-sample"), std::string::npos) << variant;
+  EXPECT_NE(variant.find("int8"), std::string::npos) << variant;
+  EXPECT_LT(results["metrics"]["forgetting"].get<double>(),
+            results_of(dir.path("plain"))["metrics"]["forgetting"].get<double>());
+
+  const Result inspect = clhost("fisher inspect " + dir.path("ewc") + "/fisher.h5");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
+  for (const char* part : {"group task_0", "group task_4", "fc1.weight", "[100,784]", "gzip", "fp32"}) {
+    EXPECT_NE(inspect.output.find(part), std::string::npos) << part << " in " << inspect.output;
+  }
+  EXPECT_EQ(clhost("fisher inspect " + dir.path("nothing.h5")).exit_code, 1);
+}
+
+TEST(CliEndToEndEwc, MemoryPlanMatchesTheMeasuredState) {
+  clhost::test::TempDir dir;
+  for (const std::string mode : {"separate", "efficient"}) {
+    const std::string set = mode == "separate" ? " --set fisher_computation.use_memory_efficient=false"
+                                               : " --set fisher_computation.use_memory_efficient=true";
+    const Result run = clhost("run --config " + kQuick + " --plugins ewc" + set + " --output " +
+                              dir.path(mode) + " -q");
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const auto report = results_of(dir.path(mode))["plugins"][0]["report"];
+    const double measured = report["state_bytes_measured"];
+    const int64_t parameters = report["parameters"];
+    const Result plan = clhost("memory-plan --params " + std::to_string(parameters) + " --tasks 5");
+    ASSERT_EQ(plan.exit_code, 0) << plan.output;
+    // The plan prints bytes/param per mode; pick this mode's line.
+    const std::string marker = mode == "separate" ? "separate, fp32" : "efficient, int8";
+    const size_t line = plan.output.find(marker);
+    ASSERT_NE(line, std::string::npos) << plan.output;
+    const std::string text = plan.output.substr(line, plan.output.find('\n', line) - line);
+    const double planned_per_param = std::stod(text.substr(text.find_last_of(' ') + 1));
+    const double measured_per_param = measured / static_cast<double>(parameters);
+    EXPECT_NEAR(measured_per_param, planned_per_param, 0.05 * planned_per_param) << text;
+  }
+}
+
+TEST(CliEndToEndEwc, MemoryPlanPrintsTheSeedsTable) {
+  const Result plan = clhost("memory-plan --params 7e9 --tasks 5");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  EXPECT_NE(plan.output.find("56.00 GB"), std::string::npos) << plan.output;  // 8 B/param
+  EXPECT_NE(plan.output.find("14.01 GB"), std::string::npos) << plan.output;  // ~2 B/param
+  EXPECT_EQ(clhost("memory-plan --params -5").exit_code, 2);
+}
+
+}  // namespace
