@@ -237,33 +237,56 @@ class Ewc : public clhost::sdk::Regularizer {
     return out;
   }
 
-  double penalty_for(const Parameter& parameter, const TensorState& state) const {
+  // The penalty's hot loop: float partial sums per stretch keep it vectorisable; the stretches
+  // are added in double so that long tensors do not lose precision.
+  static double quadratic(const float* value, float* grad, const float* fisher, const float* anchor,
+                          int64_t n, float lambda) {
+    constexpr int64_t kStretch = 4096;
     double sum = 0.0;
+    for (int64_t begin = 0; begin < n; begin += kStretch) {
+      const int64_t end = std::min(n, begin + kStretch);
+      float partial = 0.0F;
+      if (grad != nullptr) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float weighted = fisher[i] * (value[i] - anchor[i]);
+          partial += weighted * (value[i] - anchor[i]);
+          grad[i] += lambda * weighted;
+        }
+      } else {
+        for (int64_t i = begin; i < end; ++i) partial += fisher[i] * (value[i] - anchor[i]) * (value[i] - anchor[i]);
+      }
+      sum += static_cast<double>(partial);
+    }
+    return sum;
+  }
+
+  double penalty_for(const Parameter& parameter, const TensorState& state) {
     const auto lambda = static_cast<float>(lambda_);
     const int64_t n = parameter.numel;
-    auto quadratic = [&](const float* fisher, const float* anchor) {
-      for (int64_t i = 0; i < n; ++i) {
-        const float delta = parameter.value[i] - anchor[i];
-        sum += static_cast<double>(fisher[i] * delta * delta);
-        if (parameter.grad != nullptr) parameter.grad[i] += lambda * fisher[i] * delta;
-      }
-    };
+    double sum = 0.0;
     if (layout_ != StateLayout::kMergedInt8) {
-      for (size_t t = 0; t < state.fisher.size(); ++t) quadratic(state.fisher[t].data(), state.anchor[t].data());
+      for (size_t t = 0; t < state.fisher.size(); ++t) {
+        sum += quadratic(parameter.value, parameter.grad, state.fisher[t].data(), state.anchor[t].data(), n, lambda);
+      }
       return sum;
     }
+    // Decode one quantisation block at a time into scratch buffers, then run the same loop.
     float table[256];
+    decoded_fisher_.resize(static_cast<size_t>(std::min(n, clhost::ewc::kQuantBlock)));
+    decoded_anchor_.resize(decoded_fisher_.size());
     for (size_t block = 0; block < state.scales.size(); ++block) {
       const auto& scale = state.scales[block];
       clhost::ewc::fisher_table(scale, table);
       const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
-      const int64_t end = std::min(n, begin + clhost::ewc::kQuantBlock);
-      for (int64_t i = begin; i < end; ++i) {
-        const float fisher = table[state.fisher_codes[static_cast<size_t>(i)]];
-        const float delta = parameter.value[i] - clhost::ewc::anchor_value(scale, state.anchor_codes[static_cast<size_t>(i)]);
-        sum += static_cast<double>(fisher * delta * delta);
-        if (parameter.grad != nullptr) parameter.grad[i] += lambda * fisher * delta;
+      const int64_t count = std::min(n, begin + clhost::ewc::kQuantBlock) - begin;
+      const uint8_t* fisher_codes = state.fisher_codes.data() + begin;
+      const uint8_t* anchor_codes = state.anchor_codes.data() + begin;
+      for (int64_t i = 0; i < count; ++i) {
+        decoded_fisher_[static_cast<size_t>(i)] = table[fisher_codes[i]];
+        decoded_anchor_[static_cast<size_t>(i)] = scale.anchor_low + static_cast<float>(anchor_codes[i]) * scale.anchor_step;
       }
+      sum += quadratic(parameter.value + begin, parameter.grad != nullptr ? parameter.grad + begin : nullptr,
+                       decoded_fisher_.data(), decoded_anchor_.data(), count, lambda);
     }
     return sum;
   }
@@ -415,6 +438,9 @@ class Ewc : public clhost::sdk::Regularizer {
   std::vector<float> pending_fisher_;
   std::vector<float> scratch_fisher_;
   std::vector<float> scratch_anchor_;
+  // Decoded int8 state of one quantisation block (penalty only; not part of the resident state).
+  std::vector<float> decoded_fisher_;
+  std::vector<float> decoded_anchor_;
 };
 
 }  // namespace
