@@ -77,6 +77,7 @@ clhost::ConfigOverrides overrides_from(const po::variables_map& vm) {
   overrides.use_memory_efficient = vm["use-memory-efficient"].as<bool>();
   overrides.profile_memory = vm["profile-memory"].as<bool>();
   overrides.dynamic_batch_size = vm["dynamic-batch-size"].as<bool>();
+  if (vm.count("memory-budget")) overrides.memory_budget = vm["memory-budget"].as<std::string>();
   return overrides;
 }
 

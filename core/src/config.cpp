@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "clhost/errors.hpp"
+#include "clhost/memory_budget.hpp"
 
 namespace clhost {
 namespace {
@@ -340,6 +341,23 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.run.output_dir = run.get_string("output_dir", config.run.output_dir);
   config.run.plugin_path = run.get_string_list("plugin_path");
   config.run.log_every = run.get_int("log_every", 50, 1, 1000000);
+  if (const toml::node* node = run.take("memory_budget")) {
+    try {
+      config.run.memory_budget = node->is_integer() ? node->as_integer()->get()
+                                 : node->is_string() ? memory::parse_bytes(node->as_string()->get())
+                                                     : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
+      if (config.run.memory_budget < 1) throw std::invalid_argument("must be positive");
+    } catch (const std::invalid_argument& e) {
+      run.fail(*node, "memory_budget", e.what());
+    }
+  }
+  if (!overrides.memory_budget.empty()) {
+    try {
+      config.run.memory_budget = memory::parse_bytes(overrides.memory_budget);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(std::string("--memory-budget: ") + e.what());
+    }
+  }
   run.finish();
 
   SectionReader data(sub_table(top, "data"), "data", path, overridden);
@@ -478,6 +496,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   section("run").insert_or_assign("output_dir", config.run.output_dir);
   section("run").insert_or_assign("plugin_path", plugin_path);
   section("run").insert_or_assign("log_every", config.run.log_every);
+  section("run").insert_or_assign("memory_budget", config.run.memory_budget);
   section("data").insert_or_assign("dir", config.data.dir);
   section("data").insert_or_assign("scenario", to_string(config.data.scenario));
   section("data").insert_or_assign("num_tasks", config.data.num_tasks);

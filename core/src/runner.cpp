@@ -19,6 +19,7 @@
 
 #include "clhost/errors.hpp"
 #include "clhost/fisher_store.hpp"
+#include "clhost/memory_budget.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
@@ -275,8 +276,8 @@ clhost_status_t memory_get_info(const clhost_host_t* host, clhost_memory_info_t*
   const ProcessMemory memory = read_process_memory();
   out->rss_bytes = memory.rss_bytes;
   out->rss_peak_bytes = memory.peak_rss_bytes;
-  out->tensor_bytes = -1;  // no counting allocator installed in this build of the host
-  out->tensor_peak_bytes = -1;
+  out->tensor_bytes = memory::current_bytes();
+  out->tensor_peak_bytes = memory::peak_bytes();
   out->budget_bytes = runtime_of(host).budget_bytes;
   out->device_allocated_bytes = -1;
   out->device_reserved_bytes = -1;
@@ -454,7 +455,10 @@ std::string format_double(double value, int digits) {
 
 }  // namespace
 
-RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
+namespace {
+
+RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
+                           std::string& created_run_dir) {
   const auto wall_start = Clock::now();
   // 1. Everything that can fail because of the user's input happens before any file is written.
   PluginLoader loader(
@@ -466,11 +470,32 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
 
   at::set_num_threads(config.run.threads);
   torch::manual_seed(config.run.seed);
+  memory::install_counting_allocator();
+  // The budget belongs to this run only, however it ends.
+  struct BudgetReset {
+    BudgetReset() = default;
+    BudgetReset(const BudgetReset&) = delete;
+    BudgetReset& operator=(const BudgetReset&) = delete;
+    BudgetReset(BudgetReset&&) = delete;
+    BudgetReset& operator=(BudgetReset&&) = delete;
+    ~BudgetReset() { memory::set_budget(-1); }
+  } budget_reset;
+  memory::reset_peak();
   TaskSequence sequence = build_task_sequence(config.data, config.tasks, config.run.seed);
 
   Runtime runtime;
+  runtime.budget_bytes = config.run.memory_budget;
   runtime.bind_model(
       make_model(config.model, sequence.input_size, sequence.image_side, sequence.num_classes));
+  // Enforced from here on: reading the IDX files briefly holds the whole dataset, which is not
+  // what the budget is for; the task tensors and the model that stay resident do count.
+  memory::set_budget(config.run.memory_budget);
+  memory::reset_peak();
+  if (config.run.memory_budget >= 0 && memory::current_bytes() > config.run.memory_budget) {
+    throw RunError("the model and task data already hold " + memory::format_bytes(memory::current_bytes()) +
+                   " of tensors, more than run.memory_budget = " + memory::format_bytes(config.run.memory_budget) +
+                   ": not even one sample fits; raise the budget");
+  }
   runtime.fisher_context.model = runtime.model;
   runtime.fisher_context.seed = config.run.seed;
   runtime.fisher_block_size = config.fisher.block_size;
@@ -520,8 +545,23 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   std::error_code dir_error;
   fs::create_directories(run_dir, dir_error);
   if (dir_error) throw RunError(run_dir + ": cannot create run directory: " + dir_error.message());
+  created_run_dir = run_dir;
   std::ofstream metrics_csv(fs::path(run_dir) / "metrics.csv");
-  metrics_csv << "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second\n";
+  metrics_csv << "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second,step_tensor_peak_bytes,event\n";
+  // Events (batch-size changes, out-of-memory retries) get their own rows, and a console line.
+  auto log_event = [&](size_t task_index, int64_t step, int64_t global, int64_t batch, int64_t micro,
+                       const std::string& what) {
+    metrics_csv << task_index << ',' << step + 1 << ',' << global << ",,," << batch << ',' << micro << ",,,\""
+                << what << "\"\n";
+    if (!options.quiet) std::fprintf(stderr, "\n[batch] task %zu step %lld: %s\n", task_index + 1, static_cast<long long>(step + 1), what.c_str());
+  };
+  json batch_changes = json::array();
+  int64_t total_ooms = 0;
+  int64_t samples_processed = 0;
+  int64_t samples_redone = 0;
+  int64_t samples_in_steps = 0;
+  bool first_policy_call = true;
+  int64_t run_tensor_peak = 0;
 
   auto emit = [&](clhost_event_kind_t kind, int32_t task, const std::string& label) {
     const clhost_event_t event{sizeof(clhost_event_t),
@@ -611,28 +651,37 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
     }
 
     int64_t micro_batch = batch_size;
-    auto ask_policy = [&](int64_t peak_bytes) {
+    int64_t task_ooms = 0;
+    int64_t current_step = 0;
+    auto ask_policy = [&](int64_t peak_bytes, bool out_of_memory) {
       if (batch_policy == nullptr) return;
       const clhost_batch_request_t request{sizeof(clhost_batch_request_t),
                                            static_cast<uint32_t>(t),
                                            batch_size,
-                                           micro_batch,
-                                           0,
+                                           first_policy_call ? 0 : micro_batch,
+                                           out_of_memory ? 1 : 0,
                                            runtime.budget_bytes,
                                            peak_bytes};
+      first_policy_call = false;
       int64_t chosen = micro_batch;
       clhost_error_t error{};
-      batch_policy->check(batch_policy->table<clhost_batch_policy_v1_t>().choose_micro_batch(
-                              batch_policy->instance, &request, &chosen, &error),
+      const auto& table = batch_policy->table<clhost_batch_policy_v1_t>();
+      batch_policy->check(table.choose_micro_batch(batch_policy->instance, &request, &chosen, &error),
                           error, "choose_micro_batch");
       chosen = std::clamp<int64_t>(chosen, 1, batch_size);
       if (chosen != micro_batch) {
-        emit(CLHOST_EVENT_BATCH_SIZE_CHANGE, static_cast<int32_t>(t),
-             "micro-batch " + std::to_string(micro_batch) + " -> " + std::to_string(chosen));
+        const bool has_reason = table.struct_size >= sizeof(clhost_batch_policy_v1_t) && table.last_reason != nullptr;
+        const std::string reason = has_reason ? table.last_reason(batch_policy->instance) : "";
+        const std::string label = "micro-batch " + std::to_string(micro_batch) + " -> " +
+                                  std::to_string(chosen) + (reason.empty() ? "" : " (" + reason + ")");
+        emit(CLHOST_EVENT_BATCH_SIZE_CHANGE, static_cast<int32_t>(t), label);
+        log_event(t, current_step, global_step, batch_size, chosen, label);
+        batch_changes.push_back(json{{"task", t}, {"step", current_step}, {"from", micro_batch},
+                                     {"to", chosen}, {"reason", reason}});
         micro_batch = chosen;
       }
     };
-    ask_policy(-1);
+    ask_policy(-1, false);
 
     // The data order: a seeded shuffle per task, reshuffled at every pass over the data.
     std::mt19937_64 order_rng(config.run.seed * 1000003ULL + t);
@@ -661,18 +710,55 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
       }
       const torch::Tensor rows = torch::tensor(batch_indices, torch::kInt64);
       const int64_t samples = rows.size(0);
-      optimizer->zero_grad();
+      current_step = step;
       double loss_value = 0.0;
-      // Gradient accumulation over micro-batches: the optimizer always sees the whole batch.
-      for (int64_t start = 0; start < samples; start += micro_batch) {
-        const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
-        const torch::Tensor x = task.train_x.index_select(0, part);
-        const torch::Tensor y = view.label_map.index_select(0, task.train_y.index_select(0, part));
-        const torch::Tensor logits = runtime.model->forward(x).index_select(1, view.active);
-        const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
-        torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y) * share;
-        loss.backward();
-        loss_value += loss.item<double>();
+      int64_t step_peak = -1;
+      // Gradient accumulation over micro-batches: the optimizer always sees the whole batch. On
+      // out-of-memory the partial gradients are dropped and the same samples are redone with a
+      // smaller micro-batch, so no sample is lost or counted twice.
+      while (true) {
+        try {
+          optimizer->zero_grad();
+          loss_value = 0.0;
+          run_tensor_peak = std::max(run_tensor_peak, memory::peak_bytes());
+          memory::reset_peak();
+          for (int64_t start = 0; start < samples; start += micro_batch) {
+            const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
+            const torch::Tensor x = task.train_x.index_select(0, part);
+            const torch::Tensor y = view.label_map.index_select(0, task.train_y.index_select(0, part));
+            const torch::Tensor logits = runtime.model->forward(x).index_select(1, view.active);
+            const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
+            torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y) * share;
+            loss.backward();
+            loss_value += loss.item<double>();
+            samples_processed += part.size(0);
+          }
+          step_peak = memory::peak_bytes();
+          samples_in_steps += samples;
+          break;
+        } catch (const std::exception& e) {
+          if (!memory::is_out_of_memory(e)) throw;
+          ++task_ooms;
+          ++total_ooms;
+          samples_redone += samples;
+          const std::string where = "task " + task.name + " step " + std::to_string(step + 1) +
+                                    ": out of memory at micro-batch " + std::to_string(micro_batch) +
+                                    " (budget " + (runtime.budget_bytes < 0 ? std::string("none") : memory::format_bytes(runtime.budget_bytes)) + ")";
+          emit(CLHOST_EVENT_OUT_OF_MEMORY, static_cast<int32_t>(t), where);
+          log_event(t, step, global_step, samples, micro_batch, "out of memory at micro-batch " + std::to_string(micro_batch));
+          optimizer->zero_grad();
+          if (micro_batch == 1) {
+            throw RunError(where + "; even one sample does not fit: raise run.memory_budget or use a smaller model");
+          }
+          if (batch_policy == nullptr) {
+            throw RunError(where + "; add a batch policy (--dynamic-batch-size) to retry with smaller micro-batches, or raise run.memory_budget");
+          }
+          const int64_t before = micro_batch;
+          ask_policy(-1, true);
+          if (micro_batch >= before) {
+            throw RunError(where + "; batch policy '" + batch_policy->plugin->id + "' did not choose a smaller micro-batch");
+          }
+        }
       }
       double penalty = 0.0;
       const clhost_step_info_t step_info{sizeof(clhost_step_info_t),
@@ -698,7 +784,16 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
                        ", penalty " + std::to_string(penalty) +
                        "); lower train.lr or the regularizer's strength");
       }
-      optimizer->step();
+      try {
+        optimizer->step();
+      } catch (const std::exception& e) {
+        if (!memory::is_out_of_memory(e)) throw;
+        // Parameters may be half-updated: this cannot be retried.
+        throw RunError("task " + task.name + " step " + std::to_string(step + 1) +
+                       ": out of memory in the optimizer step (its state and update must fit in " +
+                       "run.memory_budget = " + memory::format_bytes(runtime.budget_bytes) + "); raise the budget");
+      }
+      step_peak = std::max(step_peak, memory::peak_bytes());
       ++global_step;
       last_loss = loss_value;
       window_samples += samples;
@@ -711,10 +806,10 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
         window_samples = 0;
         metrics_csv << t << ',' << step + 1 << ',' << global_step << ',' << loss_value << ','
                     << penalty << ',' << samples << ',' << micro_batch << ','
-                    << format_double(samples_per_second, 1) << '\n';
+                    << format_double(samples_per_second, 1) << ',' << step_peak << ",\n";
       }
       progress.update(step + 1, last_loss, samples_per_second);
-      if (batch_policy != nullptr) ask_policy(-1);
+      if (batch_policy != nullptr) ask_policy(step_peak, false);
     }
     const double train_seconds = std::chrono::duration<double>(Clock::now() - task_start).count();
 
@@ -841,6 +936,14 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
                  {"forward_transfer", optional_json(summary.metrics.forward_transfer)}}},
                {"tasks", task_reports},
                {"optimizer_steps", summary.optimizer_steps},
+      {"memory",
+       {{"budget_bytes", runtime.budget_bytes},
+        {"tensor_peak_bytes", std::max(run_tensor_peak, memory::peak_bytes())},
+        {"out_of_memory_retries", total_ooms},
+        {"samples_processed", samples_processed},
+        {"samples_in_optimizer_steps", samples_in_steps},
+        {"samples_redone_after_out_of_memory", samples_redone},
+        {"batch_size_changes", batch_changes}}},
                {"wall_seconds", summary.wall_seconds},
                {"peak_rss_bytes", memory.peak_rss_bytes},
                {"machine",
@@ -851,6 +954,40 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
                  {"device", "cpu"}}}};
   write_file_atomic((fs::path(run_dir) / "results.json").string(), results.dump(2) + "\n");
   return summary;
+}
+
+}  // namespace
+
+RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
+  std::string run_dir;
+  try {
+    RunSummary summary = run_pipeline_in(config, options, run_dir);
+    write_file_atomic((fs::path(run_dir) / "status.json").string(),
+                      json{{"status", "complete"}}.dump() + "\n");
+    return summary;
+  } catch (const std::exception& e) {
+    if (memory::is_out_of_memory(e) && dynamic_cast<const RunError*>(&e) == nullptr) {
+      // Outside a training step (evaluation, Fisher pass, optimizer state) nothing is retried.
+      const std::string message = std::string("out of memory outside a training step (evaluation, ") +
+                                  "consolidation or setup) under run.memory_budget; raise the budget or lower " +
+                                  "train.eval_batch_size / the plug-ins' batch sizes. Allocator: " +
+                                  std::string(e.what()).substr(0, std::string(e.what()).find('\n'));
+      if (!run_dir.empty()) {
+        write_file_atomic((fs::path(run_dir) / "status.json").string(),
+                          json{{"status", "failed"}, {"error", message}}.dump(2) + "\n");
+      }
+      throw RunError(message);
+    }
+    // A run that stopped says so, next to whatever it wrote (metrics.csv up to the failure).
+    if (!run_dir.empty()) {
+      try {
+        write_file_atomic((fs::path(run_dir) / "status.json").string(),
+                          json{{"status", "failed"}, {"error", e.what()}}.dump(2) + "\n");
+      } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): keep the first error
+      }
+    }
+    throw;
+  }
 }
 
 }  // namespace clhost

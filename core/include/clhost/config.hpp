@@ -41,6 +41,7 @@ struct RunSection {
   std::string output_dir = "runs";
   std::vector<std::string> plugin_path;
   int64_t log_every = 50;  // steps between metrics.csv rows / progress lines
+  int64_t memory_budget = -1;  // bytes of LibTorch CPU tensors; -1: no budget
 };
 
 struct DataSection {
@@ -101,6 +102,7 @@ struct ConfigOverrides {
   bool use_memory_efficient = false;
   bool profile_memory = false;
   bool dynamic_batch_size = false;
+  std::string memory_budget;  // --memory-budget, e.g. "1.5GiB"
 };
 
 // Parses and validates; throws ConfigError("file:line:column: key: reason").

@@ -410,7 +410,8 @@ typedef struct clhost_batch_request {
   int64_t current_micro_batch;   /* 0 before the first step of the run */
   int32_t out_of_memory;         /* non-zero: the last attempt at current_micro_batch failed */
   int64_t budget_bytes;          /* -1 when none */
-  int64_t peak_bytes_last_step;  /* tensor high-water mark during the last step, -1 unknown */
+  int64_t peak_bytes_last_step;  /* tensor bytes high-water mark during the last step (absolute:
+                                    model, data and optimizer state included), -1 unknown */
 } clhost_batch_request_t;
 
 #define CLHOST_INTERFACE_BATCH_POLICY_V1 "clhost.batch_policy/1"
@@ -422,6 +423,9 @@ typedef struct clhost_batch_policy_v1 {
    * out-of-memory failure. */
   clhost_status_t (*choose_micro_batch)(void* instance, const clhost_batch_request_t* request,
                                         int64_t* micro_batch, clhost_error_t* error);
+  /* May be NULL. Why the last choice was made ("doubled: the last step fit"), for the console
+   * and metrics.csv. Lifetime: until the next call on this instance. */
+  const char* (*last_reason)(void* instance);
 } clhost_batch_policy_v1_t;
 
 /* Optional for every kind: a JSON object the host puts under plugins[i].report in results.json

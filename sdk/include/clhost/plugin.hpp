@@ -176,6 +176,14 @@ class BatchPolicy : public PluginBase {
  public:
   using PluginBase::PluginBase;
   virtual int64_t choose_micro_batch(const clhost_batch_request_t& request) = 0;
+  // Why the last choice was made; shown on the console and in metrics.csv.
+  [[nodiscard]] virtual const std::string& reason() const { return reason_; }
+
+ protected:
+  void set_reason(std::string reason) { reason_ = std::move(reason); }
+
+ private:
+  std::string reason_;
 };
 
 class Profiler : public PluginBase {
@@ -226,6 +234,13 @@ struct Trampolines {
                                 int64_t* micro_batch, clhost_error_t* error) noexcept {
     return guarded_call(error, [&] { *micro_batch = self(instance).choose_micro_batch(*request); });
   }
+  static const char* last_reason(void* instance) noexcept {
+    if constexpr (std::is_base_of_v<BatchPolicy, Plugin>) {
+      return self(instance).reason().c_str();
+    } else {
+      return "";
+    }
+  }
   static clhost_status_t event(void* instance, const clhost_event_t* event,
                                clhost_error_t* error) noexcept {
     return guarded_call(error, [&] { self(instance).on_event(*event); });
@@ -250,7 +265,8 @@ struct Trampolines {
                                                  &after_backward, &task_end, &describe};
       if (std::strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0) return &table;
     } else if constexpr (std::is_base_of_v<BatchPolicy, Plugin>) {
-      static const clhost_batch_policy_v1_t table{sizeof(clhost_batch_policy_v1_t), &choose};
+      static const clhost_batch_policy_v1_t table{sizeof(clhost_batch_policy_v1_t), &choose,
+                                                  &last_reason};
       if (std::strcmp(id, CLHOST_INTERFACE_BATCH_POLICY_V1) == 0) return &table;
     } else {
       static_assert(std::is_base_of_v<Profiler, Plugin>,

@@ -1,0 +1,34 @@
+// A counting CPU allocator for LibTorch with an optional budget. Installed through
+// c10::SetCPUAllocator, it counts the bytes of every CPU tensor allocated afterwards (current and
+// peak) and throws LibTorch's OutOfMemoryError when an allocation would pass the budget, so that
+// out-of-memory handling is real and testable without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <string>
+
+namespace clhost::memory {
+
+// Idempotent; the allocator lives until the process exits (tensors may outlive any scope).
+void install_counting_allocator();
+[[nodiscard]] bool counting_allocator_installed();
+
+// Bytes; -1 removes the budget.
+void set_budget(int64_t bytes);
+[[nodiscard]] int64_t budget();
+
+[[nodiscard]] int64_t current_bytes();
+[[nodiscard]] int64_t peak_bytes();
+// Sets the peak to the current value (start of a measured phase).
+void reset_peak();
+
+// True for LibTorch's OutOfMemoryError and errors whose message says the allocator failed
+// ("out of memory", "DefaultCPUAllocator: can't allocate memory").
+[[nodiscard]] bool is_out_of_memory(const std::exception& error);
+
+// "1.5GiB", "512 MiB", "2GB", "1e9", "1048576" -> bytes. Throws std::invalid_argument.
+[[nodiscard]] int64_t parse_bytes(const std::string& text);
+[[nodiscard]] std::string format_bytes(int64_t bytes);
+
+}  // namespace clhost::memory
