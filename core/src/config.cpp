@@ -400,6 +400,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.train.iterations = train.get_int("iterations", 2000, 1, INT64_MAX / 2);
   config.train.epochs = train.get_int("epochs", 0, 0, 100000);
   config.train.eval_batch_size = train.get_int("eval_batch_size", 1000, 1, 1 << 24);
+  config.train.checkpoint_segments = train.get_int("checkpoint_segments", 0, 0, 1000);
   train.finish();
 
   SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path,
@@ -512,6 +513,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   section("train").insert_or_assign("iterations", config.train.iterations);
   section("train").insert_or_assign("epochs", config.train.epochs);
   section("train").insert_or_assign("eval_batch_size", config.train.eval_batch_size);
+  section("train").insert_or_assign("checkpoint_segments", config.train.checkpoint_segments);
   auto& fisher_table = section("fisher_computation");
   fisher_table.insert_or_assign("use_memory_efficient", config.fisher.use_memory_efficient);
   fisher_table.insert_or_assign("block_size", config.fisher.block_size);

@@ -3,6 +3,7 @@
 #include <ATen/DLConvertor.h>
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -21,6 +22,7 @@
 #include "clhost/fisher_store.hpp"
 #include "clhost/memory_budget.hpp"
 #include "clhost/plugin_loader.hpp"
+#include "checkpoint.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
 #include "io.hpp"
@@ -726,7 +728,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
             const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
             const torch::Tensor x = task.train_x.index_select(0, part);
             const torch::Tensor y = view.label_map.index_select(0, task.train_y.index_select(0, part));
-            const torch::Tensor logits = runtime.model->forward(x).index_select(1, view.active);
+            const torch::Tensor logits =
+                checkpointed_forward(runtime.model, x, config.train.checkpoint_segments).index_select(1, view.active);
             const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
             torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y) * share;
             loss.backward();
@@ -813,6 +816,9 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     }
     const double train_seconds = std::chrono::duration<double>(Clock::now() - task_start).count();
 
+    // Cache release between phases: give the training step's freed heap back to the system
+    // before the Fisher pass and evaluation allocate their own.
+    ::malloc_trim(0);
     emit(CLHOST_EVENT_CONSOLIDATE_BEGIN, static_cast<int32_t>(t), "consolidate " + task.name);
     const auto consolidate_start = Clock::now();
     runtime.in_task_end = true;

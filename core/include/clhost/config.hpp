@@ -66,6 +66,7 @@ struct TrainSection {
   int64_t iterations = 2000;  // optimizer steps per task; ignored when epochs > 0
   int64_t epochs = 0;
   int64_t eval_batch_size = 1000;
+  int64_t checkpoint_segments = 0;  // activation checkpointing: 0/1 off, N: N recomputed segments
 };
 
 // The seed's [fisher_computation] keys; consumed by Fisher-based regularizers.
