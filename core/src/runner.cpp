@@ -441,6 +441,17 @@ double evaluate(torch::nn::Sequential& model, const TaskData& task, const ClassV
   return total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
 }
 
+int64_t available_system_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return -1;
+}
+
 std::string machine_name() {
   char buffer[256] = {};
   if (::gethostname(buffer, sizeof(buffer) - 1) != 0) return "unknown";
@@ -657,12 +668,18 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     int64_t current_step = 0;
     auto ask_policy = [&](int64_t peak_bytes, bool out_of_memory) {
       if (batch_policy == nullptr) return;
+      // Without a configured budget, policies see what the machine could still give: tensors
+      // held now plus MemAvailable (the memory optimizer's free-memory estimate).
+      const int64_t available = available_system_memory();
+      const int64_t budget_for_policy = runtime.budget_bytes >= 0 ? runtime.budget_bytes
+                                        : available >= 0      ? memory::current_bytes() + available
+                                                              : -1;
       const clhost_batch_request_t request{sizeof(clhost_batch_request_t),
                                            static_cast<uint32_t>(t),
                                            batch_size,
                                            first_policy_call ? 0 : micro_batch,
                                            out_of_memory ? 1 : 0,
-                                           runtime.budget_bytes,
+                                           budget_for_policy,
                                            peak_bytes};
       first_policy_call = false;
       int64_t chosen = micro_batch;

@@ -409,7 +409,8 @@ typedef struct clhost_batch_request {
   int64_t configured_batch_size; /* the optimizer batch; it never changes */
   int64_t current_micro_batch;   /* 0 before the first step of the run */
   int32_t out_of_memory;         /* non-zero: the last attempt at current_micro_batch failed */
-  int64_t budget_bytes;          /* -1 when none */
+  int64_t budget_bytes;          /* run.memory_budget; without one, tensor bytes now plus the
+                                    system's available memory; -1 when unknown */
   int64_t peak_bytes_last_step;  /* tensor bytes high-water mark during the last step (absolute:
                                     model, data and optimizer state included), -1 unknown */
 } clhost_batch_request_t;
