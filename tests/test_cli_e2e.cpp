@@ -171,3 +171,29 @@ TEST(CliEndToEndEwc, MemoryPlanPrintsTheSeedsTable) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(CliEndToEndBatch, BudgetAndDynamicBatchSizeFromTheCommandLine) {
+  clhost::test::TempDir dir;
+  const Result plain = clhost("run --config " + kQuick + " --output " + dir.path("plain") + " -q");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  const Result run = clhost("run --config " + kQuick + " --memory-budget 40MiB --dynamic-batch-size --output " +
+                            dir.path("budget"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("[batch] task 1 step 1: micro-batch 64 -> 1 (start)"), std::string::npos) << run.output;
+  const auto results = results_of(dir.path("budget"));
+  EXPECT_EQ(results["memory"]["budget_bytes"].get<int64_t>(), 40LL * 1024 * 1024);
+  EXPECT_LE(results["memory"]["tensor_peak_bytes"].get<int64_t>(), 40LL * 1024 * 1024);
+  EXPECT_EQ(results["plugins"].back()["id"], "dynamic");
+  // Same samples, same effective batch: the same accuracies up to float summation order.
+  const auto reference = results_of(dir.path("plain"));
+  for (size_t i = 0; i < 5; ++i) {
+    for (size_t j = 0; j < 5; ++j) {
+      EXPECT_NEAR(results["accuracy_matrix"][i][j].get<double>(), reference["accuracy_matrix"][i][j].get<double>(), 0.0051);
+    }
+  }
+  EXPECT_EQ(clhost("run --config " + kQuick + " --memory-budget 12parsecs --output " + dir.path("bad")).exit_code, 2);
+}
+
+}  // namespace

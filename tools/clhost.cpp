@@ -63,7 +63,9 @@ po::options_description config_options() {
       "use-memory-efficient", po::bool_switch(),
       "set fisher_computation.use_memory_efficient = true (needs the ewc plug-in)")(
       "profile-memory", po::bool_switch(), "add the memory_profiler plug-in to the pipeline")(
-      "dynamic-batch-size", po::bool_switch(), "add the dynamic batch-policy plug-in");
+      "dynamic-batch-size", po::bool_switch(), "add the dynamic batch-policy plug-in")(
+      "memory-budget", po::value<std::string>(),
+      "budget for LibTorch CPU tensor memory, e.g. 1.5GiB (sets run.memory_budget)");
   return options;
 }
 

@@ -628,6 +628,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
 
   json task_reports = json::array();
   int64_t global_step = 0;
+  int64_t micro_batch = 0;
   runtime.model->train();
   for (size_t t = 0; t < task_count; ++t) {
     const TaskData& task = sequence.tasks[t];
@@ -663,7 +664,9 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                       "on_task_begin");
     }
 
-    int64_t micro_batch = batch_size;
+    // The micro-batch carries over between tasks (the policy re-probes from it); without a
+    // policy it is the whole batch.
+    micro_batch = batch_policy != nullptr && micro_batch > 0 ? std::min(micro_batch, batch_size) : batch_size;
     int64_t task_ooms = 0;
     int64_t current_step = 0;
     auto ask_policy = [&](int64_t peak_bytes, bool out_of_memory) {
