@@ -22,6 +22,8 @@ ARMS = {
     "ewc_separate": ["--set", "fisher_computation.use_memory_efficient=false", "--set", "pipeline.0.mode=\"separate\""],
     "ewc_online": ["--set", "fisher_computation.use_memory_efficient=false", "--set", "pipeline.0.mode=\"online\""],
     "ewc_efficient": ["--set", "fisher_computation.use_memory_efficient=true"],
+    "ewc_efficient_int8_fp16": ["--set", "fisher_computation.use_memory_efficient=true", "--set", "pipeline.0.state_dtype=\"int8_fp16\""],
+    "ewc_efficient_fp32": ["--set", "fisher_computation.use_memory_efficient=true", "--set", "pipeline.0.state_dtype=\"fp32\""],
 }
 
 
@@ -29,7 +31,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=["split", "permuted"], required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=[a for a in ARMS if a not in ("ewc_efficient_fp32", "ewc_efficient_int8_fp16")], choices=list(ARMS))
     parser.add_argument("--binary", default=os.path.join(ROOT, "build", "bin", "clhost"))
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "protocol"))
     parser.add_argument("--set", action="append", default=[], help="extra --set for every run")

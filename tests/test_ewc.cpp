@@ -213,7 +213,8 @@ TEST(Ewc, MergedStateHasTheSeparateGradientAndAConstantPenaltyOffset) {
 TEST(Ewc, Int8StateTracksTheFp32State) {
   EwcHarness exact("separate", 1.0, true, "fp32");
   EwcHarness compact("separate", 1.0, true, "int8");
-  for (EwcHarness* ewc : {&exact, &compact}) {
+  EwcHarness mixed("separate", 1.0, true, "int8_fp16");
+  for (EwcHarness* ewc : {&exact, &compact, &mixed}) {
     ewc->end_task(kFisher1);
     ewc->host().values = {{2.0F, 2.5F, 2.0F, 3.0F}, {0.5F, 0.5F}};
     ewc->end_task(kFisher2);
@@ -229,6 +230,9 @@ TEST(Ewc, Int8StateTracksTheFp32State) {
   }
   // Codes (1 byte each for F and anchor) plus one scale record per tensor.
   EXPECT_EQ(compact.report()["state_bytes"].get<int64_t>(), 6 * 2 + 2 * 16);
+  std::vector<std::vector<float>> g_mixed;
+  EXPECT_NEAR(mixed.penalty(&g_mixed), p_exact, 0.05 * p_exact);
+  EXPECT_EQ(mixed.report()["state_bytes"].get<int64_t>(), 6 * 3 + 2 * 16);
 }
 
 }  // namespace

@@ -40,8 +40,8 @@ const clhost_config_key_t kSchema[] = {
     {"fisher_batch_size", CLHOST_CONFIG_TYPE_INT, "256",
      "samples per Fisher forward/backward pass (bounds activation memory)", 1, 1, 1e9, nullptr},
     {"state_dtype", CLHOST_CONFIG_TYPE_STRING, "\"int8\"",
-     "memory-efficient state precision: int8 (~2 bytes/param) or fp32 (8 bytes/param)", 0, 0, 0,
-     "int8|fp32"},
+     "memory-efficient state precision: int8 (~2 bytes/param), int8_fp16 (int8 Fisher, fp16 anchor: "
+     "~3 bytes/param) or fp32 (8 bytes/param)", 0, 0, 0, "int8|int8_fp16|fp32"},
     {"store", CLHOST_CONFIG_TYPE_BOOL, "true",
      "save each task's Fisher to the run's HDF5 store (fisher.h5)", 0, 0, 0, nullptr},
 };
@@ -78,6 +78,7 @@ struct TensorState {
   std::vector<std::vector<float>> anchor;
   std::vector<uint8_t> fisher_codes;  // merged int8
   std::vector<uint8_t> anchor_codes;
+  std::vector<uint16_t> anchor_half;  // merged int8_fp16
   std::vector<clhost::ewc::QuantBlockScale> scales;
 
   [[nodiscard]] int64_t bytes() const {
@@ -85,6 +86,7 @@ struct TensorState {
     for (const auto& v : fisher) total += static_cast<int64_t>(v.capacity() * sizeof(float));
     for (const auto& v : anchor) total += static_cast<int64_t>(v.capacity() * sizeof(float));
     total += static_cast<int64_t>(fisher_codes.capacity() + anchor_codes.capacity());
+    total += static_cast<int64_t>(anchor_half.capacity() * sizeof(uint16_t));
     total += static_cast<int64_t>(scales.capacity() * sizeof(clhost::ewc::QuantBlockScale));
     return total;
   }
@@ -109,7 +111,10 @@ class Ewc : public clhost::sdk::Regularizer {
       settings->get_bool(host, "fisher_computation.use_memory_efficient", &memory_efficient);
     }
     if (memory_efficient != 0) {
-      layout_ = config.get_string("state_dtype") == "int8" ? StateLayout::kMergedInt8 : StateLayout::kMergedFp32;
+      const std::string dtype = config.get_string("state_dtype");
+      layout_ = dtype == "int8"        ? StateLayout::kMergedInt8
+                : dtype == "int8_fp16" ? StateLayout::kMergedInt8Fp16
+                                       : StateLayout::kMergedFp32;
     } else {
       layout_ = online_ ? StateLayout::kOnline : StateLayout::kSeparate;
     }
@@ -264,7 +269,7 @@ class Ewc : public clhost::sdk::Regularizer {
     const auto lambda = static_cast<float>(lambda_);
     const int64_t n = parameter.numel;
     double sum = 0.0;
-    if (layout_ != StateLayout::kMergedInt8) {
+    if (!quantized()) {
       for (size_t t = 0; t < state.fisher.size(); ++t) {
         sum += quadratic(parameter.value, parameter.grad, state.fisher[t].data(), state.anchor[t].data(), n, lambda);
       }
@@ -280,10 +285,15 @@ class Ewc : public clhost::sdk::Regularizer {
       const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
       const int64_t count = std::min(n, begin + clhost::ewc::kQuantBlock) - begin;
       const uint8_t* fisher_codes = state.fisher_codes.data() + begin;
-      const uint8_t* anchor_codes = state.anchor_codes.data() + begin;
-      for (int64_t i = 0; i < count; ++i) {
-        decoded_fisher_[static_cast<size_t>(i)] = table[fisher_codes[i]];
-        decoded_anchor_[static_cast<size_t>(i)] = scale.anchor_low + static_cast<float>(anchor_codes[i]) * scale.anchor_step;
+      for (int64_t i = 0; i < count; ++i) decoded_fisher_[static_cast<size_t>(i)] = table[fisher_codes[i]];
+      if (layout_ == StateLayout::kMergedInt8Fp16) {
+        const uint16_t* anchor_half = state.anchor_half.data() + begin;
+        for (int64_t i = 0; i < count; ++i) decoded_anchor_[static_cast<size_t>(i)] = clhost::ewc::from_half_bits(anchor_half[i]);
+      } else {
+        const uint8_t* anchor_codes = state.anchor_codes.data() + begin;
+        for (int64_t i = 0; i < count; ++i) {
+          decoded_anchor_[static_cast<size_t>(i)] = scale.anchor_low + static_cast<float>(anchor_codes[i]) * scale.anchor_step;
+        }
       }
       sum += quadratic(parameter.value + begin, parameter.grad != nullptr ? parameter.grad + begin : nullptr,
                        decoded_fisher_.data(), decoded_anchor_.data(), count, lambda);
@@ -313,15 +323,17 @@ class Ewc : public clhost::sdk::Regularizer {
             state.anchor.emplace_back(theta, theta + n);
           }
           break;
-        case StateLayout::kMergedInt8: {
+        case StateLayout::kMergedInt8:
+        case StateLayout::kMergedInt8Fp16: {
           const size_t blocks = (n + clhost::ewc::kQuantBlock - 1) / clhost::ewc::kQuantBlock;
           if (state.scales.empty()) {
             state.fisher_codes.assign(n, 0);
-            state.anchor_codes.assign(n, 0);
+            if (layout_ == StateLayout::kMergedInt8) {
+              state.anchor_codes.assign(n, 0);
+            } else {
+              state.anchor_half.assign(n, 0);
+            }
             state.scales.assign(blocks, {});
-            state.fisher_codes.shrink_to_fit();
-            state.anchor_codes.shrink_to_fit();
-            state.scales.shrink_to_fit();
           }
           pending_fisher_.clear();
           break;
@@ -364,7 +376,8 @@ class Ewc : public clhost::sdk::Regularizer {
           merge(state.fisher[0][k], state.anchor[0][k], gamma, fisher[i], theta[k]);
         }
         break;
-      case StateLayout::kMergedInt8: {
+      case StateLayout::kMergedInt8:
+      case StateLayout::kMergedInt8Fp16: {
         // Requantise whole quantisation blocks: buffer at most one block of the new Fisher.
         if (parameter != pending_parameter_) {
           pending_parameter_ = parameter;
@@ -404,17 +417,33 @@ class Ewc : public clhost::sdk::Regularizer {
     merged_fisher.resize(static_cast<size_t>(count));
     merged_anchor.resize(static_cast<size_t>(count));
     const bool first = tasks_ == 0;
+    const bool half_anchor = layout_ == StateLayout::kMergedInt8Fp16;
     for (int64_t i = 0; i < count; ++i) {
       const auto k = static_cast<size_t>(begin + i);
       float fisher = first ? 0.0F : table[state.fisher_codes[k]];
-      float anchor = first ? theta[k] : clhost::ewc::anchor_value(state.scales[block], state.anchor_codes[k]);
+      float anchor = first        ? theta[k]
+                     : half_anchor ? clhost::ewc::from_half_bits(state.anchor_half[k])
+                                   : clhost::ewc::anchor_value(state.scales[block], state.anchor_codes[k]);
       merge(fisher, anchor, gamma, pending_fisher_[static_cast<size_t>(i)], theta[k]);
       merged_fisher[static_cast<size_t>(i)] = fisher;
       merged_anchor[static_cast<size_t>(i)] = anchor;
     }
+    if (half_anchor) {
+      anchor_scratch_codes_.resize(static_cast<size_t>(count));
+      state.scales[block] = clhost::ewc::quantize_block(merged_fisher.data(), merged_anchor.data(), count,
+                                                        state.fisher_codes.data() + begin, anchor_scratch_codes_.data());
+      for (int64_t i = 0; i < count; ++i) {
+        state.anchor_half[static_cast<size_t>(begin + i)] = clhost::ewc::to_half_bits(merged_anchor[static_cast<size_t>(i)]);
+      }
+      return;
+    }
     state.scales[block] = clhost::ewc::quantize_block(merged_fisher.data(), merged_anchor.data(), count,
                                                       state.fisher_codes.data() + begin,
                                                       state.anchor_codes.data() + begin);
+  }
+
+  [[nodiscard]] bool quantized() const {
+    return layout_ == StateLayout::kMergedInt8 || layout_ == StateLayout::kMergedInt8Fp16;
   }
 
   double lambda_;
@@ -441,6 +470,7 @@ class Ewc : public clhost::sdk::Regularizer {
   // Decoded int8 state of one quantisation block (penalty only; not part of the resident state).
   std::vector<float> decoded_fisher_;
   std::vector<float> decoded_anchor_;
+  std::vector<uint8_t> anchor_scratch_codes_;
 };
 
 }  // namespace

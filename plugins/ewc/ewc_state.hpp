@@ -19,6 +19,7 @@ enum class StateLayout {
   kOnline,        // F <- gamma*F + F_new, anchor = latest parameters: 8 bytes/param
   kMergedFp32,    // one merged quadratic, fp32: 8 bytes/param for any number of tasks
   kMergedInt8,    // the same, 8-bit log-scale Fisher + 8-bit anchor: ~2 bytes/param
+  kMergedInt8Fp16,  // the same, 8-bit log-scale Fisher + fp16 anchor: ~3 bytes/param
 };
 
 inline const char* layout_name(StateLayout layout) {
@@ -27,6 +28,7 @@ inline const char* layout_name(StateLayout layout) {
     case StateLayout::kOnline: return "online (fp32)";
     case StateLayout::kMergedFp32: return "efficient (merged quadratic, fp32)";
     case StateLayout::kMergedInt8: return "efficient (merged quadratic, int8)";
+    case StateLayout::kMergedInt8Fp16: return "efficient (merged quadratic, int8 Fisher, fp16 anchor)";
   }
   return "?";
 }
@@ -38,10 +40,12 @@ inline int64_t state_bytes_for_tensor(int64_t numel, int64_t tasks, StateLayout 
     case StateLayout::kSeparate: return fp32_pair * tasks;
     case StateLayout::kOnline:
     case StateLayout::kMergedFp32: return tasks > 0 ? fp32_pair : 0;
-    case StateLayout::kMergedInt8: {
+    case StateLayout::kMergedInt8:
+    case StateLayout::kMergedInt8Fp16: {
       if (tasks == 0) return 0;
       const int64_t blocks = (numel + kQuantBlock - 1) / kQuantBlock;
-      return numel * 2 + blocks * kQuantBlockOverheadBytes;
+      const int64_t per_element = layout == StateLayout::kMergedInt8 ? 2 : 3;
+      return numel * per_element + blocks * kQuantBlockOverheadBytes;
     }
   }
   return 0;
@@ -117,6 +121,19 @@ inline void fisher_table(const QuantBlockScale& scale, float* table) {
 
 inline float anchor_value(const QuantBlockScale& scale, uint8_t code) {
   return scale.anchor_low + static_cast<float>(code) * scale.anchor_step;
+}
+
+// fp16 anchors (round to nearest even; GCC's _Float16 on x86-64).
+inline uint16_t to_half_bits(float value) {
+  const auto half = static_cast<_Float16>(value);
+  uint16_t bits = 0;
+  __builtin_memcpy(&bits, &half, sizeof(bits));
+  return bits;
+}
+inline float from_half_bits(uint16_t bits) {
+  _Float16 half;
+  __builtin_memcpy(&half, &bits, sizeof(bits));
+  return static_cast<float>(half);
 }
 
 }  // namespace clhost::ewc
