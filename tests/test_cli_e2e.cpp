@@ -152,7 +152,7 @@ TEST(CliEndToEndEwc, MemoryPlanMatchesTheMeasuredState) {
     const Result plan = clhost("memory-plan --params " + std::to_string(parameters) + " --tasks 5");
     ASSERT_EQ(plan.exit_code, 0) << plan.output;
     // The plan prints bytes/param per mode; pick this mode's line.
-    const std::string marker = mode == "separate" ? "separate, fp32" : "efficient, int8";
+    const std::string marker = mode == "separate" ? "separate, fp32" : "int8 merged (default)";
     const size_t line = plan.output.find(marker);
     ASSERT_NE(line, std::string::npos) << plan.output;
     const std::string text = plan.output.substr(line, plan.output.find('\n', line) - line);
