@@ -80,7 +80,7 @@ std::pair<int64_t, int> settle(Policy& policy, const Machine& machine, int64_t c
 
 TEST(DynamicPolicy, FindsTheLargestFittingMicroBatchWithinTheTrialBound) {
   for (const Machine machine : {Machine{1000, 10, 1000 + 10 * 45}, Machine{500, 3, 500 + 3 * 100}, Machine{0, 1, 1 << 20}}) {
-    Policy policy("dynamic", {{"margin", 0.0, "t"}});
+    Policy policy("dynamic", {{"margin", 0.0, "t"}, {"start", int64_t{1}, "t"}});
     const int64_t configured = 128;
     const auto [size, trials] = settle(policy, machine, configured);
     EXPECT_EQ(size, machine.largest_fit(configured)) << policy.reason();
@@ -88,8 +88,16 @@ TEST(DynamicPolicy, FindsTheLargestFittingMicroBatchWithinTheTrialBound) {
   }
 }
 
+TEST(DynamicPolicy, StartsWithTheWholeBatchAndHalvesUntilItFits) {
+  Policy policy("dynamic", {{"margin", 0.0, "t"}});
+  const Machine machine{1000, 10, 1000 + 10 * 300};
+  const auto [size, trials] = settle(policy, machine, 1024);
+  EXPECT_EQ(size, 300);
+  EXPECT_LE(trials, 10 + 3);
+}
+
 TEST(DynamicPolicy, ShrinksOnOutOfMemoryAndReprobesAtTaskBoundaries) {
-  Policy policy("dynamic");
+  Policy policy("dynamic", {{"start", int64_t{1}, "t"}});
   EXPECT_EQ(policy.choose(0, 64, 0, false, -1, -1), 1);
   EXPECT_EQ(policy.choose(0, 64, 1, false, -1, 100), 2);
   EXPECT_EQ(policy.choose(0, 64, 2, false, -1, 100), 4);
@@ -101,12 +109,13 @@ TEST(DynamicPolicy, ShrinksOnOutOfMemoryAndReprobesAtTaskBoundaries) {
 }
 
 TEST(EstimatePolicy, FitsALineThroughTwoProbes) {
-  Policy policy("estimate", {{"margin", 0.0, "t"}});
+  Policy policy("estimate", {{"margin", 0.0, "t"}, {"probe", int64_t{8}, "t"}});
   const Machine machine{5000, 40, 5000 + 40 * 50};
   EXPECT_EQ(policy.choose(0, 128, 0, false, machine.budget, -1), 8);
   EXPECT_EQ(policy.choose(0, 128, 8, false, machine.budget, machine.peak(8)), 16);
   EXPECT_EQ(policy.choose(0, 128, 16, false, machine.budget, machine.peak(16)), 50);
   EXPECT_EQ(policy.choose(0, 128, 50, true, machine.budget, -1), 25) << "halves on out of memory";
+  EXPECT_EQ(policy.choose(1, 40, 25, false, machine.budget, -1), 40) << "next task: the fitted line, clamped";
   Policy unbounded("estimate");
   EXPECT_EQ(unbounded.choose(0, 128, 0, false, -1, -1), 128) << "no budget: the whole batch";
 }

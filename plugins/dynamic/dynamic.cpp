@@ -12,10 +12,11 @@
 namespace {
 
 const clhost_config_key_t kSchema[] = {
-    {"start", CLHOST_CONFIG_TYPE_INT, "1", "first micro-batch of the run (samples)", 1, 1, 1 << 24,
-     nullptr},
+    {"start", CLHOST_CONFIG_TYPE_INT, "0",
+     "first micro-batch of the run (samples; 0: the whole configured batch, halved until it fits)",
+     1, 0, 1 << 24, nullptr},
     {"margin", CLHOST_CONFIG_TYPE_FLOAT, "0.1",
-     "fraction of the budget kept free: do not double when the projected peak would pass it", 1,
+     "fraction of the remaining headroom (budget minus the last step's peak) growth may not use", 1,
      0.0, 0.9, nullptr},
 };
 const clhost_plugin_descriptor_t kDescriptor{sizeof(clhost_plugin_descriptor_t),
@@ -40,7 +41,7 @@ class Dynamic : public clhost::sdk::BatchPolicy {
       failed_ = kNone;
       settled_ = false;
       fit_ = std::min(fit_, configured);
-      current_ = std::min(fit_ > 0 ? fit_ : start_, configured);
+      current_ = std::min(fit_ > 0 ? fit_ : (start_ > 0 ? start_ : configured), configured);
       set_reason(fit_ > 0 ? "task boundary: re-probe from the last size that fit" : "start");
       return current_;
     }
@@ -60,8 +61,7 @@ class Dynamic : public clhost::sdk::BatchPolicy {
     if (failed_ == kNone) {
       if (current_ >= configured) return settle("the whole batch fits");
       const bool room = request.budget_bytes < 0 || request.peak_bytes_last_step < 0 ||
-                        projected_peak(request, 2 * current_) <=
-                            (1.0 - margin_) * static_cast<double>(request.budget_bytes);
+                        projected_peak(request, 2 * current_) <= target(request);
       remember(request);
       if (!room) {
         // Grow only as far as the fitted line says still fits; an error there is retried.
@@ -91,9 +91,16 @@ class Dynamic : public clhost::sdk::BatchPolicy {
     return current_;
   }
 
-  // Largest micro-batch whose projected peak stays under (1 - margin) * budget.
+  // Growth may use (1 - margin) of the headroom left above the last step's peak: a margin of the
+  // whole budget would forbid any growth when resident data and state fill most of it.
+  [[nodiscard]] double target(const clhost_batch_request_t& request) const {
+    const auto peak = static_cast<double>(request.peak_bytes_last_step);
+    return peak + (1.0 - margin_) * (static_cast<double>(request.budget_bytes) - peak);
+  }
+
+  // Largest micro-batch whose projected peak stays under the target.
   [[nodiscard]] int64_t projected_fit(const clhost_batch_request_t& request) const {
-    const double target = (1.0 - margin_) * static_cast<double>(request.budget_bytes);
+    const double target = this->target(request);
     const double at_current = static_cast<double>(request.peak_bytes_last_step);
     const double one_more = projected_peak(request, request.current_micro_batch + 1) - at_current;
     if (one_more <= 0.0) return request.current_micro_batch;

@@ -12,10 +12,12 @@
 namespace {
 
 const clhost_config_key_t kSchema[] = {
-    {"probe", CLHOST_CONFIG_TYPE_INT, "8", "first probe micro-batch (the second is twice that)", 1,
-     1, 1 << 20, nullptr},
-    {"margin", CLHOST_CONFIG_TYPE_FLOAT, "0.1", "fraction of the budget kept free", 1, 0.0, 0.9,
-     nullptr},
+    {"probe", CLHOST_CONFIG_TYPE_INT, "0",
+     "first probe micro-batch, the second is twice that (0: an eighth of the configured batch)", 1,
+     0, 1 << 20, nullptr},
+    {"margin", CLHOST_CONFIG_TYPE_FLOAT, "0.1",
+     "fraction of the headroom above the fitted base (budget minus resident memory) kept free", 1,
+     0.0, 0.9, nullptr},
 };
 const clhost_plugin_descriptor_t kDescriptor{sizeof(clhost_plugin_descriptor_t),
                                              "estimate",
@@ -41,8 +43,15 @@ class Estimate : public clhost::sdk::BatchPolicy {
         set_reason("no memory budget: the whole batch");
         return current_;
       }
+      if (fitted_) {
+        // The line measured on an earlier task still describes the model: reuse it.
+        phase_ = Phase::kSettled;
+        current_ = best_for(request, configured);
+        set_reason("reuse the fitted line");
+        return current_;
+      }
       phase_ = Phase::kFirstProbe;
-      current_ = std::min(probe_, configured);
+      current_ = std::min(probe_ > 0 ? probe_ : std::max<int64_t>(1, configured / 8), configured);
       set_reason("probe 1");
       return current_;
     }
@@ -67,16 +76,13 @@ class Estimate : public clhost::sdk::BatchPolicy {
         return current_;
       case Phase::kSecondProbe: {
         const auto second = Reading{current_, request.peak_bytes_last_step};
-        const double slope = static_cast<double>(second.peak - first_.peak) /
-                             static_cast<double>(second.micro - first_.micro);
-        const double base = static_cast<double>(first_.peak) - slope * static_cast<double>(first_.micro);
-        const double target = (1.0 - margin_) * static_cast<double>(request.budget_bytes);
-        int64_t best = configured;
-        if (slope > 0.0) best = static_cast<int64_t>(std::floor((target - base) / slope));
-        current_ = std::clamp<int64_t>(best, 1, configured);
+        slope_ = static_cast<double>(second.peak - first_.peak) / static_cast<double>(second.micro - first_.micro);
+        base_ = static_cast<double>(first_.peak) - slope_ * static_cast<double>(first_.micro);
+        fitted_ = true;
+        current_ = best_for(request, configured);
         phase_ = Phase::kSettled;
-        set_reason("fit peak = " + std::to_string(static_cast<int64_t>(base)) + " + " +
-                   std::to_string(static_cast<int64_t>(slope)) + " bytes/sample");
+        set_reason("fit peak = " + std::to_string(static_cast<int64_t>(base_)) + " + " +
+                   std::to_string(static_cast<int64_t>(slope_)) + " bytes/sample");
         return current_;
       }
       case Phase::kSettled:
@@ -86,6 +92,14 @@ class Estimate : public clhost::sdk::BatchPolicy {
   }
 
  private:
+  // Largest micro-batch whose projected peak leaves `margin` of the headroom above the base.
+  [[nodiscard]] int64_t best_for(const clhost_batch_request_t& request, int64_t configured) const {
+    const double target = base_ + (1.0 - margin_) * (static_cast<double>(request.budget_bytes) - base_);
+    int64_t best = configured;
+    if (slope_ > 0.0) best = static_cast<int64_t>(std::floor((target - base_) / slope_));
+    return std::clamp<int64_t>(best, 1, configured);
+  }
+
   enum class Phase { kFirstProbe, kSecondProbe, kSettled };
   struct Reading {
     int64_t micro = 0;
@@ -97,6 +111,9 @@ class Estimate : public clhost::sdk::BatchPolicy {
   Phase phase_ = Phase::kSettled;
   int64_t current_ = 0;
   Reading first_;
+  bool fitted_ = false;
+  double base_ = 0.0;
+  double slope_ = 0.0;
 };
 
 }  // namespace
