@@ -176,7 +176,8 @@ namespace {
 
 TEST(CliEndToEndBatch, BudgetAndDynamicBatchSizeFromTheCommandLine) {
   clhost::test::TempDir dir;
-  const Result plain = clhost("run --config " + kQuick + " --output " + dir.path("plain") + " -q");
+  const Result plain = clhost("run --config " + kQuick + " --set data.train_samples_per_task=2000 --output " +
+                              dir.path("plain") + " -q");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   const Result run = clhost("run --config " + kQuick +
                             " --memory-budget 40MiB --dynamic-batch-size --set data.train_samples_per_task=2000 --output " +
