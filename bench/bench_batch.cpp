@@ -47,7 +47,8 @@ struct Outcome {
 };
 
 Outcome run(const std::string& pipeline, int64_t budget) {
-  const fs::path dir = fs::temp_directory_path() / ("clhost_bench_batch_" + std::to_string(std::rand()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("clhost_bench_batch_" + std::to_string(std::rand()));
   fs::create_directories(dir);
   std::ofstream(dir / "c.toml") << kConfig << pipeline;
   clhost::ConfigOverrides overrides;
@@ -75,7 +76,8 @@ Outcome run(const std::string& pipeline, int64_t budget) {
       std::vector<std::string> cells;
       std::stringstream row(line);
       for (std::string cell; std::getline(row, cell, ',');) cells.push_back(cell);
-      if (cells.size() > 8 && !cells[8].empty()) outcome.max_step_peak = std::max<int64_t>(outcome.max_step_peak, std::stoll(cells[8]));
+      if (cells.size() > 8 && !cells[8].empty())
+        outcome.max_step_peak = std::max<int64_t>(outcome.max_step_peak, std::stoll(cells[8]));
     }
     outcome.ok = true;
   } catch (const clhost::RunError&) {
@@ -94,21 +96,25 @@ std::string fixed(int64_t micro) {
 int main(int argc, char** argv) {
   const Outcome full = run(fixed(2048), -1);
   const Outcome eighth = run(fixed(256), -1);
-  json report = {{"protocol", "split Fashion-MNIST, 2 tasks x 80 steps, batch 2048, MLP 784-256-10, 1 thread"},
-                 {"unconstrained", {{"samples_per_second", full.samples_per_second},
-                                    {"step_peak_bytes", full.max_step_peak},
-                                    {"accuracy_matrix", full.results["accuracy_matrix"]}}},
-                 {"budgets", json::array()}};
+  json report = {
+      {"protocol", "split Fashion-MNIST, 2 tasks x 80 steps, batch 2048, MLP 784-256-10, 1 thread"},
+      {"unconstrained",
+       {{"samples_per_second", full.samples_per_second},
+        {"step_peak_bytes", full.max_step_peak},
+        {"accuracy_matrix", full.results["accuracy_matrix"]}}},
+      {"budgets", json::array()}};
   const int64_t low = eighth.max_step_peak;
   const int64_t high = full.max_step_peak;
   for (const double fraction : {0.25, 0.5, 0.75}) {
-    const auto budget = static_cast<int64_t>(static_cast<double>(low) + fraction * static_cast<double>(high - low));
+    const auto budget =
+        static_cast<int64_t>(static_cast<double>(low) + fraction * static_cast<double>(high - low));
     json entry = {{"budget_bytes", budget}, {"fixed_sweep", json::array()}};
     double best = 0.0;
     int64_t best_micro = 0;
     for (int64_t micro = 2048; micro >= 16; micro /= 2) {
       const Outcome outcome = run(fixed(micro), budget);
-      entry["fixed_sweep"].push_back({{"micro_batch", micro}, {"fits", outcome.ok},
+      entry["fixed_sweep"].push_back({{"micro_batch", micro},
+                                      {"fits", outcome.ok},
                                       {"samples_per_second", outcome.samples_per_second}});
       if (outcome.ok && outcome.samples_per_second > best) {
         best = outcome.samples_per_second;
@@ -122,20 +128,24 @@ int main(int argc, char** argv) {
       if (outcome.ok) {
         const auto& memory = outcome.results["memory"];
         int64_t trials_task0 = 0;
-        for (const auto& change : memory["batch_size_changes"]) trials_task0 += change["task"] == 0 ? 1 : 0;
+        for (const auto& change : memory["batch_size_changes"])
+          trials_task0 += change["task"] == 0 ? 1 : 0;
         double worst_accuracy_difference = 0.0;
         for (size_t i = 0; i < 2; ++i) {
           for (size_t j = 0; j < 2; ++j) {
-            worst_accuracy_difference = std::max(worst_accuracy_difference,
-                std::abs(outcome.results["accuracy_matrix"][i][j].get<double>() - full.results["accuracy_matrix"][i][j].get<double>()));
+            worst_accuracy_difference =
+                std::max(worst_accuracy_difference,
+                         std::abs(outcome.results["accuracy_matrix"][i][j].get<double>() -
+                                  full.results["accuracy_matrix"][i][j].get<double>()));
           }
         }
-        result.update({{"final_micro_batch", outcome.results["tasks"][1]["final_micro_batch"]},
-                       {"changes_in_task_0", trials_task0},
-                       {"out_of_memory_retries", memory["out_of_memory_retries"]},
-                       {"samples_per_second", outcome.samples_per_second},
-                       {"throughput_vs_best_fixed", best > 0 ? outcome.samples_per_second / best : 0.0},
-                       {"max_accuracy_difference_vs_unconstrained", worst_accuracy_difference}});
+        result.update(
+            {{"final_micro_batch", outcome.results["tasks"][1]["final_micro_batch"]},
+             {"changes_in_task_0", trials_task0},
+             {"out_of_memory_retries", memory["out_of_memory_retries"]},
+             {"samples_per_second", outcome.samples_per_second},
+             {"throughput_vs_best_fixed", best > 0 ? outcome.samples_per_second / best : 0.0},
+             {"max_accuracy_difference_vs_unconstrained", worst_accuracy_difference}});
       }
       entry["policies"].push_back(result);
     }

@@ -77,7 +77,8 @@ json bench_fisher_pass(Setup& setup) {
     const double batched_rate = static_cast<double>(request.max_samples) / batched;
     request.max_samples = 256;
     const double loop = median_seconds(3, [&] {
-      clhost::diagonal_fisher(setup.context, request, 1000000, clhost::FisherMethod::kPerSampleLoop, sink);
+      clhost::diagonal_fisher(setup.context, request, 1000000, clhost::FisherMethod::kPerSampleLoop,
+                              sink);
     });
     const double loop_rate = static_cast<double>(request.max_samples) / loop;
     out.push_back({{"labels", labels == CLHOST_FISHER_LABELS_TRUE ? "true" : "expectation"},
@@ -89,14 +90,18 @@ json bench_fisher_pass(Setup& setup) {
 }
 
 json bench_store(Setup& setup) {
-  // A real diagonal Fisher: the untrained MLP on task 0 would be unrepresentative, so train briefly.
+  // A real diagonal Fisher: the untrained MLP on task 0 would be unrepresentative, so train
+  // briefly.
   torch::optim::Adam optimizer(setup.model->parameters(), torch::optim::AdamOptions(1e-3));
   const auto& task = setup.sequence.tasks[0];
   for (int step = 0; step < 300; ++step) {
     const auto rows = torch::randint(0, task.train_x.size(0), {128}, torch::kInt64);
     optimizer.zero_grad();
-    const auto logits = setup.model->forward(task.train_x.index_select(0, rows)).index_select(1, setup.context.active_classes);
-    torch::nn::functional::cross_entropy(logits, setup.context.label_map.index_select(0, task.train_y.index_select(0, rows))).backward();
+    const auto logits = setup.model->forward(task.train_x.index_select(0, rows))
+                            .index_select(1, setup.context.active_classes);
+    torch::nn::functional::cross_entropy(
+        logits, setup.context.label_map.index_select(0, task.train_y.index_select(0, rows)))
+        .backward();
     optimizer.step();
   }
   clhost_fisher_request_t request{};
@@ -113,7 +118,8 @@ json bench_store(Setup& setup) {
   }
   clhost::diagonal_fisher(setup.context, request, 1000000, clhost::FisherMethod::kAuto,
                           [&](size_t p, int64_t offset, const torch::Tensor& values) {
-                            std::copy_n(values.data_ptr<float>(), values.numel(), fisher[p].begin() + offset);
+                            std::copy_n(values.data_ptr<float>(), values.numel(),
+                                        fisher[p].begin() + offset);
                           });
   int64_t raw_bytes = 0;
   int64_t zeros = 0;
@@ -123,9 +129,12 @@ json bench_store(Setup& setup) {
   }
   const fs::path dir = fs::temp_directory_path() / "clhost_bench_store";
   fs::create_directories(dir);
-  json out = {{"raw_bytes", raw_bytes}, {"exact_zero_fraction", static_cast<double>(zeros) / (raw_bytes / 4.0)}, {"codecs", json::array()}};
+  json out = {{"raw_bytes", raw_bytes},
+              {"exact_zero_fraction", static_cast<double>(zeros) / (raw_bytes / 4.0)},
+              {"codecs", json::array()}};
   const std::vector<std::pair<std::string, int>> codecs = {
-      {"gzip", 1}, {"gzip", 6}, {"gzip", 9}, {"none", 0}, {"lz4", 0}, {"bzip2", 0}, {"blosc-lz4", 5}, {"blosc-zstd", 5}};
+      {"gzip", 1}, {"gzip", 6},  {"gzip", 9},      {"none", 0},
+      {"lz4", 0},  {"bzip2", 0}, {"blosc-lz4", 5}, {"blosc-zstd", 5}};
   for (const auto& [codec, level] : codecs) {
     for (const std::string dtype : {"fp32", "bf16"}) {
       if (dtype == "bf16" && !(codec == "gzip" && level == 6)) continue;
@@ -133,14 +142,16 @@ json bench_store(Setup& setup) {
       options.codec = codec;
       options.level = std::max(level, 1);
       options.dtype = dtype;
-      const std::string path = (dir / ("store_" + codec + std::to_string(level) + dtype + ".h5")).string();
+      const std::string path =
+          (dir / ("store_" + codec + std::to_string(level) + dtype + ".h5")).string();
       std::error_code ignored;
       int group = 0;
       const double save = median_seconds(3, [&] {
         fs::remove(path, ignored);
         clhost::FisherStore store(path, options, model, "bench");
         store.begin_group("task_" + std::to_string(group++), "bench");
-        for (size_t p = 0; p < fisher.size(); ++p) store.write_block(p, 0, fisher[p].data(), static_cast<int64_t>(fisher[p].size()));
+        for (size_t p = 0; p < fisher.size(); ++p)
+          store.write_block(p, 0, fisher[p].data(), static_cast<int64_t>(fisher[p].size()));
         store.commit_group();
       });
       clhost::FisherStore store(path, options, model, "bench");
@@ -148,15 +159,19 @@ json bench_store(Setup& setup) {
       const double load = median_seconds(3, [&] {
         for (size_t p = 0; p < fisher.size(); ++p) {
           buffer.resize(fisher[p].size());
-          store.read_block("task_" + std::to_string(group - 1), p, 0, buffer.data(), static_cast<int64_t>(buffer.size()));
+          store.read_block("task_" + std::to_string(group - 1), p, 0, buffer.data(),
+                           static_cast<int64_t>(buffer.size()));
         }
       });
       const auto file_bytes = static_cast<int64_t>(fs::file_size(path));
-      out["codecs"].push_back({{"codec", codec}, {"level", level}, {"dtype", dtype},
-                               {"file_bytes", file_bytes},
-                               {"ratio", static_cast<double>(raw_bytes) / static_cast<double>(file_bytes)},
-                               {"save_mb_per_second", raw_bytes / 1e6 / save},
-                               {"load_mb_per_second", raw_bytes / 1e6 / load}});
+      out["codecs"].push_back(
+          {{"codec", codec},
+           {"level", level},
+           {"dtype", dtype},
+           {"file_bytes", file_bytes},
+           {"ratio", static_cast<double>(raw_bytes) / static_cast<double>(file_bytes)},
+           {"save_mb_per_second", raw_bytes / 1e6 / save},
+           {"load_mb_per_second", raw_bytes / 1e6 / load}});
     }
   }
   fs::remove_all(dir);
@@ -165,7 +180,8 @@ json bench_store(Setup& setup) {
 
 // Runs the real pipeline on permuted Fashion-MNIST (few steps) and reads the EWC plug-in's report.
 json run_pipeline_with(const std::string& config_text, const std::vector<std::string>& set) {
-  const fs::path dir = fs::temp_directory_path() / ("clhost_bench_run_" + std::to_string(std::rand()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("clhost_bench_run_" + std::to_string(std::rand()));
   fs::create_directories(dir);
   const std::string config_path = (dir / "c.toml").string();
   std::ofstream(config_path) << config_text;
@@ -196,10 +212,13 @@ batch_size = 128
 
 json bench_state_and_penalty() {
   const std::vector<std::pair<std::string, std::vector<std::string>>> layouts = {
-      {"separate", {"fisher_computation.use_memory_efficient=false", "pipeline.0.mode=\"separate\""}},
+      {"separate",
+       {"fisher_computation.use_memory_efficient=false", "pipeline.0.mode=\"separate\""}},
       {"online", {"fisher_computation.use_memory_efficient=false", "pipeline.0.mode=\"online\""}},
-      {"efficient_fp32", {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"fp32\""}},
-      {"efficient_int8", {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8\""}}};
+      {"efficient_fp32",
+       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"fp32\""}},
+      {"efficient_int8",
+       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8\""}}};
   json state = json::array();
   for (const auto& [name, set] : layouts) {
     json entry = {{"layout", name}};
@@ -207,9 +226,10 @@ json bench_state_and_penalty() {
       auto overrides = set;
       overrides.push_back("data.num_tasks=" + std::to_string(tasks));
       overrides.push_back("train.iterations=20");
-      const json results = run_pipeline_with(std::string(kSmallPermuted) +
-                                                 "[[pipeline]]\nplugin = \"ewc\"\nstore = false\nfisher_samples = 200\n",
-                                             overrides);
+      const json results = run_pipeline_with(
+          std::string(kSmallPermuted) +
+              "[[pipeline]]\nplugin = \"ewc\"\nstore = false\nfisher_samples = 200\n",
+          overrides);
       const json& report = results["plugins"][0]["report"];
       entry["bytes_per_parameter_after_" + std::to_string(tasks) + "_tasks"] =
           report["state_bytes_measured"].get<double>() / report["parameters"].get<double>();
@@ -220,7 +240,8 @@ json bench_state_and_penalty() {
   json penalty = json::array();
   const std::string two_tasks = std::string(kSmallPermuted);
   auto second_task_seconds_per_step = [](const json& results) {
-    return results["tasks"][1]["train_seconds"].get<double>() / results["tasks"][1]["steps"].get<double>();
+    return results["tasks"][1]["train_seconds"].get<double>() /
+           results["tasks"][1]["steps"].get<double>();
   };
   std::vector<double> baseline;
   for (int repetition = 0; repetition < 3; ++repetition) {
@@ -235,7 +256,8 @@ json bench_state_and_penalty() {
       overrides.push_back("data.num_tasks=2");
       overrides.push_back("train.iterations=300");
       times.push_back(second_task_seconds_per_step(run_pipeline_with(
-          two_tasks + "[[pipeline]]\nplugin = \"ewc\"\nstore = false\nfisher_samples = 200\n", overrides)));
+          two_tasks + "[[pipeline]]\nplugin = \"ewc\"\nstore = false\nfisher_samples = 200\n",
+          overrides)));
     }
     std::sort(times.begin(), times.end());
     penalty.push_back({{"layout", name},
@@ -252,7 +274,8 @@ int main(int argc, char** argv) {
   at::set_num_threads(1);
   Setup setup = make_setup();
   json report;
-  report["machine"] = {{"torch_threads", at::get_num_threads()}, {"note", "medians of 3 runs, one process"}};
+  report["machine"] = {{"torch_threads", at::get_num_threads()},
+                       {"note", "medians of 3 runs, one process"}};
   report["fisher_pass"] = bench_fisher_pass(setup);
   std::cerr << "fisher pass done\n";
   report["store"] = bench_store(setup);

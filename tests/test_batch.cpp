@@ -14,14 +14,18 @@
 
 namespace {
 
-const void* no_service(const clhost_host_t*, const char*) { return nullptr; }
+const void* no_service(const clhost_host_t*, const char*) {
+  return nullptr;
+}
 
 // A batch-policy plug-in loaded through the ABI, fed scripted requests.
 class Policy {
  public:
-  Policy(const std::string& id, std::vector<clhost::PluginSetting> settings = {}) : loader_({CLHOST_PLUGIN_DIR}) {
+  Policy(const std::string& id, std::vector<clhost::PluginSetting> settings = {})
+      : loader_({CLHOST_PLUGIN_DIR}) {
     plugin_ = &loader_.load(id);
-    config_ = clhost::resolve_plugin_config(*plugin_, clhost::PluginSpec{id, std::move(settings), "t"}, 0);
+    config_ = clhost::resolve_plugin_config(*plugin_,
+                                            clhost::PluginSpec{id, std::move(settings), "t"}, 0);
     host_ = clhost_host_t{sizeof(clhost_host_t), {1, 0}, "test", &no_service, nullptr};
     clhost_error_t error{};
     EXPECT_EQ(plugin_->entry->create(&host_, config_.abi(), &instance_, &error), CLHOST_STATUS_OK);
@@ -32,8 +36,10 @@ class Policy {
   Policy(Policy&&) = delete;
   Policy& operator=(Policy&&) = delete;
 
-  int64_t choose(uint32_t task, int64_t configured, int64_t current, bool oom, int64_t budget, int64_t peak) {
-    const clhost_batch_request_t request{sizeof(clhost_batch_request_t), task, configured, current, oom ? 1 : 0, budget, peak};
+  int64_t choose(uint32_t task, int64_t configured, int64_t current, bool oom, int64_t budget,
+                 int64_t peak) {
+    const clhost_batch_request_t request{
+        sizeof(clhost_batch_request_t), task, configured, current, oom ? 1 : 0, budget, peak};
     int64_t chosen = -1;
     clhost_error_t error{};
     const auto* table = static_cast<const clhost_batch_policy_v1_t*>(plugin_->interface);
@@ -71,7 +77,8 @@ std::pair<int64_t, int> settle(Policy& policy, const Machine& machine, int64_t c
   for (int step = 0; step < 100; ++step) {
     ++trials;
     const bool oom = !machine.fits(micro);
-    const int64_t next = policy.choose(0, configured, micro, oom, machine.budget, oom ? -1 : machine.peak(micro));
+    const int64_t next =
+        policy.choose(0, configured, micro, oom, machine.budget, oom ? -1 : machine.peak(micro));
     if (!oom && next == micro) return {micro, trials};
     micro = next;
   }
@@ -79,7 +86,8 @@ std::pair<int64_t, int> settle(Policy& policy, const Machine& machine, int64_t c
 }
 
 TEST(DynamicPolicy, FindsTheLargestFittingMicroBatchWithinTheTrialBound) {
-  for (const Machine machine : {Machine{1000, 10, 1000 + 10 * 45}, Machine{500, 3, 500 + 3 * 100}, Machine{0, 1, 1 << 20}}) {
+  for (const Machine machine : {Machine{1000, 10, 1000 + 10 * 45}, Machine{500, 3, 500 + 3 * 100},
+                                Machine{0, 1, 1 << 20}}) {
     Policy policy("dynamic", {{"margin", 0.0, "t"}, {"start", int64_t{1}, "t"}});
     const int64_t configured = 128;
     const auto [size, trials] = settle(policy, machine, configured);
@@ -115,7 +123,8 @@ TEST(EstimatePolicy, FitsALineThroughTwoProbes) {
   EXPECT_EQ(policy.choose(0, 128, 8, false, machine.budget, machine.peak(8)), 16);
   EXPECT_EQ(policy.choose(0, 128, 16, false, machine.budget, machine.peak(16)), 50);
   EXPECT_EQ(policy.choose(0, 128, 50, true, machine.budget, -1), 25) << "halves on out of memory";
-  EXPECT_EQ(policy.choose(1, 40, 25, false, machine.budget, -1), 40) << "next task: the fitted line, clamped";
+  EXPECT_EQ(policy.choose(1, 40, 25, false, machine.budget, -1), 40)
+      << "next task: the fitted line, clamped";
   Policy unbounded("estimate");
   EXPECT_EQ(unbounded.choose(0, 128, 0, false, -1, -1), 128) << "no budget: the whole batch";
 }
@@ -139,15 +148,19 @@ TEST(MemoryBudget, ParsesSizes) {
 
 // --- Real out-of-memory under a budget -----------------------------------------------------
 
-std::string wide_config(const clhost::test::TempDir& dir, const std::string& name, const std::string& pipeline) {
-  return dir.file(name,
-                  "[run]\nseed = 3\nthreads = 1\nlog_every = 1\n"
-                  "[data]\nnum_tasks = 2\ntrain_samples_per_task = 4096\ntest_samples_per_task = 100\n"
-                  "[model]\nhidden = [64]\n"
-                  "[train]\nbatch_size = 2048\niterations = 4\neval_batch_size = 20\n" + pipeline);
+std::string wide_config(const clhost::test::TempDir& dir, const std::string& name,
+                        const std::string& pipeline) {
+  return dir.file(
+      name,
+      "[run]\nseed = 3\nthreads = 1\nlog_every = 1\n"
+      "[data]\nnum_tasks = 2\ntrain_samples_per_task = 4096\ntest_samples_per_task = 100\n"
+      "[model]\nhidden = [64]\n"
+      "[train]\nbatch_size = 2048\niterations = 4\neval_batch_size = 20\n" +
+          pipeline);
 }
 
-nlohmann::json run(const std::string& config_path, const std::string& run_dir, const std::vector<std::string>& set = {}) {
+nlohmann::json run(const std::string& config_path, const std::string& run_dir,
+                   const std::vector<std::string>& set = {}) {
   clhost::ConfigOverrides overrides;
   overrides.set = set;
   overrides.plugin_path = {CLHOST_PLUGIN_DIR};
@@ -179,14 +192,16 @@ std::pair<int64_t, std::vector<double>> steps_of(const std::string& run_dir) {
 TEST(OutOfMemory, RecoveredWithoutLosingOrRepeatingASample) {
   clhost::test::TempDir dir;
   (void)run(wide_config(dir, "full.toml", "[[pipeline]]\nplugin = \"fixed\"\n"), dir.path("full"));
-  (void)run(wide_config(dir, "small.toml", "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"), dir.path("small"));
+  (void)run(wide_config(dir, "small.toml", "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"),
+            dir.path("small"));
   const auto [full_peak, full_losses] = steps_of(dir.path("full"));
   const auto [small_peak, small_losses] = steps_of(dir.path("small"));
   ASSERT_GT(full_peak, small_peak) << "a smaller micro-batch must need less memory";
   const int64_t budget = (full_peak + small_peak) / 2;
 
-  const auto results = run(wide_config(dir, "dynamic.toml", "[[pipeline]]\nplugin = \"dynamic\"\nstart = 2048\n"),
-                           dir.path("dynamic"), {"run.memory_budget=" + std::to_string(budget)});
+  const auto results =
+      run(wide_config(dir, "dynamic.toml", "[[pipeline]]\nplugin = \"dynamic\"\nstart = 2048\n"),
+          dir.path("dynamic"), {"run.memory_budget=" + std::to_string(budget)});
   const auto& memory = results["memory"];
   EXPECT_GE(memory["out_of_memory_retries"].get<int64_t>(), 1);
   const int64_t steps = results["optimizer_steps"];
@@ -199,13 +214,16 @@ TEST(OutOfMemory, RecoveredWithoutLosingOrRepeatingASample) {
   EXPECT_LE(dynamic_peak, budget);
   ASSERT_EQ(dynamic_losses.size(), full_losses.size());
   for (size_t i = 0; i < full_losses.size(); ++i) {
-    EXPECT_NEAR(dynamic_losses[i], full_losses[i], 1e-4 * std::abs(full_losses[i]) + 1e-6) << "step " << i;
+    EXPECT_NEAR(dynamic_losses[i], full_losses[i], 1e-4 * std::abs(full_losses[i]) + 1e-6)
+        << "step " << i;
   }
   EXPECT_FALSE(memory["batch_size_changes"].empty());
-  const auto full = nlohmann::json::parse(clhost::test::read_file(dir.path("full") + "/results.json"));
+  const auto full =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("full") + "/results.json"));
   for (size_t i = 0; i < 2; ++i) {
     for (size_t j = 0; j < 2; ++j) {
-      EXPECT_NEAR(results["accuracy_matrix"][i][j].get<double>(), full["accuracy_matrix"][i][j].get<double>(), 0.011);
+      EXPECT_NEAR(results["accuracy_matrix"][i][j].get<double>(),
+                  full["accuracy_matrix"][i][j].get<double>(), 0.011);
     }
   }
 }
@@ -213,7 +231,8 @@ TEST(OutOfMemory, RecoveredWithoutLosingOrRepeatingASample) {
 TEST(OutOfMemory, WithoutAPolicyOrRoomForOneSampleTheRunStopsCleanly) {
   clhost::test::TempDir dir;
   (void)run(wide_config(dir, "full.toml", "[[pipeline]]\nplugin = \"fixed\"\n"), dir.path("full"));
-  (void)run(wide_config(dir, "small.toml", "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"), dir.path("small"));
+  (void)run(wide_config(dir, "small.toml", "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"),
+            dir.path("small"));
   const auto [full_peak, losses] = steps_of(dir.path("full"));
   const auto [small_peak, small_losses] = steps_of(dir.path("small"));
   const std::string between = "run.memory_budget=" + std::to_string((full_peak + small_peak) / 2);
@@ -221,17 +240,21 @@ TEST(OutOfMemory, WithoutAPolicyOrRoomForOneSampleTheRunStopsCleanly) {
     (void)run(wide_config(dir, "none.toml", ""), dir.path("nopolicy"), {between});
     FAIL();
   } catch (const clhost::RunError& e) {
-    EXPECT_NE(std::string(e.what()).find("add a batch policy (--dynamic-batch-size)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("add a batch policy (--dynamic-batch-size)"),
+              std::string::npos)
+        << e.what();
   }
   // It stopped inside training: the directory says so, and has no results.
-  const auto status = nlohmann::json::parse(clhost::test::read_file(dir.path("nopolicy") + "/status.json"));
+  const auto status =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("nopolicy") + "/status.json"));
   EXPECT_EQ(status["status"], "failed");
-  EXPECT_NE(status["error"].get<std::string>().find("out of memory at micro-batch 2048"), std::string::npos);
+  EXPECT_NE(status["error"].get<std::string>().find("out of memory at micro-batch 2048"),
+            std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir.path("nopolicy") + "/results.json"));
   // A budget below what the model and data already hold: not even one sample fits.
   try {
-    (void)run(wide_config(dir, "tiny.toml", "[[pipeline]]\nplugin = \"dynamic\"\n"), dir.path("tiny"),
-              {"run.memory_budget=" + std::to_string(full_peak / 4)});
+    (void)run(wide_config(dir, "tiny.toml", "[[pipeline]]\nplugin = \"dynamic\"\n"),
+              dir.path("tiny"), {"run.memory_budget=" + std::to_string(full_peak / 4)});
     FAIL();
   } catch (const clhost::RunError& e) {
     EXPECT_NE(std::string(e.what()).find("one sample"), std::string::npos) << e.what();

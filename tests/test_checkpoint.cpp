@@ -8,7 +8,8 @@
 
 namespace {
 
-std::vector<torch::Tensor> gradients(torch::nn::Sequential& model, const torch::Tensor& x, int64_t segments) {
+std::vector<torch::Tensor> gradients(torch::nn::Sequential& model, const torch::Tensor& x,
+                                     int64_t segments) {
   model->zero_grad();
   const torch::Tensor out = clhost::checkpointed_forward(model, x, segments);
   (out.square().sum() + out.sum()).backward();

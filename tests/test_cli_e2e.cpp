@@ -116,10 +116,12 @@ namespace {
 
 TEST(CliEndToEndEwc, QuickRunStoresTheFisherAndForgetsLessThanFineTuning) {
   clhost::test::TempDir dir;
-  const Result plain = clhost("run --config " + kQuick + " --plugins '' --output " + dir.path("plain") + " -q");
+  const Result plain =
+      clhost("run --config " + kQuick + " --plugins '' --output " + dir.path("plain") + " -q");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
-  const Result ewc = clhost("run --config " + kQuick + " --plugins ewc --use-memory-efficient --output " +
-                            dir.path("ewc") + " -q");
+  const Result ewc =
+      clhost("run --config " + kQuick + " --plugins ewc --use-memory-efficient --output " +
+             dir.path("ewc") + " -q");
   ASSERT_EQ(ewc.exit_code, 0) << ewc.output;
   const auto results = results_of(dir.path("ewc"));
   EXPECT_EQ(results["plugins"][0]["id"], "ewc");
@@ -132,7 +134,8 @@ TEST(CliEndToEndEwc, QuickRunStoresTheFisherAndForgetsLessThanFineTuning) {
 
   const Result inspect = clhost("fisher inspect " + dir.path("ewc") + "/fisher.h5");
   ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
-  for (const char* part : {"group task_0", "group task_4", "fc1.weight", "[100,784]", "gzip", "fp32"}) {
+  for (const char* part :
+       {"group task_0", "group task_4", "fc1.weight", "[100,784]", "gzip", "fp32"}) {
     EXPECT_NE(inspect.output.find(part), std::string::npos) << part << " in " << inspect.output;
   }
   EXPECT_EQ(clhost("fisher inspect " + dir.path("nothing.h5")).exit_code, 1);
@@ -141,8 +144,9 @@ TEST(CliEndToEndEwc, QuickRunStoresTheFisherAndForgetsLessThanFineTuning) {
 TEST(CliEndToEndEwc, MemoryPlanMatchesTheMeasuredState) {
   clhost::test::TempDir dir;
   for (const std::string mode : {"separate", "efficient"}) {
-    const std::string set = mode == "separate" ? " --set fisher_computation.use_memory_efficient=false"
-                                               : " --set fisher_computation.use_memory_efficient=true";
+    const std::string set = mode == "separate"
+                                ? " --set fisher_computation.use_memory_efficient=false"
+                                : " --set fisher_computation.use_memory_efficient=true";
     const Result run = clhost("run --config " + kQuick + " --plugins ewc" + set + " --output " +
                               dir.path(mode) + " -q");
     ASSERT_EQ(run.exit_code, 0) << run.output;
@@ -176,11 +180,13 @@ namespace {
 
 TEST(CliEndToEndBatch, BudgetAndDynamicBatchSizeFromTheCommandLine) {
   clhost::test::TempDir dir;
-  const Result plain = clhost("run --config " + kQuick + " --set data.train_samples_per_task=2000 --output " +
-                              dir.path("plain") + " -q");
+  const Result plain =
+      clhost("run --config " + kQuick + " --set data.train_samples_per_task=2000 --output " +
+             dir.path("plain") + " -q");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   const Result run = clhost("run --config " + kQuick +
-                            " --memory-budget 40MiB --dynamic-batch-size --set data.train_samples_per_task=2000 --output " +
+                            " --memory-budget 40MiB --dynamic-batch-size --set "
+                            "data.train_samples_per_task=2000 --output " +
                             dir.path("budget"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const auto results = results_of(dir.path("budget"));
@@ -191,10 +197,14 @@ TEST(CliEndToEndBatch, BudgetAndDynamicBatchSizeFromTheCommandLine) {
   const auto reference = results_of(dir.path("plain"));
   for (size_t i = 0; i < 5; ++i) {
     for (size_t j = 0; j < 5; ++j) {
-      EXPECT_NEAR(results["accuracy_matrix"][i][j].get<double>(), reference["accuracy_matrix"][i][j].get<double>(), 0.0051);
+      EXPECT_NEAR(results["accuracy_matrix"][i][j].get<double>(),
+                  reference["accuracy_matrix"][i][j].get<double>(), 0.0051);
     }
   }
-  EXPECT_EQ(clhost("run --config " + kQuick + " --memory-budget 12parsecs --output " + dir.path("bad")).exit_code, 2);
+  EXPECT_EQ(
+      clhost("run --config " + kQuick + " --memory-budget 12parsecs --output " + dir.path("bad"))
+          .exit_code,
+      2);
 }
 
 }  // namespace

@@ -20,7 +20,9 @@ struct TestHost {
   clhost_host_t host{};
 };
 
-TestHost& self(const clhost_host_t* host) { return *static_cast<TestHost*>(host->host_data); }
+TestHost& self(const clhost_host_t* host) {
+  return *static_cast<TestHost*>(host->host_data);
+}
 
 DLTensor view(std::vector<float>& data, std::vector<int64_t>& shape) {
   DLTensor out{};
@@ -32,8 +34,11 @@ DLTensor view(std::vector<float>& data, std::vector<int64_t>& shape) {
   return out;
 }
 
-uint32_t count(const clhost_host_t* host) { return static_cast<uint32_t>(self(host).values.size()); }
-clhost_status_t get(const clhost_host_t* host, uint32_t index, clhost_parameter_t* out, clhost_error_t*) {
+uint32_t count(const clhost_host_t* host) {
+  return static_cast<uint32_t>(self(host).values.size());
+}
+clhost_status_t get(const clhost_host_t* host, uint32_t index, clhost_parameter_t* out,
+                    clhost_error_t*) {
   TestHost& test = self(host);
   *out = clhost_parameter_t{};
   out->name = index == 0 ? "a" : "b";
@@ -42,8 +47,8 @@ clhost_status_t get(const clhost_host_t* host, uint32_t index, clhost_parameter_
   out->numel = static_cast<int64_t>(test.values[index].size());
   return CLHOST_STATUS_OK;
 }
-clhost_status_t fisher(const clhost_host_t* host, const clhost_fisher_request_t*, clhost_fisher_sink_fn sink,
-                       void* data, clhost_error_t* error) {
+clhost_status_t fisher(const clhost_host_t* host, const clhost_fisher_request_t*,
+                       clhost_fisher_sink_fn sink, void* data, clhost_error_t* error) {
   TestHost& test = self(host);
   if (!test.in_task_end) return CLHOST_STATUS_INVALID_ARGUMENT;
   for (uint32_t p = 0; p < test.next_fisher.size(); ++p) {
@@ -51,7 +56,8 @@ clhost_status_t fisher(const clhost_host_t* host, const clhost_fisher_request_t*
     const int64_t n = static_cast<int64_t>(test.next_fisher[p].size());
     const int64_t half = n / 2;
     for (const auto& [begin, end] : {std::pair<int64_t, int64_t>{0, half}, {half, n}}) {
-      std::vector<float> part(test.next_fisher[p].begin() + begin, test.next_fisher[p].begin() + end);
+      std::vector<float> part(test.next_fisher[p].begin() + begin,
+                              test.next_fisher[p].begin() + end);
       std::vector<int64_t> shape{end - begin};
       DLTensor block = view(part, shape);
       const clhost_status_t status = sink(data, p, begin, &block, error);
@@ -65,14 +71,20 @@ int32_t get_bool(const clhost_host_t* host, const char* key, int32_t* out) {
   *out = self(host).memory_efficient ? 1 : 0;
   return 0;
 }
-int32_t no_int(const clhost_host_t*, const char*, int64_t*) { return 1; }
-int32_t no_float(const clhost_host_t*, const char*, double*) { return 1; }
-int32_t no_string(const clhost_host_t*, const char*, const char**) { return 1; }
+int32_t no_int(const clhost_host_t*, const char*, int64_t*) {
+  return 1;
+}
+int32_t no_float(const clhost_host_t*, const char*, double*) {
+  return 1;
+}
+int32_t no_string(const clhost_host_t*, const char*, const char**) {
+  return 1;
+}
 
 const clhost_params_service_v1_t kParams{sizeof(clhost_params_service_v1_t), &count, &get};
 const clhost_gradstats_service_v1_t kGradstats{sizeof(clhost_gradstats_service_v1_t), &fisher};
-const clhost_settings_service_v1_t kSettings{sizeof(clhost_settings_service_v1_t), &get_bool, &no_int,
-                                             &no_float, &no_string};
+const clhost_settings_service_v1_t kSettings{sizeof(clhost_settings_service_v1_t), &get_bool,
+                                             &no_int, &no_float, &no_string};
 const void* service(const clhost_host_t*, const char* id) {
   if (std::strcmp(id, CLHOST_SERVICE_PARAMS_V1) == 0) return &kParams;
   if (std::strcmp(id, CLHOST_SERVICE_GRADSTATS_V1) == 0) return &kGradstats;
@@ -82,7 +94,8 @@ const void* service(const clhost_host_t*, const char* id) {
 
 class EwcHarness {
  public:
-  EwcHarness(const std::string& mode, double gamma, bool efficient, const std::string& state_dtype = "fp32")
+  EwcHarness(const std::string& mode, double gamma, bool efficient,
+             const std::string& state_dtype = "fp32")
       : loader_({CLHOST_PLUGIN_DIR}) {
     test_.values = {{1.0F, 2.0F, 3.0F, 4.0F}, {0.5F, -0.5F}};
     test_.grads = {{0, 0, 0, 0}, {0, 0}};
@@ -91,12 +104,17 @@ class EwcHarness {
     test_.host = clhost_host_t{sizeof(clhost_host_t), {1, 0}, "test", &service, &test_};
     plugin_ = &loader_.load("ewc");
     clhost::PluginSpec spec{"ewc",
-                            {{"lambda", 2.0, "t"}, {"mode", mode, "t"}, {"gamma", gamma, "t"},
-                             {"store", false, "t"}, {"state_dtype", state_dtype, "t"}},
+                            {{"lambda", 2.0, "t"},
+                             {"mode", mode, "t"},
+                             {"gamma", gamma, "t"},
+                             {"store", false, "t"},
+                             {"state_dtype", state_dtype, "t"}},
                             "t"};
     config_ = clhost::resolve_plugin_config(*plugin_, spec, 0);
     clhost_error_t error{};
-    EXPECT_EQ(plugin_->entry->create(&test_.host, config_.abi(), &instance_, &error), CLHOST_STATUS_OK) << error.message;
+    EXPECT_EQ(plugin_->entry->create(&test_.host, config_.abi(), &instance_, &error),
+              CLHOST_STATUS_OK)
+        << error.message;
     table_ = static_cast<const clhost_regularizer_v1_t*>(plugin_->interface);
   }
   ~EwcHarness() { plugin_->entry->destroy(instance_); }
@@ -121,12 +139,14 @@ class EwcHarness {
     const clhost_step_info_t step{sizeof(clhost_step_info_t), 0, 0, 0, 1, 0.0};
     double value = -1.0;
     clhost_error_t error{};
-    EXPECT_EQ(table_->after_backward(instance_, &step, &value, &error), CLHOST_STATUS_OK) << error.message;
+    EXPECT_EQ(table_->after_backward(instance_, &step, &value, &error), CLHOST_STATUS_OK)
+        << error.message;
     if (gradient != nullptr) *gradient = test_.grads;
     return value;
   }
   nlohmann::json report() {
-    const auto* reporter = static_cast<const clhost_report_v1_t*>(plugin_->entry->get_interface(CLHOST_INTERFACE_REPORT_V1));
+    const auto* reporter = static_cast<const clhost_report_v1_t*>(
+        plugin_->entry->get_interface(CLHOST_INTERFACE_REPORT_V1));
     char buffer[4096];
     reporter->write_json(instance_, buffer, sizeof(buffer));
     return nlohmann::json::parse(buffer);
@@ -202,11 +222,13 @@ TEST(Ewc, MergedStateHasTheSeparateGradientAndAConstantPenaltyOffset) {
     const double p_separate = separate.penalty(&g_separate);
     const double p_merged = merged.penalty(&g_merged);
     for (size_t p = 0; p < probe.size(); ++p) {
-      for (size_t i = 0; i < probe[p].size(); ++i) EXPECT_NEAR(g_merged[p][i], g_separate[p][i], 1e-5);
+      for (size_t i = 0; i < probe[p].size(); ++i)
+        EXPECT_NEAR(g_merged[p][i], g_separate[p][i], 1e-5);
     }
     offsets.push_back(p_separate - p_merged);
   }
-  EXPECT_NEAR(offsets[0], offsets[1], 1e-5) << "the sum of quadratics is one quadratic plus a constant";
+  EXPECT_NEAR(offsets[0], offsets[1], 1e-5)
+      << "the sum of quadratics is one quadratic plus a constant";
   EXPECT_EQ(merged.report()["state_bytes"].get<int64_t>(), 6 * 2 * 4);
 }
 
@@ -226,7 +248,8 @@ TEST(Ewc, Int8StateTracksTheFp32State) {
   const double p_compact = compact.penalty(&g_compact);
   EXPECT_NEAR(p_compact, p_exact, 0.05 * p_exact);
   for (size_t p = 0; p < g_exact.size(); ++p) {
-    for (size_t i = 0; i < g_exact[p].size(); ++i) EXPECT_NEAR(g_compact[p][i], g_exact[p][i], 0.05 * std::abs(g_exact[p][i]) + 0.02);
+    for (size_t i = 0; i < g_exact[p].size(); ++i)
+      EXPECT_NEAR(g_compact[p][i], g_exact[p][i], 0.05 * std::abs(g_exact[p][i]) + 0.02);
   }
   // Codes (1 byte each for F and anchor) plus one scale record per tensor.
   EXPECT_EQ(compact.report()["state_bytes"].get<int64_t>(), 6 * 2 + 2 * 16);

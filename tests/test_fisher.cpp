@@ -45,7 +45,8 @@ std::vector<torch::Tensor> fisher_of(const FisherContext& context, clhost_fisher
   request.batch_size = batch;
   const auto parameters = context.model->parameters();
   std::vector<torch::Tensor> out;
-  for (const auto& parameter : parameters) out.push_back(torch::full({parameter.numel()}, -1.0, parameter.options().requires_grad(false)));
+  for (const auto& parameter : parameters)
+    out.push_back(torch::full({parameter.numel()}, -1.0, parameter.options().requires_grad(false)));
   clhost::diagonal_fisher(context, request, block_size, method,
                           [&](size_t p, int64_t offset, const torch::Tensor& values) {
                             out[p].slice(0, offset, offset + values.numel()).copy_(values);
@@ -53,7 +54,8 @@ std::vector<torch::Tensor> fisher_of(const FisherContext& context, clhost_fisher
   return out;
 }
 
-double max_relative_error(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+double max_relative_error(const std::vector<torch::Tensor>& a,
+                          const std::vector<torch::Tensor>& b) {
   double worst = 0.0;
   for (size_t p = 0; p < a.size(); ++p) {
     const torch::Tensor scale = b[p].abs().max();
@@ -63,20 +65,23 @@ double max_relative_error(const std::vector<torch::Tensor>& a, const std::vector
   return worst;
 }
 
-class ExactFisher : public ::testing::TestWithParam<std::tuple<clhost::ModelKind, clhost_fisher_labels_t>> {};
+class ExactFisher
+    : public ::testing::TestWithParam<std::tuple<clhost::ModelKind, clhost_fisher_labels_t>> {};
 
 TEST_P(ExactFisher, BatchedEqualsTheBatchOfOneLoop) {
   const auto [kind, labels] = GetParam();
   Fixture fixture = make_fixture(kind, torch::kFloat64, 40);
   const auto fast = fisher_of(fixture.context, labels, 1 << 30, FisherMethod::kAuto);
   const auto reference = fisher_of(fixture.context, labels, 1 << 30, FisherMethod::kPerSampleLoop);
-  for (const auto& tensor : fast) EXPECT_GE(tensor.min().item<double>(), 0.0) << "every element written";
+  for (const auto& tensor : fast)
+    EXPECT_GE(tensor.min().item<double>(), 0.0) << "every element written";
   EXPECT_LE(max_relative_error(fast, reference), 1e-5);
   EXPECT_GT(reference[0].sum().item<double>(), 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ExactFisher,
-                         ::testing::Combine(::testing::Values(clhost::ModelKind::kMlp, clhost::ModelKind::kCnn),
+                         ::testing::Combine(::testing::Values(clhost::ModelKind::kMlp,
+                                                              clhost::ModelKind::kCnn),
                                             ::testing::Values(CLHOST_FISHER_LABELS_TRUE,
                                                               CLHOST_FISHER_LABELS_EXPECTATION)));
 
@@ -96,7 +101,9 @@ TEST(FisherBlocks, FollowLayerBoundariesAndSplitLargeLayersByRows) {
   for (const auto& block : small) {
     int64_t size = 0;
     for (const auto& segment : block) {
-      size += (segment.row_end - segment.row_begin) * (parameters[segment.parameter].numel() / std::max<int64_t>(parameters[segment.parameter].size(0), 1));
+      size += (segment.row_end - segment.row_begin) *
+              (parameters[segment.parameter].numel() /
+               std::max<int64_t>(parameters[segment.parameter].size(0), 1));
     }
     EXPECT_LE(size, 20);
     covered += size;
@@ -106,8 +113,10 @@ TEST(FisherBlocks, FollowLayerBoundariesAndSplitLargeLayersByRows) {
 
 TEST(FisherBlocks, SmallBlocksGiveTheSameFisher) {
   Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 64);
-  const auto whole = fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto);
-  const auto blocked = fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 500, FisherMethod::kAuto);
+  const auto whole =
+      fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto);
+  const auto blocked =
+      fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 500, FisherMethod::kAuto);
   EXPECT_LE(max_relative_error(blocked, whole), 1e-6);
 }
 
@@ -125,7 +134,9 @@ int64_t peak_growth(const FisherContext& context, int64_t block_size) {
   const int64_t baseline = heap_bytes();
   int64_t peak = 0;
   clhost::diagonal_fisher(context, request, block_size, FisherMethod::kAuto,
-                          [&](size_t, int64_t, const torch::Tensor&) { peak = std::max(peak, heap_bytes() - baseline); });
+                          [&](size_t, int64_t, const torch::Tensor&) {
+                            peak = std::max(peak, heap_bytes() - baseline);
+                          });
   return peak;
 }
 

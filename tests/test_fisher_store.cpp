@@ -21,7 +21,8 @@ std::vector<float> values_for(int64_t count, float scale) {
   std::vector<float> values(static_cast<size_t>(count));
   for (int64_t i = 0; i < count; ++i) {
     // Fisher-like: non-negative, many exact zeros, a wide dynamic range.
-    values[static_cast<size_t>(i)] = i % 3 == 0 ? 0.0F : scale * std::exp(-0.05F * static_cast<float>(i));
+    values[static_cast<size_t>(i)] =
+        i % 3 == 0 ? 0.0F : scale * std::exp(-0.05F * static_cast<float>(i));
   }
   return values;
 }
@@ -76,15 +77,16 @@ TEST_P(StoreRoundTrip, ReadsBackWhatWasWritten) {
   EXPECT_EQ(summary.groups[0].datasets[0].shape, (std::vector<int64_t>{64, 64}));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Codecs, StoreRoundTrip,
-    ::testing::Combine(::testing::Values("gzip", "none", "lz4", "blosc-lz4", "blosc-zstd", "bzip2"),
-                       ::testing::Values("fp32", "fp16", "bf16")),
-    [](const auto& param_info) {
-      std::string name = std::get<0>(param_info.param) + "_" + std::get<1>(param_info.param);
-      for (auto& c : name) c = c == '-' ? '_' : c;
-      return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Codecs, StoreRoundTrip,
+                         ::testing::Combine(::testing::Values("gzip", "none", "lz4", "blosc-lz4",
+                                                              "blosc-zstd", "bzip2"),
+                                            ::testing::Values("fp32", "fp16", "bf16")),
+                         [](const auto& param_info) {
+                           std::string name =
+                               std::get<0>(param_info.param) + "_" + std::get<1>(param_info.param);
+                           for (auto& c : name) c = c == '-' ? '_' : c;
+                           return name;
+                         });
 
 TEST(Store, AChangedByteIsDetectedByTheChecksum) {
   clhost::test::TempDir dir;
@@ -149,8 +151,9 @@ TEST(Store, RefusesAFileWrittenForAnotherModel) {
     reader.read_block("task_0", 0, 0, out.data(), 10);
     FAIL();
   } catch (const RunError& e) {
-    EXPECT_NE(std::string(e.what()).find("parameter 1 is fc1.bias [30] in the file but fc1.bias [31]"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("parameter 1 is fc1.bias [30] in the file but fc1.bias [31]"),
+        std::string::npos)
         << e.what();
   }
   EXPECT_THROW(reader.begin_group("task_1", ""), RunError);
@@ -168,7 +171,8 @@ TEST(Store, RejectsBadInput) {
   EXPECT_THROW(store.begin_group("bad/name", ""), RunError);
   store.begin_group("task_0", "");
   const std::vector<float> values(700, 1.0F);
-  EXPECT_THROW(store.write_block(0, 4000, values.data(), 200), RunError) << "past the end of fc1.weight";
+  EXPECT_THROW(store.write_block(0, 4000, values.data(), 200), RunError)
+      << "past the end of fc1.weight";
   EXPECT_THROW(FisherStore::inspect(dir.path("missing.h5")), RunError);
 }
 

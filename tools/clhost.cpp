@@ -10,9 +10,9 @@
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/fisher_store.hpp"
-#include "ewc_state.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "clhost/runner.hpp"
+#include "ewc_state.hpp"
 
 namespace po = boost::program_options;
 
@@ -237,10 +237,11 @@ int command_fisher(const std::vector<std::string>& args) {
   const clhost::StoreSummary summary = clhost::FisherStore::inspect(args[1]);
   int64_t parameters = 0;
   for (const auto& parameter : summary.model) parameters += parameter.numel();
-  std::printf("%s\n  format %s, written by clhost %s, %s on disk\n  model: %zu tensors, %lld parameters\n",
-              summary.path.c_str(), summary.format.c_str(), summary.clhost_version.c_str(),
-              human_bytes(static_cast<double>(summary.file_bytes)).c_str(), summary.model.size(),
-              static_cast<long long>(parameters));
+  std::printf(
+      "%s\n  format %s, written by clhost %s, %s on disk\n  model: %zu tensors, %lld parameters\n",
+      summary.path.c_str(), summary.format.c_str(), summary.clhost_version.c_str(),
+      human_bytes(static_cast<double>(summary.file_bytes)).c_str(), summary.model.size(),
+      static_cast<long long>(parameters));
   for (const auto& group : summary.groups) {
     int64_t raw = 0;
     int64_t stored = 0;
@@ -249,19 +250,24 @@ int command_fisher(const std::vector<std::string>& args) {
       stored += dataset.stored_bytes;
     }
     std::printf("\ngroup %s: %s\n  %-22s %-14s %-6s %-10s %12s %12s %7s\n", group.name.c_str(),
-                group.description.c_str(), "dataset", "shape", "dtype", "codec", "raw", "stored", "ratio");
+                group.description.c_str(), "dataset", "shape", "dtype", "codec", "raw", "stored",
+                "ratio");
     for (const auto& dataset : group.datasets) {
       std::string shape = "[";
-      for (size_t i = 0; i < dataset.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(dataset.shape[i]);
+      for (size_t i = 0; i < dataset.shape.size(); ++i)
+        shape += (i ? "," : "") + std::to_string(dataset.shape[i]);
       shape += "]";
-      std::printf("  %-22s %-14s %-6s %-10s %12s %12s %6.2fx\n", dataset.name.c_str(), shape.c_str(),
-                  dataset.dtype.c_str(), dataset.codec.c_str(),
+      std::printf("  %-22s %-14s %-6s %-10s %12s %12s %6.2fx\n", dataset.name.c_str(),
+                  shape.c_str(), dataset.dtype.c_str(), dataset.codec.c_str(),
                   human_bytes(static_cast<double>(dataset.raw_bytes)).c_str(),
                   human_bytes(static_cast<double>(dataset.stored_bytes)).c_str(),
-                  dataset.stored_bytes > 0 ? static_cast<double>(dataset.raw_bytes) / static_cast<double>(dataset.stored_bytes) : 0.0);
+                  dataset.stored_bytes > 0 ? static_cast<double>(dataset.raw_bytes) /
+                                                 static_cast<double>(dataset.stored_bytes)
+                                           : 0.0);
     }
     std::printf("  %-22s %-14s %-6s %-10s %12s %12s %6.2fx\n", "total", "", "", "",
-                human_bytes(static_cast<double>(raw)).c_str(), human_bytes(static_cast<double>(stored)).c_str(),
+                human_bytes(static_cast<double>(raw)).c_str(),
+                human_bytes(static_cast<double>(stored)).c_str(),
                 stored > 0 ? static_cast<double>(raw) / static_cast<double>(stored) : 0.0);
   }
   return 0;
@@ -269,23 +275,25 @@ int command_fisher(const std::vector<std::string>& args) {
 
 int command_memory_plan(const std::vector<std::string>& args) {
   po::options_description options("options");
-  options.add_options()
-      ("help,h", "show this help")
-      ("params", po::value<double>()->required(), "number of model parameters (e.g. 7e9)")
-      ("tasks", po::value<int64_t>()->default_value(5), "number of tasks consolidated");
+  options.add_options()("help,h", "show this help")("params", po::value<double>()->required(),
+                                                    "number of model parameters (e.g. 7e9)")(
+      "tasks", po::value<int64_t>()->default_value(5), "number of tasks consolidated");
   po::variables_map vm;
   if (!parse(args, options, "usage: clhost memory-plan --params N [--tasks T]", vm)) return 0;
   const double params_value = vm["params"].as<double>();
   const int64_t tasks = vm["tasks"].as<int64_t>();
   if (!(params_value >= 1.0) || params_value > 1e15 || tasks < 1 || tasks > 100000) {
-    std::fprintf(stderr, "clhost memory-plan: --params must be in [1, 1e15] and --tasks in [1, 100000]\n");
+    std::fprintf(stderr,
+                 "clhost memory-plan: --params must be in [1, 1e15] and --tasks in [1, 100000]\n");
     return kExitUsage;
   }
   const auto params = static_cast<int64_t>(params_value);
   using clhost::ewc::StateLayout;
-  std::printf("EWC state held in memory for %s parameters after %lld task%s\n\n", human_bytes(params_value, true).c_str(),
-              static_cast<long long>(tasks), tasks == 1 ? "" : "s");
-  std::printf("%-46s %14s %12s\n", "mode (ewc mode / use_memory_efficient)", "bytes", "bytes/param");
+  std::printf("EWC state held in memory for %s parameters after %lld task%s\n\n",
+              human_bytes(params_value, true).c_str(), static_cast<long long>(tasks),
+              tasks == 1 ? "" : "s");
+  std::printf("%-46s %14s %12s\n", "mode (ewc mode / use_memory_efficient)", "bytes",
+              "bytes/param");
   const std::pair<const char*, StateLayout> rows[] = {
       {"separate, fp32 (use_memory_efficient=false)", StateLayout::kSeparate},
       {"online, fp32 (the seed's 'normal')", StateLayout::kOnline},
@@ -296,7 +304,9 @@ int command_memory_plan(const std::vector<std::string>& args) {
     const auto bytes = static_cast<double>(clhost::ewc::state_bytes(params, tasks, layout));
     std::printf("%-46s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);
   }
-  std::printf("\n(decimal units; the Fisher pass adds one block of fisher_computation.block_size floats)\n");
+  std::printf(
+      "\n(decimal units; the Fisher pass adds one block of fisher_computation.block_size "
+      "floats)\n");
   return 0;
 }
 

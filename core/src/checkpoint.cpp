@@ -36,7 +36,8 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       output = g_segments.at(segment)(input);
     }
     torch::autograd::backward({output}, {grad_outputs[0]});
-    return {saved.requires_grad() ? input.grad() : torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {saved.requires_grad() ? input.grad() : torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 

@@ -343,9 +343,11 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.run.log_every = run.get_int("log_every", 50, 1, 1000000);
   if (const toml::node* node = run.take("memory_budget")) {
     try {
-      config.run.memory_budget = node->is_integer() ? node->as_integer()->get()
-                                 : node->is_string() ? memory::parse_bytes(node->as_string()->get())
-                                                     : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
+      config.run.memory_budget =
+          node->is_integer() ? node->as_integer()->get()
+          : node->is_string()
+              ? memory::parse_bytes(node->as_string()->get())
+              : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
       if (config.run.memory_budget < 1) throw std::invalid_argument("must be positive");
     } catch (const std::invalid_argument& e) {
       run.fail(*node, "memory_budget", e.what());
@@ -470,10 +472,9 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   if (overrides.profile_memory) require_plugin("memory_profiler", "--profile-memory");
   if (overrides.dynamic_batch_size) require_plugin("dynamic", "--dynamic-batch-size");
   if (overrides.use_memory_efficient) {
-    const bool has_fisher_regularizer =
-        std::any_of(config.pipeline.begin(), config.pipeline.end(), [](const PluginSpec& spec) {
-          return spec.id == "ewc" || spec.id == "lowrank_fisher";
-        });
+    const bool has_fisher_regularizer = std::any_of(
+        config.pipeline.begin(), config.pipeline.end(),
+        [](const PluginSpec& spec) { return spec.id == "ewc" || spec.id == "lowrank_fisher"; });
     if (!has_fisher_regularizer) require_plugin("ewc", "--use-memory-efficient");
   }
   config.cli_plugin_path = overrides.plugin_path;
@@ -527,7 +528,8 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     toml::table entry;
     entry.insert("plugin", spec.id);
     for (const auto& setting : spec.settings) {
-      std::visit([&](const auto& value) { entry.insert_or_assign(setting.key, value); }, setting.value);
+      std::visit([&](const auto& value) { entry.insert_or_assign(setting.key, value); },
+                 setting.value);
     }
     pipeline.push_back(entry);
   }

@@ -164,8 +164,10 @@ class BlockPass {
   void add_known_layers(const torch::Tensor& x, const torch::Tensor& y) {
     std::vector<int> needed;  // layer ids used by this block
     for (const auto& segment : block_) {
-      const int layer = uses_layer_path(segment.parameter) ? map_.layer_of_parameter[segment.parameter] : -1;
-      if (layer >= 0 && std::find(needed.begin(), needed.end(), layer) == needed.end()) needed.push_back(layer);
+      const int layer =
+          uses_layer_path(segment.parameter) ? map_.layer_of_parameter[segment.parameter] : -1;
+      if (layer >= 0 && std::find(needed.begin(), needed.end(), layer) == needed.end())
+        needed.push_back(layer);
     }
     std::vector<torch::Tensor> inputs(map_.layers.size());
     std::vector<torch::Tensor> outputs(map_.layers.size());
@@ -191,7 +193,8 @@ class BlockPass {
         const auto& segment = block_[s];
         if (!uses_layer_path(segment.parameter)) continue;
         const int id = map_.layer_of_parameter[segment.parameter];
-        const auto position = static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin());
+        const auto position =
+            static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin());
         const KnownLayer& layer = map_.layers[static_cast<size_t>(id)];
         if (!grads[position].defined()) continue;
         const bool is_weight = layer.weight && *layer.weight == segment.parameter;
@@ -209,7 +212,8 @@ class BlockPass {
         accumulate(-lp.select(1, c).sum(), probs.select(1, c).contiguous(), c + 1 < classes);
       }
     } else {
-      const torch::Tensor labels = request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
+      const torch::Tensor labels =
+          request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
       // Summed (not averaged) loss: each sample's output gradient is its own.
       accumulate(-lp.gather(1, labels.view({-1, 1})).sum(), ones, false);
     }
@@ -228,8 +232,9 @@ class BlockPass {
       for (size_t t = 0; t < targets.size(); ++t) {
         if (!grads[t].defined()) continue;
         const auto& segment = block_[segment_of_target[t]];
-        torch::Tensor rows = grads[t].dim() == 0 ? grads[t].view({1})
-                                                 : grads[t].slice(0, segment.row_begin, segment.row_end);
+        torch::Tensor rows = grads[t].dim() == 0
+                                 ? grads[t].view({1})
+                                 : grads[t].slice(0, segment.row_begin, segment.row_end);
         sums_[segment_of_target[t]].add_(rows.square(), weight);
       }
     };
@@ -261,15 +266,17 @@ class BlockPass {
     if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
       loss = -(lp.exp().detach() * lp).sum(1).mean();
     } else {
-      const torch::Tensor labels = request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
+      const torch::Tensor labels =
+          request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
       loss = torch::nll_loss(lp, labels);
     }
     const auto grads = torch::autograd::grad({loss}, targets, {}, false, false, true);
     for (size_t s = 0; s < block_.size(); ++s) {
       if (!grads[s].defined()) continue;
       const auto& segment = block_[s];
-      torch::Tensor rows = grads[s].dim() == 0 ? grads[s].view({1})
-                                               : grads[s].slice(0, segment.row_begin, segment.row_end);
+      torch::Tensor rows = grads[s].dim() == 0
+                               ? grads[s].view({1})
+                               : grads[s].slice(0, segment.row_begin, segment.row_end);
       sums_[s].add_(rows.square());
     }
     ++contributions_;
@@ -327,7 +334,8 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
   const TaskData& task = *context.task;
   torch::nn::Sequential model = context.model;
   const std::vector<torch::Tensor> parameters = model->parameters();
-  if (request.labels != CLHOST_FISHER_LABELS_TRUE && request.labels != CLHOST_FISHER_LABELS_SAMPLE &&
+  if (request.labels != CLHOST_FISHER_LABELS_TRUE &&
+      request.labels != CLHOST_FISHER_LABELS_SAMPLE &&
       request.labels != CLHOST_FISHER_LABELS_EXPECTATION) {
     throw RunError("Fisher request: unknown labels mode " + std::to_string(request.labels));
   }
@@ -346,7 +354,8 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
       for (int64_t start = 0; start < samples; start += chunk) {
         const int64_t end = std::min(samples, start + chunk);
         const torch::Tensor x = task.train_x.slice(0, start, end).to(parameters.front().dtype());
-        const torch::Tensor y = context.label_map.index_select(0, task.train_y.slice(0, start, end));
+        const torch::Tensor y =
+            context.label_map.index_select(0, task.train_y.slice(0, start, end));
         pass.add_chunk(x, y);
       }
       pass.emit(sink);

@@ -40,7 +40,8 @@ enum class FisherMethod {
 
 // Receives the Fisher of flat elements [offset, offset + values.numel()) of a parameter;
 // values is 1-D, float32 for float32 models.
-using FisherSink = std::function<void(size_t parameter, int64_t offset, const torch::Tensor& values)>;
+using FisherSink =
+    std::function<void(size_t parameter, int64_t offset, const torch::Tensor& values)>;
 
 // Mean over samples of the squared per-sample gradient (or, with request.batched, of squared
 // mini-batch gradients), computed one block at a time. Throws RunError on bad requests.

@@ -139,11 +139,13 @@ void write_string_attribute(hid_t object, const char* name, const std::string& v
   H5Tset_size(type, std::max<size_t>(value.size(), 1));
   const hid_t space = H5Screate(H5S_SCALAR);
   const hid_t attribute = H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-  const herr_t status = attribute < 0 ? -1 : H5Awrite(attribute, type, value.empty() ? " " : value.c_str());
+  const herr_t status =
+      attribute < 0 ? -1 : H5Awrite(attribute, type, value.empty() ? " " : value.c_str());
   if (attribute >= 0) H5Aclose(attribute);
   H5Sclose(space);
   H5Tclose(type);
-  if (status < 0) throw RunError(std::string("cannot write attribute ") + name + ": " + hdf5_reason());
+  if (status < 0)
+    throw RunError(std::string("cannot write attribute ") + name + ": " + hdf5_reason());
 }
 
 std::string read_string_attribute(hid_t object, const char* name) {
@@ -161,7 +163,8 @@ std::string read_string_attribute(hid_t object, const char* name) {
 void write_shape_attribute(hid_t object, const std::vector<int64_t>& shape) {
   const hsize_t rank = shape.size();
   const hid_t space = H5Screate_simple(1, &rank, nullptr);
-  const hid_t attribute = H5Acreate2(object, "shape", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+  const hid_t attribute =
+      H5Acreate2(object, "shape", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
   H5Awrite(attribute, H5T_NATIVE_INT64, shape.data());
   H5Aclose(attribute);
   H5Sclose(space);
@@ -180,7 +183,8 @@ std::vector<int64_t> read_shape_attribute(hid_t object) {
 
 std::string model_json(const std::vector<ParameterInfo>& model) {
   nlohmann::json out = nlohmann::json::array();
-  for (const auto& parameter : model) out.push_back({{"name", parameter.name}, {"shape", parameter.shape}});
+  for (const auto& parameter : model)
+    out.push_back({{"name", parameter.name}, {"shape", parameter.shape}});
   return out.dump();
 }
 
@@ -188,7 +192,8 @@ std::vector<ParameterInfo> parse_model(const std::string& text) {
   std::vector<ParameterInfo> model;
   if (text.empty()) return model;
   for (const auto& item : nlohmann::json::parse(text)) {
-    model.push_back({item.at("name").get<std::string>(), item.at("shape").get<std::vector<int64_t>>()});
+    model.push_back(
+        {item.at("name").get<std::string>(), item.at("shape").get<std::vector<int64_t>>()});
   }
   return model;
 }
@@ -230,9 +235,10 @@ void FisherStore::require_codec(const std::string& codec) {
   if (H5Zfilter_avail(info.filter) <= 0) {
     const char* env = std::getenv("HDF5_PLUGIN_PATH");
     throw RunError("Fisher store codec '" + codec + "' needs HDF5 filter " +
-                   std::to_string(info.filter) + ", which is not available: install Debian package " +
-                   info.package + " (filters are searched in " + (env ? env : "") +
-                   (env ? ":" : "") + kDebianPluginDir + ")");
+                   std::to_string(info.filter) +
+                   ", which is not available: install Debian package " + info.package +
+                   " (filters are searched in " + (env ? env : "") + (env ? ":" : "") +
+                   kDebianPluginDir + ")");
   }
 }
 
@@ -249,11 +255,15 @@ FisherStore::FisherStore(std::string path, StoreOptions options, std::vector<Par
   if (options_.chunk_elements <= 0) throw RunError("Fisher store chunk size must be positive");
 }
 
-FisherStore::~FisherStore() { abort_group(); }
+FisherStore::~FisherStore() {
+  abort_group();
+}
 
 void FisherStore::begin_group(const std::string& group, const std::string& description) {
   if (file_ >= 0) throw RunError(path_ + ": group '" + group_name_ + "' is still being written");
-  if (group.empty() || group.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != std::string::npos) {
+  if (group.empty() ||
+      group.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
+          std::string::npos) {
     throw RunError(path_ + ": invalid group name '" + group + "' (letters, digits, _)");
   }
   const std::string temporary = path_ + ".tmp";
@@ -298,7 +308,8 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
   const CodecInfo& codec = codec_info(options_.codec);
   for (const auto& parameter : model_) {
     const hsize_t size = static_cast<hsize_t>(parameter.numel());
-    const hsize_t chunk = std::max<hsize_t>(1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
+    const hsize_t chunk = std::max<hsize_t>(
+        1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
     const hid_t space = H5Screate_simple(1, &size, nullptr);
     const hid_t properties = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(properties, 1, &chunk);
@@ -314,7 +325,12 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
       status |= H5Pset_deflate(properties, static_cast<unsigned>(options_.level));
     } else if (options_.codec == "blosc-lz4" || options_.codec == "blosc-zstd") {
       // Blosc's own byte shuffle; compressor codes: 1 lz4, 5 zstd.
-      const unsigned values[7] = {0, 0, 0, 0, static_cast<unsigned>(options_.level), 1,
+      const unsigned values[7] = {0,
+                                  0,
+                                  0,
+                                  0,
+                                  static_cast<unsigned>(options_.level),
+                                  1,
                                   options_.codec == "blosc-lz4" ? 1U : 5U};
       status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 7, values);
     } else {
@@ -331,8 +347,8 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
       const std::string reason = hdf5_reason();
       H5Tclose(disk_type);
       abort_group();
-      throw RunError(path_ + ": cannot create dataset " + group + "/" + parameter.name + " with codec " +
-                     options_.codec + ": " + reason);
+      throw RunError(path_ + ": cannot create dataset " + group + "/" + parameter.name +
+                     " with codec " + options_.codec + ": " + reason);
     }
     write_shape_attribute(dataset, parameter.shape);
     write_string_attribute(dataset, "codec", dataset_codec);
@@ -341,13 +357,15 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
   H5Tclose(disk_type);
 }
 
-void FisherStore::write_block(size_t parameter, int64_t offset, const float* values, int64_t count) {
+void FisherStore::write_block(size_t parameter, int64_t offset, const float* values,
+                              int64_t count) {
   if (file_ < 0) throw RunError(path_ + ": write_block without begin_group");
   if (parameter >= model_.size()) throw RunError(path_ + ": parameter index out of range");
   const ParameterInfo& info = model_[parameter];
   if (offset < 0 || count < 0 || offset + count > info.numel()) {
-    throw RunError(path_ + ": block [" + std::to_string(offset) + ", " + std::to_string(offset + count) +
-                   ") is outside parameter " + info.name + " (" + std::to_string(info.numel()) + " elements)");
+    throw RunError(path_ + ": block [" + std::to_string(offset) + ", " +
+                   std::to_string(offset + count) + ") is outside parameter " + info.name + " (" +
+                   std::to_string(info.numel()) + " elements)");
   }
   // Narrow types overflow to inf: a Fisher entry that large is clamped to the largest finite value.
   std::vector<uint16_t> narrow;
@@ -358,7 +376,8 @@ void FisherStore::write_block(size_t parameter, int64_t offset, const float* val
     narrow.resize(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i) {
       const float value = values[i];
-      narrow[static_cast<size_t>(i)] = to_half(std::isnan(value) ? value : std::clamp(value, -limit, limit), options_.dtype);
+      narrow[static_cast<size_t>(i)] =
+          to_half(std::isnan(value) ? value : std::clamp(value, -limit, limit), options_.dtype);
     }
     source = narrow.data();
     H5Tclose(memory_type);
@@ -370,12 +389,15 @@ void FisherStore::write_block(size_t parameter, int64_t offset, const float* val
   const hsize_t size = static_cast<hsize_t>(count);
   H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, nullptr, &size, nullptr);
   const hid_t memory_space = H5Screate_simple(1, &size, nullptr);
-  const herr_t status = H5Dwrite(dataset, memory_type, memory_space, file_space, H5P_DEFAULT, source);
+  const herr_t status =
+      H5Dwrite(dataset, memory_type, memory_space, file_space, H5P_DEFAULT, source);
   H5Tclose(memory_type);
   H5Sclose(memory_space);
   H5Sclose(file_space);
   H5Dclose(dataset);
-  if (status < 0) throw RunError(path_ + ": writing " + group_name_ + "/" + info.name + " failed: " + hdf5_reason());
+  if (status < 0)
+    throw RunError(path_ + ": writing " + group_name_ + "/" + info.name +
+                   " failed: " + hdf5_reason());
   written_[parameter] += count;
 }
 
@@ -383,8 +405,9 @@ void FisherStore::commit_group() {
   if (file_ < 0) throw RunError(path_ + ": commit_group without begin_group");
   for (size_t p = 0; p < model_.size(); ++p) {
     if (written_[p] != model_[p].numel()) {
-      const std::string message = path_ + ": group '" + group_name_ + "' is incomplete: parameter " +
-                                  model_[p].name + " has " + std::to_string(written_[p]) + " of " +
+      const std::string message = path_ + ": group '" + group_name_ +
+                                  "' is incomplete: parameter " + model_[p].name + " has " +
+                                  std::to_string(written_[p]) + " of " +
                                   std::to_string(model_[p].numel()) + " elements written";
       abort_group();
       throw RunError(message);
@@ -425,10 +448,12 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
     if (p >= stored.size() || p >= model_.size() || stored[p].name != model_[p].name ||
         stored[p].shape != model_[p].shape) {
       H5Fclose(file);
-      const std::string mine = p < model_.size() ? model_[p].name + " " + shape_text(model_[p].shape) : "(none)";
-      const std::string theirs = p < stored.size() ? stored[p].name + " " + shape_text(stored[p].shape) : "(none)";
-      throw RunError(path_ + ": written for another model: parameter " + std::to_string(p) + " is " +
-                     theirs + " in the file but " + mine + " in this model");
+      const std::string mine =
+          p < model_.size() ? model_[p].name + " " + shape_text(model_[p].shape) : "(none)";
+      const std::string theirs =
+          p < stored.size() ? stored[p].name + " " + shape_text(stored[p].shape) : "(none)";
+      throw RunError(path_ + ": written for another model: parameter " + std::to_string(p) +
+                     " is " + theirs + " in the file but " + mine + " in this model");
     }
   }
   const std::string name = group + "/" + model_[parameter].name;
@@ -442,9 +467,10 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
   const hid_t file_space = H5Dget_space(dataset);
   const hsize_t start = static_cast<hsize_t>(offset);
   const hsize_t size = static_cast<hsize_t>(count);
-  herr_t status = offset >= 0 && offset + count <= model_[parameter].numel()
-                      ? H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, nullptr, &size, nullptr)
-                      : -1;
+  herr_t status =
+      offset >= 0 && offset + count <= model_[parameter].numel()
+          ? H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, nullptr, &size, nullptr)
+          : -1;
   const hid_t memory_space = H5Screate_simple(1, &size, nullptr);
   if (status >= 0) {
     const hid_t disk_type = H5Dget_type(dataset);
@@ -452,7 +478,8 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
     if (dtype == "fp16" || dtype == "bf16") {
       std::vector<uint16_t> narrow(static_cast<size_t>(count));
       status = H5Dread(dataset, disk_type, memory_space, file_space, H5P_DEFAULT, narrow.data());
-      for (int64_t i = 0; status >= 0 && i < count; ++i) out[i] = from_half(narrow[static_cast<size_t>(i)], dtype);
+      for (int64_t i = 0; status >= 0 && i < count; ++i)
+        out[i] = from_half(narrow[static_cast<size_t>(i)], dtype);
     } else {
       status = H5Dread(dataset, H5T_NATIVE_FLOAT, memory_space, file_space, H5P_DEFAULT, out);
     }
@@ -464,7 +491,8 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
   H5Dclose(dataset);
   H5Fclose(file);
   if (status < 0) {
-    throw RunError(path_ + ": reading " + name + " failed (corrupt data or checksum mismatch?): " + reason);
+    throw RunError(path_ + ": reading " + name +
+                   " failed (corrupt data or checksum mismatch?): " + reason);
   }
 }
 
@@ -475,7 +503,8 @@ StoreSummary FisherStore::inspect(const std::string& path) {
   summary.format = read_string_attribute(file, "format");
   if (summary.format != kFormat) {
     H5Fclose(file);
-    throw RunError(path + ": not a clhost Fisher store (format attribute is '" + summary.format + "')");
+    throw RunError(path + ": not a clhost Fisher store (format attribute is '" + summary.format +
+                   "')");
   }
   summary.clhost_version = read_string_attribute(file, "clhost_version");
   summary.model = parse_model(read_string_attribute(file, "model"));

@@ -23,8 +23,9 @@ class CountingAllocator final : public c10::Allocator {
     const int64_t after = current_.fetch_add(size, std::memory_order_relaxed) + size;
     if (limit >= 0 && after > limit) {
       current_.fetch_sub(size, std::memory_order_relaxed);
-      TORCH_CHECK_WITH(OutOfMemoryError, false, "clhost memory budget: out of memory: tried to allocate ",
-                       bytes, " bytes with ", after - size, " of ", limit, " bytes in use");
+      TORCH_CHECK_WITH(OutOfMemoryError, false,
+                       "clhost memory budget: out of memory: tried to allocate ", bytes,
+                       " bytes with ", after - size, " of ", limit, " bytes in use");
     }
     int64_t peak = peak_.load(std::memory_order_relaxed);
     while (after > peak && !peak_.compare_exchange_weak(peak, after, std::memory_order_relaxed)) {
@@ -76,16 +77,24 @@ void install_counting_allocator() {
   c10::SetCPUAllocator(instance(), /*priority=*/100);
 }
 
-bool counting_allocator_installed() { return instance() != nullptr; }
+bool counting_allocator_installed() {
+  return instance() != nullptr;
+}
 
 void set_budget(int64_t bytes) {
   install_counting_allocator();
   instance()->budget_.store(bytes < 0 ? -1 : bytes);
 }
 
-int64_t budget() { return instance() != nullptr ? instance()->budget_.load() : -1; }
-int64_t current_bytes() { return instance() != nullptr ? instance()->current_.load() : -1; }
-int64_t peak_bytes() { return instance() != nullptr ? instance()->peak_.load() : -1; }
+int64_t budget() {
+  return instance() != nullptr ? instance()->budget_.load() : -1;
+}
+int64_t current_bytes() {
+  return instance() != nullptr ? instance()->current_.load() : -1;
+}
+int64_t peak_bytes() {
+  return instance() != nullptr ? instance()->peak_.load() : -1;
+}
 void reset_peak() {
   if (instance() != nullptr) instance()->peak_.store(instance()->current_.load());
 }
@@ -107,19 +116,31 @@ int64_t parse_bytes(const std::string& text) {
   }
   std::string unit;
   for (size_t i = index; i < text.size(); ++i) {
-    if (!std::isspace(static_cast<unsigned char>(text[i]))) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
+    if (!std::isspace(static_cast<unsigned char>(text[i])))
+      unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
   }
   double scale = 1.0;
-  if (unit.empty() || unit == "b") scale = 1.0;
-  else if (unit == "kib") scale = 1024.0;
-  else if (unit == "mib") scale = 1024.0 * 1024.0;
-  else if (unit == "gib") scale = 1024.0 * 1024.0 * 1024.0;
-  else if (unit == "tib") scale = 1024.0 * 1024.0 * 1024.0 * 1024.0;
-  else if (unit == "kb") scale = 1e3;
-  else if (unit == "mb") scale = 1e6;
-  else if (unit == "gb") scale = 1e9;
-  else if (unit == "tb") scale = 1e12;
-  else throw std::invalid_argument("'" + text + "': unknown unit '" + unit + "' (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)");
+  if (unit.empty() || unit == "b")
+    scale = 1.0;
+  else if (unit == "kib")
+    scale = 1024.0;
+  else if (unit == "mib")
+    scale = 1024.0 * 1024.0;
+  else if (unit == "gib")
+    scale = 1024.0 * 1024.0 * 1024.0;
+  else if (unit == "tib")
+    scale = 1024.0 * 1024.0 * 1024.0 * 1024.0;
+  else if (unit == "kb")
+    scale = 1e3;
+  else if (unit == "mb")
+    scale = 1e6;
+  else if (unit == "gb")
+    scale = 1e9;
+  else if (unit == "tb")
+    scale = 1e12;
+  else
+    throw std::invalid_argument("'" + text + "': unknown unit '" + unit +
+                                "' (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)");
   const double bytes = value * scale;
   if (!std::isfinite(bytes) || bytes < 1.0 || bytes > 9.0e18) {
     throw std::invalid_argument("'" + text + "' is out of range (1 byte .. 9e18 bytes)");

@@ -1,9 +1,9 @@
 #include "clhost/runner.hpp"
 
 #include <ATen/DLConvertor.h>
+#include <malloc.h>
 #include <torch/torch.h>
 #include <torch/version.h>
-#include <malloc.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -18,11 +18,11 @@
 #include <sstream>
 #include <thread>
 
+#include "checkpoint.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/fisher_store.hpp"
 #include "clhost/memory_budget.hpp"
 #include "clhost/plugin_loader.hpp"
-#include "checkpoint.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
 #include "io.hpp"
@@ -72,7 +72,7 @@ class Runtime {
   bool in_task_end = false;
   int64_t budget_bytes = -1;
   int64_t fisher_block_size = 1000000;
-  json settings;  // the resolved configuration, for clhost.settings/1
+  json settings;                       // the resolved configuration, for clhost.settings/1
   std::unique_ptr<FisherStore> store;  // created on first use
 
   const json* setting(const char* key_path) const {
@@ -81,7 +81,8 @@ class Runtime {
     size_t start = 0;
     while (start <= path.size()) {
       const size_t dot = path.find('.', start);
-      const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      const std::string key =
+          path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
       if (!node->is_object() || !node->contains(key)) return nullptr;
       node = &(*node)[key];
       if (dot == std::string::npos) break;
@@ -168,12 +169,14 @@ clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
     return CLHOST_STATUS_INVALID_ARGUMENT;
   }
   if (request == nullptr || request->struct_size < sizeof(clhost_fisher_request_t)) {
-    std::snprintf(error->message, sizeof(error->message),
-                  "gradstats.diagonal_fisher: request->struct_size must be sizeof(clhost_fisher_request_t)");
+    std::snprintf(
+        error->message, sizeof(error->message),
+        "gradstats.diagonal_fisher: request->struct_size must be sizeof(clhost_fisher_request_t)");
     return CLHOST_STATUS_INVALID_ARGUMENT;
   }
   try {
-    const int64_t block_size = request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
+    const int64_t block_size =
+        request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
     diagonal_fisher(runtime.fisher_context, *request, block_size, FisherMethod::kAuto,
                     [&](size_t parameter, int64_t offset, const torch::Tensor& values) {
                       std::vector<int64_t> shape{values.numel()};
@@ -231,18 +234,21 @@ clhost_status_t store_call(clhost_error_t* error, Body&& body) {
 }
 
 const float* float_data(const DLTensor* tensor, int64_t* count) {
-  if (tensor == nullptr || tensor->ndim != 1 || tensor->dtype.code != kDLFloat || tensor->dtype.bits != 32 ||
-      tensor->device.device_type != kDLCPU ||
+  if (tensor == nullptr || tensor->ndim != 1 || tensor->dtype.code != kDLFloat ||
+      tensor->dtype.bits != 32 || tensor->device.device_type != kDLCPU ||
       (tensor->strides != nullptr && tensor->strides[0] != 1)) {
     throw RunError("Fisher store blocks must be 1-D contiguous float32 CPU tensors");
   }
   *count = tensor->shape[0];
-  return reinterpret_cast<const float*>(static_cast<const char*>(tensor->data) + tensor->byte_offset);
+  return reinterpret_cast<const float*>(static_cast<const char*>(tensor->data) +
+                                        tensor->byte_offset);
 }
 
 clhost_status_t store_begin(const clhost_host_t* host, const char* group, const char* description,
                             clhost_error_t* error) {
-  return store_call(error, [&] { store_of(runtime_of(host)).begin_group(group ? group : "", description ? description : ""); });
+  return store_call(error, [&] {
+    store_of(runtime_of(host)).begin_group(group ? group : "", description ? description : "");
+  });
 }
 clhost_status_t store_write(const clhost_host_t* host, uint32_t parameter, int64_t offset,
                             const DLTensor* block, clhost_error_t* error) {
@@ -298,8 +304,11 @@ const clhost_settings_service_v1_t kSettingsService{
     sizeof(clhost_settings_service_v1_t), &setting_get<int32_t>, &setting_get<int64_t>,
     &setting_get<double>, &setting_get<const char*>};
 const clhost_fisher_store_v1_t kFisherStoreService{sizeof(clhost_fisher_store_v1_t),
-                                                   &store_begin, &store_write, &store_commit,
-                                                   &store_abort, &store_read};
+                                                   &store_begin,
+                                                   &store_write,
+                                                   &store_commit,
+                                                   &store_abort,
+                                                   &store_read};
 
 const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (id == nullptr) return nullptr;
@@ -505,8 +514,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   memory::set_budget(config.run.memory_budget);
   memory::reset_peak();
   if (config.run.memory_budget >= 0 && memory::current_bytes() > config.run.memory_budget) {
-    throw RunError("the model and task data already hold " + memory::format_bytes(memory::current_bytes()) +
-                   " of tensors, more than run.memory_budget = " + memory::format_bytes(config.run.memory_budget) +
+    throw RunError("the model and task data already hold " +
+                   memory::format_bytes(memory::current_bytes()) +
+                   " of tensors, more than run.memory_budget = " +
+                   memory::format_bytes(config.run.memory_budget) +
                    ": not even one sample fits; raise the budget");
   }
   runtime.fisher_context.model = runtime.model;
@@ -560,13 +571,16 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   if (dir_error) throw RunError(run_dir + ": cannot create run directory: " + dir_error.message());
   created_run_dir = run_dir;
   std::ofstream metrics_csv(fs::path(run_dir) / "metrics.csv");
-  metrics_csv << "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second,step_tensor_peak_bytes,event\n";
+  metrics_csv << "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second,"
+                 "step_tensor_peak_bytes,event\n";
   // Events (batch-size changes, out-of-memory retries) get their own rows, and a console line.
-  auto log_event = [&](size_t task_index, int64_t step, int64_t global, int64_t batch, int64_t micro,
-                       const std::string& what) {
-    metrics_csv << task_index << ',' << step + 1 << ',' << global << ",,," << batch << ',' << micro << ",,,\""
-                << what << "\"\n";
-    if (!options.quiet) std::fprintf(stderr, "\n[batch] task %zu step %lld: %s\n", task_index + 1, static_cast<long long>(step + 1), what.c_str());
+  auto log_event = [&](size_t task_index, int64_t step, int64_t global, int64_t batch,
+                       int64_t micro, const std::string& what) {
+    metrics_csv << task_index << ',' << step + 1 << ',' << global << ",,," << batch << ',' << micro
+                << ",,,\"" << what << "\"\n";
+    if (!options.quiet)
+      std::fprintf(stderr, "\n[batch] task %zu step %lld: %s\n", task_index + 1,
+                   static_cast<long long>(step + 1), what.c_str());
   };
   json batch_changes = json::array();
   int64_t total_ooms = 0;
@@ -666,7 +680,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
 
     // The micro-batch carries over between tasks (the policy re-probes from it); without a
     // policy it is the whole batch.
-    micro_batch = batch_policy != nullptr && micro_batch > 0 ? std::min(micro_batch, batch_size) : batch_size;
+    micro_batch =
+        batch_policy != nullptr && micro_batch > 0 ? std::min(micro_batch, batch_size) : batch_size;
     int64_t task_ooms = 0;
     int64_t current_step = 0;
     auto ask_policy = [&](int64_t peak_bytes, bool out_of_memory) {
@@ -675,8 +690,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
       // held now plus MemAvailable (the memory optimizer's free-memory estimate).
       const int64_t available = available_system_memory();
       const int64_t budget_for_policy = runtime.budget_bytes >= 0 ? runtime.budget_bytes
-                                        : available >= 0      ? memory::current_bytes() + available
-                                                              : -1;
+                                        : available >= 0 ? memory::current_bytes() + available
+                                                         : -1;
       const clhost_batch_request_t request{sizeof(clhost_batch_request_t),
                                            static_cast<uint32_t>(t),
                                            batch_size,
@@ -688,18 +703,24 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
       int64_t chosen = micro_batch;
       clhost_error_t error{};
       const auto& table = batch_policy->table<clhost_batch_policy_v1_t>();
-      batch_policy->check(table.choose_micro_batch(batch_policy->instance, &request, &chosen, &error),
-                          error, "choose_micro_batch");
+      batch_policy->check(
+          table.choose_micro_batch(batch_policy->instance, &request, &chosen, &error), error,
+          "choose_micro_batch");
       chosen = std::clamp<int64_t>(chosen, 1, batch_size);
       if (chosen != micro_batch) {
-        const bool has_reason = table.struct_size >= sizeof(clhost_batch_policy_v1_t) && table.last_reason != nullptr;
+        const bool has_reason =
+            table.struct_size >= sizeof(clhost_batch_policy_v1_t) && table.last_reason != nullptr;
         const std::string reason = has_reason ? table.last_reason(batch_policy->instance) : "";
         const std::string label = "micro-batch " + std::to_string(micro_batch) + " -> " +
-                                  std::to_string(chosen) + (reason.empty() ? "" : " (" + reason + ")");
+                                  std::to_string(chosen) +
+                                  (reason.empty() ? "" : " (" + reason + ")");
         emit(CLHOST_EVENT_BATCH_SIZE_CHANGE, static_cast<int32_t>(t), label);
         log_event(t, current_step, global_step, batch_size, chosen, label);
-        batch_changes.push_back(json{{"task", t}, {"step", current_step}, {"from", micro_batch},
-                                     {"to", chosen}, {"reason", reason}});
+        batch_changes.push_back(json{{"task", t},
+                                     {"step", current_step},
+                                     {"from", micro_batch},
+                                     {"to", chosen},
+                                     {"reason", reason}});
         micro_batch = chosen;
       }
     };
@@ -747,9 +768,11 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
           for (int64_t start = 0; start < samples; start += micro_batch) {
             const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
             const torch::Tensor x = task.train_x.index_select(0, part);
-            const torch::Tensor y = view.label_map.index_select(0, task.train_y.index_select(0, part));
+            const torch::Tensor y =
+                view.label_map.index_select(0, task.train_y.index_select(0, part));
             const torch::Tensor logits =
-                checkpointed_forward(runtime.model, x, config.train.checkpoint_segments).index_select(1, view.active);
+                checkpointed_forward(runtime.model, x, config.train.checkpoint_segments)
+                    .index_select(1, view.active);
             const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
             torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y) * share;
             loss.backward();
@@ -764,22 +787,31 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
           ++task_ooms;
           ++total_ooms;
           samples_redone += samples;
-          const std::string where = "task " + task.name + " step " + std::to_string(step + 1) +
-                                    ": out of memory at micro-batch " + std::to_string(micro_batch) +
-                                    " (budget " + (runtime.budget_bytes < 0 ? std::string("none") : memory::format_bytes(runtime.budget_bytes)) + ")";
+          const std::string where =
+              "task " + task.name + " step " + std::to_string(step + 1) +
+              ": out of memory at micro-batch " + std::to_string(micro_batch) + " (budget " +
+              (runtime.budget_bytes < 0 ? std::string("none")
+                                        : memory::format_bytes(runtime.budget_bytes)) +
+              ")";
           emit(CLHOST_EVENT_OUT_OF_MEMORY, static_cast<int32_t>(t), where);
-          log_event(t, step, global_step, samples, micro_batch, "out of memory at micro-batch " + std::to_string(micro_batch));
+          log_event(t, step, global_step, samples, micro_batch,
+                    "out of memory at micro-batch " + std::to_string(micro_batch));
           optimizer->zero_grad();
           if (micro_batch == 1) {
-            throw RunError(where + "; even one sample does not fit: raise run.memory_budget or use a smaller model");
+            throw RunError(
+                where +
+                "; even one sample does not fit: raise run.memory_budget or use a smaller model");
           }
           if (batch_policy == nullptr) {
-            throw RunError(where + "; add a batch policy (--dynamic-batch-size) to retry with smaller micro-batches, or raise run.memory_budget");
+            throw RunError(where +
+                           "; add a batch policy (--dynamic-batch-size) to retry with smaller "
+                           "micro-batches, or raise run.memory_budget");
           }
           const int64_t before = micro_batch;
           ask_policy(-1, true);
           if (micro_batch >= before) {
-            throw RunError(where + "; batch policy '" + batch_policy->plugin->id + "' did not choose a smaller micro-batch");
+            throw RunError(where + "; batch policy '" + batch_policy->plugin->id +
+                           "' did not choose a smaller micro-batch");
           }
         }
       }
@@ -814,7 +846,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         // Parameters may be half-updated: this cannot be retried.
         throw RunError("task " + task.name + " step " + std::to_string(step + 1) +
                        ": out of memory in the optimizer step (its state and update must fit in " +
-                       "run.memory_budget = " + memory::format_bytes(runtime.budget_bytes) + "); raise the budget");
+                       "run.memory_budget = " + memory::format_bytes(runtime.budget_bytes) +
+                       "); raise the budget");
       }
       step_peak = std::max(step_peak, memory::peak_bytes());
       ++global_step;
@@ -962,14 +995,14 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                  {"forward_transfer", optional_json(summary.metrics.forward_transfer)}}},
                {"tasks", task_reports},
                {"optimizer_steps", summary.optimizer_steps},
-      {"memory",
-       {{"budget_bytes", runtime.budget_bytes},
-        {"tensor_peak_bytes", std::max(run_tensor_peak, memory::peak_bytes())},
-        {"out_of_memory_retries", total_ooms},
-        {"samples_processed", samples_processed},
-        {"samples_in_optimizer_steps", samples_in_steps},
-        {"samples_redone_after_out_of_memory", samples_redone},
-        {"batch_size_changes", batch_changes}}},
+               {"memory",
+                {{"budget_bytes", runtime.budget_bytes},
+                 {"tensor_peak_bytes", std::max(run_tensor_peak, memory::peak_bytes())},
+                 {"out_of_memory_retries", total_ooms},
+                 {"samples_processed", samples_processed},
+                 {"samples_in_optimizer_steps", samples_in_steps},
+                 {"samples_redone_after_out_of_memory", samples_redone},
+                 {"batch_size_changes", batch_changes}}},
                {"wall_seconds", summary.wall_seconds},
                {"peak_rss_bytes", memory.peak_rss_bytes},
                {"machine",
@@ -994,10 +1027,11 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   } catch (const std::exception& e) {
     if (memory::is_out_of_memory(e) && dynamic_cast<const RunError*>(&e) == nullptr) {
       // Outside a training step (evaluation, Fisher pass, optimizer state) nothing is retried.
-      const std::string message = std::string("out of memory outside a training step (evaluation, ") +
-                                  "consolidation or setup) under run.memory_budget; raise the budget or lower " +
-                                  "train.eval_batch_size / the plug-ins' batch sizes. Allocator: " +
-                                  std::string(e.what()).substr(0, std::string(e.what()).find('\n'));
+      const std::string message =
+          std::string("out of memory outside a training step (evaluation, ") +
+          "consolidation or setup) under run.memory_budget; raise the budget or lower " +
+          "train.eval_batch_size / the plug-ins' batch sizes. Allocator: " +
+          std::string(e.what()).substr(0, std::string(e.what()).find('\n'));
       if (!run_dir.empty()) {
         write_file_atomic((fs::path(run_dir) / "status.json").string(),
                           json{{"status", "failed"}, {"error", message}}.dump(2) + "\n");

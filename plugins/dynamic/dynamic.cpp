@@ -19,14 +19,15 @@ const clhost_config_key_t kSchema[] = {
      "fraction of the remaining headroom (budget minus the last step's peak) growth may not use", 1,
      0.0, 0.9, nullptr},
 };
-const clhost_plugin_descriptor_t kDescriptor{sizeof(clhost_plugin_descriptor_t),
-                                             "dynamic",
-                                             CLHOST_PLUGIN_KIND_BATCH_POLICY,
-                                             "1.0.0",
-                                             "grows the micro-batch while it fits, shrinks on out-of-memory",
-                                             "clhost",
-                                             kSchema,
-                                             2};
+const clhost_plugin_descriptor_t kDescriptor{
+    sizeof(clhost_plugin_descriptor_t),
+    "dynamic",
+    CLHOST_PLUGIN_KIND_BATCH_POLICY,
+    "1.0.0",
+    "grows the micro-batch while it fits, shrinks on out-of-memory",
+    "clhost",
+    kSchema,
+    2};
 
 class Dynamic : public clhost::sdk::BatchPolicy {
  public:
@@ -66,7 +67,8 @@ class Dynamic : public clhost::sdk::BatchPolicy {
       if (!room) {
         // Grow only as far as the fitted line says still fits; an error there is retried.
         const int64_t projected = projected_fit(request);
-        if (projected <= current_) return settle("the projected peak of anything larger passes the budget's margin");
+        if (projected <= current_)
+          return settle("the projected peak of anything larger passes the budget's margin");
         current_ = std::min(configured, projected);
         set_reason("fit: grow to the projected largest size, " + std::to_string(current_));
         return current_;
@@ -77,7 +79,8 @@ class Dynamic : public clhost::sdk::BatchPolicy {
     }
     if (failed_ - fit_ <= 1) return settle("largest size below the one that ran out of memory");
     current_ = (fit_ + failed_) / 2;
-    set_reason("fit: binary search between " + std::to_string(fit_) + " and " + std::to_string(failed_));
+    set_reason("fit: binary search between " + std::to_string(fit_) + " and " +
+               std::to_string(failed_));
     return current_;
   }
 

@@ -76,7 +76,8 @@ class Estimate : public clhost::sdk::BatchPolicy {
         return current_;
       case Phase::kSecondProbe: {
         const auto second = Reading{current_, request.peak_bytes_last_step};
-        slope_ = static_cast<double>(second.peak - first_.peak) / static_cast<double>(second.micro - first_.micro);
+        slope_ = static_cast<double>(second.peak - first_.peak) /
+                 static_cast<double>(second.micro - first_.micro);
         base_ = static_cast<double>(first_.peak) - slope_ * static_cast<double>(first_.micro);
         fitted_ = true;
         current_ = best_for(request, configured);
@@ -85,8 +86,7 @@ class Estimate : public clhost::sdk::BatchPolicy {
                    std::to_string(static_cast<int64_t>(slope_)) + " bytes/sample");
         return current_;
       }
-      case Phase::kSettled:
-        return current_;
+      case Phase::kSettled: return current_;
     }
     return current_;
   }
@@ -94,7 +94,8 @@ class Estimate : public clhost::sdk::BatchPolicy {
  private:
   // Largest micro-batch whose projected peak leaves `margin` of the headroom above the base.
   [[nodiscard]] int64_t best_for(const clhost_batch_request_t& request, int64_t configured) const {
-    const double target = base_ + (1.0 - margin_) * (static_cast<double>(request.budget_bytes) - base_);
+    const double target =
+        base_ + (1.0 - margin_) * (static_cast<double>(request.budget_bytes) - base_);
     int64_t best = configured;
     if (slope_ > 0.0) best = static_cast<int64_t>(std::floor((target - base_) / slope_));
     return std::clamp<int64_t>(best, 1, configured);

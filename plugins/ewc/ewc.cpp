@@ -24,13 +24,14 @@ const clhost_config_key_t kSchema[] = {
      "penalty strength (dimensionless; penalty 0.5*lambda*sum F (theta-theta*)^2)", 1, 0.0, 1e15,
      nullptr},
     {"mode", CLHOST_CONFIG_TYPE_STRING, "\"separate\"",
-     "separate: one quadratic per task; online: F <- gamma*F + F_new, anchor = latest parameters", 0,
-     0, 0, "separate|online"},
+     "separate: one quadratic per task; online: F <- gamma*F + F_new, anchor = latest parameters",
+     0, 0, 0, "separate|online"},
     {"gamma", CLHOST_CONFIG_TYPE_FLOAT, "1.0",
      "online decay applied to the old Fisher before adding the new one (online mode only)", 1, 0.0,
      1.0, nullptr},
     {"labels", CLHOST_CONFIG_TYPE_STRING, "\"expectation\"",
-     "Fisher labels: true (empirical), sample (drawn from the model), expectation (over the softmax)",
+     "Fisher labels: true (empirical), sample (drawn from the model), expectation (over the "
+     "softmax)",
      0, 0, 0, "true|sample|expectation"},
     {"fisher_samples", CLHOST_CONFIG_TYPE_INT, "0",
      "training samples used for the Fisher (0: all of the task)", 1, 0, 1e12, nullptr},
@@ -40,8 +41,10 @@ const clhost_config_key_t kSchema[] = {
     {"fisher_batch_size", CLHOST_CONFIG_TYPE_INT, "256",
      "samples per Fisher forward/backward pass (bounds activation memory)", 1, 1, 1e9, nullptr},
     {"state_dtype", CLHOST_CONFIG_TYPE_STRING, "\"int8\"",
-     "memory-efficient state precision: int8 (~2 bytes/param), int8_fp16 (int8 Fisher, fp16 anchor: "
-     "~3 bytes/param) or fp32 (8 bytes/param)", 0, 0, 0, "int8|int8_fp16|fp32"},
+     "memory-efficient state precision: int8 (~2 bytes/param), int8_fp16 (int8 Fisher, fp16 "
+     "anchor: "
+     "~3 bytes/param) or fp32 (8 bytes/param)",
+     0, 0, 0, "int8|int8_fp16|fp32"},
     {"store", CLHOST_CONFIG_TYPE_BOOL, "true",
      "save each task's Fisher to the run's HDF5 store (fisher.h5)", 0, 0, 0, nullptr},
 };
@@ -149,7 +152,9 @@ class Ewc : public clhost::sdk::Regularizer {
     clhost_error_t error{};
     if (store_service_ != nullptr) {
       const std::string group = "task_" + std::to_string(task.task_index);
-      clhost::sdk::Host::check(store_service_->begin_group(host().raw(), group.c_str(), fisher_variant().c_str(), &error), error);
+      clhost::sdk::Host::check(store_service_->begin_group(host().raw(), group.c_str(),
+                                                           fisher_variant().c_str(), &error),
+                               error);
     }
     clhost_fisher_request_t request{};
     request.struct_size = sizeof(request);
@@ -170,16 +175,19 @@ class Ewc : public clhost::sdk::Regularizer {
       clhost::sdk::Host::check(store_service_->commit_group(host().raw(), &error), error);
     }
     ++tasks_;
-    fisher_seconds_.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) + ": Fisher consolidated in " +
+    fisher_seconds_.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) +
+                                    ": Fisher consolidated in " +
                                     std::to_string(fisher_seconds_.back()) + " s; state " +
                                     std::to_string(state_bytes()) + " bytes");
   }
 
   [[nodiscard]] std::string describe() const override {
     std::ostringstream out;
-    out << "EWC, penalty 0.5*lambda*sum_i F_i*(theta_i-theta*_i)^2 (with the 1/2), lambda=" << lambda_
-        << "; Fisher: " << fisher_variant() << "; state: " << clhost::ewc::layout_name(layout_);
+    out << "EWC, penalty 0.5*lambda*sum_i F_i*(theta_i-theta*_i)^2 (with the 1/2), lambda="
+        << lambda_ << "; Fisher: " << fisher_variant()
+        << "; state: " << clhost::ewc::layout_name(layout_);
     if (layout_ == StateLayout::kOnline || (online_ && layout_ != StateLayout::kSeparate)) {
       out << "; gamma=" << gamma_ << " multiplies the old Fisher before the new one is added";
     }
@@ -190,25 +198,29 @@ class Ewc : public clhost::sdk::Regularizer {
   [[nodiscard]] std::string report_json() const override {
     int64_t parameters = 0;
     for (const auto& state : states_) parameters += state.numel;
-    nlohmann::json report{{"state_layout", clhost::ewc::layout_name(layout_)},
-                          {"tasks_consolidated", tasks_},
-                          {"parameters", parameters},
-                          {"state_bytes", state_bytes()},
-                          {"state_bytes_measured", measured_state_bytes_},
-                          {"state_bytes_per_parameter",
-                           parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters) : 0.0},
-                          {"fisher_seconds", fisher_seconds_}};
+    nlohmann::json report{
+        {"state_layout", clhost::ewc::layout_name(layout_)},
+        {"tasks_consolidated", tasks_},
+        {"parameters", parameters},
+        {"state_bytes", state_bytes()},
+        {"state_bytes_measured", measured_state_bytes_},
+        {"state_bytes_per_parameter",
+         parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters)
+                        : 0.0},
+        {"fisher_seconds", fisher_seconds_}};
     return report.dump();
   }
 
  private:
   [[nodiscard]] std::string fisher_variant() const {
-    std::string labels = labels_ == "true" ? "empirical (dataset labels)"
+    std::string labels = labels_ == "true"     ? "empirical (dataset labels)"
                          : labels_ == "sample" ? "labels sampled from the model"
                                                : "exact expectation over the softmax";
-    return std::string(batched_ ? "squared mini-batch gradients (Avalanche-style)" : "exact per-sample") +
+    return std::string(batched_ ? "squared mini-batch gradients (Avalanche-style)"
+                                : "exact per-sample") +
            ", " + labels + ", mean over " +
-           (fisher_samples_ > 0 ? std::to_string(fisher_samples_) + " samples" : std::string("all task samples"));
+           (fisher_samples_ > 0 ? std::to_string(fisher_samples_) + " samples"
+                                : std::string("all task samples"));
   }
 
   static int64_t heap_bytes() {
@@ -237,7 +249,8 @@ class Ewc : public clhost::sdk::Regularizer {
       out.push_back(entry);
     }
     if (!states_.empty() && out.size() != states_.size()) {
-      throw clhost::sdk::Error("ewc: the model's parameter count changed", CLHOST_STATUS_INVALID_ARGUMENT);
+      throw clhost::sdk::Error("ewc: the model's parameter count changed",
+                               CLHOST_STATUS_INVALID_ARGUMENT);
     }
     return out;
   }
@@ -258,7 +271,8 @@ class Ewc : public clhost::sdk::Regularizer {
           grad[i] += lambda * weighted;
         }
       } else {
-        for (int64_t i = begin; i < end; ++i) partial += fisher[i] * (value[i] - anchor[i]) * (value[i] - anchor[i]);
+        for (int64_t i = begin; i < end; ++i)
+          partial += fisher[i] * (value[i] - anchor[i]) * (value[i] - anchor[i]);
       }
       sum += static_cast<double>(partial);
     }
@@ -271,7 +285,8 @@ class Ewc : public clhost::sdk::Regularizer {
     double sum = 0.0;
     if (!quantized()) {
       for (size_t t = 0; t < state.fisher.size(); ++t) {
-        sum += quadratic(parameter.value, parameter.grad, state.fisher[t].data(), state.anchor[t].data(), n, lambda);
+        sum += quadratic(parameter.value, parameter.grad, state.fisher[t].data(),
+                         state.anchor[t].data(), n, lambda);
       }
       return sum;
     }
@@ -285,17 +300,21 @@ class Ewc : public clhost::sdk::Regularizer {
       const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
       const int64_t count = std::min(n, begin + clhost::ewc::kQuantBlock) - begin;
       const uint8_t* fisher_codes = state.fisher_codes.data() + begin;
-      for (int64_t i = 0; i < count; ++i) decoded_fisher_[static_cast<size_t>(i)] = table[fisher_codes[i]];
+      for (int64_t i = 0; i < count; ++i)
+        decoded_fisher_[static_cast<size_t>(i)] = table[fisher_codes[i]];
       if (layout_ == StateLayout::kMergedInt8Fp16) {
         const uint16_t* anchor_half = state.anchor_half.data() + begin;
-        for (int64_t i = 0; i < count; ++i) decoded_anchor_[static_cast<size_t>(i)] = clhost::ewc::from_half_bits(anchor_half[i]);
+        for (int64_t i = 0; i < count; ++i)
+          decoded_anchor_[static_cast<size_t>(i)] = clhost::ewc::from_half_bits(anchor_half[i]);
       } else {
         const uint8_t* anchor_codes = state.anchor_codes.data() + begin;
         for (int64_t i = 0; i < count; ++i) {
-          decoded_anchor_[static_cast<size_t>(i)] = scale.anchor_low + static_cast<float>(anchor_codes[i]) * scale.anchor_step;
+          decoded_anchor_[static_cast<size_t>(i)] =
+              scale.anchor_low + static_cast<float>(anchor_codes[i]) * scale.anchor_step;
         }
       }
-      sum += quadratic(parameter.value + begin, parameter.grad != nullptr ? parameter.grad + begin : nullptr,
+      sum += quadratic(parameter.value + begin,
+                       parameter.grad != nullptr ? parameter.grad + begin : nullptr,
                        decoded_fisher_.data(), decoded_anchor_.data(), count, lambda);
     }
     return sum;
@@ -346,9 +365,8 @@ class Ewc : public clhost::sdk::Regularizer {
 
   static clhost_status_t sink(void* data, uint32_t parameter, int64_t offset, const DLTensor* block,
                               clhost_error_t* error) {
-    return clhost::sdk::guarded_call(error, [&] {
-      static_cast<Ewc*>(data)->consume(parameter, offset, *block);
-    });
+    return clhost::sdk::guarded_call(
+        error, [&] { static_cast<Ewc*>(data)->consume(parameter, offset, *block); });
   }
 
   // One block of the new task's Fisher: save it, then fold it into the state.
@@ -358,7 +376,8 @@ class Ewc : public clhost::sdk::Regularizer {
     }
     if (store_service_ != nullptr) {
       clhost_error_t error{};
-      clhost::sdk::Host::check(store_service_->write_block(host().raw(), parameter, offset, &block, &error), error);
+      clhost::sdk::Host::check(
+          store_service_->write_block(host().raw(), parameter, offset, &block, &error), error);
     }
     const float* fisher = floats(block);
     const int64_t count = block.shape[0];
@@ -368,7 +387,8 @@ class Ewc : public clhost::sdk::Regularizer {
     switch (layout_) {
       case StateLayout::kSeparate:
       case StateLayout::kOnline:
-        for (int64_t i = 0; i < count; ++i) state.fisher.back()[static_cast<size_t>(offset + i)] += fisher[i];
+        for (int64_t i = 0; i < count; ++i)
+          state.fisher.back()[static_cast<size_t>(offset + i)] += fisher[i];
         break;
       case StateLayout::kMergedFp32:
         for (int64_t i = 0; i < count; ++i) {
@@ -391,7 +411,8 @@ class Ewc : public clhost::sdk::Regularizer {
           const int64_t have = static_cast<int64_t>(pending_fisher_.size());
           if (have < block_end - block_begin || block_begin >= state.numel) break;
           requantize(state, block_begin, block_end, gamma, theta);
-          pending_fisher_.erase(pending_fisher_.begin(), pending_fisher_.begin() + (block_end - block_begin));
+          pending_fisher_.erase(pending_fisher_.begin(),
+                                pending_fisher_.begin() + (block_end - block_begin));
           pending_offset_ = block_end;
         }
         break;
@@ -399,8 +420,10 @@ class Ewc : public clhost::sdk::Regularizer {
     }
   }
 
-  // Sum of two quadratics a1 (x-m1)^2 + a2 (x-m2)^2 = (a1+a2)(x - m)^2 + const, m the weighted mean.
-  static void merge(float& merged_fisher, float& merged_anchor, float gamma, float fisher, float theta) {
+  // Sum of two quadratics a1 (x-m1)^2 + a2 (x-m2)^2 = (a1+a2)(x - m)^2 + const, m the weighted
+  // mean.
+  static void merge(float& merged_fisher, float& merged_anchor, float gamma, float fisher,
+                    float theta) {
     const float old_weight = gamma * merged_fisher;
     const float total = old_weight + fisher;
     merged_anchor = total > 0.0F ? (old_weight * merged_anchor + fisher * theta) / total : theta;
@@ -421,24 +444,27 @@ class Ewc : public clhost::sdk::Regularizer {
     for (int64_t i = 0; i < count; ++i) {
       const auto k = static_cast<size_t>(begin + i);
       float fisher = first ? 0.0F : table[state.fisher_codes[k]];
-      float anchor = first        ? theta[k]
-                     : half_anchor ? clhost::ewc::from_half_bits(state.anchor_half[k])
-                                   : clhost::ewc::anchor_value(state.scales[block], state.anchor_codes[k]);
+      float anchor = first ? theta[k]
+                     : half_anchor
+                         ? clhost::ewc::from_half_bits(state.anchor_half[k])
+                         : clhost::ewc::anchor_value(state.scales[block], state.anchor_codes[k]);
       merge(fisher, anchor, gamma, pending_fisher_[static_cast<size_t>(i)], theta[k]);
       merged_fisher[static_cast<size_t>(i)] = fisher;
       merged_anchor[static_cast<size_t>(i)] = anchor;
     }
     if (half_anchor) {
       anchor_scratch_codes_.resize(static_cast<size_t>(count));
-      state.scales[block] = clhost::ewc::quantize_block(merged_fisher.data(), merged_anchor.data(), count,
-                                                        state.fisher_codes.data() + begin, anchor_scratch_codes_.data());
+      state.scales[block] = clhost::ewc::quantize_block(merged_fisher.data(), merged_anchor.data(),
+                                                        count, state.fisher_codes.data() + begin,
+                                                        anchor_scratch_codes_.data());
       for (int64_t i = 0; i < count; ++i) {
-        state.anchor_half[static_cast<size_t>(begin + i)] = clhost::ewc::to_half_bits(merged_anchor[static_cast<size_t>(i)]);
+        state.anchor_half[static_cast<size_t>(begin + i)] =
+            clhost::ewc::to_half_bits(merged_anchor[static_cast<size_t>(i)]);
       }
       return;
     }
-    state.scales[block] = clhost::ewc::quantize_block(merged_fisher.data(), merged_anchor.data(), count,
-                                                      state.fisher_codes.data() + begin,
+    state.scales[block] = clhost::ewc::quantize_block(merged_fisher.data(), merged_anchor.data(),
+                                                      count, state.fisher_codes.data() + begin,
                                                       state.anchor_codes.data() + begin);
   }
 

@@ -15,10 +15,10 @@ inline constexpr int64_t kQuantBlock = 16384;
 inline constexpr int64_t kQuantBlockOverheadBytes = 4 * sizeof(float);
 
 enum class StateLayout {
-  kSeparate,      // one fp32 Fisher and one fp32 anchor per task: 8*T bytes/param
-  kOnline,        // F <- gamma*F + F_new, anchor = latest parameters: 8 bytes/param
-  kMergedFp32,    // one merged quadratic, fp32: 8 bytes/param for any number of tasks
-  kMergedInt8,    // the same, 8-bit log-scale Fisher + 8-bit anchor: ~2 bytes/param
+  kSeparate,        // one fp32 Fisher and one fp32 anchor per task: 8*T bytes/param
+  kOnline,          // F <- gamma*F + F_new, anchor = latest parameters: 8 bytes/param
+  kMergedFp32,      // one merged quadratic, fp32: 8 bytes/param for any number of tasks
+  kMergedInt8,      // the same, 8-bit log-scale Fisher + 8-bit anchor: ~2 bytes/param
   kMergedInt8Fp16,  // the same, 8-bit log-scale Fisher + fp16 anchor: ~3 bytes/param
 };
 
@@ -28,7 +28,8 @@ inline const char* layout_name(StateLayout layout) {
     case StateLayout::kOnline: return "online (fp32)";
     case StateLayout::kMergedFp32: return "efficient (merged quadratic, fp32)";
     case StateLayout::kMergedInt8: return "efficient (merged quadratic, int8)";
-    case StateLayout::kMergedInt8Fp16: return "efficient (merged quadratic, int8 Fisher, fp16 anchor)";
+    case StateLayout::kMergedInt8Fp16:
+      return "efficient (merged quadratic, int8 Fisher, fp16 anchor)";
   }
   return "?";
 }
@@ -90,7 +91,8 @@ inline QuantBlockScale quantize_block(const float* fisher, const float* anchor, 
         fisher_codes[i] = 0;
         continue;
       }
-      const float position = scale.log_step > 0.0F ? (std::log(fisher[i]) - log_low) / scale.log_step : 0.0F;
+      const float position =
+          scale.log_step > 0.0F ? (std::log(fisher[i]) - log_low) / scale.log_step : 0.0F;
       fisher_codes[i] = static_cast<uint8_t>(1 + std::clamp(std::lround(position), 0L, 254L));
     }
   } else {

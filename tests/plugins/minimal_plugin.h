@@ -12,7 +12,9 @@ static clhost_status_t create(const clhost_host_t* host, const clhost_config_t* 
   (void)host, (void)config, (void)instance, (void)error;
   return CLHOST_STATUS_OK;
 }
-static void destroy(void* instance) { (void)instance; }
+static void destroy(void* instance) {
+  (void)instance;
+}
 static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),
                                             {MINIMAL_ABI_MAJOR, MINIMAL_ABI_MINOR},
                                             &descriptor,
@@ -20,4 +22,6 @@ static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),
                                             create,
                                             destroy,
                                             get_interface};
-CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) { return &entry; }
+CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {
+  return &entry;
+}

@@ -40,7 +40,7 @@ struct RunSection {
   int threads = 1;
   std::string output_dir = "runs";
   std::vector<std::string> plugin_path;
-  int64_t log_every = 50;  // steps between metrics.csv rows / progress lines
+  int64_t log_every = 50;      // steps between metrics.csv rows / progress lines
   int64_t memory_budget = -1;  // bytes of LibTorch CPU tensors; -1: no budget
 };
 
@@ -76,7 +76,7 @@ struct FisherSection {
   bool use_compression = true;
   int64_t compression_level = 9;
   double compression_ratio = 0.1;
-  std::string codec = "gzip";       // Fisher store codec (see docs/config.md)
+  std::string codec = "gzip";        // Fisher store codec (see docs/config.md)
   std::string store_dtype = "fp32";  // on-disk dtype of stored Fisher blocks
 };
 

@@ -237,10 +237,10 @@ typedef enum clhost_fisher_labels {
 typedef struct clhost_fisher_request {
   uint32_t struct_size;
   clhost_fisher_labels_t labels;
-  int64_t max_samples;  /* <= 0: every training sample of the task */
-  int32_t batched;      /* non-zero: squared mini-batch gradients (Avalanche) instead of per-sample */
-  int64_t batch_size;   /* samples per forward/backward pass; bounds activation memory */
-  int64_t block_size;   /* parameters per block; <= 0: fisher_computation.block_size */
+  int64_t max_samples; /* <= 0: every training sample of the task */
+  int32_t batched;    /* non-zero: squared mini-batch gradients (Avalanche) instead of per-sample */
+  int64_t batch_size; /* samples per forward/backward pass; bounds activation memory */
+  int64_t block_size; /* parameters per block; <= 0: fisher_computation.block_size */
 } clhost_fisher_request_t;
 
 /* Receives one block of the diagonal Fisher (mean over samples, float32): the flat elements
@@ -301,9 +301,8 @@ typedef struct clhost_fisher_store_v1 {
   /* Reads flat elements [offset, offset + out->shape[0]) of parameter `param_index` from `group`
    * into `out` (1-D float32 contiguous, caller-owned), verifying checksums and that the file was
    * written for this model. */
-  clhost_status_t (*read_block)(const clhost_host_t* host, const char* group,
-                                uint32_t param_index, int64_t offset, DLTensor* out,
-                                clhost_error_t* error);
+  clhost_status_t (*read_block)(const clhost_host_t* host, const char* group, uint32_t param_index,
+                                int64_t offset, DLTensor* out, clhost_error_t* error);
 } clhost_fisher_store_v1_t;
 
 /* "clhost.memory/1" */
