@@ -156,7 +156,7 @@ TEST(CliEndToEndEwc, MemoryPlanMatchesTheMeasuredState) {
     const Result plan = clhost("memory-plan --params " + std::to_string(parameters) + " --tasks 5");
     ASSERT_EQ(plan.exit_code, 0) << plan.output;
     // The plan prints bytes/param per mode; pick this mode's line.
-    const std::string marker = mode == "separate" ? "separate, fp32" : "int8 merged (default)";
+    const std::string marker = mode == "separate" ? "separate, fp32" : "fp16 anchor (default)";
     const size_t line = plan.output.find(marker);
     ASSERT_NE(line, std::string::npos) << plan.output;
     const std::string text = plan.output.substr(line, plan.output.find('\n', line) - line);
@@ -171,6 +171,7 @@ TEST(CliEndToEndEwc, MemoryPlanPrintsTheSeedsTable) {
   ASSERT_EQ(plan.exit_code, 0) << plan.output;
   EXPECT_NE(plan.output.find("56.00 GB"), std::string::npos) << plan.output;  // 8 B/param
   EXPECT_NE(plan.output.find("14.01 GB"), std::string::npos) << plan.output;  // ~2 B/param
+  EXPECT_NE(plan.output.find("21.01 GB"), std::string::npos) << plan.output;  // ~3 B/param
   EXPECT_EQ(clhost("memory-plan --params -5").exit_code, 2);
 }
 

@@ -298,8 +298,8 @@ int command_memory_plan(const std::vector<std::string>& args) {
       {"separate, fp32 (use_memory_efficient=false)", StateLayout::kSeparate},
       {"online, fp32 (the seed's 'normal')", StateLayout::kOnline},
       {"efficient, fp32 merged (state_dtype=fp32)", StateLayout::kMergedFp32},
-      {"efficient, int8 Fisher + fp16 anchor merged", StateLayout::kMergedInt8Fp16},
-      {"efficient, int8 merged (default)", StateLayout::kMergedInt8}};
+      {"efficient, int8 Fisher + fp16 anchor (default)", StateLayout::kMergedInt8Fp16},
+      {"efficient, int8 merged (state_dtype=int8)", StateLayout::kMergedInt8}};
   for (const auto& [label, layout] : rows) {
     const auto bytes = static_cast<double>(clhost::ewc::state_bytes(params, tasks, layout));
     std::printf("%-46s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);

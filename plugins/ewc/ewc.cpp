@@ -40,10 +40,10 @@ const clhost_config_key_t kSchema[] = {
      0, nullptr},
     {"fisher_batch_size", CLHOST_CONFIG_TYPE_INT, "256",
      "samples per Fisher forward/backward pass (bounds activation memory)", 1, 1, 1e9, nullptr},
-    {"state_dtype", CLHOST_CONFIG_TYPE_STRING, "\"int8\"",
-     "memory-efficient state precision: int8 (~2 bytes/param), int8_fp16 (int8 Fisher, fp16 "
-     "anchor: "
-     "~3 bytes/param) or fp32 (8 bytes/param)",
+    {"state_dtype", CLHOST_CONFIG_TYPE_STRING, "\"int8_fp16\"",
+     "memory-efficient state precision: int8_fp16 (8-bit Fisher, fp16 anchor: ~3 bytes/param; the "
+     "default: int8 measured 0.9 points below exact EWC on split Fashion-MNIST), int8 (~2 "
+     "bytes/param) or fp32 (8 bytes/param)",
      0, 0, 0, "int8|int8_fp16|fp32"},
     {"store", CLHOST_CONFIG_TYPE_BOOL, "true",
      "save each task's Fisher to the run's HDF5 store (fisher.h5)", 0, 0, 0, nullptr},
