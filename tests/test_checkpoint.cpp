@@ -37,6 +37,43 @@ TEST(Checkpoint, GradientsEqualThePlainForward) {
   }
 }
 
+TEST(MicroBatches, AccumulatedGradientsEqualTheWholeBatch) {
+  torch::manual_seed(11);
+  clhost::ModelSection section;
+  section.hidden = {64, 32};
+  auto model = clhost::make_model(section, 784, 28, 10);
+  const torch::Tensor x = torch::rand({300, 784});
+  const torch::Tensor labels = torch::randint(0, 10, {300}, torch::kInt64);
+  const torch::Tensor label_map =
+      torch::tensor(std::vector<int64_t>{-1, -1, 0, 1, 2, -1, -1, -1, -1, -1});
+  const torch::Tensor active = torch::tensor(std::vector<int64_t>{2, 3, 4});
+  const torch::Tensor keep = (labels >= 2).logical_and(labels <= 4).nonzero().squeeze(1);
+  const torch::Tensor rows = keep.slice(0, 0, 96);
+  auto grads_with = [&](int64_t micro, int64_t segments, double* loss) {
+    model->zero_grad();
+    int64_t processed = 0;
+    *loss = clhost::accumulate_batch_gradients(model, x, labels, label_map, active, rows, micro,
+                                               segments, &processed);
+    EXPECT_EQ(processed, rows.size(0)) << "every sample exactly once";
+    std::vector<torch::Tensor> out;
+    for (const auto& parameter : model->parameters()) out.push_back(parameter.grad().clone());
+    return out;
+  };
+  double whole_loss = 0.0;
+  const auto whole = grads_with(96, 0, &whole_loss);
+  for (const auto& [micro, segments] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 0}, {7, 0}, {32, 0}, {13, 2}}) {
+    double loss = 0.0;
+    const auto split = grads_with(micro, segments, &loss);
+    EXPECT_NEAR(loss, whole_loss, 1e-5 * whole_loss);
+    for (size_t p = 0; p < whole.size(); ++p) {
+      const double scale = whole[p].abs().max().item<double>();
+      EXPECT_LE((split[p] - whole[p]).abs().max().item<double>(), 1e-6 * scale)
+          << "micro " << micro << " parameter " << p;
+    }
+  }
+}
+
 TEST(Checkpoint, LowersThePeakOfADeepModel) {
   clhost::memory::install_counting_allocator();
   clhost::ModelSection section;

@@ -765,20 +765,9 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
           loss_value = 0.0;
           run_tensor_peak = std::max(run_tensor_peak, memory::peak_bytes());
           memory::reset_peak();
-          for (int64_t start = 0; start < samples; start += micro_batch) {
-            const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
-            const torch::Tensor x = task.train_x.index_select(0, part);
-            const torch::Tensor y =
-                view.label_map.index_select(0, task.train_y.index_select(0, part));
-            const torch::Tensor logits =
-                checkpointed_forward(runtime.model, x, config.train.checkpoint_segments)
-                    .index_select(1, view.active);
-            const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
-            torch::Tensor loss = torch::nn::functional::cross_entropy(logits, y) * share;
-            loss.backward();
-            loss_value += loss.item<double>();
-            samples_processed += part.size(0);
-          }
+          loss_value = accumulate_batch_gradients(
+              runtime.model, task.train_x, task.train_y, view.label_map, view.active, rows,
+              micro_batch, config.train.checkpoint_segments, &samples_processed);
           step_peak = memory::peak_bytes();
           samples_in_steps += samples;
           break;
