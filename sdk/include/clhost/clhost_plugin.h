@@ -144,7 +144,7 @@ typedef struct clhost_config {
 static inline const clhost_config_value_t* clhost_config_find(const clhost_config_t* config,
                                                               const char* key) {
   uint32_t i;
-  for (i = 0; config != NULL && i < config->count; ++i) {
+  for (i = 0; config != NULL && i < config->count; ++i) { /* NOLINT(modernize-use-nullptr): C */
     const char* a = config->values[i].key;
     const char* b = key;
     while (*a != '\0' && *a == *b) {
@@ -155,7 +155,7 @@ static inline const clhost_config_value_t* clhost_config_find(const clhost_confi
       return &config->values[i];
     }
   }
-  return NULL;
+  return NULL; /* NOLINT(modernize-use-nullptr): C */
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ struct Trampolines {
                                 void** instance, clhost_error_t* error) noexcept {
     return guarded_call(error, [&] {
       Config view(config);
-      *instance = new Plugin(host, view);
+      *instance =
+          new Plugin(host, view);  // NOLINT(bugprone-unhandled-exception-at-new): caught below
     });
   }
   static void destroy(void* instance) noexcept {
