@@ -10,6 +10,7 @@
 #include "clhost/memory_budget.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "clhost/runner.hpp"
+#include "run_helpers.hpp"
 #include "test_helpers.hpp"
 
 namespace {
@@ -161,13 +162,7 @@ std::string wide_config(const clhost::test::TempDir& dir, const std::string& nam
 
 nlohmann::json run(const std::string& config_path, const std::string& run_dir,
                    const std::vector<std::string>& set = {}) {
-  clhost::ConfigOverrides overrides;
-  overrides.set = set;
-  overrides.plugin_path = {CLHOST_PLUGIN_DIR};
-  clhost::RunOptions options;
-  options.run_dir = run_dir;
-  options.quiet = true;
-  (void)clhost::run_pipeline(clhost::load_config(config_path, overrides), options);
+  (void)clhost::test::run_quietly(config_path, run_dir, set);
   return nlohmann::json::parse(clhost::test::read_file(run_dir + "/results.json"));
 }
 

@@ -5,6 +5,7 @@
 
 #include "clhost/config.hpp"
 #include "clhost/runner.hpp"
+#include "run_helpers.hpp"
 #include "test_helpers.hpp"
 
 namespace {
@@ -21,14 +22,7 @@ std::string tiny_config(const clhost::test::TempDir& dir, const std::string& ext
 
 clhost::RunSummary run(const std::string& config_path, const std::string& run_dir,
                        const std::vector<std::string>& set = {}) {
-  clhost::ConfigOverrides overrides;
-  overrides.set = set;
-  overrides.plugin_path = {CLHOST_PLUGIN_DIR};
-  const auto config = clhost::load_config(config_path, overrides);
-  clhost::RunOptions options;
-  options.run_dir = run_dir;
-  options.quiet = true;
-  return clhost::run_pipeline(config, options);
+  return clhost::test::run_quietly(config_path, run_dir, set);
 }
 
 // metrics.csv without the samples/s column (timing).
