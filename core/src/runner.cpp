@@ -684,14 +684,14 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         batch_policy != nullptr && micro_batch > 0 ? std::min(micro_batch, batch_size) : batch_size;
     int64_t task_ooms = 0;
     int64_t current_step = 0;
+    // Without a configured budget, policies see what the machine could still give: tensors held
+    // now plus MemAvailable, read once per task (not in the step's hot path).
+    const int64_t available = runtime.budget_bytes < 0 ? available_system_memory() : -1;
+    const int64_t budget_for_policy = runtime.budget_bytes >= 0 ? runtime.budget_bytes
+                                      : available >= 0 ? memory::current_bytes() + available
+                                                       : -1;
     auto ask_policy = [&](int64_t peak_bytes, bool out_of_memory) {
       if (batch_policy == nullptr) return;
-      // Without a configured budget, policies see what the machine could still give: tensors
-      // held now plus MemAvailable (the memory optimizer's free-memory estimate).
-      const int64_t available = available_system_memory();
-      const int64_t budget_for_policy = runtime.budget_bytes >= 0 ? runtime.budget_bytes
-                                        : available >= 0 ? memory::current_bytes() + available
-                                                         : -1;
       const clhost_batch_request_t request{sizeof(clhost_batch_request_t),
                                            static_cast<uint32_t>(t),
                                            batch_size,
