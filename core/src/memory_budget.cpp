@@ -77,10 +77,6 @@ void install_counting_allocator() {
   c10::SetCPUAllocator(instance(), /*priority=*/100);
 }
 
-bool counting_allocator_installed() {
-  return instance() != nullptr;
-}
-
 void set_budget(int64_t bytes) {
   install_counting_allocator();
   instance()->budget_.store(bytes < 0 ? -1 : bytes);

@@ -67,8 +67,6 @@ class FisherStore {
   void read_block(const std::string& group, size_t parameter, int64_t offset, float* out,
                   int64_t count) const;
 
-  [[nodiscard]] const std::string& path() const { return path_; }
-  [[nodiscard]] const StoreOptions& options() const { return options_; }
 
   // Reads the layout of any store file (for `clhost fisher inspect`).
   static StoreSummary inspect(const std::string& path);

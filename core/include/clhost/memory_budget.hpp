@@ -12,7 +12,6 @@ namespace clhost::memory {
 
 // Idempotent; the allocator lives until the process exits (tensors may outlive any scope).
 void install_counting_allocator();
-[[nodiscard]] bool counting_allocator_installed();
 
 // Bytes; -1 removes the budget.
 void set_budget(int64_t bytes);
