@@ -83,12 +83,21 @@ TEST(CliEndToEnd, UnknownPluginExitsThree) {
   EXPECT_FALSE(std::filesystem::exists(dir.path("out")));
 }
 
-TEST(CliEndToEnd, SeedSwitchesNameTheMissingPlugin) {
-  const Result run = clhost("validate --config " + kQuick + " --profile-memory");
-  if (run.exit_code == 0) GTEST_SKIP() << "memory_profiler is installed";
-  EXPECT_EQ(run.exit_code, 3);
-  EXPECT_NE(run.output.find("--profile-memory needs plug-in 'memory_profiler'"), std::string::npos)
-      << run.output;
+TEST(CliEndToEnd, ProfileMemoryWritesTheTimelineAndPrintsTheSummary) {
+  clhost::test::TempDir dir;
+  const Result run = clhost("run --config " + kQuick + " --profile-memory --output " +
+                            dir.path("run"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("[memory_profiler] info: peak RSS"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("peaks by phase: consolidate"), std::string::npos) << run.output;
+  const auto report = results_of(dir.path("run"))["plugins"][1];
+  ASSERT_EQ(report["id"], "memory_profiler");
+  EXPECT_GT(report["report"]["peak"]["rss_bytes"].get<int64_t>(), 0);
+  for (const char* kind : {"json", "png", "svg"}) {
+    const std::string file = report["report"]["files"][kind];
+    EXPECT_EQ(file.rfind(dir.path("run") + "/logs/memory_profile/memory_profile_", 0), 0U) << file;
+    EXPECT_TRUE(std::filesystem::exists(file)) << file;
+  }
 }
 
 TEST(CliEndToEnd, PluginsListAndShow) {
@@ -103,7 +112,7 @@ TEST(CliEndToEnd, PluginsListAndShow) {
 }
 
 TEST(CliEndToEnd, VersionAndHelp) {
-  EXPECT_NE(clhost("--version").output.find("plug-in ABI 1.0"), std::string::npos);
+  EXPECT_NE(clhost("--version").output.find("plug-in ABI 1.1"), std::string::npos);
   const Result help = clhost("run --help");
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.output.find("--plugin-path"), std::string::npos);

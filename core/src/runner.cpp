@@ -10,8 +10,10 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -46,6 +48,7 @@ class Runtime;
 struct PluginContext {
   Runtime* runtime = nullptr;
   std::string id;
+  bool quiet = false;
 };
 
 std::mutex& log_mutex() {
@@ -57,6 +60,7 @@ void host_log(const clhost_host_t* host, clhost_log_level_t level, const char* m
   static const char* const kLevels[] = {"debug", "info", "warning", "error"};
   const auto* context = static_cast<const PluginContext*>(host->host_data);
   const int index = level >= CLHOST_LOG_DEBUG && level <= CLHOST_LOG_ERROR ? level : 1;
+  if (context->quiet && index < CLHOST_LOG_WARNING) return;  // --quiet keeps warnings only
   const std::lock_guard<std::mutex> lock(log_mutex());
   std::fprintf(stderr, "[%s] %s: %s\n", context->id.c_str(), kLevels[index], message);
 }
@@ -74,6 +78,8 @@ class Runtime {
   int64_t fisher_block_size = 1000000;
   json settings;                       // the resolved configuration, for clhost.settings/1
   std::unique_ptr<FisherStore> store;  // created on first use
+  // Delivers a USER event from `source` to the profilers (set by the trainer for the run).
+  std::function<void(const std::string& source, const std::string& label)> mark;
 
   const json* setting(const char* key_path) const {
     const json* node = &settings;
@@ -292,6 +298,28 @@ clhost_status_t memory_get_info(const clhost_host_t* host, clhost_memory_info_t*
   return CLHOST_STATUS_OK;
 }
 
+clhost_status_t events_mark(const clhost_host_t* host, const char* label, clhost_error_t* error) {
+  if (label == nullptr || *label == '\0') {
+    std::snprintf(error->message, sizeof(error->message), "events.mark: empty label");
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  const auto* context = static_cast<const PluginContext*>(host->host_data);
+  if (!context->runtime->mark) {
+    std::snprintf(error->message, sizeof(error->message),
+                  "events.mark: only callable from a hook while the run is in progress");
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  try {
+    context->runtime->mark(context->id, label);
+    return CLHOST_STATUS_OK;
+  } catch (const std::exception& e) {
+    std::snprintf(error->message, sizeof(error->message), "events.mark: %s", e.what());
+    return CLHOST_STATUS_INTERNAL;
+  }
+}
+
+const clhost_events_service_v1_t kEventsService{sizeof(clhost_events_service_v1_t),
+                                                &events_mark};
 const clhost_log_service_v1_t kLogService{sizeof(clhost_log_service_v1_t), &host_log};
 const clhost_params_service_v1_t kParamsService{sizeof(clhost_params_service_v1_t), &params_count,
                                                 &params_get};
@@ -318,6 +346,7 @@ const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (std::strcmp(id, CLHOST_SERVICE_PARAMS_V1) == 0) return &kParamsService;
   if (std::strcmp(id, CLHOST_SERVICE_GRADSTATS_V1) == 0) return &kGradstatsService;
   if (std::strcmp(id, CLHOST_SERVICE_MEMORY_V1) == 0) return &kMemoryService;
+  if (std::strcmp(id, CLHOST_SERVICE_EVENTS_V1) == 0) return &kEventsService;
   return nullptr;
 }
 
@@ -547,7 +576,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     auto instance = std::make_unique<PluginInstance>();
     instance->plugin = plugins[i];
     instance->config = std::move(plugin_configs[i]);
-    instance->context = PluginContext{&runtime, plugins[i]->id};
+    instance->context = PluginContext{&runtime, plugins[i]->id, options.quiet};
     instance->host = clhost_host_t{sizeof(clhost_host_t),
                                    {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
                                    CLHOST_VERSION,
@@ -590,13 +619,22 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   bool first_policy_call = true;
   int64_t run_tensor_peak = 0;
 
-  auto emit = [&](clhost_event_kind_t kind, int32_t task, const std::string& label) {
+  // Events reach the profilers in order. A mark raised while an event is being delivered (by a
+  // profiler's on_event) waits in `pending_marks` until that event has reached every profiler.
+  int32_t current_task = -1;
+  bool delivering = false;
+  std::deque<std::pair<std::string, std::string>> pending_marks;  // (source, label)
+  auto deliver = [&](clhost_event_kind_t kind, const std::string& source,
+                     const std::string& label) {
     const clhost_event_t event{sizeof(clhost_event_t),
                                kind,
                                std::chrono::duration<double>(Clock::now() - wall_start).count(),
-                               task,
+                               kind == CLHOST_EVENT_RUN_BEGIN || kind == CLHOST_EVENT_RUN_END
+                                   ? -1
+                                   : current_task,
                                label.c_str(),
-                               run_dir.c_str()};
+                               run_dir.c_str(),
+                               source.c_str()};
     for (auto& instance : instances) {
       if (instance->kind() != CLHOST_PLUGIN_KIND_PROFILER) continue;
       clhost_error_t error{};
@@ -605,6 +643,39 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
           error, "on_event");
     }
   };
+  auto drain = [&](clhost_event_kind_t kind, const std::string& source, const std::string& label) {
+    delivering = true;
+    try {
+      deliver(kind, source, label);
+      while (!pending_marks.empty()) {
+        const auto [mark_source, mark_label] = pending_marks.front();
+        pending_marks.pop_front();
+        deliver(CLHOST_EVENT_USER, mark_source, mark_label);
+      }
+    } catch (...) {
+      delivering = false;
+      pending_marks.clear();
+      throw;
+    }
+    delivering = false;
+  };
+  auto emit = [&](clhost_event_kind_t kind, int32_t task, const std::string& label) {
+    current_task = task;
+    drain(kind, "clhost", label);
+  };
+  runtime.mark = [&](const std::string& source, const std::string& label) {
+    if (delivering) {
+      pending_marks.emplace_back(source, label);
+    } else {
+      drain(CLHOST_EVENT_USER, source, label);
+    }
+  };
+  // Marks end with the run: a plug-in's destroy (during unwinding too) must not reach the lambdas
+  // above after they are gone.
+  struct MarkScope {
+    Runtime& runtime;
+    ~MarkScope() { runtime.mark = nullptr; }
+  } mark_scope{runtime};
   PluginInstance* batch_policy = nullptr;
   for (auto& instance : instances) {
     if (instance->kind() == CLHOST_PLUGIN_KIND_BATCH_POLICY) {
@@ -631,6 +702,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   RunSummary summary;
   summary.run_dir = run_dir;
   emit(CLHOST_EVENT_RUN_BEGIN, -1, "run begin");
+  emit(CLHOST_EVENT_EVAL_BEGIN, -1, "evaluate the untrained model");
 
   // Accuracy of the untrained model: the baseline for forward transfer.
   for (size_t j = 0; j < task_count; ++j) {
@@ -639,6 +711,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                  make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
                  config.train.eval_batch_size));
   }
+  emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
 
   json task_reports = json::array();
   int64_t global_step = 0;

@@ -44,7 +44,14 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 0
+#define CLHOST_ABI_VERSION_MINOR 1
+
+/* 1.1: service "clhost.events/1"; clhost_event_t.source. */
+
+/* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
+ * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
+#define CLHOST_HAS_MEMBER(pointer, type, member) \
+  ((pointer)->struct_size >= offsetof(type, member) + sizeof(((type*)0)->member))
 
 typedef struct clhost_abi_version {
   uint32_t major;
@@ -325,6 +332,18 @@ typedef struct clhost_memory_service_v1 {
                               clhost_error_t* error);
 } clhost_memory_service_v1_t;
 
+/* "clhost.events/1" (ABI 1.1): named events on the run's timeline, e.g. "cache warm" or "probe
+ * allocated". The host stamps the time and task and delivers a CLHOST_EVENT_USER event with
+ * source = the calling plug-in's id to every profiler in the pipeline, in order, before `mark`
+ * returns — or, when called from a profiler's own on_event, right after the current event has
+ * reached every profiler (so a profiler may mark without recursion). Thread rule: trainer thread
+ * only, from inside a hook. `label` lifetime: call; NULL or "" is INVALID_ARGUMENT. */
+#define CLHOST_SERVICE_EVENTS_V1 "clhost.events/1"
+typedef struct clhost_events_service_v1 {
+  uint32_t struct_size;
+  clhost_status_t (*mark)(const clhost_host_t* host, const char* label, clhost_error_t* error);
+} clhost_events_service_v1_t;
+
 /* ---------------------------------------------------------------------------------------------
  * Hook arguments
  * ------------------------------------------------------------------------------------------ */
@@ -392,6 +411,9 @@ typedef struct clhost_event {
   int32_t task_index;  /* -1 when not inside a task */
   const char* label;   /* e.g. "task 2 begin"; lifetime: call */
   const char* run_dir; /* the run's output directory; lifetime: call */
+  /* ABI 1.1 (check with CLHOST_HAS_MEMBER): "clhost" for the host's events, the marking
+   * plug-in's id for CLHOST_EVENT_USER. Lifetime: call. */
+  const char* source;
 } clhost_event_t;
 
 #define CLHOST_INTERFACE_PROFILER_V1 "clhost.profiler/1"

@@ -110,6 +110,13 @@ class Host {
     return service<clhost_memory_service_v1_t>(CLHOST_SERVICE_MEMORY_V1);
   }
 
+  // Adds a named event to the run's timeline (every profiler receives it). Trainer thread only.
+  void mark(const std::string& label) const {
+    const auto& events = service<clhost_events_service_v1_t>(CLHOST_SERVICE_EVENTS_V1);
+    clhost_error_t error{};
+    check(events.mark(host_, label.c_str(), &error), error);
+  }
+
   [[nodiscard]] uint32_t parameter_count() const { return params().count(host_); }
   [[nodiscard]] clhost_parameter_t parameter(uint32_t index) const {
     clhost_parameter_t out{};
@@ -190,6 +197,14 @@ class Profiler : public PluginBase {
  public:
   using PluginBase::PluginBase;
   virtual void on_event(const clhost_event_t& event) = 0;
+
+  // Who raised the event: "clhost", or the id of the plug-in that marked it. Hosts older than
+  // ABI 1.1 do not say; then "clhost" is assumed.
+  static const char* source_of(const clhost_event_t& event) noexcept {
+    return CLHOST_HAS_MEMBER(&event, clhost_event_t, source) && event.source != nullptr
+               ? event.source
+               : "clhost";
+  }
 };
 
 namespace detail {
