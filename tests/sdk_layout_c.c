@@ -18,6 +18,18 @@ size_t clhost_test_c_layout(int which) {
     case 7: return sizeof(clhost_regularizer_v1_t);
     case 8: return offsetof(clhost_plugin_entry_t, get_interface);
     case 9: return sizeof(clhost_config_value_t);
+    case 10: return sizeof(clhost_events_service_v1_t);
+    case 11: {
+      /* A 1.0-sized event (no `source`) and a 1.1 one, as a reader must tell them apart. */
+      clhost_event_t event;
+      int old_host;
+      int new_host;
+      event.struct_size = (uint32_t)offsetof(clhost_event_t, source);
+      old_host = CLHOST_HAS_MEMBER(&event, clhost_event_t, source);
+      event.struct_size = (uint32_t)sizeof(clhost_event_t);
+      new_host = CLHOST_HAS_MEMBER(&event, clhost_event_t, source);
+      return (size_t)(old_host == 0 && new_host != 0);
+    }
     default: return 0;
   }
 }

@@ -85,8 +85,8 @@ TEST(CliEndToEnd, UnknownPluginExitsThree) {
 
 TEST(CliEndToEnd, ProfileMemoryWritesTheTimelineAndPrintsTheSummary) {
   clhost::test::TempDir dir;
-  const Result run = clhost("run --config " + kQuick + " --profile-memory --output " +
-                            dir.path("run"));
+  const Result run =
+      clhost("run --config " + kQuick + " --profile-memory --output " + dir.path("run"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("[memory_profiler] info: peak RSS"), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("peaks by phase: consolidate"), std::string::npos) << run.output;
@@ -98,6 +98,26 @@ TEST(CliEndToEnd, ProfileMemoryWritesTheTimelineAndPrintsTheSummary) {
     EXPECT_EQ(file.rfind(dir.path("run") + "/logs/memory_profile/memory_profile_", 0), 0U) << file;
     EXPECT_TRUE(std::filesystem::exists(file)) << file;
   }
+}
+
+TEST(CliEndToEnd, CuptiProfilerWithoutAGpuSaysSoOnceAndTheRunGoesOn) {
+#ifndef CLHOST_HAVE_CUPTI
+  GTEST_SKIP() << "CUPTI was not found at configure time; cupti_profiler is not built";
+#endif
+  clhost::test::TempDir dir;
+  const Result run =
+      clhost("run --config " + kQuick +
+             " --plugins l2,cupti_profiler --profile-memory -q --output " + dir.path("run"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto report = results_of(dir.path("run"))["plugins"][1];
+  ASSERT_EQ(report["id"], "cupti_profiler");
+  if (report["report"]["enabled"].get<bool>()) GTEST_SKIP() << "this machine has a CUDA device";
+  const std::string message = "no CUDA device: cupti_profiler disabled";
+  const size_t first = run.output.find(message);
+  EXPECT_NE(first, std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find(message, first + 1), std::string::npos) << "said more than once";
+  EXPECT_FALSE(report["report"]["reason"].get<std::string>().empty());
+  EXPECT_EQ(results_of(dir.path("run"))["accuracy_matrix"].size(), 5U);
 }
 
 TEST(CliEndToEnd, PluginsListAndShow) {

@@ -161,10 +161,9 @@ TEST(MemoryProfiler, EventsArriveInOrderOnOneMonotoneClock) {
                                                 "probe freed"};
   EXPECT_EQ(marks, expected_marks);
   const std::vector<std::string> expected_kinds{
-      "run_begin",       "eval_begin", "eval_end",          "task_begin",      "consolidate_begin",
-      "consolidate_end", "task_end",   "eval_begin",        "eval_end",        "task_begin",
-      "consolidate_begin", "consolidate_end", "task_end",  "eval_begin",      "eval_end",
-      "run_end"};
+      "run_begin", "eval_begin", "eval_end", "task_begin", "consolidate_begin", "consolidate_end",
+      "task_end",  "eval_begin", "eval_end", "task_begin", "consolidate_begin", "consolidate_end",
+      "task_end",  "eval_begin", "eval_end", "run_end"};
   EXPECT_EQ(host_kinds, expected_kinds);
   const auto& times = profile["samples"]["t_s"];
   for (size_t i = 1; i < times.size(); ++i) EXPECT_GE(times[i], times[i - 1]) << i;

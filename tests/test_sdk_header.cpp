@@ -18,6 +18,17 @@ TEST(SdkHeader, CAndCxxAgreeOnLayout) {
   EXPECT_EQ(clhost_test_c_layout(7), sizeof(clhost_regularizer_v1_t));
   EXPECT_EQ(clhost_test_c_layout(8), offsetof(clhost_plugin_entry_t, get_interface));
   EXPECT_EQ(clhost_test_c_layout(9), sizeof(clhost_config_value_t));
+  EXPECT_EQ(clhost_test_c_layout(10), sizeof(clhost_events_service_v1_t));
+  EXPECT_EQ(clhost_test_c_layout(11), 1U) << "CLHOST_HAS_MEMBER in C";
+}
+
+TEST(SdkHelper, ProfilerSourceOfAnOlderHostsEventIsTheHost) {
+  clhost_event_t event{};
+  event.source = "my_plugin";
+  event.struct_size = static_cast<uint32_t>(offsetof(clhost_event_t, source));
+  EXPECT_STREQ(clhost::sdk::Profiler::source_of(event), "clhost");
+  event.struct_size = sizeof(clhost_event_t);
+  EXPECT_STREQ(clhost::sdk::Profiler::source_of(event), "my_plugin");
 }
 
 TEST(SdkHelper, ExceptionsBecomeStatusCodes) {

@@ -14,7 +14,7 @@ struct ProcessMemory {
   int64_t rss_bytes = -1;
   int64_t peak_rss_bytes = -1;
 };
-// Reads VmRSS and VmHWM from /proc/self/status.
+// Resident set size now and its high-water mark (VmRSS, VmHWM); thread-safe, a few microseconds.
 ProcessMemory read_process_memory();
 // Resets VmHWM (writes 5 to /proc/self/clear_refs); false when the kernel refuses.
 bool reset_peak_rss();

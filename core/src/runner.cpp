@@ -318,8 +318,7 @@ clhost_status_t events_mark(const clhost_host_t* host, const char* label, clhost
   }
 }
 
-const clhost_events_service_v1_t kEventsService{sizeof(clhost_events_service_v1_t),
-                                                &events_mark};
+const clhost_events_service_v1_t kEventsService{sizeof(clhost_events_service_v1_t), &events_mark};
 const clhost_log_service_v1_t kLogService{sizeof(clhost_log_service_v1_t), &host_log};
 const clhost_params_service_v1_t kParamsService{sizeof(clhost_params_service_v1_t), &params_count,
                                                 &params_get};
@@ -626,15 +625,14 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   std::deque<std::pair<std::string, std::string>> pending_marks;  // (source, label)
   auto deliver = [&](clhost_event_kind_t kind, const std::string& source,
                      const std::string& label) {
-    const clhost_event_t event{sizeof(clhost_event_t),
-                               kind,
-                               std::chrono::duration<double>(Clock::now() - wall_start).count(),
-                               kind == CLHOST_EVENT_RUN_BEGIN || kind == CLHOST_EVENT_RUN_END
-                                   ? -1
-                                   : current_task,
-                               label.c_str(),
-                               run_dir.c_str(),
-                               source.c_str()};
+    const clhost_event_t event{
+        sizeof(clhost_event_t),
+        kind,
+        std::chrono::duration<double>(Clock::now() - wall_start).count(),
+        kind == CLHOST_EVENT_RUN_BEGIN || kind == CLHOST_EVENT_RUN_END ? -1 : current_task,
+        label.c_str(),
+        run_dir.c_str(),
+        source.c_str()};
     for (auto& instance : instances) {
       if (instance->kind() != CLHOST_PLUGIN_KIND_PROFILER) continue;
       clhost_error_t error{};

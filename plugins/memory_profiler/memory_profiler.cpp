@@ -4,9 +4,9 @@
 //
 // It needs no LibTorch: the host's clhost.memory/1 service reports RSS (/proc/self/status), the
 // LibTorch allocator's bytes and, on CUDA builds, the caching allocator's.
-#include <clhost/plugin.hpp>
-#include <sys/stat.h>
+#include <pthread.h>
 #include <time.h>
+#include <clhost/plugin.hpp>
 
 #include <atomic>
 #include <cerrno>
@@ -31,21 +31,19 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 const clhost_config_key_t kSchema[] = {
-    {"interval_ms", CLHOST_CONFIG_TYPE_FLOAT, "50.0",
-     "time between two samples, in milliseconds", 1, 1.0, 60000.0, nullptr},
+    {"interval_ms", CLHOST_CONFIG_TYPE_FLOAT, "50.0", "time between two samples, in milliseconds",
+     1, 1.0, 60000.0, nullptr},
     {"output_dir", CLHOST_CONFIG_TYPE_STRING, "\"logs/memory_profile\"",
-     "where the profile files go; relative paths are inside the run directory", 0, 0, 0,
-     nullptr},
+     "where the profile files go; relative paths are inside the run directory", 0, 0, 0, nullptr},
     {"png", CLHOST_CONFIG_TYPE_BOOL, "true", "write the timeline as PNG", 0, 0, 0, nullptr},
     {"svg", CLHOST_CONFIG_TYPE_BOOL, "true", "write the timeline as SVG (for reports)", 0, 0, 0,
      nullptr},
-    {"width_px", CLHOST_CONFIG_TYPE_INT, "1280", "picture width, in pixels", 1, 320, 8000,
-     nullptr},
+    {"width_px", CLHOST_CONFIG_TYPE_INT, "1280", "picture width, in pixels", 1, 320, 8000, nullptr},
     {"height_px", CLHOST_CONFIG_TYPE_INT, "720", "picture height, in pixels", 1, 240, 8000,
      nullptr},
     {"max_samples", CLHOST_CONFIG_TYPE_INT, "200000",
-     "samples kept; past it, neighbours merge (peaks kept, resolution halves)", 1, 100,
-     100000000, nullptr},
+     "samples kept; past it, neighbours merge (peaks kept, resolution halves)", 1, 100, 100000000,
+     nullptr},
     {"summary", CLHOST_CONFIG_TYPE_BOOL, "true",
      "print the peak/phase summary on the console at the end of the run", 0, 0, 0, nullptr},
 };
@@ -134,8 +132,7 @@ class MemoryProfiler : public clhost::sdk::Profiler {
       const std::lock_guard<std::mutex> lock(mutex_);
       timeline_.add_sample(sample);
       timeline_.add_event(EventRecord{event.time_seconds, event.kind, event.task_index,
-                                      event.label != nullptr ? event.label : "",
-                                      source_of(event)});
+                                      event.label != nullptr ? event.label : "", source_of(event)});
     }
     if (event.kind == CLHOST_EVENT_RUN_END) {
       stop_sampler();
@@ -177,9 +174,12 @@ class MemoryProfiler : public clhost::sdk::Profiler {
     return sample;
   }
 
-  double now_seconds() const { return std::chrono::duration<double>(Clock::now() - origin_).count(); }
+  double now_seconds() const {
+    return std::chrono::duration<double>(Clock::now() - origin_).count();
+  }
 
   void sample_loop() {
+    pthread_setname_np(pthread_self(), "clhost-memprof");  // for top -H, perf, gdb
     const double cpu_start = thread_cpu_seconds();
     auto next = Clock::now();
     std::unique_lock<std::mutex> lock(mutex_);
@@ -236,17 +236,17 @@ class MemoryProfiler : public clhost::sdk::Profiler {
       stem = profile_stem(started_at_) + "_" + std::to_string(n);
     }
     const double interval_ms = std::chrono::duration<double, std::milli>(interval_).count();
-    const json sampler{{"interval_ms", interval_ms},
-                       {"thread_samples", thread_samples_},
-                       {"event_samples", timeline_.events().size()},
-                       {"kept_samples", timeline_.samples().size()},
-                       {"decimations", timeline_.decimations()},
-                       {"cpu_seconds", sampler_cpu_seconds_},
-                       {"cpu_per_sample_us",
-                        thread_samples_ > 0
-                            ? sampler_cpu_seconds_ * 1e6 / static_cast<double>(thread_samples_)
-                            : 0.0},
-                       {"cpu_share_of_one_core", end > 0 ? sampler_cpu_seconds_ / end : 0.0}};
+    const json sampler{
+        {"interval_ms", interval_ms},
+        {"thread_samples", thread_samples_},
+        {"event_samples", timeline_.events().size()},
+        {"kept_samples", timeline_.samples().size()},
+        {"decimations", timeline_.decimations()},
+        {"cpu_seconds", sampler_cpu_seconds_},
+        {"cpu_per_sample_us",
+         thread_samples_ > 0 ? sampler_cpu_seconds_ * 1e6 / static_cast<double>(thread_samples_)
+                             : 0.0},
+        {"cpu_share_of_one_core", end > 0 ? sampler_cpu_seconds_ / end : 0.0}};
     char started[32];
     std::tm local{};
     localtime_r(&started_at_, &local);

@@ -74,8 +74,8 @@ std::string format_mib(double bytes) {
   return buffer;
 }
 
-void draw_line(const std::vector<PLFLT>& x, const std::vector<PLFLT>& y, PLINT colour,
-               PLINT style, PLFLT width) {
+void draw_line(const std::vector<PLFLT>& x, const std::vector<PLFLT>& y, PLINT colour, PLINT style,
+               PLFLT width) {
   if (x.size() < 2) return;
   plcol0(colour);
   pllsty(style);
@@ -232,11 +232,10 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
   plschr(0.0, 0.65);
   pllsty(kSolid);
   pllegend(&legend_width, &legend_height, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
-           PL_POSITION_RIGHT | PL_POSITION_OUTSIDE, 0.015, 0.0, 0.04, kBackground,
-           kInk, kSolid, 0, 0, count, options_array.data(), 0.8, 0.75, 1.8, 0.0,
-           text_colours.data(), texts.data(), colours.data(), patterns.data(), box_scales.data(),
-           box_widths.data(), colours.data(), styles.data(), line_widths.data(), nullptr,
-           nullptr, nullptr, nullptr);
+           PL_POSITION_RIGHT | PL_POSITION_OUTSIDE, 0.015, 0.0, 0.04, kBackground, kInk, kSolid, 0,
+           0, count, options_array.data(), 0.8, 0.75, 1.8, 0.0, text_colours.data(), texts.data(),
+           colours.data(), patterns.data(), box_scales.data(), box_widths.data(), colours.data(),
+           styles.data(), line_widths.data(), nullptr, nullptr, nullptr, nullptr);
   plend();
 }
 

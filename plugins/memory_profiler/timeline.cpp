@@ -118,17 +118,16 @@ void Timeline::add_event(const EventRecord& event) {
 void Timeline::finish(double end_seconds) {
   if (!phases_.empty()) phases_.back().end_seconds = end_seconds;
   // Zero-length "other" stretches between back-to-back events say nothing.
-  phases_.erase(std::remove_if(phases_.begin(), phases_.end(),
-                               [](const Phase& phase) {
-                                 return phase.kind == "other" && phase.samples == 0;
-                               }),
+  phases_.erase(std::remove_if(
+                    phases_.begin(), phases_.end(),
+                    [](const Phase& phase) { return phase.kind == "other" && phase.samples == 0; }),
                 phases_.end());
 }
 
 const Sample* Timeline::peak_rss_sample() const {
-  const auto peak = std::max_element(
-      samples_.begin(), samples_.end(),
-      [](const Sample& a, const Sample& b) { return a.rss_bytes < b.rss_bytes; });
+  const auto peak =
+      std::max_element(samples_.begin(), samples_.end(),
+                       [](const Sample& a, const Sample& b) { return a.rss_bytes < b.rss_bytes; });
   return peak == samples_.end() ? nullptr : &*peak;
 }
 
@@ -150,9 +149,8 @@ json phase_json(const Phase& phase) {
               {"samples", phase.samples},
               {"peak_rss_bytes", phase.peak_rss_bytes},
               {"peak_rss_at_s", phase.peak_rss_at_seconds},
-              {"mean_rss_bytes", phase.samples > 0
-                                     ? phase.rss_sum / static_cast<double>(phase.samples)
-                                     : 0.0},
+              {"mean_rss_bytes",
+               phase.samples > 0 ? phase.rss_sum / static_cast<double>(phase.samples) : 0.0},
               {"peak_tensor_bytes", phase.peak_tensor_bytes},
               {"peak_device_allocated_bytes", phase.peak_device_allocated_bytes}};
 }
@@ -276,11 +274,10 @@ Timeline Timeline::from_json(const json& profile) {
     timeline.samples_.push_back(sample);
   }
   for (const json& event : field(profile, "events")) {
-    timeline.events_.push_back(EventRecord{field(event, "t_s").get<double>(),
-                                           event_kind_from_name(field(event, "kind")),
-                                           field(event, "task").get<int32_t>(),
-                                           field(event, "label").get<std::string>(),
-                                           field(event, "source").get<std::string>()});
+    timeline.events_.push_back(
+        EventRecord{field(event, "t_s").get<double>(), event_kind_from_name(field(event, "kind")),
+                    field(event, "task").get<int32_t>(), field(event, "label").get<std::string>(),
+                    field(event, "source").get<std::string>()});
   }
   for (const json& entry : field(profile, "phases")) {
     Phase phase;
@@ -292,7 +289,8 @@ Timeline Timeline::from_json(const json& profile) {
     phase.samples = field(entry, "samples").get<int64_t>();
     phase.peak_rss_bytes = field(entry, "peak_rss_bytes").get<int64_t>();
     phase.peak_rss_at_seconds = field(entry, "peak_rss_at_s").get<double>();
-    phase.rss_sum = field(entry, "mean_rss_bytes").get<double>() * static_cast<double>(phase.samples);
+    phase.rss_sum =
+        field(entry, "mean_rss_bytes").get<double>() * static_cast<double>(phase.samples);
     phase.peak_tensor_bytes = field(entry, "peak_tensor_bytes").get<int64_t>();
     phase.peak_device_allocated_bytes = field(entry, "peak_device_allocated_bytes").get<int64_t>();
     timeline.phases_.push_back(std::move(phase));

@@ -12,10 +12,10 @@
 namespace clhost::memory_profiler {
 
 struct Sample {
-  double time_seconds = 0;      // since the run began
-  int64_t rss_bytes = 0;        // VmRSS
-  int64_t rss_peak_bytes = 0;   // VmHWM (the host resets it at every task start)
-  int64_t tensor_bytes = -1;    // LibTorch CPU allocator, -1 unknown
+  double time_seconds = 0;     // since the run began
+  int64_t rss_bytes = 0;       // VmRSS
+  int64_t rss_peak_bytes = 0;  // VmHWM (the host resets it at every task start)
+  int64_t tensor_bytes = -1;   // LibTorch CPU allocator, -1 unknown
   int64_t device_allocated_bytes = -1;
   int64_t device_reserved_bytes = -1;
 };

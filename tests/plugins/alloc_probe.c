@@ -12,10 +12,10 @@ static const clhost_config_key_t schema[] = {
     {"at_step", CLHOST_CONFIG_TYPE_INT, "5", "global optimizer step of the allocation", 0, 0, 0,
      NULL},
     {"bytes", CLHOST_CONFIG_TYPE_INT, "268435456", "bytes to allocate and touch", 0, 0, 0, NULL},
-    {"hold_ms", CLHOST_CONFIG_TYPE_INT, "300", "how long to hold, and to wait after the free",
-     0, 0, 0, NULL},
-    {"fail_at_step", CLHOST_CONFIG_TYPE_INT, "-1", "global step at which to fail; -1: never", 0,
-     0, 0, NULL},
+    {"hold_ms", CLHOST_CONFIG_TYPE_INT, "300", "how long to hold, and to wait after the free", 0, 0,
+     0, NULL},
+    {"fail_at_step", CLHOST_CONFIG_TYPE_INT, "-1", "global step at which to fail; -1: never", 0, 0,
+     0, NULL},
 };
 static const clhost_plugin_descriptor_t descriptor = {sizeof(clhost_plugin_descriptor_t),
                                                       "alloc_probe",
@@ -46,8 +46,8 @@ static clhost_status_t create(const clhost_host_t* host, const clhost_config_t* 
   probe_t* self = (probe_t*)calloc(1, sizeof(probe_t));
   if (self == NULL) return CLHOST_STATUS_OUT_OF_MEMORY;
   self->host = host;
-  self->events = (const clhost_events_service_v1_t*)host->get_service(host,
-                                                                     CLHOST_SERVICE_EVENTS_V1);
+  self->events =
+      (const clhost_events_service_v1_t*)host->get_service(host, CLHOST_SERVICE_EVENTS_V1);
   if (self->events == NULL) {
     free(self);
     snprintf(error->message, sizeof(error->message), "host lacks %s", CLHOST_SERVICE_EVENTS_V1);

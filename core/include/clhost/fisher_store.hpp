@@ -67,7 +67,6 @@ class FisherStore {
   void read_block(const std::string& group, size_t parameter, int64_t offset, float* out,
                   int64_t count) const;
 
-
   // Reads the layout of any store file (for `clhost fisher inspect`).
   static StoreSummary inspect(const std::string& path);
   // Checks that the codec's HDF5 filter is available; throws RunError naming the package.
