@@ -13,6 +13,7 @@
 #include "clhost/plugin_loader.hpp"
 #include "clhost/runner.hpp"
 #include "ewc_state.hpp"
+#include "plugin_templates.hpp"
 
 namespace po = boost::program_options;
 
@@ -32,6 +33,8 @@ commands:
   plugins    list the plug-ins found, or show one: clhost plugins list | show ID
   fisher     inspect a Fisher store: clhost fisher inspect FILE.h5
   memory-plan  EWC state memory per mode: clhost memory-plan --params 7e9 --tasks 5
+  new-plugin   write a plug-in project that builds against the installed SDK:
+             clhost new-plugin --kind regularizer --name my_reg [--lang c|cxx] [--dir DIR]
 
 options:
   --version  print the clhost and plug-in ABI versions
@@ -310,6 +313,40 @@ int command_memory_plan(const std::vector<std::string>& args) {
   return 0;
 }
 
+int command_new_plugin(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("help,h", "show this help")(
+      "kind", po::value<std::string>()->required(), "regularizer | batch_policy | profiler")(
+      "name", po::value<std::string>()->required(),
+      "the plug-in id, [a-z0-9_]+ (the library becomes clhost_<name>.so)")(
+      "lang", po::value<std::string>()->default_value("cxx"),
+      "c (C11, the raw ABI) | cxx (C++17, the SDK's helper classes)")(
+      "dir", po::value<std::string>()->default_value(""),
+      "directory to create (default: ./<name>); must not exist or be empty");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: clhost new-plugin --kind KIND --name ID [--lang c|cxx] [--dir DIR]\n\n"
+              << options << '\n';
+    return 0;
+  }
+  po::notify(vm);
+  const clhost::tools::NewPluginRequest request{
+      vm["kind"].as<std::string>(), vm["name"].as<std::string>(), vm["lang"].as<std::string>(),
+      vm["dir"].as<std::string>()};
+  const auto files = clhost::tools::write_plugin_project(request);
+  for (const auto& file : files) std::printf("wrote %s\n", file.c_str());
+  const std::string directory = files.front().substr(0, files.front().rfind('/'));
+  std::printf(
+      "\nbuild and test it against this clhost (installed under its prefix):\n"
+      "  cmake -S %s -B %s/build -DCMAKE_PREFIX_PATH=<clhost prefix>\n"
+      "  cmake --build %s/build && ctest --test-dir %s/build\n"
+      "then: clhost run --config <your.toml> --plugin-path %s/build --plugins %s\n",
+      directory.c_str(), directory.c_str(), directory.c_str(), directory.c_str(),
+      directory.c_str(), request.name.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -331,6 +368,7 @@ int main(int argc, char** argv) {
     if (command == "plugins") return command_plugins(args);
     if (command == "fisher") return command_fisher(args);
     if (command == "memory-plan") return command_memory_plan(args);
+    if (command == "new-plugin") return command_new_plugin(args);
     std::fprintf(stderr, "clhost: unknown command '%s'\n\n%s", command.c_str(), kTopHelp);
     return kExitUsage;
   } catch (const po::error& e) {
