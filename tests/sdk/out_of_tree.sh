@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The third-party author's path, end to end: install clhost into a fresh prefix, generate a
+# plug-in of every kind in C and C++ with `clhost new-plugin`, build each out of tree against the
+# installed package and run its generated tests, build the examples/ the same way and run their
+# tests, and build one plug-in with pkg-config and a bare compiler.
+#
+# usage: out_of_tree.sh BUILD_DIR SOURCE_DIR WORK_DIR
+set -euo pipefail
+build=$1
+source=$2
+work=$3
+rm -rf "$work"
+mkdir -p "$work"
+prefix="$work/prefix"
+cmake --install "$build" --prefix "$prefix" >/dev/null
+clhost="$prefix/bin/clhost"
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+configure() {  # source dir, build dir
+  cmake -S "$1" -B "$2" "${generator[@]}" "${launcher[@]}" -DCMAKE_PREFIX_PATH="$prefix" \
+    -DCMAKE_C_FLAGS=-Werror -DCMAKE_CXX_FLAGS=-Werror >/dev/null
+}
+
+for kind in regularizer batch_policy profiler; do
+  for lang in c cxx; do
+    name="made_${kind}_${lang}"
+    echo "== new-plugin --kind $kind --lang $lang"
+    (cd "$work" && "$clhost" new-plugin --kind "$kind" --name "$name" --lang "$lang" >/dev/null)
+    configure "$work/$name" "$work/$name/build"
+    cmake --build "$work/$name/build"
+    ctest --test-dir "$work/$name/build" --output-on-failure
+  done
+done
+
+echo "== examples/"
+configure "$source/examples" "$work/examples"
+cmake --build "$work/examples"
+ctest --test-dir "$work/examples" --output-on-failure
+
+echo "== pkg-config"
+mkdir -p "$work/pkgconfig_build"
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+# shellcheck disable=SC2046  # the flags are meant to split
+cc -std=c11 -Wall -Wextra -Werror -shared -fPIC $(pkg-config --cflags clhost-sdk) \
+  "$work/made_profiler_c/made_profiler_c.c" $(pkg-config --libs clhost-sdk) \
+  -o "$work/pkgconfig_build/clhost_made_profiler_c.so"
+"$clhost" plugins show made_profiler_c --plugin-path "$work/pkgconfig_build" | grep -q "kind         profiler"
+test "$(pkg-config --variable=abi_version clhost-sdk)" = "$("$clhost" --version | sed 's/.*ABI \([0-9.]*\)).*/\1/')"
+echo "out-of-tree plug-ins: all built, loaded and ran"
