@@ -315,8 +315,8 @@ int command_memory_plan(const std::vector<std::string>& args) {
 
 int command_new_plugin(const std::vector<std::string>& args) {
   po::options_description options("options");
-  options.add_options()("help,h", "show this help")(
-      "kind", po::value<std::string>()->required(), "regularizer | batch_policy | profiler")(
+  options.add_options()("help,h", "show this help")("kind", po::value<std::string>()->required(),
+                                                    "regularizer | batch_policy | profiler")(
       "name", po::value<std::string>()->required(),
       "the plug-in id, [a-z0-9_]+ (the library becomes clhost_<name>.so)")(
       "lang", po::value<std::string>()->default_value("cxx"),
@@ -342,8 +342,8 @@ int command_new_plugin(const std::vector<std::string>& args) {
       "  cmake -S %s -B %s/build -DCMAKE_PREFIX_PATH=<clhost prefix>\n"
       "  cmake --build %s/build && ctest --test-dir %s/build\n"
       "then: clhost run --config <your.toml> --plugin-path %s/build --plugins %s\n",
-      directory.c_str(), directory.c_str(), directory.c_str(), directory.c_str(),
-      directory.c_str(), request.name.c_str());
+      directory.c_str(), directory.c_str(), directory.c_str(), directory.c_str(), directory.c_str(),
+      request.name.c_str());
   return 0;
 }
 

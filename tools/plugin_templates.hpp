@@ -14,10 +14,10 @@ struct PluginTemplate {
 extern const std::vector<PluginTemplate> kPluginTemplates;
 
 struct NewPluginRequest {
-  std::string kind;      // regularizer | batch_policy | profiler
-  std::string name;      // the plug-in id, [a-z0-9_]+
-  std::string language;  // c | cxx
-  std::string directory; // created; must not exist or be empty
+  std::string kind;       // regularizer | batch_policy | profiler
+  std::string name;       // the plug-in id, [a-z0-9_]+
+  std::string language;   // c | cxx
+  std::string directory;  // created; must not exist or be empty
 };
 
 // Writes the project; returns the files written (relative to the directory). Throws

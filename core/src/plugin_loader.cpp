@@ -146,7 +146,16 @@ const LoadedPlugin& PluginLoader::load_file(const std::string& path,
     library->load(absolute, boost::dll::load_mode::rtld_local | boost::dll::load_mode::rtld_now);
   } catch (const std::exception& e) {
     delete library;
-    throw PluginError(absolute + ": cannot load shared library: " + e.what());
+    // Boost wraps the dynamic loader's message ("... (dlerror system message: X): <errno>");
+    // X is the useful part (missing dependency, invalid ELF header, file too short...).
+    std::string reason = e.what();
+    const std::string marker = "dlerror system message: ";
+    if (const size_t at = reason.find(marker); at != std::string::npos) {
+      reason = reason.substr(at + marker.size());
+      reason = reason.substr(0, reason.rfind("):"));
+      if (reason.rfind(absolute + ": ", 0) == 0) reason = reason.substr(absolute.size() + 2);
+    }
+    throw PluginError(absolute + ": cannot load shared library: " + reason);
   }
   if (!library->has(CLHOST_ENTRY_SYMBOL)) {
     throw PluginError(absolute + ": not a clhost plug-in (it does not export '" +

@@ -115,8 +115,9 @@ static const char* last_reason(void* instance) {
 
 static size_t write_json(void* instance, char* buffer, size_t size) {
   const aimd_t* self = (const aimd_t*)instance;
-  const int needed = snprintf(buffer, size, "{\"last_micro_batch\": %lld, \"out_of_memory_cuts\": %lld}",
-                              (long long)self->last, (long long)self->cuts);
+  const int needed =
+      snprintf(buffer, size, "{\"last_micro_batch\": %lld, \"out_of_memory_cuts\": %lld}",
+               (long long)self->last, (long long)self->cuts);
   return needed < 0 ? 0 : (size_t)needed;
 }
 

@@ -77,7 +77,8 @@ class ChromeTrace : public clhost::sdk::Profiler {
  private:
   static std::string mib(int64_t bytes) {
     char text[32];
-    std::snprintf(text, sizeof(text), "%.2f", static_cast<double>(bytes < 0 ? 0 : bytes) / 1048576.0);
+    std::snprintf(text, sizeof(text), "%.2f",
+                  static_cast<double>(bytes < 0 ? 0 : bytes) / 1048576.0);
     return text;
   }
 

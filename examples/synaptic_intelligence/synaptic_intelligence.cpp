@@ -21,8 +21,8 @@ namespace {
 const clhost_config_key_t kSchema[] = {
     {"c", CLHOST_CONFIG_TYPE_FLOAT, "100.0", "penalty strength (dimensionless)", 1, 0.0, 1e9,
      nullptr},
-    {"xi", CLHOST_CONFIG_TYPE_FLOAT, "0.1", "damping of the importance, squared parameter units",
-     1, 1e-12, 1e9, nullptr},
+    {"xi", CLHOST_CONFIG_TYPE_FLOAT, "0.1", "damping of the importance, squared parameter units", 1,
+     1e-12, 1e9, nullptr},
 };
 
 const clhost_plugin_descriptor_t kDescriptor{
@@ -36,11 +36,11 @@ const clhost_plugin_descriptor_t kDescriptor{
     sizeof(kSchema) / sizeof(kSchema[0])};
 
 struct ParameterState {
-  torch::Tensor importance;   // Omega, summed over finished tasks
-  torch::Tensor anchor;       // theta* (end of the previous task)
-  torch::Tensor path;         // w, this task's path integral
-  torch::Tensor task_start;   // theta at the start of this task
-  torch::Tensor previous;     // theta at the last step
+  torch::Tensor importance;     // Omega, summed over finished tasks
+  torch::Tensor anchor;         // theta* (end of the previous task)
+  torch::Tensor path;           // w, this task's path integral
+  torch::Tensor task_start;     // theta at the start of this task
+  torch::Tensor previous;       // theta at the last step
   torch::Tensor previous_grad;  // the data loss's gradient at the last step
 };
 

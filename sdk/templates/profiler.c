@@ -61,8 +61,9 @@ static clhost_status_t on_event(void* instance, const clhost_event_t* event,
 
 static size_t write_json(void* instance, char* buffer, size_t size) {
   const state_t* self = (const state_t*)instance;
-  const int needed = snprintf(buffer, size, "{\"events\": %ld, \"tasks\": %ld, \"task_seconds\": %.6f}",
-                              self->events, self->tasks, self->task_seconds_total);
+  const int needed =
+      snprintf(buffer, size, "{\"events\": %ld, \"tasks\": %ld, \"task_seconds\": %.6f}",
+               self->events, self->tasks, self->task_seconds_total);
   return needed < 0 ? 0 : (size_t)needed;
 }
 

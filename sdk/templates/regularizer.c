@@ -10,8 +10,8 @@
 #include <string.h>
 
 static const clhost_config_key_t schema[] = {
-    {"lambda", CLHOST_CONFIG_TYPE_FLOAT, "0.0001", "penalty strength (dimensionless)", 1, 0.0,
-     1e9, NULL},
+    {"lambda", CLHOST_CONFIG_TYPE_FLOAT, "0.0001", "penalty strength (dimensionless)", 1, 0.0, 1e9,
+     NULL},
 };
 
 static const clhost_plugin_descriptor_t descriptor = {
@@ -132,8 +132,8 @@ static void describe(void* instance, char* buffer, size_t size) {
            ((state_t*)instance)->lambda);
 }
 
-static const clhost_regularizer_v1_t regularizer = {
-    sizeof(clhost_regularizer_v1_t), NULL, after_backward, on_task_end, describe};
+static const clhost_regularizer_v1_t regularizer = {sizeof(clhost_regularizer_v1_t), NULL,
+                                                    after_backward, on_task_end, describe};
 
 static const void* get_interface(const char* id) {
   return strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0 ? &regularizer : NULL;

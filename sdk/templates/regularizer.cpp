@@ -48,8 +48,8 @@ class MyPlugin : public clhost::sdk::Regularizer {
       for (int64_t k = 0; k < parameter.numel; ++k) {
         const float difference = value[k] - anchor[static_cast<size_t>(k)];
         penalty += lambda_ * std::fabs(difference);
-        grad[k] += static_cast<float>(lambda_) * static_cast<float>((difference > 0.0F) -
-                                                                    (difference < 0.0F));
+        grad[k] += static_cast<float>(lambda_) *
+                   static_cast<float>((difference > 0.0F) - (difference < 0.0F));
       }
     }
     return penalty;
@@ -72,9 +72,9 @@ class MyPlugin : public clhost::sdk::Regularizer {
  private:
   static void check(const clhost_parameter_t& parameter) {
     if (!usable(parameter.value) || (parameter.grad.data != nullptr && !usable(parameter.grad))) {
-      throw clhost::sdk::Error(std::string("my_plugin: needs float32 CPU tensors (parameter '") +
-                                   parameter.name + "')",
-                               CLHOST_STATUS_UNSUPPORTED);
+      throw clhost::sdk::Error(
+          std::string("my_plugin: needs float32 CPU tensors (parameter '") + parameter.name + "')",
+          CLHOST_STATUS_UNSUPPORTED);
     }
   }
 

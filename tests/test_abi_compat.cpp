@@ -1,0 +1,139 @@
+// ABI compatibility kept by tests: a plug-in built against the previous minor (the frozen 1.0
+// header in tests/abi/) loads and runs; struct-size growth is handled in both directions; a
+// plug-in directory full of junk is listed, entry by entry, without crashing.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include <clhost/clhost_plugin.h>
+
+#include "clhost/config.hpp"
+#include "clhost/runner.hpp"
+#include "test_helpers.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kQuick = std::string(CLHOST_SOURCE_DIR) + "/configs/quick.toml";
+
+void run_with(const std::string& plugin, const std::string& run_dir) {
+  clhost::ConfigOverrides overrides;
+  overrides.plugins = std::vector<std::string>{plugin};
+  overrides.plugin_path = {CLHOST_TEST_PLUGIN_DIR, CLHOST_PLUGIN_DIR};
+  clhost::RunOptions options;
+  options.run_dir = run_dir;
+  options.quiet = true;
+  clhost::run_pipeline(clhost::load_config(kQuick, overrides), options);
+}
+
+std::map<std::string, long long> read_counts(const std::string& path) {
+  std::map<std::string, long long> counts;
+  std::ifstream in(path);
+  std::string key;
+  long long value = 0;
+  while (in >> key >> value) counts[key] = value;
+  return counts;
+}
+
+TEST(AbiCompat, APluginBuiltAgainstThePreviousMinorLoadsAndRuns) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 1, "the frozen header is the previous minor");
+  clhost::test::TempDir dir;
+  run_with("abi_1_0_profiler", dir.path("run"));
+  const auto seen = read_counts(dir.path("run") + "/abi_1_0_profiler.txt");
+  ASSERT_FALSE(seen.empty()) << "the 1.0 plug-in wrote nothing";
+  EXPECT_EQ(seen.at("task_begins"), 5);
+  EXPECT_EQ(seen.at("events"), 5 * 6 + 4);  // per task: begin, consolidate x2, end, eval x2
+  // The host hands it today's (larger) events; it reads only the members it knows.
+  EXPECT_EQ(seen.at("smallest_event_size"), static_cast<long long>(sizeof(clhost_event_t)));
+  EXPECT_LT(seen.at("own_event_size"), seen.at("smallest_event_size"));
+  EXPECT_GT(seen.at("largest_rss"), 0);  // a 1.0 service called from it works
+}
+
+TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {
+  clhost::test::TempDir dir;
+  // The table's last_reason would crash the host if it were called.
+  run_with("short_batch_table", dir.path("run"));
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto& changes = results["memory"]["batch_size_changes"];
+  ASSERT_FALSE(changes.empty());
+  EXPECT_EQ(changes[0]["to"], 32);
+  EXPECT_EQ(changes[0]["reason"], "");
+}
+
+struct Output {
+  int exit_code;
+  std::string text;
+};
+
+Output clhost_cli(const std::string& args) {
+  const std::string command = std::string(CLHOST_BINARY) + " " + args + " 2>&1";
+  Output result{-1, ""};
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buffer{};
+  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.text += buffer.data();
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+TEST(AbiCompat, PluginsListReportsEveryJunkFileWithoutCrashing) {
+  clhost::test::TempDir dir;
+  const fs::path junk = dir.path("plugins");
+  fs::create_directories(junk);
+  std::ofstream(junk / "clhost_random.so") << std::string(5000, '\x5a');
+  std::ofstream(junk / "clhost_empty.so");
+  std::ofstream(junk / "clhost_truncated.so") << "\x7f"
+                                                 "ELF\x02\x01\x01";
+  fs::create_directories(junk / "clhost_folder.so");
+  fs::create_symlink("/nonexistent/clhost_gone.so", junk / "clhost_dangling.so");
+  // A real shared library that is not a plug-in: the C++ runtime the test itself uses.
+  std::string libstdcxx;
+  for (const char* candidate :
+       {"/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/lib/x86_64-linux-gnu/libstdc++.so.6",
+        "/usr/lib64/libstdc++.so.6"}) {
+    if (fs::exists(candidate)) libstdcxx = candidate;
+  }
+  if (!libstdcxx.empty()) fs::copy_file(libstdcxx, junk / "clhost_not_a_plugin.so");
+  fs::copy_file(std::string(CLHOST_PLUGIN_DIR) + "/clhost_l2.so", junk / "clhost_l2.so");
+
+  const Output list = clhost_cli("plugins list --plugin-path " + junk.string());
+  ASSERT_EQ(list.exit_code, 0) << list.text;
+  for (const char* expected :
+       {"clhost_random.so: cannot load shared library: invalid ELF header",
+        "clhost_empty.so: cannot load shared library: file too short",
+        "clhost_truncated.so: cannot load shared library: file too short",
+        "clhost_folder.so: cannot load shared library: cannot read file data: Is a directory",
+        "clhost_dangling.so: cannot load shared library: cannot open shared object file"}) {
+    EXPECT_NE(list.text.find(expected), std::string::npos) << expected << "\n" << list.text;
+  }
+  if (!libstdcxx.empty()) {
+    EXPECT_NE(list.text.find("clhost_not_a_plugin.so: not a clhost plug-in (it does not export "
+                             "'clhost_plugin_entry')"),
+              std::string::npos)
+        << list.text;
+  }
+  std::istringstream lines(list.text);
+  bool l2_listed = false;
+  for (std::string line; std::getline(lines, line);) {
+    l2_listed =
+        l2_listed || (line.rfind("l2 ", 0) == 0 && line.find(junk.string()) != std::string::npos &&
+                      line.find("regularizer") != std::string::npos);
+  }
+  EXPECT_TRUE(l2_listed) << "the good plug-in among the junk is still listed:\n" << list.text;
+
+  const Output run = clhost_cli("validate --config " + kQuick + " --plugins random --plugin-path " +
+                                junk.string());
+  EXPECT_EQ(run.exit_code, 3) << run.text;
+  EXPECT_NE(run.text.find("invalid ELF header"), std::string::npos) << run.text;
+}
+
+}  // namespace
