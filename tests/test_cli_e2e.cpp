@@ -120,6 +120,34 @@ TEST(CliEndToEnd, CuptiProfilerWithoutAGpuSaysSoOnceAndTheRunGoesOn) {
   EXPECT_EQ(results_of(dir.path("run"))["accuracy_matrix"].size(), 5U);
 }
 
+TEST(CliEndToEnd, NewPluginRefusesBadRequestsAndWritesNothing) {
+  clhost::test::TempDir dir;
+  const Result kind = clhost("new-plugin --kind optimizer --name x --dir " + dir.path("a"));
+  EXPECT_EQ(kind.exit_code, 2);
+  EXPECT_NE(kind.output.find("regularizer, batch_policy or profiler"), std::string::npos)
+      << kind.output;
+  const Result name = clhost("new-plugin --kind profiler --name My-Plugin --dir " + dir.path("b"));
+  EXPECT_EQ(name.exit_code, 2);
+  EXPECT_NE(name.output.find("not a plug-in id"), std::string::npos) << name.output;
+  const Result lang =
+      clhost("new-plugin --kind profiler --name ok --lang rust --dir " + dir.path("c"));
+  EXPECT_EQ(lang.exit_code, 2);
+  for (const char* sub : {"a", "b", "c"}) EXPECT_FALSE(std::filesystem::exists(dir.path(sub)));
+  const std::string taken = dir.path("taken");
+  std::filesystem::create_directories(taken);
+  (void)dir.file("taken/keep.txt", "mine");
+  const Result busy = clhost("new-plugin --kind profiler --name ok --dir " + taken);
+  EXPECT_EQ(busy.exit_code, 2);
+  EXPECT_NE(busy.output.find("exists and is not empty"), std::string::npos) << busy.output;
+  EXPECT_EQ(clhost::test::read_file(taken + "/keep.txt"), "mine");
+  const Result made = clhost("new-plugin --kind batch_policy --name my_policy --lang c --dir " +
+                             dir.path("made"));
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const std::string source = clhost::test::read_file(dir.path("made") + "/my_policy.c");
+  EXPECT_NE(source.find("\"my_policy\""), std::string::npos);
+  EXPECT_EQ(source.find("my_plugin"), std::string::npos) << "placeholder left in the source";
+}
+
 TEST(CliEndToEnd, PluginsListAndShow) {
   const Result list = clhost("plugins list");
   EXPECT_EQ(list.exit_code, 0) << list.output;
