@@ -2,6 +2,7 @@
 // Exit codes: 0 success, 1 run failed, 2 bad configuration or usage, 3 plug-in problem.
 #include <boost/program_options.hpp>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -14,6 +15,8 @@
 #include "clhost/runner.hpp"
 #include "ewc_state.hpp"
 #include "plugin_templates.hpp"
+#include "report/compare.hpp"
+#include "report/report.hpp"
 
 namespace po = boost::program_options;
 
@@ -33,6 +36,9 @@ commands:
   plugins    list the plug-ins found, or show one: clhost plugins list | show ID
   fisher     inspect a Fisher store: clhost fisher inspect FILE.h5
   memory-plan  EWC state memory per mode: clhost memory-plan --params 7e9 --tasks 5
+  compare    A/B: two arms over paired seeds, with statistics:
+             clhost compare --config C.toml --a 'plugins=' --b 'plugins=ewc' --seeds 5
+  report     a self-contained HTML report of one run: clhost report RUN_DIR
   new-plugin   write a plug-in project that builds against the installed SDK:
              clhost new-plugin --kind regularizer --name my_reg [--lang c|cxx] [--dir DIR]
 
@@ -347,6 +353,95 @@ int command_new_plugin(const std::vector<std::string>& args) {
   return 0;
 }
 
+int command_compare(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("help,h", "show this help")(
+      "config,c", po::value<std::string>()->default_value(""),
+      "base TOML config the arms' overrides apply to")(
+      "a", po::value<std::string>()->required(),
+      "arm A: a TOML file, or ';'-separated overrides of --config: 'plugins=ewc' "
+      "(replaces the pipeline; 'plugins=' for none), 'train.lr=5e-4' (as --set)")(
+      "b", po::value<std::string>()->required(), "arm B, the same way")(
+      "a-name", po::value<std::string>()->default_value(""), "label of arm A (default: its spec)")(
+      "b-name", po::value<std::string>()->default_value(""), "label of arm B")(
+      "seeds", po::value<int64_t>()->default_value(5),
+      "number of paired seeds (run.seed = 0..N-1 in both arms)")(
+      "seed-list", po::value<std::vector<int64_t>>()->multitoken(),
+      "explicit seeds instead of --seeds")(
+      "jobs,j", po::value<int>()->default_value(1), "runs in parallel (processes)")(
+      "output,o", po::value<std::string>()->default_value(""),
+      "directory for the arms' runs, compare.json and compare.html (default "
+      "runs/compare_<time>); rerunning with the same directory reuses finished runs")(
+      "plugin-path", po::value<std::vector<std::string>>()->composing(),
+      "extra plug-in directory for every run")("quiet,q", po::bool_switch(), "no progress lines");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: clhost compare --config BASE.toml --a SPEC --b SPEC [--seeds N] [--jobs J]"
+                 "\n\n"
+              << options << '\n';
+    return 0;
+  }
+  po::notify(vm);
+  clhost::tools::CompareOptions compare;
+  const std::string base = vm["config"].as<std::string>();
+  if (!base.empty()) (void)clhost::load_config(base);  // a broken base fails here, once
+  compare.arms.push_back(clhost::tools::parse_arm_spec(vm["a"].as<std::string>(), base,
+                                                       vm["a-name"].as<std::string>()));
+  compare.arms.push_back(clhost::tools::parse_arm_spec(vm["b"].as<std::string>(), base,
+                                                       vm["b-name"].as<std::string>()));
+  if (vm.count("seed-list")) {
+    compare.seeds = vm["seed-list"].as<std::vector<int64_t>>();
+  } else {
+    const int64_t count = vm["seeds"].as<int64_t>();
+    if (count < 1 || count > 1000) throw clhost::ConfigError("--seeds: between 1 and 1000");
+    for (int64_t seed = 0; seed < count; ++seed) compare.seeds.push_back(seed);
+  }
+  compare.jobs = vm["jobs"].as<int>();
+  if (compare.jobs < 1) throw clhost::ConfigError("--jobs: at least 1");
+  compare.output_dir = vm["output"].as<std::string>();
+  if (compare.output_dir.empty()) {
+    char stamp[32];
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+    localtime_r(&now, &local);
+    std::strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &local);
+    compare.output_dir = std::string("runs/compare_") + stamp;
+  }
+  if (vm.count("plugin-path")) compare.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
+  compare.quiet = vm["quiet"].as<bool>();
+  // Every arm must at least validate before hours of runs start.
+  for (const auto& arm : compare.arms) {
+    clhost::ConfigOverrides overrides;
+    overrides.set = arm.set;
+    overrides.plugins = arm.plugins;
+    overrides.plugin_path = compare.plugin_path;
+    (void)clhost::load_config(arm.config, overrides);
+  }
+  return clhost::tools::run_compare(compare);
+}
+
+int command_report(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("help,h", "show this help")("run-dir", po::value<std::string>()->required(),
+                                                     "a finished run directory");
+  po::positional_options_description positional;
+  positional.add("run-dir", 1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: clhost report RUN_DIR\n\n" << options << '\n';
+    return 0;
+  }
+  po::notify(vm);
+  try {
+    std::printf("wrote %s\n", clhost::tools::write_run_report(vm["run-dir"].as<std::string>()).c_str());
+  } catch (const std::runtime_error& e) {
+    throw clhost::RunError(std::string("report: ") + e.what());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -369,6 +464,8 @@ int main(int argc, char** argv) {
     if (command == "fisher") return command_fisher(args);
     if (command == "memory-plan") return command_memory_plan(args);
     if (command == "new-plugin") return command_new_plugin(args);
+    if (command == "compare") return command_compare(args);
+    if (command == "report") return command_report(args);
     std::fprintf(stderr, "clhost: unknown command '%s'\n\n%s", command.c_str(), kTopHelp);
     return kExitUsage;
   } catch (const po::error& e) {

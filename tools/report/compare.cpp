@@ -1,0 +1,225 @@
+#include "compare.hpp"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "clhost/errors.hpp"
+#include "report.hpp"
+
+namespace clhost::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct Job {
+  size_t arm;
+  int64_t seed;
+  std::string dir;
+  std::vector<std::string> argv;
+};
+
+std::string self_executable() {
+  std::error_code error;
+  const fs::path self = fs::read_symlink("/proc/self/exe", error);
+  if (error) throw RunError("compare: cannot find the clhost executable (/proc/self/exe)");
+  return self.string();
+}
+
+bool finished(const std::string& dir) {
+  std::ifstream status(fs::path(dir) / "status.json");
+  std::string text{std::istreambuf_iterator<char>(status), std::istreambuf_iterator<char>()};
+  return text.find("\"complete\"") != std::string::npos && fs::exists(fs::path(dir) / "results.json");
+}
+
+std::string tail_of(const std::string& path, size_t lines) {
+  std::ifstream in(path);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(in, line);) all.push_back(line);
+  std::string out;
+  for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) {
+    out += "    " + all[i] + "\n";
+  }
+  return out;
+}
+
+pid_t launch(const Job& job) {
+  const std::string log = job.dir + ".log";
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  if (child != 0) return child;
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd >= 0) {
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+  }
+  std::vector<char*> argv;
+  for (const auto& arg : job.argv) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  std::perror("execv");
+  _exit(127);
+}
+
+}  // namespace
+
+ArmSpec parse_arm_spec(const std::string& spec, const std::string& base_config,
+                       const std::string& name) {
+  ArmSpec arm;
+  arm.spec = spec;
+  arm.config = base_config;
+  arm.name = name.empty() ? spec : name;
+  if (spec.size() > 5 && spec.substr(spec.size() - 5) == ".toml") {
+    if (!fs::exists(spec)) throw ConfigError("arm '" + spec + "': no such config file");
+    arm.config = spec;
+    if (name.empty()) arm.name = fs::path(spec).stem().string();
+    return arm;
+  }
+  if (base_config.empty()) {
+    throw ConfigError("arm '" + spec + "': overrides need a base config (--config FILE)");
+  }
+  std::stringstream items(spec);
+  for (std::string item; std::getline(items, item, ';');) {
+    if (item.empty()) continue;
+    const size_t equals = item.find('=');
+    if (equals == std::string::npos || equals == 0) {
+      throw ConfigError("arm '" + spec + "': item '" + item +
+                        "' is neither plugins=ID,ID... nor KEY=VALUE");
+    }
+    const std::string key = item.substr(0, equals);
+    const std::string value = item.substr(equals + 1);
+    if (key == "plugins") {
+      arm.plugins = std::vector<std::string>{};
+      std::stringstream ids(value);
+      for (std::string id; std::getline(ids, id, ',');) {
+        if (!id.empty()) arm.plugins->push_back(id);
+      }
+    } else {
+      arm.set.push_back(item);
+    }
+  }
+  if (spec.empty()) arm.name = name.empty() ? "base config" : name;
+  return arm;
+}
+
+int run_compare(const CompareOptions& options) {
+  if (options.arms.size() != 2) throw ConfigError("compare needs two arms (--a and --b)");
+  if (options.seeds.empty()) throw ConfigError("--seeds: at least one seed");
+  const std::string exe = self_executable();
+  fs::create_directories(options.output_dir);
+  std::vector<Job> pending;
+  std::vector<std::vector<std::string>> dirs(2);
+  for (const int64_t seed : options.seeds) {
+    for (size_t a = 0; a < 2; ++a) {
+      const ArmSpec& arm = options.arms[a];
+      Job job{a, seed,
+              (fs::path(options.output_dir) / (a == 0 ? "a" : "b") /
+               ("seed_" + std::to_string(seed)))
+                  .string(),
+              {}};
+      dirs[a].push_back(job.dir);
+      if (finished(job.dir)) {
+        if (!options.quiet) {
+          std::fprintf(stderr, "[compare] %s seed %lld: finished earlier, reused (%s)\n",
+                       a == 0 ? "A" : "B", static_cast<long long>(seed), job.dir.c_str());
+        }
+        continue;
+      }
+      fs::remove_all(job.dir);  // an interrupted run starts again
+      fs::create_directories(fs::path(job.dir).parent_path());
+      job.argv = {exe, "run", "--config", arm.config, "--output", job.dir, "--quiet",
+                  "--set", "run.seed=" + std::to_string(seed)};
+      if (arm.plugins) {
+        std::string joined;
+        for (const auto& id : *arm.plugins) joined += (joined.empty() ? "" : ",") + id;
+        job.argv.push_back("--plugins");
+        job.argv.push_back(joined);
+      }
+      for (const auto& item : arm.set) {
+        job.argv.push_back("--set");
+        job.argv.push_back(item);
+      }
+      for (const auto& dir : options.plugin_path) {
+        job.argv.push_back("--plugin-path");
+        job.argv.push_back(dir);
+      }
+      pending.push_back(std::move(job));
+    }
+  }
+
+  std::map<pid_t, Job> running;
+  std::vector<std::string> failures;
+  size_t next = 0;
+  const size_t total = pending.size();
+  size_t done = 0;
+  while (next < pending.size() || !running.empty()) {
+    while (next < pending.size() && running.size() < static_cast<size_t>(std::max(1, options.jobs))) {
+      const Job& job = pending[next++];
+      if (!options.quiet) {
+        std::fprintf(stderr, "[compare] start %s seed %lld -> %s\n", job.arm == 0 ? "A" : "B",
+                     static_cast<long long>(job.seed), job.dir.c_str());
+      }
+      const pid_t pid = launch(job);
+      if (pid < 0) throw RunError("compare: fork failed");
+      running.emplace(pid, job);
+    }
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) continue;
+    const auto found = running.find(pid);
+    if (found == running.end()) continue;
+    const Job job = found->second;
+    running.erase(found);
+    ++done;
+    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && finished(job.dir);
+    if (!options.quiet || !ok) {
+      std::fprintf(stderr, "[compare] %zu/%zu %s seed %lld %s\n", done, total,
+                   job.arm == 0 ? "A" : "B", static_cast<long long>(job.seed),
+                   ok ? "done" : "FAILED");
+    }
+    if (!ok) {
+      failures.push_back(std::string(job.arm == 0 ? "A" : "B") + " seed " +
+                         std::to_string(job.seed) + " (" + job.dir + ".log):\n" +
+                         tail_of(job.dir + ".log", 6));
+    }
+  }
+  if (!failures.empty()) {
+    std::fprintf(stderr, "compare: %zu run(s) failed; fix the cause and rerun the same command "
+                         "(finished runs are reused):\n", failures.size());
+    for (const auto& failure : failures) std::fprintf(stderr, "  %s", failure.c_str());
+    return 1;
+  }
+
+  std::vector<std::vector<RunRecord>> runs(2);
+  for (size_t a = 0; a < 2; ++a) {
+    for (const auto& dir : dirs[a]) runs[a].push_back(load_run(dir));
+  }
+  const json comparison = compare_json({options.arms[0].name, options.arms[1].name},
+                                       {options.arms[0].spec, options.arms[1].spec}, runs,
+                                       options.seeds);
+  const fs::path json_path = fs::path(options.output_dir) / "compare.json";
+  const fs::path html_path = fs::path(options.output_dir) / "compare.html";
+  for (const auto& [path, text] :
+       {std::pair{json_path, comparison.dump(2) + "\n"}, std::pair{html_path, compare_html(comparison, runs)}}) {
+    const fs::path partial = path.string() + ".partial";
+    {
+      std::ofstream out(partial);
+      out << text;
+      if (!out) throw RunError(partial.string() + ": write failed");
+    }
+    fs::rename(partial, path);
+  }
+  std::cout << compare_table(comparison) << "\nwrote " << json_path.string() << "\n      "
+            << html_path.string() << "\n";
+  return 0;
+}
+
+}  // namespace clhost::tools

@@ -1,0 +1,48 @@
+// `clhost report RUN_DIR` and `clhost compare`: self-contained HTML pages (inline SVG charts, no
+// scripts, no network) and the comparison's statistics.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace clhost::tools {
+
+// One finished run directory, read back.
+struct RunRecord {
+  std::string dir;
+  nlohmann::json results;
+  std::vector<double> global_step, loss, penalty;  // metrics.csv step rows
+  std::vector<double> batch_step, micro_batch;      // micro-batch at each logged step
+  std::string memory_svg;                           // the profiler's timeline, when it ran
+};
+
+// Throws std::runtime_error naming the file when results.json is missing or unreadable.
+RunRecord load_run(const std::string& dir);
+
+// The per-run metrics a comparison reports, in display order: key, label, unit.
+struct MetricSpec {
+  const char* key;
+  const char* label;
+  bool higher_is_better;
+};
+const std::vector<MetricSpec>& compared_metrics();
+double metric_value(const RunRecord& run, const std::string& key);
+
+// Writes RUN_DIR/report.html (atomically); returns its path.
+std::string write_run_report(const std::string& run_dir);
+
+// The comparison of two arms over paired seeds: statistics as JSON (see docs/cli.md).
+nlohmann::json compare_json(const std::vector<std::string>& arm_names,
+                            const std::vector<std::string>& arm_specs,
+                            const std::vector<std::vector<RunRecord>>& runs,
+                            const std::vector<int64_t>& seeds);
+// The console table for compare_json's result.
+std::string compare_table(const nlohmann::json& comparison);
+// The compare page.
+std::string compare_html(const nlohmann::json& comparison,
+                         const std::vector<std::vector<RunRecord>>& runs);
+
+std::string html_escape(const std::string& text);
+
+}  // namespace clhost::tools
