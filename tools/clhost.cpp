@@ -367,8 +367,8 @@ int command_compare(const std::vector<std::string>& args) {
       "seeds", po::value<int64_t>()->default_value(5),
       "number of paired seeds (run.seed = 0..N-1 in both arms)")(
       "seed-list", po::value<std::vector<int64_t>>()->multitoken(),
-      "explicit seeds instead of --seeds")(
-      "jobs,j", po::value<int>()->default_value(1), "runs in parallel (processes)")(
+      "explicit seeds instead of --seeds")("jobs,j", po::value<int>()->default_value(1),
+                                           "runs in parallel (processes)")(
       "output,o", po::value<std::string>()->default_value(""),
       "directory for the arms' runs, compare.json and compare.html (default "
       "runs/compare_<time>); rerunning with the same directory reuses finished runs")(
@@ -408,7 +408,8 @@ int command_compare(const std::vector<std::string>& args) {
     std::strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &local);
     compare.output_dir = std::string("runs/compare_") + stamp;
   }
-  if (vm.count("plugin-path")) compare.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
+  if (vm.count("plugin-path"))
+    compare.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
   compare.quiet = vm["quiet"].as<bool>();
   // Every arm must at least validate before hours of runs start.
   for (const auto& arm : compare.arms) {
@@ -424,7 +425,7 @@ int command_compare(const std::vector<std::string>& args) {
 int command_report(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("help,h", "show this help")("run-dir", po::value<std::string>()->required(),
-                                                     "a finished run directory");
+                                                    "a finished run directory");
   po::positional_options_description positional;
   positional.add("run-dir", 1);
   po::variables_map vm;
@@ -435,7 +436,8 @@ int command_report(const std::vector<std::string>& args) {
   }
   po::notify(vm);
   try {
-    std::printf("wrote %s\n", clhost::tools::write_run_report(vm["run-dir"].as<std::string>()).c_str());
+    std::printf("wrote %s\n",
+                clhost::tools::write_run_report(vm["run-dir"].as<std::string>()).c_str());
   } catch (const std::runtime_error& e) {
     throw clhost::RunError(std::string("report: ") + e.what());
   }

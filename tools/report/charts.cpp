@@ -22,10 +22,9 @@ constexpr PLINT kInk = 1;
 constexpr PLINT kGrid = 2;
 constexpr PLINT kFirstSeries = 3;
 constexpr int kSeriesColours = 8;
-constexpr PLINT kPalette[][3] = {{255, 255, 255}, {30, 30, 30},    {210, 210, 210},
-                                 {31, 119, 180},  {255, 127, 14},  {44, 160, 44},
-                                 {214, 39, 40},   {148, 103, 189}, {140, 86, 75},
-                                 {227, 119, 194}, {127, 127, 127}};
+constexpr PLINT kPalette[][3] = {{255, 255, 255}, {30, 30, 30},    {210, 210, 210}, {31, 119, 180},
+                                 {255, 127, 14},  {44, 160, 44},   {214, 39, 40},   {148, 103, 189},
+                                 {140, 86, 75},   {227, 119, 194}, {127, 127, 127}};
 
 std::string replace_all(std::string text, const std::string& from, const std::string& to) {
   for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
@@ -157,8 +156,8 @@ std::string line_chart_svg(const std::vector<Series>& series, const ChartOptions
       PLFLT height = 0;
       plschr(0.0, 0.6);
       pllegend(&width, &height, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
-               PL_POSITION_RIGHT | PL_POSITION_OUTSIDE, 0.02, 0.0, 0.05, kBackground, kInk, 1, 0,
-               0, static_cast<PLINT>(series.size()), option_flags.data(), 0.8, 0.8, 1.6, 0.0,
+               PL_POSITION_RIGHT | PL_POSITION_OUTSIDE, 0.02, 0.0, 0.05, kBackground, kInk, 1, 0, 0,
+               static_cast<PLINT>(series.size()), option_flags.data(), 0.8, 0.8, 1.6, 0.0,
                text_colours.data(), texts.data(), nullptr, nullptr, nullptr, nullptr,
                colours.data(), styles.data(), widths.data(), nullptr, nullptr, nullptr, nullptr);
     }

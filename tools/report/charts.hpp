@@ -29,14 +29,13 @@ struct ChartOptions {
 // SVGs inlined in one page do not resolve each other's references.
 std::string scope_svg_ids(const std::string& svg, const std::string& prefix);
 
-// Each returns an <svg> element (ids already scoped), or throws std::runtime_error when PLplot fails (it draws in a
-// forked child, because PLplot exits the process on its own errors).
+// Each returns an <svg> element (ids already scoped), or throws std::runtime_error when PLplot
+// fails (it draws in a forked child, because PLplot exits the process on its own errors).
 std::string line_chart_svg(const std::vector<Series>& series, const ChartOptions& options);
 
 // Values in [0, 1], one row per training task, one column per evaluated task; NaN cells blank.
 std::string heatmap_svg(const std::vector<std::vector<double>>& matrix,
                         const std::vector<std::string>& row_labels,
-                        const std::vector<std::string>& column_labels,
-                        const ChartOptions& options);
+                        const std::vector<std::string>& column_labels, const ChartOptions& options);
 
 }  // namespace clhost::tools

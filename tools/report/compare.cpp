@@ -37,7 +37,8 @@ std::string self_executable() {
 bool finished(const std::string& dir) {
   std::ifstream status(fs::path(dir) / "status.json");
   std::string text{std::istreambuf_iterator<char>(status), std::istreambuf_iterator<char>()};
-  return text.find("\"complete\"") != std::string::npos && fs::exists(fs::path(dir) / "results.json");
+  return text.find("\"complete\"") != std::string::npos &&
+         fs::exists(fs::path(dir) / "results.json");
 }
 
 std::string tail_of(const std::string& path, size_t lines) {
@@ -120,11 +121,12 @@ int run_compare(const CompareOptions& options) {
   for (const int64_t seed : options.seeds) {
     for (size_t a = 0; a < 2; ++a) {
       const ArmSpec& arm = options.arms[a];
-      Job job{a, seed,
-              (fs::path(options.output_dir) / (a == 0 ? "a" : "b") /
-               ("seed_" + std::to_string(seed)))
-                  .string(),
-              {}};
+      Job job{
+          a,
+          seed,
+          (fs::path(options.output_dir) / (a == 0 ? "a" : "b") / ("seed_" + std::to_string(seed)))
+              .string(),
+          {}};
       dirs[a].push_back(job.dir);
       if (finished(job.dir)) {
         if (!options.quiet) {
@@ -135,8 +137,9 @@ int run_compare(const CompareOptions& options) {
       }
       fs::remove_all(job.dir);  // an interrupted run starts again
       fs::create_directories(fs::path(job.dir).parent_path());
-      job.argv = {exe, "run", "--config", arm.config, "--output", job.dir, "--quiet",
-                  "--set", "run.seed=" + std::to_string(seed)};
+      job.argv = {exe,        "run",      "--config",
+                  arm.config, "--output", job.dir,
+                  "--quiet",  "--set",    "run.seed=" + std::to_string(seed)};
       if (arm.plugins) {
         std::string joined;
         for (const auto& id : *arm.plugins) joined += (joined.empty() ? "" : ",") + id;
@@ -161,7 +164,8 @@ int run_compare(const CompareOptions& options) {
   const size_t total = pending.size();
   size_t done = 0;
   while (next < pending.size() || !running.empty()) {
-    while (next < pending.size() && running.size() < static_cast<size_t>(std::max(1, options.jobs))) {
+    while (next < pending.size() &&
+           running.size() < static_cast<size_t>(std::max(1, options.jobs))) {
       const Job& job = pending[next++];
       if (!options.quiet) {
         std::fprintf(stderr, "[compare] start %s seed %lld -> %s\n", job.arm == 0 ? "A" : "B",
@@ -192,8 +196,10 @@ int run_compare(const CompareOptions& options) {
     }
   }
   if (!failures.empty()) {
-    std::fprintf(stderr, "compare: %zu run(s) failed; fix the cause and rerun the same command "
-                         "(finished runs are reused):\n", failures.size());
+    std::fprintf(stderr,
+                 "compare: %zu run(s) failed; fix the cause and rerun the same command "
+                 "(finished runs are reused):\n",
+                 failures.size());
     for (const auto& failure : failures) std::fprintf(stderr, "  %s", failure.c_str());
     return 1;
   }
@@ -202,13 +208,13 @@ int run_compare(const CompareOptions& options) {
   for (size_t a = 0; a < 2; ++a) {
     for (const auto& dir : dirs[a]) runs[a].push_back(load_run(dir));
   }
-  const json comparison = compare_json({options.arms[0].name, options.arms[1].name},
-                                       {options.arms[0].spec, options.arms[1].spec}, runs,
-                                       options.seeds);
+  const json comparison =
+      compare_json({options.arms[0].name, options.arms[1].name},
+                   {options.arms[0].spec, options.arms[1].spec}, runs, options.seeds);
   const fs::path json_path = fs::path(options.output_dir) / "compare.json";
   const fs::path html_path = fs::path(options.output_dir) / "compare.html";
-  for (const auto& [path, text] :
-       {std::pair{json_path, comparison.dump(2) + "\n"}, std::pair{html_path, compare_html(comparison, runs)}}) {
+  for (const auto& [path, text] : {std::pair{json_path, comparison.dump(2) + "\n"},
+                                   std::pair{html_path, compare_html(comparison, runs)}}) {
     const fs::path partial = path.string() + ".partial";
     {
       std::ofstream out(partial);

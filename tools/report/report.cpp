@@ -65,14 +65,16 @@ std::vector<std::vector<double>> matrix_of(const json& results) {
   std::vector<std::vector<double>> matrix;
   for (const auto& row : results.at("accuracy_matrix")) {
     matrix.emplace_back();
-    for (const auto& value : row) matrix.back().push_back(value.is_number() ? value.get<double>() : kNaN);
+    for (const auto& value : row)
+      matrix.back().push_back(value.is_number() ? value.get<double>() : kNaN);
   }
   return matrix;
 }
 
 std::vector<std::string> task_names(const json& results, const char* prefix) {
   std::vector<std::string> names;
-  for (const auto& task : results.at("tasks")) names.push_back(prefix + task.at("name").get<std::string>());
+  for (const auto& task : results.at("tasks"))
+    names.push_back(prefix + task.at("name").get<std::string>());
   return names;
 }
 
@@ -134,8 +136,8 @@ RunRecord load_run(const std::string& dir) {
   run.dir = dir;
   const fs::path results = fs::path(dir) / "results.json";
   if (!fs::exists(results)) {
-    throw std::runtime_error(results.string() +
-                             ": missing (not a finished clhost run directory; see its status.json)");
+    throw std::runtime_error(
+        results.string() + ": missing (not a finished clhost run directory; see its status.json)");
   }
   run.results = json::parse(read_text(results), nullptr, false);
   if (run.results.is_discarded() || !run.results.contains("accuracy_matrix")) {
@@ -172,8 +174,9 @@ RunRecord load_run(const std::string& dir) {
   for (const auto& entry : fs::directory_iterator(profiles, error)) {
     if (entry.path().extension() == ".svg") {
       const std::string svg = read_text(entry.path());
-      run.memory_svg = scope_svg_ids(svg.substr(std::min(svg.find("<svg"), svg.size())),
-                                     "memory" + std::to_string(std::hash<std::string>{}(dir) % 100000));
+      run.memory_svg =
+          scope_svg_ids(svg.substr(std::min(svg.find("<svg"), svg.size())),
+                        "memory" + std::to_string(std::hash<std::string>{}(dir) % 100000));
     }
   }
   return run;
@@ -225,7 +228,8 @@ std::string write_run_report(const std::string& run_dir) {
   for (const auto& plugin : results.at("plugins")) {
     summary += " " + html_escape(plugin.at("id").get<std::string>()) + " " +
                html_escape(plugin.value("version", ""));
-    if (plugin.contains("variant")) summary += " (" + html_escape(plugin["variant"].get<std::string>()) + ")";
+    if (plugin.contains("variant"))
+      summary += " (" + html_escape(plugin["variant"].get<std::string>()) + ")";
   }
   if (results.at("plugins").empty()) summary += " none (fine-tuning)";
   summary += "; clhost " + html_escape(results.value("clhost_version", "")) + "</p>";
@@ -241,24 +245,34 @@ std::string write_run_report(const std::string& run_dir) {
     for (const auto& row : matrix) line.y.push_back(j < row.size() ? row[j] : kNaN);
     per_task.push_back(line);
   }
-  per_task.push_back({"average over tasks seen", one_to(matrix.size()), seen_average(matrix), true});
-  ChartOptions accuracy{"accuracy on each task across the sequence", "after training task",
-                        "accuracy", 760, 380, true, 0.0, 1.0};
+  per_task.push_back(
+      {"average over tasks seen", one_to(matrix.size()), seen_average(matrix), true});
+  ChartOptions accuracy{"accuracy on each task across the sequence",
+                        "after training task",
+                        "accuracy",
+                        760,
+                        380,
+                        true,
+                        0.0,
+                        1.0};
   body += section("per-task", "Per-task accuracy", line_chart_svg(per_task, accuracy));
 
   ChartOptions loss_chart{"training loss and penalty", "optimizer step", "value"};
   std::vector<Series> loss_series{{"data loss", run.global_step, run.loss}};
   bool has_penalty = false;
-  for (double value : run.penalty) has_penalty = has_penalty || (std::isfinite(value) && value != 0);
+  for (double value : run.penalty)
+    has_penalty = has_penalty || (std::isfinite(value) && value != 0);
   if (has_penalty) loss_series.push_back({"penalty", run.global_step, run.penalty, true});
   body += section("loss", "Loss and penalty",
                   run.loss.empty() ? "<p class=\"note\">metrics.csv has no step rows.</p>"
                                    : line_chart_svg(loss_series, loss_chart));
 
-  ChartOptions batch_chart{"micro-batch (samples per forward/backward)", "optimizer step", "samples"};
-  std::string batch = run.micro_batch.empty()
-                          ? "<p class=\"note\">no batch-size data.</p>"
-                          : line_chart_svg({{"micro-batch", run.batch_step, run.micro_batch}}, batch_chart);
+  ChartOptions batch_chart{"micro-batch (samples per forward/backward)", "optimizer step",
+                           "samples"};
+  std::string batch =
+      run.micro_batch.empty()
+          ? "<p class=\"note\">no batch-size data.</p>"
+          : line_chart_svg({{"micro-batch", run.batch_step, run.micro_batch}}, batch_chart);
   const json& changes = results.at("memory").at("batch_size_changes");
   batch += "<p class=\"note\">" + std::to_string(changes.size()) + " batch-size changes, " +
            std::to_string(results.at("memory").value("out_of_memory_retries", 0)) +
@@ -390,7 +404,8 @@ std::string compare_html(const json& comparison, const std::vector<std::vector<R
     for (const RunRecord& run : arm) {
       const auto matrix = matrix_of(run.results);
       for (size_t i = 0; i < sum.size(); ++i) {
-        for (size_t j = 0; j < sum[i].size(); ++j) sum[i][j] += matrix[i][j] / static_cast<double>(arm.size());
+        for (size_t j = 0; j < sum[i].size(); ++j)
+          sum[i][j] += matrix[i][j] / static_cast<double>(arm.size());
       }
     }
     means.push_back(sum);
@@ -398,12 +413,24 @@ std::string compare_html(const json& comparison, const std::vector<std::vector<R
   const size_t tasks = means[0].size();
   std::vector<Series> curves{{"A: " + a, one_to(tasks), seen_average(means[0])},
                              {"B: " + b, one_to(tasks), seen_average(means[1]), true}};
-  ChartOptions curve{"average accuracy over the tasks seen (mean over seeds)", "after training task",
-                     "accuracy", 760, 360, true, 0.0, 1.0};
+  ChartOptions curve{"average accuracy over the tasks seen (mean over seeds)",
+                     "after training task",
+                     "accuracy",
+                     760,
+                     360,
+                     true,
+                     0.0,
+                     1.0};
   std::vector<Series> finals{{"A: " + a, one_to(tasks), means[0].back()},
                              {"B: " + b, one_to(tasks), means[1].back(), true}};
-  ChartOptions final_chart{"accuracy on each task at the end (mean over seeds)", "task",
-                           "accuracy", 760, 360, true, 0.0, 1.0};
+  ChartOptions final_chart{"accuracy on each task at the end (mean over seeds)",
+                           "task",
+                           "accuracy",
+                           760,
+                           360,
+                           true,
+                           0.0,
+                           1.0};
   body += section("sequence", "Across the sequence",
                   line_chart_svg(curves, curve) + line_chart_svg(finals, final_chart));
   const auto rows = task_names(runs[0].front().results, "after ");
@@ -411,8 +438,10 @@ std::string compare_html(const json& comparison, const std::vector<std::vector<R
   const int height = 60 + 56 * static_cast<int>(tasks) + 90;
   body += section("matrices", "Mean accuracy matrices",
                   "<div class=\"row\">" +
-                      heatmap_svg(means[0], rows, columns, {"A: " + a, "evaluated task", "trained through", 590, height}) +
-                      heatmap_svg(means[1], rows, columns, {"B: " + b, "evaluated task", "trained through", 590, height}) +
+                      heatmap_svg(means[0], rows, columns,
+                                  {"A: " + a, "evaluated task", "trained through", 590, height}) +
+                      heatmap_svg(means[1], rows, columns,
+                                  {"B: " + b, "evaluated task", "trained through", 590, height}) +
                       "</div>");
   std::string links = "<ul>";
   for (size_t arm = 0; arm < runs.size(); ++arm) {

@@ -13,8 +13,8 @@ struct RunRecord {
   std::string dir;
   nlohmann::json results;
   std::vector<double> global_step, loss, penalty;  // metrics.csv step rows
-  std::vector<double> batch_step, micro_batch;      // micro-batch at each logged step
-  std::string memory_svg;                           // the profiler's timeline, when it ran
+  std::vector<double> batch_step, micro_batch;     // micro-batch at each logged step
+  std::string memory_svg;                          // the profiler's timeline, when it ran
 };
 
 // Throws std::runtime_error naming the file when results.json is missing or unreadable.

@@ -1,0 +1,221 @@
+// clhost compare and clhost report: statistics on fixed inputs, arm specs, pairing by seed,
+// reuse of finished runs, reports from stored run directories, and the pages in a real browser.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "clhost/errors.hpp"
+#include "report/compare.hpp"
+#include "report/report.hpp"
+#include "report/stats.hpp"
+#include "run_helpers.hpp"
+#include "test_helpers.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using clhost::tools::mean_interval;
+using clhost::tools::paired_difference;
+using nlohmann::json;
+
+const std::string kQuick = std::string(CLHOST_SOURCE_DIR) + "/configs/quick.toml";
+
+struct Output {
+  int exit_code;
+  std::string text;
+};
+
+Output shell(const std::string& command) {
+  Output result{-1, ""};
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return result;
+  std::array<char, 4096> buffer{};
+  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.text += buffer.data();
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+Output clhost(const std::string& args) {
+  return shell(std::string(CLHOST_BINARY) + " " + args);
+}
+
+size_t count_of(const std::string& text, const std::string& part) {
+  size_t count = 0;
+  for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++count;
+  return count;
+}
+
+TEST(CompareStats, MeanAndStudentTIntervalOnKnownValues) {
+  // sd = sqrt(2.5), se = sd/sqrt(5), t(0.975, 4) = 2.776
+  const auto interval = mean_interval({1, 2, 3, 4, 5});
+  EXPECT_DOUBLE_EQ(interval.mean, 3.0);
+  EXPECT_NEAR(interval.high - interval.mean, 2.776 * std::sqrt(2.5 / 5.0), 1e-9);
+  EXPECT_NEAR(interval.mean - interval.low, 2.776 * std::sqrt(2.5 / 5.0), 1e-9);
+  EXPECT_EQ(interval.count, 5U);
+  EXPECT_TRUE(std::isnan(mean_interval({7}).low));
+  EXPECT_DOUBLE_EQ(clhost::tools::student_t_975(1), 12.706);
+  EXPECT_NEAR(clhost::tools::student_t_975(40), 2.021, 0.002);
+  EXPECT_NEAR(clhost::tools::student_t_975(120), 1.980, 0.002);
+}
+
+TEST(CompareStats, PairedDifferenceAndItsVerdict) {
+  // Differences 1.0, 1.1, 0.9: mean 1, sd 0.1, t(2) = 4.303.
+  const auto clear = paired_difference({1, 2, 3}, {2, 3.1, 3.9});
+  EXPECT_NEAR(clear.difference.mean, 1.0, 1e-12);
+  EXPECT_NEAR(clear.difference.high - 1.0, 4.303 * 0.1 / std::sqrt(3.0), 1e-9);
+  EXPECT_TRUE(clear.significant);
+  // Differences 1, -1, 0.5: the interval straddles 0.
+  EXPECT_FALSE(paired_difference({0, 0, 0}, {1, -1, 0.5}).significant);
+  // Pairing matters: the same values unpaired would not be significant.
+  EXPECT_TRUE(paired_difference({10, 20, 30}, {10.5, 20.4, 30.6}).significant);
+  EXPECT_THROW((void)paired_difference({1, 2}, {1}), std::invalid_argument);
+}
+
+TEST(CompareArms, SpecsAreOverridesOrConfigFiles) {
+  const auto arm = clhost::tools::parse_arm_spec("plugins=ewc,l2;train.lr=0.01", kQuick, "");
+  ASSERT_TRUE(arm.plugins.has_value());
+  EXPECT_EQ(*arm.plugins, (std::vector<std::string>{"ewc", "l2"}));
+  EXPECT_EQ(arm.set, (std::vector<std::string>{"train.lr=0.01"}));
+  EXPECT_EQ(arm.config, kQuick);
+  const auto none = clhost::tools::parse_arm_spec("plugins=", kQuick, "fine-tuning");
+  ASSERT_TRUE(none.plugins.has_value());
+  EXPECT_TRUE(none.plugins->empty());
+  EXPECT_EQ(none.name, "fine-tuning");
+  const auto file = clhost::tools::parse_arm_spec(kQuick, "", "");
+  EXPECT_EQ(file.config, kQuick);
+  EXPECT_EQ(file.name, "quick");
+  EXPECT_THROW(clhost::tools::parse_arm_spec("oops", kQuick, ""), clhost::ConfigError);
+  EXPECT_THROW(clhost::tools::parse_arm_spec("missing.toml", kQuick, ""), clhost::ConfigError);
+  EXPECT_THROW(clhost::tools::parse_arm_spec("plugins=l2", "", ""), clhost::ConfigError);
+}
+
+// One quick comparison, shared by the tests below (each arm x seed is a real clhost run).
+class CompareRun : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new clhost::test::TempDir();
+    first_ = new Output(compare());
+  }
+  static void TearDownTestSuite() {
+    delete first_;
+    delete dir_;
+  }
+  static Output compare() {
+    return clhost("compare --config " + kQuick +
+                  " --a 'plugins=' --a-name fine-tuning --b 'plugins=l2' --b-name L2"
+                  " --seed-list 3 7 --jobs 2 --output " +
+                  dir_->path("cmp"));
+  }
+  static clhost::test::TempDir* dir_;
+  static Output* first_;
+};
+clhost::test::TempDir* CompareRun::dir_ = nullptr;
+Output* CompareRun::first_ = nullptr;
+
+TEST_F(CompareRun, PairsSeedsAcrossArmsAndWritesTableJsonAndPage) {
+  ASSERT_EQ(first_->exit_code, 0) << first_->text;
+  EXPECT_NE(first_->text.find("average accuracy"), std::string::npos) << first_->text;
+  EXPECT_NE(first_->text.find("B - A (paired)"), std::string::npos);
+  const json comparison = json::parse(clhost::test::read_file(dir_->path("cmp/compare.json")));
+  EXPECT_EQ(comparison["seeds"], json({3, 7}));
+  for (size_t i = 0; i < 2; ++i) {
+    const auto a = clhost::tools::load_run(comparison["arms"][0]["runs"][i]);
+    const auto b = clhost::tools::load_run(comparison["arms"][1]["runs"][i]);
+    const int64_t seed = comparison["seeds"][i];
+    EXPECT_EQ(a.results["config"]["run"]["seed"], seed);
+    EXPECT_EQ(b.results["config"]["run"]["seed"], seed);
+    // Same seed: same initial model and data in both arms.
+    EXPECT_EQ(a.results["random_init_accuracy"], b.results["random_init_accuracy"]);
+    EXPECT_TRUE(b.results["plugins"][0]["id"] == "l2");
+    EXPECT_TRUE(a.results["plugins"].empty());
+  }
+  const json& accuracy = comparison["metrics"]["average_accuracy"];
+  EXPECT_EQ(accuracy["a_values"].size(), 2U);
+  const double difference = accuracy["difference_b_minus_a"]["mean"];
+  EXPECT_NEAR(difference,
+              (accuracy["b_values"][0].get<double>() - accuracy["a_values"][0].get<double>() +
+               accuracy["b_values"][1].get<double>() - accuracy["a_values"][1].get<double>()) /
+                  2.0,
+              1e-12);
+  const std::string html = clhost::test::read_file(dir_->path("cmp/compare.html"));
+  for (const char* id : {"id=\"comparison\"", "id=\"sequence\"", "id=\"matrices\"", "<svg"}) {
+    EXPECT_NE(html.find(id), std::string::npos) << id;
+  }
+  EXPECT_EQ(html.find("<script"), std::string::npos) << "self-contained, no scripts";
+}
+
+TEST_F(CompareRun, RerunningReusesFinishedRuns) {
+  ASSERT_EQ(first_->exit_code, 0) << first_->text;
+  const std::string results = dir_->path("cmp/a/seed_3/results.json");
+  const auto written = fs::last_write_time(results);
+  const Output again = compare();
+  ASSERT_EQ(again.exit_code, 0) << again.text;
+  EXPECT_EQ(count_of(again.text, "finished earlier, reused"), 4U) << again.text;
+  EXPECT_EQ(fs::last_write_time(results), written);
+  // An interrupted run (no status.json) is run again, the others reused.
+  fs::remove(dir_->path("cmp/b/seed_7/status.json"));
+  const Output repaired = compare();
+  ASSERT_EQ(repaired.exit_code, 0) << repaired.text;
+  EXPECT_EQ(count_of(repaired.text, "finished earlier, reused"), 3U) << repaired.text;
+  EXPECT_TRUE(fs::exists(dir_->path("cmp/b/seed_7/status.json")));
+}
+
+TEST(Report, FromAStoredRunDirectoryWithoutRerunning) {
+  clhost::test::TempDir dir;
+  clhost::test::run_quietly(kQuick, dir.path("run"));
+  const auto before = fs::last_write_time(dir.path("run") + "/results.json");
+  const Output report = clhost("report " + dir.path("run"));
+  ASSERT_EQ(report.exit_code, 0) << report.text;
+  EXPECT_EQ(fs::last_write_time(dir.path("run") + "/results.json"), before);
+  const std::string html = clhost::test::read_file(dir.path("run") + "/report.html");
+  for (const char* id : {"id=\"summary\"", "id=\"accuracy-matrix\"", "id=\"per-task\"",
+                         "id=\"loss\"", "id=\"batch-size\"", "id=\"memory\"", "Not profiled"}) {
+    EXPECT_NE(html.find(id), std::string::npos) << id;
+  }
+  // Every inlined SVG has its own ids: none of cairo's glyph ids collide.
+  EXPECT_EQ(html.find("id=\"glyph"), std::string::npos);
+  const Output missing = clhost("report " + dir.path("nothing_here"));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.text.find("results.json: missing"), std::string::npos) << missing.text;
+}
+
+// The pages in Debian's chromium, headless: the sections render and the console stays clean.
+TEST(Report, PagesRenderInAHeadlessBrowser) {
+  if (!fs::exists("/usr/bin/chromium")) {
+    GTEST_SKIP() << "chromium is not installed (tools/setup.sh installs it): browser test "
+                    "skipped";
+  }
+  clhost::test::TempDir dir;
+  clhost::test::run_quietly(kQuick, dir.path("run"), {"pipeline.0.lambda=1.0"});
+  ASSERT_EQ(clhost("report " + dir.path("run")).exit_code, 0);
+  const std::string flags =
+      " --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking"
+      " --disable-component-update --disable-sync --hide-scrollbars --enable-logging=stderr"
+      " --v=0 --user-data-dir=" +
+      dir.path("profile");
+  const std::string url = "file://" + dir.path("run") + "/report.html";
+  const Output dom = shell("timeout 120 /usr/bin/chromium" + flags + " --dump-dom " + url);
+  ASSERT_EQ(dom.exit_code, 0) << dom.text.substr(0, 2000);
+  for (const char* id : {"id=\"summary\"", "id=\"accuracy-matrix\"", "id=\"per-task\"",
+                         "id=\"loss\"", "id=\"batch-size\"", "id=\"memory\""}) {
+    EXPECT_NE(dom.text.find(id), std::string::npos) << id;
+  }
+  const std::string screenshot = dir.path("report.png");
+  const Output shot = shell("timeout 120 /usr/bin/chromium" + flags +
+                            " --window-size=1280,2400 --screenshot=" + screenshot + " " + url);
+  ASSERT_EQ(shot.exit_code, 0) << shot.text.substr(0, 2000);
+  ASSERT_TRUE(fs::exists(screenshot));
+  EXPECT_GT(fs::file_size(screenshot), 20000U);
+  for (const Output* output : {&dom, &shot}) {
+    EXPECT_EQ(output->text.find(":CONSOLE("), std::string::npos) << "console message:\n"
+                                                                 << output->text;
+    EXPECT_EQ(output->text.find("net::ERR_"), std::string::npos) << output->text;
+  }
+}
+
+}  // namespace
