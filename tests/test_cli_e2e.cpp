@@ -140,8 +140,8 @@ TEST(CliEndToEnd, NewPluginRefusesBadRequestsAndWritesNothing) {
   EXPECT_EQ(busy.exit_code, 2);
   EXPECT_NE(busy.output.find("exists and is not empty"), std::string::npos) << busy.output;
   EXPECT_EQ(clhost::test::read_file(taken + "/keep.txt"), "mine");
-  const Result made = clhost("new-plugin --kind batch_policy --name my_policy --lang c --dir " +
-                             dir.path("made"));
+  const Result made =
+      clhost("new-plugin --kind batch_policy --name my_policy --lang c --dir " + dir.path("made"));
   ASSERT_EQ(made.exit_code, 0) << made.output;
   const std::string source = clhost::test::read_file(dir.path("made") + "/my_policy.c");
   EXPECT_NE(source.find("\"my_policy\""), std::string::npos);
