@@ -157,7 +157,7 @@ std::string line_chart_svg(const std::vector<Series>& series, const ChartOptions
       plschr(0.0, 0.6);
       pllegend(&width, &height, PL_LEGEND_BACKGROUND | PL_LEGEND_BOUNDING_BOX,
                PL_POSITION_RIGHT | PL_POSITION_OUTSIDE, 0.02, 0.0, 0.05, kBackground, kInk, 1, 0, 0,
-               static_cast<PLINT>(series.size()), option_flags.data(), 0.8, 0.8, 1.6, 0.0,
+               static_cast<PLINT>(series.size()), option_flags.data(), 0.8, 0.7, 1.8, 0.0,
                text_colours.data(), texts.data(), nullptr, nullptr, nullptr, nullptr,
                colours.data(), styles.data(), widths.data(), nullptr, nullptr, nullptr, nullptr);
     }
@@ -171,7 +171,7 @@ std::string heatmap_svg(const std::vector<std::vector<double>>& matrix,
   return render(options, [&] {
     const auto rows = static_cast<double>(matrix.size());
     const auto columns = static_cast<double>(matrix.empty() ? 1 : matrix[0].size());
-    plvpor(0.16, 0.86, 0.16, 0.88);
+    plvpor(0.24, 0.94, 0.16, 0.88);
     plwind(0.0, columns, rows, 0.0);  // row 0 at the top, as the matrix is printed
     // White (0) to dark blue (1), through cmap1.
     const PLFLT positions[] = {0.0, 1.0};

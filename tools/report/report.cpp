@@ -84,7 +84,7 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ccc
 table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 9px;text-align:right}
 th{background:#f0f0f0}td.l,th.l{text-align:left}.note{color:#555;font-size:13px}
 .yes{color:#1a7f37;font-weight:bold}.no{color:#777}.row{display:flex;flex-wrap:wrap;gap:12px}
-svg{max-width:100%;height:auto}
+svg{max-width:100%;height:auto}.row svg{width:49%}
 </style>)";
 
 std::string page(const std::string& title, const std::string& body) {
@@ -439,9 +439,9 @@ std::string compare_html(const json& comparison, const std::vector<std::vector<R
   body += section("matrices", "Mean accuracy matrices",
                   "<div class=\"row\">" +
                       heatmap_svg(means[0], rows, columns,
-                                  {"A: " + a, "evaluated task", "trained through", 590, height}) +
+                                  {"A: " + a, "evaluated task", "trained through", 570, height}) +
                       heatmap_svg(means[1], rows, columns,
-                                  {"B: " + b, "evaluated task", "trained through", 590, height}) +
+                                  {"B: " + b, "evaluated task", "trained through", 570, height}) +
                       "</div>");
   std::string links = "<ul>";
   for (size_t arm = 0; arm < runs.size(); ++arm) {
