@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "clhost/config.hpp"
+#include "clhost/errors.hpp"
 #include "clhost/runner.hpp"
 #include "run_helpers.hpp"
 #include "test_helpers.hpp"
@@ -84,6 +85,52 @@ TEST(Trainer, L2PenaltyAppearsAfterTheFirstTask) {
   }
   EXPECT_EQ(first_task_penalty, 0.0);
   EXPECT_GT(second_task_penalty, 0.0);
+}
+
+// A non-finite term stops the run before its update, naming the term, the task and the step.
+void expect_stops(const std::string& config, const std::string& run_dir,
+                  const std::vector<std::string>& plugin_path, const std::vector<std::string>& set,
+                  const std::vector<std::string>& expected) {
+  clhost::ConfigOverrides overrides;
+  overrides.set = set;
+  overrides.plugin_path = plugin_path;
+  clhost::RunOptions options;
+  options.run_dir = run_dir;
+  options.quiet = true;
+  try {
+    clhost::run_pipeline(clhost::load_config(config, overrides), options);
+    FAIL() << "the run should have stopped";
+  } catch (const clhost::RunError& e) {
+    for (const auto& part : expected) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << part << " in: " << e.what();
+    }
+  }
+  const std::string status = clhost::test::read_file(run_dir + "/status.json");
+  EXPECT_NE(status.find("\"failed\""), std::string::npos) << status;
+  EXPECT_FALSE(std::filesystem::exists(run_dir + "/results.json"));
+}
+
+TEST(Trainer, ANanPenaltyStopsTheRunNamingThePlugin) {
+  clhost::test::TempDir dir;
+  const std::string config =
+      tiny_config(dir, "[[pipeline]]\nplugin = \"nan_penalty\"\nat_step = 26\n");
+  // Global step 26 is the 7th step of task 2 (20 steps per task).
+  expect_stops(config, dir.path("nan"), {CLHOST_TEST_PLUGIN_DIR}, {},
+               {"task 2 (task1) step 7", "the penalty of plug-in 'nan_penalty' is nan",
+                "stopped before this step's update"});
+  expect_stops(config, dir.path("inf"), {CLHOST_TEST_PLUGIN_DIR},
+               {"pipeline.0.infinite=true", "pipeline.0.at_step=3"},
+               {"task 1 (task0) step 4", "'nan_penalty' is inf"});
+}
+
+TEST(Trainer, ANanDataLossStopsTheRun) {
+  clhost::test::TempDir dir;
+  // A NaN gradient at global step 5 makes the parameters NaN; step 6's data loss is NaN.
+  expect_stops(tiny_config(dir,
+                           "[[pipeline]]\nplugin = \"nan_penalty\"\npoison_gradient = true\n"
+                           "at_step = 5\n"),
+               dir.path("run"), {CLHOST_TEST_PLUGIN_DIR}, {},
+               {"task 1 (task0) step 7", "the data loss is nan"});
 }
 
 }  // namespace

@@ -876,6 +876,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         }
       }
       double penalty = 0.0;
+      std::string non_finite;  // the first term that is NaN or infinite, named for the user
+      if (!std::isfinite(loss_value)) non_finite = "the data loss is " + std::to_string(loss_value);
       const clhost_step_info_t step_info{sizeof(clhost_step_info_t),
                                          static_cast<uint32_t>(t),
                                          step,
@@ -891,13 +893,19 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         instance->check(
             table.after_backward(instance->instance, &step_info, &plugin_penalty, &error), error,
             "after_backward");
+        if (!std::isfinite(plugin_penalty) && non_finite.empty()) {
+          non_finite = "the penalty of plug-in '" + instance->plugin->id + "' is " +
+                       std::to_string(plugin_penalty) + " (data loss " +
+                       std::to_string(loss_value) + ")";
+        }
         penalty += plugin_penalty;
       }
-      if (!std::isfinite(loss_value) || !std::isfinite(penalty)) {
-        throw RunError("task " + task.name + " step " + std::to_string(step) +
-                       ": loss or penalty is not finite (loss " + std::to_string(loss_value) +
-                       ", penalty " + std::to_string(penalty) +
-                       "); lower train.lr or the regularizer's strength");
+      if (!non_finite.empty()) {
+        // Stop before the optimizer step: the parameters stay those of the last good step.
+        throw RunError("task " + std::to_string(t + 1) + " (" + task.name + ") step " +
+                       std::to_string(step + 1) + ": " + non_finite +
+                       "; the run stopped before this step's update. Lower train.lr or the "
+                       "regularizer's strength");
       }
       try {
         optimizer->step();
