@@ -22,7 +22,7 @@ using clhost::memory_profiler::Sample;
 using clhost::memory_profiler::Timeline;
 using nlohmann::json;
 
-constexpr int64_t kMiB = 1024 * 1024;
+constexpr int64_t kMiB = int64_t{1024} * 1024;
 constexpr int64_t kProbeBytes = 256 * kMiB;
 
 const char* const kConfig = R"(

@@ -93,6 +93,7 @@ std::vector<std::string> write_plugin_project(const NewPluginRequest& request) {
     throw RunError(std::string("new-plugin: ") + e.what());
   }
   std::vector<std::string> written;
+  written.reserve(files.size());
   for (const auto& [name, content] : files) written.push_back((directory / name).string());
   return written;
 }

@@ -92,8 +92,10 @@ ArmSpec parse_arm_spec(const std::string& spec, const std::string& base_config,
     if (item.empty()) continue;
     const size_t equals = item.find('=');
     if (equals == std::string::npos || equals == 0) {
-      throw ConfigError("arm '" + spec + "': item '" + item +
-                        "' is neither plugins=ID,ID... nor KEY=VALUE");
+      std::string message = "arm '" + spec + "': item '";
+      message += item;
+      message += "' is neither plugins=ID,ID... nor KEY=VALUE";
+      throw ConfigError(message);
     }
     const std::string key = item.substr(0, equals);
     const std::string value = item.substr(equals + 1);
