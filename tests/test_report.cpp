@@ -94,6 +94,21 @@ TEST(CompareArms, SpecsAreOverridesOrConfigFiles) {
   EXPECT_THROW(clhost::tools::parse_arm_spec("plugins=l2", "", ""), clhost::ConfigError);
 }
 
+TEST(CompareArms, AnArmThatCannotRunIsRefusedBeforeAnyRunStarts) {
+  clhost::test::TempDir dir;
+  const Output missing =
+      clhost("compare --config " + kQuick +
+             " --a 'plugins=no_such_plugin' --b 'plugins=' --output " + dir.path("cmp"));
+  EXPECT_EQ(missing.exit_code, 3) << missing.text;
+  EXPECT_NE(missing.text.find("plug-in 'no_such_plugin' not found"), std::string::npos)
+      << missing.text;
+  const Output range = clhost("compare --config " + kQuick +
+                              " --a 'train.lr=99' --b 'plugins=' --output " + dir.path("cmp"));
+  EXPECT_EQ(range.exit_code, 2) << range.text;
+  EXPECT_NE(range.text.find("train.lr"), std::string::npos) << range.text;
+  EXPECT_FALSE(fs::exists(dir.path("cmp"))) << "nothing may be written";
+}
+
 // One quick comparison, shared by the tests below (each arm x seed is a real clhost run).
 class CompareRun : public ::testing::Test {
  protected:

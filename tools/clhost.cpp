@@ -411,13 +411,17 @@ int command_compare(const std::vector<std::string>& args) {
   if (vm.count("plugin-path"))
     compare.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
   compare.quiet = vm["quiet"].as<bool>();
-  // Every arm must at least validate before hours of runs start.
+  // Every arm validates as `clhost validate` would (config, plug-ins found and loadable, their
+  // settings) before hours of runs start.
   for (const auto& arm : compare.arms) {
     clhost::ConfigOverrides overrides;
     overrides.set = arm.set;
     overrides.plugins = arm.plugins;
     overrides.plugin_path = compare.plugin_path;
-    (void)clhost::load_config(arm.config, overrides);
+    const clhost::RunConfig config = clhost::load_config(arm.config, overrides);
+    clhost::PluginLoader loader(
+        clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
+    (void)clhost::load_pipeline(loader, config);
   }
   return clhost::tools::run_compare(compare);
 }
