@@ -133,4 +133,12 @@ TEST(Trainer, ANanDataLossStopsTheRun) {
                {"task 1 (task0) step 7", "the data loss is nan"});
 }
 
+TEST(Trainer, ACnnTrainsUnderTheCountingAllocator) {
+  // Convolution kernels allocate scratch through raw_allocate(), which the counting allocator
+  // must support.
+  clhost::test::TempDir dir;
+  const auto summary = run(tiny_config(dir), dir.path("run"), {"model.kind=\"cnn\""});
+  EXPECT_GT(summary.metrics.average_accuracy, 0.5);
+}
+
 }  // namespace

@@ -139,6 +139,37 @@ class SectionReader {
     return out;
   }
 
+  // An array of integer arrays, e.g. task_classes = [[0, 1], [2, 3]].
+  std::vector<std::vector<int64_t>> get_int_lists(const std::string& key, int64_t min,
+                                                  int64_t max) {
+    const toml::node* node = take(key);
+    std::vector<std::vector<int64_t>> out;
+    if (node == nullptr) return out;
+    if (!node->is_array()) {
+      fail(*node, key, std::string("expected an array of integer arrays, got ") + type_name(*node));
+    }
+    for (const auto& inner : *node->as_array()) {
+      if (!inner.is_array() || inner.as_array()->empty()) {
+        fail(inner, key, "every element must be a non-empty array of integers");
+      }
+      out.emplace_back();
+      for (const auto& element : *inner.as_array()) {
+        if (!element.is_integer()) fail(element, key, "every element must be an integer");
+        const int64_t value = element.as_integer()->get();
+        if (value < min || value > max) {
+          fail(element, key,
+               "element " + std::to_string(value) + " is out of range [" + std::to_string(min) +
+                   ", " + std::to_string(max) + "]");
+        }
+        if (std::find(out.back().begin(), out.back().end(), value) != out.back().end()) {
+          fail(element, key, "class " + std::to_string(value) + " appears twice in one task");
+        }
+        out.back().push_back(value);
+      }
+    }
+    return out;
+  }
+
   std::vector<int64_t> get_int_list(const std::string& key, std::vector<int64_t> fallback,
                                     int64_t min, int64_t max) {
     const toml::node* node = take(key);
@@ -364,6 +395,19 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
 
   SectionReader data(sub_table(top, "data"), "data", path, overridden);
   config.data.dir = data.get_string("dir", config.data.dir);
+  config.data.train_images = data.get_string("train_images", config.data.train_images);
+  config.data.train_labels = data.get_string("train_labels", config.data.train_labels);
+  config.data.test_images = data.get_string("test_images", config.data.test_images);
+  config.data.test_labels = data.get_string("test_labels", config.data.test_labels);
+  config.data.num_classes = data.get_int("num_classes", 10, 2, 100000);
+  config.data.normalize = [&] {
+    const std::string value = data.get_string("normalize", "unit", {"unit", "standard", "none"});
+    return value == "unit"       ? Normalize::kUnit
+           : value == "standard" ? Normalize::kStandard
+                                 : Normalize::kNone;
+  }();
+  config.data.shuffle_classes =
+      data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
   config.data.scenario = data.get_string("scenario", "split", {"split", "permuted"}) == "split"
                              ? Scenario::kSplit
                              : Scenario::kPermuted;
@@ -374,10 +418,32 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.data.incremental = incremental == "task"     ? Incremental::kTask
                             : incremental == "domain" ? Incremental::kDomain
                                                       : Incremental::kClass;
-  config.data.num_tasks = data.get_int("num_tasks", split ? 5 : 10, 1, split ? 10 : 100);
-  if (split && 10 % config.data.num_tasks != 0) {
+  const int64_t classes = config.data.num_classes;
+  config.data.task_classes = data.get_int_lists("task_classes", 0, classes - 1);
+  const bool listed = !config.data.task_classes.empty();
+  if (listed && !split) {
+    data.fail(*root["data"]["task_classes"].node(), "task_classes",
+              "lists classes per task, which only a split scenario uses");
+  }
+  config.data.num_tasks =
+      data.get_int("num_tasks",
+                   listed  ? static_cast<int64_t>(config.data.task_classes.size())
+                   : split ? 5
+                           : 10,
+                   1, split ? classes : 100);
+  if (listed && config.data.num_tasks != static_cast<int64_t>(config.data.task_classes.size())) {
     data.fail(*root["data"]["num_tasks"].node(), "num_tasks",
-              "a split scenario needs a divisor of the 10 classes (1, 2, 5 or 10)");
+              std::to_string(config.data.num_tasks) + " tasks but data.task_classes lists " +
+                  std::to_string(config.data.task_classes.size()));
+  }
+  if (split && !listed && classes % config.data.num_tasks != 0) {
+    std::string divisors;
+    for (int64_t d = 1; d <= classes; ++d) {
+      if (classes % d == 0) divisors += (divisors.empty() ? "" : ", ") + std::to_string(d);
+    }
+    data.fail(*root["data"]["num_tasks"].node(), "num_tasks",
+              "a split scenario needs a divisor of the " + std::to_string(classes) + " classes (" +
+                  divisors + "), or explicit data.task_classes");
   }
   config.data.train_samples_per_task = data.get_int("train_samples_per_task", 0, 0, INT64_MAX);
   config.data.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
@@ -500,6 +566,22 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   section("run").insert_or_assign("log_every", config.run.log_every);
   section("run").insert_or_assign("memory_budget", config.run.memory_budget);
   section("data").insert_or_assign("dir", config.data.dir);
+  section("data").insert_or_assign("train_images", config.data.train_images);
+  section("data").insert_or_assign("train_labels", config.data.train_labels);
+  section("data").insert_or_assign("test_images", config.data.test_images);
+  section("data").insert_or_assign("test_labels", config.data.test_labels);
+  section("data").insert_or_assign("num_classes", config.data.num_classes);
+  section("data").insert_or_assign("class_order",
+                                   config.data.shuffle_classes ? "shuffled" : "natural");
+  section("data").insert_or_assign("normalize", config.data.normalize == Normalize::kUnit ? "unit"
+                                                : config.data.normalize == Normalize::kStandard
+                                                    ? "standard"
+                                                    : "none");
+  if (!config.data.task_classes.empty()) {
+    toml::array lists;
+    for (const auto& task : config.data.task_classes) lists.push_back(int_array(task));
+    section("data").insert_or_assign("task_classes", lists);
+  }
   section("data").insert_or_assign("scenario", to_string(config.data.scenario));
   section("data").insert_or_assign("num_tasks", config.data.num_tasks);
   section("data").insert_or_assign("incremental", to_string(config.data.incremental));

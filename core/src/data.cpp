@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 
@@ -16,16 +17,17 @@ uint32_t read_big_endian(const unsigned char* bytes) {
          uint32_t{bytes[3]};
 }
 
-// Finds "<stem>" or "<stem>.gz" in dir.
-std::string locate(const std::string& dir, const std::string& stem) {
+// Finds `name` (absolute, or relative to dir), or the same with ".gz".
+std::string locate(const std::string& dir, const std::string& name, const std::string& key) {
   namespace fs = std::filesystem;
-  for (const auto& name : {stem + ".gz", stem}) {
-    const fs::path path = fs::path(dir) / name;
+  const fs::path base = fs::path(name).is_absolute() ? fs::path(name) : fs::path(dir) / name;
+  for (const auto& path : {base, fs::path(base.string() + ".gz")}) {
     if (fs::exists(path)) return path.string();
   }
-  throw RunError("data.dir = \"" + dir + "\": missing " + stem + "(.gz); expected the IDX files " +
-                 "of an MNIST-family dataset (Debian package dataset-fashion-mnist installs them " +
-                 "in /usr/share/datasets/fashion-mnist)");
+  throw RunError("data." + key + " = \"" + name + "\": " + base.string() +
+                 "(.gz) not found; expected an IDX file of an MNIST-family dataset (Debian "
+                 "package dataset-fashion-mnist installs Fashion-MNIST in " +
+                 "/usr/share/datasets/fashion-mnist; set data.dir or data." + key + ")");
 }
 
 }  // namespace
@@ -68,29 +70,80 @@ torch::Tensor read_idx(const std::string& path) {
 
 TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
                                  uint64_t seed) {
-  auto load_split = [&](const std::string& images_stem, const std::string& labels_stem) {
-    const std::string images_path = locate(data.dir, images_stem);
-    const std::string labels_path = locate(data.dir, labels_stem);
+  int64_t height = 0;
+  int64_t width = 0;
+  auto load_split = [&](const std::string& images_key, const std::string& images_name,
+                        const std::string& labels_key, const std::string& labels_name) {
+    const std::string images_path = locate(data.dir, images_name, images_key);
+    const std::string labels_path = locate(data.dir, labels_name, labels_key);
     torch::Tensor images = read_idx(images_path);
     torch::Tensor labels = read_idx(labels_path);
-    if (images.dim() != 3 || images.size(1) != 28 || images.size(2) != 28) {
-      throw RunError(images_path + ": expected images of shape [N, 28, 28]");
+    if (images.dim() != 3 && images.dim() != 2) {
+      throw RunError(images_path + " (data." + images_key + "): expected images [N, H, W] or " +
+                     "vectors [N, D], got " + std::to_string(images.dim()) + " dimensions");
     }
+    const int64_t h = images.size(1);
+    const int64_t w = images.dim() == 3 ? images.size(2) : 1;
+    if (height != 0 && (h != height || w != width)) {
+      throw RunError(images_path + " (data." + images_key + "): samples of " + std::to_string(h) +
+                     "x" + std::to_string(w) + ", but the training images are " +
+                     std::to_string(height) + "x" + std::to_string(width));
+    }
+    height = h;
+    width = w;
     if (labels.dim() != 1 || labels.size(0) != images.size(0)) {
-      throw RunError(labels_path + ": expected " + std::to_string(images.size(0)) + " labels");
+      throw RunError(labels_path + " (data." + labels_key + "): expected " +
+                     std::to_string(images.size(0)) + " labels, one per image in " + images_path);
     }
-    if (labels.max().item<int64_t>() > 9) throw RunError(labels_path + ": labels above 9");
-    return std::make_pair(images.reshape({images.size(0), 784}).to(torch::kFloat32).div_(255.0),
+    const int64_t top = labels.numel() > 0 ? labels.max().item<int64_t>() : 0;
+    if (top >= data.num_classes) {
+      throw RunError(labels_path + " (data." + labels_key + "): label " + std::to_string(top) +
+                     " but data.num_classes = " + std::to_string(data.num_classes) +
+                     " (labels must be 0.." + std::to_string(data.num_classes - 1) + ")");
+    }
+    return std::make_pair(images.reshape({images.size(0), h * w}).to(torch::kFloat32),
                           labels.to(torch::kInt64));
   };
-  auto [train_x, train_y] = load_split("train-images-idx3-ubyte", "train-labels-idx1-ubyte");
-  auto [test_x, test_y] = load_split("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte");
+  auto [train_x, train_y] =
+      load_split("train_images", data.train_images, "train_labels", data.train_labels);
+  auto [test_x, test_y] =
+      load_split("test_images", data.test_images, "test_labels", data.test_labels);
+  // Pixel scaling, with statistics of the training set only.
+  if (data.normalize == Normalize::kUnit) {
+    train_x.div_(255.0);
+    test_x.div_(255.0);
+  } else if (data.normalize == Normalize::kStandard) {
+    const double mean = train_x.mean().item<double>();
+    const double deviation = std::max(train_x.std().item<double>(), 1e-12);
+    train_x.sub_(mean).div_(deviation);
+    test_x.sub_(mean).div_(deviation);
+  }
+  const int64_t input_size = height * width;
 
   auto limit = [](const torch::Tensor& tensor, int64_t count) {
     return count > 0 && count < tensor.size(0) ? tensor.slice(0, 0, count) : tensor;
   };
 
+  // The classes of each split task: listed, or equal chunks of the (optionally shuffled) order.
+  std::vector<std::vector<int64_t>> split_classes = data.task_classes;
+  if (data.scenario == Scenario::kSplit && split_classes.empty()) {
+    std::vector<int64_t> order(static_cast<size_t>(data.num_classes));
+    for (size_t c = 0; c < order.size(); ++c) order[c] = static_cast<int64_t>(c);
+    if (data.shuffle_classes) {
+      std::mt19937_64 class_rng(seed ^ 0xc1a55e5ULL);
+      std::shuffle(order.begin(), order.end(), class_rng);
+    }
+    const auto per_task = static_cast<size_t>(data.num_classes / data.num_tasks);
+    for (int64_t task = 0; task < data.num_tasks; ++task) {
+      const auto begin = order.begin() + static_cast<std::ptrdiff_t>(task * per_task);
+      split_classes.emplace_back(begin, begin + static_cast<std::ptrdiff_t>(per_task));
+    }
+  }
+
   TaskSequence sequence;
+  sequence.num_classes = data.num_classes;
+  sequence.input_size = input_size;
+  sequence.image_side = height == width ? height : 0;
   std::mt19937_64 rng(seed ^ 0x5eedda7aULL);
   for (int64_t task = 0; task < data.num_tasks; ++task) {
     TaskData entry;
@@ -98,8 +151,7 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
     entry.name = index < names.size() && !names[index].name.empty() ? names[index].name
                                                                     : "task" + std::to_string(task);
     if (data.scenario == Scenario::kSplit) {
-      const int64_t per_task = 10 / data.num_tasks;
-      for (int64_t c = 0; c < per_task; ++c) entry.classes.push_back(task * per_task + c);
+      entry.classes = split_classes[index];
       auto select = [&](const torch::Tensor& x, const torch::Tensor& y, int64_t count) {
         torch::Tensor mask = torch::zeros_like(y, torch::kBool);
         for (int64_t c : entry.classes) mask.logical_or_(y == c);
@@ -109,10 +161,15 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
       std::tie(entry.train_x, entry.train_y) =
           select(train_x, train_y, data.train_samples_per_task);
       std::tie(entry.test_x, entry.test_y) = select(test_x, test_y, data.test_samples_per_task);
+      if (entry.train_x.size(0) == 0) {
+        throw RunError("data: task " + std::to_string(task + 1) + " (" + entry.name +
+                       ") has no training samples: no label in " + data.train_labels +
+                       " is one of its classes");
+      }
     } else {
-      for (int64_t c = 0; c < 10; ++c) entry.classes.push_back(c);
+      for (int64_t c = 0; c < data.num_classes; ++c) entry.classes.push_back(c);
       // Task 0 keeps the original pixel order; every later task a seeded random permutation.
-      std::vector<int64_t> order(784);
+      std::vector<int64_t> order(static_cast<size_t>(input_size));
       for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
       if (task > 0) std::shuffle(order.begin(), order.end(), rng);
       torch::Tensor permutation = torch::tensor(order, torch::kInt64);

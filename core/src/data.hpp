@@ -1,4 +1,5 @@
-// Task sequences built from IDX files (the MNIST family). Internal to the core.
+// Task sequences built from IDX files (the MNIST family: Fashion-MNIST, MNIST, KMNIST, EMNIST...).
+// Internal to the core.
 #pragma once
 
 #include <torch/types.h>
@@ -12,7 +13,7 @@ namespace clhost {
 
 struct TaskData {
   std::string name;
-  torch::Tensor train_x;  // [N, 784] float32 in [0, 1]
+  torch::Tensor train_x;  // [N, input_size] float32, scaled by data.normalize
   torch::Tensor train_y;  // [N] int64, global class labels 0..9
   torch::Tensor test_x;
   torch::Tensor test_y;
@@ -23,7 +24,7 @@ struct TaskSequence {
   std::vector<TaskData> tasks;
   int64_t num_classes = 10;
   int64_t input_size = 784;
-  int64_t image_side = 28;
+  int64_t image_side = 28;  // 0 when the samples are not square images (no CNN)
 };
 
 // Reads an IDX file (gzip-compressed or not) into a uint8 tensor of its shape.

@@ -8,14 +8,21 @@
 #include <cctype>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
+#include <unordered_map>
 
 namespace clhost::memory {
 namespace {
 
+// Counts the bytes LibTorch holds on the CPU and enforces run.memory_budget. Its DataPtrs keep
+// the data pointer as their context, as the default CPU allocator's do, because some kernels
+// (convolution scratch buffers) allocate through raw_allocate(), which requires that; the size of
+// each live allocation is kept in a table instead.
 class CountingAllocator final : public c10::Allocator {
  public:
-  explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
+  explicit CountingAllocator(c10::Allocator* base)
+      : base_(base), base_deleter_(base->raw_deleter()) {}
 
   c10::DataPtr allocate(size_t bytes) const override {
     const auto size = static_cast<int64_t>(bytes);
@@ -38,34 +45,51 @@ class CountingAllocator final : public c10::Allocator {
       throw;
     }
     void* data = inner.get();
-    auto* context = new Context{std::move(inner), size, this};
-    return {data, context, &Context::release, c10::Device(c10::DeviceType::CPU)};
+    if (data == nullptr) return inner;  // zero bytes: nothing held
+    TORCH_INTERNAL_ASSERT(inner.get_context() == data && base_deleter_ != nullptr,
+                          "clhost's counting allocator needs a base CPU allocator whose context "
+                          "is the data pointer");
+    (void)inner.release_context();  // ownership moves to the DataPtr below
+    {
+      const std::lock_guard<std::mutex> lock(sizes_mutex_);
+      sizes_.emplace(data, size);
+    }
+    return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
-  // No raw deleter: every allocation carries its size in its context.
-  [[nodiscard]] c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  [[nodiscard]] c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
   mutable std::atomic<int64_t> current_{0};
   mutable std::atomic<int64_t> peak_{0};
   std::atomic<int64_t> budget_{-1};
 
  private:
-  struct Context {
-    c10::DataPtr inner;
-    int64_t size;
-    const CountingAllocator* owner;
-    static void release(void* pointer) {
-      auto* context = static_cast<Context*>(pointer);
-      context->owner->current_.fetch_sub(context->size, std::memory_order_relaxed);
-      delete context;  // frees the memory through the base allocator's own deleter
-    }
-  };
+  static void release(void* data);
+
   c10::Allocator* base_;
+  c10::DeleterFnPtr base_deleter_;
+  mutable std::mutex sizes_mutex_;
+  mutable std::unordered_map<void*, int64_t> sizes_;
 };
 
 CountingAllocator*& instance() {
   static CountingAllocator* allocator = nullptr;
   return allocator;
+}
+
+void CountingAllocator::release(void* data) {
+  CountingAllocator* self = instance();
+  int64_t size = 0;
+  {
+    const std::lock_guard<std::mutex> lock(self->sizes_mutex_);
+    const auto found = self->sizes_.find(data);
+    if (found != self->sizes_.end()) {
+      size = found->second;
+      self->sizes_.erase(found);
+    }
+  }
+  self->current_.fetch_sub(size, std::memory_order_relaxed);
+  self->base_deleter_(data);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "clhost/errors.hpp"
+
 namespace clhost {
 
 torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, int64_t image_side,
@@ -9,6 +11,16 @@ torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, 
   torch::nn::Sequential net;
   int64_t features = input_size;
   if (model.kind == ModelKind::kCnn) {
+    if (image_side < 16) {
+      throw RunError(
+          "model.kind = \"cnn\" needs square images of at least 16x16 pixels; the data "
+          "has " +
+          std::to_string(input_size) + " values per sample" +
+          (image_side > 0
+               ? " (" + std::to_string(image_side) + "x" + std::to_string(image_side) + ")"
+               : " (not a square image)") +
+          "; use model.kind = \"mlp\"");
+    }
     net->push_back("unflatten", torch::nn::Unflatten(torch::nn::UnflattenOptions(
                                     1, std::vector<int64_t>{1, image_side, image_side})));
     net->push_back("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 16, 5)));

@@ -44,11 +44,23 @@ struct RunSection {
   int64_t memory_budget = -1;  // bytes of LibTorch CPU tensors; -1: no budget
 };
 
+enum class Normalize { kUnit, kStandard, kNone };
+
 struct DataSection {
   std::string dir = "/usr/share/datasets/fashion-mnist";
+  // IDX files, relative to dir (or absolute); each also found with a ".gz" suffix.
+  std::string train_images = "train-images-idx3-ubyte";
+  std::string train_labels = "train-labels-idx1-ubyte";
+  std::string test_images = "t10k-images-idx3-ubyte";
+  std::string test_labels = "t10k-labels-idx1-ubyte";
+  int64_t num_classes = 10;  // labels are 0..num_classes-1
   Scenario scenario = Scenario::kSplit;
   int64_t num_tasks = 5;
   Incremental incremental = Incremental::kTask;
+  // Split: the classes of each task. Empty: num_tasks equal chunks of the class order.
+  std::vector<std::vector<int64_t>> task_classes;
+  bool shuffle_classes = false;  // class_order = "shuffled": seeded by run.seed
+  Normalize normalize = Normalize::kUnit;
   int64_t train_samples_per_task = 0;  // 0: all
   int64_t test_samples_per_task = 0;   // 0: all
 };

@@ -1,0 +1,168 @@
+// Task sequences from IDX files: any MNIST-family file set (gzip or not), explicit or shuffled
+// class splits, normalisation, and errors that name the file and the key.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "clhost/config.hpp"
+#include "clhost/errors.hpp"
+#include "data.hpp"
+#include "test_helpers.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Writes an unsigned-byte IDX file (gzip-compressed when the name ends in .gz).
+void write_idx(const std::string& path, const std::vector<uint32_t>& shape,
+               const std::vector<uint8_t>& values) {
+  std::string bytes{'\0', '\0', '\x08', static_cast<char>(shape.size())};
+  for (uint32_t dim : shape) {
+    for (int shift = 24; shift >= 0; shift -= 8) bytes += static_cast<char>((dim >> shift) & 0xFF);
+  }
+  bytes.append(values.begin(), values.end());
+  if (path.size() > 3 && path.substr(path.size() - 3) == ".gz") {
+    gzFile file = gzopen(path.c_str(), "wb");
+    gzwrite(file, bytes.data(), static_cast<unsigned>(bytes.size()));
+    gzclose(file);
+  } else {
+    std::ofstream(path, std::ios::binary) << bytes;
+  }
+}
+
+// A 6-class dataset of 5x5 images: sample i has label i % 6 and every pixel equal to 10 * label.
+void write_dataset(const clhost::test::TempDir& dir, int train, int test) {
+  for (const auto& [prefix, count] : {std::pair{"tr", train}, std::pair{"te", test}}) {
+    std::vector<uint8_t> images;
+    std::vector<uint8_t> labels;
+    for (int i = 0; i < count; ++i) {
+      labels.push_back(static_cast<uint8_t>(i % 6));
+      for (int p = 0; p < 25; ++p) images.push_back(static_cast<uint8_t>(10 * (i % 6)));
+    }
+    write_idx(dir.path(std::string(prefix) + "-img.gz"), {static_cast<uint32_t>(count), 5, 5},
+              images);
+    write_idx(dir.path(std::string(prefix) + "-lbl"), {static_cast<uint32_t>(count)}, labels);
+  }
+}
+
+// The dataset's keys, each replaceable by a line in `data_keys` (one TOML key per line).
+clhost::RunConfig config_for(const clhost::test::TempDir& dir, const std::string& data_keys) {
+  std::map<std::string, std::string> keys{
+      {"dir", "\"" + dir.path() + "\""}, {"train_images", "\"tr-img\""},
+      {"train_labels", "\"tr-lbl\""},    {"test_images", "\"te-img\""},
+      {"test_labels", "\"te-lbl\""},     {"num_classes", "6"}};
+  std::istringstream lines(data_keys);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t equals = line.find(" = ");
+    if (equals != std::string::npos) keys[line.substr(0, equals)] = line.substr(equals + 3);
+  }
+  std::string text = "[data]\n";
+  for (const auto& [key, value] : keys) text += key + " = " + value + "\n";
+  return clhost::load_config(dir.file("data.toml", text));
+}
+
+TEST(Data, ExplicitClassListsBuildTheTasks) {
+  clhost::test::TempDir dir;
+  write_dataset(dir, 60, 30);
+  const auto config = config_for(dir, "task_classes = [[0, 5], [1, 2, 3]]\n");
+  EXPECT_EQ(config.data.num_tasks, 2);
+  const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 1);
+  ASSERT_EQ(sequence.tasks.size(), 2U);
+  EXPECT_EQ(sequence.num_classes, 6);
+  EXPECT_EQ(sequence.input_size, 25);
+  EXPECT_EQ(sequence.image_side, 5);
+  EXPECT_EQ(sequence.tasks[0].classes, (std::vector<int64_t>{0, 5}));
+  EXPECT_EQ(sequence.tasks[1].classes, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(sequence.tasks[0].train_x.size(0), 20);  // 10 samples of each of 2 classes
+  EXPECT_EQ(sequence.tasks[1].train_x.size(0), 30);
+  EXPECT_EQ(sequence.tasks[1].test_x.size(0), 15);
+  for (int64_t label : {0, 5}) {
+    EXPECT_TRUE((sequence.tasks[0].train_y == label).any().item<bool>());
+  }
+  // Unit scaling: pixels of class 5 are 50/255.
+  const auto fives = sequence.tasks[0].train_x.index({sequence.tasks[0].train_y == 5});
+  EXPECT_NEAR(fives.max().item<double>(), 50.0 / 255.0, 1e-6);
+}
+
+TEST(Data, ShuffledClassOrderIsSeededAndCoversEveryClassOnce) {
+  clhost::test::TempDir dir;
+  write_dataset(dir, 60, 30);
+  const auto natural = config_for(dir, "num_tasks = 3\n");
+  const auto shuffled = config_for(dir, "num_tasks = 3\nclass_order = \"shuffled\"\n");
+  auto classes_of = [](const clhost::RunConfig& config, uint64_t seed) {
+    std::vector<int64_t> all;
+    for (const auto& task : clhost::build_task_sequence(config.data, config.tasks, seed).tasks) {
+      all.insert(all.end(), task.classes.begin(), task.classes.end());
+    }
+    return all;
+  };
+  EXPECT_EQ(classes_of(natural, 1), (std::vector<int64_t>{0, 1, 2, 3, 4, 5}));
+  const auto once = classes_of(shuffled, 1);
+  EXPECT_EQ(once, classes_of(shuffled, 1));
+  std::vector<int64_t> sorted = once;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, (std::vector<int64_t>{0, 1, 2, 3, 4, 5}));
+  bool any_differs = false;
+  for (uint64_t seed = 1; seed < 6; ++seed)
+    any_differs = any_differs || classes_of(shuffled, seed) != once;
+  EXPECT_TRUE(any_differs) << "the seed must change the order";
+}
+
+TEST(Data, StandardNormalisationUsesTrainingStatistics) {
+  clhost::test::TempDir dir;
+  write_dataset(dir, 60, 30);
+  const auto config = config_for(dir, "num_tasks = 1\nnormalize = \"standard\"\n");
+  const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 1);
+  EXPECT_NEAR(sequence.tasks[0].train_x.mean().item<double>(), 0.0, 1e-5);
+  EXPECT_NEAR(sequence.tasks[0].train_x.std().item<double>(), 1.0, 1e-3);
+}
+
+TEST(Data, BadInputNamesTheFileAndTheKey) {
+  clhost::test::TempDir dir;
+  write_dataset(dir, 60, 30);
+  auto error_of = [&](const std::string& keys) -> std::string {
+    try {
+      const auto config = config_for(dir, keys);
+      (void)clhost::build_task_sequence(config.data, config.tasks, 1);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(error_of("num_tasks = 2\nnum_classes = 4\n")
+                .find("(data.train_labels): label 5 but data.num_classes = 4"),
+            std::string::npos);
+  EXPECT_NE(error_of("num_tasks = 4\n")
+                .find("data.num_tasks: a split scenario needs a divisor of "
+                      "the 6 classes (1, 2, 3, 6)"),
+            std::string::npos);
+  EXPECT_NE(error_of("task_classes = [[0, 6]]\n")
+                .find("data.task_classes: element 6 is out of "
+                      "range [0, 5]"),
+            std::string::npos);
+  EXPECT_NE(error_of("task_classes = [[0, 0]]\n").find("class 0 appears twice"), std::string::npos);
+  EXPECT_NE(error_of("task_classes = [[0], []]\n").find("non-empty array"), std::string::npos);
+  EXPECT_NE(error_of("task_classes = [[0, 1]]\nnum_tasks = 2\n")
+                .find("2 tasks but data.task_classes lists 1"),
+            std::string::npos);
+  EXPECT_NE(error_of("num_tasks = 2\ntest_labels = \"missing\"\n")
+                .find("data.test_labels = \"missing\": " + dir.path("missing") + "(.gz) not found"),
+            std::string::npos);
+  // Labels that do not match the images in number.
+  write_idx(dir.path("short-lbl"), {10}, std::vector<uint8_t>(10, 0));
+  EXPECT_NE(error_of("num_tasks = 2\ntrain_labels = \"short-lbl\"\n")
+                .find("(data.train_labels): expected 60 labels, one per image in"),
+            std::string::npos);
+  // A class with no samples at all.
+  write_idx(dir.path("few-lbl"), {60}, std::vector<uint8_t>(60, 1));
+  EXPECT_NE(error_of("task_classes = [[0], [1]]\ntrain_labels = \"few-lbl\"\n")
+                .find("task 1 (task0) has no training samples"),
+            std::string::npos);
+}
+
+}  // namespace
