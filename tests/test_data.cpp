@@ -165,4 +165,36 @@ TEST(Data, BadInputNamesTheFileAndTheKey) {
             std::string::npos);
 }
 
+TEST(Data, RotatedTasksTurnTheImages) {
+  clhost::test::TempDir dir;
+  // Two 5x5 images, one bright pixel at row 0, column 2 (top middle).
+  std::vector<uint8_t> images(2 * 25, 0);
+  images[2] = 200;
+  images[25 + 2] = 200;
+  for (const char* prefix : {"tr", "te"}) {
+    write_idx(dir.path(std::string(prefix) + "-img.gz"), {2, 5, 5}, images);
+    write_idx(dir.path(std::string(prefix) + "-lbl"), {2}, {0, 1});
+  }
+  const auto config = config_for(dir,
+                                 "scenario = \"rotated\"\nnum_tasks = 3\nrotation_step = 90.0\n"
+                                 "normalize = \"none\"\nnum_classes = 2\n");
+  EXPECT_EQ(config.data.incremental, clhost::Incremental::kDomain);
+  const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 1);
+  ASSERT_EQ(sequence.tasks.size(), 3U);
+  auto image = [&](size_t task) { return sequence.tasks[task].train_x[0].reshape({5, 5}); };
+  EXPECT_FLOAT_EQ(image(0)[0][2].item<float>(), 200.0F);  // task 1: unturned
+  // 90 degrees: the pixel lands in the middle row at one edge; 180: bottom middle.
+  const float left = image(1)[2][0].item<float>();
+  const float right = image(1)[2][4].item<float>();
+  EXPECT_NEAR(std::max(left, right), 200.0F, 1e-3F);
+  EXPECT_NEAR(std::min(left, right), 0.0F, 1e-3F);
+  EXPECT_NEAR(image(2)[4][2].item<float>(), 200.0F, 1e-3F);
+  EXPECT_NEAR(image(2).sum().item<float>(), 200.0F, 1e-3F);
+  // The default step spreads the tasks over half a turn.
+  const auto defaulted =
+      config_for(dir, "scenario = \"rotated\"\nnum_tasks = 4\nnum_classes = 2\n");
+  EXPECT_DOUBLE_EQ(defaulted.data.rotation_step_degrees, 45.0);
+  EXPECT_THROW(config_for(dir, "rotation_step = 10.0\nnum_tasks = 2\n"), clhost::ConfigError);
+}
+
 }  // namespace

@@ -325,7 +325,9 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
 }  // namespace
 
 const char* to_string(Scenario value) {
-  return value == Scenario::kSplit ? "split" : "permuted";
+  return value == Scenario::kSplit      ? "split"
+         : value == Scenario::kPermuted ? "permuted"
+                                        : "rotated";
 }
 const char* to_string(Incremental value) {
   switch (value) {
@@ -408,9 +410,13 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   }();
   config.data.shuffle_classes =
       data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
-  config.data.scenario = data.get_string("scenario", "split", {"split", "permuted"}) == "split"
-                             ? Scenario::kSplit
-                             : Scenario::kPermuted;
+  {
+    const std::string scenario =
+        data.get_string("scenario", "split", {"split", "permuted", "rotated"});
+    config.data.scenario = scenario == "split"      ? Scenario::kSplit
+                           : scenario == "permuted" ? Scenario::kPermuted
+                                                    : Scenario::kRotated;
+  }
   const bool split = config.data.scenario == Scenario::kSplit;
   const std::string default_incremental = split ? "task" : "domain";
   const std::string incremental =
@@ -444,6 +450,14 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     data.fail(*root["data"]["num_tasks"].node(), "num_tasks",
               "a split scenario needs a divisor of the " + std::to_string(classes) + " classes (" +
                   divisors + "), or explicit data.task_classes");
+  }
+  config.data.rotation_step_degrees = data.get_float("rotation_step", 0.0, 0.0, 360.0);
+  if (config.data.scenario != Scenario::kRotated && config.data.rotation_step_degrees != 0.0) {
+    data.fail(*root["data"]["rotation_step"].node(), "rotation_step",
+              "applies to scenario = \"rotated\" only");
+  }
+  if (config.data.scenario == Scenario::kRotated && config.data.rotation_step_degrees == 0.0) {
+    config.data.rotation_step_degrees = 180.0 / static_cast<double>(config.data.num_tasks);
   }
   config.data.train_samples_per_task = data.get_int("train_samples_per_task", 0, 0, INT64_MAX);
   config.data.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
@@ -577,6 +591,9 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
                                                 : config.data.normalize == Normalize::kStandard
                                                     ? "standard"
                                                     : "none");
+  if (config.data.scenario == Scenario::kRotated) {
+    section("data").insert_or_assign("rotation_step", config.data.rotation_step_degrees);
+  }
   if (!config.data.task_classes.empty()) {
     toml::array lists;
     for (const auto& task : config.data.task_classes) lists.push_back(int_array(task));

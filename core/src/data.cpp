@@ -4,6 +4,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <random>
 
@@ -28,6 +29,28 @@ std::string locate(const std::string& dir, const std::string& name, const std::s
                  "(.gz) not found; expected an IDX file of an MNIST-family dataset (Debian "
                  "package dataset-fashion-mnist installs Fashion-MNIST in " +
                  "/usr/share/datasets/fashion-mnist; set data.dir or data." + key + ")");
+}
+
+// Turns every image [N, side*side] by `degrees` about its centre (bilinear, zeros outside).
+torch::Tensor rotate(const torch::Tensor& flat, int64_t side, double degrees) {
+  if (degrees == 0.0) return flat.contiguous();
+  namespace F = torch::nn::functional;
+  const double radians = degrees * M_PI / 180.0;
+  const auto count = flat.size(0);
+  const torch::Tensor theta = torch::tensor({{std::cos(radians), -std::sin(radians), 0.0},
+                                             {std::sin(radians), std::cos(radians), 0.0}},
+                                            torch::kFloat32)
+                                  .unsqueeze(0)
+                                  .expand({count, 2, 3});
+  const torch::Tensor images = flat.reshape({count, 1, side, side});
+  const torch::Tensor grid = F::affine_grid(theta, {count, 1, side, side}, false);
+  return F::grid_sample(images, grid,
+                        F::GridSampleFuncOptions()
+                            .mode(torch::kBilinear)
+                            .padding_mode(torch::kZeros)
+                            .align_corners(false))
+      .reshape({count, side * side})
+      .contiguous();
 }
 
 }  // namespace
@@ -166,6 +189,20 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
                        ") has no training samples: no label in " + data.train_labels +
                        " is one of its classes");
       }
+    } else if (data.scenario == Scenario::kRotated) {
+      for (int64_t c = 0; c < data.num_classes; ++c) entry.classes.push_back(c);
+      if (sequence.image_side == 0) {
+        throw RunError("data.scenario = \"rotated\" needs square images; " + data.train_images +
+                       " holds " + std::to_string(height) + "x" + std::to_string(width) +
+                       " samples");
+      }
+      const double degrees = data.rotation_step_degrees * static_cast<double>(task);
+      entry.train_x =
+          rotate(limit(train_x, data.train_samples_per_task), sequence.image_side, degrees);
+      entry.train_y = limit(train_y, data.train_samples_per_task);
+      entry.test_x =
+          rotate(limit(test_x, data.test_samples_per_task), sequence.image_side, degrees);
+      entry.test_y = limit(test_y, data.test_samples_per_task);
     } else {
       for (int64_t c = 0; c < data.num_classes; ++c) entry.classes.push_back(c);
       // Task 0 keeps the original pixel order; every later task a seeded random permutation.

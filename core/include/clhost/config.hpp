@@ -29,7 +29,7 @@ struct TaskOverride {
   std::optional<int64_t> batch_size;  // the seed's per-task batch size
 };
 
-enum class Scenario { kSplit, kPermuted };
+enum class Scenario { kSplit, kPermuted, kRotated };
 enum class Incremental { kTask, kDomain, kClass };
 enum class ModelKind { kMlp, kCnn };
 enum class OptimizerKind { kSgd, kAdam };
@@ -59,7 +59,8 @@ struct DataSection {
   Incremental incremental = Incremental::kTask;
   // Split: the classes of each task. Empty: num_tasks equal chunks of the class order.
   std::vector<std::vector<int64_t>> task_classes;
-  bool shuffle_classes = false;  // class_order = "shuffled": seeded by run.seed
+  bool shuffle_classes = false;      // class_order = "shuffled": seeded by run.seed
+  double rotation_step_degrees = 0;  // rotated: task k (0-based) is turned by k * this, degrees
   Normalize normalize = Normalize::kUnit;
   int64_t train_samples_per_task = 0;  // 0: all
   int64_t test_samples_per_task = 0;   // 0: all
