@@ -42,10 +42,10 @@ void write_file_atomic(const std::string& path, const std::string& content) {
 }
 
 ProcessMemory read_process_memory() {
-  // A profiler samples this every few milliseconds, so it stays cheap: /proc/self/status costs
-  // ~100 us to generate in a large process; statm (kept open, read with pread, which is
-  // thread-safe) ~3 us. The high-water mark comes from getrusage, which reports the same
-  // counter as VmHWM (and follows its reset through clear_refs).
+  // A profiler samples this every few milliseconds, so it stays cheap: statm (kept open, read
+  // with pread, which is thread-safe) plus getrusage cost ~2 us, /proc/self/status 12-28 us and
+  // more in a large process. getrusage's ru_maxrss is the same counter as VmHWM and follows its
+  // reset through clear_refs.
   static const int statm = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
   static const int64_t page_bytes = ::sysconf(_SC_PAGESIZE);
   ProcessMemory memory;
