@@ -1,6 +1,7 @@
 // Task sequences from IDX files: any MNIST-family file set (gzip or not), explicit or shuffled
 // class splits, normalisation, and errors that name the file and the key.
 #include <gtest/gtest.h>
+#include <hdf5.h>
 #include <zlib.h>
 
 #include <cmath>
@@ -11,6 +12,7 @@
 
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
+#include "clhost/runner.hpp"
 #include "data.hpp"
 #include "test_helpers.hpp"
 
@@ -156,7 +158,7 @@ TEST(Data, BadInputNamesTheFileAndTheKey) {
   // Labels that do not match the images in number.
   write_idx(dir.path("short-lbl"), {10}, std::vector<uint8_t>(10, 0));
   EXPECT_NE(error_of("num_tasks = 2\ntrain_labels = \"short-lbl\"\n")
-                .find("(data.train_labels): expected 60 labels, one per image in"),
+                .find("(data.train_labels): expected 60 labels, one per sample in"),
             std::string::npos);
   // A class with no samples at all.
   write_idx(dir.path("few-lbl"), {60}, std::vector<uint8_t>(60, 1));
@@ -195,6 +197,106 @@ TEST(Data, RotatedTasksTurnTheImages) {
       config_for(dir, "scenario = \"rotated\"\nnum_tasks = 4\nnum_classes = 2\n");
   EXPECT_DOUBLE_EQ(defaulted.data.rotation_step_degrees, 45.0);
   EXPECT_THROW(config_for(dir, "rotation_step = 10.0\nnum_tasks = 2\n"), clhost::ConfigError);
+}
+
+// An HDF5 file with float64 samples [N, 1, 4, 4] whose pixels equal their label, int32 labels.
+void write_hdf5(const std::string& path, int train, int test, bool float_labels = false) {
+  const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  for (const auto& [group, count] : {std::pair{"/train", train}, std::pair{"/test", test}}) {
+    const hid_t g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    std::vector<double> x;
+    std::vector<int32_t> y;
+    std::vector<double> y_float;
+    for (int i = 0; i < count; ++i) {
+      y.push_back(i % 3);
+      y_float.push_back(i % 3);
+      for (int p = 0; p < 16; ++p) x.push_back(i % 3);
+    }
+    const hsize_t x_dims[4] = {static_cast<hsize_t>(count), 1, 4, 4};
+    const hsize_t y_dims[1] = {static_cast<hsize_t>(count)};
+    const hid_t x_space = H5Screate_simple(4, x_dims, nullptr);
+    const hid_t y_space = H5Screate_simple(1, y_dims, nullptr);
+    const hid_t xs =
+        H5Dcreate2(g, "x", H5T_IEEE_F64LE, x_space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(xs, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, x.data());
+    const hid_t ys = H5Dcreate2(g, "y", float_labels ? H5T_IEEE_F64LE : H5T_STD_I32LE, y_space,
+                                H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (float_labels) {
+      H5Dwrite(ys, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, y_float.data());
+    } else {
+      H5Dwrite(ys, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, y.data());
+    }
+    H5Dclose(xs);
+    H5Dclose(ys);
+    H5Sclose(x_space);
+    H5Sclose(y_space);
+    H5Gclose(g);
+  }
+  H5Fclose(file);
+}
+
+clhost::RunConfig hdf5_config(const clhost::test::TempDir& dir, const std::string& extra) {
+  return clhost::load_config(dir.file("h5.toml", "[data]\nkind = \"hdf5\"\npath = \"" +
+                                                     dir.path("data.h5") + "\"\nnum_classes = 3\n" +
+                                                     extra));
+}
+
+TEST(Data, Hdf5DatasetsOfAnyNumericType) {
+  clhost::test::TempDir dir;
+  write_hdf5(dir.path("data.h5"), 30, 12);
+  const auto config = hdf5_config(dir, "task_classes = [[0, 1], [2]]\n");
+  const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 1);
+  EXPECT_EQ(sequence.input_size, 16);
+  EXPECT_EQ(sequence.image_side, 4);  // [N, 1, 4, 4] is an image
+  ASSERT_EQ(sequence.tasks.size(), 2U);
+  EXPECT_EQ(sequence.tasks[0].train_x.size(0), 20);
+  EXPECT_EQ(sequence.tasks[1].test_x.size(0), 4);
+  // Float samples are taken as stored ("unit" scales 8-bit pixels only): pixels equal labels.
+  EXPECT_TRUE(
+      torch::equal(sequence.tasks[1].train_x, torch::full({10, 16}, 2.0F, torch::kFloat32)));
+  EXPECT_EQ(sequence.tasks[1].train_y.dtype(), torch::kInt64);
+}
+
+TEST(Data, Hdf5ErrorsNameTheFileTheDatasetAndTheKey) {
+  clhost::test::TempDir dir;
+  write_hdf5(dir.path("data.h5"), 30, 12);
+  auto error_of = [&](const std::string& extra) -> std::string {
+    try {
+      const auto config = hdf5_config(dir, extra);
+      (void)clhost::build_task_sequence(config.data, config.tasks, 1);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(error_of("num_tasks = 1\ntrain_x = \"/train/images\"\n")
+                .find(dir.path("data.h5") + ":/train/images (data.train_x): no such dataset"),
+            std::string::npos);
+  EXPECT_NE(error_of("num_tasks = 1\ntest_y = \"/train/y\"\n")
+                .find(":/train/y (data.test_y): expected 12 labels"),
+            std::string::npos);
+  write_hdf5(dir.path("data.h5"), 30, 12, /*float_labels=*/true);
+  EXPECT_NE(error_of("num_tasks = 1\n").find("(data.train_y): labels must be integers"),
+            std::string::npos);
+  std::ofstream(dir.path("data.h5")) << "not hdf5";
+  EXPECT_NE(error_of("num_tasks = 1\n").find("cannot open as an HDF5 file"), std::string::npos);
+  EXPECT_THROW(clhost::load_config(dir.file("bad.toml", "[data]\nkind = \"hdf5\"\n")),
+               clhost::ConfigError);
+}
+
+TEST(Data, ARunTrainsOnAnHdf5DatasetEndToEnd) {
+  clhost::test::TempDir dir;
+  write_hdf5(dir.path("data.h5"), 90, 30);
+  const std::string config = dir.file(
+      "run.toml", "[run]\nseed = 3\n[data]\nkind = \"hdf5\"\npath = \"" + dir.path("data.h5") +
+                      "\"\nnum_classes = 3\nscenario = \"rotated\"\nnum_tasks = 2\n"
+                      "[model]\nhidden = [8]\n[train]\nbatch_size = 16\niterations = 10\n");
+  clhost::RunOptions options;
+  options.run_dir = dir.path("run");
+  options.quiet = true;
+  const auto summary = clhost::run_pipeline(clhost::load_config(config), options);
+  ASSERT_EQ(summary.accuracy.size(), 2U);
+  EXPECT_TRUE(fs::exists(dir.path("run") + "/results.json"));
 }
 
 }  // namespace

@@ -396,7 +396,18 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   run.finish();
 
   SectionReader data(sub_table(top, "data"), "data", path, overridden);
+  config.data.kind =
+      data.get_string("kind", "idx", {"idx", "hdf5"}) == "idx" ? DataKind::kIdx : DataKind::kHdf5;
   config.data.dir = data.get_string("dir", config.data.dir);
+  config.data.path = data.get_string("path", "");
+  if (config.data.kind == DataKind::kHdf5 && config.data.path.empty()) {
+    data.fail(*root["data"]["kind"].node(), "kind",
+              "\"hdf5\" needs data.path, the HDF5 file holding the samples and labels");
+  }
+  config.data.hdf5_train_x = data.get_string("train_x", config.data.hdf5_train_x);
+  config.data.hdf5_train_y = data.get_string("train_y", config.data.hdf5_train_y);
+  config.data.hdf5_test_x = data.get_string("test_x", config.data.hdf5_test_x);
+  config.data.hdf5_test_y = data.get_string("test_y", config.data.hdf5_test_y);
   config.data.train_images = data.get_string("train_images", config.data.train_images);
   config.data.train_labels = data.get_string("train_labels", config.data.train_labels);
   config.data.test_images = data.get_string("test_images", config.data.test_images);
@@ -579,6 +590,14 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   section("run").insert_or_assign("plugin_path", plugin_path);
   section("run").insert_or_assign("log_every", config.run.log_every);
   section("run").insert_or_assign("memory_budget", config.run.memory_budget);
+  section("data").insert_or_assign("kind", config.data.kind == DataKind::kIdx ? "idx" : "hdf5");
+  if (config.data.kind == DataKind::kHdf5) {
+    section("data").insert_or_assign("path", config.data.path);
+    section("data").insert_or_assign("train_x", config.data.hdf5_train_x);
+    section("data").insert_or_assign("train_y", config.data.hdf5_train_y);
+    section("data").insert_or_assign("test_x", config.data.hdf5_test_x);
+    section("data").insert_or_assign("test_y", config.data.hdf5_test_y);
+  }
   section("data").insert_or_assign("dir", config.data.dir);
   section("data").insert_or_assign("train_images", config.data.train_images);
   section("data").insert_or_assign("train_labels", config.data.train_labels);

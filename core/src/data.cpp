@@ -1,5 +1,6 @@
 #include "data.hpp"
 
+#include <hdf5.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
@@ -91,48 +92,143 @@ torch::Tensor read_idx(const std::string& path) {
   return out;
 }
 
+namespace {
+
+// One split (train or test) as read, before any checks: where each part came from, for errors.
+struct RawSplit {
+  torch::Tensor x;  // [N, ...] any numeric dtype
+  torch::Tensor y;  // [N] or [N, 1]
+  std::string x_where;
+  std::string y_where;
+  bool eight_bit_pixels = false;  // stored as unsigned bytes: "unit" divides by 255
+};
+
+// Closes an HDF5 handle when it goes out of scope.
+struct Hdf5Handle {
+  hid_t id;
+  herr_t (*close)(hid_t);
+  ~Hdf5Handle() {
+    if (id >= 0) close(id);
+  }
+  Hdf5Handle(const Hdf5Handle&) = delete;
+  Hdf5Handle& operator=(const Hdf5Handle&) = delete;
+  Hdf5Handle(Hdf5Handle&&) = delete;
+  Hdf5Handle& operator=(Hdf5Handle&&) = delete;
+};
+
+// Reads a whole numeric dataset through HDF5's type conversion: float32 for samples, int64 for
+// labels. Sets *eight_bit when it is stored as unsigned bytes.
+torch::Tensor read_hdf5(const std::string& file, const std::string& dataset, const std::string& key,
+                        bool labels, bool* eight_bit) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors are reported below, with context
+  const std::string where = file + ":" + dataset + " (data." + key + ")";
+  const Hdf5Handle handle{H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), &H5Fclose};
+  if (handle.id < 0) {
+    throw RunError("data.path = \"" + file + "\": cannot open as an HDF5 file" +
+                   (std::filesystem::exists(file) ? "" : " (no such file)"));
+  }
+  if (H5Lexists(handle.id, dataset.c_str(), H5P_DEFAULT) <= 0) {
+    throw RunError(where + ": no such dataset in the file");
+  }
+  const Hdf5Handle set{H5Dopen2(handle.id, dataset.c_str(), H5P_DEFAULT), &H5Dclose};
+  if (set.id < 0) throw RunError(where + ": not a dataset");
+  const Hdf5Handle type{H5Dget_type(set.id), &H5Tclose};
+  const H5T_class_t type_class = H5Tget_class(type.id);
+  if (type_class != H5T_INTEGER && (labels || type_class != H5T_FLOAT)) {
+    throw RunError(where + (labels ? ": labels must be integers" : ": samples must be numeric") +
+                   " (HDF5 type class " + std::to_string(static_cast<int>(type_class)) + ")");
+  }
+  if (eight_bit != nullptr) {
+    *eight_bit = type_class == H5T_INTEGER && H5Tget_size(type.id) == 1 &&
+                 H5Tget_sign(type.id) == H5T_SGN_NONE;
+  }
+  const Hdf5Handle space{H5Dget_space(set.id), &H5Sclose};
+  const int rank = H5Sget_simple_extent_ndims(space.id);
+  if (rank < 1 || rank > 8)
+    throw RunError(where + ": rank " + std::to_string(rank) + " unsupported");
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(space.id, dims.data(), nullptr);
+  std::vector<int64_t> shape(dims.begin(), dims.end());
+  torch::Tensor out = torch::empty(shape, labels ? torch::kInt64 : torch::kFloat32);
+  if (out.numel() > 0 && H5Dread(set.id, labels ? H5T_NATIVE_INT64 : H5T_NATIVE_FLOAT, H5S_ALL,
+                                 H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0) {
+    throw RunError(where + ": read failed (corrupt file?)");
+  }
+  return out;
+}
+
+RawSplit read_split(const DataSection& data, bool train) {
+  RawSplit raw;
+  if (data.kind == DataKind::kHdf5) {
+    const std::string x_key = train ? "train_x" : "test_x";
+    const std::string y_key = train ? "train_y" : "test_y";
+    const std::string& x_path = train ? data.hdf5_train_x : data.hdf5_test_x;
+    const std::string& y_path = train ? data.hdf5_train_y : data.hdf5_test_y;
+    raw.x = read_hdf5(data.path, x_path, x_key, false, &raw.eight_bit_pixels);
+    raw.y = read_hdf5(data.path, y_path, y_key, true, nullptr);
+    raw.x_where = data.path + ":" + x_path + " (data." + x_key + ")";
+    raw.y_where = data.path + ":" + y_path + " (data." + y_key + ")";
+    return raw;
+  }
+  const std::string x_key = train ? "train_images" : "test_images";
+  const std::string y_key = train ? "train_labels" : "test_labels";
+  const std::string x_path = locate(data.dir, train ? data.train_images : data.test_images, x_key);
+  const std::string y_path = locate(data.dir, train ? data.train_labels : data.test_labels, y_key);
+  raw.x = read_idx(x_path);
+  raw.y = read_idx(y_path);
+  raw.x_where = x_path + " (data." + x_key + ")";
+  raw.y_where = y_path + " (data." + y_key + ")";
+  raw.eight_bit_pixels = true;
+  return raw;
+}
+
+}  // namespace
+
 TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
                                  uint64_t seed) {
   int64_t height = 0;
   int64_t width = 0;
-  auto load_split = [&](const std::string& images_key, const std::string& images_name,
-                        const std::string& labels_key, const std::string& labels_name) {
-    const std::string images_path = locate(data.dir, images_name, images_key);
-    const std::string labels_path = locate(data.dir, labels_name, labels_key);
-    torch::Tensor images = read_idx(images_path);
-    torch::Tensor labels = read_idx(labels_path);
-    if (images.dim() != 3 && images.dim() != 2) {
-      throw RunError(images_path + " (data." + images_key + "): expected images [N, H, W] or " +
-                     "vectors [N, D], got " + std::to_string(images.dim()) + " dimensions");
+  bool eight_bit = true;
+  // Samples [N, H, W] or [N, 1, H, W] are images; [N, D] (or any other shape, flattened) vectors.
+  auto load_split = [&](bool train) {
+    RawSplit raw = read_split(data, train);
+    torch::Tensor images = raw.x;
+    if (images.dim() == 4 && images.size(1) == 1) images = images.squeeze(1);
+    if (images.dim() < 2) {
+      throw RunError(raw.x_where + ": expected samples [N, ...], got " +
+                     std::to_string(images.dim()) + " dimension(s)");
     }
-    const int64_t h = images.size(1);
+    const int64_t h = images.dim() == 3 ? images.size(1) : images[0].numel();
     const int64_t w = images.dim() == 3 ? images.size(2) : 1;
     if (height != 0 && (h != height || w != width)) {
-      throw RunError(images_path + " (data." + images_key + "): samples of " + std::to_string(h) +
-                     "x" + std::to_string(w) + ", but the training images are " +
-                     std::to_string(height) + "x" + std::to_string(width));
+      throw RunError(raw.x_where + ": samples of " + std::to_string(h) + "x" + std::to_string(w) +
+                     ", but the training samples are " + std::to_string(height) + "x" +
+                     std::to_string(width));
     }
     height = h;
     width = w;
+    eight_bit = eight_bit && raw.eight_bit_pixels;
+    torch::Tensor labels = raw.y;
+    if (labels.dim() == 2 && labels.size(1) == 1) labels = labels.squeeze(1);
     if (labels.dim() != 1 || labels.size(0) != images.size(0)) {
-      throw RunError(labels_path + " (data." + labels_key + "): expected " +
-                     std::to_string(images.size(0)) + " labels, one per image in " + images_path);
+      throw RunError(raw.y_where + ": expected " + std::to_string(images.size(0)) +
+                     " labels, one per sample in " + raw.x_where);
     }
+    labels = labels.to(torch::kInt64);
     const int64_t top = labels.numel() > 0 ? labels.max().item<int64_t>() : 0;
-    if (top >= data.num_classes) {
-      throw RunError(labels_path + " (data." + labels_key + "): label " + std::to_string(top) +
+    const int64_t bottom = labels.numel() > 0 ? labels.min().item<int64_t>() : 0;
+    if (top >= data.num_classes || bottom < 0) {
+      throw RunError(raw.y_where + ": label " + std::to_string(bottom < 0 ? bottom : top) +
                      " but data.num_classes = " + std::to_string(data.num_classes) +
                      " (labels must be 0.." + std::to_string(data.num_classes - 1) + ")");
     }
-    return std::make_pair(images.reshape({images.size(0), h * w}).to(torch::kFloat32),
-                          labels.to(torch::kInt64));
+    return std::make_pair(images.reshape({images.size(0), h * w}).to(torch::kFloat32), labels);
   };
-  auto [train_x, train_y] =
-      load_split("train_images", data.train_images, "train_labels", data.train_labels);
-  auto [test_x, test_y] =
-      load_split("test_images", data.test_images, "test_labels", data.test_labels);
-  // Pixel scaling, with statistics of the training set only.
-  if (data.normalize == Normalize::kUnit) {
+  auto [train_x, train_y] = load_split(true);
+  auto [test_x, test_y] = load_split(false);
+  // Pixel scaling, with statistics of the training set only. "unit" scales 8-bit pixels; other
+  // stored types are taken as they are.
+  if (data.normalize == Normalize::kUnit && eight_bit) {
     train_x.div_(255.0);
     test_x.div_(255.0);
   } else if (data.normalize == Normalize::kStandard) {
@@ -192,9 +288,9 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
     } else if (data.scenario == Scenario::kRotated) {
       for (int64_t c = 0; c < data.num_classes; ++c) entry.classes.push_back(c);
       if (sequence.image_side == 0) {
-        throw RunError("data.scenario = \"rotated\" needs square images; " + data.train_images +
-                       " holds " + std::to_string(height) + "x" + std::to_string(width) +
-                       " samples");
+        throw RunError(
+            "data.scenario = \"rotated\" needs square images; the training samples are " +
+            std::to_string(height) + "x" + std::to_string(width));
       }
       const double degrees = data.rotation_step_degrees * static_cast<double>(task);
       entry.train_x =

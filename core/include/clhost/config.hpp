@@ -45,9 +45,17 @@ struct RunSection {
 };
 
 enum class Normalize { kUnit, kStandard, kNone };
+enum class DataKind { kIdx, kHdf5 };
 
 struct DataSection {
+  DataKind kind = DataKind::kIdx;
   std::string dir = "/usr/share/datasets/fashion-mnist";
+  // kind = "hdf5": one file, four datasets (samples [N, ...] numeric, labels [N] integer).
+  std::string path;
+  std::string hdf5_train_x = "/train/x";
+  std::string hdf5_train_y = "/train/y";
+  std::string hdf5_test_x = "/test/x";
+  std::string hdf5_test_y = "/test/y";
   // IDX files, relative to dir (or absolute); each also found with a ".gz" suffix.
   std::string train_images = "train-images-idx3-ubyte";
   std::string train_labels = "train-labels-idx1-ubyte";
