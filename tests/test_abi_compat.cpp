@@ -68,21 +68,10 @@ TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {
   EXPECT_EQ(changes[0]["reason"], "");
 }
 
-struct Output {
-  int exit_code;
-  std::string text;
-};
+using Output = clhost::test::CommandResult;
 
 Output clhost_cli(const std::string& args) {
-  const std::string command = std::string(CLHOST_BINARY) + " " + args + " 2>&1";
-  Output result{-1, ""};
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer{};
-  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.text += buffer.data();
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return clhost::test::run_command(std::string(CLHOST_BINARY) + " " + args);
 }
 
 TEST(AbiCompat, PluginsListReportsEveryJunkFileWithoutCrashing) {
@@ -106,34 +95,34 @@ TEST(AbiCompat, PluginsListReportsEveryJunkFileWithoutCrashing) {
   fs::copy_file(std::string(CLHOST_PLUGIN_DIR) + "/clhost_l2.so", junk / "clhost_l2.so");
 
   const Output list = clhost_cli("plugins list --plugin-path " + junk.string());
-  ASSERT_EQ(list.exit_code, 0) << list.text;
+  ASSERT_EQ(list.exit_code, 0) << list.output;
   for (const char* expected :
        {"clhost_random.so: cannot load shared library: invalid ELF header",
         "clhost_empty.so: cannot load shared library: file too short",
         "clhost_truncated.so: cannot load shared library: file too short",
         "clhost_folder.so: cannot load shared library: cannot read file data: Is a directory",
         "clhost_dangling.so: cannot load shared library: cannot open shared object file"}) {
-    EXPECT_NE(list.text.find(expected), std::string::npos) << expected << "\n" << list.text;
+    EXPECT_NE(list.output.find(expected), std::string::npos) << expected << "\n" << list.output;
   }
   if (!libstdcxx.empty()) {
-    EXPECT_NE(list.text.find("clhost_not_a_plugin.so: not a clhost plug-in (it does not export "
-                             "'clhost_plugin_entry')"),
+    EXPECT_NE(list.output.find("clhost_not_a_plugin.so: not a clhost plug-in (it does not export "
+                               "'clhost_plugin_entry')"),
               std::string::npos)
-        << list.text;
+        << list.output;
   }
-  std::istringstream lines(list.text);
+  std::istringstream lines(list.output);
   bool l2_listed = false;
   for (std::string line; std::getline(lines, line);) {
     l2_listed =
         l2_listed || (line.rfind("l2 ", 0) == 0 && line.find(junk.string()) != std::string::npos &&
                       line.find("regularizer") != std::string::npos);
   }
-  EXPECT_TRUE(l2_listed) << "the good plug-in among the junk is still listed:\n" << list.text;
+  EXPECT_TRUE(l2_listed) << "the good plug-in among the junk is still listed:\n" << list.output;
 
   const Output run = clhost_cli("validate --config " + kQuick + " --plugins random --plugin-path " +
                                 junk.string());
-  EXPECT_EQ(run.exit_code, 3) << run.text;
-  EXPECT_NE(run.text.find("invalid ELF header"), std::string::npos) << run.text;
+  EXPECT_EQ(run.exit_code, 3) << run.output;
+  EXPECT_NE(run.output.find("invalid ELF header"), std::string::npos) << run.output;
 }
 
 }  // namespace

@@ -10,21 +10,10 @@
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string output;  // stdout and stderr
-};
+using Result = clhost::test::CommandResult;
 
 Result clhost(const std::string& args) {
-  const std::string command = std::string(CLHOST_BINARY) + " " + args + " 2>&1";
-  Result result{-1, ""};
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer{};
-  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.output += buffer.data();
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return clhost::test::run_command(std::string(CLHOST_BINARY) + " " + args);
 }
 
 const std::string kQuick = std::string(CLHOST_SOURCE_DIR) + "/configs/quick.toml";

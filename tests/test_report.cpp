@@ -24,20 +24,10 @@ using nlohmann::json;
 
 const std::string kQuick = std::string(CLHOST_SOURCE_DIR) + "/configs/quick.toml";
 
-struct Output {
-  int exit_code;
-  std::string text;
-};
+using Output = clhost::test::CommandResult;
 
 Output shell(const std::string& command) {
-  Output result{-1, ""};
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer{};
-  while (fgets(buffer.data(), buffer.size(), pipe) != nullptr) result.text += buffer.data();
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return clhost::test::run_command(command);
 }
 
 Output clhost(const std::string& args) {
@@ -99,13 +89,13 @@ TEST(CompareArms, AnArmThatCannotRunIsRefusedBeforeAnyRunStarts) {
   const Output missing =
       clhost("compare --config " + kQuick +
              " --a 'plugins=no_such_plugin' --b 'plugins=' --output " + dir.path("cmp"));
-  EXPECT_EQ(missing.exit_code, 3) << missing.text;
-  EXPECT_NE(missing.text.find("plug-in 'no_such_plugin' not found"), std::string::npos)
-      << missing.text;
+  EXPECT_EQ(missing.exit_code, 3) << missing.output;
+  EXPECT_NE(missing.output.find("plug-in 'no_such_plugin' not found"), std::string::npos)
+      << missing.output;
   const Output range = clhost("compare --config " + kQuick +
                               " --a 'train.lr=99' --b 'plugins=' --output " + dir.path("cmp"));
-  EXPECT_EQ(range.exit_code, 2) << range.text;
-  EXPECT_NE(range.text.find("train.lr"), std::string::npos) << range.text;
+  EXPECT_EQ(range.exit_code, 2) << range.output;
+  EXPECT_NE(range.output.find("train.lr"), std::string::npos) << range.output;
   EXPECT_FALSE(fs::exists(dir.path("cmp"))) << "nothing may be written";
 }
 
@@ -133,9 +123,9 @@ clhost::test::TempDir* CompareRun::dir_ = nullptr;
 Output* CompareRun::first_ = nullptr;
 
 TEST_F(CompareRun, PairsSeedsAcrossArmsAndWritesTableJsonAndPage) {
-  ASSERT_EQ(first_->exit_code, 0) << first_->text;
-  EXPECT_NE(first_->text.find("average accuracy"), std::string::npos) << first_->text;
-  EXPECT_NE(first_->text.find("B - A (paired)"), std::string::npos);
+  ASSERT_EQ(first_->exit_code, 0) << first_->output;
+  EXPECT_NE(first_->output.find("average accuracy"), std::string::npos) << first_->output;
+  EXPECT_NE(first_->output.find("B - A (paired)"), std::string::npos);
   const json comparison = json::parse(clhost::test::read_file(dir_->path("cmp/compare.json")));
   EXPECT_EQ(comparison["seeds"], json({3, 7}));
   for (size_t i = 0; i < 2; ++i) {
@@ -165,18 +155,18 @@ TEST_F(CompareRun, PairsSeedsAcrossArmsAndWritesTableJsonAndPage) {
 }
 
 TEST_F(CompareRun, RerunningReusesFinishedRuns) {
-  ASSERT_EQ(first_->exit_code, 0) << first_->text;
+  ASSERT_EQ(first_->exit_code, 0) << first_->output;
   const std::string results = dir_->path("cmp/a/seed_3/results.json");
   const auto written = fs::last_write_time(results);
   const Output again = compare();
-  ASSERT_EQ(again.exit_code, 0) << again.text;
-  EXPECT_EQ(count_of(again.text, "finished earlier, reused"), 4U) << again.text;
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(count_of(again.output, "finished earlier, reused"), 4U) << again.output;
   EXPECT_EQ(fs::last_write_time(results), written);
   // An interrupted run (no status.json) is run again, the others reused.
   fs::remove(dir_->path("cmp/b/seed_7/status.json"));
   const Output repaired = compare();
-  ASSERT_EQ(repaired.exit_code, 0) << repaired.text;
-  EXPECT_EQ(count_of(repaired.text, "finished earlier, reused"), 3U) << repaired.text;
+  ASSERT_EQ(repaired.exit_code, 0) << repaired.output;
+  EXPECT_EQ(count_of(repaired.output, "finished earlier, reused"), 3U) << repaired.output;
   EXPECT_TRUE(fs::exists(dir_->path("cmp/b/seed_7/status.json")));
 }
 
@@ -185,7 +175,7 @@ TEST(Report, FromAStoredRunDirectoryWithoutRerunning) {
   clhost::test::run_quietly(kQuick, dir.path("run"));
   const auto before = fs::last_write_time(dir.path("run") + "/results.json");
   const Output report = clhost("report " + dir.path("run"));
-  ASSERT_EQ(report.exit_code, 0) << report.text;
+  ASSERT_EQ(report.exit_code, 0) << report.output;
   EXPECT_EQ(fs::last_write_time(dir.path("run") + "/results.json"), before);
   const std::string html = clhost::test::read_file(dir.path("run") + "/report.html");
   for (const char* id : {"id=\"summary\"", "id=\"accuracy-matrix\"", "id=\"per-task\"",
@@ -196,7 +186,7 @@ TEST(Report, FromAStoredRunDirectoryWithoutRerunning) {
   EXPECT_EQ(html.find("id=\"glyph"), std::string::npos);
   const Output missing = clhost("report " + dir.path("nothing_here"));
   EXPECT_EQ(missing.exit_code, 1);
-  EXPECT_NE(missing.text.find("results.json: missing"), std::string::npos) << missing.text;
+  EXPECT_NE(missing.output.find("results.json: missing"), std::string::npos) << missing.output;
 }
 
 // The pages in Debian's chromium, headless: the sections render and the console stays clean.
@@ -215,21 +205,21 @@ TEST(Report, PagesRenderInAHeadlessBrowser) {
       dir.path("profile");
   const std::string url = "file://" + dir.path("run") + "/report.html";
   const Output dom = shell("timeout 120 /usr/bin/chromium" + flags + " --dump-dom " + url);
-  ASSERT_EQ(dom.exit_code, 0) << dom.text.substr(0, 2000);
+  ASSERT_EQ(dom.exit_code, 0) << dom.output.substr(0, 2000);
   for (const char* id : {"id=\"summary\"", "id=\"accuracy-matrix\"", "id=\"per-task\"",
                          "id=\"loss\"", "id=\"batch-size\"", "id=\"memory\""}) {
-    EXPECT_NE(dom.text.find(id), std::string::npos) << id;
+    EXPECT_NE(dom.output.find(id), std::string::npos) << id;
   }
   const std::string screenshot = dir.path("report.png");
   const Output shot = shell("timeout 120 /usr/bin/chromium" + flags +
                             " --window-size=1280,2400 --screenshot=" + screenshot + " " + url);
-  ASSERT_EQ(shot.exit_code, 0) << shot.text.substr(0, 2000);
+  ASSERT_EQ(shot.exit_code, 0) << shot.output.substr(0, 2000);
   ASSERT_TRUE(fs::exists(screenshot));
   EXPECT_GT(fs::file_size(screenshot), 20000U);
   for (const Output* output : {&dom, &shot}) {
-    EXPECT_EQ(output->text.find(":CONSOLE("), std::string::npos) << "console message:\n"
-                                                                 << output->text;
-    EXPECT_EQ(output->text.find("net::ERR_"), std::string::npos) << output->text;
+    EXPECT_EQ(output->output.find(":CONSOLE("), std::string::npos) << "console message:\n"
+                                                                   << output->output;
+    EXPECT_EQ(output->output.find("net::ERR_"), std::string::npos) << output->output;
   }
 }
 

@@ -3,10 +3,12 @@
  * can check that the sampler saw the allocation and its release. It can also fail on purpose. */
 #define _POSIX_C_SOURCE 200809L
 #include <clhost/clhost_plugin.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "test_entry.h"
 
 static const clhost_config_key_t schema[] = {
     {"at_step", CLHOST_CONFIG_TYPE_INT, "5", "global optimizer step of the allocation", 0, 0, 0,
@@ -96,13 +98,4 @@ static const void* get_interface(const char* id) {
   return strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0 ? &regularizer : NULL;
 }
 
-static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),
-                                            {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
-                                            &descriptor,
-                                            NULL,
-                                            create,
-                                            destroy,
-                                            get_interface};
-CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {
-  return &entry;
-}
+CLHOST_TEST_PLUGIN_ENTRY(descriptor, create, destroy, get_interface)

@@ -2,9 +2,11 @@
  * poison_gradient, writes NaN into a gradient so the next step's data loss is NaN — so the tests
  * can check that the host stops before the update and names the term. */
 #include <clhost/clhost_plugin.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "test_entry.h"
 
 static const clhost_config_key_t schema[] = {
     {"at_step", CLHOST_CONFIG_TYPE_INT, "7", "global step of the bad penalty", 0, 0, 0, NULL},
@@ -71,13 +73,4 @@ static const void* get_interface(const char* id) {
   return strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0 ? &regularizer : NULL;
 }
 
-static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),
-                                            {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
-                                            &descriptor,
-                                            NULL,
-                                            create,
-                                            destroy,
-                                            get_interface};
-CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {
-  return &entry;
-}
+CLHOST_TEST_PLUGIN_ENTRY(descriptor, create, destroy, get_interface)

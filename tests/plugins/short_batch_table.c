@@ -2,8 +2,10 @@
  * plug-in from before `last_reason` was added would be). Its struct_size says so, and the host
  * must not read or call past it. */
 #include <clhost/clhost_plugin.h>
+
 #include <stddef.h>
 #include <string.h>
+#include "test_entry.h"
 
 static const clhost_plugin_descriptor_t descriptor = {sizeof(clhost_plugin_descriptor_t),
                                                       "short_batch_table",
@@ -43,13 +45,4 @@ static clhost_status_t create(const clhost_host_t* host, const clhost_config_t* 
 static void destroy(void* instance) {
   (void)instance;
 }
-static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),
-                                            {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
-                                            &descriptor,
-                                            NULL,
-                                            create,
-                                            destroy,
-                                            get_interface};
-CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {
-  return &entry;
-}
+CLHOST_TEST_PLUGIN_ENTRY(descriptor, create, destroy, get_interface)

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "clhost/errors.hpp"
+#include "io.hpp"
 #include "report.hpp"
 
 namespace clhost::tools {
@@ -215,16 +216,8 @@ int run_compare(const CompareOptions& options) {
                    {options.arms[0].spec, options.arms[1].spec}, runs, options.seeds);
   const fs::path json_path = fs::path(options.output_dir) / "compare.json";
   const fs::path html_path = fs::path(options.output_dir) / "compare.html";
-  for (const auto& [path, text] : {std::pair{json_path, comparison.dump(2) + "\n"},
-                                   std::pair{html_path, compare_html(comparison, runs)}}) {
-    const fs::path partial = path.string() + ".partial";
-    {
-      std::ofstream out(partial);
-      out << text;
-      if (!out) throw RunError(partial.string() + ": write failed");
-    }
-    fs::rename(partial, path);
-  }
+  write_file_atomic(json_path.string(), comparison.dump(2) + "\n");
+  write_file_atomic(html_path.string(), compare_html(comparison, runs));
   std::cout << compare_table(comparison) << "\nwrote " << json_path.string() << "\n      "
             << html_path.string() << "\n";
   return 0;

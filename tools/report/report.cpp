@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "charts.hpp"
+#include "io.hpp"
 #include "stats.hpp"
 
 namespace clhost::tools {
@@ -25,17 +26,6 @@ std::string read_text(const fs::path& path) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path.string() + ": cannot read");
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void write_atomically(const fs::path& path, const std::string& text) {
-  const fs::path partial = path.string() + ".partial";
-  {
-    std::ofstream out(partial);
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error(partial.string() + ": write failed");
-  }
-  fs::rename(partial, path);
 }
 
 double number_or_nan(const std::string& text) {
@@ -286,7 +276,8 @@ std::string write_run_report(const std::string& run_dir) {
                       : run.memory_svg);
 
   const fs::path path = fs::path(run_dir) / "report.html";
-  write_atomically(path, page("clhost run " + fs::path(run_dir).filename().string(), body));
+  write_file_atomic(path.string(),
+                    page("clhost run " + fs::path(run_dir).filename().string(), body));
   return path.string();
 }
 
