@@ -337,7 +337,7 @@ const char* to_string(Incremental value) {
   }
 }
 const char* to_string(ModelKind value) {
-  return value == ModelKind::kMlp ? "mlp" : "cnn";
+  return value == ModelKind::kMlp ? "mlp" : value == ModelKind::kCnn ? "cnn" : "torchscript";
 }
 const char* to_string(OptimizerKind value) {
   return value == OptimizerKind::kSgd ? "sgd" : "adam";
@@ -475,11 +475,27 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   data.finish();
 
   SectionReader model(sub_table(top, "model"), "model", path, overridden);
-  config.model.kind =
-      model.get_string("kind", "mlp", {"mlp", "cnn"}) == "mlp" ? ModelKind::kMlp : ModelKind::kCnn;
+  {
+    const std::string kind = model.get_string("kind", "mlp", {"mlp", "cnn", "torchscript"});
+    config.model.kind = kind == "mlp"   ? ModelKind::kMlp
+                        : kind == "cnn" ? ModelKind::kCnn
+                                        : ModelKind::kTorchScript;
+  }
   config.model.hidden = model.get_int_list("hidden", config.model.hidden, 1, 1 << 20);
   if (config.model.hidden.empty()) {
     model.fail(*root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
+  }
+  config.model.path = model.get_string("path", "");
+  config.model.input_shape = model.get_int_list("input_shape", {}, 1, 1 << 24);
+  const bool scripted = config.model.kind == ModelKind::kTorchScript;
+  if (scripted && config.model.path.empty()) {
+    model.fail(*root["model"]["kind"].node(), "kind",
+               "\"torchscript\" needs model.path, the file torch.jit.save wrote");
+  }
+  for (const char* key : {"path", "input_shape"}) {
+    if (!scripted && root["model"][key].node() != nullptr) {
+      model.fail(*root["model"][key].node(), key, "applies to model.kind = \"torchscript\" only");
+    }
   }
   model.finish();
 
@@ -625,6 +641,10 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   section("data").insert_or_assign("test_samples_per_task", config.data.test_samples_per_task);
   section("model").insert_or_assign("kind", to_string(config.model.kind));
   section("model").insert_or_assign("hidden", int_array(config.model.hidden));
+  if (config.model.kind == ModelKind::kTorchScript) {
+    section("model").insert_or_assign("path", config.model.path);
+    section("model").insert_or_assign("input_shape", int_array(config.model.input_shape));
+  }
   section("train").insert_or_assign("optimizer", to_string(config.train.optimizer));
   section("train").insert_or_assign("lr", config.train.lr);
   section("train").insert_or_assign("momentum", config.train.momentum);

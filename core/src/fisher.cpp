@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "clhost/errors.hpp"
+#include "scripted_model.hpp"
 
 namespace clhost {
 namespace {
@@ -59,6 +60,24 @@ ModelMap map_model(torch::nn::Sequential& model, const std::vector<torch::Tensor
                            .padding(*padding)
                            .stride(options.stride());
         known = true;
+      }
+    }
+    if (const auto* scripted = dynamic_cast<const ScriptedLayer*>(module.get())) {
+      if (scripted->kind() == ScriptedLayer::Kind::kLinear) {
+        layer.kind = KnownLayer::Kind::kLinear;
+        known = true;
+      } else if (scripted->kind() == ScriptedLayer::Kind::kConv2d) {
+        const auto& shape = *scripted->conv2d();
+        layer.kind = KnownLayer::Kind::kConv2d;
+        layer.unfold = torch::nn::functional::UnfoldFuncOptions(shape.kernel)
+                           .dilation(shape.dilation)
+                           .padding(shape.padding)
+                           .stride(shape.stride);
+        known = true;
+      }
+      if (known) {
+        layer.weight = index_of(parameters, scripted->weight());
+        layer.bias = index_of(parameters, scripted->bias());
       }
     }
     if (known) {

@@ -30,6 +30,7 @@
 #include "io.hpp"
 #include "model.hpp"
 #include "progress.hpp"
+#include "scripted_model.hpp"
 
 namespace clhost {
 
@@ -97,11 +98,12 @@ class Runtime {
     return node;
   }
 
-  void bind_model(torch::nn::Sequential net) {
+  // `names` replaces LibTorch's parameter names (a TorchScript model keeps its Python names).
+  void bind_model(torch::nn::Sequential net, const std::vector<std::string>& names = {}) {
     model = std::move(net);
     for (const auto& item : model->named_parameters()) {
+      parameter_names.push_back(names.empty() ? item.key() : names.at(parameters.size()));
       parameters.push_back(item.value());
-      parameter_names.push_back(item.key());
       parameter_shapes.push_back(item.value().sizes().vec());
     }
   }
@@ -535,8 +537,25 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
 
   Runtime runtime;
   runtime.budget_bytes = config.run.memory_budget;
-  runtime.bind_model(
-      make_model(config.model, sequence.input_size, sequence.image_side, sequence.num_classes));
+  ScriptedModel scripted;
+  json model_report{{"kind", to_string(config.model.kind)}};
+  if (config.model.kind == ModelKind::kTorchScript) {
+    scripted = load_scripted_model(config.model, sequence.input_size, sequence.num_classes);
+    runtime.bind_model(scripted.net, scripted.parameter_names);
+    model_report["path"] = config.model.path;
+    model_report["fisher_paths"] = scripted.layer_notes;
+    if (!options.quiet) {
+      std::fprintf(stderr, "model %s: %zu layer(s); Fisher pass per layer:\n",
+                   config.model.path.c_str(), scripted.layer_notes.size());
+      for (const auto& note : scripted.layer_notes) std::fprintf(stderr, "  %s\n", note.c_str());
+    }
+  } else {
+    runtime.bind_model(
+        make_model(config.model, sequence.input_size, sequence.image_side, sequence.num_classes));
+  }
+  int64_t parameter_count = 0;
+  for (const auto& parameter : runtime.parameters) parameter_count += parameter.numel();
+  model_report["parameters"] = parameter_count;
   // Enforced from here on: reading the IDX files briefly holds the whole dataset, which is not
   // what the budget is for; the task tensors and the model that stay resident do count.
   memory::set_budget(config.run.memory_budget);
@@ -967,6 +986,12 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                    config.train.eval_batch_size));
     }
     emit(CLHOST_EVENT_EVAL_END, static_cast<int32_t>(t), "evaluate after " + task.name + " end");
+    if (scripted.module) {
+      // The trained module after every task, for torch.jit.load in Python.
+      save_scripted_model(
+          *scripted.module,
+          (fs::path(run_dir) / ("model_task_" + std::to_string(t + 1) + ".pt")).string());
+    }
     summary.accuracy.push_back(row);
     summary.optimizer_steps += steps;
     const ProcessMemory memory = read_process_memory();
@@ -1053,6 +1078,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                 {{"kind", to_string(config.data.scenario)},
                  {"incremental", to_string(config.data.incremental)},
                  {"tasks", task_count}}},
+               {"model", model_report},
                {"plugins", plugin_reports},
                {"accuracy_matrix", summary.accuracy},
                {"random_init_accuracy", summary.random_init_accuracy},

@@ -31,7 +31,7 @@ struct TaskOverride {
 
 enum class Scenario { kSplit, kPermuted, kRotated };
 enum class Incremental { kTask, kDomain, kClass };
-enum class ModelKind { kMlp, kCnn };
+enum class ModelKind { kMlp, kCnn, kTorchScript };
 enum class OptimizerKind { kSgd, kAdam };
 
 struct RunSection {
@@ -76,7 +76,9 @@ struct DataSection {
 
 struct ModelSection {
   ModelKind kind = ModelKind::kMlp;
-  std::vector<int64_t> hidden = {400, 400};
+  std::vector<int64_t> hidden = {400, 400};  // mlp, cnn
+  std::string path;                          // torchscript: the torch.jit.save archive
+  std::vector<int64_t> input_shape;          // torchscript: one sample's shape; empty: flat
 };
 
 struct TrainSection {
