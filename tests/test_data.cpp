@@ -300,3 +300,191 @@ TEST(Data, ARunTrainsOnAnHdf5DatasetEndToEnd) {
 }
 
 }  // namespace
+
+namespace {
+
+// uint8 samples [N, 6, 6] with distinct values per sample (row order matters), labels i % 3,
+// chunked by 16 rows as a streamed dataset would be; under `group` (e.g. "" or "/task_a").
+void write_distinct_hdf5(const std::string& path, const std::string& group, int train, int test,
+                         const std::vector<int>& classes = {0, 1, 2}, bool truncate = true) {
+  const hid_t file = truncate ? H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT)
+                              : H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  const hid_t links = H5Pcreate(H5P_LINK_CREATE);
+  H5Pset_create_intermediate_group(links, 1);
+  for (const auto& [split, count] : {std::pair{"/train", train}, std::pair{"/test", test}}) {
+    std::vector<uint8_t> x;
+    std::vector<int32_t> y;
+    for (int i = 0; i < count; ++i) {
+      y.push_back(classes[static_cast<size_t>(i) % classes.size()]);
+      for (int p = 0; p < 36; ++p) x.push_back(static_cast<uint8_t>((i * 7 + p * 3) % 256));
+    }
+    const hsize_t x_dims[3] = {static_cast<hsize_t>(count), 6, 6};
+    const hsize_t chunk[3] = {static_cast<hsize_t>(std::min(count, 16)), 6, 6};
+    const hsize_t y_dims[1] = {static_cast<hsize_t>(count)};
+    const hid_t x_space = H5Screate_simple(3, x_dims, nullptr);
+    const hid_t y_space = H5Screate_simple(1, y_dims, nullptr);
+    const hid_t chunked = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(chunked, 3, chunk);
+    H5Pset_deflate(chunked, 4);
+    const std::string base = group + split;
+    const hid_t xs =
+        H5Dcreate2(file, (base + "/x").c_str(), H5T_STD_U8LE, x_space, links, chunked, H5P_DEFAULT);
+    H5Dwrite(xs, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, x.data());
+    const hid_t ys = H5Dcreate2(file, (base + "/y").c_str(), H5T_STD_I32LE, y_space, links,
+                                H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(ys, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, y.data());
+    H5Dclose(xs);
+    H5Dclose(ys);
+    H5Pclose(chunked);
+    H5Sclose(x_space);
+    H5Sclose(y_space);
+  }
+  H5Pclose(links);
+  H5Fclose(file);
+}
+
+TEST(DataStreaming, StreamedSamplesEqualResidentOnesInEveryScenario) {
+  clhost::test::TempDir dir;
+  write_distinct_hdf5(dir.path("data.h5"), "", 300, 90);
+  for (const std::string scenario : {"split", "permuted", "rotated"}) {
+    for (const std::string normalize : {"unit", "standard"}) {
+      SCOPED_TRACE(scenario + " / " + normalize);
+      const std::string keys = "scenario = \"" + scenario + "\"\nnormalize = \"" + normalize +
+                               "\"\n" +
+                               (scenario == "split" ? "num_tasks = 3\n" : "num_tasks = 2\n") +
+                               "train_samples_per_task = 70\n";
+      const auto resident_config = hdf5_config(dir, keys);
+      const auto streamed_config = hdf5_config(dir, keys + "max_resident = \"1KiB\"\n");
+      const auto resident = clhost::build_task_sequence(resident_config.data, {}, 4);
+      const auto streamed = clhost::build_task_sequence(streamed_config.data, {}, 4);
+      EXPECT_FALSE(resident.streamed);
+      EXPECT_TRUE(streamed.streamed);
+      ASSERT_EQ(resident.tasks.size(), streamed.tasks.size());
+      for (size_t t = 0; t < resident.tasks.size(); ++t) {
+        const auto& a = resident.tasks[t];
+        const auto& b = streamed.tasks[t];
+        EXPECT_FALSE(b.train_x.defined()) << "streamed samples are not resident";
+        ASSERT_EQ(a.train_size(), b.train_size());
+        EXPECT_EQ(a.test_size(), b.test_size());
+        EXPECT_TRUE(torch::equal(a.train_y, b.train_y));
+        // Out of order, with a repeat, as a shuffled batch that wraps an epoch can be.
+        const torch::Tensor rows = torch::tensor({5L, 0L, 69L, 17L, 5L, 33L}, torch::kInt64);
+        const double tolerance = normalize == "standard" ? 1e-5 : 0.0;
+        EXPECT_TRUE(torch::allclose(a.train_rows(rows), b.train_rows(rows), 0.0, tolerance));
+        EXPECT_TRUE(torch::allclose(a.test_range(3, a.test_size()), b.test_range(3, b.test_size()),
+                                    0.0, tolerance));
+      }
+    }
+  }
+}
+
+TEST(DataStreaming, ARunOnDataLargerThanTheCapStreamsAndMatchesTheResidentRun) {
+  clhost::test::TempDir dir;
+  write_distinct_hdf5(dir.path("data.h5"), "", 3000, 300);
+  const std::string base = "[run]\nseed = 2\nlog_every = 1\n[data]\nkind = \"hdf5\"\npath = \"" +
+                           dir.path("data.h5") +
+                           "\"\nnum_classes = 3\nscenario = \"permuted\"\nnum_tasks = 2\n";
+  const std::string rest =
+      "[model]\nhidden = [16]\n[train]\nbatch_size = 32\niterations = 12\n"
+      "[[pipeline]]\nplugin = \"ewc\"\n";
+  clhost::RunOptions options;
+  options.quiet = true;
+  clhost::ConfigOverrides overrides;
+  overrides.plugin_path = {CLHOST_PLUGIN_DIR};
+  options.run_dir = dir.path("resident");
+  const auto resident = clhost::run_pipeline(
+      clhost::load_config(dir.file("resident.toml", base + rest), overrides), options);
+  options.run_dir = dir.path("streamed");
+  // 3000 samples of 36 floats are 432 KB: over a 100 KiB cap.
+  const auto streamed = clhost::run_pipeline(
+      clhost::load_config(dir.file("streamed.toml", base + "max_resident = \"100KiB\"\n" + rest),
+                          overrides),
+      options);
+  EXPECT_EQ(resident.accuracy, streamed.accuracy) << "same samples, same order: same run";
+  const auto metrics = [&](const std::string& run) {
+    std::string csv = clhost::test::read_file(dir.path(run) + "/metrics.csv");
+    std::string out;
+    std::istringstream in(csv);
+    // task, step, global_step, loss, penalty: not the timing columns.
+    for (std::string line; std::getline(in, line);) {
+      size_t end = 0;
+      for (int column = 0; column < 5 && end != std::string::npos; ++column) {
+        end = line.find(',', end + (column > 0 ? 1 : 0));
+      }
+      out += line.substr(0, end) + "\n";
+    }
+    return out;
+  };
+  EXPECT_EQ(metrics("resident"), metrics("streamed"));
+  const std::string results = clhost::test::read_file(dir.path("streamed") + "/results.json");
+  EXPECT_NE(results.find("\"streamed\": true"), std::string::npos);
+  const auto peak = [&](const std::string& run) {
+    const std::string text = clhost::test::read_file(dir.path(run) + "/results.json");
+    const size_t at = text.find("\"tensor_peak_bytes\": ") + 21;
+    return std::stoll(text.substr(at));
+  };
+  // Two tasks of 3000 + 300 resident samples (~0.9 MB) are not held while streaming.
+  EXPECT_LT(peak("streamed") + 500000, peak("resident"))
+      << "streamed " << peak("streamed") << " B, resident " << peak("resident") << " B";
+}
+
+TEST(DataStreaming, ExplicitPerTaskSourcesReadEachTasksOwnGroup) {
+  clhost::test::TempDir dir;
+  write_distinct_hdf5(dir.path("tasks.h5"), "/task_a", 40, 20, {0, 1});
+  write_distinct_hdf5(dir.path("tasks.h5"), "/task_b", 30, 12, {2}, /*truncate=*/false);
+  write_distinct_hdf5(dir.path("other.h5"), "/c", 24, 6, {1, 2});
+  const std::string head = "[data]\nkind = \"hdf5\"\npath = \"" + dir.path("tasks.h5") +
+                           "\"\nnum_classes = 3\nscenario = \"sources\"\n";
+  const auto config = clhost::load_config(
+      dir.file("sources.toml",
+               head +
+                   "[[tasks]]\nname = \"a\"\ngroup = \"/task_a\"\n[[tasks]]\ngroup = \"/task_b\"\n"
+                   "[[tasks]]\nname = \"c\"\npath = \"" +
+                   dir.path("other.h5") + "\"\ngroup = \"/c\"\nbatch_size = 8\n"));
+  EXPECT_EQ(config.data.num_tasks, 3);
+  EXPECT_EQ(config.data.incremental, clhost::Incremental::kTask);
+  for (const std::string max_resident : {"4GiB", "1"}) {
+    auto data = config.data;
+    data.max_resident_bytes = max_resident == "1" ? 1 : data.max_resident_bytes;
+    const auto sequence = clhost::build_task_sequence(data, config.tasks, 0);
+    ASSERT_EQ(sequence.tasks.size(), 3U);
+    EXPECT_EQ(sequence.tasks[0].name, "a");
+    EXPECT_EQ(sequence.tasks[1].name, "task1");
+    EXPECT_EQ(sequence.tasks[0].classes, (std::vector<int64_t>{0, 1}));
+    EXPECT_EQ(sequence.tasks[1].classes, (std::vector<int64_t>{2}));
+    EXPECT_EQ(sequence.tasks[2].classes, (std::vector<int64_t>{1, 2}));
+    EXPECT_EQ(sequence.tasks[0].train_size(), 40);
+    EXPECT_EQ(sequence.tasks[2].test_size(), 6);
+    EXPECT_EQ(sequence.streamed, max_resident == "1");
+    // Sample 1 of task b: pixel p = (7 + 3p) / 255.
+    EXPECT_NEAR(sequence.tasks[1].train_range(1, 2)[0][2].item<double>(), 13.0 / 255.0, 1e-7);
+  }
+  auto error_of = [&](const std::string& body) -> std::string {
+    try {
+      const auto bad = clhost::load_config(dir.file("bad.toml", body));
+      (void)clhost::build_task_sequence(bad.data, bad.tasks, 0);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  EXPECT_NE(
+      error_of(head + "[[tasks]]\ngroup = \"/task_a\"\n[[tasks]]\ngroup = \"/nope\"\n")
+          .find(dir.path("tasks.h5") + ":/nope/train/x (tasks[1] train samples): no such dataset"),
+      std::string::npos)
+      << error_of(head + "[[tasks]]\ngroup = \"/task_a\"\n[[tasks]]\ngroup = \"/nope\"\n");
+  EXPECT_NE(error_of(head).find("data.scenario = \"sources\" needs one [[tasks]] entry per task"),
+            std::string::npos);
+  EXPECT_NE(error_of(head + "[[tasks]]\nname = \"x\"\n").find("tasks[0].group"), std::string::npos)
+      << error_of(head + "[[tasks]]\nname = \"x\"\n");
+  EXPECT_NE(error_of("[data]\n[[tasks]]\ngroup = \"/a\"\n")
+                .find("tasks[0].group: names this task's own HDF5 datasets"),
+            std::string::npos);
+  EXPECT_NE(error_of("[data]\nscenario = \"sources\"\n[[tasks]]\ngroup = \"/a\"\n")
+                .find("needs data.kind = \"hdf5\""),
+            std::string::npos);
+  EXPECT_NE(error_of("[data]\nmax_resident = \"lots\"\n").find("data.max_resident"),
+            std::string::npos);
+}
+
+}  // namespace

@@ -260,3 +260,36 @@ TEST(TorchScript, ConfigNeedsAPathAndKeepsTorchScriptKeysToTorchScript) {
 }
 
 }  // namespace
+
+namespace {
+
+// The fenced block of `language` that follows `heading` in a Markdown file.
+std::string fenced_block(const std::string& markdown, const std::string& heading,
+                         const std::string& language) {
+  const size_t section = markdown.find(heading);
+  const size_t open = markdown.find("```" + language + "\n", section);
+  const size_t body = open + 4 + language.size();
+  return markdown.substr(body, markdown.find("```", body) - body);
+}
+
+TEST(TorchScript, TheGuidesPythonSnippetAndTomlRunAsWritten) {
+  REQUIRE_FIXTURES();
+  clhost::test::TempDir dir;
+  const std::string guide = clhost::test::read_file(CLHOST_SOURCE_DIR "/docs/models-and-data.md");
+  (void)dir.file("export.py", fenced_block(guide, "## 1. Export from Python", "python"));
+  (void)dir.file("run.toml", fenced_block(guide, "## 2. Run it", "toml"));
+  const auto exported =
+      clhost::test::run_command("cd " + dir.path() + " && " CLHOST_SYSTEM_PYTHON " export.py");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  const auto run = clhost::test::run_command(
+      "cd " + dir.path() + " && " CLHOST_BINARY " run --config run.toml --quiet --plugin-path " +
+      CLHOST_PLUGIN_DIR +
+      " --output out --set train.iterations=10 --set data.train_samples_per_task=300"
+      " --set data.test_samples_per_task=100");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_TRUE(std::filesystem::exists(dir.path("out") + "/model_task_5.pt"));
+  const std::string results = clhost::test::read_file(dir.path("out") + "/results.json");
+  EXPECT_NE(results.find("3 (Conv2d): batched exact"), std::string::npos);
+}
+
+}  // namespace

@@ -327,7 +327,8 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
 const char* to_string(Scenario value) {
   return value == Scenario::kSplit      ? "split"
          : value == Scenario::kPermuted ? "permuted"
-                                        : "rotated";
+         : value == Scenario::kRotated  ? "rotated"
+                                        : "sources";
 }
 const char* to_string(Incremental value) {
   switch (value) {
@@ -423,13 +424,20 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
       data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
   {
     const std::string scenario =
-        data.get_string("scenario", "split", {"split", "permuted", "rotated"});
+        data.get_string("scenario", "split", {"split", "permuted", "rotated", "sources"});
     config.data.scenario = scenario == "split"      ? Scenario::kSplit
                            : scenario == "permuted" ? Scenario::kPermuted
-                                                    : Scenario::kRotated;
+                           : scenario == "rotated"  ? Scenario::kRotated
+                                                    : Scenario::kSources;
+    if (config.data.scenario == Scenario::kSources && config.data.kind != DataKind::kHdf5) {
+      data.fail(*root["data"]["scenario"].node(), "scenario",
+                "\"sources\" reads each task from its own HDF5 datasets: needs data.kind = "
+                "\"hdf5\"");
+    }
   }
   const bool split = config.data.scenario == Scenario::kSplit;
-  const std::string default_incremental = split ? "task" : "domain";
+  const std::string default_incremental =
+      split || config.data.scenario == Scenario::kSources ? "task" : "domain";
   const std::string incremental =
       data.get_string("incremental", default_incremental, {"task", "domain", "class"});
   config.data.incremental = incremental == "task"     ? Incremental::kTask
@@ -470,6 +478,23 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   if (config.data.scenario == Scenario::kRotated && config.data.rotation_step_degrees == 0.0) {
     config.data.rotation_step_degrees = 180.0 / static_cast<double>(config.data.num_tasks);
   }
+  auto get_bytes = [&](const char* key, int64_t fallback) {
+    const toml::node* node = data.take(key);
+    if (node == nullptr) return fallback;
+    try {
+      const int64_t bytes =
+          node->is_integer() ? node->as_integer()->get()
+          : node->is_string()
+              ? memory::parse_bytes(node->as_string()->get())
+              : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
+      if (bytes < 0) throw std::invalid_argument("must not be negative");
+      return bytes;
+    } catch (const std::invalid_argument& e) {
+      data.fail(*node, key, e.what());
+    }
+  };
+  config.data.max_resident_bytes = get_bytes("max_resident", config.data.max_resident_bytes);
+  config.data.stream_cache_bytes = get_bytes("stream_cache", config.data.stream_cache_bytes);
   config.data.train_samples_per_task = data.get_int("train_samples_per_task", 0, 0, INT64_MAX);
   config.data.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
   data.finish();
@@ -545,14 +570,36 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
       if (task.take("batch_size") != nullptr) {
         override_entry.batch_size = task.get_int("batch_size", 0, 1, 1 << 24);
       }
+      for (const char* key : {"path", "group"}) {
+        if (config.data.scenario != Scenario::kSources && element.as_table()->get(key)) {
+          task.fail(*element.as_table()->get(key), key,
+                    "names this task's own HDF5 datasets, which only data.scenario = "
+                    "\"sources\" uses");
+        }
+      }
+      override_entry.path = task.get_string("path", config.data.path);
+      override_entry.group = task.get_string("group", "");
+      if (config.data.scenario == Scenario::kSources && override_entry.group.empty()) {
+        task.fail(element, "group",
+                  "data.scenario = \"sources\": every task needs its HDF5 group (datasets "
+                  "<group>/train/x, <group>/train/y, <group>/test/x, <group>/test/y)");
+      }
       task.finish();
       config.tasks.push_back(override_entry);
+    }
+    if (config.data.scenario == Scenario::kSources) {
+      config.data.num_tasks = static_cast<int64_t>(config.tasks.size());
     }
     if (static_cast<int64_t>(config.tasks.size()) > config.data.num_tasks) {
       top.fail(*node, "tasks",
                std::to_string(config.tasks.size()) + " [[tasks]] entries but data.num_tasks is " +
                    std::to_string(config.data.num_tasks));
     }
+  }
+  if (config.data.scenario == Scenario::kSources && config.tasks.empty()) {
+    throw ConfigError(path +
+                      ": data.scenario = \"sources\" needs one [[tasks]] entry per task, "
+                      "each with its HDF5 group");
   }
   top.finish();
 
@@ -636,6 +683,8 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   }
   section("data").insert_or_assign("scenario", to_string(config.data.scenario));
   section("data").insert_or_assign("num_tasks", config.data.num_tasks);
+  section("data").insert_or_assign("max_resident", config.data.max_resident_bytes);
+  section("data").insert_or_assign("stream_cache", config.data.stream_cache_bytes);
   section("data").insert_or_assign("incremental", to_string(config.data.incremental));
   section("data").insert_or_assign("train_samples_per_task", config.data.train_samples_per_task);
   section("data").insert_or_assign("test_samples_per_task", config.data.test_samples_per_task);
@@ -672,6 +721,20 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     pipeline.push_back(entry);
   }
   root.insert_or_assign("pipeline", pipeline);
+  if (!config.tasks.empty()) {
+    toml::array tasks;
+    for (const auto& task : config.tasks) {
+      toml::table entry;
+      entry.insert("name", task.name);
+      if (task.batch_size) entry.insert("batch_size", *task.batch_size);
+      if (config.data.scenario == Scenario::kSources) {
+        entry.insert("path", task.path);
+        entry.insert("group", task.group);
+      }
+      tasks.push_back(entry);
+    }
+    root.insert_or_assign("tasks", tasks);
+  }
 
   std::ostringstream json;
   json << toml::json_formatter{root};

@@ -94,160 +94,375 @@ torch::Tensor read_idx(const std::string& path) {
 
 namespace {
 
-// One split (train or test) as read, before any checks: where each part came from, for errors.
-struct RawSplit {
-  torch::Tensor x;  // [N, ...] any numeric dtype
-  torch::Tensor y;  // [N] or [N, 1]
-  std::string x_where;
-  std::string y_where;
-  bool eight_bit_pixels = false;  // stored as unsigned bytes: "unit" divides by 255
-};
-
-// Closes an HDF5 handle when it goes out of scope.
-struct Hdf5Handle {
-  hid_t id;
-  herr_t (*close)(hid_t);
-  ~Hdf5Handle() {
-    if (id >= 0) close(id);
+// Closes an HDF5 file and dataset when it goes out of scope.
+struct Hdf5Dataset {
+  hid_t file = -1;
+  hid_t set = -1;
+  std::vector<int64_t> shape;
+  bool eight_bit = false;  // unsigned bytes: normalize = "unit" divides by 255
+  std::string where;       // "file:dataset (data.key)", for errors
+  Hdf5Dataset() = default;
+  ~Hdf5Dataset() {
+    if (set >= 0) H5Dclose(set);
+    if (file >= 0) H5Fclose(file);
   }
-  Hdf5Handle(const Hdf5Handle&) = delete;
-  Hdf5Handle& operator=(const Hdf5Handle&) = delete;
-  Hdf5Handle(Hdf5Handle&&) = delete;
-  Hdf5Handle& operator=(Hdf5Handle&&) = delete;
+  Hdf5Dataset(const Hdf5Dataset&) = delete;
+  Hdf5Dataset& operator=(const Hdf5Dataset&) = delete;
+  Hdf5Dataset(Hdf5Dataset&&) = delete;
+  Hdf5Dataset& operator=(Hdf5Dataset&&) = delete;
+  int64_t numel() const {
+    int64_t total = 1;
+    for (int64_t dim : shape) total *= dim;
+    return total;
+  }
 };
 
-// Reads a whole numeric dataset through HDF5's type conversion: float32 for samples, int64 for
-// labels. Sets *eight_bit when it is stored as unsigned bytes.
-torch::Tensor read_hdf5(const std::string& file, const std::string& dataset, const std::string& key,
-                        bool labels, bool* eight_bit) {
+// Opens a numeric dataset and checks its type: integers or floats for samples, integers for
+// labels. cache_bytes > 0 sizes the chunk cache for reading it in pieces.
+std::unique_ptr<Hdf5Dataset> open_dataset(const std::string& file, const std::string& dataset,
+                                          const std::string& key, bool labels,
+                                          int64_t cache_bytes = 0) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors are reported below, with context
-  const std::string where = file + ":" + dataset + " (data." + key + ")";
-  const Hdf5Handle handle{H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), &H5Fclose};
-  if (handle.id < 0) {
-    throw RunError("data.path = \"" + file + "\": cannot open as an HDF5 file" +
+  auto out = std::make_unique<Hdf5Dataset>();
+  out->where = file + ":" + dataset + " (" + key + ")";
+  out->file = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (out->file < 0) {
+    throw RunError(key + ": \"" + file + "\": cannot open as an HDF5 file" +
                    (std::filesystem::exists(file) ? "" : " (no such file)"));
   }
-  if (H5Lexists(handle.id, dataset.c_str(), H5P_DEFAULT) <= 0) {
-    throw RunError(where + ": no such dataset in the file");
+  if (H5Lexists(out->file, dataset.c_str(), H5P_DEFAULT) <= 0) {
+    throw RunError(out->where + ": no such dataset in the file");
   }
-  const Hdf5Handle set{H5Dopen2(handle.id, dataset.c_str(), H5P_DEFAULT), &H5Dclose};
-  if (set.id < 0) throw RunError(where + ": not a dataset");
-  const Hdf5Handle type{H5Dget_type(set.id), &H5Tclose};
-  const H5T_class_t type_class = H5Tget_class(type.id);
+  const hid_t access = H5Pcreate(H5P_DATASET_ACCESS);
+  if (cache_bytes > 0) {
+    H5Pset_chunk_cache(access, 12421, static_cast<size_t>(cache_bytes), 1.0);
+  }
+  out->set = H5Dopen2(out->file, dataset.c_str(), access);
+  H5Pclose(access);
+  if (out->set < 0) throw RunError(out->where + ": not a dataset");
+  const hid_t type = H5Dget_type(out->set);
+  const H5T_class_t type_class = H5Tget_class(type);
+  out->eight_bit =
+      type_class == H5T_INTEGER && H5Tget_size(type) == 1 && H5Tget_sign(type) == H5T_SGN_NONE;
+  H5Tclose(type);
   if (type_class != H5T_INTEGER && (labels || type_class != H5T_FLOAT)) {
-    throw RunError(where + (labels ? ": labels must be integers" : ": samples must be numeric") +
+    throw RunError(out->where +
+                   (labels ? ": labels must be integers" : ": samples must be numeric") +
                    " (HDF5 type class " + std::to_string(static_cast<int>(type_class)) + ")");
   }
-  if (eight_bit != nullptr) {
-    *eight_bit = type_class == H5T_INTEGER && H5Tget_size(type.id) == 1 &&
-                 H5Tget_sign(type.id) == H5T_SGN_NONE;
+  const hid_t space = H5Dget_space(out->set);
+  const int rank = H5Sget_simple_extent_ndims(space);
+  if (rank < 1 || rank > 8) {
+    H5Sclose(space);
+    throw RunError(out->where + ": rank " + std::to_string(rank) + " unsupported");
   }
-  const Hdf5Handle space{H5Dget_space(set.id), &H5Sclose};
-  const int rank = H5Sget_simple_extent_ndims(space.id);
-  if (rank < 1 || rank > 8)
-    throw RunError(where + ": rank " + std::to_string(rank) + " unsupported");
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
-  H5Sget_simple_extent_dims(space.id, dims.data(), nullptr);
-  std::vector<int64_t> shape(dims.begin(), dims.end());
-  torch::Tensor out = torch::empty(shape, labels ? torch::kInt64 : torch::kFloat32);
-  if (out.numel() > 0 && H5Dread(set.id, labels ? H5T_NATIVE_INT64 : H5T_NATIVE_FLOAT, H5S_ALL,
+  H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  H5Sclose(space);
+  out->shape.assign(dims.begin(), dims.end());
+  return out;
+}
+
+// Reads a whole dataset through HDF5's type conversion: float32 for samples, int64 for labels.
+torch::Tensor read_all(const Hdf5Dataset& dataset, bool labels) {
+  torch::Tensor out = torch::empty(dataset.shape, labels ? torch::kInt64 : torch::kFloat32);
+  if (out.numel() > 0 && H5Dread(dataset.set, labels ? H5T_NATIVE_INT64 : H5T_NATIVE_FLOAT, H5S_ALL,
                                  H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0) {
-    throw RunError(where + ": read failed (corrupt file?)");
+    throw RunError(dataset.where + ": read failed (corrupt file?)");
   }
   return out;
 }
 
-RawSplit read_split(const DataSection& data, bool train) {
+// One split (train or test) as read, before any checks: where each part came from, for errors.
+// Samples larger than data.max_resident are not read: `stream` names them instead.
+struct RawSplit {
+  torch::Tensor x;  // [N, ...] float32; undefined when streamed
+  torch::Tensor y;  // [N] or [N, 1]
+  std::vector<int64_t> x_shape;
+  std::string x_where;
+  std::string y_where;
+  bool eight_bit_pixels = false;
+  std::string file;     // streamed: the HDF5 file and dataset of the samples
+  std::string dataset;  // empty: resident
+};
+
+RawSplit read_hdf5_split(const std::string& file, const std::string& x_path,
+                         const std::string& y_path, const std::string& x_key,
+                         const std::string& y_key, int64_t max_resident_bytes) {
   RawSplit raw;
-  if (data.kind == DataKind::kHdf5) {
-    const std::string x_key = train ? "train_x" : "test_x";
-    const std::string y_key = train ? "train_y" : "test_y";
-    const std::string& x_path = train ? data.hdf5_train_x : data.hdf5_test_x;
-    const std::string& y_path = train ? data.hdf5_train_y : data.hdf5_test_y;
-    raw.x = read_hdf5(data.path, x_path, x_key, false, &raw.eight_bit_pixels);
-    raw.y = read_hdf5(data.path, y_path, y_key, true, nullptr);
-    raw.x_where = data.path + ":" + x_path + " (data." + x_key + ")";
-    raw.y_where = data.path + ":" + y_path + " (data." + y_key + ")";
-    return raw;
+  const auto x = open_dataset(file, x_path, x_key, false);
+  raw.x_shape = x->shape;
+  raw.x_where = x->where;
+  raw.eight_bit_pixels = x->eight_bit;
+  if (x->numel() * static_cast<int64_t>(sizeof(float)) > max_resident_bytes) {
+    raw.file = file;
+    raw.dataset = x_path;
+  } else {
+    raw.x = read_all(*x, false);
   }
+  const auto y = open_dataset(file, y_path, y_key, true);
+  raw.y = read_all(*y, true);
+  raw.y_where = y->where;
+  return raw;
+}
+
+RawSplit read_split(const DataSection& data, bool train) {
+  if (data.kind == DataKind::kHdf5) {
+    const std::string x_key = train ? "data.train_x" : "data.test_x";
+    const std::string y_key = train ? "data.train_y" : "data.test_y";
+    return read_hdf5_split(data.path, train ? data.hdf5_train_x : data.hdf5_test_x,
+                           train ? data.hdf5_train_y : data.hdf5_test_y, x_key, y_key,
+                           data.max_resident_bytes);
+  }
+  RawSplit raw;
   const std::string x_key = train ? "train_images" : "test_images";
   const std::string y_key = train ? "train_labels" : "test_labels";
   const std::string x_path = locate(data.dir, train ? data.train_images : data.test_images, x_key);
   const std::string y_path = locate(data.dir, train ? data.train_labels : data.test_labels, y_key);
   raw.x = read_idx(x_path);
   raw.y = read_idx(y_path);
+  raw.x_shape = raw.x.sizes().vec();
   raw.x_where = x_path + " (data." + x_key + ")";
   raw.y_where = y_path + " (data." + y_key + ")";
   raw.eight_bit_pixels = true;
   return raw;
 }
 
+// A split after its checks: resident samples [N, input_size], or the dataset to stream from.
+struct Split {
+  torch::Tensor x;
+  torch::Tensor y;  // [N] int64
+  std::string file;
+  std::string dataset;
+  std::string where;
+  bool streamed() const { return !dataset.empty(); }
+  int64_t size() const { return y.size(0); }
+};
+
+// Samples [N, H, W] or [N, 1, H, W] are images; [N, D] (or any other shape, flattened) vectors.
+// All splits of a run must have one sample shape: the first one read sets *height and *width.
+Split check_split(RawSplit raw, int64_t num_classes, int64_t* height, int64_t* width,
+                  bool* eight_bit) {
+  std::vector<int64_t> shape = raw.x_shape;
+  if (shape.size() == 4 && shape[1] == 1) shape.erase(shape.begin() + 1);
+  if (shape.size() < 2) {
+    throw RunError(raw.x_where + ": expected samples [N, ...], got " +
+                   std::to_string(shape.size()) + " dimension(s)");
+  }
+  int64_t per_sample = 1;
+  for (size_t d = 1; d < shape.size(); ++d) per_sample *= shape[d];
+  const int64_t h = shape.size() == 3 ? shape[1] : per_sample;
+  const int64_t w = shape.size() == 3 ? shape[2] : 1;
+  if (*height != 0 && (h != *height || w != *width)) {
+    throw RunError(raw.x_where + ": samples of " + std::to_string(h) + "x" + std::to_string(w) +
+                   ", but the training samples are " + std::to_string(*height) + "x" +
+                   std::to_string(*width));
+  }
+  *height = h;
+  *width = w;
+  *eight_bit = *eight_bit && raw.eight_bit_pixels;
+  torch::Tensor labels = raw.y;
+  if (labels.dim() == 2 && labels.size(1) == 1) labels = labels.squeeze(1);
+  if (labels.dim() != 1 || labels.size(0) != shape[0]) {
+    throw RunError(raw.y_where + ": expected " + std::to_string(shape[0]) +
+                   " labels, one per sample in " + raw.x_where);
+  }
+  labels = labels.to(torch::kInt64);
+  const int64_t top = labels.numel() > 0 ? labels.max().item<int64_t>() : 0;
+  const int64_t bottom = labels.numel() > 0 ? labels.min().item<int64_t>() : 0;
+  if (top >= num_classes || bottom < 0) {
+    throw RunError(raw.y_where + ": label " + std::to_string(bottom < 0 ? bottom : top) +
+                   " but data.num_classes = " + std::to_string(num_classes) +
+                   " (labels must be 0.." + std::to_string(num_classes - 1) + ")");
+  }
+  Split split;
+  split.y = labels;
+  split.file = raw.file;
+  split.dataset = raw.dataset;
+  split.where = raw.x_where;
+  if (!split.streamed()) split.x = raw.x.reshape({shape[0], h * w}).to(torch::kFloat32);
+  return split;
+}
+
+// Mean and (unbiased) standard deviation of the training samples, read in pieces when streamed.
+std::pair<double, double> sample_statistics(const std::vector<const Split*>& splits,
+                                            int64_t input_size) {
+  double sum = 0.0;
+  double squares = 0.0;
+  double count = 0.0;
+  for (const Split* split : splits) {
+    if (!split->streamed()) {
+      sum += split->x.sum(torch::kFloat64).item<double>();
+      squares += split->x.to(torch::kFloat64).square().sum().item<double>();
+      count += static_cast<double>(split->x.numel());
+      continue;
+    }
+    std::vector<int64_t> rows(static_cast<size_t>(split->size()));
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int64_t>(i);
+    const StreamedSamples reader(split->file, split->dataset, split->where, rows, input_size,
+                                 SampleTransform{}, 0);
+    for (int64_t start = 0; start < reader.size(); start += 4096) {
+      const torch::Tensor chunk =
+          reader.range(start, std::min(reader.size(), start + 4096)).to(torch::kFloat64);
+      sum += chunk.sum().item<double>();
+      squares += chunk.square().sum().item<double>();
+      count += static_cast<double>(chunk.numel());
+    }
+  }
+  const double mean = count > 0 ? sum / count : 0.0;
+  const double variance = count > 1 ? (squares - count * mean * mean) / (count - 1) : 0.0;
+  return {mean, std::sqrt(std::max(variance, 0.0))};
+}
+
+std::vector<int64_t> iota_rows(int64_t count) {
+  std::vector<int64_t> rows(static_cast<size_t>(count));
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int64_t>(i);
+  return rows;
+}
+
 }  // namespace
+
+torch::Tensor SampleTransform::apply(torch::Tensor x) const {
+  if (divide != 1.0) x.div_(divide);
+  if (standardize) x.sub_(mean).div_(deviation);
+  if (permutation.defined()) x = x.index_select(1, permutation).contiguous();
+  if (rotation_degrees != 0.0) x = rotate(x, image_side, rotation_degrees);
+  return x;
+}
+
+StreamedSamples::StreamedSamples(const std::string& file, const std::string& dataset,
+                                 std::string where, std::vector<int64_t> rows, int64_t input_size,
+                                 SampleTransform transform, int64_t cache_bytes)
+    : where_(std::move(where)),
+      rows_(std::move(rows)),
+      input_size_(input_size),
+      transform_(std::move(transform)) {
+  auto opened = open_dataset(file, dataset, where_, false, cache_bytes);
+  dataset_rank_ = static_cast<int64_t>(opened->shape.size());
+  file_ = opened->file;
+  dataset_ = opened->set;
+  opened->file = -1;  // owned here from now on
+  opened->set = -1;
+}
+
+StreamedSamples::~StreamedSamples() {
+  if (dataset_ >= 0) H5Dclose(dataset_);
+  if (file_ >= 0) H5Fclose(file_);
+}
+
+torch::Tensor StreamedSamples::gather(const torch::Tensor& indices) const {
+  const torch::Tensor wanted = indices.to(torch::kInt64).contiguous();
+  const int64_t* positions = wanted.data_ptr<int64_t>();
+  const auto count = static_cast<size_t>(wanted.numel());
+  std::vector<int64_t> file_rows(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (positions[i] < 0 || positions[i] >= size()) {
+      throw RunError(where_ + ": sample " + std::to_string(positions[i]) + " out of range");
+    }
+    file_rows[i] = rows_[static_cast<size_t>(positions[i])];
+  }
+  std::vector<int64_t> unique = file_rows;
+  std::sort(unique.begin(), unique.end());
+  unique.erase(std::unique(unique.begin(), unique.end()), unique.end());
+  // One hyperslab block per run of consecutive rows; HDF5 reads them in file order.
+  const hid_t space = H5Dget_space(dataset_);
+  std::vector<hsize_t> dims(static_cast<size_t>(dataset_rank_));
+  H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  H5Sselect_none(space);
+  std::vector<hsize_t> start(dims.size(), 0);
+  std::vector<hsize_t> block = dims;
+  for (size_t i = 0; i < unique.size();) {
+    size_t j = i + 1;
+    while (j < unique.size() && unique[j] == unique[j - 1] + 1) ++j;
+    start[0] = static_cast<hsize_t>(unique[i]);
+    block[0] = static_cast<hsize_t>(j - i);
+    H5Sselect_hyperslab(space, H5S_SELECT_OR, start.data(), nullptr, block.data(), nullptr);
+    i = j;
+  }
+  torch::Tensor buffer = torch::empty({static_cast<int64_t>(unique.size()), input_size_});
+  const hsize_t elements = static_cast<hsize_t>(buffer.numel());
+  const hid_t memory = H5Screate_simple(1, &elements, nullptr);
+  const herr_t status = unique.empty() ? 0
+                                       : H5Dread(dataset_, H5T_NATIVE_FLOAT, memory, space,
+                                                 H5P_DEFAULT, buffer.data_ptr());
+  H5Sclose(memory);
+  H5Sclose(space);
+  if (status < 0) throw RunError(where_ + ": read failed (corrupt file or I/O error)");
+  bytes_read_ += buffer.numel() * static_cast<int64_t>(sizeof(float));
+  std::vector<int64_t> order(count);
+  for (size_t i = 0; i < count; ++i) {
+    order[i] = std::lower_bound(unique.begin(), unique.end(), file_rows[i]) - unique.begin();
+  }
+  return transform_.apply(buffer.index_select(0, torch::tensor(order, torch::kInt64)));
+}
+
+torch::Tensor StreamedSamples::range(int64_t begin, int64_t end) const {
+  return gather(torch::arange(begin, end, torch::kInt64));
+}
 
 TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
                                  uint64_t seed) {
   int64_t height = 0;
   int64_t width = 0;
   bool eight_bit = true;
-  // Samples [N, H, W] or [N, 1, H, W] are images; [N, D] (or any other shape, flattened) vectors.
-  auto load_split = [&](bool train) {
-    RawSplit raw = read_split(data, train);
-    torch::Tensor images = raw.x;
-    if (images.dim() == 4 && images.size(1) == 1) images = images.squeeze(1);
-    if (images.dim() < 2) {
-      throw RunError(raw.x_where + ": expected samples [N, ...], got " +
-                     std::to_string(images.dim()) + " dimension(s)");
+  const bool sources = data.scenario == Scenario::kSources;
+  // Explicit sources: each task's own train and test datasets. Otherwise one train and one test
+  // split that the scenario divides into tasks.
+  std::vector<std::pair<Split, Split>> source_splits;
+  Split train;
+  Split test;
+  if (sources) {
+    for (size_t t = 0; t < names.size(); ++t) {
+      const TaskOverride& task = names[t];
+      const std::string key = "tasks[" + std::to_string(t) + "]";
+      auto read = [&](const std::string& split) {
+        return check_split(
+            read_hdf5_split(task.path, task.group + "/" + split + "/x",
+                            task.group + "/" + split + "/y", key + " " + split + " samples",
+                            key + " " + split + " labels", data.max_resident_bytes),
+            data.num_classes, &height, &width, &eight_bit);
+      };
+      Split task_train = read("train");
+      Split task_test = read("test");
+      source_splits.emplace_back(std::move(task_train), std::move(task_test));
     }
-    const int64_t h = images.dim() == 3 ? images.size(1) : images[0].numel();
-    const int64_t w = images.dim() == 3 ? images.size(2) : 1;
-    if (height != 0 && (h != height || w != width)) {
-      throw RunError(raw.x_where + ": samples of " + std::to_string(h) + "x" + std::to_string(w) +
-                     ", but the training samples are " + std::to_string(height) + "x" +
-                     std::to_string(width));
-    }
-    height = h;
-    width = w;
-    eight_bit = eight_bit && raw.eight_bit_pixels;
-    torch::Tensor labels = raw.y;
-    if (labels.dim() == 2 && labels.size(1) == 1) labels = labels.squeeze(1);
-    if (labels.dim() != 1 || labels.size(0) != images.size(0)) {
-      throw RunError(raw.y_where + ": expected " + std::to_string(images.size(0)) +
-                     " labels, one per sample in " + raw.x_where);
-    }
-    labels = labels.to(torch::kInt64);
-    const int64_t top = labels.numel() > 0 ? labels.max().item<int64_t>() : 0;
-    const int64_t bottom = labels.numel() > 0 ? labels.min().item<int64_t>() : 0;
-    if (top >= data.num_classes || bottom < 0) {
-      throw RunError(raw.y_where + ": label " + std::to_string(bottom < 0 ? bottom : top) +
-                     " but data.num_classes = " + std::to_string(data.num_classes) +
-                     " (labels must be 0.." + std::to_string(data.num_classes - 1) + ")");
-    }
-    return std::make_pair(images.reshape({images.size(0), h * w}).to(torch::kFloat32), labels);
-  };
-  auto [train_x, train_y] = load_split(true);
-  auto [test_x, test_y] = load_split(false);
-  // Pixel scaling, with statistics of the training set only. "unit" scales 8-bit pixels; other
-  // stored types are taken as they are.
-  if (data.normalize == Normalize::kUnit && eight_bit) {
-    train_x.div_(255.0);
-    test_x.div_(255.0);
-  } else if (data.normalize == Normalize::kStandard) {
-    const double mean = train_x.mean().item<double>();
-    const double deviation = std::max(train_x.std().item<double>(), 1e-12);
-    train_x.sub_(mean).div_(deviation);
-    test_x.sub_(mean).div_(deviation);
+  } else {
+    train = check_split(read_split(data, true), data.num_classes, &height, &width, &eight_bit);
+    test = check_split(read_split(data, false), data.num_classes, &height, &width, &eight_bit);
   }
   const int64_t input_size = height * width;
 
-  auto limit = [](const torch::Tensor& tensor, int64_t count) {
-    return count > 0 && count < tensor.size(0) ? tensor.slice(0, 0, count) : tensor;
+  // Pixel scaling, with statistics of the training set only. "unit" scales 8-bit pixels; other
+  // stored types are taken as they are.
+  SampleTransform scaling;
+  if (data.normalize == Normalize::kUnit && eight_bit) {
+    scaling.divide = 255.0;
+  } else if (data.normalize == Normalize::kStandard) {
+    std::vector<const Split*> training;
+    if (sources) {
+      for (const auto& pair : source_splits) training.push_back(&pair.first);
+    } else {
+      training.push_back(&train);
+    }
+    const auto [mean, deviation] = sample_statistics(training, input_size);
+    scaling.standardize = true;
+    scaling.mean = mean;
+    scaling.deviation = std::max(deviation, 1e-12);
+  }
+  auto scale_resident = [&](Split& split) {
+    if (split.x.defined()) split.x = scaling.apply(split.x);
   };
+  scale_resident(train);
+  scale_resident(test);
+  for (auto& pair : source_splits) {
+    scale_resident(pair.first);
+    scale_resident(pair.second);
+  }
 
   // The classes of each split task: listed, or equal chunks of the (optionally shuffled) order.
   std::vector<std::vector<int64_t>> split_classes = data.task_classes;
   if (data.scenario == Scenario::kSplit && split_classes.empty()) {
-    std::vector<int64_t> order(static_cast<size_t>(data.num_classes));
-    for (size_t c = 0; c < order.size(); ++c) order[c] = static_cast<int64_t>(c);
+    std::vector<int64_t> order = iota_rows(data.num_classes);
     if (data.shuffle_classes) {
       std::mt19937_64 class_rng(seed ^ 0xc1a55e5ULL);
       std::shuffle(order.begin(), order.end(), class_rng);
@@ -263,55 +478,88 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
   sequence.num_classes = data.num_classes;
   sequence.input_size = input_size;
   sequence.image_side = height == width ? height : 0;
+  if (data.scenario == Scenario::kRotated && sequence.image_side == 0) {
+    throw RunError("data.scenario = \"rotated\" needs square images; the training samples are " +
+                   std::to_string(height) + "x" + std::to_string(width));
+  }
+  // Rows [0, count) of a split, or the first `limit` of the given rows; then the task's samples,
+  // resident (transformed now) or streamed (transformed batch by batch).
+  auto take = [&](const Split& split, const torch::Tensor& rows, int64_t limit,
+                  const SampleTransform& transform, torch::Tensor* x, torch::Tensor* y,
+                  std::shared_ptr<const StreamedSamples>* stream) {
+    const torch::Tensor kept = limit > 0 && limit < rows.size(0) ? rows.slice(0, 0, limit) : rows;
+    *y = split.y.index_select(0, kept);
+    if (split.streamed()) {
+      SampleTransform full = transform;
+      full.divide = scaling.divide;
+      full.standardize = scaling.standardize;
+      full.mean = scaling.mean;
+      full.deviation = scaling.deviation;
+      *stream = std::make_shared<StreamedSamples>(
+          split.file, split.dataset, split.where,
+          std::vector<int64_t>(kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel()),
+          input_size, full, data.stream_cache_bytes);
+      sequence.streamed = true;
+    } else {
+      const bool all = kept.size(0) == split.size();
+      *x = transform.apply(all ? split.x : split.x.index_select(0, kept).contiguous());
+    }
+  };
+  auto all_rows = [](const Split& split) { return torch::arange(split.size(), torch::kInt64); };
+  auto all_classes = [&] { return iota_rows(data.num_classes); };
+
   std::mt19937_64 rng(seed ^ 0x5eedda7aULL);
   for (int64_t task = 0; task < data.num_tasks; ++task) {
     TaskData entry;
     const auto index = static_cast<size_t>(task);
     entry.name = index < names.size() && !names[index].name.empty() ? names[index].name
                                                                     : "task" + std::to_string(task);
-    if (data.scenario == Scenario::kSplit) {
+    SampleTransform transform;  // the scenario's part; scaling is already in resident samples
+    const Split* task_train = &train;
+    const Split* task_test = &test;
+    torch::Tensor train_rows;
+    torch::Tensor test_rows;
+    if (sources) {
+      task_train = &source_splits[index].first;
+      task_test = &source_splits[index].second;
+      train_rows = all_rows(*task_train);
+      test_rows = all_rows(*task_test);
+      const torch::Tensor present = std::get<0>(at::_unique(task_train->y, true));
+      entry.classes.assign(present.data_ptr<int64_t>(),
+                           present.data_ptr<int64_t>() + present.numel());
+    } else if (data.scenario == Scenario::kSplit) {
       entry.classes = split_classes[index];
-      auto select = [&](const torch::Tensor& x, const torch::Tensor& y, int64_t count) {
+      auto rows_of_classes = [&](const torch::Tensor& y) {
         torch::Tensor mask = torch::zeros_like(y, torch::kBool);
         for (int64_t c : entry.classes) mask.logical_or_(y == c);
-        torch::Tensor rows = limit(mask.nonzero().squeeze(1), count);
-        return std::make_pair(x.index_select(0, rows).contiguous(), y.index_select(0, rows));
+        return mask.nonzero().squeeze(1);
       };
-      std::tie(entry.train_x, entry.train_y) =
-          select(train_x, train_y, data.train_samples_per_task);
-      std::tie(entry.test_x, entry.test_y) = select(test_x, test_y, data.test_samples_per_task);
-      if (entry.train_x.size(0) == 0) {
-        throw RunError("data: task " + std::to_string(task + 1) + " (" + entry.name +
-                       ") has no training samples: no label in " + data.train_labels +
-                       " is one of its classes");
-      }
-    } else if (data.scenario == Scenario::kRotated) {
-      for (int64_t c = 0; c < data.num_classes; ++c) entry.classes.push_back(c);
-      if (sequence.image_side == 0) {
-        throw RunError(
-            "data.scenario = \"rotated\" needs square images; the training samples are " +
-            std::to_string(height) + "x" + std::to_string(width));
-      }
-      const double degrees = data.rotation_step_degrees * static_cast<double>(task);
-      entry.train_x =
-          rotate(limit(train_x, data.train_samples_per_task), sequence.image_side, degrees);
-      entry.train_y = limit(train_y, data.train_samples_per_task);
-      entry.test_x =
-          rotate(limit(test_x, data.test_samples_per_task), sequence.image_side, degrees);
-      entry.test_y = limit(test_y, data.test_samples_per_task);
+      train_rows = rows_of_classes(train.y);
+      test_rows = rows_of_classes(test.y);
     } else {
-      for (int64_t c = 0; c < data.num_classes; ++c) entry.classes.push_back(c);
-      // Task 0 keeps the original pixel order; every later task a seeded random permutation.
-      std::vector<int64_t> order(static_cast<size_t>(input_size));
-      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-      if (task > 0) std::shuffle(order.begin(), order.end(), rng);
-      torch::Tensor permutation = torch::tensor(order, torch::kInt64);
-      entry.train_x =
-          limit(train_x, data.train_samples_per_task).index_select(1, permutation).contiguous();
-      entry.train_y = limit(train_y, data.train_samples_per_task);
-      entry.test_x =
-          limit(test_x, data.test_samples_per_task).index_select(1, permutation).contiguous();
-      entry.test_y = limit(test_y, data.test_samples_per_task);
+      entry.classes = all_classes();
+      train_rows = all_rows(train);
+      test_rows = all_rows(test);
+      if (data.scenario == Scenario::kRotated) {
+        transform.rotation_degrees = data.rotation_step_degrees * static_cast<double>(task);
+        transform.image_side = sequence.image_side;
+      } else {
+        // Task 0 keeps the original pixel order; every later task a seeded random permutation.
+        std::vector<int64_t> order = iota_rows(input_size);
+        if (task > 0) std::shuffle(order.begin(), order.end(), rng);
+        if (task > 0) transform.permutation = torch::tensor(order, torch::kInt64);
+      }
+    }
+    take(*task_train, train_rows, data.train_samples_per_task, transform, &entry.train_x,
+         &entry.train_y, &entry.train_stream);
+    take(*task_test, test_rows, data.test_samples_per_task, transform, &entry.test_x, &entry.test_y,
+         &entry.test_stream);
+    if (entry.train_size() == 0) {
+      throw RunError("data: task " + std::to_string(task + 1) + " (" + entry.name +
+                     ") has no training samples" +
+                     (data.scenario == Scenario::kSplit
+                          ? ": no label in " + task_train->where + " is one of its classes"
+                          : std::string()));
     }
     sequence.tasks.push_back(std::move(entry));
   }

@@ -358,7 +358,7 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
       request.labels != CLHOST_FISHER_LABELS_EXPECTATION) {
     throw RunError("Fisher request: unknown labels mode " + std::to_string(request.labels));
   }
-  int64_t samples = task.train_x.size(0);
+  int64_t samples = task.train_size();
   if (request.max_samples > 0) samples = std::min(samples, request.max_samples);
   if (samples == 0) throw RunError("Fisher requested on a task without training samples");
   const int64_t chunk = std::max<int64_t>(request.batch_size, 1);
@@ -372,7 +372,7 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
                      at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
       for (int64_t start = 0; start < samples; start += chunk) {
         const int64_t end = std::min(samples, start + chunk);
-        const torch::Tensor x = task.train_x.slice(0, start, end).to(parameters.front().dtype());
+        const torch::Tensor x = task.train_range(start, end).to(parameters.front().dtype());
         const torch::Tensor y =
             context.label_map.index_select(0, task.train_y.slice(0, start, end));
         pass.add_chunk(x, y);

@@ -463,16 +463,24 @@ std::vector<int64_t> evaluation_classes(const RunConfig& config, const TaskSeque
   return all;
 }
 
+int64_t streamed_bytes_read(const TaskSequence& sequence) {
+  int64_t total = 0;
+  for (const auto& task : sequence.tasks) {
+    if (task.train_stream) total += task.train_stream->bytes_read();
+    if (task.test_stream) total += task.test_stream->bytes_read();
+  }
+  return total;
+}
+
 double evaluate(torch::nn::Sequential& model, const TaskData& task, const ClassView& view,
                 int64_t batch_size) {
   torch::NoGradGuard no_grad;
   model->eval();
   int64_t correct = 0;
-  const int64_t total = task.test_x.size(0);
+  const int64_t total = task.test_size();
   for (int64_t start = 0; start < total; start += batch_size) {
     const int64_t end = std::min(total, start + batch_size);
-    torch::Tensor logits =
-        model->forward(task.test_x.slice(0, start, end)).index_select(1, view.active);
+    torch::Tensor logits = model->forward(task.test_range(start, end)).index_select(1, view.active);
     torch::Tensor predicted = view.active.index_select(0, logits.argmax(1));
     correct += predicted.eq(task.test_y.slice(0, start, end)).sum().item<int64_t>();
   }
@@ -736,7 +744,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   runtime.model->train();
   for (size_t t = 0; t < task_count; ++t) {
     const TaskData& task = sequence.tasks[t];
-    const int64_t train_samples = task.train_x.size(0);
+    const int64_t train_samples = task.train_size();
     if (train_samples == 0) throw RunError("task " + task.name + " has no training samples");
     const int64_t batch_size = t < config.tasks.size() && config.tasks[t].batch_size
                                    ? *config.tasks[t].batch_size
@@ -841,8 +849,16 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         }
         batch_indices.push_back(order[cursor++]);
       }
-      const torch::Tensor rows = torch::tensor(batch_indices, torch::kInt64);
+      torch::Tensor rows = torch::tensor(batch_indices, torch::kInt64);
       const int64_t samples = rows.size(0);
+      // Streamed samples: the batch is read once, before the (retried) micro-batches.
+      torch::Tensor batch_x = task.train_x;
+      torch::Tensor batch_y = task.train_y;
+      if (task.train_stream) {
+        batch_x = task.train_rows(rows);
+        batch_y = task.train_y.index_select(0, rows);
+        rows = torch::arange(samples, torch::kInt64);
+      }
       current_step = step;
       double loss_value = 0.0;
       int64_t step_peak = -1;
@@ -856,8 +872,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
           run_tensor_peak = std::max(run_tensor_peak, memory::peak_bytes());
           memory::reset_peak();
           loss_value = accumulate_batch_gradients(
-              runtime.model, task.train_x, task.train_y, view.label_map, view.active, rows,
-              micro_batch, config.train.checkpoint_segments, &samples_processed);
+              runtime.model, batch_x, batch_y, view.label_map, view.active, rows, micro_batch,
+              config.train.checkpoint_segments, &samples_processed);
           step_peak = memory::peak_bytes();
           samples_in_steps += samples;
           break;
@@ -1001,7 +1017,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         json{{"name", task.name},
              {"classes", task.classes},
              {"train_samples", train_samples},
-             {"test_samples", task.test_x.size(0)},
+             {"test_samples", task.test_size()},
              {"steps", steps},
              {"batch_size", batch_size},
              {"final_micro_batch", micro_batch},
@@ -1077,7 +1093,9 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                {"scenario",
                 {{"kind", to_string(config.data.scenario)},
                  {"incremental", to_string(config.data.incremental)},
-                 {"tasks", task_count}}},
+                 {"tasks", task_count},
+                 {"streamed", sequence.streamed},
+                 {"streamed_bytes_read", streamed_bytes_read(sequence)}}},
                {"model", model_report},
                {"plugins", plugin_reports},
                {"accuracy_matrix", summary.accuracy},

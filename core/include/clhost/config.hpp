@@ -27,9 +27,13 @@ struct PluginSpec {
 struct TaskOverride {
   std::string name;                   // empty: default "task<K>"
   std::optional<int64_t> batch_size;  // the seed's per-task batch size
+  // data.scenario = "sources": this task's own HDF5 datasets, <group>/train/x, <group>/train/y,
+  // <group>/test/x, <group>/test/y in `path` (default data.path).
+  std::string path;
+  std::string group;
 };
 
-enum class Scenario { kSplit, kPermuted, kRotated };
+enum class Scenario { kSplit, kPermuted, kRotated, kSources };
 enum class Incremental { kTask, kDomain, kClass };
 enum class ModelKind { kMlp, kCnn, kTorchScript };
 enum class OptimizerKind { kSgd, kAdam };
@@ -72,6 +76,9 @@ struct DataSection {
   Normalize normalize = Normalize::kUnit;
   int64_t train_samples_per_task = 0;  // 0: all
   int64_t test_samples_per_task = 0;   // 0: all
+  // HDF5 samples larger than this (as float32) stay in the file and are read batch by batch.
+  int64_t max_resident_bytes = int64_t{4} << 30;
+  int64_t stream_cache_bytes = int64_t{64} << 20;  // HDF5 chunk cache per streamed dataset
 };
 
 struct ModelSection {
