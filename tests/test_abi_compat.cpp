@@ -56,6 +56,16 @@ TEST(AbiCompat, APluginBuiltAgainstThePreviousMinorLoadsAndRuns) {
   EXPECT_GT(seen.at("largest_rss"), 0);  // a 1.0 service called from it works
 }
 
+TEST(AbiCompat, APluginBuiltAgainstAbi11UsesItsServicesOnTheNewerHost) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 2, "1.1 is a previous minor");
+  clhost::test::TempDir dir;
+  run_with("abi_1_1_marker", dir.path("run"));
+  const auto seen = read_counts(dir.path("run") + "/abi_1_1_marker.txt");
+  ASSERT_FALSE(seen.empty()) << "the 1.1 plug-in wrote nothing";
+  EXPECT_EQ(seen.at("marks_sent"), 5);
+  EXPECT_EQ(seen.at("own_marks_seen"), 5) << "each mark comes back with the plug-in's id";
+}
+
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {
   clhost::test::TempDir dir;
   // The table's last_reason would crash the host if it were called.

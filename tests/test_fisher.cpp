@@ -85,6 +85,65 @@ INSTANTIATE_TEST_SUITE_P(Models, ExactFisher,
                                             ::testing::Values(CLHOST_FISHER_LABELS_TRUE,
                                                               CLHOST_FISHER_LABELS_EXPECTATION)));
 
+// The rows of clhost.sample_grads/1: (1/n) * sum of squared rows is the diagonal Fisher, and the
+// batched rows equal the per-sample loop's, for every labels mode that has rows.
+class SampleGradients
+    : public ::testing::TestWithParam<std::tuple<clhost::ModelKind, clhost_fisher_labels_t>> {};
+
+std::vector<torch::Tensor> squared_rows_of(const FisherContext& context,
+                                           clhost_fisher_labels_t labels, FisherMethod method,
+                                           std::vector<torch::Tensor>* all_rows) {
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.labels = labels;
+  request.batch_size = 16;
+  const auto parameters = context.model->parameters();
+  std::vector<torch::Tensor> out;
+  for (const auto& parameter : parameters)
+    out.push_back(torch::zeros({parameter.numel()}, parameter.options().requires_grad(false)));
+  clhost::per_sample_gradients(
+      context, request, 3000, method,
+      [&](size_t, size_t, const clhost::FisherBlock& block, const torch::Tensor& rows,
+          int64_t samples, bool) {
+        all_rows->push_back(rows.clone());
+        int64_t column = 0;
+        for (const auto& segment : block) {
+          const auto& parameter = parameters[segment.parameter];
+          const int64_t row = parameter.dim() == 0 ? 1 : parameter.numel() / parameter.size(0);
+          const int64_t count = (segment.row_end - segment.row_begin) * row;
+          out[segment.parameter]
+              .slice(0, segment.row_begin * row, segment.row_begin * row + count)
+              .add_(rows.slice(1, column, column + count).square().sum(0) /
+                    static_cast<double>(samples));
+          column += count;
+        }
+      });
+  return out;
+}
+
+TEST_P(SampleGradients, SquaredRowsAreTheDiagonalFisherAndBothPathsAgree) {
+  const auto [kind, labels] = GetParam();
+  Fixture fixture = make_fixture(kind, torch::kFloat64, 24);
+  std::vector<torch::Tensor> fast_rows;
+  std::vector<torch::Tensor> loop_rows;
+  const auto from_rows = squared_rows_of(fixture.context, labels, FisherMethod::kAuto, &fast_rows);
+  (void)squared_rows_of(fixture.context, labels, FisherMethod::kPerSampleLoop, &loop_rows);
+  const auto diagonal = fisher_of(fixture.context, labels, 3000, FisherMethod::kAuto);
+  EXPECT_LE(max_relative_error(from_rows, diagonal), 1e-6);
+  ASSERT_EQ(fast_rows.size(), loop_rows.size());
+  // 16 samples in the first chunk, times the 10 classes for expectation.
+  EXPECT_EQ(fast_rows[0].size(0), labels == CLHOST_FISHER_LABELS_EXPECTATION ? 160 : 16);
+  for (size_t i = 0; i < fast_rows.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(fast_rows[i], loop_rows[i], 1e-6, 1e-9)) << "chunk " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, SampleGradients,
+                         ::testing::Combine(::testing::Values(clhost::ModelKind::kMlp,
+                                                              clhost::ModelKind::kCnn),
+                                            ::testing::Values(CLHOST_FISHER_LABELS_TRUE,
+                                                              CLHOST_FISHER_LABELS_EXPECTATION)));
+
 TEST(FisherBlocks, FollowLayerBoundariesAndSplitLargeLayersByRows) {
   const std::vector<torch::Tensor> parameters = {torch::zeros({10, 5}), torch::zeros({10}),
                                                  torch::zeros({4, 10}), torch::zeros({4})};

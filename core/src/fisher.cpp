@@ -119,6 +119,22 @@ torch::Tensor layer_fisher_rows(const KnownLayer& layer, bool is_weight, const t
   return (per_sample.square() * w.view({-1, 1, 1})).sum(0);
 }
 
+// Per-sample gradients of rows [row_begin, row_end) of a known layer's parameter: [N, elements].
+torch::Tensor layer_sample_gradients(const KnownLayer& layer, bool is_weight,
+                                     const torch::Tensor& input, const torch::Tensor& output_grad,
+                                     int64_t row_begin, int64_t row_end) {
+  const torch::Tensor delta = output_grad.slice(1, row_begin, row_end);
+  const int64_t batch = delta.size(0);
+  if (layer.kind == KnownLayer::Kind::kLinear) {
+    if (!is_weight) return delta.contiguous();
+    return (delta.unsqueeze(2) * input.unsqueeze(1)).reshape({batch, -1});
+  }
+  const torch::Tensor delta_flat = delta.reshape({batch, delta.size(1), -1});
+  if (!is_weight) return delta_flat.sum(2);
+  const torch::Tensor patches = torch::nn::functional::unfold(input, layer.unfold);
+  return delta_flat.bmm(patches.transpose(1, 2)).reshape({batch, -1});
+}
+
 class BlockPass {
  public:
   BlockPass(const FisherContext& context, const clhost_fisher_request_t& request,
@@ -155,6 +171,20 @@ class BlockPass {
     if (any_known) add_known_layers(x, y);
     if (any_loop) add_per_sample_loop(x, y);
     contributions_ += x.size(0);
+  }
+
+  // The rows R of one chunk with F_block = (1/n) sum R^T R: one per sample (TRUE, SAMPLE) or one
+  // per (class, sample), class-major, scaled by sqrt(p_c) (EXPECTATION). [rows, block elements].
+  torch::Tensor sample_rows(const torch::Tensor& x, const torch::Tensor& y) {
+    std::vector<torch::Tensor> per_segment(block_.size());
+    bool any_known = false;
+    bool any_loop = false;
+    for (const auto& segment : block_) {
+      (uses_layer_path(segment.parameter) ? any_known : any_loop) = true;
+    }
+    if (any_known) known_layer_rows(x, y, per_segment);
+    if (any_loop) per_sample_loop_rows(x, y, per_segment);
+    return torch::cat(per_segment, 1);
   }
 
   void emit(const FisherSink& sink) {
@@ -236,6 +266,121 @@ class BlockPass {
       // Summed (not averaged) loss: each sample's output gradient is its own.
       accumulate(-lp.gather(1, labels.view({-1, 1})).sum(), ones, false);
     }
+  }
+
+  // Labels per sample for TRUE/SAMPLE, or every active class with its probability (EXPECTATION):
+  // (label columns [C or 1][N], sqrt weights [C or 1][N]).
+  std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> row_targets(
+      const torch::Tensor& lp, const torch::Tensor& y) {
+    std::vector<torch::Tensor> labels;
+    std::vector<torch::Tensor> weights;
+    if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
+      const torch::Tensor probs = lp.exp().detach();
+      for (int64_t c = 0; c < lp.size(1); ++c) {
+        labels.push_back(torch::full({lp.size(0)}, c, torch::kInt64));
+        weights.push_back(probs.select(1, c).sqrt().contiguous());
+      }
+    } else {
+      labels.push_back(request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y);
+      weights.push_back(torch::ones({lp.size(0)}, lp.options().requires_grad(false)));
+    }
+    return {labels, weights};
+  }
+
+  void known_layer_rows(const torch::Tensor& x, const torch::Tensor& y,
+                        std::vector<torch::Tensor>& per_segment) {
+    std::vector<torch::Tensor> inputs(map_.layers.size());
+    std::vector<torch::Tensor> outputs(map_.layers.size());
+    std::vector<int> needed;
+    for (const auto& segment : block_) {
+      const int layer =
+          uses_layer_path(segment.parameter) ? map_.layer_of_parameter[segment.parameter] : -1;
+      if (layer >= 0 && std::find(needed.begin(), needed.end(), layer) == needed.end())
+        needed.push_back(layer);
+    }
+    torch::Tensor h = x;
+    size_t module_index = 0;
+    for (auto& any : *model_) {
+      int layer_id = -1;
+      for (int id : needed) {
+        if (map_.layers[static_cast<size_t>(id)].module_index == module_index) layer_id = id;
+      }
+      if (layer_id >= 0) inputs[static_cast<size_t>(layer_id)] = h.detach();
+      h = any.forward(h);
+      if (layer_id >= 0) outputs[static_cast<size_t>(layer_id)] = h;
+      ++module_index;
+    }
+    const torch::Tensor lp = log_probs(h);
+    std::vector<torch::Tensor> wanted;
+    for (int id : needed) wanted.push_back(outputs[static_cast<size_t>(id)]);
+    const auto [labels, weights] = row_targets(lp, y);
+    std::vector<std::vector<torch::Tensor>> rows(block_.size());
+    for (size_t k = 0; k < labels.size(); ++k) {
+      // Summed loss: each sample's output gradient is its own.
+      const torch::Tensor loss = -lp.gather(1, labels[k].view({-1, 1})).sum();
+      const auto grads =
+          torch::autograd::grad({loss}, wanted, {}, k + 1 < labels.size(), false, true);
+      for (size_t s = 0; s < block_.size(); ++s) {
+        const auto& segment = block_[s];
+        if (!uses_layer_path(segment.parameter)) continue;
+        const int id = map_.layer_of_parameter[segment.parameter];
+        const auto position =
+            static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin());
+        const KnownLayer& layer = map_.layers[static_cast<size_t>(id)];
+        const bool is_weight = layer.weight && *layer.weight == segment.parameter;
+        const int64_t elements =
+            (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
+        torch::Tensor part =
+            grads[position].defined()
+                ? layer_sample_gradients(layer, is_weight, inputs[static_cast<size_t>(id)],
+                                         grads[position], segment.row_begin, segment.row_end)
+                : torch::zeros({x.size(0), elements}, lp.options().requires_grad(false));
+        rows[s].push_back(part.detach() * weights[k].view({-1, 1}));
+      }
+    }
+    for (size_t s = 0; s < block_.size(); ++s) {
+      if (!rows[s].empty()) per_segment[s] = torch::cat(rows[s], 0);
+    }
+  }
+
+  void per_sample_loop_rows(const torch::Tensor& x, const torch::Tensor& y,
+                            std::vector<torch::Tensor>& per_segment) {
+    std::vector<torch::Tensor> targets;
+    std::vector<size_t> segment_of_target;
+    for (size_t s = 0; s < block_.size(); ++s) {
+      if (uses_layer_path(block_[s].parameter)) continue;
+      targets.push_back(parameters_[block_[s].parameter]);
+      segment_of_target.push_back(s);
+    }
+    const int64_t samples = x.size(0);
+    const int64_t per_sample =
+        request_.labels == CLHOST_FISHER_LABELS_EXPECTATION ? context_.active_classes.numel() : 1;
+    std::vector<torch::Tensor> out(targets.size());
+    for (size_t t = 0; t < targets.size(); ++t) {
+      const auto& segment = block_[segment_of_target[t]];
+      const int64_t elements =
+          (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
+      out[t] = torch::zeros({per_sample * samples, elements},
+                            parameters_[segment.parameter].options().requires_grad(false));
+    }
+    for (int64_t i = 0; i < samples; ++i) {
+      const torch::Tensor lp = log_probs(model_->forward(x.slice(0, i, i + 1)));
+      const auto [labels, weights] = row_targets(lp, y.slice(0, i, i + 1));
+      for (size_t k = 0; k < labels.size(); ++k) {
+        const torch::Tensor loss = -lp[0][labels[k][0].item<int64_t>()];
+        const auto grads =
+            torch::autograd::grad({loss}, targets, {}, k + 1 < labels.size(), false, true);
+        for (size_t t = 0; t < targets.size(); ++t) {
+          if (!grads[t].defined()) continue;
+          const auto& segment = block_[segment_of_target[t]];
+          const torch::Tensor part = grads[t].dim() == 0
+                                         ? grads[t].view({1})
+                                         : grads[t].slice(0, segment.row_begin, segment.row_end);
+          out[t][static_cast<int64_t>(k) * samples + i].copy_(part.reshape({-1}) * weights[k][0]);
+        }
+      }
+    }
+    for (size_t t = 0; t < targets.size(); ++t) per_segment[segment_of_target[t]] = out[t];
   }
 
   // The reference: one backward pass per sample (and per class for EXPECTATION).
@@ -378,6 +523,49 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
         pass.add_chunk(x, y);
       }
       pass.emit(sink);
+    }
+  } catch (...) {
+    if (was_training) model->train();
+    throw;
+  }
+  if (was_training) model->train();
+}
+
+void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
+                          int64_t block_size, FisherMethod method, const SampleGradientSink& sink) {
+  const TaskData& task = *context.task;
+  torch::nn::Sequential model = context.model;
+  const std::vector<torch::Tensor> parameters = model->parameters();
+  if (request.batched != 0) {
+    throw RunError(
+        "per-sample gradients: request->batched must be 0 (mini-batch gradients are "
+        "not per-sample)");
+  }
+  if (request.labels != CLHOST_FISHER_LABELS_TRUE &&
+      request.labels != CLHOST_FISHER_LABELS_SAMPLE &&
+      request.labels != CLHOST_FISHER_LABELS_EXPECTATION) {
+    throw RunError("Fisher request: unknown labels mode " + std::to_string(request.labels));
+  }
+  int64_t samples = task.train_size();
+  if (request.max_samples > 0) samples = std::min(samples, request.max_samples);
+  if (samples == 0) throw RunError("per-sample gradients requested on a task without samples");
+  const int64_t chunk = std::max<int64_t>(request.batch_size, 1);
+  const ModelMap map = map_model(model, parameters);
+  const auto blocks = plan_fisher_blocks(parameters, block_size);
+  const bool was_training = model->is_training();
+  model->eval();
+  try {
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      BlockPass pass(context, request, method, model, parameters, map, blocks[b],
+                     at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
+      for (int64_t start = 0; start < samples; start += chunk) {
+        const int64_t end = std::min(samples, start + chunk);
+        const torch::Tensor x = task.train_range(start, end).to(parameters.front().dtype());
+        const torch::Tensor y =
+            context.label_map.index_select(0, task.train_y.slice(0, start, end));
+        sink(b, blocks.size(), blocks[b], pass.sample_rows(x, y).contiguous(), samples,
+             end == samples);
+      }
     }
   } catch (...) {
     if (was_training) model->train();

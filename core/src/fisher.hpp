@@ -48,4 +48,16 @@ using FisherSink =
 void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
                      int64_t block_size, FisherMethod method, const FisherSink& sink);
 
+// Receives, block after block, the per-sample gradient rows R of a chunk of samples: the
+// block's Fisher is (1/samples) * sum over the block's chunks of R^T R. R: [rows, block elements],
+// columns in segment order; `last` marks the block's final chunk.
+using SampleGradientSink =
+    std::function<void(size_t block_index, size_t block_count, const FisherBlock& block,
+                       const torch::Tensor& rows, int64_t samples, bool last)>;
+
+// The per-sample gradients behind diagonal_fisher (same samples, labels and label draws): one
+// row per sample, or per (class, sample) scaled by sqrt(p) for EXPECTATION.
+void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
+                          int64_t block_size, FisherMethod method, const SampleGradientSink& sink);
+
 }  // namespace clhost

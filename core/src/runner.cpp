@@ -202,6 +202,58 @@ clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
   }
 }
 
+clhost_status_t sample_grads_sample_gradients(const clhost_host_t* host,
+                                              const clhost_fisher_request_t* request,
+                                              clhost_sample_grads_sink_fn sink, void* sink_data,
+                                              clhost_error_t* error) {
+  Runtime& runtime = runtime_of(host);
+  if (!runtime.in_task_end) {
+    std::snprintf(error->message, sizeof(error->message),
+                  "sample_grads.sample_gradients may only be called from on_task_end");
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  if (request == nullptr || request->struct_size < sizeof(clhost_fisher_request_t) ||
+      sink == nullptr) {
+    std::snprintf(error->message, sizeof(error->message),
+                  "sample_grads.sample_gradients: needs a sink and a request with struct_size = "
+                  "sizeof(clhost_fisher_request_t)");
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  try {
+    const int64_t block_size =
+        request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
+    per_sample_gradients(
+        runtime.fisher_context, *request, block_size, FisherMethod::kAuto,
+        [&](size_t block_index, size_t block_count, const FisherBlock& block,
+            const torch::Tensor& rows, int64_t samples, bool last) {
+          std::vector<clhost_block_segment_t> segments;
+          for (const auto& segment : block) {
+            const auto& parameter = runtime.parameters[segment.parameter];
+            const int64_t row = parameter.dim() == 0 ? 1 : parameter.numel() / parameter.size(0);
+            segments.push_back({static_cast<uint32_t>(segment.parameter), segment.row_begin * row,
+                                (segment.row_end - segment.row_begin) * row});
+          }
+          const torch::Tensor values = rows.to(torch::kFloat32).contiguous();
+          std::vector<int64_t> shape = values.sizes().vec();
+          const clhost_sample_grads_chunk_t chunk{sizeof(clhost_sample_grads_chunk_t),
+                                                  static_cast<uint32_t>(block_index),
+                                                  static_cast<uint32_t>(block_count),
+                                                  static_cast<uint32_t>(segments.size()),
+                                                  segments.data(),
+                                                  as_dltensor(values, shape),
+                                                  samples,
+                                                  last ? 1 : 0};
+          const clhost_status_t status = sink(sink_data, &chunk, error);
+          if (status != CLHOST_STATUS_OK) throw SinkFailure{status};
+        });
+    return CLHOST_STATUS_OK;
+  } catch (const SinkFailure& failure) {
+    return failure.status;
+  } catch (const std::exception& e) {
+    return report_exception(e, "per-sample gradients failed", error);
+  }
+}
+
 template <class T>
 int32_t setting_get(const clhost_host_t* host, const char* key_path, T* out) {
   if (key_path == nullptr || out == nullptr) return 1;
@@ -326,6 +378,8 @@ const clhost_params_service_v1_t kParamsService{sizeof(clhost_params_service_v1_
                                                 &params_get};
 const clhost_gradstats_service_v1_t kGradstatsService{sizeof(clhost_gradstats_service_v1_t),
                                                       &gradstats_diagonal_fisher};
+const clhost_sample_grads_service_v1_t kSampleGradsService{sizeof(clhost_sample_grads_service_v1_t),
+                                                           &sample_grads_sample_gradients};
 const clhost_memory_service_v1_t kMemoryService{sizeof(clhost_memory_service_v1_t),
                                                 &memory_get_info};
 
@@ -346,6 +400,7 @@ const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (std::strcmp(id, CLHOST_SERVICE_LOG_V1) == 0) return &kLogService;
   if (std::strcmp(id, CLHOST_SERVICE_PARAMS_V1) == 0) return &kParamsService;
   if (std::strcmp(id, CLHOST_SERVICE_GRADSTATS_V1) == 0) return &kGradstatsService;
+  if (std::strcmp(id, CLHOST_SERVICE_SAMPLE_GRADS_V1) == 0) return &kSampleGradsService;
   if (std::strcmp(id, CLHOST_SERVICE_MEMORY_V1) == 0) return &kMemoryService;
   if (std::strcmp(id, CLHOST_SERVICE_EVENTS_V1) == 0) return &kEventsService;
   return nullptr;

@@ -44,9 +44,10 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 1
+#define CLHOST_ABI_VERSION_MINOR 2
 
-/* 1.1: service "clhost.events/1"; clhost_event_t.source. */
+/* 1.1: service "clhost.events/1"; clhost_event_t.source.
+ * 1.2: service "clhost.sample_grads/1". */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -271,6 +272,47 @@ typedef struct clhost_gradstats_service_v1 {
                                      clhost_fisher_sink_fn sink, void* sink_data,
                                      clhost_error_t* error);
 } clhost_gradstats_service_v1_t;
+
+/* "clhost.sample_grads/1" (ABI 1.2): the per-sample gradients behind the Fisher, block by block,
+ * for plug-ins that keep more of it than its diagonal (e.g. a low-rank factor per block). */
+typedef struct clhost_block_segment {
+  uint32_t param_index;
+  int64_t offset; /* first flat element (row-major) of the parameter in the block */
+  int64_t count;  /* elements; a block's columns are its segments' elements, in segment order */
+} clhost_block_segment_t;
+
+typedef struct clhost_sample_grads_chunk {
+  uint32_t struct_size;
+  uint32_t block_index; /* 0 .. block_count-1; every chunk of a block before the next block */
+  uint32_t block_count;
+  uint32_t segment_count;
+  const clhost_block_segment_t* segments; /* lifetime: call */
+  /* [rows, block elements] float32, contiguous, lifetime: call. The block's Fisher is
+   * F = (1/samples) * sum over the block's chunks of rows^T rows: LABELS_TRUE and LABELS_SAMPLE
+   * give one row per sample (its log-likelihood gradient), LABELS_EXPECTATION one row per active
+   * class and sample (class-major), scaled by sqrt(p_class). */
+  DLTensor rows;
+  int64_t samples;       /* the n the Fisher averages over: the same for every chunk */
+  int32_t last_in_block; /* non-zero on the block's final chunk */
+} clhost_sample_grads_chunk_t;
+
+typedef clhost_status_t (*clhost_sample_grads_sink_fn)(void* sink_data,
+                                                       const clhost_sample_grads_chunk_t* chunk,
+                                                       clhost_error_t* error);
+
+#define CLHOST_SERVICE_SAMPLE_GRADS_V1 "clhost.sample_grads/1"
+typedef struct clhost_sample_grads_service_v1 {
+  uint32_t struct_size;
+  /* Only callable from on_task_end, on the trainer thread; uses the task that just ended, with the
+   * same samples, labels and blocks as gradstats' diagonal_fisher (request->batched must be 0).
+   * Temporary memory: one chunk of rows (request->batch_size samples x rows per sample x block
+   * elements floats) plus one batch's activations. A sink returning non-OK stops the pass; its
+   * status and message are returned. */
+  clhost_status_t (*sample_gradients)(const clhost_host_t* host,
+                                      const clhost_fisher_request_t* request,
+                                      clhost_sample_grads_sink_fn sink, void* sink_data,
+                                      clhost_error_t* error);
+} clhost_sample_grads_service_v1_t;
 
 /* "clhost.settings/1": read-only access to the run's resolved configuration, by dotted key path
  * ("fisher_computation.block_size"). Each getter returns 0 and sets *out when the key exists with

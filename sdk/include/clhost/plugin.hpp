@@ -106,6 +106,9 @@ class Host {
   [[nodiscard]] const clhost_gradstats_service_v1_t& gradstats() const {
     return service<clhost_gradstats_service_v1_t>(CLHOST_SERVICE_GRADSTATS_V1);
   }
+  [[nodiscard]] const clhost_sample_grads_service_v1_t& sample_grads() const {
+    return service<clhost_sample_grads_service_v1_t>(CLHOST_SERVICE_SAMPLE_GRADS_V1);
+  }
   [[nodiscard]] const clhost_memory_service_v1_t& memory() const {
     return service<clhost_memory_service_v1_t>(CLHOST_SERVICE_MEMORY_V1);
   }

@@ -1,0 +1,412 @@
+// lowrank_fisher — EWC with a low-rank plus diagonal Fisher per parameter block.
+//
+// For every block (fisher_computation.block_size, following layer boundaries) the Fisher of a task
+// is approximated as F ~ D + U U^T from the per-sample gradients the host streams through
+// clhost.sample_grads/1: U (rank r) holds the leading directions, D the rest of the exact diagonal.
+// Penalty 0.5 * lambda * sum over blocks [sum D d^2 + |U^T d|^2], d = theta - theta*, its gradient
+// lambda * (D d + U (U^T d)) added straight into the parameter gradients. Diagonal EWC ignores the
+// correlations U keeps; compression_ratio sets how many of them (see lowrank.hpp for the maths).
+#include <clhost/plugin_torch.hpp>
+
+#include <ATen/ATen.h>
+#include <malloc.h>
+
+#include <chrono>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "lowrank.hpp"
+
+namespace {
+
+namespace lowrank = clhost::lowrank;
+
+const clhost_config_key_t kSchema[] = {
+    {"lambda", CLHOST_CONFIG_TYPE_FLOAT, "100.0",
+     "penalty strength (penalty 0.5*lambda*sum_blocks [sum D d^2 + |U^T d|^2], d = theta-theta*)",
+     1, 0.0, 1e15, nullptr},
+    {"compression_ratio", CLHOST_CONFIG_TYPE_FLOAT, "0.0",
+     "rank kept per block as a fraction of the exact factor's rows (fisher_samples, times the "
+     "task's classes for labels = expectation); 1 keeps the exact Fisher of those samples. "
+     "0: fisher_computation.compression_ratio",
+     1, 0.0, 1.0, nullptr},
+    {"max_rank", CLHOST_CONFIG_TYPE_INT, "0", "upper bound on the rank per block (0: none)", 1, 0,
+     1e9, nullptr},
+    {"mode", CLHOST_CONFIG_TYPE_STRING, "\"online\"",
+     "online: one factor, gamma*old + new re-compressed to rank r, anchor = latest parameters; "
+     "separate: one factor and anchor per task",
+     0, 0, 0, "separate|online"},
+    {"gamma", CLHOST_CONFIG_TYPE_FLOAT, "1.0", "online decay of the old Fisher (online mode only)",
+     1, 0.0, 1.0, nullptr},
+    {"labels", CLHOST_CONFIG_TYPE_STRING, "\"expectation\"",
+     "Fisher labels: true (empirical), sample (drawn from the model), expectation (over the "
+     "softmax: one gradient row per class and sample)",
+     0, 0, 0, "true|sample|expectation"},
+    {"fisher_samples", CLHOST_CONFIG_TYPE_INT, "500",
+     "training samples per task the Fisher averages over (the first N of the task)", 1, 1, 1e12,
+     nullptr},
+    {"fisher_batch_size", CLHOST_CONFIG_TYPE_INT, "32",
+     "samples per chunk of gradient rows (memory: chunk rows x block elements x 4 bytes)", 1, 1,
+     1e9, nullptr},
+    {"store", CLHOST_CONFIG_TYPE_BOOL, "true",
+     "save each task's D and U columns to the run's HDF5 Fisher store (fisher.h5)", 0, 0, 0,
+     nullptr},
+};
+
+const clhost_plugin_descriptor_t kDescriptor{
+    sizeof(clhost_plugin_descriptor_t),
+    "lowrank_fisher",
+    CLHOST_PLUGIN_KIND_REGULARIZER,
+    "1.0.0",
+    "EWC with a low-rank plus diagonal Fisher per block (compression_ratio sets the rank)",
+    "clhost",
+    kSchema,
+    static_cast<uint32_t>(sizeof(kSchema) / sizeof(kSchema[0]))};
+
+struct Block {
+  std::vector<clhost_block_segment_t> segments;
+  int64_t elements = 0;
+};
+
+// What one quadratic holds per block: the factor and the anchor theta*.
+struct Quadratic {
+  std::vector<lowrank::Factor> factors;
+  std::vector<torch::Tensor> anchors;
+  [[nodiscard]] int64_t bytes() const {
+    int64_t total = 0;
+    for (const auto& factor : factors) total += factor.bytes();
+    for (const auto& anchor : anchors) total += anchor.numel() * 4;
+    return total;
+  }
+};
+
+class LowRankFisher : public clhost::sdk::Regularizer {
+ public:
+  LowRankFisher(const clhost_host_t* host, const clhost::sdk::Config& config)
+      : Regularizer(host),
+        lambda_(config.get_float("lambda")),
+        ratio_(config.get_float("compression_ratio")),
+        max_rank_(config.get_int("max_rank")),
+        online_(config.get_string("mode") == "online"),
+        gamma_(config.get_float("gamma")),
+        labels_(config.get_string("labels")),
+        fisher_samples_(config.get_int("fisher_samples")),
+        batch_size_(config.get_int("fisher_batch_size")),
+        store_(config.get_bool("store")) {
+    if (ratio_ <= 0.0) {
+      const auto* settings = static_cast<const clhost_settings_service_v1_t*>(
+          host->get_service(host, CLHOST_SERVICE_SETTINGS_V1));
+      if (settings != nullptr) {
+        settings->get_float(host, "fisher_computation.compression_ratio", &ratio_);
+      }
+      if (ratio_ <= 0.0 || ratio_ > 1.0) {
+        throw clhost::sdk::Error(
+            "lowrank_fisher: compression_ratio must be in (0, 1] (set it in the plug-in's "
+            "[[pipeline]] entry or fisher_computation.compression_ratio)",
+            CLHOST_STATUS_INVALID_ARGUMENT);
+      }
+    }
+    (void)this->host().sample_grads();  // fail at create, not after the first task, if missing
+  }
+
+  double after_backward(const clhost_step_info_t& /*step*/) override {
+    if (quadratics_.empty()) return 0.0;
+    const auto values = parameter_views(true);
+    double sum = 0.0;
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      const torch::Tensor theta = gather(values.first, blocks_[b]);
+      torch::Tensor gradient_sum;
+      for (const auto& quadratic : quadratics_) {
+        torch::Tensor gradient;
+        sum += lowrank::quadratic(quadratic.factors[b], theta - quadratic.anchors[b], &gradient);
+        gradient_sum = gradient_sum.defined() ? gradient_sum.add_(gradient) : gradient;
+      }
+      scatter_add(values.second, blocks_[b], gradient_sum.mul_(lambda_));
+    }
+    return 0.5 * lambda_ * sum;
+  }
+
+  void on_task_end(const clhost_task_info_t& task) override {
+    const auto start = std::chrono::steady_clock::now();
+    const int64_t heap_before = heap_bytes();
+    pass_blocks_.clear();
+    pass_factors_.clear();
+    builder_.reset();
+    clhost_fisher_request_t request{};
+    request.struct_size = sizeof(request);
+    request.labels = labels_ == "true"     ? CLHOST_FISHER_LABELS_TRUE
+                     : labels_ == "sample" ? CLHOST_FISHER_LABELS_SAMPLE
+                                           : CLHOST_FISHER_LABELS_EXPECTATION;
+    request.max_samples = fisher_samples_;
+    request.batched = 0;
+    request.batch_size = batch_size_;
+    request.block_size = 0;  // fisher_computation.block_size
+    seed_ = 0x10e4a2cULL + task.task_index;
+    clhost_error_t error{};
+    const clhost_status_t status =
+        host().sample_grads().sample_gradients(host().raw(), &request, &sink, this, &error);
+    builder_.reset();
+    if (status != CLHOST_STATUS_OK) {
+      throw clhost::sdk::Error("low-rank Fisher pass failed: " + std::string(error.message),
+                               status);
+    }
+    if (blocks_.empty()) blocks_ = pass_blocks_;
+    if (pass_blocks_.size() != blocks_.size()) {
+      throw clhost::sdk::Error("lowrank_fisher: the block plan changed between tasks",
+                               CLHOST_STATUS_INTERNAL);
+    }
+    const double fisher_seconds = seconds_since(start);
+    if (store_) save(task.task_index, pass_factors_);
+
+    Quadratic fresh;
+    fresh.factors = std::move(pass_factors_);
+    const auto values = parameter_views(false);
+    for (const auto& block : blocks_) fresh.anchors.push_back(gather(values.first, block).clone());
+    if (online_ && !quadratics_.empty()) {
+      Quadratic& merged = quadratics_.front();
+      for (size_t b = 0; b < blocks_.size(); ++b) {
+        merged.factors[b] = lowrank::merge(merged.factors[b], fresh.factors[b], gamma_, rank_);
+      }
+      merged.anchors = std::move(fresh.anchors);
+    } else {
+      quadratics_.push_back(std::move(fresh));
+    }
+    ::malloc_trim(0);
+    measured_bytes_ = heap_bytes() - heap_before + measured_bytes_;
+    ++tasks_;
+    consolidate_seconds_.push_back(seconds_since(start));
+    fisher_seconds_.push_back(fisher_seconds);
+    host().log(CLHOST_LOG_INFO,
+               "task " + std::to_string(task.task_index) + ": rank " + std::to_string(rank_) +
+                   " of " + std::to_string(rows_) + " gradient rows per block, " +
+                   std::to_string(blocks_.size()) + " block(s), state " +
+                   std::to_string(state_bytes()) + " bytes (" + format(bytes_per_parameter(), 2) +
+                   " bytes/parameter), " + format(consolidate_seconds_.back(), 2) + " s");
+  }
+
+  [[nodiscard]] std::string describe() const override {
+    std::ostringstream out;
+    out << "low-rank + diagonal Fisher per block (F ~ D + U U^T, diag exact), compression_ratio="
+        << ratio_ << " of the exact factor's rows, penalty 0.5*lambda*[sum D d^2 + |U^T d|^2], "
+        << "lambda=" << lambda_ << ", " << (online_ ? "online" : "separate") << " mode"
+        << (online_ ? ", gamma=" + format(gamma_, 3) : std::string()) << ", labels=" << labels_
+        << ", " << fisher_samples_ << " samples per task";
+    return out.str();
+  }
+
+  [[nodiscard]] std::string report_json() const override {
+    nlohmann::json blocks = nlohmann::json::array();
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      int64_t bytes = 0;
+      int64_t rank = 0;
+      for (const auto& quadratic : quadratics_) {
+        bytes += quadratic.factors[b].bytes() + quadratic.anchors[b].numel() * 4;
+        rank = quadratic.factors[b].rank();
+      }
+      blocks.push_back({{"elements", blocks_[b].elements}, {"rank", rank}, {"bytes", bytes}});
+    }
+    return nlohmann::json{{"compression_ratio", ratio_},
+                          {"rank", rank_},
+                          {"gradient_rows", rows_},
+                          {"mode", online_ ? "online" : "separate"},
+                          {"tasks_consolidated", tasks_},
+                          {"parameters", parameter_total()},
+                          {"state_bytes", state_bytes()},
+                          {"state_bytes_measured", measured_bytes_},
+                          {"state_bytes_per_parameter", bytes_per_parameter()},
+                          {"blocks", blocks},
+                          {"fisher_seconds", fisher_seconds_},
+                          {"consolidate_seconds", consolidate_seconds_}}
+        .dump();
+  }
+
+ private:
+  static clhost_status_t sink(void* data, const clhost_sample_grads_chunk_t* chunk,
+                              clhost_error_t* error) {
+    return clhost::sdk::guarded_call(error,
+                                     [&] { static_cast<LowRankFisher*>(data)->consume(*chunk); });
+  }
+
+  void consume(const clhost_sample_grads_chunk_t& chunk) {
+    const torch::Tensor rows = clhost::sdk::tensor_view(chunk.rows);
+    if (!builder_) {
+      Block block;
+      block.segments.assign(chunk.segments, chunk.segments + chunk.segment_count);
+      for (const auto& segment : block.segments) block.elements += segment.count;
+      if (rows.dim() != 2 || rows.size(1) != block.elements) {
+        throw clhost::sdk::Error("lowrank_fisher: gradient rows do not match their block",
+                                 CLHOST_STATUS_INTERNAL);
+      }
+      // Rows per sample from the first chunk (1, or the task's classes for expectation).
+      const int64_t chunk_samples = std::min<int64_t>(batch_size_, chunk.samples);
+      rows_ = rows.size(0) / std::max<int64_t>(chunk_samples, 1) * chunk.samples;
+      rank_ = lowrank::rank_for(ratio_, rows_, max_rank_);
+      builder_ = std::make_unique<lowrank::FactorBuilder>(block.elements, rank_, rows_,
+                                                          seed_ + chunk.block_index);
+      pass_blocks_.push_back(std::move(block));
+    }
+    builder_->add(rows);
+    if (chunk.last_in_block != 0) {
+      pass_factors_.push_back(builder_->finish(chunk.samples));
+      builder_.reset();
+    }
+  }
+
+  // The task's D and U columns in the Fisher store: group <prefix>_d, then <prefix>_u<k>.
+  void save(uint32_t task_index, const std::vector<lowrank::Factor>& factors) {
+    const auto* store = static_cast<const clhost_fisher_store_v1_t*>(
+        host().raw()->get_service(host().raw(), CLHOST_SERVICE_FISHER_STORE_V1));
+    if (store == nullptr) return;
+    const std::string prefix = "lowrank_task_" + std::to_string(task_index);
+    std::ostringstream layout;
+    layout << "low-rank Fisher of task " << task_index << ": F ~ D + U U^T per block, "
+           << blocks_.size() << " block(s):";
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      layout << " [block " << b << ": " << blocks_[b].elements << " elements, rank "
+             << factors[b].rank() << ", " << factors[b].bytes() << " bytes]";
+    }
+    auto write_group = [&](const std::string& group, const std::string& description,
+                           const std::function<torch::Tensor(size_t)>& values_of_block) {
+      clhost_error_t error{};
+      clhost::sdk::Host::check(
+          store->begin_group(host().raw(), group.c_str(), description.c_str(), &error), error);
+      try {
+        for (size_t b = 0; b < blocks_.size(); ++b) {
+          const torch::Tensor values = values_of_block(b).contiguous();
+          int64_t column = 0;
+          for (const auto& segment : blocks_[b].segments) {
+            torch::Tensor part = values.slice(0, column, column + segment.count).contiguous();
+            column += segment.count;
+            std::vector<int64_t> shape{segment.count};
+            DLTensor view{};
+            view.data = part.data_ptr();
+            view.device = {kDLCPU, 0};
+            view.ndim = 1;
+            view.dtype = {kDLFloat, 32, 1};
+            view.shape = shape.data();
+            clhost::sdk::Host::check(store->write_block(host().raw(), segment.param_index,
+                                                        segment.offset, &view, &error),
+                                     error);
+          }
+        }
+        clhost::sdk::Host::check(store->commit_group(host().raw(), &error), error);
+      } catch (...) {
+        store->abort_group(host().raw());
+        throw;
+      }
+    };
+    int64_t max_rank = 0;
+    for (const auto& factor : factors) max_rank = std::max(max_rank, factor.rank());
+    for (int64_t k = 0; k < max_rank; ++k) {
+      write_group(prefix + "_u" + std::to_string(k),
+                  "column " + std::to_string(k) + " of U (" + std::to_string(max_rank) +
+                      " columns), low-rank Fisher of task " + std::to_string(task_index),
+                  [&](size_t b) {
+                    return k < factors[b].rank() ? factors[b].ut[k]
+                                                 : torch::zeros({blocks_[b].elements});
+                  });
+    }
+    // D last: its group's presence says the task's factor is complete.
+    write_group(prefix + "_d", layout.str(), [&](size_t b) { return factors[b].diag; });
+  }
+
+  // Flat views of every parameter's value and gradient (undefined when it has none yet).
+  std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> parameter_views(
+      bool need_grad) const {
+    std::vector<torch::Tensor> values;
+    std::vector<torch::Tensor> grads;
+    const uint32_t count = host().parameter_count();
+    for (uint32_t i = 0; i < count; ++i) {
+      const clhost_parameter_t parameter = host().parameter(i);
+      if (parameter.value.dtype.code != kDLFloat || parameter.value.dtype.bits != 32) {
+        throw clhost::sdk::Error(
+            std::string("lowrank_fisher: parameter ") + parameter.name + " is not float32",
+            CLHOST_STATUS_UNSUPPORTED);
+      }
+      values.push_back(clhost::sdk::tensor_view(parameter.value).view({-1}));
+      grads.push_back(need_grad && parameter.grad.data != nullptr
+                          ? clhost::sdk::tensor_view(parameter.grad).view({-1})
+                          : torch::Tensor());
+    }
+    return {values, grads};
+  }
+
+  static torch::Tensor gather(const std::vector<torch::Tensor>& flat, const Block& block) {
+    std::vector<torch::Tensor> parts;
+    for (const auto& segment : block.segments) {
+      parts.push_back(
+          flat.at(segment.param_index).slice(0, segment.offset, segment.offset + segment.count));
+    }
+    return torch::cat(parts);
+  }
+
+  static void scatter_add(const std::vector<torch::Tensor>& flat, const Block& block,
+                          const torch::Tensor& values) {
+    int64_t column = 0;
+    for (const auto& segment : block.segments) {
+      const torch::Tensor& target = flat.at(segment.param_index);
+      if (target.defined()) {
+        target.slice(0, segment.offset, segment.offset + segment.count)
+            .add_(values.slice(0, column, column + segment.count));
+      }
+      column += segment.count;
+    }
+  }
+
+  [[nodiscard]] int64_t parameter_total() const {
+    int64_t total = 0;
+    for (const auto& block : blocks_) total += block.elements;
+    return total;
+  }
+  [[nodiscard]] int64_t state_bytes() const {
+    int64_t total = 0;
+    for (const auto& quadratic : quadratics_) total += quadratic.bytes();
+    return total;
+  }
+  [[nodiscard]] double bytes_per_parameter() const {
+    const int64_t parameters = parameter_total();
+    return parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters)
+                          : 0.0;
+  }
+  static int64_t heap_bytes() {
+    const struct mallinfo2 info = mallinfo2();
+    return static_cast<int64_t>(info.uordblks + info.hblkhd);
+  }
+  static double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  static std::string format(double value, int digits) {
+    std::ostringstream out;
+    out.setf(std::ios::fixed);
+    out.precision(digits);
+    out << value;
+    return out.str();
+  }
+
+  double lambda_;
+  double ratio_;
+  int64_t max_rank_;
+  bool online_;
+  double gamma_;
+  std::string labels_;
+  int64_t fisher_samples_;
+  int64_t batch_size_;
+  bool store_;
+  uint64_t seed_ = 0;
+  int64_t rank_ = 0;
+  int64_t rows_ = 0;
+  int64_t tasks_ = 0;
+  int64_t measured_bytes_ = 0;
+  std::vector<Block> blocks_;
+  std::vector<Quadratic> quadratics_;  // online: one merged; separate: one per task
+  std::vector<Block> pass_blocks_;
+  std::vector<lowrank::Factor> pass_factors_;
+  std::unique_ptr<lowrank::FactorBuilder> builder_;
+  std::vector<double> fisher_seconds_;
+  std::vector<double> consolidate_seconds_;
+};
+
+}  // namespace
+
+CLHOST_DEFINE_PLUGIN(LowRankFisher, kDescriptor, CLHOST_TORCH_FINGERPRINT)
