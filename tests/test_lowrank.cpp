@@ -123,7 +123,7 @@ TEST(LowRankFisher, PluginRunsEndToEndAndStoresItsFactors) {
   const auto inspect = clhost::test::run_command(std::string(CLHOST_BINARY) + " fisher inspect " +
                                                  dir.path("run") + "/fisher.h5");
   EXPECT_EQ(inspect.exit_code, 0) << inspect.output;
-  for (const char* group : {"lowrank_task_0_u0", "lowrank_task_0_u1", "lowrank_task_2_d"}) {
+  for (const char* group : {"group lowrank_task_0_u:", "group lowrank_task_2_d:", "2x[32,784]"}) {
     EXPECT_NE(inspect.output.find(group), std::string::npos) << group << "\n" << inspect.output;
   }
   EXPECT_NE(inspect.output.find("rank 2"), std::string::npos) << inspect.output;

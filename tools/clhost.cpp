@@ -266,6 +266,7 @@ int command_fisher(const std::vector<std::string>& args) {
       for (size_t i = 0; i < dataset.shape.size(); ++i)
         shape += (i ? "," : "") + std::to_string(dataset.shape[i]);
       shape += "]";
+      if (dataset.vectors > 1) shape = std::to_string(dataset.vectors) + "x" + shape;
       std::printf("  %-22s %-14s %-6s %-10s %12s %12s %6.2fx\n", dataset.name.c_str(),
                   shape.c_str(), dataset.dtype.c_str(), dataset.codec.c_str(),
                   human_bytes(static_cast<double>(dataset.raw_bytes)).c_str(),

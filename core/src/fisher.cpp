@@ -119,20 +119,30 @@ torch::Tensor layer_fisher_rows(const KnownLayer& layer, bool is_weight, const t
   return (per_sample.square() * w.view({-1, 1, 1})).sum(0);
 }
 
-// Per-sample gradients of rows [row_begin, row_end) of a known layer's parameter: [N, elements].
-torch::Tensor layer_sample_gradients(const KnownLayer& layer, bool is_weight,
-                                     const torch::Tensor& input, const torch::Tensor& output_grad,
-                                     int64_t row_begin, int64_t row_end) {
+// Per-sample gradients of rows [row_begin, row_end) of a known layer's parameter, written into
+// `out` [N, elements] (a strided view of the chunk's row matrix: no intermediate copies).
+void layer_sample_gradients(const KnownLayer& layer, bool is_weight, const torch::Tensor& input,
+                            const torch::Tensor& output_grad, int64_t row_begin, int64_t row_end,
+                            torch::Tensor out) {
   const torch::Tensor delta = output_grad.slice(1, row_begin, row_end);
   const int64_t batch = delta.size(0);
   if (layer.kind == KnownLayer::Kind::kLinear) {
-    if (!is_weight) return delta.contiguous();
-    return (delta.unsqueeze(2) * input.unsqueeze(1)).reshape({batch, -1});
+    if (!is_weight) {
+      out.copy_(delta);
+      return;
+    }
+    // g_i(W) = delta_i x_i^T, straight into the rows.
+    torch::Tensor outer = out.view({batch, delta.size(1), input.size(1)});
+    at::mul_out(outer, delta.unsqueeze(2), input.unsqueeze(1));
+    return;
   }
   const torch::Tensor delta_flat = delta.reshape({batch, delta.size(1), -1});
-  if (!is_weight) return delta_flat.sum(2);
+  if (!is_weight) {
+    out.copy_(delta_flat.sum(2));
+    return;
+  }
   const torch::Tensor patches = torch::nn::functional::unfold(input, layer.unfold);
-  return delta_flat.bmm(patches.transpose(1, 2)).reshape({batch, -1});
+  out.copy_(delta_flat.bmm(patches.transpose(1, 2)).reshape({batch, -1}));
 }
 
 class BlockPass {
@@ -176,15 +186,23 @@ class BlockPass {
   // The rows R of one chunk with F_block = (1/n) sum R^T R: one per sample (TRUE, SAMPLE) or one
   // per (class, sample), class-major, scaled by sqrt(p_c) (EXPECTATION). [rows, block elements].
   torch::Tensor sample_rows(const torch::Tensor& x, const torch::Tensor& y) {
-    std::vector<torch::Tensor> per_segment(block_.size());
+    const int64_t per_sample =
+        request_.labels == CLHOST_FISHER_LABELS_EXPECTATION ? context_.active_classes.numel() : 1;
+    int64_t elements = 0;
+    std::vector<int64_t> columns;  // first column of each segment
     bool any_known = false;
     bool any_loop = false;
     for (const auto& segment : block_) {
+      columns.push_back(elements);
+      elements += (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
       (uses_layer_path(segment.parameter) ? any_known : any_loop) = true;
     }
-    if (any_known) known_layer_rows(x, y, per_segment);
-    if (any_loop) per_sample_loop_rows(x, y, per_segment);
-    return torch::cat(per_segment, 1);
+    // Every element is written below (a segment without a gradient gets zeros).
+    torch::Tensor out = torch::empty({per_sample * x.size(0), elements},
+                                     parameters_.front().options().requires_grad(false));
+    if (any_known) known_layer_rows(x, y, out, columns);
+    if (any_loop) per_sample_loop_rows(x, y, out, columns);
+    return out;
   }
 
   void emit(const FisherSink& sink) {
@@ -287,8 +305,8 @@ class BlockPass {
     return {labels, weights};
   }
 
-  void known_layer_rows(const torch::Tensor& x, const torch::Tensor& y,
-                        std::vector<torch::Tensor>& per_segment) {
+  void known_layer_rows(const torch::Tensor& x, const torch::Tensor& y, torch::Tensor& out,
+                        const std::vector<int64_t>& columns) {
     std::vector<torch::Tensor> inputs(map_.layers.size());
     std::vector<torch::Tensor> outputs(map_.layers.size());
     std::vector<int> needed;
@@ -314,12 +332,20 @@ class BlockPass {
     std::vector<torch::Tensor> wanted;
     for (int id : needed) wanted.push_back(outputs[static_cast<size_t>(id)]);
     const auto [labels, weights] = row_targets(lp, y);
-    std::vector<std::vector<torch::Tensor>> rows(block_.size());
+    const int64_t samples = x.size(0);
     for (size_t k = 0; k < labels.size(); ++k) {
-      // Summed loss: each sample's output gradient is its own.
+      // Summed loss: each sample's output gradient is its own; sqrt(p) scales it (EXPECTATION).
       const torch::Tensor loss = -lp.gather(1, labels[k].view({-1, 1})).sum();
-      const auto grads =
-          torch::autograd::grad({loss}, wanted, {}, k + 1 < labels.size(), false, true);
+      auto grads = torch::autograd::grad({loss}, wanted, {}, k + 1 < labels.size(), false, true);
+      if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
+        for (auto& grad : grads) {
+          if (!grad.defined()) continue;
+          std::vector<int64_t> shape(static_cast<size_t>(grad.dim()), 1);
+          shape[0] = samples;
+          grad = grad * weights[k].view(shape);
+        }
+      }
+      const auto first_row = static_cast<int64_t>(k) * samples;
       for (size_t s = 0; s < block_.size(); ++s) {
         const auto& segment = block_[s];
         if (!uses_layer_path(segment.parameter)) continue;
@@ -330,21 +356,21 @@ class BlockPass {
         const bool is_weight = layer.weight && *layer.weight == segment.parameter;
         const int64_t elements =
             (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
-        torch::Tensor part =
-            grads[position].defined()
-                ? layer_sample_gradients(layer, is_weight, inputs[static_cast<size_t>(id)],
-                                         grads[position], segment.row_begin, segment.row_end)
-                : torch::zeros({x.size(0), elements}, lp.options().requires_grad(false));
-        rows[s].push_back(part.detach() * weights[k].view({-1, 1}));
+        torch::Tensor target = out.slice(0, first_row, first_row + samples)
+                                   .slice(1, columns[s], columns[s] + elements);
+        if (grads[position].defined()) {
+          layer_sample_gradients(layer, is_weight, inputs[static_cast<size_t>(id)],
+                                 grads[position].detach(), segment.row_begin, segment.row_end,
+                                 target);
+        } else {
+          target.zero_();
+        }
       }
-    }
-    for (size_t s = 0; s < block_.size(); ++s) {
-      if (!rows[s].empty()) per_segment[s] = torch::cat(rows[s], 0);
     }
   }
 
-  void per_sample_loop_rows(const torch::Tensor& x, const torch::Tensor& y,
-                            std::vector<torch::Tensor>& per_segment) {
+  void per_sample_loop_rows(const torch::Tensor& x, const torch::Tensor& y, torch::Tensor& out,
+                            const std::vector<int64_t>& columns) {
     std::vector<torch::Tensor> targets;
     std::vector<size_t> segment_of_target;
     for (size_t s = 0; s < block_.size(); ++s) {
@@ -353,15 +379,14 @@ class BlockPass {
       segment_of_target.push_back(s);
     }
     const int64_t samples = x.size(0);
-    const int64_t per_sample =
-        request_.labels == CLHOST_FISHER_LABELS_EXPECTATION ? context_.active_classes.numel() : 1;
-    std::vector<torch::Tensor> out(targets.size());
+    std::vector<torch::Tensor> columns_of(targets.size());  // [rows, elements] views of `out`
     for (size_t t = 0; t < targets.size(); ++t) {
-      const auto& segment = block_[segment_of_target[t]];
+      const size_t s = segment_of_target[t];
+      const auto& segment = block_[s];
       const int64_t elements =
           (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
-      out[t] = torch::zeros({per_sample * samples, elements},
-                            parameters_[segment.parameter].options().requires_grad(false));
+      columns_of[t] = out.slice(1, columns[s], columns[s] + elements);
+      columns_of[t].zero_();  // a gradient that does not reach the segment stays zero
     }
     for (int64_t i = 0; i < samples; ++i) {
       const torch::Tensor lp = log_probs(model_->forward(x.slice(0, i, i + 1)));
@@ -376,11 +401,11 @@ class BlockPass {
           const torch::Tensor part = grads[t].dim() == 0
                                          ? grads[t].view({1})
                                          : grads[t].slice(0, segment.row_begin, segment.row_end);
-          out[t][static_cast<int64_t>(k) * samples + i].copy_(part.reshape({-1}) * weights[k][0]);
+          columns_of[t][static_cast<int64_t>(k) * samples + i].copy_(part.reshape({-1}) *
+                                                                     weights[k][0]);
         }
       }
     }
-    for (size_t t = 0; t < targets.size(); ++t) per_segment[segment_of_target[t]] = out[t];
   }
 
   // The reference: one backward pass per sample (and per class for EXPECTATION).

@@ -259,7 +259,9 @@ FisherStore::~FisherStore() {
   abort_group();
 }
 
-void FisherStore::begin_group(const std::string& group, const std::string& description) {
+void FisherStore::begin_group(const std::string& group, const std::string& description,
+                              int64_t vectors) {
+  if (vectors < 1) throw RunError(path_ + ": a group holds at least one vector per parameter");
   if (file_ >= 0) throw RunError(path_ + ": group '" + group_name_ + "' is still being written");
   if (group.empty() ||
       group.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
@@ -302,12 +304,13 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
   }
   write_string_attribute(group_, "description", description);
   group_name_ = group;
+  vectors_ = vectors;
   written_.assign(model_.size(), 0);
 
   const hid_t disk_type = make_disk_type(options_.dtype);
   const CodecInfo& codec = codec_info(options_.codec);
   for (const auto& parameter : model_) {
-    const hsize_t size = static_cast<hsize_t>(parameter.numel());
+    const hsize_t size = static_cast<hsize_t>(parameter.numel() * vectors);
     const hsize_t chunk = std::max<hsize_t>(
         1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
     const hid_t space = H5Screate_simple(1, &size, nullptr);
@@ -352,6 +355,7 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
     }
     write_shape_attribute(dataset, parameter.shape);
     write_string_attribute(dataset, "codec", dataset_codec);
+    if (vectors > 1) write_string_attribute(dataset, "vectors", std::to_string(vectors));
     H5Dclose(dataset);
   }
   H5Tclose(disk_type);
@@ -362,10 +366,10 @@ void FisherStore::write_block(size_t parameter, int64_t offset, const float* val
   if (file_ < 0) throw RunError(path_ + ": write_block without begin_group");
   if (parameter >= model_.size()) throw RunError(path_ + ": parameter index out of range");
   const ParameterInfo& info = model_[parameter];
-  if (offset < 0 || count < 0 || offset + count > info.numel()) {
+  if (offset < 0 || count < 0 || offset + count > info.numel() * vectors_) {
     throw RunError(path_ + ": block [" + std::to_string(offset) + ", " +
                    std::to_string(offset + count) + ") is outside parameter " + info.name + " (" +
-                   std::to_string(info.numel()) + " elements)");
+                   std::to_string(info.numel() * vectors_) + " elements)");
   }
   // Narrow types overflow to inf: a Fisher entry that large is clamped to the largest finite value.
   std::vector<uint16_t> narrow;
@@ -404,11 +408,11 @@ void FisherStore::write_block(size_t parameter, int64_t offset, const float* val
 void FisherStore::commit_group() {
   if (file_ < 0) throw RunError(path_ + ": commit_group without begin_group");
   for (size_t p = 0; p < model_.size(); ++p) {
-    if (written_[p] != model_[p].numel()) {
-      const std::string message = path_ + ": group '" + group_name_ +
-                                  "' is incomplete: parameter " + model_[p].name + " has " +
-                                  std::to_string(written_[p]) + " of " +
-                                  std::to_string(model_[p].numel()) + " elements written";
+    if (written_[p] != model_[p].numel() * vectors_) {
+      const std::string message =
+          path_ + ": group '" + group_name_ + "' is incomplete: parameter " + model_[p].name +
+          " has " + std::to_string(written_[p]) + " of " +
+          std::to_string(model_[p].numel() * vectors_) + " elements written";
       abort_group();
       throw RunError(message);
     }
@@ -467,8 +471,9 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
   const hid_t file_space = H5Dget_space(dataset);
   const hsize_t start = static_cast<hsize_t>(offset);
   const hsize_t size = static_cast<hsize_t>(count);
+  const auto stored_elements = static_cast<int64_t>(H5Sget_simple_extent_npoints(file_space));
   herr_t status =
-      offset >= 0 && offset + count <= model_[parameter].numel()
+      offset >= 0 && offset + count <= stored_elements
           ? H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, nullptr, &size, nullptr)
           : -1;
   const hid_t memory_space = H5Screate_simple(1, &size, nullptr);
@@ -525,7 +530,11 @@ StoreSummary FisherStore::inspect(const std::string& path) {
       entry.shape = read_shape_attribute(dataset);
       entry.dtype = dtype_of(type);
       entry.codec = read_string_attribute(dataset, "codec");
-      entry.raw_bytes = parameter.numel() * static_cast<int64_t>(sizeof(float));
+      const hid_t space = H5Dget_space(dataset);
+      const auto elements = static_cast<int64_t>(H5Sget_simple_extent_npoints(space));
+      H5Sclose(space);
+      entry.vectors = std::max<int64_t>(1, elements / std::max<int64_t>(parameter.numel(), 1));
+      entry.raw_bytes = elements * static_cast<int64_t>(sizeof(float));
       entry.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(dataset));
       H5Tclose(type);
       H5Dclose(dataset);

@@ -310,6 +310,14 @@ clhost_status_t store_begin(const clhost_host_t* host, const char* group, const 
     store_of(runtime_of(host)).begin_group(group ? group : "", description ? description : "");
   });
 }
+clhost_status_t store_begin_vectors(const clhost_host_t* host, const char* group,
+                                    const char* description, int64_t vectors,
+                                    clhost_error_t* error) {
+  return store_call(error, [&] {
+    store_of(runtime_of(host))
+        .begin_group(group ? group : "", description ? description : "", vectors);
+  });
+}
 clhost_status_t store_write(const clhost_host_t* host, uint32_t parameter, int64_t offset,
                             const DLTensor* block, clhost_error_t* error) {
   return store_call(error, [&] {
@@ -391,7 +399,8 @@ const clhost_fisher_store_v1_t kFisherStoreService{sizeof(clhost_fisher_store_v1
                                                    &store_write,
                                                    &store_commit,
                                                    &store_abort,
-                                                   &store_read};
+                                                   &store_read,
+                                                   &store_begin_vectors};
 
 const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (id == nullptr) return nullptr;

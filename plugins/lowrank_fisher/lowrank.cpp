@@ -56,7 +56,8 @@ void FactorBuilder::add(const torch::Tensor& rows) {
                                 "-D rows does not match the block's " + std::to_string(elements_) +
                                 " elements");
   }
-  diag_sum_.add_(rows.to(torch::kFloat64).square().sum(0));
+  // Per-chunk sums in float32 (a few hundred rows), accumulated across chunks in float64.
+  diag_sum_.add_(rows.square().sum(0));
   if (exact_) {
     kept_rows_.push_back(rows.clone());
   } else {

@@ -157,11 +157,11 @@ class LowRankFisher : public clhost::sdk::Regularizer {
                                CLHOST_STATUS_INTERNAL);
     }
     const double fisher_seconds = seconds_since(start);
+    const auto values = parameter_views(false);
     if (store_) save(task.task_index, pass_factors_);
 
     Quadratic fresh;
     fresh.factors = std::move(pass_factors_);
-    const auto values = parameter_views(false);
     for (const auto& block : blocks_) fresh.anchors.push_back(gather(values.first, block).clone());
     if (online_ && !quadratics_.empty()) {
       Quadratic& merged = quadratics_.front();
@@ -266,28 +266,41 @@ class LowRankFisher : public clhost::sdk::Regularizer {
       layout << " [block " << b << ": " << blocks_[b].elements << " elements, rank "
              << factors[b].rank() << ", " << factors[b].bytes() << " bytes]";
     }
+    if (!CLHOST_HAS_MEMBER(store, clhost_fisher_store_v1_t, begin_vector_group)) {
+      throw clhost::sdk::Error(
+          "lowrank_fisher: the host's Fisher store cannot save groups of "
+          "vectors (ABI 1.2); set store = false",
+          CLHOST_STATUS_UNSUPPORTED);
+    }
+    // One group of `vectors` vectors; vector k of block b is values_of(b, k) (its elements).
     auto write_group = [&](const std::string& group, const std::string& description,
-                           const std::function<torch::Tensor(size_t)>& values_of_block) {
+                           int64_t vectors,
+                           const std::function<torch::Tensor(size_t, int64_t)>& values_of) {
       clhost_error_t error{};
-      clhost::sdk::Host::check(
-          store->begin_group(host().raw(), group.c_str(), description.c_str(), &error), error);
+      clhost::sdk::Host::check(store->begin_vector_group(host().raw(), group.c_str(),
+                                                         description.c_str(), vectors, &error),
+                               error);
       try {
-        for (size_t b = 0; b < blocks_.size(); ++b) {
-          const torch::Tensor values = values_of_block(b).contiguous();
-          int64_t column = 0;
-          for (const auto& segment : blocks_[b].segments) {
-            torch::Tensor part = values.slice(0, column, column + segment.count).contiguous();
-            column += segment.count;
-            std::vector<int64_t> shape{segment.count};
-            DLTensor view{};
-            view.data = part.data_ptr();
-            view.device = {kDLCPU, 0};
-            view.ndim = 1;
-            view.dtype = {kDLFloat, 32, 1};
-            view.shape = shape.data();
-            clhost::sdk::Host::check(store->write_block(host().raw(), segment.param_index,
-                                                        segment.offset, &view, &error),
-                                     error);
+        for (int64_t k = 0; k < vectors; ++k) {
+          for (size_t b = 0; b < blocks_.size(); ++b) {
+            const torch::Tensor values = values_of(b, k).contiguous();
+            int64_t column = 0;
+            for (const auto& segment : blocks_[b].segments) {
+              torch::Tensor part = values.slice(0, column, column + segment.count).contiguous();
+              column += segment.count;
+              std::vector<int64_t> shape{segment.count};
+              DLTensor view{};
+              view.data = part.data_ptr();
+              view.device = {kDLCPU, 0};
+              view.ndim = 1;
+              view.dtype = {kDLFloat, 32, 1};
+              view.shape = shape.data();
+              const int64_t numel = parameter_numel_.at(segment.param_index);
+              clhost::sdk::Host::check(
+                  store->write_block(host().raw(), segment.param_index, k * numel + segment.offset,
+                                     &view, &error),
+                  error);
+            }
           }
         }
         clhost::sdk::Host::check(store->commit_group(host().raw(), &error), error);
@@ -298,17 +311,18 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     };
     int64_t max_rank = 0;
     for (const auto& factor : factors) max_rank = std::max(max_rank, factor.rank());
-    for (int64_t k = 0; k < max_rank; ++k) {
-      write_group(prefix + "_u" + std::to_string(k),
-                  "column " + std::to_string(k) + " of U (" + std::to_string(max_rank) +
-                      " columns), low-rank Fisher of task " + std::to_string(task_index),
-                  [&](size_t b) {
-                    return k < factors[b].rank() ? factors[b].ut[k]
-                                                 : torch::zeros({blocks_[b].elements});
-                  });
-    }
+    write_group(prefix + "_u",
+                "U of the low-rank Fisher of task " + std::to_string(task_index) + ": " +
+                    std::to_string(max_rank) +
+                    " vectors, vector k = column k, laid out like the "
+                    "parameters",
+                max_rank, [&](size_t b, int64_t k) {
+                  return k < factors[b].rank() ? factors[b].ut[k]
+                                               : torch::zeros({blocks_[b].elements});
+                });
     // D last: its group's presence says the task's factor is complete.
-    write_group(prefix + "_d", layout.str(), [&](size_t b) { return factors[b].diag; });
+    write_group(prefix + "_d", layout.str(), 1,
+                [&](size_t b, int64_t /*k*/) { return factors[b].diag; });
   }
 
   // Flat views of every parameter's value and gradient (undefined when it has none yet).
@@ -325,6 +339,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
             CLHOST_STATUS_UNSUPPORTED);
       }
       values.push_back(clhost::sdk::tensor_view(parameter.value).view({-1}));
+      if (parameter_numel_.size() < count) parameter_numel_.push_back(parameter.numel);
       grads.push_back(need_grad && parameter.grad.data != nullptr
                           ? clhost::sdk::tensor_view(parameter.grad).view({-1})
                           : torch::Tensor());
@@ -399,7 +414,8 @@ class LowRankFisher : public clhost::sdk::Regularizer {
   int64_t tasks_ = 0;
   int64_t measured_bytes_ = 0;
   std::vector<Block> blocks_;
-  std::vector<Quadratic> quadratics_;  // online: one merged; separate: one per task
+  mutable std::vector<int64_t> parameter_numel_;  // elements per parameter, for store offsets
+  std::vector<Quadratic> quadratics_;             // online: one merged; separate: one per task
   std::vector<Block> pass_blocks_;
   std::vector<lowrank::Factor> pass_factors_;
   std::unique_ptr<lowrank::FactorBuilder> builder_;

@@ -30,6 +30,7 @@ struct StoredDataset {
   std::vector<int64_t> shape;
   std::string dtype;
   std::string codec;
+  int64_t vectors = 1;       // parameter-shaped vectors held (a group of vectors: > 1)
   int64_t raw_bytes = 0;     // float32 in memory
   int64_t stored_bytes = 0;  // on disk, after filters
 };
@@ -59,8 +60,10 @@ class FisherStore {
   FisherStore(FisherStore&&) = delete;
   FisherStore& operator=(FisherStore&&) = delete;
 
-  // All throw RunError with the file, group and parameter named.
-  void begin_group(const std::string& group, const std::string& description);
+  // All throw RunError with the file, group and parameter named. A group may hold `vectors`
+  // parameter-shaped vectors (e.g. a low-rank factor's columns) in one atomic save: vector k of a
+  // parameter is its flat elements [k * numel, (k + 1) * numel), which write/read_block address.
+  void begin_group(const std::string& group, const std::string& description, int64_t vectors = 1);
   void write_block(size_t parameter, int64_t offset, const float* values, int64_t count);
   void commit_group();
   void abort_group() noexcept;
@@ -81,6 +84,7 @@ class FisherStore {
   int64_t group_ = -1;
   std::string group_name_;
   std::vector<int64_t> written_;  // elements written per parameter in the open group
+  int64_t vectors_ = 1;
 };
 
 }  // namespace clhost

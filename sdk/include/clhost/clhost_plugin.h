@@ -47,7 +47,7 @@ extern "C" {
 #define CLHOST_ABI_VERSION_MINOR 2
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
- * 1.2: service "clhost.sample_grads/1". */
+ * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group. */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -352,6 +352,14 @@ typedef struct clhost_fisher_store_v1 {
    * written for this model. */
   clhost_status_t (*read_block)(const clhost_host_t* host, const char* group, uint32_t param_index,
                                 int64_t offset, DLTensor* out, clhost_error_t* error);
+  /* ABI 1.2 (check with CLHOST_HAS_MEMBER: a 1.1 host's table ends before it). Like begin_group,
+   * for a group of `vectors` >= 1 parameter-shaped vectors saved at once (e.g. the columns of a
+   * low-rank factor): vector k of a parameter is its flat elements [k*numel, (k+1)*numel), which
+   * write_block and read_block address; commit_group needs all vectors*numel of every parameter.
+   * One atomic save instead of one per vector. */
+  clhost_status_t (*begin_vector_group)(const clhost_host_t* host, const char* group,
+                                        const char* description, int64_t vectors,
+                                        clhost_error_t* error);
 } clhost_fisher_store_v1_t;
 
 /* "clhost.memory/1" */
