@@ -227,32 +227,48 @@ class BlockPass {
     return torch::multinomial(log_probabilities.exp().detach(), 1, true, generator_).squeeze(1);
   }
 
-  // Batched exact per-sample Fisher for the Linear/Conv2d segments of the block.
-  void add_known_layers(const torch::Tensor& x, const torch::Tensor& y) {
-    std::vector<int> needed;  // layer ids used by this block
+  // One forward pass that keeps, for every known layer this block needs, its input and its
+  // output (whose gradients give the per-sample gradients).
+  struct Forward {
+    std::vector<int> needed;            // layer ids used by this block
+    std::vector<torch::Tensor> inputs;  // by layer id
+    std::vector<torch::Tensor> wanted;  // outputs of the needed layers, in `needed` order
+    torch::Tensor log_probs;
+  };
+  Forward capture_known_layers(const torch::Tensor& x) {
+    Forward out;
     for (const auto& segment : block_) {
       const int layer =
           uses_layer_path(segment.parameter) ? map_.layer_of_parameter[segment.parameter] : -1;
-      if (layer >= 0 && std::find(needed.begin(), needed.end(), layer) == needed.end())
-        needed.push_back(layer);
+      if (layer >= 0 && std::find(out.needed.begin(), out.needed.end(), layer) == out.needed.end())
+        out.needed.push_back(layer);
     }
-    std::vector<torch::Tensor> inputs(map_.layers.size());
+    out.inputs.resize(map_.layers.size());
     std::vector<torch::Tensor> outputs(map_.layers.size());
     torch::Tensor h = x;
     size_t module_index = 0;
     for (auto& any : *model_) {
       int layer_id = -1;
-      for (int id : needed) {
+      for (int id : out.needed) {
         if (map_.layers[static_cast<size_t>(id)].module_index == module_index) layer_id = id;
       }
-      if (layer_id >= 0) inputs[static_cast<size_t>(layer_id)] = h.detach();
+      if (layer_id >= 0) out.inputs[static_cast<size_t>(layer_id)] = h.detach();
       h = any.forward(h);
       if (layer_id >= 0) outputs[static_cast<size_t>(layer_id)] = h;
       ++module_index;
     }
-    const torch::Tensor lp = log_probs(h);
-    std::vector<torch::Tensor> wanted;
-    for (int id : needed) wanted.push_back(outputs[static_cast<size_t>(id)]);
+    out.log_probs = log_probs(h);
+    for (int id : out.needed) out.wanted.push_back(outputs[static_cast<size_t>(id)]);
+    return out;
+  }
+
+  // Batched exact per-sample Fisher for the Linear/Conv2d segments of the block.
+  void add_known_layers(const torch::Tensor& x, const torch::Tensor& y) {
+    const Forward forward = capture_known_layers(x);
+    const std::vector<int>& needed = forward.needed;
+    const std::vector<torch::Tensor>& inputs = forward.inputs;
+    const std::vector<torch::Tensor>& wanted = forward.wanted;
+    const torch::Tensor& lp = forward.log_probs;
 
     auto accumulate = [&](const torch::Tensor& loss, const torch::Tensor& weight, bool keep_graph) {
       const auto grads = torch::autograd::grad({loss}, wanted, {}, keep_graph, false, true);
@@ -307,30 +323,11 @@ class BlockPass {
 
   void known_layer_rows(const torch::Tensor& x, const torch::Tensor& y, torch::Tensor& out,
                         const std::vector<int64_t>& columns) {
-    std::vector<torch::Tensor> inputs(map_.layers.size());
-    std::vector<torch::Tensor> outputs(map_.layers.size());
-    std::vector<int> needed;
-    for (const auto& segment : block_) {
-      const int layer =
-          uses_layer_path(segment.parameter) ? map_.layer_of_parameter[segment.parameter] : -1;
-      if (layer >= 0 && std::find(needed.begin(), needed.end(), layer) == needed.end())
-        needed.push_back(layer);
-    }
-    torch::Tensor h = x;
-    size_t module_index = 0;
-    for (auto& any : *model_) {
-      int layer_id = -1;
-      for (int id : needed) {
-        if (map_.layers[static_cast<size_t>(id)].module_index == module_index) layer_id = id;
-      }
-      if (layer_id >= 0) inputs[static_cast<size_t>(layer_id)] = h.detach();
-      h = any.forward(h);
-      if (layer_id >= 0) outputs[static_cast<size_t>(layer_id)] = h;
-      ++module_index;
-    }
-    const torch::Tensor lp = log_probs(h);
-    std::vector<torch::Tensor> wanted;
-    for (int id : needed) wanted.push_back(outputs[static_cast<size_t>(id)]);
+    const Forward forward = capture_known_layers(x);
+    const std::vector<int>& needed = forward.needed;
+    const std::vector<torch::Tensor>& inputs = forward.inputs;
+    const std::vector<torch::Tensor>& wanted = forward.wanted;
+    const torch::Tensor& lp = forward.log_probs;
     const auto [labels, weights] = row_targets(lp, y);
     const int64_t samples = x.size(0);
     for (size_t k = 0; k < labels.size(); ++k) {

@@ -2,6 +2,8 @@
  * 1.2 existed. It uses 1.1's events service: a mark at every task end, which the 1.2 host must
  * deliver back to it as a USER event carrying its id. At the end it writes what it saw. */
 #include "../abi/clhost_plugin_1_1.h"
+/* Same include guard as the current header: the macro below is built on the frozen 1.1 one. */
+#include "test_entry.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,14 +80,4 @@ static const void* get_interface(const char* id) {
   return strcmp(id, CLHOST_INTERFACE_PROFILER_V1) == 0 ? &profiler : NULL;
 }
 
-static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),
-                                            {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
-                                            &descriptor,
-                                            NULL,
-                                            create,
-                                            destroy,
-                                            get_interface};
-
-CLHOST_EXPORT const clhost_plugin_entry_t* clhost_plugin_entry(void) {
-  return &entry;
-}
+CLHOST_TEST_PLUGIN_ENTRY(descriptor, create, destroy, get_interface)
