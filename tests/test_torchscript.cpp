@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
@@ -270,6 +271,35 @@ std::string fenced_block(const std::string& markdown, const std::string& heading
   const size_t open = markdown.find("```" + language + "\n", section);
   const size_t body = open + 4 + language.size();
   return markdown.substr(body, markdown.find("```", body) - body);
+}
+
+TEST(TorchScript, PythonMadeModelAndHdf5SourcesRunStreamedWithEwc) {
+  REQUIRE_FIXTURES();
+  clhost::test::TempDir dir;
+  // Both made by make_fixtures.py: the model in TorchScript, the tasks as two HDF5 groups.
+  const std::string config = dir.file(
+      "run.toml", "[run]\nseed = 0\n[data]\nkind = \"hdf5\"\npath = \"" + fixture("quadrants.h5") +
+                      "\"\nnum_classes = 4\nscenario = \"sources\"\nmax_resident = \"16KiB\"\n"
+                      "[[tasks]]\nname = \"top\"\ngroup = \"/task_a\"\n"
+                      "[[tasks]]\nname = \"bottom\"\ngroup = \"/task_b\"\n"
+                      "[model]\nkind = \"torchscript\"\npath = \"" +
+                      fixture("mlp_144_4.pt") +
+                      "\"\n[train]\nbatch_size = 32\niterations = 60\n"
+                      "[[pipeline]]\nplugin = \"ewc\"\nlambda = 100.0\n");
+  const auto summary = clhost::test::run_quietly(config, dir.path("run"));
+  ASSERT_EQ(summary.accuracy.size(), 2U);
+  // Each class is a bright quadrant: both tasks are learnt and EWC keeps the first.
+  EXPECT_GT(summary.accuracy[0][0], 0.95);
+  EXPECT_GT(summary.accuracy[1][0], 0.9);
+  EXPECT_GT(summary.accuracy[1][1], 0.95);
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  EXPECT_EQ(results["scenario"]["kind"], "sources");
+  EXPECT_EQ(results["scenario"]["streamed"], true);
+  EXPECT_GT(results["scenario"]["streamed_bytes_read"].get<int64_t>(), 0);
+  EXPECT_EQ(results["tasks"][0]["classes"], nlohmann::json({0, 1}));
+  EXPECT_EQ(results["tasks"][1]["classes"], nlohmann::json({2, 3}));
+  EXPECT_TRUE(std::filesystem::exists(dir.path("run") + "/model_task_2.pt"));
 }
 
 TEST(TorchScript, TheGuidesPythonSnippetAndTomlRunAsWritten) {
