@@ -8,7 +8,7 @@ Arms: finetune, l2, ewc_separate, ewc_online, ewc_efficient (see --arms), and th
 plug-in at any compression ratio: lowrank_<ratio> (e.g. lowrank_0.01). Each run keeps its run
 directory under --runs; a finished run (results.json present) is not rerun. --jobs runs several
 at once. --plot writes accuracy and forgetting against resident bytes per parameter as a PNG
-(needs python3-matplotlib).
+(needs Debian's python3-matplotlib: run with /usr/bin/python3).
 
   python3 bench/protocol.py --scenario split --arms ewc_efficient ewc_separate lowrank_0.002 \
       lowrank_0.01 lowrank_0.05 --set train.iterations=1000 --jobs 2 \
@@ -65,14 +65,16 @@ def plot(summary, path):
         for axis, metric in zip(axes, ("average_accuracy", "forgetting")):
             axis.errorbar([size], [entry[metric]["mean"]], yerr=[entry[metric]["sd"]], fmt="o",
                           capsize=4, label=arm, color="C0" if arm.startswith("lowrank") else "C3")
-            axis.annotate(arm.replace("lowrank_", "r="), (size, entry[metric]["mean"]),
+            rank = entry["runs"][0].get("rank")
+            label = f"rank {rank}" if arm.startswith("lowrank") else arm.replace("ewc_", "EWC ")
+            axis.annotate(label, (size, entry[metric]["mean"]),
                           textcoords="offset points", xytext=(6, 4), fontsize=8)
     for axis, title in zip(axes, ("average accuracy", "forgetting")):
         axis.set_xscale("log")
         axis.set_xlabel("resident regularizer state, bytes per parameter (log)")
         axis.set_title(f"{title}, {summary['scenario']} Fashion-MNIST, {len(summary['seeds'])} seeds")
         axis.grid(True, alpha=0.3)
-    figure.suptitle("diagonal EWC (red) vs low-rank + diagonal Fisher at compression ratios (blue); mean ± sd")
+    figure.suptitle("diagonal EWC (red) vs low-rank + diagonal Fisher (blue, online) at three ranks; mean ± sd")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -133,7 +135,8 @@ def main():
                          "average_accuracy": results["metrics"]["average_accuracy"],
                          "forgetting": results["metrics"]["forgetting"],
                          "wall_seconds": results["wall_seconds"],
-                         "state_bytes_per_parameter": report.get("state_bytes_per_parameter")})
+                         "state_bytes_per_parameter": report.get("state_bytes_per_parameter"),
+                         "rank": report.get("rank")})
         entry = {"runs": rows}
         for metric in ("average_accuracy", "forgetting", "wall_seconds"):
             values = [row[metric] for row in rows]

@@ -197,9 +197,14 @@ class BlockPass {
       elements += (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
       (uses_layer_path(segment.parameter) ? any_known : any_loop) = true;
     }
-    // Every element is written below (a segment without a gradient gets zeros).
-    torch::Tensor out = torch::empty({per_sample * x.size(0), elements},
-                                     parameters_.front().options().requires_grad(false));
+    // Every element is written below (a segment without a gradient gets zeros). The buffer is
+    // reused from chunk to chunk: a fresh one of this size would be mapped and faulted in anew.
+    const int64_t rows = per_sample * x.size(0);
+    if (!rows_buffer_.defined() || rows_buffer_.size(0) < rows) {
+      rows_buffer_ =
+          torch::empty({rows, elements}, parameters_.front().options().requires_grad(false));
+    }
+    torch::Tensor out = rows_buffer_.narrow(0, 0, rows);
     if (any_known) known_layer_rows(x, y, out, columns);
     if (any_loop) per_sample_loop_rows(x, y, out, columns);
     return out;
@@ -477,6 +482,7 @@ class BlockPass {
   const FisherBlock& block_;
   torch::Generator generator_;
   std::vector<torch::Tensor> sums_;
+  torch::Tensor rows_buffer_;  // sample_rows' output, reused across chunks
   int64_t contributions_ = 0;
 };
 

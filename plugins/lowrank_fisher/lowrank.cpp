@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -47,7 +48,17 @@ FactorBuilder::FactorBuilder(int64_t elements, int64_t rank, int64_t expected_ro
     auto generator = at::detail::createCPUGenerator(seed);
     omega_ = at::normal(0.0, 1.0, {elements, columns}, generator, torch::kFloat32);
     sketch_ = torch::zeros({elements, columns}, torch::kFloat32);
+    // Enough rows per update to amortise the pass over Y and Omega (2 x elements x columns
+    // floats), few enough that the gathered rows cost at most that much memory again.
+    flush_rows_ = std::clamp<int64_t>(2 * columns, 32, 256);
   }
+}
+
+void FactorBuilder::flush() {
+  if (pending_rows_ == 0) return;
+  const torch::Tensor rows = pending_.narrow(0, 0, pending_rows_);
+  sketch_.addmm_(rows.t(), rows.mm(omega_));
+  pending_rows_ = 0;
 }
 
 void FactorBuilder::add(const torch::Tensor& rows) {
@@ -56,13 +67,23 @@ void FactorBuilder::add(const torch::Tensor& rows) {
                                 "-D rows does not match the block's " + std::to_string(elements_) +
                                 " elements");
   }
-  // Per-chunk sums in float32 (a few hundred rows), accumulated across chunks in float64.
-  diag_sum_.add_(rows.square().sum(0));
+  // Column norms need no squared copy of the chunk; accumulated across chunks in float64.
+  diag_sum_.add_(at::linalg_vector_norm(rows, 2, {0}).to(torch::kFloat64).square_());
   if (exact_) {
     kept_rows_.push_back(rows.clone());
-  } else {
-    sketch_.addmm_(rows.t(), rows.mm(omega_));
+    return;
   }
+  // The caller's rows live for its call only: copied into one reused buffer.
+  const int64_t needed = pending_rows_ + rows.size(0);
+  if (!pending_.defined() || pending_.size(0) < needed) {
+    torch::Tensor larger = torch::empty({std::max(needed, flush_rows_ + rows.size(0)), elements_});
+    if (pending_rows_ > 0)
+      larger.narrow(0, 0, pending_rows_).copy_(pending_.narrow(0, 0, pending_rows_));
+    pending_ = larger;
+  }
+  pending_.narrow(0, pending_rows_, rows.size(0)).copy_(rows);
+  pending_rows_ = needed;
+  if (pending_rows_ >= flush_rows_) flush();
 }
 
 Factor FactorBuilder::finish(int64_t samples) {
@@ -74,6 +95,8 @@ Factor FactorBuilder::finish(int64_t samples) {
                            : torch::cat(kept_rows_, 0).t().mul(std::sqrt(scale));
     kept_rows_.clear();
   } else {
+    flush();
+    pending_ = torch::Tensor();
     // Stabilised Nystrom (Tropp et al. 2017, Alg. 3), in float64: shift by nu, Cholesky of
     // Omega^T Y_nu, then the SVD of Y_nu L^-T gives F's approximate eigenpairs.
     const torch::Tensor y = sketch_.to(torch::kFloat64).mul(scale);

@@ -36,6 +36,8 @@ class FactorBuilder {
   Factor finish(int64_t samples);       // samples: the n of F = (1/n) sum R^T R
 
  private:
+  void flush();
+
   int64_t elements_;
   int64_t rank_;
   bool exact_;
@@ -43,6 +45,11 @@ class FactorBuilder {
   std::vector<torch::Tensor> kept_rows_;  // exact: every row
   torch::Tensor omega_;                   // sketch: [elements, columns] float32
   torch::Tensor sketch_;                  // sketch: Y = sum R^T (R Omega), float32
+  // Sketch updates read and write all of Y and Omega: chunks are gathered into updates of at
+  // least flush_rows_ rows so that this traffic is paid once per update, not once per chunk.
+  torch::Tensor pending_;  // [capacity, elements]; the first pending_rows_ rows are waiting
+  int64_t pending_rows_ = 0;
+  int64_t flush_rows_ = 0;
 };
 
 // The best rank-`rank` factor of gamma * old + new (re-compressing [sqrt(gamma) U_old, U_new]);

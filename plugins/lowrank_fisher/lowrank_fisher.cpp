@@ -46,9 +46,10 @@ const clhost_config_key_t kSchema[] = {
     {"fisher_samples", CLHOST_CONFIG_TYPE_INT, "500",
      "training samples per task the Fisher averages over (the first N of the task)", 1, 1, 1e12,
      nullptr},
-    {"fisher_batch_size", CLHOST_CONFIG_TYPE_INT, "32",
-     "samples per chunk of gradient rows (memory: chunk rows x block elements x 4 bytes)", 1, 1,
-     1e9, nullptr},
+    {"fisher_batch_size", CLHOST_CONFIG_TYPE_INT, "8",
+     "samples per chunk of gradient rows (memory: chunk rows x block elements x 4 bytes; chunks "
+     "under glibc's 32 MiB mmap threshold reuse heap memory: 8 measured 27% faster than 32)",
+     1, 1, 1e9, nullptr},
     {"store", CLHOST_CONFIG_TYPE_BOOL, "true",
      "save each task's D and U columns to the run's HDF5 Fisher store (fisher.h5)", 0, 0, 0,
      nullptr},
