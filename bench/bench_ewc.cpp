@@ -16,6 +16,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_timing.hpp"
 #include "clhost/config.hpp"
 #include "clhost/fisher_store.hpp"
 #include "clhost/runner.hpp"
@@ -29,17 +30,7 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-template <class Body>
-double median_seconds(int repetitions, Body&& body) {
-  std::vector<double> times;
-  for (int i = 0; i < repetitions; ++i) {
-    const auto start = Clock::now();
-    body();
-    times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
+using clhost::bench::median_seconds;
 
 struct Setup {
   clhost::TaskSequence sequence;

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_timing.hpp"
 #include "clhost/config.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
@@ -23,17 +24,7 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-template <class Body>
-double median_seconds(int repetitions, Body&& body) {
-  std::vector<double> times;
-  for (int i = 0; i < repetitions; ++i) {
-    const auto start = Clock::now();
-    body();
-    times.push_back(std::chrono::duration<double>(Clock::now() - start).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
+using clhost::bench::median_seconds;
 
 }  // namespace
 

@@ -521,8 +521,18 @@ std::vector<FisherBlock> plan_fisher_blocks(const std::vector<torch::Tensor>& pa
   return blocks;
 }
 
-void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
-                     int64_t block_size, FisherMethod method, const FisherSink& sink) {
+namespace {
+
+// The walk both passes share: the model in eval mode (restored on every exit), every block of the
+// plan, and for each the task's first `samples` training samples in chunks of batch_size, each
+// handed to on_chunk with its BlockPass; on_block_end after a block's last chunk.
+using ChunkVisitor = std::function<void(
+    size_t block_index, size_t block_count, const FisherBlock& block, BlockPass& pass,
+    const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last)>;
+
+void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
+                 int64_t block_size, FisherMethod method, const ChunkVisitor& on_chunk,
+                 const std::function<void(BlockPass&)>& on_block_end) {
   const TaskData& task = *context.task;
   torch::nn::Sequential model = context.model;
   const std::vector<torch::Tensor> parameters = model->parameters();
@@ -536,21 +546,22 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
   if (samples == 0) throw RunError("Fisher requested on a task without training samples");
   const int64_t chunk = std::max<int64_t>(request.batch_size, 1);
   const ModelMap map = map_model(model, parameters);
+  const auto blocks = plan_fisher_blocks(parameters, block_size);
   const bool was_training = model->is_training();
   model->eval();
   try {
-    for (const auto& block : plan_fisher_blocks(parameters, block_size)) {
+    for (size_t b = 0; b < blocks.size(); ++b) {
       // The same label draws for every block: the generator restarts per block.
-      BlockPass pass(context, request, method, model, parameters, map, block,
+      BlockPass pass(context, request, method, model, parameters, map, blocks[b],
                      at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
       for (int64_t start = 0; start < samples; start += chunk) {
         const int64_t end = std::min(samples, start + chunk);
         const torch::Tensor x = task.train_range(start, end).to(parameters.front().dtype());
         const torch::Tensor y =
             context.label_map.index_select(0, task.train_y.slice(0, start, end));
-        pass.add_chunk(x, y);
+        on_chunk(b, blocks.size(), blocks[b], pass, x, y, samples, end == samples);
       }
-      pass.emit(sink);
+      if (on_block_end) on_block_end(pass);
     }
   } catch (...) {
     if (was_training) model->train();
@@ -559,47 +570,31 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
   if (was_training) model->train();
 }
 
+}  // namespace
+
+void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
+                     int64_t block_size, FisherMethod method, const FisherSink& sink) {
+  walk_blocks(
+      context, request, block_size, method,
+      [](size_t, size_t, const FisherBlock&, BlockPass& pass, const torch::Tensor& x,
+         const torch::Tensor& y, int64_t, bool) { pass.add_chunk(x, y); },
+      [&](BlockPass& pass) { pass.emit(sink); });
+}
+
 void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
                           int64_t block_size, FisherMethod method, const SampleGradientSink& sink) {
-  const TaskData& task = *context.task;
-  torch::nn::Sequential model = context.model;
-  const std::vector<torch::Tensor> parameters = model->parameters();
   if (request.batched != 0) {
     throw RunError(
         "per-sample gradients: request->batched must be 0 (mini-batch gradients are "
         "not per-sample)");
   }
-  if (request.labels != CLHOST_FISHER_LABELS_TRUE &&
-      request.labels != CLHOST_FISHER_LABELS_SAMPLE &&
-      request.labels != CLHOST_FISHER_LABELS_EXPECTATION) {
-    throw RunError("Fisher request: unknown labels mode " + std::to_string(request.labels));
-  }
-  int64_t samples = task.train_size();
-  if (request.max_samples > 0) samples = std::min(samples, request.max_samples);
-  if (samples == 0) throw RunError("per-sample gradients requested on a task without samples");
-  const int64_t chunk = std::max<int64_t>(request.batch_size, 1);
-  const ModelMap map = map_model(model, parameters);
-  const auto blocks = plan_fisher_blocks(parameters, block_size);
-  const bool was_training = model->is_training();
-  model->eval();
-  try {
-    for (size_t b = 0; b < blocks.size(); ++b) {
-      BlockPass pass(context, request, method, model, parameters, map, blocks[b],
-                     at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
-      for (int64_t start = 0; start < samples; start += chunk) {
-        const int64_t end = std::min(samples, start + chunk);
-        const torch::Tensor x = task.train_range(start, end).to(parameters.front().dtype());
-        const torch::Tensor y =
-            context.label_map.index_select(0, task.train_y.slice(0, start, end));
-        sink(b, blocks.size(), blocks[b], pass.sample_rows(x, y).contiguous(), samples,
-             end == samples);
-      }
-    }
-  } catch (...) {
-    if (was_training) model->train();
-    throw;
-  }
-  if (was_training) model->train();
+  walk_blocks(
+      context, request, block_size, method,
+      [&](size_t block_index, size_t block_count, const FisherBlock& block, BlockPass& pass,
+          const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last) {
+        sink(block_index, block_count, block, pass.sample_rows(x, y).contiguous(), samples, last);
+      },
+      nullptr);
 }
 
 }  // namespace clhost
