@@ -1,5 +1,5 @@
-/* FROZEN copy of clhost_plugin.h at ABI 1.1, for the compatibility tests (tests/test_abi_compat.cpp).
- * Never edit: it is what a plug-in compiled before 1.2 saw. */
+/* FROZEN copy of clhost_plugin.h at ABI 1.1, for the compatibility tests
+ * (tests/test_abi_compat.cpp). Never edit: it is what a plug-in compiled before 1.2 saw. */
 /*
  * clhost_plugin.h — the clhost plug-in ABI. This file is the whole contract between the clhost
  * host and a plug-in; nothing else is needed to write one (in C11 or C++11 and later).
