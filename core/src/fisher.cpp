@@ -267,6 +267,14 @@ class BlockPass {
     return out;
   }
 
+  // A known-layer segment's layer id, and where that layer's output sits in Forward::wanted.
+  std::pair<size_t, size_t> layer_position(const FisherSegment& segment,
+                                           const std::vector<int>& needed) const {
+    const int id = map_.layer_of_parameter[segment.parameter];
+    return {static_cast<size_t>(id),
+            static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin())};
+  }
+
   // Batched exact per-sample Fisher for the Linear/Conv2d segments of the block.
   void add_known_layers(const torch::Tensor& x, const torch::Tensor& y) {
     const Forward forward = capture_known_layers(x);
@@ -280,14 +288,12 @@ class BlockPass {
       for (size_t s = 0; s < block_.size(); ++s) {
         const auto& segment = block_[s];
         if (!uses_layer_path(segment.parameter)) continue;
-        const int id = map_.layer_of_parameter[segment.parameter];
-        const auto position =
-            static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin());
-        const KnownLayer& layer = map_.layers[static_cast<size_t>(id)];
+        const auto [id, position] = layer_position(segment, needed);
+        const KnownLayer& layer = map_.layers[id];
         if (!grads[position].defined()) continue;
         const bool is_weight = layer.weight && *layer.weight == segment.parameter;
-        sums_[s].add_(layer_fisher_rows(layer, is_weight, inputs[static_cast<size_t>(id)],
-                                        grads[position], weight, segment.row_begin, segment.row_end)
+        sums_[s].add_(layer_fisher_rows(layer, is_weight, inputs[id], grads[position], weight,
+                                        segment.row_begin, segment.row_end)
                           .reshape(sums_[s].sizes()));
       }
     };
@@ -351,19 +357,16 @@ class BlockPass {
       for (size_t s = 0; s < block_.size(); ++s) {
         const auto& segment = block_[s];
         if (!uses_layer_path(segment.parameter)) continue;
-        const int id = map_.layer_of_parameter[segment.parameter];
-        const auto position =
-            static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin());
-        const KnownLayer& layer = map_.layers[static_cast<size_t>(id)];
+        const auto [id, position] = layer_position(segment, needed);
+        const KnownLayer& layer = map_.layers[id];
         const bool is_weight = layer.weight && *layer.weight == segment.parameter;
         const int64_t elements =
             (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
         torch::Tensor target = out.slice(0, first_row, first_row + samples)
                                    .slice(1, columns[s], columns[s] + elements);
         if (grads[position].defined()) {
-          layer_sample_gradients(layer, is_weight, inputs[static_cast<size_t>(id)],
-                                 grads[position].detach(), segment.row_begin, segment.row_end,
-                                 target);
+          layer_sample_gradients(layer, is_weight, inputs[id], grads[position].detach(),
+                                 segment.row_begin, segment.row_end, target);
         } else {
           target.zero_();
         }
