@@ -58,10 +58,12 @@ std::vector<std::string> split_commas(const std::vector<std::string>& items) {
   return out;
 }
 
-po::options_description config_options() {
+po::options_description config_options(bool config_required = true) {
   po::options_description options("options");
-  options.add_options()("help,h", "show this help")(
-      "config,c", po::value<std::string>()->required(), "TOML configuration file")(
+  auto* config_value = po::value<std::string>();
+  if (config_required) config_value->required();
+  options.add_options()("help,h", "show this help")("config,c", config_value,
+                                                    "TOML configuration file")(
       "plugins", po::value<std::vector<std::string>>()->composing(),
       "comma-separated plug-in ids; replaces the config's [[pipeline]] list (settings of "
       "listed ids are kept)")(
@@ -89,6 +91,10 @@ clhost::ConfigOverrides overrides_from(const po::variables_map& vm) {
   overrides.profile_memory = vm["profile-memory"].as<bool>();
   overrides.dynamic_batch_size = vm["dynamic-batch-size"].as<bool>();
   if (vm.count("memory-budget")) overrides.memory_budget = vm["memory-budget"].as<std::string>();
+  if (vm.count("checkpoint-every")) {
+    overrides.set.push_back("run.checkpoint_every=" +
+                            std::to_string(vm["checkpoint-every"].as<int64_t>()));
+  }
   return overrides;
 }
 
@@ -105,17 +111,45 @@ bool parse(const std::vector<std::string>& args, const po::options_description& 
 }
 
 int command_run(const std::vector<std::string>& args) {
-  po::options_description options = config_options();
+  po::options_description options = config_options(false);
   options.add_options()("output,o", po::value<std::string>(),
-                        "exact run directory (must be new or empty)")("quiet,q", po::bool_switch(),
-                                                                      "no progress output");
+                        "exact run directory (must be new or empty)")(
+      "quiet,q", po::bool_switch(), "no progress output")(
+      "checkpoint-every", po::value<int64_t>(),
+      "steps between checkpoints (sets run.checkpoint_every; 0: at task boundaries only)")(
+      "resume", po::value<std::string>(),
+      "continue RUN_DIR from its latest checkpoint (config: RUN_DIR/config.toml unless --config)")(
+      "allow-config-change", po::bool_switch(),
+      "with --resume: accept changes to keys that are safe to change (docs/cli.md)")(
+      "resume-anyway", po::bool_switch(),
+      "with --resume: continue even if a plug-in's state was not saved (it restarts fresh)");
   po::variables_map vm;
-  if (!parse(args, options, "usage: clhost run --config FILE [options]", vm)) return 0;
-  const clhost::RunConfig config =
-      clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+  if (!parse(args, options,
+             "usage: clhost run --config FILE [options]\n       clhost run --resume RUN_DIR "
+             "[--config FILE] [options]",
+             vm)) {
+    return 0;
+  }
   clhost::RunOptions run_options;
-  if (vm.count("output")) run_options.run_dir = vm["output"].as<std::string>();
   run_options.quiet = vm["quiet"].as<bool>();
+  clhost::RunConfig config;
+  if (vm.count("resume")) {
+    if (vm.count("output")) throw po::error("--output cannot be combined with --resume");
+    run_options.resume = true;
+    run_options.run_dir = vm["resume"].as<std::string>();
+    run_options.allow_config_change = vm["allow-config-change"].as<bool>();
+    run_options.resume_anyway = vm["resume-anyway"].as<bool>();
+    config = clhost::load_resume_config(
+        run_options.run_dir, vm.count("config") ? vm["config"].as<std::string>() : "",
+        overrides_from(vm));
+  } else {
+    if (!vm.count("config")) throw po::error("the option '--config' is required (or --resume)");
+    if (vm["allow-config-change"].as<bool>() || vm["resume-anyway"].as<bool>()) {
+      throw po::error("--allow-config-change and --resume-anyway go with --resume");
+    }
+    config = clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+    if (vm.count("output")) run_options.run_dir = vm["output"].as<std::string>();
+  }
   const clhost::RunSummary summary = clhost::run_pipeline(config, run_options);
 
   std::printf("\naccuracy matrix (row: after training task i; column: task j)\n");
@@ -488,6 +522,9 @@ int main(int argc, char** argv) {
   } catch (const clhost::RunError& e) {
     std::fprintf(stderr, "run failed: %s\n", e.what());
     return kExitRunFailed;
+  } catch (const clhost::Interrupted& e) {
+    std::fprintf(stderr, "\ninterrupted: %s\n", e.what());
+    return 128 + e.signal_number();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "run failed: %s\n", e.what());
     return kExitRunFailed;

@@ -375,6 +375,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.run.output_dir = run.get_string("output_dir", config.run.output_dir);
   config.run.plugin_path = run.get_string_list("plugin_path");
   config.run.log_every = run.get_int("log_every", 50, 1, 1000000);
+  config.run.checkpoint_every = run.get_int("checkpoint_every", 1000, 0, INT64_MAX);
   if (const toml::node* node = run.take("memory_budget")) {
     try {
       config.run.memory_budget =
@@ -653,6 +654,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   section("run").insert_or_assign("plugin_path", plugin_path);
   section("run").insert_or_assign("log_every", config.run.log_every);
   section("run").insert_or_assign("memory_budget", config.run.memory_budget);
+  section("run").insert_or_assign("checkpoint_every", config.run.checkpoint_every);
   section("data").insert_or_assign("kind", config.data.kind == DataKind::kIdx ? "idx" : "hdf5");
   if (config.data.kind == DataKind::kHdf5) {
     section("data").insert_or_assign("path", config.data.path);
@@ -739,6 +741,13 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   std::ostringstream json;
   json << toml::json_formatter{root};
   config.resolved_json = json.str();
+  // "No budget" has no TOML spelling other than leaving the key out.
+  if (config.run.memory_budget < 0) section("run").erase("memory_budget");
+  std::ostringstream toml_text;
+  toml_text << "# The resolved configuration of this run (clhost " << CLHOST_VERSION
+            << "), read back by clhost run --resume.\n"
+            << toml::toml_formatter{root} << "\n";
+  config.resolved_toml = toml_text.str();
   return config;
 }
 

@@ -501,6 +501,59 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
   }
 }
 
+std::vector<std::string> FisherStore::committed_groups() const {
+  std::vector<std::string> names;
+  if (!fs::exists(path_)) return names;
+  const hid_t file = open_existing(path_, H5F_ACC_RDONLY);
+  hsize_t count = 0;
+  H5Gget_num_objs(file, &count);
+  for (hsize_t i = 0; i < count; ++i) {
+    char name[256] = {};
+    H5Gget_objname_by_idx(file, i, name, sizeof(name));
+    names.emplace_back(name);
+  }
+  H5Fclose(file);
+  return names;
+}
+
+void FisherStore::keep_only(const std::vector<std::string>& keep) {
+  const std::vector<std::string> present = committed_groups();
+  std::vector<std::string> extra;
+  for (const auto& name : keep) {
+    if (std::find(present.begin(), present.end(), name) == present.end()) {
+      throw RunError(path_ + ": group '" + name +
+                     "' that the checkpoint recorded is missing; the store was changed outside "
+                     "clhost");
+    }
+  }
+  for (const auto& name : present) {
+    if (std::find(keep.begin(), keep.end(), name) == keep.end()) extra.push_back(name);
+  }
+  if (extra.empty()) return;
+  std::error_code error;
+  if (keep.empty()) {
+    fs::remove(path_, error);
+    if (error) throw RunError(path_ + ": cannot remove: " + error.message());
+    return;
+  }
+  const std::string temporary = path_ + ".tmp";
+  fs::copy_file(path_, temporary, fs::copy_options::overwrite_existing, error);
+  if (error) throw RunError(temporary + ": cannot copy the store: " + error.message());
+  const hid_t file = H5Fopen(temporary.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  if (file < 0) throw RunError(path_ + ": cannot open the store copy: " + hdf5_reason());
+  bool failed = false;
+  for (const auto& name : extra) failed = failed || H5Ldelete(file, name.c_str(), H5P_DEFAULT) < 0;
+  failed = H5Fclose(file) < 0 || failed;
+  if (failed) {
+    fs::remove(temporary, error);
+    throw RunError(path_ + ": cannot remove the groups written after the checkpoint: " +
+                   hdf5_reason());
+  }
+  fsync_path(temporary);
+  if (std::rename(temporary.c_str(), path_.c_str()) != 0) throw RunError(path_ + ": rename failed");
+  fsync_path(fs::path(path_).parent_path().empty() ? "." : fs::path(path_).parent_path().string());
+}
+
 StoreSummary FisherStore::inspect(const std::string& path) {
   const hid_t file = open_existing(path, H5F_ACC_RDONLY);
   StoreSummary summary;

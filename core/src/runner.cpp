@@ -6,6 +6,9 @@
 #include <torch/version.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <csignal>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -21,6 +25,7 @@
 #include <thread>
 
 #include "checkpoint.hpp"
+#include "clhost/plugin_torch.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/fisher_store.hpp"
 #include "clhost/memory_budget.hpp"
@@ -31,6 +36,7 @@
 #include "model.hpp"
 #include "progress.hpp"
 #include "scripted_model.hpp"
+#include "training_checkpoint.hpp"
 
 namespace clhost {
 
@@ -187,6 +193,7 @@ clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
         request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
     diagonal_fisher(runtime.fisher_context, *request, block_size, FisherMethod::kAuto,
                     [&](size_t parameter, int64_t offset, const torch::Tensor& values) {
+                      crash_point("fisher");
                       std::vector<int64_t> shape{values.numel()};
                       const torch::Tensor flat = values.to(torch::kFloat32).contiguous();
                       DLTensor view = as_dltensor(flat, shape);
@@ -226,6 +233,7 @@ clhost_status_t sample_grads_sample_gradients(const clhost_host_t* host,
         runtime.fisher_context, *request, block_size, FisherMethod::kAuto,
         [&](size_t block_index, size_t block_count, const FisherBlock& block,
             const torch::Tensor& rows, int64_t samples, bool last) {
+          crash_point("fisher");
           std::vector<clhost_block_segment_t> segments;
           for (const auto& segment : block) {
             const auto& parameter = runtime.parameters[segment.parameter];
@@ -324,6 +332,7 @@ clhost_status_t store_write(const clhost_host_t* host, uint32_t parameter, int64
     int64_t count = 0;
     const float* data = float_data(block, &count);
     store_of(runtime_of(host)).write_block(parameter, offset, data, count);
+    crash_point("store");
   });
 }
 clhost_status_t store_commit(const clhost_host_t* host, clhost_error_t* error) {
@@ -577,6 +586,178 @@ std::string format_double(double value, int digits) {
   return out.str();
 }
 
+// --- Checkpoint contents -------------------------------------------------------------------
+
+clhost_status_t append_to_string(void* target, const void* bytes, size_t size,
+                                 clhost_error_t* /*error*/) {
+  static_cast<std::string*>(target)->append(static_cast<const char*>(bytes), size);
+  return CLHOST_STATUS_OK;
+}
+
+// Parameters and buffers, in the model's order, with their names (checked on restore).
+std::string save_model_tensors(torch::nn::Sequential& model) {
+  std::string bytes;
+  sdk::StateWriter out(&append_to_string, &bytes);
+  const auto parameters = model->named_parameters();
+  const auto buffers = model->named_buffers();
+  out.value(static_cast<uint64_t>(parameters.size() + buffers.size()));
+  for (const auto* items : {&parameters, &buffers}) {
+    for (const auto& item : *items) {
+      out.string(item.key());
+      sdk::write_tensor(out, item.value());
+    }
+  }
+  return bytes;
+}
+
+void restore_model_tensors(torch::nn::Sequential& model, const std::string& bytes) {
+  sdk::StateReader in(bytes.data(), bytes.size());
+  const auto parameters = model->named_parameters();
+  const auto buffers = model->named_buffers();
+  if (in.value<uint64_t>() != parameters.size() + buffers.size()) {
+    throw RunError("the checkpoint's model has another number of tensors than this model");
+  }
+  torch::NoGradGuard no_grad;
+  for (const auto* items : {&parameters, &buffers}) {
+    for (const auto& item : *items) {
+      const std::string name = in.string();
+      const torch::Tensor saved = sdk::read_tensor(in);
+      if (name != item.key() || !saved.defined() || saved.sizes() != item.value().sizes()) {
+        throw RunError("the checkpoint's model tensor '" + name + "' does not match '" +
+                       item.key() + "' of this model");
+      }
+      // In place: the optimizer, the plug-ins and a TorchScript module hold these tensors.
+      item.value().copy_(saved);
+    }
+  }
+  in.finish();
+}
+
+std::string save_optimizer(torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream out;
+  archive.save_to(out);
+  return out.str();
+}
+
+void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(bytes.data(), bytes.size());
+  optimizer.load(archive);
+}
+
+std::string save_generator() {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  const std::lock_guard<std::mutex> lock(generator.mutex());
+  const torch::Tensor state = generator.get_state();
+  return {static_cast<const char*>(state.data_ptr()), static_cast<size_t>(state.nbytes())};
+}
+
+void restore_generator(const std::string& bytes) {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  const std::lock_guard<std::mutex> lock(generator.mutex());
+  torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
+  std::memcpy(state.data_ptr(), bytes.data(), bytes.size());
+  generator.set_state(state);
+}
+
+std::string int64_bytes(const std::vector<int64_t>& values) {
+  return {reinterpret_cast<const char*>(values.data()), values.size() * sizeof(int64_t)};
+}
+
+std::vector<int64_t> int64_values(const std::string& bytes) {
+  std::vector<int64_t> values(bytes.size() / sizeof(int64_t));
+  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(int64_t));
+  return values;
+}
+
+// --- Resuming with a changed configuration --------------------------------------------------
+
+// Keys a resumed run may change (with --allow-config-change): none of them changes what is
+// computed. Documented in docs/cli.md.
+const std::vector<std::string> kResumeSafeKeys = {
+    "run.name",         "run.output_dir",    "run.log_every", "run.checkpoint_every",
+    "run.plugin_path",  "data.stream_cache", "data.dir",      "data.max_resident",
+};
+
+void flatten(const json& value, const std::string& prefix, std::map<std::string, json>& out) {
+  if (value.is_object() && !value.empty()) {
+    for (const auto& [key, item] : value.items()) {
+      flatten(item, prefix.empty() ? key : prefix + "." + key, out);
+    }
+  } else if (value.is_array() && !value.empty() && value.front().is_object()) {
+    for (size_t i = 0; i < value.size(); ++i) {
+      flatten(value[i], prefix + "[" + std::to_string(i) + "]", out);
+    }
+  } else {
+    out[prefix] = value;
+  }
+}
+
+struct ConfigChange {
+  std::string key;
+  json before;
+  json after;
+  bool safe;
+};
+
+std::vector<ConfigChange> config_changes(const json& before, const json& after) {
+  std::map<std::string, json> old_values;
+  std::map<std::string, json> new_values;
+  flatten(before, "", old_values);
+  flatten(after, "", new_values);
+  std::vector<ConfigChange> changes;
+  auto add = [&](const std::string& key) {
+    const json old_value = old_values.count(key) ? old_values[key] : json("(unset)");
+    const json new_value = new_values.count(key) ? new_values[key] : json("(unset)");
+    if (old_value == new_value) return;
+    const bool safe =
+        std::find(kResumeSafeKeys.begin(), kResumeSafeKeys.end(), key) != kResumeSafeKeys.end();
+    changes.push_back({key, old_value, new_value, safe});
+  };
+  for (const auto& [key, value] : old_values) add(key);
+  for (const auto& [key, value] : new_values) {
+    if (!old_values.count(key)) add(key);
+  }
+  return changes;
+}
+
+// --- SIGINT / SIGTERM -----------------------------------------------------------------------
+
+std::atomic<int> stop_signal{0};
+
+extern "C" void request_stop(int signal_number) {
+  stop_signal.store(signal_number);
+  // A second Ctrl-C is not polite: it ends the process at once.
+  std::signal(signal_number, SIG_DFL);
+}
+
+// While a run is in progress, SIGINT and SIGTERM ask it to stop after the current step.
+class StopSignals {
+ public:
+  StopSignals() {
+    stop_signal.store(0);
+    struct sigaction action {};
+    action.sa_handler = &request_stop;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &previous_int_);
+    sigaction(SIGTERM, &action, &previous_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &previous_int_, nullptr);
+    sigaction(SIGTERM, &previous_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  StopSignals(StopSignals&&) = delete;
+  StopSignals& operator=(StopSignals&&) = delete;
+
+ private:
+  struct sigaction previous_int_ {};
+  struct sigaction previous_term_ {};
+};
+
 }  // namespace
 
 namespace {
@@ -585,12 +766,75 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                            std::string& created_run_dir) {
   const auto wall_start = Clock::now();
   // 1. Everything that can fail because of the user's input happens before any file is written.
-  PluginLoader loader(
-      PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
+  // A resume starts from the checkpoint: without a valid one there is nothing to continue.
+  std::optional<LoadedCheckpoint> checkpoint;
+  json saved;  // the checkpoint's trainer.json
+  json resume_record;
+  std::vector<std::string> cli_plugin_path = config.cli_plugin_path;
+  if (options.resume) {
+    checkpoint = CheckpointDirectory(options.run_dir).load_latest();
+    saved = json::parse(checkpoint->file("trainer.json"));
+    const auto changes = config_changes(saved.at("config"), json::parse(config.resolved_json));
+    json change_list = json::array();
+    std::string listing;
+    bool unsafe = false;
+    for (const auto& change : changes) {
+      listing += "\n  " + change.key + ": " + change.before.dump() + " -> " + change.after.dump() +
+                 (change.safe ? "" : "  (cannot change in a resumed run)");
+      unsafe = unsafe || !change.safe;
+      change_list.push_back(
+          json{{"key", change.key}, {"from", change.before}, {"to", change.after}});
+    }
+    if (!changes.empty() && (!options.allow_config_change || unsafe)) {
+      throw ConfigError(
+          config.source + ": the configuration differs from the one " + options.run_dir +
+          " was started with:" + listing +
+          (unsafe ? "\nRestore those keys; only run.name, run.output_dir, run.log_every, "
+                    "run.checkpoint_every, run.plugin_path, data.stream_cache, data.dir and "
+                    "data.max_resident may change (docs/cli.md)."
+                  : "\nThese keys are safe to change: pass --allow-config-change to accept."));
+    }
+    for (const auto& dir : saved.value("cli_plugin_path", std::vector<std::string>{})) {
+      if (std::find(cli_plugin_path.begin(), cli_plugin_path.end(), dir) == cli_plugin_path.end())
+        cli_plugin_path.push_back(dir);
+    }
+    resume_record = json{{"checkpoint", checkpoint->directory},
+                         {"task", saved.at("task").get<int64_t>() + 1},
+                         {"step", saved.at("step")},
+                         {"global_step", saved.at("global_step")},
+                         {"time", timestamp()},
+                         {"config_changes", change_list},
+                         {"plugins_restarted", json::array()}};
+  }
+  PluginLoader loader(PluginLoader::search_path_for(cli_plugin_path, config.run.plugin_path));
   LoadedPipeline pipeline = load_pipeline(loader, config);
   const std::vector<const LoadedPlugin*>& plugins = pipeline.plugins;
   std::vector<ResolvedPluginConfig>& plugin_configs = pipeline.configs;
-  const std::string run_dir = choose_run_dir(config, options);
+  const std::string run_dir = options.resume ? options.run_dir : choose_run_dir(config, options);
+  if (options.resume) {
+    // Every plug-in must find its own saved state, or the user must accept a fresh one.
+    const json& saved_plugins = saved.at("plugins");
+    std::string not_resumable;
+    for (size_t i = 0; i < plugins.size(); ++i) {
+      const json& entry = saved_plugins.at(i);
+      const bool same = entry.at("id") == plugins[i]->id &&
+                        entry.at("version") == plugins[i]->descriptor->version;
+      const bool has_state = plugins[i]->entry->get_interface(CLHOST_INTERFACE_STATE_V1) != nullptr;
+      if (same && has_state && entry.value("resumable", false)) continue;
+      const std::string why =
+          !same ? "the checkpoint was written by version " + entry.at("version").get<std::string>()
+                : "it has no clhost.state/1 interface, so its state was not saved";
+      not_resumable += "\n  " + plugins[i]->id + " " + plugins[i]->descriptor->version + ": " + why;
+      resume_record["plugins_restarted"].push_back(json{{"id", plugins[i]->id}, {"reason", why}});
+    }
+    if (!not_resumable.empty() && !options.resume_anyway) {
+      throw PluginError(options.run_dir + ": not resumable: these plug-ins cannot continue from the "
+                        "checkpoint:" + not_resumable +
+                        "\nStart the run again, or pass --resume-anyway to continue with them "
+                        "starting from a fresh state (the results then differ from an "
+                        "uninterrupted run).");
+    }
+  }
 
   at::set_num_threads(config.run.threads);
   torch::manual_seed(config.run.seed);
@@ -684,19 +928,72 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     instances.push_back(std::move(instance));
   }
 
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  if (config.train.optimizer == OptimizerKind::kAdam) {
+    optimizer = std::make_unique<torch::optim::Adam>(runtime.parameters,
+                                                     torch::optim::AdamOptions(config.train.lr));
+  } else {
+    optimizer = std::make_unique<torch::optim::SGD>(
+        runtime.parameters,
+        torch::optim::SGDOptions(config.train.lr).momentum(config.train.momentum));
+  }
+
+  if (checkpoint) {
+    // The checkpoint's state replaces the fresh one: plug-ins, model, optimizer, generator.
+    for (size_t i = 0; i < instances.size(); ++i) {
+      PluginInstance& instance = *instances[i];
+      const json& entry = saved.at("plugins").at(i);
+      const auto* state = static_cast<const clhost_state_v1_t*>(
+          instance.plugin->entry->get_interface(CLHOST_INTERFACE_STATE_V1));
+      if (state == nullptr || !entry.value("resumable", false) ||
+          entry.at("version") != instance.plugin->descriptor->version) {
+        continue;  // accepted with --resume-anyway above
+      }
+      const std::string& bytes = checkpoint->file(entry.at("file").get<std::string>());
+      clhost_error_t error{};
+      instance.check(state->restore(instance.instance, bytes.data(), bytes.size(), &error), error,
+                     "restore (clhost.state/1)");
+    }
+    restore_model_tensors(runtime.model, checkpoint->file("model.bin"));
+    // An uninterrupted run enters its next step with gradient tensors from the last one, which
+    // zero_grad() zeroes; backward then adds into zeros. Recreate them so the sums match.
+    if (saved.at("global_step").get<int64_t>() > 0) {
+      for (auto& parameter : runtime.parameters) {
+        parameter.mutable_grad() = torch::zeros_like(parameter);
+      }
+    }
+    restore_optimizer(*optimizer, checkpoint->file("optimizer.pt"));
+    restore_generator(checkpoint->file("generator.bin"));
+  }
+
   // 2. The run directory.
   std::error_code dir_error;
   fs::create_directories(run_dir, dir_error);
   if (dir_error) throw RunError(run_dir + ": cannot create run directory: " + dir_error.message());
   created_run_dir = run_dir;
-  std::ofstream metrics_csv(fs::path(run_dir) / "metrics.csv");
-  metrics_csv << "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second,"
-                 "step_tensor_peak_bytes,event\n";
+  const StopSignals stop_signals;  // from here on, SIGINT/SIGTERM end the run at a checkpoint
+  CheckpointDirectory checkpoints(run_dir);
+  std::optional<AppendJournal> metrics_journal;
+  if (checkpoint) {
+    // Groups a crashed attempt added after the checkpoint are redone, so they go first.
+    runtime.store->keep_only(saved.at("fisher_groups").get<std::vector<std::string>>());
+    metrics_journal.emplace((fs::path(run_dir) / "metrics.csv").string(),
+                            saved.at("metrics_csv_bytes").get<int64_t>());
+  } else {
+    write_file_atomic((fs::path(run_dir) / "config.toml").string(), config.resolved_toml);
+    metrics_journal.emplace((fs::path(run_dir) / "metrics.csv").string(), -1);
+    metrics_journal->append(
+        "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second,"
+        "step_tensor_peak_bytes,event\n");
+  }
+  AppendJournal& metrics_csv = *metrics_journal;
   // Events (batch-size changes, out-of-memory retries) get their own rows, and a console line.
   auto log_event = [&](size_t task_index, int64_t step, int64_t global, int64_t batch,
                        int64_t micro, const std::string& what) {
-    metrics_csv << task_index << ',' << step + 1 << ',' << global << ",,," << batch << ',' << micro
-                << ",,,\"" << what << "\"\n";
+    std::ostringstream row;
+    row << task_index << ',' << step + 1 << ',' << global << ",,," << batch << ',' << micro
+        << ",,,\"" << what << "\"\n";
+    metrics_csv.append(row.str());
     if (!options.quiet)
       std::fprintf(stderr, "\n[batch] task %zu step %lld: %s\n", task_index + 1,
                    static_cast<long long>(step + 1), what.c_str());
@@ -776,37 +1073,150 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     }
   }
 
-  std::unique_ptr<torch::optim::Optimizer> optimizer;
-  if (config.train.optimizer == OptimizerKind::kAdam) {
-    optimizer = std::make_unique<torch::optim::Adam>(runtime.parameters,
-                                                     torch::optim::AdamOptions(config.train.lr));
-  } else {
-    optimizer = std::make_unique<torch::optim::SGD>(
-        runtime.parameters,
-        torch::optim::SGDOptions(config.train.lr).momentum(config.train.momentum));
-  }
-
   const size_t task_count = sequence.tasks.size();
   ProgressReporter progress(stderr, !options.quiet);
   RunSummary summary;
   summary.run_dir = run_dir;
-  emit(CLHOST_EVENT_RUN_BEGIN, -1, "run begin");
-  emit(CLHOST_EVENT_EVAL_BEGIN, -1, "evaluate the untrained model");
-
-  // Accuracy of the untrained model: the baseline for forward transfer.
-  for (size_t j = 0; j < task_count; ++j) {
-    summary.random_init_accuracy.push_back(
-        evaluate(runtime.model, sequence.tasks[j],
-                 make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
-                 config.train.eval_batch_size));
-  }
-  emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
-
   json task_reports = json::array();
+  json resumes = json::array();
   int64_t global_step = 0;
   int64_t micro_batch = 0;
+  size_t first_task = 0;
+  int64_t first_step = 0;    // steps of first_task done before the checkpoint
+  double wall_before = 0.0;  // seconds this run spent before it was resumed
+  std::vector<double> checkpoint_seconds;
+  int64_t checkpoint_bytes = 0;
+  if (checkpoint) {
+    first_task = saved.at("task").get<size_t>();
+    first_step = saved.at("step").get<int64_t>();
+    global_step = saved.at("global_step").get<int64_t>();
+    micro_batch = saved.at("micro_batch").get<int64_t>();
+    first_policy_call = saved.at("first_policy_call").get<bool>();
+    total_ooms = saved.at("out_of_memory_retries").get<int64_t>();
+    samples_processed = saved.at("samples_processed").get<int64_t>();
+    samples_redone = saved.at("samples_redone").get<int64_t>();
+    samples_in_steps = saved.at("samples_in_steps").get<int64_t>();
+    run_tensor_peak = saved.at("tensor_peak_bytes").get<int64_t>();
+    batch_changes = saved.at("batch_changes");
+    task_reports = saved.at("task_reports");
+    summary.accuracy = saved.at("accuracy_matrix").get<AccuracyMatrix>();
+    summary.random_init_accuracy = saved.at("random_init_accuracy").get<std::vector<double>>();
+    summary.optimizer_steps = saved.at("optimizer_steps").get<int64_t>();
+    wall_before = saved.at("wall_seconds").get<double>();
+    checkpoint_seconds = saved.at("checkpoint_seconds").get<std::vector<double>>();
+    resumes = saved.at("resumes");
+    resumes.push_back(resume_record);
+  }
+
+  // Where the trainer is inside a task, for a checkpoint taken between two steps.
+  struct TaskCursor {
+    const std::vector<int64_t>* order = nullptr;
+    size_t cursor = 0;
+    const std::mt19937_64* order_rng = nullptr;
+    int64_t task_ooms = 0;
+    double train_seconds = 0.0;
+  };
+  auto write_checkpoint = [&](size_t task, int64_t step, const TaskCursor& at) {
+    const auto start = Clock::now();
+    std::vector<CheckpointFile> files;
+    json plugin_entries = json::array();
+    for (size_t i = 0; i < instances.size(); ++i) {
+      PluginInstance& instance = *instances[i];
+      json entry{{"id", instance.plugin->id},
+                 {"version", instance.plugin->descriptor->version},
+                 {"resumable", false}};
+      if (const auto* state = static_cast<const clhost_state_v1_t*>(
+              instance.plugin->entry->get_interface(CLHOST_INTERFACE_STATE_V1))) {
+        std::string bytes;
+        clhost_error_t error{};
+        instance.check(state->save(instance.instance, &append_to_string, &bytes, &error), error,
+                       "save (clhost.state/1)");
+        const std::string name = "plugin_" + std::to_string(i) + "_" + instance.plugin->id + ".state";
+        files.push_back({name, std::move(bytes)});
+        entry["resumable"] = true;
+        entry["file"] = name;
+      }
+      plugin_entries.push_back(entry);
+    }
+    files.push_back({"model.bin", save_model_tensors(runtime.model)});
+    files.push_back({"optimizer.pt", save_optimizer(*optimizer)});
+    files.push_back({"generator.bin", save_generator()});
+    json trainer{{"config", json::parse(config.resolved_json)},
+                 {"cli_plugin_path", cli_plugin_path},
+                 {"plugins", plugin_entries},
+                 {"task", task},
+                 {"step", step},
+                 {"global_step", global_step},
+                 {"micro_batch", micro_batch},
+                 {"first_policy_call", first_policy_call},
+                 {"out_of_memory_retries", total_ooms},
+                 {"samples_processed", samples_processed},
+                 {"samples_redone", samples_redone},
+                 {"samples_in_steps", samples_in_steps},
+                 {"tensor_peak_bytes", std::max(run_tensor_peak, memory::peak_bytes())},
+                 {"batch_changes", batch_changes},
+                 {"task_reports", task_reports},
+                 {"accuracy_matrix", summary.accuracy},
+                 {"random_init_accuracy", summary.random_init_accuracy},
+                 {"optimizer_steps", summary.optimizer_steps},
+                 {"task_out_of_memory_retries", at.task_ooms},
+                 {"task_train_seconds", at.train_seconds},
+                 {"fisher_groups", runtime.store->committed_groups()},
+                 {"metrics_csv_bytes", metrics_csv.commit()},
+                 {"resumes", resumes},
+                 {"wall_seconds",
+                  wall_before + std::chrono::duration<double>(start - wall_start).count()},
+                 {"checkpoint_seconds", checkpoint_seconds}};
+    if (at.order != nullptr) {
+      files.push_back({"data_order.bin", int64_bytes(*at.order)});
+      std::ostringstream rng_state;
+      rng_state << *at.order_rng;
+      trainer["order_rng"] = rng_state.str();
+      trainer["cursor"] = at.cursor;
+    }
+    files.push_back({"trainer.json", trainer.dump(1) + "\n"});
+    try {
+      checkpoint_bytes = checkpoints.write(
+          files, json{{"task", task + 1}, {"step", step}, {"global_step", global_step}});
+    } catch (const RunError& e) {
+      throw RunError(std::string("writing a checkpoint failed: ") + e.what() +
+                     ". The previous checkpoint is intact; fix the cause, then: clhost run "
+                     "--resume " +
+                     run_dir);
+    }
+    checkpoint_seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  };
+  auto stop_if_asked = [&](size_t task, int64_t step) {
+    const int signal_number = stop_signal.load();
+    if (signal_number == 0) return;
+    throw Interrupted(std::string(signal_number == SIGINT ? "SIGINT" : "SIGTERM") +
+                          ": stopped at task " + std::to_string(task + 1) + " step " +
+                          std::to_string(step) + " after writing a checkpoint. Continue with: "
+                          "clhost run --resume " + run_dir,
+                      signal_number);
+  };
+
+  emit(CLHOST_EVENT_RUN_BEGIN, -1, checkpoint ? "run resumed" : "run begin");
+  if (!checkpoint) {
+    emit(CLHOST_EVENT_EVAL_BEGIN, -1, "evaluate the untrained model");
+    // Accuracy of the untrained model: the baseline for forward transfer.
+    for (size_t j = 0; j < task_count; ++j) {
+      summary.random_init_accuracy.push_back(
+          evaluate(runtime.model, sequence.tasks[j],
+                   make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
+                   config.train.eval_batch_size));
+    }
+    emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
+    write_checkpoint(0, 0, TaskCursor{});  // every later crash has a checkpoint to go back to
+  } else if (!options.quiet) {
+    std::fprintf(stderr, "resuming %s from task %zu step %lld (checkpoint %s)\n", run_dir.c_str(),
+                 first_task + 1, static_cast<long long>(first_step),
+                 checkpoint->directory.c_str());
+  }
+
   runtime.model->train();
-  for (size_t t = 0; t < task_count; ++t) {
+  for (size_t t = first_task; t < task_count; ++t) {
+    const bool resumed_in_task = checkpoint && t == first_task && first_step > 0;
     const TaskData& task = sequence.tasks[t];
     const int64_t train_samples = task.train_size();
     if (train_samples == 0) throw RunError("task " + task.name + " has no training samples");
@@ -830,21 +1240,24 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                                        task.name.c_str(),
                                        train_samples,
                                        steps};
-    emit(CLHOST_EVENT_TASK_BEGIN, static_cast<int32_t>(t), "task " + task.name + " begin");
-    for (auto& instance : instances) {
-      if (instance->kind() != CLHOST_PLUGIN_KIND_REGULARIZER) continue;
-      const auto& table = instance->table<clhost_regularizer_v1_t>();
-      if (table.on_task_begin == nullptr) continue;
-      clhost_error_t error{};
-      instance->check(table.on_task_begin(instance->instance, &task_info, &error), error,
-                      "on_task_begin");
+    // A task resumed in its middle had its beginning before the checkpoint: the plug-ins'
+    // restored state already holds what on_task_begin and the policy's first answer did.
+    if (!resumed_in_task) {
+      emit(CLHOST_EVENT_TASK_BEGIN, static_cast<int32_t>(t), "task " + task.name + " begin");
+      for (auto& instance : instances) {
+        if (instance->kind() != CLHOST_PLUGIN_KIND_REGULARIZER) continue;
+        const auto& table = instance->table<clhost_regularizer_v1_t>();
+        if (table.on_task_begin == nullptr) continue;
+        clhost_error_t error{};
+        instance->check(table.on_task_begin(instance->instance, &task_info, &error), error,
+                        "on_task_begin");
+      }
+      // The micro-batch carries over between tasks (the policy re-probes from it); without a
+      // policy it is the whole batch.
+      micro_batch = batch_policy != nullptr && micro_batch > 0 ? std::min(micro_batch, batch_size)
+                                                               : batch_size;
     }
-
-    // The micro-batch carries over between tasks (the policy re-probes from it); without a
-    // policy it is the whole batch.
-    micro_batch =
-        batch_policy != nullptr && micro_batch > 0 ? std::min(micro_batch, batch_size) : batch_size;
-    int64_t task_ooms = 0;
+    int64_t task_ooms = resumed_in_task ? saved.at("task_out_of_memory_retries").get<int64_t>() : 0;
     int64_t current_step = 0;
     // Without a configured budget, policies see what the machine could still give: tensors held
     // now plus MemAvailable, read once per task (not in the step's hot path).
@@ -886,14 +1299,26 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         micro_batch = chosen;
       }
     };
-    ask_policy(-1, false);
+    if (!resumed_in_task) ask_policy(-1, false);
 
     // The data order: a seeded shuffle per task, reshuffled at every pass over the data.
     std::mt19937_64 order_rng(config.run.seed * 1000003ULL + t);
     std::vector<int64_t> order(static_cast<size_t>(train_samples));
-    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-    std::shuffle(order.begin(), order.end(), order_rng);
     size_t cursor = 0;
+    double train_seconds_before = 0.0;
+    if (resumed_in_task) {
+      order = int64_values(checkpoint->file("data_order.bin"));
+      std::istringstream(saved.at("order_rng").get<std::string>()) >> order_rng;
+      cursor = saved.at("cursor").get<size_t>();
+      train_seconds_before = saved.at("task_train_seconds").get<double>();
+      if (order.size() != static_cast<size_t>(train_samples) || cursor > order.size()) {
+        throw RunError(checkpoint->directory + ": the data order does not fit task " + task.name +
+                       " (" + std::to_string(train_samples) + " samples)");
+      }
+    } else {
+      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+      std::shuffle(order.begin(), order.end(), order_rng);
+    }
 
     progress.begin_task(
         "task " + std::to_string(t + 1) + "/" + std::to_string(task_count) + " (" + task.name + ")",
@@ -903,7 +1328,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     int64_t window_samples = 0;
     double last_loss = 0.0;
     double samples_per_second = 0.0;
-    for (int64_t step = 0; step < steps; ++step) {
+    for (int64_t step = resumed_in_task ? first_step : 0; step < steps; ++step) {
       std::vector<int64_t> batch_indices;
       batch_indices.reserve(static_cast<size_t>(batch_size));
       while (static_cast<int64_t>(batch_indices.size()) < std::min(batch_size, train_samples)) {
@@ -1027,14 +1452,29 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         samples_per_second = seconds > 0 ? static_cast<double>(window_samples) / seconds : 0.0;
         window_start = now;
         window_samples = 0;
-        metrics_csv << t << ',' << step + 1 << ',' << global_step << ',' << loss_value << ','
-                    << penalty << ',' << samples << ',' << micro_batch << ','
-                    << format_double(samples_per_second, 1) << ',' << step_peak << ",\n";
+        std::ostringstream row;
+        row << t << ',' << step + 1 << ',' << global_step << ',' << loss_value << ',' << penalty
+            << ',' << samples << ',' << micro_batch << ','
+            << format_double(samples_per_second, 1) << ',' << step_peak << ",\n";
+        metrics_csv.append(row.str());
       }
       progress.update(step + 1, last_loss, samples_per_second);
       if (batch_policy != nullptr) ask_policy(step_peak, false);
+      // Checkpoints count global steps, so a resumed run keeps the same schedule.
+      const bool stop_requested = stop_signal.load() != 0;
+      if (stop_requested || (config.run.checkpoint_every > 0 && step + 1 < steps &&
+                             global_step % config.run.checkpoint_every == 0)) {
+        write_checkpoint(
+            t, step + 1,
+            TaskCursor{&order, cursor, &order_rng, task_ooms,
+                       train_seconds_before +
+                           std::chrono::duration<double>(Clock::now() - task_start).count()});
+      }
+      if (stop_requested) stop_if_asked(t, step + 1);
+      crash_point("step");
     }
-    const double train_seconds = std::chrono::duration<double>(Clock::now() - task_start).count();
+    const double train_seconds =
+        train_seconds_before + std::chrono::duration<double>(Clock::now() - task_start).count();
 
     // Cache release between phases: give the training step's freed heap back to the system
     // before the Fisher pass and evaluation allocate their own.
@@ -1055,6 +1495,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         std::chrono::duration<double>(Clock::now() - consolidate_start).count();
     emit(CLHOST_EVENT_CONSOLIDATE_END, static_cast<int32_t>(t),
          "consolidate " + task.name + " end");
+    crash_point("task_end");
     emit(CLHOST_EVENT_TASK_END, static_cast<int32_t>(t), "task " + task.name + " end");
 
     emit(CLHOST_EVENT_EVAL_BEGIN, static_cast<int32_t>(t), "evaluate after " + task.name);
@@ -1094,14 +1535,15 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                       " done in " + format_double(train_seconds, 1) +
                       " s; mean accuracy on tasks seen: " +
                       format_double(seen_sum / static_cast<double>(t + 1), 4));
-    metrics_csv.flush();
+    write_checkpoint(t + 1, 0, TaskCursor{});
+    stop_if_asked(t + 1, 0);
   }
   emit(CLHOST_EVENT_RUN_END, -1, "run end");
-  metrics_csv.close();
-  if (!metrics_csv) throw RunError(run_dir + "/metrics.csv: write failed");
+  metrics_csv.commit();
 
   summary.metrics = compute_metrics(summary.accuracy, summary.random_init_accuracy);
-  summary.wall_seconds = std::chrono::duration<double>(Clock::now() - wall_start).count();
+  summary.wall_seconds =
+      wall_before + std::chrono::duration<double>(Clock::now() - wall_start).count();
 
   // 3. Outputs.
   std::ostringstream matrix_csv;
@@ -1180,6 +1622,13 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                  {"samples_redone_after_out_of_memory", samples_redone},
                  {"batch_size_changes", batch_changes}}},
                {"wall_seconds", summary.wall_seconds},
+               {"checkpoints",
+                {{"every_steps", config.run.checkpoint_every},
+                 {"written", checkpoint_seconds.size()},
+                 {"seconds", checkpoint_seconds},
+                 {"last_bytes", checkpoint_bytes},
+                 {"directory", checkpoints.root()}}},
+               {"resumes", resumes},
                {"peak_rss_bytes", memory.peak_rss_bytes},
                {"machine",
                 {{"hostname", machine_name()},
@@ -1193,6 +1642,18 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
 
 }  // namespace
 
+RunConfig load_resume_config(const std::string& run_dir, const std::string& config_path,
+                             const ConfigOverrides& overrides) {
+  if (!fs::is_directory(run_dir)) throw ConfigError("--resume " + run_dir + ": no such directory");
+  const std::string saved_config = (fs::path(run_dir) / "config.toml").string();
+  if (config_path.empty() && !fs::exists(saved_config)) {
+    throw ConfigError("--resume " + run_dir +
+                      ": no config.toml (not a clhost run directory, or written before resume "
+                      "existed); pass --config with the run's configuration");
+  }
+  return load_config(config_path.empty() ? saved_config : config_path, overrides);
+}
+
 RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   std::string run_dir;
   try {
@@ -1200,6 +1661,10 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
     write_file_atomic((fs::path(run_dir) / "status.json").string(),
                       json{{"status", "complete"}}.dump() + "\n");
     return summary;
+  } catch (const Interrupted& e) {
+    write_file_atomic((fs::path(run_dir) / "status.json").string(),
+                      json{{"status", "interrupted"}, {"message", e.what()}}.dump(2) + "\n");
+    throw;
   } catch (const std::exception& e) {
     if (memory::is_out_of_memory(e) && dynamic_cast<const RunError*>(&e) == nullptr) {
       // Outside a training step (evaluation, Fisher pass, optimizer state) nothing is retried.

@@ -7,6 +7,8 @@
 // it reserves (cudaMalloc), not as single tensors.
 //
 // Without a CUDA driver or device the plug-in loads, says so once, and does nothing.
+#include <fcntl.h>
+#include <unistd.h>
 #include <cupti.h>
 #include <dlfcn.h>
 #include <clhost/plugin.hpp>
@@ -270,6 +272,11 @@ class CuptiProfiler : public clhost::sdk::Profiler {
       std::ofstream out(partial);
       out << document.dump(1) << "\n";
       if (!out) throw clhost::sdk::Error(partial.string() + ": write failed", CLHOST_STATUS_IO);
+    }
+    const int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);  // to disk before the rename
+    if (fd >= 0) {
+      (void)::fsync(fd);
+      ::close(fd);
     }
     fs::rename(partial, path);
     const std::lock_guard<std::mutex> lock(mutex_);

@@ -133,6 +133,32 @@ class Dynamic : public clhost::sdk::BatchPolicy {
     return known_peak + std::max(0.0, slope) * static_cast<double>(micro - known_micro);
   }
 
+ public:
+  // Checkpoints: the search's position, so a resumed run makes the same choices.
+  void save_state(clhost::sdk::StateWriter& out) const {
+    out.value(task_);
+    out.value(current_);
+    out.value(fit_);
+    out.value(failed_);
+    out.value(settled_);
+    out.value(last_micro_);
+    out.value(last_peak_);
+    out.value(previous_micro_);
+    out.value(previous_peak_);
+  }
+  void restore_state(clhost::sdk::StateReader& in) {
+    task_ = in.value<uint32_t>();
+    current_ = in.value<int64_t>();
+    fit_ = in.value<int64_t>();
+    failed_ = in.value<int64_t>();
+    settled_ = in.value<bool>();
+    last_micro_ = in.value<int64_t>();
+    last_peak_ = in.value<int64_t>();
+    previous_micro_ = in.value<int64_t>();
+    previous_peak_ = in.value<int64_t>();
+  }
+
+ private:
   int64_t start_;
   double margin_;
   uint32_t task_ = std::numeric_limits<uint32_t>::max();

@@ -106,6 +106,28 @@ class Estimate : public clhost::sdk::BatchPolicy {
     int64_t micro = 0;
     int64_t peak = 0;
   };
+ public:
+  // Checkpoints: the probe's phase and the fitted line.
+  void save_state(clhost::sdk::StateWriter& out) const {
+    out.value(task_);
+    out.value(phase_);
+    out.value(current_);
+    out.value(first_);
+    out.value(fitted_);
+    out.value(base_);
+    out.value(slope_);
+  }
+  void restore_state(clhost::sdk::StateReader& in) {
+    task_ = in.value<uint32_t>();
+    phase_ = in.value<Phase>();
+    current_ = in.value<int64_t>();
+    first_ = in.value<Reading>();
+    fitted_ = in.value<bool>();
+    base_ = in.value<double>();
+    slope_ = in.value<double>();
+  }
+
+ private:
   int64_t probe_;
   double margin_;
   uint32_t task_ = std::numeric_limits<uint32_t>::max();

@@ -183,6 +183,49 @@ class Ewc : public clhost::sdk::Regularizer {
                                     std::to_string(state_bytes()) + " bytes");
   }
 
+  // Checkpoints: the consolidated state (per-parameter Fisher and anchors in the layout's
+  // format) and what the report counts; scratch buffers are rebuilt on use.
+  void save_state(clhost::sdk::StateWriter& out) const {
+    out.value(static_cast<int32_t>(layout_));
+    out.value(tasks_);
+    out.value(measured_state_bytes_);
+    out.vector(fisher_seconds_);
+    out.value(static_cast<uint64_t>(states_.size()));
+    for (const auto& state : states_) {
+      out.value(state.numel);
+      out.value(static_cast<uint64_t>(state.fisher.size()));
+      for (const auto& values : state.fisher) out.vector(values);
+      out.value(static_cast<uint64_t>(state.anchor.size()));
+      for (const auto& values : state.anchor) out.vector(values);
+      out.vector(state.fisher_codes);
+      out.vector(state.anchor_codes);
+      out.vector(state.anchor_half);
+      out.vector(state.scales);
+    }
+  }
+
+  void restore_state(clhost::sdk::StateReader& in) {
+    if (in.value<int32_t>() != static_cast<int32_t>(layout_)) {
+      throw clhost::sdk::Error("the checkpoint's EWC state has another layout than this config's",
+                               CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    tasks_ = in.value<int64_t>();
+    measured_state_bytes_ = in.value<int64_t>();
+    fisher_seconds_ = in.vector<double>();
+    states_.resize(static_cast<size_t>(in.value<uint64_t>()));
+    for (auto& state : states_) {
+      state.numel = in.value<int64_t>();
+      state.fisher.resize(static_cast<size_t>(in.value<uint64_t>()));
+      for (auto& values : state.fisher) values = in.vector<float>();
+      state.anchor.resize(static_cast<size_t>(in.value<uint64_t>()));
+      for (auto& values : state.anchor) values = in.vector<float>();
+      state.fisher_codes = in.vector<uint8_t>();
+      state.anchor_codes = in.vector<uint8_t>();
+      state.anchor_half = in.vector<uint16_t>();
+      state.scales = in.vector<clhost::ewc::QuantBlockScale>();
+    }
+  }
+
   [[nodiscard]] std::string describe() const override {
     std::ostringstream out;
     out << "EWC, penalty 0.5*lambda*sum_i F_i*(theta_i-theta*_i)^2 (with the 1/2), lambda="

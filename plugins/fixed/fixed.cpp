@@ -32,6 +32,10 @@ class Fixed : public clhost::sdk::BatchPolicy {
     return chosen;
   }
 
+  // Stateless: resumable with an empty state.
+  void save_state(clhost::sdk::StateWriter& /*out*/) const {}
+  void restore_state(clhost::sdk::StateReader& /*in*/) {}
+
  private:
   int64_t micro_batch_;
 };

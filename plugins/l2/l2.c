@@ -187,6 +187,70 @@ static void l2_describe(void* instance, char* buffer, size_t size) {
            state->lambda);
 }
 
+/* Checkpoints: the anchors, as [count: uint32] then per parameter [numel: int64][numel floats];
+ * count 0 before the first task ends. */
+static clhost_status_t l2_save(void* instance, clhost_state_write_fn write, void* writer_data,
+                               clhost_error_t* error) {
+  const l2_state_t* state = (const l2_state_t*)instance;
+  const uint32_t count = state->anchors != NULL ? state->parameter_count : 0;
+  uint32_t i;
+  clhost_status_t status = write(writer_data, &count, sizeof(count), error);
+  for (i = 0; i < count && status == CLHOST_STATUS_OK; ++i) {
+    status = write(writer_data, &state->anchor_numel[i], sizeof(int64_t), error);
+    if (status == CLHOST_STATUS_OK) {
+      status = write(writer_data, state->anchors[i],
+                     (size_t)state->anchor_numel[i] * sizeof(float), error);
+    }
+  }
+  return status;
+}
+
+static clhost_status_t l2_restore(void* instance, const void* bytes, size_t size,
+                                  clhost_error_t* error) {
+  l2_state_t* state = (l2_state_t*)instance;
+  const char* cursor = (const char*)bytes;
+  const char* end = cursor + size;
+  uint32_t count;
+  uint32_t i;
+  if (size < sizeof(count) || state->anchors != NULL) {
+    return fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved l2 state is malformed", NULL);
+  }
+  memcpy(&count, cursor, sizeof(count));
+  cursor += sizeof(count);
+  if (count == 0) return cursor == end ? CLHOST_STATUS_OK
+                                       : fail(error, CLHOST_STATUS_INVALID_ARGUMENT,
+                                              "saved l2 state is malformed", NULL);
+  state->anchors = (float**)calloc(count, sizeof(float*));
+  state->anchor_numel = (int64_t*)calloc(count, sizeof(int64_t));
+  if (state->anchors == NULL || state->anchor_numel == NULL) {
+    return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for anchors", NULL);
+  }
+  state->parameter_count = count;
+  for (i = 0; i < count; ++i) {
+    int64_t numel;
+    size_t bytes_needed;
+    if ((size_t)(end - cursor) < sizeof(numel)) break;
+    memcpy(&numel, cursor, sizeof(numel));
+    cursor += sizeof(numel);
+    bytes_needed = (size_t)numel * sizeof(float);
+    if (numel < 0 || (size_t)(end - cursor) < bytes_needed) break;
+    state->anchors[i] = (float*)malloc(bytes_needed > 0 ? bytes_needed : 1);
+    if (state->anchors[i] == NULL) {
+      return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for anchor", NULL);
+    }
+    memcpy(state->anchors[i], cursor, bytes_needed);
+    state->anchor_numel[i] = numel;
+    cursor += bytes_needed;
+  }
+  if (i != count || cursor != end) {
+    return fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved l2 state is truncated or malformed",
+                NULL);
+  }
+  return CLHOST_STATUS_OK;
+}
+
+static const clhost_state_v1_t l2_state_table = {sizeof(clhost_state_v1_t), l2_save, l2_restore};
+
 static const clhost_regularizer_v1_t l2_regularizer = {
     sizeof(clhost_regularizer_v1_t), NULL, l2_after_backward, l2_task_end, l2_describe,
 };
@@ -194,6 +258,9 @@ static const clhost_regularizer_v1_t l2_regularizer = {
 static const void* l2_get_interface(const char* interface_id) {
   if (strcmp(interface_id, CLHOST_INTERFACE_REGULARIZER_V1) == 0) {
     return &l2_regularizer;
+  }
+  if (strcmp(interface_id, CLHOST_INTERFACE_STATE_V1) == 0) {
+    return &l2_state_table;
   }
   return NULL;
 }

@@ -186,6 +186,60 @@ class LowRankFisher : public clhost::sdk::Regularizer {
                    " bytes/parameter), " + format(consolidate_seconds_.back(), 2) + " s");
   }
 
+  // Checkpoints: the block plan, the factors and anchors, and what the report counts.
+  void save_state(clhost::sdk::StateWriter& out) const {
+    out.value(online_ ? 1 : 0);
+    out.value(rank_);
+    out.value(rows_);
+    out.value(tasks_);
+    out.value(measured_bytes_);
+    out.vector(fisher_seconds_);
+    out.vector(consolidate_seconds_);
+    out.vector(parameter_numel_);
+    out.value(static_cast<uint64_t>(blocks_.size()));
+    for (const auto& block : blocks_) {
+      out.vector(block.segments);
+      out.value(block.elements);
+    }
+    out.value(static_cast<uint64_t>(quadratics_.size()));
+    for (const auto& quadratic : quadratics_) {
+      for (const auto& factor : quadratic.factors) {
+        clhost::sdk::write_tensor(out, factor.ut);
+        clhost::sdk::write_tensor(out, factor.diag);
+      }
+      for (const auto& anchor : quadratic.anchors) clhost::sdk::write_tensor(out, anchor);
+    }
+  }
+
+  void restore_state(clhost::sdk::StateReader& in) {
+    if (in.value<int>() != (online_ ? 1 : 0)) {
+      throw clhost::sdk::Error("the checkpoint's low-rank state has another mode than this config's",
+                               CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    rank_ = in.value<int64_t>();
+    rows_ = in.value<int64_t>();
+    tasks_ = in.value<int64_t>();
+    measured_bytes_ = in.value<int64_t>();
+    fisher_seconds_ = in.vector<double>();
+    consolidate_seconds_ = in.vector<double>();
+    parameter_numel_ = in.vector<int64_t>();
+    blocks_.resize(static_cast<size_t>(in.value<uint64_t>()));
+    for (auto& block : blocks_) {
+      block.segments = in.vector<clhost_block_segment_t>();
+      block.elements = in.value<int64_t>();
+    }
+    quadratics_.resize(static_cast<size_t>(in.value<uint64_t>()));
+    for (auto& quadratic : quadratics_) {
+      quadratic.factors.resize(blocks_.size());
+      for (auto& factor : quadratic.factors) {
+        factor.ut = clhost::sdk::read_tensor(in);
+        factor.diag = clhost::sdk::read_tensor(in);
+      }
+      quadratic.anchors.resize(blocks_.size());
+      for (auto& anchor : quadratic.anchors) anchor = clhost::sdk::read_tensor(in);
+    }
+  }
+
   [[nodiscard]] std::string describe() const override {
     std::ostringstream out;
     out << "low-rank + diagonal Fisher per block (F ~ D + U U^T, diag exact), compression_ratio="

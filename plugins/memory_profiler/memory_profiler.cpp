@@ -4,6 +4,8 @@
 //
 // It needs no LibTorch: the host's clhost.memory/1 service reports RSS (/proc/self/status), the
 // LibTorch allocator's bytes and, on CUDA builds, the caching allocator's.
+#include <fcntl.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <time.h>
 #include <clhost/plugin.hpp>
@@ -89,6 +91,12 @@ void write_atomically(const fs::path& path, const std::string& content) {
       throw clhost::sdk::Error(partial.string() + ": write failed: " + std::strerror(errno),
                                CLHOST_STATUS_IO);
     }
+  }
+  // Flushed to disk before the rename, so a crash never leaves a renamed but empty file.
+  const int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)::fsync(fd);
+    ::close(fd);
   }
   fs::rename(partial, path);
 }

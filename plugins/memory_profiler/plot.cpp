@@ -1,5 +1,6 @@
 #include "plot.hpp"
 
+#include <fcntl.h>
 #include <plplot.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -291,6 +292,11 @@ std::string draw_timeline(const Timeline& timeline, const std::string& device,
            (WIFEXITED(status) ? "exit code " + std::to_string(WEXITSTATUS(status))
                               : "signal " + std::to_string(WTERMSIG(status))) +
            ")";
+  }
+  const int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);  // to disk before the rename
+  if (fd >= 0) {
+    (void)::fsync(fd);
+    ::close(fd);
   }
   if (std::rename(partial.c_str(), path.c_str()) != 0) {
     return path + ": rename failed: " + std::strerror(errno);

@@ -46,6 +46,7 @@ struct RunSection {
   std::vector<std::string> plugin_path;
   int64_t log_every = 50;      // steps between metrics.csv rows / progress lines
   int64_t memory_budget = -1;  // bytes of LibTorch CPU tensors; -1: no budget
+  int64_t checkpoint_every = 1000;  // steps between checkpoints; 0: at task boundaries only
 };
 
 enum class Normalize { kUnit, kStandard, kNone };
@@ -123,6 +124,7 @@ struct RunConfig {
   bool dynamic_batch_size = false;
   std::vector<std::string> cli_plugin_path;  // --plugin-path, searched before everything else
   std::string resolved_json;  // the whole validated configuration, as JSON, for results.json
+  std::string resolved_toml;  // the same as a config file that load_config reads back
 };
 
 // Command-line inputs that change the configuration.

@@ -26,4 +26,15 @@ class RunError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// SIGINT or SIGTERM stopped the run after a checkpoint. Exit code 128 + signal (130, 143).
+class Interrupted : public std::runtime_error {
+ public:
+  Interrupted(const std::string& message, int signal_number)
+      : std::runtime_error(message), signal_number_(signal_number) {}
+  [[nodiscard]] int signal_number() const noexcept { return signal_number_; }
+
+ private:
+  int signal_number_;
+};
+
 }  // namespace clhost

@@ -70,6 +70,11 @@ class FisherStore {
   void read_block(const std::string& group, size_t parameter, int64_t offset, float* out,
                   int64_t count) const;
 
+  // The groups in the file now (none when it does not exist yet).
+  [[nodiscard]] std::vector<std::string> committed_groups() const;
+  // Removes every group not in `keep`, atomically like a save (a resumed run redoes them).
+  void keep_only(const std::vector<std::string>& keep);
+
   // Reads the layout of any store file (for `clhost fisher inspect`).
   static StoreSummary inspect(const std::string& path);
   // Checks that the codec's HDF5 filter is available; throws RunError naming the package.

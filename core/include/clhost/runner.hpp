@@ -12,6 +12,10 @@ namespace clhost {
 struct RunOptions {
   std::string run_dir;  // --output: the exact run directory; empty: <run.output_dir>/<name>_<time>
   bool quiet = false;   // no progress output
+  // --resume: run_dir is an existing run to continue from its latest checkpoint.
+  bool resume = false;
+  bool allow_config_change = false;  // accept changes to the keys that are safe to change
+  bool resume_anyway = false;        // continue even if some plug-in's state was not saved
 };
 
 struct RunSummary {
@@ -23,8 +27,15 @@ struct RunSummary {
   int64_t optimizer_steps = 0;
 };
 
-// Throws ConfigError / PluginError before anything is written, RunError after.
+// Throws ConfigError / PluginError before anything is written, RunError after, Interrupted
+// when SIGINT/SIGTERM stopped the run (after writing a checkpoint).
 RunSummary run_pipeline(const RunConfig& config, const RunOptions& options);
+
+// The configuration a resumed run continues with: RUN_DIR/config.toml (the resolved
+// configuration the run started with) plus `overrides`, or `config_path` when not empty.
+// Throws ConfigError.
+RunConfig load_resume_config(const std::string& run_dir, const std::string& config_path,
+                             const ConfigOverrides& overrides);
 
 // The clhost version, "0.1.0".
 const char* version();

@@ -44,10 +44,11 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 2
+#define CLHOST_ABI_VERSION_MINOR 3
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
- * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group. */
+ * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group.
+ * 1.3: interface "clhost.state/1" (checkpoint and resume). */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -509,6 +510,32 @@ typedef struct clhost_report_v1 {
   uint32_t struct_size;
   size_t (*write_json)(void* instance, char* buffer, size_t size);
 } clhost_report_v1_t;
+
+/* Optional for every kind (ABI 1.3): the instance's state for checkpoints, so that
+ * `clhost run --resume` continues exactly where the run stopped. A plug-in without this table is
+ * reported as "not resumable" and a resume refuses to start unless --resume-anyway is given.
+ * The bytes are the plug-in's own format; the host stores them with the plug-in's id and
+ * version and hands them back only to the same id and version. A plug-in that keeps nothing
+ * across hooks implements both with zero bytes. */
+#define CLHOST_INTERFACE_STATE_V1 "clhost.state/1"
+/* Appends `size` bytes to the state being saved. `writer_data`: the value passed to save. */
+typedef clhost_status_t (*clhost_state_write_fn)(void* writer_data, const void* bytes, size_t size,
+                                                 clhost_error_t* error);
+typedef struct clhost_state_v1 {
+  uint32_t struct_size;
+  /* Writes the whole state through `write` (any number of calls, in order). Called on the
+   * trainer thread between hooks (after a step, or after a task's evaluation), never while
+   * another hook of this instance runs; a profiler's own threads must be excluded by the
+   * plug-in. `write` and `writer_data` are valid during this call only. On a non-OK status from
+   * `write`, return it (the checkpoint is abandoned; the previous one stays). */
+  clhost_status_t (*save)(void* instance, clhost_state_write_fn write, void* writer_data,
+                          clhost_error_t* error);
+  /* Replaces the state of a freshly created instance with saved bytes. Called once, on the
+   * trainer thread, after create and before any other hook. `bytes` lifetime: this call; copy
+   * what you keep. Return INVALID_ARGUMENT with a message when the bytes are not yours. */
+  clhost_status_t (*restore)(void* instance, const void* bytes, size_t size,
+                             clhost_error_t* error);
+} clhost_state_v1_t;
 
 /* ---------------------------------------------------------------------------------------------
  * The entry point

@@ -19,6 +19,8 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace clhost::sdk {
 
@@ -153,6 +155,100 @@ class Host {
   const clhost_host_t* host_;
 };
 
+// Saving a plug-in's state for a checkpoint (clhost.state/1): a stream of bytes handed to the
+// host. A plug-in class becomes resumable by defining both
+//   void save_state(clhost::sdk::StateWriter& out) const;
+//   void restore_state(clhost::sdk::StateReader& in);
+// and reading back exactly what it wrote, in the same order.
+class StateWriter {
+ public:
+  StateWriter(clhost_state_write_fn write, void* writer_data) : write_(write), data_(writer_data) {}
+  void bytes(const void* data, size_t size) {
+    if (size == 0) return;
+    clhost_error_t error{};
+    const clhost_status_t status = write_(data_, data, size, &error);
+    if (status != CLHOST_STATUS_OK) throw Error(error.message, status);
+  }
+  template <class T>
+  void value(const T& item) {
+    static_assert(std::is_trivially_copyable_v<T>, "value() writes plain bytes");
+    bytes(&item, sizeof(T));
+  }
+  template <class T>
+  void vector(const std::vector<T>& items) {
+    value(static_cast<uint64_t>(items.size()));
+    bytes(items.data(), items.size() * sizeof(T));
+  }
+  void string(const std::string& text) {
+    value(static_cast<uint64_t>(text.size()));
+    bytes(text.data(), text.size());
+  }
+
+ private:
+  clhost_state_write_fn write_;
+  void* data_;
+};
+
+class StateReader {
+ public:
+  StateReader(const void* data, size_t size)
+      : data_(static_cast<const unsigned char*>(data)), size_(size) {}
+  void bytes(void* out, size_t size) {
+    if (size > size_ - position_) {
+      throw Error("saved state is truncated (wanted " + std::to_string(size) + " bytes at " +
+                      std::to_string(position_) + " of " + std::to_string(size_) + ")",
+                  CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    if (size > 0) std::memcpy(out, data_ + position_, size);
+    position_ += size;
+  }
+  template <class T>
+  T value() {
+    static_assert(std::is_trivially_copyable_v<T>, "value() reads plain bytes");
+    T item{};
+    bytes(&item, sizeof(T));
+    return item;
+  }
+  template <class T>
+  std::vector<T> vector() {
+    const auto count = value<uint64_t>();
+    if (count > (size_ - position_) / (sizeof(T) == 0 ? 1 : sizeof(T))) {
+      throw Error("saved state is truncated (a vector of " + std::to_string(count) + " items)",
+                  CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    std::vector<T> items(static_cast<size_t>(count));
+    bytes(items.data(), items.size() * sizeof(T));
+    return items;
+  }
+  std::string string() {
+    const auto chars = vector<char>();
+    return {chars.begin(), chars.end()};
+  }
+  // Call after reading everything: leftover bytes mean the writer and reader disagree.
+  void finish() const {
+    if (position_ != size_) {
+      throw Error("saved state has " + std::to_string(size_ - position_) +
+                      " bytes more than this plug-in version reads",
+                  CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+  }
+
+ private:
+  const unsigned char* data_;
+  size_t size_;
+  size_t position_ = 0;
+};
+
+namespace detail {
+template <class Plugin, class = void>
+struct HasState : std::false_type {};
+template <class Plugin>
+struct HasState<Plugin, std::void_t<decltype(std::declval<const Plugin&>().save_state(
+                                        std::declval<StateWriter&>())),
+                                    decltype(std::declval<Plugin&>().restore_state(
+                                        std::declval<StateReader&>()))>> : std::true_type {};
+}  // namespace detail
+
 class PluginBase {
  public:
   explicit PluginBase(const clhost_host_t* host) : host_(host) {}
@@ -276,9 +372,29 @@ struct Trampolines {
     }
   }
 
+  static clhost_status_t save(void* instance, clhost_state_write_fn write, void* writer_data,
+                              clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] {
+      StateWriter out(write, writer_data);
+      self(instance).save_state(out);
+    });
+  }
+  static clhost_status_t restore(void* instance, const void* bytes, size_t size,
+                                 clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] {
+      StateReader in(bytes, size);
+      self(instance).restore_state(in);
+      in.finish();
+    });
+  }
+
   static const void* get_interface(const char* id) noexcept {
     static const clhost_report_v1_t report_table{sizeof(clhost_report_v1_t), &report};
     if (std::strcmp(id, CLHOST_INTERFACE_REPORT_V1) == 0) return &report_table;
+    if constexpr (HasState<Plugin>::value) {
+      static const clhost_state_v1_t state_table{sizeof(clhost_state_v1_t), &save, &restore};
+      if (std::strcmp(id, CLHOST_INTERFACE_STATE_V1) == 0) return &state_table;
+    }
     if constexpr (std::is_base_of_v<Regularizer, Plugin>) {
       static const clhost_regularizer_v1_t table{sizeof(clhost_regularizer_v1_t), &task_begin,
                                                  &after_backward, &task_end, &describe};

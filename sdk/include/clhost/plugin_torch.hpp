@@ -40,6 +40,26 @@ inline torch::Tensor tensor_view(const DLTensor& tensor) {
   return torch::from_blob(base, sizes, strides, options);
 }
 
+// A tensor in a plug-in's saved state: dtype, shape, then the elements (CPU, contiguous).
+// An undefined tensor is written as such and read back undefined.
+inline void write_tensor(StateWriter& out, const torch::Tensor& tensor) {
+  out.value<int8_t>(tensor.defined() ? 1 : 0);
+  if (!tensor.defined()) return;
+  const torch::Tensor plain = tensor.to(torch::kCPU).contiguous();
+  out.value(static_cast<int32_t>(plain.scalar_type()));
+  out.vector(plain.sizes().vec());
+  out.bytes(plain.data_ptr(), static_cast<size_t>(plain.nbytes()));
+}
+
+inline torch::Tensor read_tensor(StateReader& in) {
+  if (in.value<int8_t>() == 0) return {};
+  const auto dtype = static_cast<c10::ScalarType>(in.value<int32_t>());
+  const std::vector<int64_t> sizes = in.vector<int64_t>();
+  torch::Tensor tensor = torch::empty(sizes, torch::TensorOptions().dtype(dtype));
+  in.bytes(tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
+  return tensor;
+}
+
 }  // namespace clhost::sdk
 
 #ifndef _GLIBCXX_USE_CXX11_ABI

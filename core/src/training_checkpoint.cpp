@@ -1,0 +1,202 @@
+#include "training_checkpoint.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "clhost/errors.hpp"
+#include "io.hpp"
+
+namespace clhost {
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr const char* kFormat = "clhost-checkpoint/1";
+constexpr const char* kPartialSuffix = ".partial";
+
+// The numbered checkpoint directories present, newest first.
+std::vector<int64_t> sequences_in(const std::string& root) {
+  std::vector<int64_t> out;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(root, error)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.empty() ||
+        name.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    out.push_back(std::stoll(name));
+  }
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw RunError(path + ": cannot open");
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// Reads one checkpoint and checks it against its manifest; throws RunError saying what is off.
+LoadedCheckpoint load(const std::string& directory) {
+  LoadedCheckpoint out;
+  out.directory = directory;
+  const std::string manifest_path = (fs::path(directory) / "manifest.json").string();
+  if (!fs::exists(manifest_path)) throw RunError(directory + ": no manifest.json (incomplete)");
+  out.manifest = json::parse(read_all(manifest_path), nullptr, false);
+  if (out.manifest.is_discarded() || !out.manifest.is_object() ||
+      out.manifest.value("format", "") != kFormat || !out.manifest.contains("files")) {
+    throw RunError(manifest_path + ": not a " + kFormat + " manifest");
+  }
+  for (const auto& entry : out.manifest["files"]) {
+    const std::string name = entry.at("name").get<std::string>();
+    const std::string path = (fs::path(directory) / name).string();
+    CheckpointFile file{name, read_all(path)};
+    if (static_cast<int64_t>(file.bytes.size()) != entry.at("bytes").get<int64_t>()) {
+      throw RunError(path + ": " + std::to_string(file.bytes.size()) + " bytes, the manifest says " +
+                     std::to_string(entry.at("bytes").get<int64_t>()));
+    }
+    if (crc32_of(file.bytes) != entry.at("crc32").get<uint32_t>()) {
+      throw RunError(path + ": CRC-32 does not match the manifest (the file is damaged)");
+    }
+    out.files.push_back(std::move(file));
+  }
+  return out;
+}
+
+void fsync_directory(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  (void)::fsync(fd);
+  ::close(fd);
+}
+
+}  // namespace
+
+uint32_t crc32_of(const std::string& bytes) {
+  uLong crc = ::crc32(0L, Z_NULL, 0);
+  const auto* data = reinterpret_cast<const Bytef*>(bytes.data());
+  size_t left = bytes.size();
+  while (left > 0) {  // zlib takes 32-bit lengths
+    const auto piece = static_cast<uInt>(std::min<size_t>(left, 1U << 30));
+    crc = ::crc32(crc, data, piece);
+    data += piece;
+    left -= piece;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+const std::string& LoadedCheckpoint::file(const std::string& name) const {
+  for (const auto& file : files) {
+    if (file.name == name) return file.bytes;
+  }
+  throw RunError(directory + ": the checkpoint has no file '" + name + "'");
+}
+
+bool LoadedCheckpoint::has(const std::string& name) const {
+  return std::any_of(files.begin(), files.end(),
+                     [&](const CheckpointFile& file) { return file.name == name; });
+}
+
+CheckpointDirectory::CheckpointDirectory(std::string run_dir)
+    : root_((fs::path(std::move(run_dir)) / "checkpoints").string()) {
+  const auto existing = sequences_in(root_);
+  if (!existing.empty()) next_sequence_ = existing.front() + 1;
+}
+
+int64_t CheckpointDirectory::write(const std::vector<CheckpointFile>& files, const json& info) {
+  const int64_t sequence = next_sequence_;
+  const std::string final_dir = (fs::path(root_) / std::to_string(sequence)).string();
+  const std::string partial = final_dir + kPartialSuffix;
+  std::error_code error;
+  fs::remove_all(partial, error);
+  fs::create_directories(partial, error);
+  if (error) throw RunError(partial + ": cannot create the checkpoint directory: " + error.message());
+  int64_t total = 0;
+  try {
+    json manifest = info;
+    manifest["format"] = kFormat;
+    manifest["sequence"] = sequence;
+    manifest["files"] = json::array();
+    for (const auto& file : files) {
+      write_file_synced((fs::path(partial) / file.name).string(), file.bytes);
+      manifest["files"].push_back(json{{"name", file.name},
+                                       {"bytes", static_cast<int64_t>(file.bytes.size())},
+                                       {"crc32", crc32_of(file.bytes)}});
+      total += static_cast<int64_t>(file.bytes.size());
+      crash_point("checkpoint");
+    }
+    // The manifest last: without it the directory is not a checkpoint.
+    const std::string manifest_text = manifest.dump(2) + "\n";
+    write_file_synced((fs::path(partial) / "manifest.json").string(), manifest_text);
+    total += static_cast<int64_t>(manifest_text.size());
+    fsync_directory(partial);
+    fs::rename(partial, final_dir, error);
+    if (error) throw RunError(final_dir + ": cannot rename the checkpoint: " + error.message());
+    fsync_directory(root_);
+    crash_point("checkpoint");
+    write_file_atomic((fs::path(root_) / "LATEST").string(), std::to_string(sequence) + "\n");
+  } catch (...) {
+    fs::remove_all(partial, error);
+    throw;
+  }
+  next_sequence_ = sequence + 1;
+  // Only now may the older ones go.
+  for (const int64_t old : sequences_in(root_)) {
+    if (old < sequence) fs::remove_all(fs::path(root_) / std::to_string(old), error);
+  }
+  return total;
+}
+
+LoadedCheckpoint CheckpointDirectory::load_latest() const {
+  if (!fs::is_directory(root_)) {
+    throw RunError(root_ + ": no checkpoints (was the run started by a clhost with checkpoints?)");
+  }
+  std::string problems;
+  for (const int64_t sequence : sequences_in(root_)) {
+    try {
+      return load((fs::path(root_) / std::to_string(sequence)).string());
+    } catch (const std::exception& e) {
+      problems += std::string("\n  ") + e.what();
+    }
+  }
+  throw RunError(root_ + ": no complete checkpoint" +
+                 (problems.empty() ? std::string(" (the run stopped before its first one)")
+                                   : ":" + problems));
+}
+
+void crash_point(const char* point) {
+  struct Hook {
+    bool active = false;
+    std::string point;
+    long long at_call = 0;
+  };
+  static const Hook hook = [] {
+    Hook parsed;
+    const char* value = std::getenv("CLHOST_TEST_KILL_AT");
+    if (value == nullptr || *value == '\0') return parsed;
+    const std::string text(value);
+    const size_t colon = text.rfind(':');
+    parsed.active = true;
+    parsed.point = text.substr(0, colon);
+    parsed.at_call = colon == std::string::npos ? 1 : std::atoll(text.c_str() + colon + 1);
+    return parsed;
+  }();
+  if (!hook.active || hook.point != point) return;
+  static std::atomic<long long> calls{0};
+  if (++calls == hook.at_call) ::raise(SIGKILL);
+}
+
+}  // namespace clhost

@@ -1,0 +1,58 @@
+// Training checkpoints in a run directory (docs/outputs.md, "Checkpoints").
+//
+// RUN_DIR/checkpoints/<sequence>/ holds the files of one checkpoint and a manifest.json naming
+// each file with its size and CRC-32; the manifest is written last, so a directory without a
+// valid manifest is not a checkpoint. RUN_DIR/checkpoints/LATEST names the newest one and is
+// replaced atomically after it is complete; older checkpoints are removed only then. A crash at
+// any moment leaves the previous checkpoint whole.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace clhost {
+
+struct CheckpointFile {
+  std::string name;  // a plain file name inside the checkpoint directory
+  std::string bytes;
+};
+
+struct LoadedCheckpoint {
+  std::string directory;
+  nlohmann::json manifest;
+  std::vector<CheckpointFile> files;
+  [[nodiscard]] const std::string& file(const std::string& name) const;  // throws RunError
+  [[nodiscard]] bool has(const std::string& name) const;
+};
+
+class CheckpointDirectory {
+ public:
+  explicit CheckpointDirectory(std::string run_dir);
+
+  // Writes a new checkpoint; `info` goes into the manifest next to the file list. Returns the
+  // bytes written. On failure (disk full, ...) the partial directory is removed, the previous
+  // checkpoint stays, and a RunError names the file and the reason.
+  int64_t write(const std::vector<CheckpointFile>& files, const nlohmann::json& info);
+
+  // The newest checkpoint whose manifest and files check out. Throws RunError saying what is
+  // wrong when there is none.
+  [[nodiscard]] LoadedCheckpoint load_latest() const;
+
+  [[nodiscard]] std::string root() const { return root_; }
+
+ private:
+  std::string root_;
+  int64_t next_sequence_ = 1;
+};
+
+// CRC-32 (zlib) of a byte string.
+uint32_t crc32_of(const std::string& bytes);
+
+// Test hook: when the environment variable CLHOST_TEST_KILL_AT is "<point>:<n>", the n-th call
+// of crash_point(<point>) in this process kills it with SIGKILL (as a crash would). Unset — in
+// every normal run — each call is one branch on a cached flag.
+void crash_point(const char* point);
+
+}  // namespace clhost
