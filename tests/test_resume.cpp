@@ -156,6 +156,8 @@ class Resume : public ::testing::Test {
     expect_identical(dir_.path("reference"), run_dir, "killed at " + point);
     const json resumes = results_of(run_dir)["resumes"];
     ASSERT_EQ(resumes.size(), 1U) << point;
+    // Killed inside the first checkpoint (before any step): started over, said so.
+    EXPECT_EQ(resumes[0]["checkpoint"].is_null(), point == "checkpoint:2") << point;
     ++kills_;
   }
 

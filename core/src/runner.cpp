@@ -772,9 +772,19 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   json resume_record;
   std::vector<std::string> cli_plugin_path = config.cli_plugin_path;
   if (options.resume) {
-    checkpoint = CheckpointDirectory(options.run_dir).load_latest();
-    saved = json::parse(checkpoint->file("trainer.json"));
-    const auto changes = config_changes(saved.at("config"), json::parse(config.resolved_json));
+    const CheckpointDirectory directory(options.run_dir);
+    json started_with;
+    if (directory.has_checkpoints()) {
+      checkpoint = directory.load_latest();
+      saved = json::parse(checkpoint->file("trainer.json"));
+      started_with = saved.at("config");
+    } else {
+      // Stopped before its first checkpoint was complete, which precedes the first step: no
+      // training is lost, so the run starts over in its directory.
+      started_with = json::parse(
+          load_config((fs::path(options.run_dir) / "config.toml").string()).resolved_json);
+    }
+    const auto changes = config_changes(started_with, json::parse(config.resolved_json));
     json change_list = json::array();
     std::string listing;
     bool unsafe = false;
@@ -794,14 +804,16 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                     "data.max_resident may change (docs/cli.md)."
                   : "\nThese keys are safe to change: pass --allow-config-change to accept."));
     }
-    for (const auto& dir : saved.value("cli_plugin_path", std::vector<std::string>{})) {
+    const auto saved_plugin_path = checkpoint ? saved.value("cli_plugin_path", std::vector<std::string>{})
+                                              : std::vector<std::string>{};
+    for (const auto& dir : saved_plugin_path) {
       if (std::find(cli_plugin_path.begin(), cli_plugin_path.end(), dir) == cli_plugin_path.end())
         cli_plugin_path.push_back(dir);
     }
-    resume_record = json{{"checkpoint", checkpoint->directory},
-                         {"task", saved.at("task").get<int64_t>() + 1},
-                         {"step", saved.at("step")},
-                         {"global_step", saved.at("global_step")},
+    resume_record = json{{"checkpoint", checkpoint ? json(checkpoint->directory) : json(nullptr)},
+                         {"task", checkpoint ? saved.at("task").get<int64_t>() + 1 : 1},
+                         {"step", checkpoint ? saved.at("step").get<int64_t>() : 0},
+                         {"global_step", checkpoint ? saved.at("global_step").get<int64_t>() : 0},
                          {"time", timestamp()},
                          {"config_changes", change_list},
                          {"plugins_restarted", json::array()}};
@@ -811,7 +823,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   const std::vector<const LoadedPlugin*>& plugins = pipeline.plugins;
   std::vector<ResolvedPluginConfig>& plugin_configs = pipeline.configs;
   const std::string run_dir = options.resume ? options.run_dir : choose_run_dir(config, options);
-  if (options.resume) {
+  if (checkpoint) {
     // Every plug-in must find its own saved state, or the user must accept a fresh one.
     const json& saved_plugins = saved.at("plugins");
     std::string not_resumable;
@@ -980,6 +992,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     metrics_journal.emplace((fs::path(run_dir) / "metrics.csv").string(),
                             saved.at("metrics_csv_bytes").get<int64_t>());
   } else {
+    if (options.resume) runtime.store->keep_only({});  // starting over: nothing is kept
     write_file_atomic((fs::path(run_dir) / "config.toml").string(), config.resolved_toml);
     metrics_journal.emplace((fs::path(run_dir) / "metrics.csv").string(), -1);
     metrics_journal->append(
@@ -1106,6 +1119,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     checkpoint_seconds = saved.at("checkpoint_seconds").get<std::vector<double>>();
     resumes = saved.at("resumes");
     resumes.push_back(resume_record);
+  } else if (options.resume) {
+    resumes.push_back(resume_record);
   }
 
   // Where the trainer is inside a task, for a checkpoint taken between two steps.
@@ -1208,6 +1223,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     }
     emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
     write_checkpoint(0, 0, TaskCursor{});  // every later crash has a checkpoint to go back to
+    if (options.resume && !options.quiet) {
+      std::fprintf(stderr, "%s: no checkpoint was complete (it stopped before its first step); "
+                   "started again from the beginning\n", run_dir.c_str());
+    }
   } else if (!options.quiet) {
     std::fprintf(stderr, "resuming %s from task %zu step %lld (checkpoint %s)\n", run_dir.c_str(),
                  first_task + 1, static_cast<long long>(first_step),

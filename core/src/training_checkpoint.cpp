@@ -160,6 +160,10 @@ int64_t CheckpointDirectory::write(const std::vector<CheckpointFile>& files, con
   return total;
 }
 
+bool CheckpointDirectory::has_checkpoints() const {
+  return !sequences_in(root_).empty();
+}
+
 LoadedCheckpoint CheckpointDirectory::load_latest() const {
   if (!fs::is_directory(root_)) {
     throw RunError(root_ + ": no checkpoints (was the run started by a clhost with checkpoints?)");

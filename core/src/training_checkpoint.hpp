@@ -40,6 +40,9 @@ class CheckpointDirectory {
   // wrong when there is none.
   [[nodiscard]] LoadedCheckpoint load_latest() const;
 
+  // Whether any numbered checkpoint directory exists (complete or damaged).
+  [[nodiscard]] bool has_checkpoints() const;
+
   [[nodiscard]] std::string root() const { return root_; }
 
  private:
