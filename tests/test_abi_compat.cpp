@@ -1,6 +1,6 @@
-// ABI compatibility kept by tests: a plug-in built against the previous minor (the frozen 1.0
-// header in tests/abi/) loads and runs; struct-size growth is handled in both directions; a
-// plug-in directory full of junk is listed, entry by entry, without crashing.
+// ABI compatibility kept by tests: plug-ins built against the previous minors (the frozen 1.0,
+// 1.1 and 1.2 headers in tests/abi/) load and run; struct-size growth is handled in both
+// directions; a plug-in directory full of junk is listed, entry by entry, without crashing.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -64,6 +64,21 @@ TEST(AbiCompat, APluginBuiltAgainstAbi11UsesItsServicesOnTheNewerHost) {
   ASSERT_FALSE(seen.empty()) << "the 1.1 plug-in wrote nothing";
   EXPECT_EQ(seen.at("marks_sent"), 5);
   EXPECT_EQ(seen.at("own_marks_seen"), 5) << "each mark comes back with the plug-in's id";
+}
+
+TEST(AbiCompat, APluginBuiltAgainstAbi12RunsAndIsReportedNotResumable) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 3, "1.2 is a previous minor");
+  clhost::test::TempDir dir;
+  run_with("abi_1_2_regularizer", dir.path("run"));  // its on_task_end checks 1.2's service
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  EXPECT_EQ(results["plugins"][0]["id"], "abi_1_2_regularizer");
+  // It has no clhost.state/1, so every checkpoint marks it as such (test_resume refuses it).
+  std::string latest = clhost::test::read_file(dir.path("run") + "/checkpoints/LATEST");
+  latest.erase(latest.find('\n'));
+  const auto trainer = nlohmann::json::parse(
+      clhost::test::read_file(dir.path("run") + "/checkpoints/" + latest + "/trainer.json"));
+  EXPECT_EQ(trainer["plugins"][0]["resumable"], false);
 }
 
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {

@@ -65,8 +65,8 @@ plugin = "dynamic"
 )";
 
 struct Outcome {
-  int exit_code = -1;    // -1 when killed by a signal
-  int signal = 0;        // the signal that ended it
+  int exit_code = -1;  // -1 when killed by a signal
+  int signal = 0;      // the signal that ended it
   std::string output;
 };
 
@@ -130,7 +130,8 @@ void expect_identical(const std::string& reference, const std::string& resumed,
   EXPECT_EQ(a["memory"]["batch_size_changes"], b["memory"]["batch_size_changes"]) << what;
   EXPECT_EQ(deterministic_metrics(reference), deterministic_metrics(resumed)) << what;
   EXPECT_TRUE(final_weights(reference) == final_weights(resumed)) << what << ": final weights";
-  EXPECT_EQ(read_file(reference + "/accuracy_matrix.csv"), read_file(resumed + "/accuracy_matrix.csv"))
+  EXPECT_EQ(read_file(reference + "/accuracy_matrix.csv"),
+            read_file(resumed + "/accuracy_matrix.csv"))
       << what;
 }
 
@@ -146,9 +147,9 @@ class Resume : public ::testing::Test {
   // Kills a fresh run at `point`, resumes it until it completes, compares with the reference.
   void kill_and_resume(const std::string& point, const std::string& name) {
     const std::string run_dir = dir_.path(name);
-    const Outcome killed = clhost("run -q --config " + config_ + plugin_path() + " --output " +
-                                      run_dir,
-                                  "CLHOST_TEST_KILL_AT=" + point);
+    const Outcome killed =
+        clhost("run -q --config " + config_ + plugin_path() + " --output " + run_dir,
+               "CLHOST_TEST_KILL_AT=" + point);
     ASSERT_EQ(killed.signal, SIGKILL) << point << " was never reached: " << killed.output;
     EXPECT_FALSE(fs::exists(run_dir + "/results.json")) << point;
     const Outcome resumed = clhost("run -q --resume " + run_dir + plugin_path());
@@ -220,8 +221,8 @@ TEST_F(Resume, SigtermAndSigintCheckpointAndExitWithTheSignalCode) {
       const std::string output = log;
       freopen(output.c_str(), "w", stderr);
       const std::string config = config_;
-      execl(CLHOST_BINARY, CLHOST_BINARY, "run", "-q", "--config", config.c_str(),
-            "--plugin-path", CLHOST_PLUGIN_DIR, "--output", run_dir.c_str(), nullptr);
+      execl(CLHOST_BINARY, CLHOST_BINARY, "run", "-q", "--config", config.c_str(), "--plugin-path",
+            CLHOST_PLUGIN_DIR, "--output", run_dir.c_str(), nullptr);
       _exit(127);
     }
     // Wait until training has started (the first rows of metrics.csv), then ask it to stop.
@@ -301,8 +302,7 @@ TEST_F(Resume, PluginWithoutStateIsNotResumableUnlessResumeAnyway) {
   EXPECT_NE(run.output.find("--resume-anyway"), std::string::npos) << run.output;
   run = clhost("run -q --resume " + run_dir + plugin_path() + " --resume-anyway");
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  EXPECT_EQ(results_of(run_dir)["resumes"][0]["plugins_restarted"][0]["id"],
-            "abi_1_2_regularizer");
+  EXPECT_EQ(results_of(run_dir)["resumes"][0]["plugins_restarted"][0]["id"], "abi_1_2_regularizer");
 }
 
 TEST_F(Resume, NanPenaltyStopsAndLeavesTheLastGoodCheckpoint) {
@@ -341,8 +341,7 @@ TEST_F(Resume, FullDiskStopsWithAClearErrorAndResumesAfterSpaceIsFreed) {
   const std::string filler = mount_point + "/filler";
   clhost::write_file_synced(filler, std::string(static_cast<size_t>(filler_bytes), 'x'));
   const std::string run_dir = mount_point + "/run";
-  Outcome run =
-      clhost("run -q --config " + config_ + plugin_path() + " --output " + run_dir);
+  Outcome run = clhost("run -q --config " + config_ + plugin_path() + " --output " + run_dir);
   ASSERT_EQ(run.exit_code, 1) << run.output;
   EXPECT_NE(run.output.find("No space left on device"), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("free space"), std::string::npos) << run.output;

@@ -113,8 +113,8 @@ bool parse(const std::vector<std::string>& args, const po::options_description& 
 int command_run(const std::vector<std::string>& args) {
   po::options_description options = config_options(false);
   options.add_options()("output,o", po::value<std::string>(),
-                        "exact run directory (must be new or empty)")(
-      "quiet,q", po::bool_switch(), "no progress output")(
+                        "exact run directory (must be new or empty)")("quiet,q", po::bool_switch(),
+                                                                      "no progress output")(
       "checkpoint-every", po::value<int64_t>(),
       "steps between checkpoints (sets run.checkpoint_every; 0: at task boundaries only)")(
       "resume", po::value<std::string>(),
@@ -139,9 +139,9 @@ int command_run(const std::vector<std::string>& args) {
     run_options.run_dir = vm["resume"].as<std::string>();
     run_options.allow_config_change = vm["allow-config-change"].as<bool>();
     run_options.resume_anyway = vm["resume-anyway"].as<bool>();
-    config = clhost::load_resume_config(
-        run_options.run_dir, vm.count("config") ? vm["config"].as<std::string>() : "",
-        overrides_from(vm));
+    config = clhost::load_resume_config(run_options.run_dir,
+                                        vm.count("config") ? vm["config"].as<std::string>() : "",
+                                        overrides_from(vm));
   } else {
     if (!vm.count("config")) throw po::error("the option '--config' is required (or --resume)");
     if (vm["allow-config-change"].as<bool>() || vm["resume-anyway"].as<bool>()) {

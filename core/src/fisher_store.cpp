@@ -546,8 +546,8 @@ void FisherStore::keep_only(const std::vector<std::string>& keep) {
   failed = H5Fclose(file) < 0 || failed;
   if (failed) {
     fs::remove(temporary, error);
-    throw RunError(path_ + ": cannot remove the groups written after the checkpoint: " +
-                   hdf5_reason());
+    throw RunError(path_ +
+                   ": cannot remove the groups written after the checkpoint: " + hdf5_reason());
   }
   fsync_path(temporary);
   if (std::rename(temporary.c_str(), path_.c_str()) != 0) throw RunError(path_ + ": rename failed");

@@ -25,11 +25,11 @@
 #include <thread>
 
 #include "checkpoint.hpp"
-#include "clhost/plugin_torch.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/fisher_store.hpp"
 #include "clhost/memory_budget.hpp"
 #include "clhost/plugin_loader.hpp"
+#include "clhost/plugin_torch.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
 #include "io.hpp"
@@ -677,8 +677,8 @@ std::vector<int64_t> int64_values(const std::string& bytes) {
 // Keys a resumed run may change (with --allow-config-change): none of them changes what is
 // computed. Documented in docs/cli.md.
 const std::vector<std::string> kResumeSafeKeys = {
-    "run.name",         "run.output_dir",    "run.log_every", "run.checkpoint_every",
-    "run.plugin_path",  "data.stream_cache", "data.dir",      "data.max_resident",
+    "run.name",        "run.output_dir",    "run.log_every", "run.checkpoint_every",
+    "run.plugin_path", "data.stream_cache", "data.dir",      "data.max_resident",
 };
 
 void flatten(const json& value, const std::string& prefix, std::map<std::string, json>& out) {
@@ -804,8 +804,9 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                     "data.max_resident may change (docs/cli.md)."
                   : "\nThese keys are safe to change: pass --allow-config-change to accept."));
     }
-    const auto saved_plugin_path = checkpoint ? saved.value("cli_plugin_path", std::vector<std::string>{})
-                                              : std::vector<std::string>{};
+    const auto saved_plugin_path = checkpoint
+                                       ? saved.value("cli_plugin_path", std::vector<std::string>{})
+                                       : std::vector<std::string>{};
     for (const auto& dir : saved_plugin_path) {
       if (std::find(cli_plugin_path.begin(), cli_plugin_path.end(), dir) == cli_plugin_path.end())
         cli_plugin_path.push_back(dir);
@@ -840,8 +841,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
       resume_record["plugins_restarted"].push_back(json{{"id", plugins[i]->id}, {"reason", why}});
     }
     if (!not_resumable.empty() && !options.resume_anyway) {
-      throw PluginError(options.run_dir + ": not resumable: these plug-ins cannot continue from the "
-                        "checkpoint:" + not_resumable +
+      throw PluginError(options.run_dir +
+                        ": not resumable: these plug-ins cannot continue from the "
+                        "checkpoint:" +
+                        not_resumable +
                         "\nStart the run again, or pass --resume-anyway to continue with them "
                         "starting from a fresh state (the results then differ from an "
                         "uninterrupted run).");
@@ -1146,7 +1149,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         clhost_error_t error{};
         instance.check(state->save(instance.instance, &append_to_string, &bytes, &error), error,
                        "save (clhost.state/1)");
-        const std::string name = "plugin_" + std::to_string(i) + "_" + instance.plugin->id + ".state";
+        const std::string name =
+            "plugin_" + std::to_string(i) + "_" + instance.plugin->id + ".state";
         files.push_back({name, std::move(bytes)});
         entry["resumable"] = true;
         entry["file"] = name;
@@ -1156,32 +1160,32 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     files.push_back({"model.bin", save_model_tensors(runtime.model)});
     files.push_back({"optimizer.pt", save_optimizer(*optimizer)});
     files.push_back({"generator.bin", save_generator()});
-    json trainer{{"config", json::parse(config.resolved_json)},
-                 {"cli_plugin_path", cli_plugin_path},
-                 {"plugins", plugin_entries},
-                 {"task", task},
-                 {"step", step},
-                 {"global_step", global_step},
-                 {"micro_batch", micro_batch},
-                 {"first_policy_call", first_policy_call},
-                 {"out_of_memory_retries", total_ooms},
-                 {"samples_processed", samples_processed},
-                 {"samples_redone", samples_redone},
-                 {"samples_in_steps", samples_in_steps},
-                 {"tensor_peak_bytes", std::max(run_tensor_peak, memory::peak_bytes())},
-                 {"batch_changes", batch_changes},
-                 {"task_reports", task_reports},
-                 {"accuracy_matrix", summary.accuracy},
-                 {"random_init_accuracy", summary.random_init_accuracy},
-                 {"optimizer_steps", summary.optimizer_steps},
-                 {"task_out_of_memory_retries", at.task_ooms},
-                 {"task_train_seconds", at.train_seconds},
-                 {"fisher_groups", runtime.store->committed_groups()},
-                 {"metrics_csv_bytes", metrics_csv.commit()},
-                 {"resumes", resumes},
-                 {"wall_seconds",
-                  wall_before + std::chrono::duration<double>(start - wall_start).count()},
-                 {"checkpoint_seconds", checkpoint_seconds}};
+    json trainer{
+        {"config", json::parse(config.resolved_json)},
+        {"cli_plugin_path", cli_plugin_path},
+        {"plugins", plugin_entries},
+        {"task", task},
+        {"step", step},
+        {"global_step", global_step},
+        {"micro_batch", micro_batch},
+        {"first_policy_call", first_policy_call},
+        {"out_of_memory_retries", total_ooms},
+        {"samples_processed", samples_processed},
+        {"samples_redone", samples_redone},
+        {"samples_in_steps", samples_in_steps},
+        {"tensor_peak_bytes", std::max(run_tensor_peak, memory::peak_bytes())},
+        {"batch_changes", batch_changes},
+        {"task_reports", task_reports},
+        {"accuracy_matrix", summary.accuracy},
+        {"random_init_accuracy", summary.random_init_accuracy},
+        {"optimizer_steps", summary.optimizer_steps},
+        {"task_out_of_memory_retries", at.task_ooms},
+        {"task_train_seconds", at.train_seconds},
+        {"fisher_groups", runtime.store->committed_groups()},
+        {"metrics_csv_bytes", metrics_csv.commit()},
+        {"resumes", resumes},
+        {"wall_seconds", wall_before + std::chrono::duration<double>(start - wall_start).count()},
+        {"checkpoint_seconds", checkpoint_seconds}};
     if (at.order != nullptr) {
       files.push_back({"data_order.bin", int64_bytes(*at.order)});
       std::ostringstream rng_state;
@@ -1206,8 +1210,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     if (signal_number == 0) return;
     throw Interrupted(std::string(signal_number == SIGINT ? "SIGINT" : "SIGTERM") +
                           ": stopped at task " + std::to_string(task + 1) + " step " +
-                          std::to_string(step) + " after writing a checkpoint. Continue with: "
-                          "clhost run --resume " + run_dir,
+                          std::to_string(step) +
+                          " after writing a checkpoint. Continue with: "
+                          "clhost run --resume " +
+                          run_dir,
                       signal_number);
   };
 
@@ -1224,13 +1230,14 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
     write_checkpoint(0, 0, TaskCursor{});  // every later crash has a checkpoint to go back to
     if (options.resume && !options.quiet) {
-      std::fprintf(stderr, "%s: no checkpoint was complete (it stopped before its first step); "
-                   "started again from the beginning\n", run_dir.c_str());
+      std::fprintf(stderr,
+                   "%s: no checkpoint was complete (it stopped before its first step); "
+                   "started again from the beginning\n",
+                   run_dir.c_str());
     }
   } else if (!options.quiet) {
     std::fprintf(stderr, "resuming %s from task %zu step %lld (checkpoint %s)\n", run_dir.c_str(),
-                 first_task + 1, static_cast<long long>(first_step),
-                 checkpoint->directory.c_str());
+                 first_task + 1, static_cast<long long>(first_step), checkpoint->directory.c_str());
   }
 
   runtime.model->train();
@@ -1473,8 +1480,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         window_samples = 0;
         std::ostringstream row;
         row << t << ',' << step + 1 << ',' << global_step << ',' << loss_value << ',' << penalty
-            << ',' << samples << ',' << micro_batch << ','
-            << format_double(samples_per_second, 1) << ',' << step_peak << ",\n";
+            << ',' << samples << ',' << micro_batch << ',' << format_double(samples_per_second, 1)
+            << ',' << step_peak << ",\n";
         metrics_csv.append(row.str());
       }
       progress.update(step + 1, last_loss, samples_per_second);

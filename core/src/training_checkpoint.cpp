@@ -65,7 +65,8 @@ LoadedCheckpoint load(const std::string& directory) {
     const std::string path = (fs::path(directory) / name).string();
     CheckpointFile file{name, read_all(path)};
     if (static_cast<int64_t>(file.bytes.size()) != entry.at("bytes").get<int64_t>()) {
-      throw RunError(path + ": " + std::to_string(file.bytes.size()) + " bytes, the manifest says " +
+      throw RunError(path + ": " + std::to_string(file.bytes.size()) +
+                     " bytes, the manifest says " +
                      std::to_string(entry.at("bytes").get<int64_t>()));
     }
     if (crc32_of(file.bytes) != entry.at("crc32").get<uint32_t>()) {
@@ -123,7 +124,8 @@ int64_t CheckpointDirectory::write(const std::vector<CheckpointFile>& files, con
   std::error_code error;
   fs::remove_all(partial, error);
   fs::create_directories(partial, error);
-  if (error) throw RunError(partial + ": cannot create the checkpoint directory: " + error.message());
+  if (error)
+    throw RunError(partial + ": cannot create the checkpoint directory: " + error.message());
   int64_t total = 0;
   try {
     json manifest = info;
@@ -176,9 +178,9 @@ LoadedCheckpoint CheckpointDirectory::load_latest() const {
       problems += std::string("\n  ") + e.what();
     }
   }
-  throw RunError(root_ + ": no complete checkpoint" +
-                 (problems.empty() ? std::string(" (the run stopped before its first one)")
-                                   : ":" + problems));
+  throw RunError(
+      root_ + ": no complete checkpoint" +
+      (problems.empty() ? std::string(" (the run stopped before its first one)") : ":" + problems));
 }
 
 void crash_point(const char* point) {

@@ -7,10 +7,10 @@
 // it reserves (cudaMalloc), not as single tensors.
 //
 // Without a CUDA driver or device the plug-in loads, says so once, and does nothing.
-#include <fcntl.h>
-#include <unistd.h>
 #include <cupti.h>
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <clhost/plugin.hpp>
 
 #include <atomic>

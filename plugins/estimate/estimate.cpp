@@ -106,6 +106,7 @@ class Estimate : public clhost::sdk::BatchPolicy {
     int64_t micro = 0;
     int64_t peak = 0;
   };
+
  public:
   // Checkpoints: the probe's phase and the fitted line.
   void save_state(clhost::sdk::StateWriter& out) const {

@@ -198,8 +198,8 @@ static clhost_status_t l2_save(void* instance, clhost_state_write_fn write, void
   for (i = 0; i < count && status == CLHOST_STATUS_OK; ++i) {
     status = write(writer_data, &state->anchor_numel[i], sizeof(int64_t), error);
     if (status == CLHOST_STATUS_OK) {
-      status = write(writer_data, state->anchors[i],
-                     (size_t)state->anchor_numel[i] * sizeof(float), error);
+      status = write(writer_data, state->anchors[i], (size_t)state->anchor_numel[i] * sizeof(float),
+                     error);
     }
   }
   return status;
@@ -217,9 +217,10 @@ static clhost_status_t l2_restore(void* instance, const void* bytes, size_t size
   }
   memcpy(&count, cursor, sizeof(count));
   cursor += sizeof(count);
-  if (count == 0) return cursor == end ? CLHOST_STATUS_OK
-                                       : fail(error, CLHOST_STATUS_INVALID_ARGUMENT,
-                                              "saved l2 state is malformed", NULL);
+  if (count == 0)
+    return cursor == end
+               ? CLHOST_STATUS_OK
+               : fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved l2 state is malformed", NULL);
   state->anchors = (float**)calloc(count, sizeof(float*));
   state->anchor_numel = (int64_t*)calloc(count, sizeof(int64_t));
   if (state->anchors == NULL || state->anchor_numel == NULL) {

@@ -213,8 +213,9 @@ class LowRankFisher : public clhost::sdk::Regularizer {
 
   void restore_state(clhost::sdk::StateReader& in) {
     if (in.value<int>() != (online_ ? 1 : 0)) {
-      throw clhost::sdk::Error("the checkpoint's low-rank state has another mode than this config's",
-                               CLHOST_STATUS_INVALID_ARGUMENT);
+      throw clhost::sdk::Error(
+          "the checkpoint's low-rank state has another mode than this config's",
+          CLHOST_STATUS_INVALID_ARGUMENT);
     }
     rank_ = in.value<int64_t>();
     rows_ = in.value<int64_t>();

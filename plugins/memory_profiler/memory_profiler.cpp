@@ -5,9 +5,9 @@
 // It needs no LibTorch: the host's clhost.memory/1 service reports RSS (/proc/self/status), the
 // LibTorch allocator's bytes and, on CUDA builds, the caching allocator's.
 #include <fcntl.h>
-#include <unistd.h>
 #include <pthread.h>
 #include <time.h>
+#include <unistd.h>
 #include <clhost/plugin.hpp>
 
 #include <atomic>

@@ -44,8 +44,8 @@ struct RunSection {
   int threads = 1;
   std::string output_dir = "runs";
   std::vector<std::string> plugin_path;
-  int64_t log_every = 50;      // steps between metrics.csv rows / progress lines
-  int64_t memory_budget = -1;  // bytes of LibTorch CPU tensors; -1: no budget
+  int64_t log_every = 50;           // steps between metrics.csv rows / progress lines
+  int64_t memory_budget = -1;       // bytes of LibTorch CPU tensors; -1: no budget
   int64_t checkpoint_every = 1000;  // steps between checkpoints; 0: at task boundaries only
 };
 

@@ -533,8 +533,7 @@ typedef struct clhost_state_v1 {
   /* Replaces the state of a freshly created instance with saved bytes. Called once, on the
    * trainer thread, after create and before any other hook. `bytes` lifetime: this call; copy
    * what you keep. Return INVALID_ARGUMENT with a message when the bytes are not yours. */
-  clhost_status_t (*restore)(void* instance, const void* bytes, size_t size,
-                             clhost_error_t* error);
+  clhost_status_t (*restore)(void* instance, const void* bytes, size_t size, clhost_error_t* error);
 } clhost_state_v1_t;
 
 /* ---------------------------------------------------------------------------------------------

@@ -243,10 +243,11 @@ namespace detail {
 template <class Plugin, class = void>
 struct HasState : std::false_type {};
 template <class Plugin>
-struct HasState<Plugin, std::void_t<decltype(std::declval<const Plugin&>().save_state(
-                                        std::declval<StateWriter&>())),
-                                    decltype(std::declval<Plugin&>().restore_state(
-                                        std::declval<StateReader&>()))>> : std::true_type {};
+struct HasState<
+    Plugin,
+    std::void_t<decltype(std::declval<const Plugin&>().save_state(std::declval<StateWriter&>())),
+                decltype(std::declval<Plugin&>().restore_state(std::declval<StateReader&>()))>>
+    : std::true_type {};
 }  // namespace detail
 
 class PluginBase {
