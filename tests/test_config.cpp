@@ -131,3 +131,63 @@ TEST(Config, MissingFileIsAConfigError) {
 }
 
 }  // namespace
+
+namespace {
+
+// A run directory's config.toml is what `clhost run --resume` reads back: it must give the very
+// configuration the run started with, for every shipped config and for the keys that only some
+// configs have (task overrides, class lists, rotation, HDF5 data, TorchScript models, budgets).
+TEST(Config, ResolvedTomlReadsBackToTheSameConfiguration) {
+  clhost::test::TempDir dir;
+  std::vector<std::string> paths;
+  for (const char* name : {"quick", "split_fmnist", "split_fmnist_ewc", "split_fmnist_l2",
+                           "permuted_fmnist", "permuted_fmnist_ewc"}) {
+    paths.push_back(std::string(CLHOST_SOURCE_DIR) + "/configs/" + name + ".toml");
+  }
+  paths.push_back(dir.file("rich.toml", R"([run]
+memory_budget = "300MiB"
+checkpoint_every = 0
+plugin_path = ["/opt/x"]
+[data]
+kind = "hdf5"
+path = "/data/set.h5"
+scenario = "rotated"
+rotation_step = 15.5
+num_tasks = 2
+normalize = "standard"
+max_resident = "1GiB"
+[model]
+kind = "torchscript"
+path = "/models/m.pt"
+input_shape = [1, 28, 28]
+[train]
+optimizer = "sgd"
+lr = 0.0123456789
+momentum = 0.9
+[[tasks]]
+name = "first"
+batch_size = 16
+[[tasks]]
+batch_size = 32
+[[pipeline]]
+plugin = "ewc"
+lambda = 1e-7
+mode = "online"
+)"));
+  paths.push_back(dir.file("classes.toml", R"([data]
+task_classes = [[0, 1, 2], [3, 4], [5, 6, 7, 8, 9]]
+class_order = "shuffled"
+incremental = "class"
+[train]
+epochs = 2
+)"));
+  for (const auto& path : paths) {
+    const clhost::RunConfig original = clhost::load_config(path);
+    const std::string copy = dir.file("copy.toml", original.resolved_toml);
+    const clhost::RunConfig again = clhost::load_config(copy);
+    EXPECT_EQ(again.resolved_json, original.resolved_json) << path << "\n"
+                                                           << original.resolved_toml;
+  }
+}
+
+}  // namespace

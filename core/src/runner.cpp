@@ -992,6 +992,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   if (checkpoint) {
     // Groups a crashed attempt added after the checkpoint are redone, so they go first.
     runtime.store->keep_only(saved.at("fisher_groups").get<std::vector<std::string>>());
+    // The configuration now in force (it may differ in safe keys) is what a later resume reads.
+    write_file_atomic((fs::path(run_dir) / "config.toml").string(), config.resolved_toml);
     metrics_journal.emplace((fs::path(run_dir) / "metrics.csv").string(),
                             saved.at("metrics_csv_bytes").get<int64_t>());
   } else {
@@ -1671,6 +1673,14 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
 RunConfig load_resume_config(const std::string& run_dir, const std::string& config_path,
                              const ConfigOverrides& overrides) {
   if (!fs::is_directory(run_dir)) throw ConfigError("--resume " + run_dir + ": no such directory");
+  const std::string status_path = (fs::path(run_dir) / "status.json").string();
+  if (fs::exists(status_path)) {
+    std::ifstream status_file(status_path);
+    const json status = json::parse(status_file, nullptr, false);
+    if (!status.is_discarded() && status.value("status", "") == "complete") {
+      throw ConfigError("--resume " + run_dir + ": this run is complete; nothing to resume");
+    }
+  }
   const std::string saved_config = (fs::path(run_dir) / "config.toml").string();
   if (config_path.empty() && !fs::exists(saved_config)) {
     throw ConfigError("--resume " + run_dir +
@@ -1688,8 +1698,12 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
                       json{{"status", "complete"}}.dump() + "\n");
     return summary;
   } catch (const Interrupted& e) {
-    write_file_atomic((fs::path(run_dir) / "status.json").string(),
-                      json{{"status", "interrupted"}, {"message", e.what()}}.dump(2) + "\n");
+    try {
+      write_file_atomic((fs::path(run_dir) / "status.json").string(),
+                        json{{"status", "interrupted"}, {"message", e.what()}}.dump(2) + "\n");
+    } catch (
+        const std::exception&) {  // NOLINT(bugprone-empty-catch): the checkpoint is what counts
+    }
     throw;
   } catch (const std::exception& e) {
     if (memory::is_out_of_memory(e) && dynamic_cast<const RunError*>(&e) == nullptr) {

@@ -142,6 +142,18 @@ static clhost_status_t l2_after_backward(void* instance, const clhost_step_info_
   return CLHOST_STATUS_OK;
 }
 
+/* The per-parameter anchor table (entries still NULL), made when the first anchors arrive. */
+static clhost_status_t allocate_anchor_table(l2_state_t* state, uint32_t count,
+                                             clhost_error_t* error) {
+  state->anchors = (float**)calloc(count, sizeof(float*));
+  state->anchor_numel = (int64_t*)calloc(count, sizeof(int64_t));
+  if (state->anchors == NULL || state->anchor_numel == NULL) {
+    return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for anchors", NULL);
+  }
+  state->parameter_count = count;
+  return CLHOST_STATUS_OK;
+}
+
 static clhost_status_t l2_task_end(void* instance, const clhost_task_info_t* task,
                                    clhost_error_t* error) {
   l2_state_t* state = (l2_state_t*)instance;
@@ -149,12 +161,8 @@ static clhost_status_t l2_task_end(void* instance, const clhost_task_info_t* tas
   uint32_t i;
   (void)task;
   if (state->anchors == NULL) {
-    state->anchors = (float**)calloc(count, sizeof(float*));
-    state->anchor_numel = (int64_t*)calloc(count, sizeof(int64_t));
-    if (state->anchors == NULL || state->anchor_numel == NULL) {
-      return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for anchors", NULL);
-    }
-    state->parameter_count = count;
+    clhost_status_t status = allocate_anchor_table(state, count, error);
+    if (status != CLHOST_STATUS_OK) return status;
   }
   for (i = 0; i < count; ++i) {
     clhost_parameter_t parameter;
@@ -221,12 +229,9 @@ static clhost_status_t l2_restore(void* instance, const void* bytes, size_t size
     return cursor == end
                ? CLHOST_STATUS_OK
                : fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved l2 state is malformed", NULL);
-  state->anchors = (float**)calloc(count, sizeof(float*));
-  state->anchor_numel = (int64_t*)calloc(count, sizeof(int64_t));
-  if (state->anchors == NULL || state->anchor_numel == NULL) {
-    return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for anchors", NULL);
+  if (allocate_anchor_table(state, count, error) != CLHOST_STATUS_OK) {
+    return CLHOST_STATUS_OUT_OF_MEMORY;
   }
-  state->parameter_count = count;
   for (i = 0; i < count; ++i) {
     int64_t numel;
     size_t bytes_needed;
