@@ -382,6 +382,45 @@ TEST_F(Resume, FullDiskStopsWithAClearErrorAndResumesAfterSpaceIsFreed) {
   expect_identical(dir_.path("reference"), run_dir, "resumed after a full disk");
 }
 
+// The other shipped plug-ins with state: kill mid-task after two consolidations, resume, compare.
+void expect_resume_identical(const std::string& pipeline, const std::string& point) {
+  TempDir dir;
+  std::string text = kConfig;
+  text = text.substr(0, text.find("[[pipeline]]")) + pipeline;
+  text.replace(text.find("[run]\n"), 6, "[run]\nmemory_budget = \"2GiB\"\n");
+  const std::string config = dir.file("other.toml", text);
+  const std::string common = "run -q --config " + config + plugin_path() + " --output ";
+  Outcome run = clhost(common + dir.path("reference"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  run = clhost(common + dir.path("killed"), "CLHOST_TEST_KILL_AT=" + point);
+  ASSERT_EQ(run.signal, SIGKILL) << run.output;
+  run = clhost("run -q --resume " + dir.path("killed") + plugin_path());
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  expect_identical(dir.path("reference"), dir.path("killed"), pipeline + " killed at " + point);
+}
+
+TEST(ResumeOtherPlugins, LowRankFisherAndEstimatePolicy) {
+  expect_resume_identical(R"([[pipeline]]
+plugin = "lowrank_fisher"
+compression_ratio = 0.1
+fisher_samples = 60
+[[pipeline]]
+plugin = "estimate"
+)",
+                          "step:160");
+}
+
+TEST(ResumeOtherPlugins, L2AndFixedPolicy) {
+  expect_resume_identical(R"([[pipeline]]
+plugin = "l2"
+lambda = 0.5
+[[pipeline]]
+plugin = "fixed"
+micro_batch = 8
+)",
+                          "step:140");
+}
+
 TEST(CheckpointDirectory, DamagedNewestFallsBackToTheOneBefore) {
   TempDir dir;
   clhost::CheckpointDirectory checkpoints(dir.path());

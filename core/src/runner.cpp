@@ -7,9 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <csignal>
-
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
