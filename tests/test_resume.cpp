@@ -424,10 +424,10 @@ micro_batch = 8
 TEST(CheckpointDirectory, DamagedNewestFallsBackToTheOneBefore) {
   TempDir dir;
   clhost::CheckpointDirectory checkpoints(dir.path());
-  checkpoints.write({{"a.bin", "first"}}, json{{"n", 1}});
+  checkpoints.write({clhost::file_from_bytes("a.bin", "first")}, json{{"n", 1}});
   // Keep a copy of checkpoint 1, write 2, put 1 back, then damage 2.
   fs::copy(dir.path("checkpoints/1"), dir.path("keep1"));
-  checkpoints.write({{"a.bin", "second"}}, json{{"n", 2}});
+  checkpoints.write({clhost::file_from_bytes("a.bin", "second")}, json{{"n", 2}});
   EXPECT_FALSE(fs::exists(dir.path("checkpoints/1")));  // older ones go once the new one is whole
   EXPECT_EQ(checkpoints.load_latest().file("a.bin"), "second");
   fs::copy(dir.path("keep1"), dir.path("checkpoints/1"));

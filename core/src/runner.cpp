@@ -587,16 +587,21 @@ std::string format_double(double value, int digits) {
 
 // --- Checkpoint contents -------------------------------------------------------------------
 
-clhost_status_t append_to_string(void* target, const void* bytes, size_t size,
-                                 clhost_error_t* /*error*/) {
-  static_cast<std::string*>(target)->append(static_cast<const char*>(bytes), size);
-  return CLHOST_STATUS_OK;
+// The clhost_state_write_fn handed to plug-ins: forwards to a checkpoint file's sink. A failure
+// (a full disk) becomes a status and message, never an exception through the plug-in.
+clhost_status_t write_to_sink(void* sink, const void* bytes, size_t size, clhost_error_t* error) {
+  try {
+    (*static_cast<const ByteSink*>(sink))(bytes, size);
+    return CLHOST_STATUS_OK;
+  } catch (const std::exception& e) {
+    std::snprintf(error->message, sizeof(error->message), "%s", e.what());
+    return CLHOST_STATUS_IO;
+  }
 }
 
 // Parameters and buffers, in the model's order, with their names (checked on restore).
-std::string save_model_tensors(torch::nn::Sequential& model) {
-  std::string bytes;
-  sdk::StateWriter out(&append_to_string, &bytes);
+void save_model_tensors(torch::nn::Sequential& model, const ByteSink& sink) {
+  sdk::StateWriter out(&write_to_sink, const_cast<ByteSink*>(&sink));
   const auto parameters = model->named_parameters();
   const auto buffers = model->named_buffers();
   out.value(static_cast<uint64_t>(parameters.size() + buffers.size()));
@@ -606,7 +611,6 @@ std::string save_model_tensors(torch::nn::Sequential& model) {
       sdk::write_tensor(out, item.value());
     }
   }
-  return bytes;
 }
 
 void restore_model_tensors(torch::nn::Sequential& model, const std::string& bytes) {
@@ -632,12 +636,13 @@ void restore_model_tensors(torch::nn::Sequential& model, const std::string& byte
   in.finish();
 }
 
-std::string save_optimizer(torch::optim::Optimizer& optimizer) {
+void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink) {
   torch::serialize::OutputArchive archive;
   optimizer.save(archive);
-  std::ostringstream out;
-  archive.save_to(out);
-  return out.str();
+  archive.save_to([&](const void* data, size_t size) {
+    sink(data, size);
+    return size;
+  });
 }
 
 void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
@@ -1146,21 +1151,24 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                  {"resumable", false}};
       if (const auto* state = static_cast<const clhost_state_v1_t*>(
               instance.plugin->entry->get_interface(CLHOST_INTERFACE_STATE_V1))) {
-        std::string bytes;
-        clhost_error_t error{};
-        instance.check(state->save(instance.instance, &append_to_string, &bytes, &error), error,
-                       "save (clhost.state/1)");
         const std::string name =
             "plugin_" + std::to_string(i) + "_" + instance.plugin->id + ".state";
-        files.push_back({name, std::move(bytes)});
+        files.push_back({name, [&instance, state](const ByteSink& sink) {
+                           clhost_error_t error{};
+                           instance.check(state->save(instance.instance, &write_to_sink,
+                                                      const_cast<ByteSink*>(&sink), &error),
+                                          error, "save (clhost.state/1)");
+                         }});
         entry["resumable"] = true;
         entry["file"] = name;
       }
       plugin_entries.push_back(entry);
     }
-    files.push_back({"model.bin", save_model_tensors(runtime.model)});
-    files.push_back({"optimizer.pt", save_optimizer(*optimizer)});
-    files.push_back({"generator.bin", save_generator()});
+    files.push_back(
+        {"model.bin", [&](const ByteSink& sink) { save_model_tensors(runtime.model, sink); }});
+    files.push_back(
+        {"optimizer.pt", [&](const ByteSink& sink) { save_optimizer(*optimizer, sink); }});
+    files.push_back(file_from_bytes("generator.bin", save_generator()));
     json trainer{
         {"config", json::parse(config.resolved_json)},
         {"cli_plugin_path", cli_plugin_path},
@@ -1188,17 +1196,17 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         {"wall_seconds", wall_before + std::chrono::duration<double>(start - wall_start).count()},
         {"checkpoint_seconds", checkpoint_seconds}};
     if (at.order != nullptr) {
-      files.push_back({"data_order.bin", int64_bytes(*at.order)});
+      files.push_back(file_from_bytes("data_order.bin", int64_bytes(*at.order)));
       std::ostringstream rng_state;
       rng_state << *at.order_rng;
       trainer["order_rng"] = rng_state.str();
       trainer["cursor"] = at.cursor;
     }
-    files.push_back({"trainer.json", trainer.dump(1) + "\n"});
+    files.push_back(file_from_bytes("trainer.json", trainer.dump(1) + "\n"));
     try {
       checkpoint_bytes = checkpoints.write(
           files, json{{"task", task + 1}, {"step", step}, {"global_step", global_step}});
-    } catch (const RunError& e) {
+    } catch (const std::exception& e) {
       throw RunError(std::string("writing a checkpoint failed: ") + e.what() +
                      ". The previous checkpoint is intact; fix the cause, then: clhost run "
                      "--resume " +

@@ -49,7 +49,8 @@ std::string read_all(const std::string& path) {
   return buffer.str();
 }
 
-// Reads one checkpoint and checks it against its manifest; throws RunError saying what is off.
+// Checks every file of one checkpoint against its manifest, reading it in pieces; throws
+// RunError saying what is off.
 LoadedCheckpoint load(const std::string& directory) {
   LoadedCheckpoint out;
   out.directory = directory;
@@ -60,22 +61,98 @@ LoadedCheckpoint load(const std::string& directory) {
       out.manifest.value("format", "") != kFormat || !out.manifest.contains("files")) {
     throw RunError(manifest_path + ": not a " + kFormat + " manifest");
   }
+  std::vector<char> buffer(size_t{1} << 20);
   for (const auto& entry : out.manifest["files"]) {
-    const std::string name = entry.at("name").get<std::string>();
-    const std::string path = (fs::path(directory) / name).string();
-    CheckpointFile file{name, read_all(path)};
-    if (static_cast<int64_t>(file.bytes.size()) != entry.at("bytes").get<int64_t>()) {
-      throw RunError(path + ": " + std::to_string(file.bytes.size()) +
-                     " bytes, the manifest says " +
+    const std::string path = (fs::path(directory) / entry.at("name").get<std::string>()).string();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw RunError(path + ": missing");
+    uLong crc = ::crc32(0L, Z_NULL, 0);
+    int64_t size = 0;
+    while (in) {
+      in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+      const auto got = static_cast<size_t>(in.gcount());
+      crc = ::crc32(crc, reinterpret_cast<const Bytef*>(buffer.data()), static_cast<uInt>(got));
+      size += static_cast<int64_t>(got);
+    }
+    if (size != entry.at("bytes").get<int64_t>()) {
+      throw RunError(path + ": " + std::to_string(size) + " bytes, the manifest says " +
                      std::to_string(entry.at("bytes").get<int64_t>()));
     }
-    if (crc32_of(file.bytes) != entry.at("crc32").get<uint32_t>()) {
+    if (static_cast<uint32_t>(crc) != entry.at("crc32").get<uint32_t>()) {
       throw RunError(path + ": CRC-32 does not match the manifest (the file is damaged)");
     }
-    out.files.push_back(std::move(file));
   }
   return out;
 }
+
+// Writes one file through a buffer, with its CRC-32 and size; fsyncs it.
+class StreamedFile {
+ public:
+  explicit StreamedFile(std::string path) : path_(std::move(path)), buffer_(size_t{1} << 20) {
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw RunError(path_ + ": cannot create: " + std::strerror(errno));
+  }
+  ~StreamedFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  StreamedFile(const StreamedFile&) = delete;
+  StreamedFile& operator=(const StreamedFile&) = delete;
+  StreamedFile(StreamedFile&&) = delete;
+  StreamedFile& operator=(StreamedFile&&) = delete;
+
+  void append(const void* data, size_t size) {
+    const auto* bytes = static_cast<const char*>(data);
+    while (size > 0) {
+      const size_t piece = std::min(size, buffer_.size() - used_);
+      std::memcpy(buffer_.data() + used_, bytes, piece);
+      used_ += piece;
+      bytes += piece;
+      size -= piece;
+      if (used_ == buffer_.size()) flush();
+    }
+  }
+  void finish() {
+    flush();
+    if (::fsync(fd_) != 0) fail("fsync failed", errno);
+    if (::close(fd_) != 0) {
+      fd_ = -1;
+      fail("close failed", errno);
+    }
+    fd_ = -1;
+  }
+  [[nodiscard]] int64_t size() const { return size_; }
+  [[nodiscard]] uint32_t crc() const { return static_cast<uint32_t>(crc_); }
+
+ private:
+  void flush() {
+    crc_ = ::crc32(crc_, reinterpret_cast<const Bytef*>(buffer_.data()), static_cast<uInt>(used_));
+    size_t written = 0;
+    while (written < used_) {
+      const ssize_t n = ::write(fd_, buffer_.data() + written, used_ - written);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        fail("write failed", errno);
+      }
+      written += static_cast<size_t>(n);
+    }
+    size_ += static_cast<int64_t>(used_);
+    used_ = 0;
+  }
+  [[noreturn]] void fail(const char* what, int error_number) const {
+    std::string message = path_ + ": " + what + ": " + std::strerror(error_number);
+    if (error_number == ENOSPC || error_number == EDQUOT) {
+      message += " (the disk is full: free space, then resume the run)";
+    }
+    throw RunError(message);
+  }
+
+  std::string path_;
+  int fd_ = -1;
+  std::vector<char> buffer_;
+  size_t used_ = 0;
+  int64_t size_ = 0;
+  uLong crc_ = ::crc32(0L, Z_NULL, 0);
+};
 
 void fsync_directory(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -86,29 +163,20 @@ void fsync_directory(const std::string& path) {
 
 }  // namespace
 
-uint32_t crc32_of(const std::string& bytes) {
-  uLong crc = ::crc32(0L, Z_NULL, 0);
-  const auto* data = reinterpret_cast<const Bytef*>(bytes.data());
-  size_t left = bytes.size();
-  while (left > 0) {  // zlib takes 32-bit lengths
-    const auto piece = static_cast<uInt>(std::min<size_t>(left, 1U << 30));
-    crc = ::crc32(crc, data, piece);
-    data += piece;
-    left -= piece;
-  }
-  return static_cast<uint32_t>(crc);
+CheckpointFile file_from_bytes(std::string name, std::string bytes) {
+  return {std::move(name),
+          [bytes = std::move(bytes)](const ByteSink& sink) { sink(bytes.data(), bytes.size()); }};
 }
 
-const std::string& LoadedCheckpoint::file(const std::string& name) const {
-  for (const auto& file : files) {
-    if (file.name == name) return file.bytes;
-  }
-  throw RunError(directory + ": the checkpoint has no file '" + name + "'");
+std::string LoadedCheckpoint::file(const std::string& name) const {
+  if (!has(name)) throw RunError(directory + ": the checkpoint has no file '" + name + "'");
+  return read_all((fs::path(directory) / name).string());
 }
 
 bool LoadedCheckpoint::has(const std::string& name) const {
+  const auto& files = manifest.at("files");
   return std::any_of(files.begin(), files.end(),
-                     [&](const CheckpointFile& file) { return file.name == name; });
+                     [&](const json& entry) { return entry.at("name") == name; });
 }
 
 CheckpointDirectory::CheckpointDirectory(std::string run_dir)
@@ -133,11 +201,12 @@ int64_t CheckpointDirectory::write(const std::vector<CheckpointFile>& files, con
     manifest["sequence"] = sequence;
     manifest["files"] = json::array();
     for (const auto& file : files) {
-      write_file_synced((fs::path(partial) / file.name).string(), file.bytes);
-      manifest["files"].push_back(json{{"name", file.name},
-                                       {"bytes", static_cast<int64_t>(file.bytes.size())},
-                                       {"crc32", crc32_of(file.bytes)}});
-      total += static_cast<int64_t>(file.bytes.size());
+      StreamedFile out((fs::path(partial) / file.name).string());
+      file.produce([&](const void* data, size_t size) { out.append(data, size); });
+      out.finish();
+      manifest["files"].push_back(
+          json{{"name", file.name}, {"bytes", out.size()}, {"crc32", out.crc()}});
+      total += out.size();
       crash_point("checkpoint");
     }
     // The manifest last: without it the directory is not a checkpoint.

@@ -8,22 +8,29 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace clhost {
 
+// Receives a file's bytes in pieces, in order.
+using ByteSink = std::function<void(const void* data, size_t size)>;
+
+// One file of a checkpoint. Its bytes are streamed to disk as `produce` hands them over, so a
+// checkpoint never holds a second copy of the model, the optimizer or a plug-in's state.
 struct CheckpointFile {
   std::string name;  // a plain file name inside the checkpoint directory
-  std::string bytes;
+  std::function<void(const ByteSink&)> produce;
 };
+CheckpointFile file_from_bytes(std::string name, std::string bytes);
 
 struct LoadedCheckpoint {
   std::string directory;
   nlohmann::json manifest;
-  std::vector<CheckpointFile> files;
-  [[nodiscard]] const std::string& file(const std::string& name) const;  // throws RunError
+  // Reads one file (its size and CRC-32 were checked when the checkpoint was loaded).
+  [[nodiscard]] std::string file(const std::string& name) const;  // throws RunError
   [[nodiscard]] bool has(const std::string& name) const;
 };
 
@@ -31,9 +38,10 @@ class CheckpointDirectory {
  public:
   explicit CheckpointDirectory(std::string run_dir);
 
-  // Writes a new checkpoint; `info` goes into the manifest next to the file list. Returns the
-  // bytes written. On failure (disk full, ...) the partial directory is removed, the previous
-  // checkpoint stays, and a RunError names the file and the reason.
+  // Writes a new checkpoint, streaming each file through a 1 MiB buffer; `info` goes into the
+  // manifest next to the file list. Returns the bytes written. On failure (disk full, ...) the
+  // partial directory is removed, the previous checkpoint stays, and a RunError names the file and
+  // the reason.
   int64_t write(const std::vector<CheckpointFile>& files, const nlohmann::json& info);
 
   // The newest checkpoint whose manifest and files check out. Throws RunError saying what is
@@ -49,9 +57,6 @@ class CheckpointDirectory {
   std::string root_;
   int64_t next_sequence_ = 1;
 };
-
-// CRC-32 (zlib) of a byte string.
-uint32_t crc32_of(const std::string& bytes);
 
 // Test hook: when the environment variable CLHOST_TEST_KILL_AT is "<point>:<n>", the n-th call
 // of crash_point(<point>) in this process kills it with SIGKILL (as a crash would). Unset — in
