@@ -15,7 +15,6 @@
 
 namespace clhost {
 
-namespace {
 std::string failure(const std::string& path, const char* what, int error_number) {
   std::string message = path + ": " + what + ": " + std::strerror(error_number);
   if (error_number == ENOSPC || error_number == EDQUOT) {
@@ -23,7 +22,6 @@ std::string failure(const std::string& path, const char* what, int error_number)
   }
   return message;
 }
-}  // namespace
 
 void write_file_synced(const std::string& path, const std::string& content) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -9,6 +9,9 @@ namespace clhost {
 // Writes to "<path>.tmp", fsyncs and renames over path, so readers see the old or the new file.
 // Throws RunError naming the path on failure.
 void write_file_atomic(const std::string& path, const std::string& content);
+// "path: what: strerror", plus what to do when the disk is full (ENOSPC, EDQUOT).
+std::string failure(const std::string& path, const char* what, int error_number);
+
 // Writes path itself and fsyncs it (for files inside a directory that is renamed afterwards).
 // A full disk's RunError says so.
 void write_file_synced(const std::string& path, const std::string& content);

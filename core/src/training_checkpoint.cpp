@@ -90,7 +90,7 @@ class StreamedFile {
  public:
   explicit StreamedFile(std::string path) : path_(std::move(path)), buffer_(size_t{1} << 20) {
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw RunError(path_ + ": cannot create: " + std::strerror(errno));
+    if (fd_ < 0) fail("cannot create", errno);
   }
   ~StreamedFile() {
     if (fd_ >= 0) ::close(fd_);
@@ -139,11 +139,7 @@ class StreamedFile {
     used_ = 0;
   }
   [[noreturn]] void fail(const char* what, int error_number) const {
-    std::string message = path_ + ": " + what + ": " + std::strerror(error_number);
-    if (error_number == ENOSPC || error_number == EDQUOT) {
-      message += " (the disk is full: free space, then resume the run)";
-    }
-    throw RunError(message);
+    throw RunError(failure(path_, what, error_number));
   }
 
   std::string path_;
