@@ -50,6 +50,11 @@ class MyPlugin : public clhost::sdk::BatchPolicy {
     return std::clamp<int64_t>(chosen, 1, request.configured_batch_size);
   }
 
+  // Checkpoints (`clhost run --resume`): this policy keeps nothing between calls (the host
+  // passes the current micro-batch back); save what yours keeps, or it is not resumable.
+  void save_state(clhost::sdk::StateWriter& /*out*/) const {}
+  void restore_state(clhost::sdk::StateReader& /*in*/) {}
+
  private:
   double fraction_;
 };

@@ -69,6 +69,17 @@ class MyPlugin : public clhost::sdk::Regularizer {
     return "penalty lambda*sum|theta-anchor|, lambda=" + std::to_string(lambda_);
   }
 
+  // Checkpoints (`clhost run --resume`): everything kept between hooks, read back in the same
+  // order. Keep it in step with the members, or a resumed run ends with other results.
+  void save_state(clhost::sdk::StateWriter& out) const {
+    out.value(static_cast<uint64_t>(anchors_.size()));
+    for (const auto& anchor : anchors_) out.vector(anchor);
+  }
+  void restore_state(clhost::sdk::StateReader& in) {
+    anchors_.resize(static_cast<size_t>(in.value<uint64_t>()));
+    for (auto& anchor : anchors_) anchor = in.vector<float>();
+  }
+
  private:
   static void check(const clhost_parameter_t& parameter) {
     if (!usable(parameter.value) || (parameter.grad.data != nullptr && !usable(parameter.grad))) {
