@@ -323,3 +323,44 @@ TEST(TorchScript, TheGuidesPythonSnippetAndTomlRunAsWritten) {
 }
 
 }  // namespace
+
+namespace {
+
+// A TorchScript CNN killed mid-task and resumed: its parameters live in the archive's module and
+// are restored in place, so the saved modules and results equal an uninterrupted run's.
+TEST(TorchScript, KilledAndResumedRunEqualsUninterruptedOne) {
+  REQUIRE_FIXTURES();
+  clhost::test::TempDir dir;
+  const std::string config =
+      dir.file("cnn.toml",
+               "[run]\nseed = 2\ncheckpoint_every = 30\n[data]\nnum_tasks = 5\n"
+               "train_samples_per_task = 300\ntest_samples_per_task = 100\n"
+               "[model]\nkind = \"torchscript\"\npath = \"" +
+                   fixture("cnn_scripted.pt") +
+                   "\"\ninput_shape = [1, 28, 28]\n[train]\nbatch_size = 16\niterations = 40\n"
+                   "[[pipeline]]\nplugin = \"ewc\"\nfisher_samples = 50\n");
+  const std::string run = std::string(CLHOST_BINARY) + " run -q --plugin-path " +
+                          CLHOST_PLUGIN_DIR + " --config " + config + " --output ";
+  ASSERT_EQ(clhost::test::run_command(run + dir.path("reference")).exit_code, 0);
+  const auto killed =
+      clhost::test::run_command("CLHOST_TEST_KILL_AT=step:70 " + run + dir.path("killed"));
+  ASSERT_FALSE(std::filesystem::exists(dir.path("killed") + "/results.json")) << killed.output;
+  const auto resumed = clhost::test::run_command(std::string(CLHOST_BINARY) + " run -q --resume " +
+                                                 dir.path("killed"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto reference =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("reference") + "/results.json"));
+  const auto continued =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("killed") + "/results.json"));
+  EXPECT_EQ(reference["accuracy_matrix"], continued["accuracy_matrix"]);
+  EXPECT_EQ(reference["metrics"], continued["metrics"]);
+  EXPECT_EQ(continued["resumes"].size(), 1U);
+  for (int task = 1; task <= 5; ++task) {
+    const std::string name = "/model_task_" + std::to_string(task) + ".pt";
+    EXPECT_EQ(clhost::test::read_file(dir.path("reference") + name),
+              clhost::test::read_file(dir.path("killed") + name))
+        << name;
+  }
+}
+
+}  // namespace
