@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
@@ -749,6 +751,55 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
             << toml::toml_formatter{root} << "\n";
   config.resolved_toml = toml_text.str();
   return config;
+}
+
+namespace {
+
+// "a.b" for tables, "a[0].b" for arrays of tables; everything else is a value.
+void flatten(const nlohmann::json& value, const std::string& prefix,
+             std::map<std::string, nlohmann::json>& out) {
+  if (value.is_object() && !value.empty()) {
+    for (const auto& [key, item] : value.items()) {
+      flatten(item, prefix.empty() ? key : prefix + "." + key, out);
+    }
+  } else if (value.is_array() && !value.empty() && value.front().is_object()) {
+    for (size_t i = 0; i < value.size(); ++i) {
+      flatten(value[i], prefix + "[" + std::to_string(i) + "]", out);
+    }
+  } else {
+    out[prefix] = value;
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& resume_safe_keys() {
+  static const std::vector<std::string> keys = {
+      "run.name",        "run.output_dir",    "run.log_every", "run.checkpoint_every",
+      "run.plugin_path", "data.stream_cache", "data.dir",      "data.max_resident",
+  };
+  return keys;
+}
+
+std::vector<ConfigChange> config_changes(const std::string& before_json,
+                                         const std::string& after_json) {
+  std::map<std::string, nlohmann::json> before;
+  std::map<std::string, nlohmann::json> after;
+  flatten(nlohmann::json::parse(before_json), "", before);
+  flatten(nlohmann::json::parse(after_json), "", after);
+  std::set<std::string> keys;
+  for (const auto& [key, value] : before) keys.insert(key);
+  for (const auto& [key, value] : after) keys.insert(key);
+  std::vector<ConfigChange> changes;
+  const auto& safe = resume_safe_keys();
+  for (const auto& key : keys) {
+    const nlohmann::json old_value = before.count(key) ? before[key] : nlohmann::json(nullptr);
+    const nlohmann::json new_value = after.count(key) ? after[key] : nlohmann::json(nullptr);
+    if (old_value == new_value) continue;
+    changes.push_back({key, old_value.dump(), new_value.dump(),
+                       std::find(safe.begin(), safe.end(), key) != safe.end()});
+  }
+  return changes;
 }
 
 }  // namespace clhost

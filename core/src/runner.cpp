@@ -16,7 +16,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -28,12 +27,12 @@
 #include "clhost/fisher_store.hpp"
 #include "clhost/memory_budget.hpp"
 #include "clhost/plugin_loader.hpp"
-#include "clhost/plugin_torch.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
 #include "io.hpp"
 #include "model.hpp"
 #include "progress.hpp"
+#include "run_state.hpp"
 #include "scripted_model.hpp"
 #include "training_checkpoint.hpp"
 
@@ -585,148 +584,6 @@ std::string format_double(double value, int digits) {
   return out.str();
 }
 
-// --- Checkpoint contents -------------------------------------------------------------------
-
-// The clhost_state_write_fn handed to plug-ins: forwards to a checkpoint file's sink. A failure
-// (a full disk) becomes a status and message, never an exception through the plug-in.
-clhost_status_t write_to_sink(void* sink, const void* bytes, size_t size, clhost_error_t* error) {
-  try {
-    (*static_cast<const ByteSink*>(sink))(bytes, size);
-    return CLHOST_STATUS_OK;
-  } catch (const std::exception& e) {
-    std::snprintf(error->message, sizeof(error->message), "%s", e.what());
-    return CLHOST_STATUS_IO;
-  }
-}
-
-// Parameters and buffers, in the model's order, with their names (checked on restore).
-void save_model_tensors(torch::nn::Sequential& model, const ByteSink& sink) {
-  sdk::StateWriter out(&write_to_sink, const_cast<ByteSink*>(&sink));
-  const auto parameters = model->named_parameters();
-  const auto buffers = model->named_buffers();
-  out.value(static_cast<uint64_t>(parameters.size() + buffers.size()));
-  for (const auto* items : {&parameters, &buffers}) {
-    for (const auto& item : *items) {
-      out.string(item.key());
-      sdk::write_tensor(out, item.value());
-    }
-  }
-}
-
-void restore_model_tensors(torch::nn::Sequential& model, const std::string& bytes) {
-  sdk::StateReader in(bytes.data(), bytes.size());
-  const auto parameters = model->named_parameters();
-  const auto buffers = model->named_buffers();
-  if (in.value<uint64_t>() != parameters.size() + buffers.size()) {
-    throw RunError("the checkpoint's model has another number of tensors than this model");
-  }
-  torch::NoGradGuard no_grad;
-  for (const auto* items : {&parameters, &buffers}) {
-    for (const auto& item : *items) {
-      const std::string name = in.string();
-      const torch::Tensor saved = sdk::read_tensor(in);
-      if (name != item.key() || !saved.defined() || saved.sizes() != item.value().sizes()) {
-        throw RunError("the checkpoint's model tensor '" + name + "' does not match '" +
-                       item.key() + "' of this model");
-      }
-      // In place: the optimizer, the plug-ins and a TorchScript module hold these tensors.
-      item.value().copy_(saved);
-    }
-  }
-  in.finish();
-}
-
-void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink) {
-  torch::serialize::OutputArchive archive;
-  optimizer.save(archive);
-  archive.save_to([&](const void* data, size_t size) {
-    sink(data, size);
-    return size;
-  });
-}
-
-void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
-  torch::serialize::InputArchive archive;
-  archive.load_from(bytes.data(), bytes.size());
-  optimizer.load(archive);
-}
-
-std::string save_generator() {
-  auto generator = at::detail::getDefaultCPUGenerator();
-  const std::lock_guard<std::mutex> lock(generator.mutex());
-  const torch::Tensor state = generator.get_state();
-  return {static_cast<const char*>(state.data_ptr()), static_cast<size_t>(state.nbytes())};
-}
-
-void restore_generator(const std::string& bytes) {
-  auto generator = at::detail::getDefaultCPUGenerator();
-  const std::lock_guard<std::mutex> lock(generator.mutex());
-  torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
-  std::memcpy(state.data_ptr(), bytes.data(), bytes.size());
-  generator.set_state(state);
-}
-
-std::string int64_bytes(const std::vector<int64_t>& values) {
-  return {reinterpret_cast<const char*>(values.data()), values.size() * sizeof(int64_t)};
-}
-
-std::vector<int64_t> int64_values(const std::string& bytes) {
-  std::vector<int64_t> values(bytes.size() / sizeof(int64_t));
-  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(int64_t));
-  return values;
-}
-
-// --- Resuming with a changed configuration --------------------------------------------------
-
-// Keys a resumed run may change (with --allow-config-change): none of them changes what is
-// computed. Documented in docs/cli.md.
-const std::vector<std::string> kResumeSafeKeys = {
-    "run.name",        "run.output_dir",    "run.log_every", "run.checkpoint_every",
-    "run.plugin_path", "data.stream_cache", "data.dir",      "data.max_resident",
-};
-
-void flatten(const json& value, const std::string& prefix, std::map<std::string, json>& out) {
-  if (value.is_object() && !value.empty()) {
-    for (const auto& [key, item] : value.items()) {
-      flatten(item, prefix.empty() ? key : prefix + "." + key, out);
-    }
-  } else if (value.is_array() && !value.empty() && value.front().is_object()) {
-    for (size_t i = 0; i < value.size(); ++i) {
-      flatten(value[i], prefix + "[" + std::to_string(i) + "]", out);
-    }
-  } else {
-    out[prefix] = value;
-  }
-}
-
-struct ConfigChange {
-  std::string key;
-  json before;
-  json after;
-  bool safe;
-};
-
-std::vector<ConfigChange> config_changes(const json& before, const json& after) {
-  std::map<std::string, json> old_values;
-  std::map<std::string, json> new_values;
-  flatten(before, "", old_values);
-  flatten(after, "", new_values);
-  std::vector<ConfigChange> changes;
-  auto add = [&](const std::string& key) {
-    const json old_value = old_values.count(key) ? old_values[key] : json("(unset)");
-    const json new_value = new_values.count(key) ? new_values[key] : json("(unset)");
-    if (old_value == new_value) return;
-    const bool safe =
-        std::find(kResumeSafeKeys.begin(), kResumeSafeKeys.end(), key) != kResumeSafeKeys.end();
-    changes.push_back({key, old_value, new_value, safe});
-  };
-  for (const auto& [key, value] : old_values) add(key);
-  for (const auto& [key, value] : new_values) {
-    if (!old_values.count(key)) add(key);
-  }
-  return changes;
-}
-
 // --- SIGINT / SIGTERM -----------------------------------------------------------------------
 
 std::atomic<int> stop_signal{0};
@@ -788,25 +645,27 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
       started_with = json::parse(
           load_config((fs::path(options.run_dir) / "config.toml").string()).resolved_json);
     }
-    const auto changes = config_changes(started_with, json::parse(config.resolved_json));
+    const auto changes = config_changes(started_with.dump(), config.resolved_json);
     json change_list = json::array();
     std::string listing;
     bool unsafe = false;
     for (const auto& change : changes) {
-      listing += "\n  " + change.key + ": " + change.before.dump() + " -> " + change.after.dump() +
-                 (change.safe ? "" : "  (cannot change in a resumed run)");
-      unsafe = unsafe || !change.safe;
-      change_list.push_back(
-          json{{"key", change.key}, {"from", change.before}, {"to", change.after}});
+      listing += "\n  " + change.key + ": " + change.before + " -> " + change.after +
+                 (change.safe_on_resume ? "" : "  (cannot change in a resumed run)");
+      unsafe = unsafe || !change.safe_on_resume;
+      change_list.push_back(json{{"key", change.key},
+                                 {"from", json::parse(change.before)},
+                                 {"to", json::parse(change.after)}});
     }
+    std::string safe_keys;
+    for (const auto& key : resume_safe_keys()) safe_keys += (safe_keys.empty() ? "" : ", ") + key;
     if (!changes.empty() && (!options.allow_config_change || unsafe)) {
       throw ConfigError(
           config.source + ": the configuration differs from the one " + options.run_dir +
           " was started with:" + listing +
-          (unsafe ? "\nRestore those keys; only run.name, run.output_dir, run.log_every, "
-                    "run.checkpoint_every, run.plugin_path, data.stream_cache, data.dir and "
-                    "data.max_resident may change (docs/cli.md)."
-                  : "\nThese keys are safe to change: pass --allow-config-change to accept."));
+          (unsafe ? "\nRestore those keys; only " + safe_keys + " may change (docs/cli.md)."
+                  : std::string("\nThese keys are safe to change: pass --allow-config-change to "
+                                "accept.")));
     }
     const auto saved_plugin_path = checkpoint
                                        ? saved.value("cli_plugin_path", std::vector<std::string>{})

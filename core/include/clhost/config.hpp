@@ -141,6 +141,19 @@ struct ConfigOverrides {
 // Parses and validates; throws ConfigError("file:line:column: key: reason").
 RunConfig load_config(const std::string& path, const ConfigOverrides& overrides = {});
 
+// A key whose resolved value differs between two configurations (clhost run --resume).
+struct ConfigChange {
+  std::string key;     // "train.lr", "pipeline[0].lambda"
+  std::string before;  // the value as JSON text; "null" when the key is absent
+  std::string after;
+  bool safe_on_resume;  // one of resume_safe_keys()
+};
+// Compares two resolved configurations (RunConfig::resolved_json).
+std::vector<ConfigChange> config_changes(const std::string& before_json,
+                                         const std::string& after_json);
+// The keys a resumed run may change with --allow-config-change: none changes what is computed.
+const std::vector<std::string>& resume_safe_keys();
+
 // Names of enum values as written in TOML.
 const char* to_string(Scenario value);
 const char* to_string(Incremental value);

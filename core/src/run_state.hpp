@@ -1,0 +1,39 @@
+// What a training checkpoint holds besides the trainer's own counters: the model's tensors, the
+// optimizer, LibTorch's generator, and the bridge that streams a plug-in's clhost.state/1 bytes
+// into a checkpoint file. Internal to the core.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "clhost/clhost_plugin.h"
+#include "training_checkpoint.hpp"
+
+namespace torch::nn {
+class Sequential;
+}
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace clhost {
+
+// The clhost_state_write_fn handed to plug-ins; `sink` is a const ByteSink*.
+clhost_status_t write_to_sink(void* sink, const void* bytes, size_t size, clhost_error_t* error);
+
+void save_model_tensors(torch::nn::Sequential& model, const ByteSink& sink);
+// In place, by name; throws RunError when the checkpoint's tensors do not fit this model.
+void restore_model_tensors(torch::nn::Sequential& model, const std::string& bytes);
+
+void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink);
+void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes);
+
+// LibTorch's default CPU generator.
+std::string save_generator();
+void restore_generator(const std::string& bytes);
+
+std::string int64_bytes(const std::vector<int64_t>& values);
+std::vector<int64_t> int64_values(const std::string& bytes);
+
+}  // namespace clhost
