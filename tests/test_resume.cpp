@@ -29,8 +29,9 @@ using json = nlohmann::json;
 using clhost::test::read_file;
 using clhost::test::TempDir;
 
-// Small enough for seconds per run, with every kind of state: EWC (separate Fisher per task,
-// stored in fisher.h5), the dynamic batch policy, Adam, mid-task checkpoints every 25 steps.
+// Small enough for seconds per run, with every kind of state: EWC (its default memory-efficient
+// int8 + fp16 state, each task's Fisher stored in fisher.h5), the dynamic batch policy, Adam,
+// mid-task checkpoints every 25 steps.
 const char* const kConfig = R"([run]
 name = "crash"
 seed = 3
