@@ -1,5 +1,5 @@
 // ABI compatibility kept by tests: plug-ins built against the previous minors (the frozen 1.0,
-// 1.1 and 1.2 headers in tests/abi/) load and run; struct-size growth is handled in both
+// 1.1, 1.2 and 1.3 headers in tests/abi/) load and run; struct-size growth is handled in both
 // directions; a plug-in directory full of junk is listed, entry by entry, without crashing.
 #include <gtest/gtest.h>
 
@@ -23,9 +23,11 @@ namespace fs = std::filesystem;
 
 const std::string kQuick = std::string(CLHOST_SOURCE_DIR) + "/configs/quick.toml";
 
-void run_with(const std::string& plugin, const std::string& run_dir) {
+void run_with(const std::string& plugin, const std::string& run_dir,
+              const std::vector<std::string>& set = {}) {
   clhost::ConfigOverrides overrides;
   overrides.plugins = std::vector<std::string>{plugin};
+  overrides.set = set;
   overrides.plugin_path = {CLHOST_TEST_PLUGIN_DIR, CLHOST_PLUGIN_DIR};
   clhost::RunOptions options;
   options.run_dir = run_dir;
@@ -79,6 +81,19 @@ TEST(AbiCompat, APluginBuiltAgainstAbi12RunsAndIsReportedNotResumable) {
   const auto trainer = nlohmann::json::parse(
       clhost::test::read_file(dir.path("run") + "/checkpoints/" + latest + "/trainer.json"));
   EXPECT_EQ(trainer["plugins"][0]["resumable"], false);
+}
+
+TEST(AbiCompat, APluginBuiltAgainstAbi13RunsAndCannotSayWhichKeysTakeEffect) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 4, "1.3 is a previous minor");
+  clhost::test::TempDir dir;
+  // `decay` has no effect in separate mode, but without clhost.config_use/1 the host cannot know:
+  // it runs, and results.json says the plug-in did not report (null), not that all keys worked.
+  run_with("abi_1_3_regularizer", dir.path("run"), {"abi_1_3_regularizer.decay=0.5"});
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  EXPECT_EQ(results["plugins"][0]["id"], "abi_1_3_regularizer");
+  EXPECT_EQ(results["plugins"][0]["config"]["decay"], 0.5);
+  EXPECT_TRUE(results["plugins"][0]["not_in_effect"].is_null());
 }
 
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {

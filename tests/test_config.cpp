@@ -176,7 +176,6 @@ mode = "online"
 )"));
   paths.push_back(dir.file("classes.toml", R"([data]
 task_classes = [[0, 1, 2], [3, 4], [5, 6, 7, 8, 9]]
-class_order = "shuffled"
 incremental = "class"
 [train]
 epochs = 2

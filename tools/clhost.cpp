@@ -6,6 +6,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "clhost/config.hpp"
@@ -58,6 +59,13 @@ std::vector<std::string> split_commas(const std::vector<std::string>& items) {
   return out;
 }
 
+// Steps between checkpoints: a run option, accepted by validate too (it checks the value).
+void add_checkpoint_option(po::options_description& options) {
+  options.add_options()(
+      "checkpoint-every", po::value<int64_t>(),
+      "steps between checkpoints (sets run.checkpoint_every; 0: at task boundaries only)");
+}
+
 po::options_description config_options(bool config_required = true) {
   po::options_description options("options");
   auto* config_value = po::value<std::string>();
@@ -66,13 +74,14 @@ po::options_description config_options(bool config_required = true) {
                                                     "TOML configuration file")(
       "plugins", po::value<std::vector<std::string>>()->composing(),
       "comma-separated plug-in ids; replaces the config's [[pipeline]] list (settings of "
-      "listed ids are kept)")(
+      "listed ids are kept; --set pipeline.N.KEY counts in this order, --set ID.KEY names one)")(
       "plugin-path", po::value<std::vector<std::string>>()->composing(),
       "directory searched for clhost_<id>.so before $CLHOST_PLUGIN_PATH and run.plugin_path")(
       "set", po::value<std::vector<std::string>>()->composing(),
       "override a config key: --set train.lr=0.01 (value in TOML syntax; repeatable)")(
       "use-memory-efficient", po::bool_switch(),
-      "set fisher_computation.use_memory_efficient = true (needs the ewc plug-in)")(
+      "set fisher_computation.use_memory_efficient = true; adds the ewc plug-in unless ewc or "
+      "lowrank_fisher is in the pipeline")(
       "profile-memory", po::bool_switch(), "add the memory_profiler plug-in to the pipeline")(
       "dynamic-batch-size", po::bool_switch(), "add the dynamic batch-policy plug-in")(
       "memory-budget", po::value<std::string>(),
@@ -112,11 +121,10 @@ bool parse(const std::vector<std::string>& args, const po::options_description& 
 
 int command_run(const std::vector<std::string>& args) {
   po::options_description options = config_options(false);
+  add_checkpoint_option(options);
   options.add_options()("output,o", po::value<std::string>(),
                         "exact run directory (must be new or empty)")("quiet,q", po::bool_switch(),
                                                                       "no progress output")(
-      "checkpoint-every", po::value<int64_t>(),
-      "steps between checkpoints (sets run.checkpoint_every; 0: at task boundaries only)")(
       "resume", po::value<std::string>(),
       "continue RUN_DIR from its latest checkpoint (config: RUN_DIR/config.toml unless --config)")(
       "allow-config-change", po::bool_switch(),
@@ -148,7 +156,10 @@ int command_run(const std::vector<std::string>& args) {
       throw po::error("--allow-config-change and --resume-anyway go with --resume");
     }
     config = clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
-    if (vm.count("output")) run_options.run_dir = vm["output"].as<std::string>();
+    if (vm.count("output")) {
+      run_options.run_dir = vm["output"].as<std::string>();
+      clhost::check_new_run_dir(run_options.run_dir);
+    }
   }
   const clhost::RunSummary summary = clhost::run_pipeline(config, run_options);
 
@@ -173,13 +184,16 @@ int command_run(const std::vector<std::string>& args) {
 
 int command_validate(const std::vector<std::string>& args) {
   po::options_description options = config_options();
+  add_checkpoint_option(options);
   po::variables_map vm;
   if (!parse(args, options, "usage: clhost validate --config FILE [options]", vm)) return 0;
   const clhost::RunConfig config =
       clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+  clhost::check_input_files(config);
   clhost::PluginLoader loader(
       clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
-  (void)clhost::load_pipeline(loader, config);
+  const clhost::LoadedPipeline pipeline = clhost::load_pipeline(loader, config);
+  for (const auto& warning : pipeline.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
   std::printf("%s: valid (%zu plug-in%s in the pipeline)\n", config.source.c_str(),
               config.pipeline.size(), config.pipeline.size() == 1 ? "" : "s");
   return 0;
@@ -406,9 +420,12 @@ int command_compare(const std::vector<std::string>& args) {
                                            "runs in parallel (processes)")(
       "output,o", po::value<std::string>()->default_value(""),
       "directory for the arms' runs, compare.json and compare.html (default "
-      "runs/compare_<time>); rerunning with the same directory reuses finished runs")(
+      "runs/compare_<time>); rerunning with the same directory reuses finished runs that ran "
+      "the same settings")(
       "plugin-path", po::value<std::vector<std::string>>()->composing(),
-      "extra plug-in directory for every run")("quiet,q", po::bool_switch(), "no progress lines");
+      "extra plug-in directory for every run")("quiet,q", po::bool_switch(), "no progress lines")(
+      "force", po::bool_switch(),
+      "rerun finished runs in --output whose settings differ from the arm's (default: refuse)");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(options).run(), vm);
   if (vm.count("help")) {
@@ -446,40 +463,42 @@ int command_compare(const std::vector<std::string>& args) {
   if (vm.count("plugin-path"))
     compare.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
   compare.quiet = vm["quiet"].as<bool>();
-  // Every arm validates as `clhost validate` would (config, plug-ins found and loadable, their
-  // settings) before hours of runs start.
-  for (const auto& arm : compare.arms) {
-    clhost::ConfigOverrides overrides;
-    overrides.set = arm.set;
-    overrides.plugins = arm.plugins;
-    overrides.plugin_path = compare.plugin_path;
-    const clhost::RunConfig config = clhost::load_config(arm.config, overrides);
-    clhost::PluginLoader loader(
-        clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
-    (void)clhost::load_pipeline(loader, config);
+  // Every arm validates as `clhost validate` would (config, data files, plug-ins found and
+  // loadable, their settings) before hours of runs start.
+  clhost::tools::validate_arm(compare.arms[0], "A", compare.plugin_path);
+  clhost::tools::validate_arm(compare.arms[1], "B", compare.plugin_path);
+  compare.force = vm["force"].as<bool>();
+  const unsigned cores = std::thread::hardware_concurrency();
+  if (cores > 0 && static_cast<unsigned>(compare.jobs) > cores) {
+    std::fprintf(stderr,
+                 "warning: --jobs %d is more than the %u hardware threads: the runs compete for "
+                 "cores, so the wall-time and samples/s rows measure that contention\n",
+                 compare.jobs, cores);
+  }
+  if (compare.seeds.size() == 1) {
+    std::fprintf(stderr, "note: one seed gives no interval: the table shows means only\n");
   }
   return clhost::tools::run_compare(compare);
 }
 
 int command_report(const std::vector<std::string>& args) {
   po::options_description options("options");
-  options.add_options()("help,h", "show this help")("run-dir", po::value<std::string>()->required(),
-                                                    "a finished run directory");
+  options.add_options()("help,h", "show this help");
+  po::options_description hidden;
+  hidden.add_options()("run-dir", po::value<std::string>(), "a finished run directory");
+  po::options_description all;
+  all.add(options).add(hidden);
   po::positional_options_description positional;
   positional.add("run-dir", 1);
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+  po::store(po::command_line_parser(args).options(all).positional(positional).run(), vm);
   if (vm.count("help")) {
     std::cout << "usage: clhost report RUN_DIR\n\n" << options << '\n';
     return 0;
   }
-  po::notify(vm);
-  try {
-    std::printf("wrote %s\n",
-                clhost::tools::write_run_report(vm["run-dir"].as<std::string>()).c_str());
-  } catch (const std::runtime_error& e) {
-    throw clhost::RunError(std::string("report: ") + e.what());
-  }
+  if (!vm.count("run-dir")) throw po::error("missing RUN_DIR, the run directory to report on");
+  std::printf("wrote %s\n",
+              clhost::tools::write_run_report(vm["run-dir"].as<std::string>()).c_str());
   return 0;
 }
 
@@ -519,14 +538,13 @@ int main(int argc, char** argv) {
   } catch (const clhost::PluginError& e) {
     std::fprintf(stderr, "plug-in error: %s\n", e.what());
     return kExitPlugin;
-  } catch (const clhost::RunError& e) {
-    std::fprintf(stderr, "run failed: %s\n", e.what());
-    return kExitRunFailed;
   } catch (const clhost::Interrupted& e) {
     std::fprintf(stderr, "\ninterrupted: %s\n", e.what());
     return 128 + e.signal_number();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "run failed: %s\n", e.what());
+    // RunError and anything else: "run failed" for a run, the command's name for the others.
+    const std::string prefix = command == "run" ? "run failed" : "clhost " + command;
+    std::fprintf(stderr, "%s: %s\n", prefix.c_str(), e.what());
     return kExitRunFailed;
   }
 }

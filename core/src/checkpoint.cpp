@@ -75,6 +75,8 @@ double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Ten
   double loss_value = 0.0;
   for (int64_t start = 0; start < samples; start += micro_batch) {
     const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
+    // Counted when the forward starts, so a micro-batch that runs out of memory counts too.
+    if (samples_processed != nullptr) *samples_processed += part.size(0);
     const torch::Tensor inputs = x.index_select(0, part);
     const torch::Tensor targets = label_map.index_select(0, labels.index_select(0, part));
     const torch::Tensor logits =
@@ -83,7 +85,6 @@ double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Ten
     torch::Tensor loss = torch::nn::functional::cross_entropy(logits, targets) * share;
     loss.backward();
     loss_value += loss.item<double>();
-    if (samples_processed != nullptr) *samples_processed += part.size(0);
   }
   return loss_value;
 }

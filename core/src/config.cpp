@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -23,6 +24,17 @@ std::string location_of(const toml::source_region& region, const std::string& fa
   out << (region.path ? *region.path : fallback) << ':' << region.begin.line << ':'
       << region.begin.column;
   return out.str();
+}
+
+// --set keys by canonical path ("pipeline.0.lambda") -> as the user wrote them ("ewc.lambda").
+using Overridden = std::map<std::string, std::string>;
+
+// A value given with --set has no line in the file: name the option instead.
+std::string location_or_override(const toml::source_region& region, const std::string& key_path,
+                                 const std::string& file, const Overridden& overridden) {
+  const auto found = overridden.find(key_path);
+  if (found != overridden.end()) return "--set " + found->second;
+  return location_of(region, file);
 }
 
 std::string join(const std::vector<std::string>& items, const char* separator) {
@@ -51,7 +63,7 @@ const char* type_name(const toml::node& node) {
 class SectionReader {
  public:
   SectionReader(const toml::table* table, std::string prefix, std::string file,
-                const std::set<std::string>& overridden)
+                const Overridden& overridden)
       : table_(table),
         prefix_(std::move(prefix)),
         file_(std::move(file)),
@@ -62,10 +74,8 @@ class SectionReader {
     throw ConfigError(where(node.source(), key) + ": " + path(key) + ": " + reason);
   }
 
-  // A value from --set has no line in the file: name the option instead.
   [[nodiscard]] std::string where(const toml::source_region& region, const std::string& key) const {
-    if (overridden_.count(path(key)) != 0) return "--set " + path(key);
-    return location_of(region, file_);
+    return location_or_override(region, path(key), file_, overridden_);
   }
 
   const toml::node* take(const std::string& key) {
@@ -213,7 +223,7 @@ class SectionReader {
   std::string prefix_;
   std::string file_;
   std::set<std::string> known_;
-  const std::set<std::string>& overridden_;
+  const Overridden& overridden_;
 };
 
 const toml::table* sub_table(SectionReader& root, const std::string& key) {
@@ -224,9 +234,63 @@ const toml::table* sub_table(SectionReader& root, const std::string& key) {
   return node->as_table();
 }
 
+// The top-level tables of a config file; any other first segment of a --set key names a plug-in.
+const std::vector<std::string>& section_names() {
+  static const std::vector<std::string> names = {"run",   "data",   "model", "train",
+                                                 "fisher_computation", "pipeline", "tasks"};
+  return names;
+}
+
+bool is_index(const std::string& segment) {
+  return !segment.empty() && segment.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// `--set ewc.lambda=…` means the pipeline entry whose plugin is "ewc": returns its index.
+size_t pipeline_index_of(const toml::table& root, const std::string& id, const std::string& source) {
+  const toml::array* pipeline = root["pipeline"].as_array();
+  std::vector<size_t> matches;
+  std::vector<std::string> ids;
+  for (size_t i = 0; pipeline != nullptr && i < pipeline->size(); ++i) {
+    const toml::node* plugin = (*pipeline)[i].as_table() ? (*pipeline)[i].as_table()->get("plugin")
+                                                         : nullptr;
+    if (plugin == nullptr || !plugin->is_string()) continue;
+    ids.push_back(plugin->as_string()->get());
+    if (ids.back() == id) matches.push_back(i);
+  }
+  if (matches.size() == 1) return matches.front();
+  if (matches.size() > 1) {
+    throw ConfigError(source + ": plug-in '" + id + "' appears " + std::to_string(matches.size()) +
+                      " times in the pipeline; name the entry by its index, pipeline.N.KEY");
+  }
+  throw ConfigError(source + ": '" + id + "' is neither a config section (" +
+                    join(section_names(), ", ") + ") nor a plug-in of the pipeline (" +
+                    (ids.empty() ? std::string("none") : join(ids, ", ")) + ")");
+}
+
+// Splits "a.b.c" and turns a leading plug-in id into "pipeline.N".
+std::vector<std::string> override_segments(const toml::table& root, const std::string& key_path,
+                                           const std::string& source) {
+  std::vector<std::string> segments;
+  std::stringstream stream(key_path);
+  for (std::string segment; std::getline(stream, segment, '.');) {
+    if (segment.empty()) throw ConfigError(source + ": empty segment in key path");
+    segments.push_back(segment);
+  }
+  if (key_path.back() == '.') throw ConfigError(source + ": empty segment in key path");
+  const auto& sections = section_names();
+  if (segments.size() >= 2 &&
+      std::find(sections.begin(), sections.end(), segments[0]) == sections.end()) {
+    const size_t index = pipeline_index_of(root, segments[0], source);
+    segments[0] = std::to_string(index);
+    segments.insert(segments.begin(), "pipeline");
+  }
+  return segments;
+}
+
 // Applies "a.b.c=value": the value is parsed as TOML ("5", "1e-3", "true", "[1,2]", "\"x\"");
 // anything that does not parse is taken as a bare string, so --set run.name=demo works.
-void apply_override(toml::table& root, const std::string& assignment) {
+// Returns the canonical key path ("ewc.lambda" becomes "pipeline.0.lambda").
+std::string apply_override(toml::table& root, const std::string& assignment) {
   const auto equals = assignment.find('=');
   if (equals == std::string::npos || equals == 0) {
     throw ConfigError("--set " + assignment + ": expected key.path=value");
@@ -241,49 +305,104 @@ void apply_override(toml::table& root, const std::string& assignment) {
     parsed = toml::parse("value = \"\"", source);
     parsed.insert_or_assign("value", text);
   }
-  std::vector<std::string> segments;
-  std::stringstream stream(key_path);
-  for (std::string segment; std::getline(stream, segment, '.');) {
-    if (segment.empty()) throw ConfigError(source + ": empty segment in key path");
-    segments.push_back(segment);
-  }
+  const std::vector<std::string> segments = override_segments(root, key_path, source);
   toml::node* current = &root;
+  std::string walked;
   for (size_t i = 0; i + 1 < segments.size(); ++i) {
     const std::string& segment = segments[i];
+    walked += (walked.empty() ? "" : ".") + segment;
     if (auto* table = current->as_table()) {
       if (table->get(segment) == nullptr) {
-        const bool indexes_array =
-            segments[i + 1].find_first_not_of("0123456789") == std::string::npos;
-        if (indexes_array) {
-          throw ConfigError(source + ": there is no array '" + segment + "' to index (add the " +
+        if (is_index(segments[i + 1])) {
+          throw ConfigError(source + ": there is no array '" + walked + "' to index (add the " +
                             "[[" + segment + "]] entry to the config file first)");
         }
         table->insert(segment, toml::table{});
       }
       current = table->get(segment);
     } else if (auto* array = current->as_array()) {
-      size_t index = 0;
-      try {
-        index = std::stoul(segment);
-      } catch (const std::exception&) {
-        throw ConfigError(source + ": '" + segment + "' must be an array index");
+      if (!is_index(segment)) {
+        throw ConfigError(source + ": '" + segment + "' is not an array index (0, 1, ...)");
       }
+      const size_t index = std::stoul(segment);
       if (index >= array->size()) {
-        throw ConfigError(source + ": index " + segment + " is past the end of the array (size " +
-                          std::to_string(array->size()) + ")");
+        throw ConfigError(source + ": index " + segment + " is past the end (the array has " +
+                          std::to_string(array->size()) + " entr" +
+                          (array->size() == 1 ? "y" : "ies") + ")");
       }
       current = array->get(index);
     } else {
-      throw ConfigError(source + ": '" + segment + "' is not a table");
+      throw ConfigError(source + ": '" + walked.substr(0, walked.rfind('.')) +
+                        "' is a value, not a table");
     }
   }
   auto* target = current->as_table();
-  if (target == nullptr) throw ConfigError(source + ": parent of the last key is not a table");
+  if (target == nullptr) {
+    std::string parent = walked;
+    if (current->is_array()) {
+      throw ConfigError(source + ": " + parent +
+                        " is an array of values: set it whole, e.g. --set '" + parent +
+                        "=[...]'");
+    }
+    throw ConfigError(source + ": " + parent + " is a value, not a table");
+  }
   target->insert_or_assign(segments.back(), *parsed.get("value"));
+  std::string canonical;
+  for (const auto& segment : segments) canonical += (canonical.empty() ? "" : ".") + segment;
+  return canonical;
+}
+
+// --plugins and the switches that add a plug-in shape [[pipeline]] before any --set is applied,
+// so that --set pipeline.N.* counts in the order the run uses. A listed id keeps the settings of
+// its (first unused) entry in the file. Returns, per new entry, the switch that added it.
+std::map<size_t, std::string> choose_pipeline(toml::table& root, const ConfigOverrides& overrides) {
+  std::map<size_t, std::string> added_by;
+  if (root.contains("pipeline") && !root["pipeline"].is_array()) return added_by;  // reported later
+  toml::array pipeline;
+  if (toml::array* file = root["pipeline"].as_array()) pipeline = std::move(*file);
+  auto id_of = [](const toml::node& entry) -> std::string {
+    const toml::table* table = entry.as_table();
+    const toml::node* plugin = table != nullptr ? table->get("plugin") : nullptr;
+    return plugin != nullptr && plugin->is_string() ? plugin->as_string()->get() : "";
+  };
+  if (overrides.plugins) {
+    toml::array chosen;
+    std::vector<bool> used(pipeline.size(), false);
+    for (const auto& id : *overrides.plugins) {
+      bool found = false;
+      for (size_t i = 0; i < pipeline.size() && !found; ++i) {
+        if (used[i] || id_of(pipeline[i]) != id) continue;
+        used[i] = true;
+        found = true;
+        chosen.push_back(std::move(*pipeline[i].as_table()));
+      }
+      if (!found) {
+        added_by[chosen.size()] = "--plugins";
+        chosen.push_back(toml::table{{"plugin", id}});
+      }
+    }
+    pipeline = std::move(chosen);
+  }
+  auto has = [&](const std::string& id) {
+    return std::any_of(pipeline.begin(), pipeline.end(),
+                       [&](const toml::node& entry) { return id_of(entry) == id; });
+  };
+  auto require = [&](const std::string& id, const char* option) {
+    if (has(id)) return;
+    added_by[pipeline.size()] = option;
+    pipeline.push_back(toml::table{{"plugin", id}});
+  };
+  if (overrides.profile_memory) require("memory_profiler", "--profile-memory");
+  if (overrides.dynamic_batch_size) require("dynamic", "--dynamic-batch-size");
+  if (overrides.use_memory_efficient && !has("lowrank_fisher")) {
+    require("ewc", "--use-memory-efficient");
+  }
+  root.insert_or_assign("pipeline", std::move(pipeline));
+  return added_by;
 }
 
 PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t index,
-                       const std::set<std::string>& overridden) {
+                       const Overridden& overridden, const std::string& added_by) {
   const std::string prefix = "pipeline[" + std::to_string(index) + "]";
   if (!node.is_table()) {
     throw ConfigError(location_of(node.source(), file) + ": " + prefix +
@@ -291,7 +410,7 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
   }
   const toml::table& table = *node.as_table();
   PluginSpec spec;
-  spec.location = location_of(node.source(), file);
+  spec.location = added_by.empty() ? location_of(node.source(), file) : added_by;
   const toml::node* id = table.get("plugin");
   if (id == nullptr || !id->is_string()) {
     throw ConfigError(spec.location + ": " + prefix +
@@ -303,9 +422,8 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
     if (name == "plugin") continue;
     PluginSetting setting;
     setting.key = name;
-    const std::string override_key = "pipeline." + std::to_string(index) + "." + name;
-    setting.location = overridden.count(override_key) != 0 ? "--set " + override_key
-                                                           : location_of(value.source(), file);
+    setting.location = location_or_override(
+        value.source(), "pipeline." + std::to_string(index) + "." + name, file, overridden);
     if (value.is_boolean()) {
       setting.value = value.as_boolean()->get();
     } else if (value.is_integer()) {
@@ -346,251 +464,338 @@ const char* to_string(OptimizerKind value) {
   return value == OptimizerKind::kSgd ? "sgd" : "adam";
 }
 
-RunConfig load_config(const std::string& path, const ConfigOverrides& overrides) {
-  toml::table root;
+namespace {
+
+// What every section reader needs: the parsed (and overridden) file, its path, the --set keys.
+struct ConfigInput {
+  toml::table& root;
+  const std::string& path;
+  const Overridden& overridden;
+};
+
+// A key that takes effect only when other keys have certain values. One table for reading and
+// writing: a key the user gave (in the file or with --set) where it has no effect is refused,
+// and the resolved configuration leaves it out, so results.json never records a setting that
+// did nothing. docs/config.md lists the same conditions.
+struct ConditionalKey {
+  const char* key;
+  const char* applies_when;
+  bool (*applies)(const RunConfig&);
+};
+
+bool is_hdf5(const RunConfig& c) { return c.data.kind == DataKind::kHdf5; }
+bool is_idx(const RunConfig& c) { return c.data.kind == DataKind::kIdx; }
+bool has_layer_sizes(const RunConfig& c) { return c.model.kind != ModelKind::kTorchScript; }
+bool is_torchscript(const RunConfig& c) { return c.model.kind == ModelKind::kTorchScript; }
+bool compresses(const RunConfig& c) { return c.fisher.use_compression; }
+
+const ConditionalKey kConditionalKeys[] = {
+    {"train.momentum", "train.optimizer = \"sgd\"",
+     [](const RunConfig& c) { return c.train.optimizer == OptimizerKind::kSgd; }},
+    {"train.iterations", "train.epochs = 0 (with epochs > 0 the epochs set the steps per task)",
+     [](const RunConfig& c) { return c.train.epochs == 0; }},
+    {"data.path", "data.kind = \"hdf5\"", is_hdf5},
+    {"data.train_x", "data.kind = \"hdf5\"", is_hdf5},
+    {"data.train_y", "data.kind = \"hdf5\"", is_hdf5},
+    {"data.test_x", "data.kind = \"hdf5\"", is_hdf5},
+    {"data.test_y", "data.kind = \"hdf5\"", is_hdf5},
+    {"data.max_resident", "data.kind = \"hdf5\" (IDX data is always resident)", is_hdf5},
+    {"data.stream_cache", "data.kind = \"hdf5\" (the cache of streamed HDF5 datasets)", is_hdf5},
+    {"data.dir", "data.kind = \"idx\"", is_idx},
+    {"data.train_images", "data.kind = \"idx\"", is_idx},
+    {"data.train_labels", "data.kind = \"idx\"", is_idx},
+    {"data.test_images", "data.kind = \"idx\"", is_idx},
+    {"data.test_labels", "data.kind = \"idx\"", is_idx},
+    {"data.class_order", "data.scenario = \"split\" without data.task_classes",
+     [](const RunConfig& c) {
+       return c.data.scenario == Scenario::kSplit && c.data.task_classes.empty();
+     }},
+    {"data.task_classes", "data.scenario = \"split\"",
+     [](const RunConfig& c) { return c.data.scenario == Scenario::kSplit; }},
+    {"data.rotation_step", "data.scenario = \"rotated\"",
+     [](const RunConfig& c) { return c.data.scenario == Scenario::kRotated; }},
+    {"model.hidden", "model.kind = \"mlp\" or \"cnn\" (a TorchScript model has its own layers)",
+     has_layer_sizes},
+    {"model.path", "model.kind = \"torchscript\"", is_torchscript},
+    {"model.input_shape", "model.kind = \"torchscript\"", is_torchscript},
+    {"fisher_computation.codec", "fisher_computation.use_compression = true", compresses},
+    {"fisher_computation.compression_level",
+     "fisher_computation.use_compression = true with codec gzip, blosc-lz4 or blosc-zstd",
+     [](const RunConfig& c) {
+       const std::string& codec = c.fisher.codec;
+       return c.fisher.use_compression &&
+              (codec == "gzip" || codec == "blosc-lz4" || codec == "blosc-zstd");
+     }},
+};
+
+// Refuses every key the user gave where it has no effect (exit 2, located).
+void check_conditional_keys(const ConfigInput& in, const RunConfig& config) {
+  for (const auto& rule : kConditionalKeys) {
+    const toml::node* node = toml::at_path(in.root, rule.key).node();
+    if (node == nullptr || rule.applies(config)) continue;
+    throw ConfigError(location_or_override(node->source(), rule.key, in.path, in.overridden) +
+                      ": " + rule.key + ": has no effect here: it applies only with " +
+                      rule.applies_when + "; remove it, or change that setting");
+  }
+}
+
+// Every key of the host's sections that the user gave, as dotted paths (for results.json and
+// the rule that a given setting is never silently ignored).
+std::vector<std::string> given_keys(const toml::table& root) {
+  std::vector<std::string> keys;
+  for (const char* section : {"run", "data", "model", "train", "fisher_computation"}) {
+    const toml::table* table = root[section].as_table();
+    if (table == nullptr) continue;
+    for (const auto& [key, value] : *table) keys.push_back(std::string(section) + "." + std::string(key.str()));
+  }
+  return keys;
+}
+
+int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, int64_t minimum) {
+  const toml::node* node = section.take(key);
+  if (node == nullptr) return fallback;
   try {
-    root = toml::parse_file(path);
-  } catch (const toml::parse_error& error) {
-    std::string reason(error.description());
-    if (reason.find("File could not be opened") != std::string::npos) {
-      throw ConfigError(path + ": cannot open the config file");
+    const int64_t bytes =
+        node->is_integer() ? node->as_integer()->get()
+        : node->is_string()
+            ? memory::parse_bytes(node->as_string()->get())
+            : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
+    if (bytes < minimum) {
+      throw std::invalid_argument(minimum > 0 ? "must be positive" : "must not be negative");
     }
-    throw ConfigError(location_of(error.source(), path) + ": TOML syntax error: " + reason);
+    return bytes;
+  } catch (const std::invalid_argument& e) {
+    section.fail(*node, key, e.what());
   }
-  std::set<std::string> overridden;
-  for (const auto& assignment : overrides.set) {
-    apply_override(root, assignment);
-    overridden.insert(assignment.substr(0, assignment.find('=')));
-  }
+}
 
-  RunConfig config;
-  config.source = path;
-  SectionReader top(&root, "", path, overridden);
-
-  SectionReader run(sub_table(top, "run"), "run", path, overridden);
-  config.run.name = run.get_string("name", config.run.name);
-  if (config.run.name.empty() || config.run.name.find('/') != std::string::npos) {
-    throw ConfigError(path + ": run.name: must be non-empty and contain no '/'");
+void read_run(SectionReader& top, const ConfigInput& in, const ConfigOverrides& overrides,
+              RunSection& run_config) {
+  SectionReader run(sub_table(top, "run"), "run", in.path, in.overridden);
+  run_config.name = run.get_string("name", run_config.name);
+  if (run_config.name.empty() || run_config.name.find('/') != std::string::npos) {
+    run.fail(*in.root["run"]["name"].node(), "name", "must be non-empty and contain no '/'");
   }
-  config.run.seed = static_cast<uint64_t>(run.get_int("seed", 0, 0, INT64_MAX));
-  config.run.threads = static_cast<int>(run.get_int("threads", 1, 1, 256));
-  config.run.output_dir = run.get_string("output_dir", config.run.output_dir);
-  config.run.plugin_path = run.get_string_list("plugin_path");
-  config.run.log_every = run.get_int("log_every", 50, 1, 1000000);
-  config.run.checkpoint_every = run.get_int("checkpoint_every", 1000, 0, INT64_MAX);
-  if (const toml::node* node = run.take("memory_budget")) {
-    try {
-      config.run.memory_budget =
-          node->is_integer() ? node->as_integer()->get()
-          : node->is_string()
-              ? memory::parse_bytes(node->as_string()->get())
-              : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
-      if (config.run.memory_budget < 1) throw std::invalid_argument("must be positive");
-    } catch (const std::invalid_argument& e) {
-      run.fail(*node, "memory_budget", e.what());
-    }
-  }
+  run_config.seed = static_cast<uint64_t>(run.get_int("seed", 0, 0, INT64_MAX));
+  run_config.threads = static_cast<int>(run.get_int("threads", 1, 1, 256));
+  run_config.output_dir = run.get_string("output_dir", run_config.output_dir);
+  run_config.plugin_path = run.get_string_list("plugin_path");
+  run_config.log_every = run.get_int("log_every", 50, 1, 1000000);
+  run_config.checkpoint_every = run.get_int("checkpoint_every", 1000, 0, INT64_MAX);
+  run_config.memory_budget = read_bytes(run, "memory_budget", -1, 1);
   if (!overrides.memory_budget.empty()) {
     try {
-      config.run.memory_budget = memory::parse_bytes(overrides.memory_budget);
+      run_config.memory_budget = memory::parse_bytes(overrides.memory_budget);
     } catch (const std::invalid_argument& e) {
       throw ConfigError(std::string("--memory-budget: ") + e.what());
     }
   }
   run.finish();
+}
 
-  SectionReader data(sub_table(top, "data"), "data", path, overridden);
-  config.data.kind =
+void read_data_files(SectionReader& data, const ConfigInput& in, DataSection& out) {
+  out.kind =
       data.get_string("kind", "idx", {"idx", "hdf5"}) == "idx" ? DataKind::kIdx : DataKind::kHdf5;
-  config.data.dir = data.get_string("dir", config.data.dir);
-  config.data.path = data.get_string("path", "");
-  if (config.data.kind == DataKind::kHdf5 && config.data.path.empty()) {
-    data.fail(*root["data"]["kind"].node(), "kind",
+  out.dir = data.get_string("dir", out.dir);
+  out.path = data.get_string("path", "");
+  if (out.kind == DataKind::kHdf5 && out.path.empty()) {
+    data.fail(*in.root["data"]["kind"].node(), "kind",
               "\"hdf5\" needs data.path, the HDF5 file holding the samples and labels");
   }
-  config.data.hdf5_train_x = data.get_string("train_x", config.data.hdf5_train_x);
-  config.data.hdf5_train_y = data.get_string("train_y", config.data.hdf5_train_y);
-  config.data.hdf5_test_x = data.get_string("test_x", config.data.hdf5_test_x);
-  config.data.hdf5_test_y = data.get_string("test_y", config.data.hdf5_test_y);
-  config.data.train_images = data.get_string("train_images", config.data.train_images);
-  config.data.train_labels = data.get_string("train_labels", config.data.train_labels);
-  config.data.test_images = data.get_string("test_images", config.data.test_images);
-  config.data.test_labels = data.get_string("test_labels", config.data.test_labels);
-  config.data.num_classes = data.get_int("num_classes", 10, 2, 100000);
-  config.data.normalize = [&] {
-    const std::string value = data.get_string("normalize", "unit", {"unit", "standard", "none"});
-    return value == "unit"       ? Normalize::kUnit
-           : value == "standard" ? Normalize::kStandard
-                                 : Normalize::kNone;
-  }();
-  config.data.shuffle_classes =
-      data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
-  {
-    const std::string scenario =
-        data.get_string("scenario", "split", {"split", "permuted", "rotated", "sources"});
-    config.data.scenario = scenario == "split"      ? Scenario::kSplit
-                           : scenario == "permuted" ? Scenario::kPermuted
-                           : scenario == "rotated"  ? Scenario::kRotated
-                                                    : Scenario::kSources;
-    if (config.data.scenario == Scenario::kSources && config.data.kind != DataKind::kHdf5) {
-      data.fail(*root["data"]["scenario"].node(), "scenario",
-                "\"sources\" reads each task from its own HDF5 datasets: needs data.kind = "
-                "\"hdf5\"");
+  out.hdf5_train_x = data.get_string("train_x", out.hdf5_train_x);
+  out.hdf5_train_y = data.get_string("train_y", out.hdf5_train_y);
+  out.hdf5_test_x = data.get_string("test_x", out.hdf5_test_x);
+  out.hdf5_test_y = data.get_string("test_y", out.hdf5_test_y);
+  out.train_images = data.get_string("train_images", out.train_images);
+  out.train_labels = data.get_string("train_labels", out.train_labels);
+  out.test_images = data.get_string("test_images", out.test_images);
+  out.test_labels = data.get_string("test_labels", out.test_labels);
+  out.max_resident_bytes = read_bytes(data, "max_resident", out.max_resident_bytes, 0);
+  out.stream_cache_bytes = read_bytes(data, "stream_cache", out.stream_cache_bytes, 0);
+}
+
+void read_split_tasks(SectionReader& data, const ConfigInput& in, DataSection& out) {
+  const bool split = out.scenario == Scenario::kSplit;
+  const int64_t classes = out.num_classes;
+  if (const toml::node* node = in.root["data"]["task_classes"].node()) {
+    if (node->is_array() && node->as_array()->empty()) {
+      data.fail(*node, "task_classes",
+                "is empty; leave the key out for num_tasks equal chunks of the class order");
     }
   }
-  const bool split = config.data.scenario == Scenario::kSplit;
-  const std::string default_incremental =
-      split || config.data.scenario == Scenario::kSources ? "task" : "domain";
-  const std::string incremental =
-      data.get_string("incremental", default_incremental, {"task", "domain", "class"});
-  config.data.incremental = incremental == "task"     ? Incremental::kTask
-                            : incremental == "domain" ? Incremental::kDomain
-                                                      : Incremental::kClass;
-  const int64_t classes = config.data.num_classes;
-  config.data.task_classes = data.get_int_lists("task_classes", 0, classes - 1);
-  const bool listed = !config.data.task_classes.empty();
-  if (listed && !split) {
-    data.fail(*root["data"]["task_classes"].node(), "task_classes",
-              "lists classes per task, which only a split scenario uses");
+  out.task_classes = data.get_int_lists("task_classes", 0, classes - 1);
+  const bool listed = !out.task_classes.empty();
+  out.num_tasks = data.get_int("num_tasks",
+                               listed  ? static_cast<int64_t>(out.task_classes.size())
+                               : split ? 5
+                                       : 10,
+                               1, split ? classes : 100);
+  if (listed && out.num_tasks != static_cast<int64_t>(out.task_classes.size())) {
+    data.fail(*in.root["data"]["num_tasks"].node(), "num_tasks",
+              std::to_string(out.num_tasks) + " tasks but data.task_classes lists " +
+                  std::to_string(out.task_classes.size()));
   }
-  config.data.num_tasks =
-      data.get_int("num_tasks",
-                   listed  ? static_cast<int64_t>(config.data.task_classes.size())
-                   : split ? 5
-                           : 10,
-                   1, split ? classes : 100);
-  if (listed && config.data.num_tasks != static_cast<int64_t>(config.data.task_classes.size())) {
-    data.fail(*root["data"]["num_tasks"].node(), "num_tasks",
-              std::to_string(config.data.num_tasks) + " tasks but data.task_classes lists " +
-                  std::to_string(config.data.task_classes.size()));
-  }
-  if (split && !listed && classes % config.data.num_tasks != 0) {
+  if (split && !listed && classes % out.num_tasks != 0) {
     std::string divisors;
     for (int64_t d = 1; d <= classes; ++d) {
       if (classes % d == 0) divisors += (divisors.empty() ? "" : ", ") + std::to_string(d);
     }
-    data.fail(*root["data"]["num_tasks"].node(), "num_tasks",
+    data.fail(*in.root["data"]["num_tasks"].node(), "num_tasks",
               "a split scenario needs a divisor of the " + std::to_string(classes) + " classes (" +
                   divisors + "), or explicit data.task_classes");
   }
-  config.data.rotation_step_degrees = data.get_float("rotation_step", 0.0, 0.0, 360.0);
-  if (config.data.scenario != Scenario::kRotated && config.data.rotation_step_degrees != 0.0) {
-    data.fail(*root["data"]["rotation_step"].node(), "rotation_step",
-              "applies to scenario = \"rotated\" only");
-  }
-  if (config.data.scenario == Scenario::kRotated && config.data.rotation_step_degrees == 0.0) {
-    config.data.rotation_step_degrees = 180.0 / static_cast<double>(config.data.num_tasks);
-  }
-  auto get_bytes = [&](const char* key, int64_t fallback) {
-    const toml::node* node = data.take(key);
-    if (node == nullptr) return fallback;
-    try {
-      const int64_t bytes =
-          node->is_integer() ? node->as_integer()->get()
-          : node->is_string()
-              ? memory::parse_bytes(node->as_string()->get())
-              : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
-      if (bytes < 0) throw std::invalid_argument("must not be negative");
-      return bytes;
-    } catch (const std::invalid_argument& e) {
-      data.fail(*node, key, e.what());
-    }
-  };
-  config.data.max_resident_bytes = get_bytes("max_resident", config.data.max_resident_bytes);
-  config.data.stream_cache_bytes = get_bytes("stream_cache", config.data.stream_cache_bytes);
-  config.data.train_samples_per_task = data.get_int("train_samples_per_task", 0, 0, INT64_MAX);
-  config.data.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
-  data.finish();
+}
 
-  SectionReader model(sub_table(top, "model"), "model", path, overridden);
-  {
-    const std::string kind = model.get_string("kind", "mlp", {"mlp", "cnn", "torchscript"});
-    config.model.kind = kind == "mlp"   ? ModelKind::kMlp
-                        : kind == "cnn" ? ModelKind::kCnn
-                                        : ModelKind::kTorchScript;
+void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
+  SectionReader data(sub_table(top, "data"), "data", in.path, in.overridden);
+  read_data_files(data, in, out);
+  out.num_classes = data.get_int("num_classes", 10, 2, 100000);
+  const std::string normalize = data.get_string("normalize", "unit", {"unit", "standard", "none"});
+  out.normalize = normalize == "unit"       ? Normalize::kUnit
+                  : normalize == "standard" ? Normalize::kStandard
+                                            : Normalize::kNone;
+  out.shuffle_classes =
+      data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
+  const std::string scenario =
+      data.get_string("scenario", "split", {"split", "permuted", "rotated", "sources"});
+  out.scenario = scenario == "split"      ? Scenario::kSplit
+                 : scenario == "permuted" ? Scenario::kPermuted
+                 : scenario == "rotated"  ? Scenario::kRotated
+                                          : Scenario::kSources;
+  if (out.scenario == Scenario::kSources && out.kind != DataKind::kHdf5) {
+    data.fail(*in.root["data"]["scenario"].node(), "scenario",
+              "\"sources\" reads each task from its own HDF5 datasets: needs data.kind = "
+              "\"hdf5\"");
   }
-  config.model.hidden = model.get_int_list("hidden", config.model.hidden, 1, 1 << 20);
-  if (config.model.hidden.empty()) {
-    model.fail(*root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
+  const bool task_incremental =
+      out.scenario == Scenario::kSplit || out.scenario == Scenario::kSources;
+  const std::string incremental = data.get_string(
+      "incremental", task_incremental ? "task" : "domain", {"task", "domain", "class"});
+  out.incremental = incremental == "task"     ? Incremental::kTask
+                    : incremental == "domain" ? Incremental::kDomain
+                                              : Incremental::kClass;
+  read_split_tasks(data, in, out);
+  out.rotation_step_degrees = data.get_float("rotation_step", 0.0, 0.0, 360.0);
+  if (out.scenario == Scenario::kRotated && out.rotation_step_degrees == 0.0) {
+    out.rotation_step_degrees = 180.0 / static_cast<double>(out.num_tasks);
   }
-  config.model.path = model.get_string("path", "");
-  config.model.input_shape = model.get_int_list("input_shape", {}, 1, 1 << 24);
-  const bool scripted = config.model.kind == ModelKind::kTorchScript;
-  if (scripted && config.model.path.empty()) {
-    model.fail(*root["model"]["kind"].node(), "kind",
+  out.train_samples_per_task = data.get_int("train_samples_per_task", 0, 0, INT64_MAX);
+  out.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
+  data.finish();
+}
+
+void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
+  SectionReader model(sub_table(top, "model"), "model", in.path, in.overridden);
+  const std::string kind = model.get_string("kind", "mlp", {"mlp", "cnn", "torchscript"});
+  out.kind = kind == "mlp"   ? ModelKind::kMlp
+             : kind == "cnn" ? ModelKind::kCnn
+                             : ModelKind::kTorchScript;
+  out.hidden = model.get_int_list("hidden", out.hidden, 1, 1 << 20);
+  if (out.hidden.empty()) {
+    model.fail(*in.root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
+  }
+  out.path = model.get_string("path", "");
+  out.input_shape = model.get_int_list("input_shape", {}, 1, 1 << 24);
+  if (out.kind == ModelKind::kTorchScript && out.path.empty()) {
+    model.fail(*in.root["model"]["kind"].node(), "kind",
                "\"torchscript\" needs model.path, the file torch.jit.save wrote");
   }
-  for (const char* key : {"path", "input_shape"}) {
-    if (!scripted && root["model"][key].node() != nullptr) {
-      model.fail(*root["model"][key].node(), key, "applies to model.kind = \"torchscript\" only");
-    }
-  }
   model.finish();
+}
 
-  SectionReader train(sub_table(top, "train"), "train", path, overridden);
-  config.train.optimizer = train.get_string("optimizer", "adam", {"sgd", "adam"}) == "sgd"
-                               ? OptimizerKind::kSgd
-                               : OptimizerKind::kAdam;
-  config.train.lr = train.get_float("lr", 1e-3, 1e-12, 10.0);
-  config.train.momentum = train.get_float("momentum", 0.0, 0.0, 0.999999);
-  config.train.batch_size = train.get_int("batch_size", 128, 1, 1 << 24);
-  config.train.iterations = train.get_int("iterations", 2000, 1, INT64_MAX / 2);
-  config.train.epochs = train.get_int("epochs", 0, 0, 100000);
-  config.train.eval_batch_size = train.get_int("eval_batch_size", 1000, 1, 1 << 24);
-  config.train.checkpoint_segments = train.get_int("checkpoint_segments", 0, 0, 1000);
+void read_train(SectionReader& top, const ConfigInput& in, TrainSection& out) {
+  SectionReader train(sub_table(top, "train"), "train", in.path, in.overridden);
+  out.optimizer = train.get_string("optimizer", "adam", {"sgd", "adam"}) == "sgd"
+                      ? OptimizerKind::kSgd
+                      : OptimizerKind::kAdam;
+  out.lr = train.get_float("lr", 1e-3, 1e-12, 10.0);
+  out.momentum = train.get_float("momentum", 0.0, 0.0, 0.999999);
+  out.batch_size = train.get_int("batch_size", 128, 1, 1 << 24);
+  out.iterations = train.get_int("iterations", 2000, 1, INT64_MAX / 2);
+  out.epochs = train.get_int("epochs", 0, 0, 100000);
+  out.eval_batch_size = train.get_int("eval_batch_size", 1000, 1, 1 << 24);
+  out.checkpoint_segments = train.get_int("checkpoint_segments", 0, 0, 1000);
   train.finish();
+}
 
-  SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", path,
-                       overridden);
-  config.fisher.use_memory_efficient = fisher.get_bool("use_memory_efficient", true);
-  config.fisher.block_size = fisher.get_int("block_size", 1000000, 1, INT64_MAX);
-  config.fisher.use_compression = fisher.get_bool("use_compression", true);
-  config.fisher.compression_level = fisher.get_int("compression_level", 9, 1, 9);
-  config.fisher.compression_ratio = fisher.get_float("compression_ratio", 0.1, 1e-6, 1.0);
-  config.fisher.codec = fisher.get_string(
-      "codec", "gzip", {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"});
-  config.fisher.store_dtype = fisher.get_string("store_dtype", "fp32", {"fp32", "fp16", "bf16"});
+void read_fisher(SectionReader& top, const ConfigInput& in, const ConfigOverrides& overrides,
+                 FisherSection& out) {
+  SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", in.path,
+                       in.overridden);
+  out.use_memory_efficient = fisher.get_bool("use_memory_efficient", true);
+  out.block_size = fisher.get_int("block_size", 1000000, 1, INT64_MAX);
+  out.use_compression = fisher.get_bool("use_compression", true);
+  out.compression_level = fisher.get_int("compression_level", 9, 1, 9);
+  out.compression_ratio = fisher.get_float("compression_ratio", 0.1, 1e-6, 1.0);
+  out.codec = fisher.get_string("codec", "gzip",
+                                {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"});
+  out.store_dtype = fisher.get_string("store_dtype", "fp32", {"fp32", "fp16", "bf16"});
   fisher.finish();
-  if (overrides.use_memory_efficient) config.fisher.use_memory_efficient = true;
+  if (overrides.use_memory_efficient) out.use_memory_efficient = true;
+}
 
-  if (const toml::node* node = top.take("pipeline")) {
-    if (!node->is_array())
-      top.fail(*node, "pipeline", "expected an array of tables ([[pipeline]])");
-    size_t index = 0;
-    for (const auto& element : *node->as_array()) {
-      config.pipeline.push_back(read_plugin(element, path, index++, overridden));
+void read_pipeline(SectionReader& top, const ConfigInput& in,
+                   const std::map<size_t, std::string>& added_by, RunConfig& config) {
+  const toml::node* node = top.take("pipeline");
+  if (node == nullptr) return;
+  if (!node->is_array()) top.fail(*node, "pipeline", "expected an array of tables ([[pipeline]])");
+  size_t index = 0;
+  for (const auto& element : *node->as_array()) {
+    const auto found = added_by.find(index);
+    config.pipeline.push_back(read_plugin(element, in.path, index, in.overridden,
+                                          found != added_by.end() ? found->second : ""));
+    ++index;
+  }
+}
+
+TaskOverride read_task(const toml::node& element, const std::string& prefix, const ConfigInput& in,
+                       const RunConfig& config) {
+  SectionReader task(element.as_table(), prefix, in.path, in.overridden);
+  TaskOverride entry;
+  entry.name = task.get_string("name", "");
+  if (task.take("batch_size") != nullptr) entry.batch_size = task.get_int("batch_size", 0, 1, 1 << 24);
+  for (const char* key : {"path", "group"}) {
+    if (config.data.scenario != Scenario::kSources && element.as_table()->get(key)) {
+      task.fail(*element.as_table()->get(key), key,
+                "names this task's own HDF5 datasets, which only data.scenario = "
+                "\"sources\" uses");
     }
   }
+  entry.path = task.get_string("path", config.data.path);
+  entry.group = task.get_string("group", "");
+  if (config.data.scenario == Scenario::kSources && entry.group.empty()) {
+    task.fail(element, "group",
+              "data.scenario = \"sources\": every task needs its HDF5 group (datasets "
+              "<group>/train/x, <group>/train/y, <group>/test/x, <group>/test/y)");
+  }
+  for (const auto& earlier : config.tasks) {
+    if (!entry.name.empty() && earlier.name == entry.name) {
+      task.fail(*element.as_table()->get("name"), "name",
+                "\"" + entry.name + "\" is already the name of an earlier task; task names "
+                "label the accuracy matrix and must differ");
+    }
+  }
+  task.finish();
+  return entry;
+}
+
+void read_tasks(SectionReader& top, const ConfigInput& in, RunConfig& config) {
   if (const toml::node* node = top.take("tasks")) {
     if (!node->is_array()) top.fail(*node, "tasks", "expected an array of tables ([[tasks]])");
     size_t index = 0;
     for (const auto& element : *node->as_array()) {
       const std::string prefix = "tasks[" + std::to_string(index++) + "]";
       if (!element.is_table()) top.fail(element, prefix, "expected a table");
-      SectionReader task(element.as_table(), prefix, path, overridden);
-      TaskOverride override_entry;
-      override_entry.name = task.get_string("name", "");
-      if (task.take("batch_size") != nullptr) {
-        override_entry.batch_size = task.get_int("batch_size", 0, 1, 1 << 24);
-      }
-      for (const char* key : {"path", "group"}) {
-        if (config.data.scenario != Scenario::kSources && element.as_table()->get(key)) {
-          task.fail(*element.as_table()->get(key), key,
-                    "names this task's own HDF5 datasets, which only data.scenario = "
-                    "\"sources\" uses");
-        }
-      }
-      override_entry.path = task.get_string("path", config.data.path);
-      override_entry.group = task.get_string("group", "");
-      if (config.data.scenario == Scenario::kSources && override_entry.group.empty()) {
-        task.fail(element, "group",
-                  "data.scenario = \"sources\": every task needs its HDF5 group (datasets "
-                  "<group>/train/x, <group>/train/y, <group>/test/x, <group>/test/y)");
-      }
-      task.finish();
-      config.tasks.push_back(override_entry);
+      config.tasks.push_back(read_task(element, prefix, in, config));
     }
     if (config.data.scenario == Scenario::kSources) {
+      const toml::node* num_tasks = in.root["data"]["num_tasks"].node();
+      if (num_tasks != nullptr && num_tasks->value_or<int64_t>(0) !=
+                                      static_cast<int64_t>(config.tasks.size())) {
+        top.fail(*num_tasks, "data.num_tasks",
+                 "data.scenario = \"sources\" has one task per [[tasks]] entry (" +
+                     std::to_string(config.tasks.size()) + " here); remove data.num_tasks");
+      }
       config.data.num_tasks = static_cast<int64_t>(config.tasks.size());
     }
     if (static_cast<int64_t>(config.tasks.size()) > config.data.num_tasks) {
@@ -600,120 +805,96 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     }
   }
   if (config.data.scenario == Scenario::kSources && config.tasks.empty()) {
-    throw ConfigError(path +
+    throw ConfigError(in.path +
                       ": data.scenario = \"sources\" needs one [[tasks]] entry per task, "
                       "each with its HDF5 group");
   }
-  top.finish();
+}
 
-  if (overrides.plugins) {
-    std::vector<PluginSpec> chosen;
-    for (const auto& id : *overrides.plugins) {
-      auto match = std::find_if(config.pipeline.begin(), config.pipeline.end(),
-                                [&](const PluginSpec& spec) { return spec.id == id; });
-      if (match != config.pipeline.end()) {
-        chosen.push_back(*match);
-      } else {
-        chosen.push_back(PluginSpec{id, {}, "--plugins"});
-      }
-    }
-    config.pipeline = std::move(chosen);
-  }
-  auto require_plugin = [&](const std::string& id, const std::string& reason) {
-    const bool present = std::any_of(config.pipeline.begin(), config.pipeline.end(),
-                                     [&](const PluginSpec& spec) { return spec.id == id; });
-    if (!present) config.pipeline.push_back(PluginSpec{id, {}, reason});
-  };
-  config.profile_memory = overrides.profile_memory;
-  config.dynamic_batch_size = overrides.dynamic_batch_size;
-  if (overrides.profile_memory) require_plugin("memory_profiler", "--profile-memory");
-  if (overrides.dynamic_batch_size) require_plugin("dynamic", "--dynamic-batch-size");
-  if (overrides.use_memory_efficient) {
-    const bool has_fisher_regularizer = std::any_of(
-        config.pipeline.begin(), config.pipeline.end(),
-        [](const PluginSpec& spec) { return spec.id == "ewc" || spec.id == "lowrank_fisher"; });
-    if (!has_fisher_regularizer) require_plugin("ewc", "--use-memory-efficient");
-  }
-  config.cli_plugin_path = overrides.plugin_path;
+toml::array int_array(const std::vector<int64_t>& values) {
+  toml::array out;
+  for (int64_t value : values) out.push_back(value);
+  return out;
+}
 
-  // Record every resolved value (defaults and CLI switches included), so results.json and the
-  // clhost.settings/1 service see exactly what ran.
-  auto section = [&](const char* name) -> toml::table& {
-    if (!root.contains(name)) root.insert(name, toml::table{});
-    return *root.get_as<toml::table>(name);
-  };
-  auto int_array = [](const std::vector<int64_t>& values) {
-    toml::array out;
-    for (int64_t value : values) out.push_back(value);
-    return out;
-  };
+toml::table& section(toml::table& root, const char* name) {
+  if (!root.contains(name)) root.insert(name, toml::table{});
+  return *root.get_as<toml::table>(name);
+}
+
+void write_resolved_run_and_data(toml::table& root, const RunConfig& config) {
   toml::array plugin_path;
   for (const auto& dir : config.run.plugin_path) plugin_path.push_back(dir);
-  section("run").insert_or_assign("name", config.run.name);
-  section("run").insert_or_assign("seed", static_cast<int64_t>(config.run.seed));
-  section("run").insert_or_assign("threads", static_cast<int64_t>(config.run.threads));
-  section("run").insert_or_assign("output_dir", config.run.output_dir);
-  section("run").insert_or_assign("plugin_path", plugin_path);
-  section("run").insert_or_assign("log_every", config.run.log_every);
-  section("run").insert_or_assign("memory_budget", config.run.memory_budget);
-  section("run").insert_or_assign("checkpoint_every", config.run.checkpoint_every);
-  section("data").insert_or_assign("kind", config.data.kind == DataKind::kIdx ? "idx" : "hdf5");
-  if (config.data.kind == DataKind::kHdf5) {
-    section("data").insert_or_assign("path", config.data.path);
-    section("data").insert_or_assign("train_x", config.data.hdf5_train_x);
-    section("data").insert_or_assign("train_y", config.data.hdf5_train_y);
-    section("data").insert_or_assign("test_x", config.data.hdf5_test_x);
-    section("data").insert_or_assign("test_y", config.data.hdf5_test_y);
-  }
-  section("data").insert_or_assign("dir", config.data.dir);
-  section("data").insert_or_assign("train_images", config.data.train_images);
-  section("data").insert_or_assign("train_labels", config.data.train_labels);
-  section("data").insert_or_assign("test_images", config.data.test_images);
-  section("data").insert_or_assign("test_labels", config.data.test_labels);
-  section("data").insert_or_assign("num_classes", config.data.num_classes);
-  section("data").insert_or_assign("class_order",
-                                   config.data.shuffle_classes ? "shuffled" : "natural");
-  section("data").insert_or_assign("normalize", config.data.normalize == Normalize::kUnit ? "unit"
-                                                : config.data.normalize == Normalize::kStandard
-                                                    ? "standard"
-                                                    : "none");
-  if (config.data.scenario == Scenario::kRotated) {
-    section("data").insert_or_assign("rotation_step", config.data.rotation_step_degrees);
-  }
-  if (!config.data.task_classes.empty()) {
+  auto& run = section(root, "run");
+  run.insert_or_assign("name", config.run.name);
+  run.insert_or_assign("seed", static_cast<int64_t>(config.run.seed));
+  run.insert_or_assign("threads", static_cast<int64_t>(config.run.threads));
+  run.insert_or_assign("output_dir", config.run.output_dir);
+  run.insert_or_assign("plugin_path", plugin_path);
+  run.insert_or_assign("log_every", config.run.log_every);
+  run.insert_or_assign("memory_budget", config.run.memory_budget);
+  run.insert_or_assign("checkpoint_every", config.run.checkpoint_every);
+  const DataSection& d = config.data;
+  auto& data = section(root, "data");
+  data.insert_or_assign("kind", d.kind == DataKind::kIdx ? "idx" : "hdf5");
+  data.insert_or_assign("path", d.path);
+  data.insert_or_assign("train_x", d.hdf5_train_x);
+  data.insert_or_assign("train_y", d.hdf5_train_y);
+  data.insert_or_assign("test_x", d.hdf5_test_x);
+  data.insert_or_assign("test_y", d.hdf5_test_y);
+  data.insert_or_assign("dir", d.dir);
+  data.insert_or_assign("train_images", d.train_images);
+  data.insert_or_assign("train_labels", d.train_labels);
+  data.insert_or_assign("test_images", d.test_images);
+  data.insert_or_assign("test_labels", d.test_labels);
+  data.insert_or_assign("num_classes", d.num_classes);
+  data.insert_or_assign("class_order", d.shuffle_classes ? "shuffled" : "natural");
+  data.insert_or_assign("normalize", d.normalize == Normalize::kUnit       ? "unit"
+                                     : d.normalize == Normalize::kStandard ? "standard"
+                                                                           : "none");
+  data.insert_or_assign("rotation_step", d.rotation_step_degrees);
+  if (!d.task_classes.empty()) {
     toml::array lists;
-    for (const auto& task : config.data.task_classes) lists.push_back(int_array(task));
-    section("data").insert_or_assign("task_classes", lists);
+    for (const auto& task : d.task_classes) lists.push_back(int_array(task));
+    data.insert_or_assign("task_classes", lists);
   }
-  section("data").insert_or_assign("scenario", to_string(config.data.scenario));
-  section("data").insert_or_assign("num_tasks", config.data.num_tasks);
-  section("data").insert_or_assign("max_resident", config.data.max_resident_bytes);
-  section("data").insert_or_assign("stream_cache", config.data.stream_cache_bytes);
-  section("data").insert_or_assign("incremental", to_string(config.data.incremental));
-  section("data").insert_or_assign("train_samples_per_task", config.data.train_samples_per_task);
-  section("data").insert_or_assign("test_samples_per_task", config.data.test_samples_per_task);
-  section("model").insert_or_assign("kind", to_string(config.model.kind));
-  section("model").insert_or_assign("hidden", int_array(config.model.hidden));
-  if (config.model.kind == ModelKind::kTorchScript) {
-    section("model").insert_or_assign("path", config.model.path);
-    section("model").insert_or_assign("input_shape", int_array(config.model.input_shape));
-  }
-  section("train").insert_or_assign("optimizer", to_string(config.train.optimizer));
-  section("train").insert_or_assign("lr", config.train.lr);
-  section("train").insert_or_assign("momentum", config.train.momentum);
-  section("train").insert_or_assign("batch_size", config.train.batch_size);
-  section("train").insert_or_assign("iterations", config.train.iterations);
-  section("train").insert_or_assign("epochs", config.train.epochs);
-  section("train").insert_or_assign("eval_batch_size", config.train.eval_batch_size);
-  section("train").insert_or_assign("checkpoint_segments", config.train.checkpoint_segments);
-  auto& fisher_table = section("fisher_computation");
-  fisher_table.insert_or_assign("use_memory_efficient", config.fisher.use_memory_efficient);
-  fisher_table.insert_or_assign("block_size", config.fisher.block_size);
-  fisher_table.insert_or_assign("use_compression", config.fisher.use_compression);
-  fisher_table.insert_or_assign("compression_level", config.fisher.compression_level);
-  fisher_table.insert_or_assign("compression_ratio", config.fisher.compression_ratio);
-  fisher_table.insert_or_assign("codec", config.fisher.codec);
-  fisher_table.insert_or_assign("store_dtype", config.fisher.store_dtype);
+  data.insert_or_assign("scenario", to_string(d.scenario));
+  data.insert_or_assign("num_tasks", d.num_tasks);
+  data.insert_or_assign("max_resident", d.max_resident_bytes);
+  data.insert_or_assign("stream_cache", d.stream_cache_bytes);
+  data.insert_or_assign("incremental", to_string(d.incremental));
+  data.insert_or_assign("train_samples_per_task", d.train_samples_per_task);
+  data.insert_or_assign("test_samples_per_task", d.test_samples_per_task);
+}
+
+void write_resolved_model_train_fisher(toml::table& root, const RunConfig& config) {
+  auto& model = section(root, "model");
+  model.insert_or_assign("kind", to_string(config.model.kind));
+  model.insert_or_assign("hidden", int_array(config.model.hidden));
+  model.insert_or_assign("path", config.model.path);
+  model.insert_or_assign("input_shape", int_array(config.model.input_shape));
+  const TrainSection& t = config.train;
+  auto& train = section(root, "train");
+  train.insert_or_assign("optimizer", to_string(t.optimizer));
+  train.insert_or_assign("lr", t.lr);
+  train.insert_or_assign("momentum", t.momentum);
+  train.insert_or_assign("batch_size", t.batch_size);
+  train.insert_or_assign("iterations", t.iterations);
+  train.insert_or_assign("epochs", t.epochs);
+  train.insert_or_assign("eval_batch_size", t.eval_batch_size);
+  train.insert_or_assign("checkpoint_segments", t.checkpoint_segments);
+  const FisherSection& f = config.fisher;
+  auto& fisher = section(root, "fisher_computation");
+  fisher.insert_or_assign("use_memory_efficient", f.use_memory_efficient);
+  fisher.insert_or_assign("block_size", f.block_size);
+  fisher.insert_or_assign("use_compression", f.use_compression);
+  fisher.insert_or_assign("compression_level", f.compression_level);
+  fisher.insert_or_assign("compression_ratio", f.compression_ratio);
+  fisher.insert_or_assign("codec", f.codec);
+  fisher.insert_or_assign("store_dtype", f.store_dtype);
+}
+
+void write_resolved_pipeline_and_tasks(toml::table& root, const RunConfig& config) {
   toml::array pipeline;
   for (const auto& spec : config.pipeline) {
     toml::table entry;
@@ -725,32 +906,158 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
     pipeline.push_back(entry);
   }
   root.insert_or_assign("pipeline", pipeline);
-  if (!config.tasks.empty()) {
-    toml::array tasks;
-    for (const auto& task : config.tasks) {
-      toml::table entry;
-      entry.insert("name", task.name);
-      if (task.batch_size) entry.insert("batch_size", *task.batch_size);
-      if (config.data.scenario == Scenario::kSources) {
-        entry.insert("path", task.path);
-        entry.insert("group", task.group);
-      }
-      tasks.push_back(entry);
+  if (config.tasks.empty()) return;
+  toml::array tasks;
+  for (const auto& task : config.tasks) {
+    toml::table entry;
+    entry.insert("name", task.name);
+    if (task.batch_size) entry.insert("batch_size", *task.batch_size);
+    if (config.data.scenario == Scenario::kSources) {
+      entry.insert("path", task.path);
+      entry.insert("group", task.group);
     }
-    root.insert_or_assign("tasks", tasks);
+    tasks.push_back(entry);
   }
+  root.insert_or_assign("tasks", tasks);
+}
 
+// Records every resolved value (defaults and CLI switches included) except keys without effect
+// in this configuration, so results.json and the clhost.settings/1 service see exactly what runs.
+void write_resolved(toml::table& root, RunConfig& config) {
+  write_resolved_run_and_data(root, config);
+  write_resolved_model_train_fisher(root, config);
+  write_resolved_pipeline_and_tasks(root, config);
+  for (const auto& rule : kConditionalKeys) {
+    if (rule.applies(config)) continue;
+    const std::string key = rule.key;
+    const size_t dot = key.find('.');
+    section(root, key.substr(0, dot).c_str()).erase(key.substr(dot + 1));
+  }
   std::ostringstream json;
   json << toml::json_formatter{root};
   config.resolved_json = json.str();
   // "No budget" has no TOML spelling other than leaving the key out.
-  if (config.run.memory_budget < 0) section("run").erase("memory_budget");
+  if (config.run.memory_budget < 0) section(root, "run").erase("memory_budget");
   std::ostringstream toml_text;
   toml_text << "# The resolved configuration of this run (clhost " << CLHOST_VERSION
             << "), read back by clhost run --resume.\n"
             << toml::toml_formatter{root} << "\n";
   config.resolved_toml = toml_text.str();
+}
+
+toml::table parse_config_file(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) {
+    throw ConfigError(path + ": is a directory; --config takes a TOML file (e.g. configs/quick.toml)");
+  }
+  try {
+    return toml::parse_file(path);
+  } catch (const toml::parse_error& parse_error) {
+    std::string reason(parse_error.description());
+    if (reason.find("File could not be opened") != std::string::npos) {
+      throw ConfigError(path + ": cannot open the config file");
+    }
+    throw ConfigError(location_of(parse_error.source(), path) + ": TOML syntax error: " + reason);
+  }
+}
+
+}  // namespace
+
+RunConfig load_config(const std::string& path, const ConfigOverrides& overrides) {
+  toml::table root = parse_config_file(path);
+  const std::map<size_t, std::string> added_by = choose_pipeline(root, overrides);
+  Overridden overridden;
+  for (const auto& assignment : overrides.set) {
+    overridden[apply_override(root, assignment)] = assignment.substr(0, assignment.find('='));
+  }
+  const ConfigInput in{root, path, overridden};
+
+  RunConfig config;
+  config.source = path;
+  config.given_keys = given_keys(root);
+  const std::string switch_key = "fisher_computation.use_memory_efficient";
+  if (overrides.use_memory_efficient &&
+      std::find(config.given_keys.begin(), config.given_keys.end(), switch_key) ==
+          config.given_keys.end()) {
+    config.given_keys.push_back(switch_key);
+  }
+  SectionReader top(&root, "", path, overridden);
+  read_run(top, in, overrides, config.run);
+  read_data(top, in, config.data);
+  read_model(top, in, config.model);
+  read_train(top, in, config.train);
+  read_fisher(top, in, overrides, config.fisher);
+  read_pipeline(top, in, added_by, config);
+  read_tasks(top, in, config);
+  top.finish();
+  check_conditional_keys(in, config);
+  config.profile_memory = overrides.profile_memory;
+  config.dynamic_batch_size = overrides.dynamic_batch_size;
+  config.cli_plugin_path = overrides.plugin_path;
+  write_resolved(root, config);
   return config;
+}
+
+namespace {
+
+void require_file(const std::string& path, const std::string& key) {
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) {
+    throw ConfigError(key + ": " + path + ": no such file");
+  }
+}
+
+// IDX files are found as given or with ".gz", relative to data.dir unless absolute.
+void require_idx_file(const DataSection& data, const std::string& name, const std::string& key) {
+  const std::filesystem::path base = std::filesystem::path(name).is_absolute()
+                                         ? std::filesystem::path(name)
+                                         : std::filesystem::path(data.dir) / name;
+  std::error_code error;
+  if (std::filesystem::is_regular_file(base, error) ||
+      std::filesystem::is_regular_file(base.string() + ".gz", error)) {
+    return;
+  }
+  throw ConfigError(key + ": " + base.string() + " (or .gz): no such file (data.dir is " +
+                    data.dir + ")");
+}
+
+}  // namespace
+
+void check_input_files(const RunConfig& config) {
+  const DataSection& data = config.data;
+  if (data.kind == DataKind::kIdx) {
+    require_idx_file(data, data.train_images, "data.train_images");
+    require_idx_file(data, data.train_labels, "data.train_labels");
+    require_idx_file(data, data.test_images, "data.test_images");
+    require_idx_file(data, data.test_labels, "data.test_labels");
+  } else {
+    require_file(data.path, "data.path");
+  }
+  for (size_t i = 0; i < config.tasks.size(); ++i) {
+    if (data.scenario == Scenario::kSources) {
+      require_file(config.tasks[i].path, "tasks[" + std::to_string(i) + "].path");
+    }
+  }
+  if (config.model.kind == ModelKind::kTorchScript) require_file(config.model.path, "model.path");
+}
+
+void check_new_run_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (fs::is_directory(dir, error)) {
+    if (!fs::is_empty(dir, error)) {
+      throw ConfigError("--output " + dir +
+                        ": directory exists and is not empty; choose a new directory");
+    }
+    return;
+  }
+  for (fs::path part = fs::path(dir); !part.empty(); part = part.parent_path()) {
+    if (fs::exists(part, error) && !fs::is_directory(part, error)) {
+      throw ConfigError("--output " + dir + ": " + part.string() +
+                        " is a file, not a directory; choose another path");
+    }
+    if (part == part.parent_path()) break;
+  }
 }
 
 namespace {

@@ -7,12 +7,14 @@
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <sstream>
 
 #include "clhost/errors.hpp"
+#include "settings_service.hpp"
 
 namespace clhost {
 namespace fs = std::filesystem;
@@ -350,8 +352,108 @@ ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const Plu
   return resolved;
 }
 
+namespace {
+
+// The host handed to clhost.config_use/1: the resolved settings and a log, no instance services.
+struct ValidationHost {
+  nlohmann::json settings;
+};
+const nlohmann::json& validation_settings(const clhost_host_t* host) {
+  return static_cast<const ValidationHost*>(host->host_data)->settings;
+}
+using ValidationSettings = SettingsService<&validation_settings>;
+void validation_log(const clhost_host_t* /*host*/, clhost_log_level_t /*level*/,
+                    const char* message) {
+  std::fprintf(stderr, "plug-in: %s\n", message);
+}
+const clhost_log_service_v1_t kValidationLog{sizeof(clhost_log_service_v1_t), &validation_log};
+const void* validation_service(const clhost_host_t* /*host*/, const char* id) {
+  if (std::strcmp(id, CLHOST_SERVICE_SETTINGS_V1) == 0) return &ValidationSettings::table;
+  if (std::strcmp(id, CLHOST_SERVICE_LOG_V1) == 0) return &kValidationLog;
+  return nullptr;
+}
+
+// Asks the plug-in which of its keys have no effect; refuses those the user set.
+std::vector<UnusedKey> check_config_use(const LoadedPlugin& plugin, const PluginSpec& spec,
+                                        size_t index, const ResolvedPluginConfig& resolved,
+                                        const clhost_host_t& host) {
+  std::vector<UnusedKey> unused;
+  const auto* use = static_cast<const clhost_config_use_v1_t*>(
+      plugin.entry->get_interface(CLHOST_INTERFACE_CONFIG_USE_V1));
+  use->unused_keys(
+      &host, resolved.abi(),
+      [](void* data, const char* key, const char* reason) {
+        static_cast<std::vector<UnusedKey>*>(data)->push_back(
+            {key != nullptr ? key : "", reason != nullptr ? reason : ""});
+      },
+      &unused);
+  for (const auto& entry : unused) {
+    for (const auto& setting : spec.settings) {
+      if (setting.key != entry.key) continue;
+      throw ConfigError(setting.location + ": pipeline[" + std::to_string(index) + "] (" +
+                        plugin.id + ")." + entry.key + ": has no effect here: " + entry.reason +
+                        "; remove it, or change that setting");
+    }
+  }
+  return unused;
+}
+
+void check_one_batch_policy(const LoadedPipeline& pipeline, const RunConfig& config) {
+  std::string first;
+  for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
+    if (pipeline.plugins[i]->descriptor->kind != CLHOST_PLUGIN_KIND_BATCH_POLICY) continue;
+    const std::string here = "pipeline[" + std::to_string(i) + "] (" + pipeline.plugins[i]->id +
+                             ", " + config.pipeline[i].location + ")";
+    if (!first.empty()) {
+      throw ConfigError(config.pipeline[i].location + ": two batch policies, " + first + " and " +
+                        here + ": one chooses the micro-batch; keep one");
+    }
+    first = here;
+  }
+}
+
+bool has_plugin(const LoadedPipeline& pipeline, const std::string& id) {
+  return std::any_of(pipeline.plugins.begin(), pipeline.plugins.end(),
+                     [&](const LoadedPlugin* plugin) { return plugin->id == id; });
+}
+
+// fisher_computation keys act through the plug-ins that compute a Fisher; given without one,
+// they change nothing. Harmless (nothing else is computed differently), so a named warning.
+std::vector<std::string> fisher_warnings(const RunConfig& config, const LoadedPipeline& pipeline) {
+  // l2 is the built-in regularizer known to need no Fisher; any other may compute one.
+  const bool any_regularizer =
+      std::any_of(pipeline.plugins.begin(), pipeline.plugins.end(), [](const LoadedPlugin* p) {
+        return p->descriptor->kind == CLHOST_PLUGIN_KIND_REGULARIZER && p->id != "l2";
+      });
+  std::vector<std::string> warnings;
+  for (const auto& key : config.given_keys) {
+    if (key.rfind("fisher_computation.", 0) != 0) continue;
+    if (!any_regularizer) {
+      warnings.push_back(key +
+                         " has no effect: no plug-in in the pipeline computes a Fisher (ewc and "
+                         "lowrank_fisher do)");
+    } else if (key == "fisher_computation.use_memory_efficient" && !has_plugin(pipeline, "ewc")) {
+      warnings.push_back(key + " has no effect unless a plug-in reads it (of the built-in ones, "
+                               "only ewc does; it is not in the pipeline)");
+    } else if (key == "fisher_computation.compression_ratio" &&
+               !has_plugin(pipeline, "lowrank_fisher")) {
+      warnings.push_back(key + " has no effect unless a plug-in reads it (of the built-in ones, "
+                               "only lowrank_fisher does; it is not in the pipeline)");
+    }
+  }
+  return warnings;
+}
+
+}  // namespace
+
 LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config) {
   LoadedPipeline pipeline;
+  ValidationHost validation{nlohmann::json::parse(config.resolved_json)};
+  const clhost_host_t host{sizeof(clhost_host_t),
+                           {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
+                           CLHOST_VERSION,
+                           &validation_service,
+                           &validation};
   for (size_t i = 0; i < config.pipeline.size(); ++i) {
     const PluginSpec& spec = config.pipeline[i];
     try {
@@ -364,8 +466,17 @@ LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config) {
       }
       throw PluginError(spec.location + ": pipeline[" + std::to_string(i) + "]: " + e.what());
     }
-    pipeline.configs.push_back(resolve_plugin_config(*pipeline.plugins.back(), spec, i));
+    const LoadedPlugin& plugin = *pipeline.plugins.back();
+    pipeline.configs.push_back(resolve_plugin_config(plugin, spec, i));
+    const bool reports = plugin.entry->get_interface(CLHOST_INTERFACE_CONFIG_USE_V1) != nullptr;
+    pipeline.reports_use.push_back(reports);
+    pipeline.not_in_effect.push_back(
+        reports ? check_config_use(plugin, spec, i, pipeline.configs.back(), host)
+                : std::vector<UnusedKey>{});
   }
+  check_one_batch_policy(pipeline, config);
+  pipeline.warnings = config.warnings;
+  for (auto& warning : fisher_warnings(config, pipeline)) pipeline.warnings.push_back(warning);
   return pipeline;
 }
 

@@ -34,6 +34,7 @@
 #include "progress.hpp"
 #include "run_state.hpp"
 #include "scripted_model.hpp"
+#include "settings_service.hpp"
 #include "training_checkpoint.hpp"
 
 namespace clhost {
@@ -85,22 +86,6 @@ class Runtime {
   std::unique_ptr<FisherStore> store;  // created on first use
   // Delivers a USER event from `source` to the profilers (set by the trainer for the run).
   std::function<void(const std::string& source, const std::string& label)> mark;
-
-  const json* setting(const char* key_path) const {
-    const json* node = &settings;
-    std::string path(key_path);
-    size_t start = 0;
-    while (start <= path.size()) {
-      const size_t dot = path.find('.', start);
-      const std::string key =
-          path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-      if (!node->is_object() || !node->contains(key)) return nullptr;
-      node = &(*node)[key];
-      if (dot == std::string::npos) break;
-      start = dot + 1;
-    }
-    return node;
-  }
 
   // `names` replaces LibTorch's parameter names (a TorchScript model keeps its Python names).
   void bind_model(torch::nn::Sequential net, const std::vector<std::string>& names = {}) {
@@ -260,26 +245,8 @@ clhost_status_t sample_grads_sample_gradients(const clhost_host_t* host,
   }
 }
 
-template <class T>
-int32_t setting_get(const clhost_host_t* host, const char* key_path, T* out) {
-  if (key_path == nullptr || out == nullptr) return 1;
-  const json* node = runtime_of(host).setting(key_path);
-  if (node == nullptr) return 1;
-  if constexpr (std::is_same_v<T, int32_t>) {
-    if (!node->is_boolean()) return 1;
-    *out = node->get<bool>() ? 1 : 0;
-  } else if constexpr (std::is_same_v<T, int64_t>) {
-    if (!node->is_number_integer()) return 1;
-    *out = node->get<int64_t>();
-  } else if constexpr (std::is_same_v<T, double>) {
-    if (!node->is_number()) return 1;
-    *out = node->get<double>();
-  } else {
-    if (!node->is_string()) return 1;
-    *out = node->get_ref<const std::string&>().c_str();
-  }
-  return 0;
-}
+const json& runtime_settings(const clhost_host_t* host) { return runtime_of(host).settings; }
+using RuntimeSettings = SettingsService<&runtime_settings>;
 
 FisherStore& store_of(Runtime& runtime) {
   if (runtime.store == nullptr) throw RunError("the Fisher store is not available in this run");
@@ -398,9 +365,6 @@ const clhost_sample_grads_service_v1_t kSampleGradsService{sizeof(clhost_sample_
 const clhost_memory_service_v1_t kMemoryService{sizeof(clhost_memory_service_v1_t),
                                                 &memory_get_info};
 
-const clhost_settings_service_v1_t kSettingsService{
-    sizeof(clhost_settings_service_v1_t), &setting_get<int32_t>, &setting_get<int64_t>,
-    &setting_get<double>, &setting_get<const char*>};
 const clhost_fisher_store_v1_t kFisherStoreService{sizeof(clhost_fisher_store_v1_t),
                                                    &store_begin,
                                                    &store_write,
@@ -411,7 +375,7 @@ const clhost_fisher_store_v1_t kFisherStoreService{sizeof(clhost_fisher_store_v1
 
 const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (id == nullptr) return nullptr;
-  if (std::strcmp(id, CLHOST_SERVICE_SETTINGS_V1) == 0) return &kSettingsService;
+  if (std::strcmp(id, CLHOST_SERVICE_SETTINGS_V1) == 0) return &RuntimeSettings::table;
   if (std::strcmp(id, CLHOST_SERVICE_FISHER_STORE_V1) == 0) return &kFisherStoreService;
   if (std::strcmp(id, CLHOST_SERVICE_LOG_V1) == 0) return &kLogService;
   if (std::strcmp(id, CLHOST_SERVICE_PARAMS_V1) == 0) return &kParamsService;
@@ -466,6 +430,15 @@ json config_values_json(const ResolvedPluginConfig& config) {
   return out;
 }
 
+// The plug-in's own account of its keys without effect: {key: reason}, or null when the plug-in
+// predates clhost.config_use/1 and cannot say.
+json not_in_effect_json(const LoadedPipeline& pipeline, size_t index) {
+  if (!pipeline.reports_use.at(index)) return nullptr;
+  json out = json::object();
+  for (const auto& unused : pipeline.not_in_effect.at(index)) out[unused.key] = unused.reason;
+  return out;
+}
+
 std::string timestamp() {
   const std::time_t now = std::time(nullptr);
   std::tm local{};
@@ -477,11 +450,7 @@ std::string timestamp() {
 
 std::string choose_run_dir(const RunConfig& config, const RunOptions& options) {
   if (!options.run_dir.empty()) {
-    std::error_code error;
-    if (fs::exists(options.run_dir) && !fs::is_empty(options.run_dir, error)) {
-      throw RunError("--output " + options.run_dir +
-                     ": directory exists and is not empty; choose a new directory");
-    }
+    check_new_run_dir(options.run_dir);
     return options.run_dir;
   }
   const std::string base =
@@ -626,6 +595,9 @@ namespace {
 RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                            std::string& created_run_dir) {
   const auto wall_start = Clock::now();
+  // SIGINT/SIGTERM from here on: during start-up the run stops before it writes anything; once
+  // it trains, at the next step, with a checkpoint.
+  const StopSignals stop_signals;
   // 1. Everything that can fail because of the user's input happens before any file is written.
   // A resume starts from the checkpoint: without a valid one there is nothing to continue.
   std::optional<LoadedCheckpoint> checkpoint;
@@ -684,6 +656,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   }
   PluginLoader loader(PluginLoader::search_path_for(cli_plugin_path, config.run.plugin_path));
   LoadedPipeline pipeline = load_pipeline(loader, config);
+  for (const auto& warning : pipeline.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
   const std::vector<const LoadedPlugin*>& plugins = pipeline.plugins;
   std::vector<ResolvedPluginConfig>& plugin_configs = pipeline.configs;
   const std::string run_dir = options.resume ? options.run_dir : choose_run_dir(config, options);
@@ -844,12 +817,19 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     restore_generator(checkpoint->file("generator.bin"));
   }
 
+  crash_point("startup");
+  if (const int signal_number = stop_signal.load(); signal_number != 0) {
+    throw Interrupted(std::string(signal_number == SIGINT ? "SIGINT" : "SIGTERM") +
+                          " during start-up, before the first step: nothing was written" +
+                          (options.resume ? " (the run directory is as it was)" : ""),
+                      signal_number);
+  }
+
   // 2. The run directory.
   std::error_code dir_error;
   fs::create_directories(run_dir, dir_error);
   if (dir_error) throw RunError(run_dir + ": cannot create run directory: " + dir_error.message());
   created_run_dir = run_dir;
-  const StopSignals stop_signals;  // from here on, SIGINT/SIGTERM end the run at a checkpoint
   CheckpointDirectory checkpoints(run_dir);
   std::optional<AppendJournal> metrics_journal;
   if (checkpoint) {
@@ -869,15 +849,22 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   }
   AppendJournal& metrics_csv = *metrics_journal;
   // Events (batch-size changes, out-of-memory retries) get their own rows, and a console line.
-  auto log_event = [&](size_t task_index, int64_t step, int64_t global, int64_t batch,
-                       int64_t micro, const std::string& what) {
+  // Steps are numbered from 1 in every output; an event belongs to the step it happens in or
+  // comes before, so with `steps_done` steps of the run completed it is step steps_done + 1.
+  int64_t task_first_global = 0;  // global steps completed when the current task began
+  const bool terminal = isatty(fileno(stderr)) != 0;
+  auto log_event = [&](size_t task_index, int64_t steps_done, int64_t batch, int64_t micro,
+                       const std::string& what) {
+    const int64_t step = steps_done - task_first_global + 1;
     std::ostringstream row;
-    row << task_index << ',' << step + 1 << ',' << global << ",,," << batch << ',' << micro
+    row << task_index << ',' << step << ',' << steps_done + 1 << ",,," << batch << ',' << micro
         << ",,,\"" << what << "\"\n";
     metrics_csv.append(row.str());
+    // On a terminal the line ends the progress bar being redrawn; in a pipe there is none.
     if (!options.quiet)
-      std::fprintf(stderr, "\n[batch] task %zu step %lld: %s\n", task_index + 1,
-                   static_cast<long long>(step + 1), what.c_str());
+      std::fprintf(stderr, "%s[batch] task %zu step %lld: %s\n", terminal ? "\n" : "",
+                   task_index + 1, static_cast<long long>(step), what.c_str());
+    return step;
   };
   json batch_changes = json::array();
   int64_t total_ooms = 0;
@@ -943,15 +930,9 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
     Runtime& runtime;
     ~MarkScope() { runtime.mark = nullptr; }
   } mark_scope{runtime};
-  PluginInstance* batch_policy = nullptr;
+  PluginInstance* batch_policy = nullptr;  // load_pipeline allows one at most
   for (auto& instance : instances) {
-    if (instance->kind() == CLHOST_PLUGIN_KIND_BATCH_POLICY) {
-      if (batch_policy != nullptr) {
-        throw RunError("the pipeline has two batch policies ('" + batch_policy->plugin->id +
-                       "' and '" + instance->plugin->id + "'); keep one");
-      }
-      batch_policy = instance.get();
-    }
+    if (instance->kind() == CLHOST_PLUGIN_KIND_BATCH_POLICY) batch_policy = instance.get();
   }
 
   const size_t task_count = sequence.tasks.size();
@@ -1111,6 +1092,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   runtime.model->train();
   for (size_t t = first_task; t < task_count; ++t) {
     const bool resumed_in_task = checkpoint && t == first_task && first_step > 0;
+    task_first_global = global_step - (resumed_in_task ? first_step : 0);
     const TaskData& task = sequence.tasks[t];
     const int64_t train_samples = task.train_size();
     if (train_samples == 0) throw RunError("task " + task.name + " has no training samples");
@@ -1152,7 +1134,6 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                                                                : batch_size;
     }
     int64_t task_ooms = resumed_in_task ? saved.at("task_out_of_memory_retries").get<int64_t>() : 0;
-    int64_t current_step = 0;
     // Without a configured budget, policies see what the machine could still give: tensors held
     // now plus MemAvailable, read once per task (not in the step's hot path).
     const int64_t available = runtime.budget_bytes < 0 ? available_system_memory() : -1;
@@ -1184,9 +1165,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                                   std::to_string(chosen) +
                                   (reason.empty() ? "" : " (" + reason + ")");
         emit(CLHOST_EVENT_BATCH_SIZE_CHANGE, static_cast<int32_t>(t), label);
-        log_event(t, current_step, global_step, batch_size, chosen, label);
+        const int64_t event_step = log_event(t, global_step, batch_size, chosen, label);
         batch_changes.push_back(json{{"task", t},
-                                     {"step", current_step},
+                                     {"step", event_step},
+                                     {"global_step", global_step + 1},
                                      {"from", micro_batch},
                                      {"to", chosen},
                                      {"reason", reason}});
@@ -1242,7 +1224,6 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
         batch_y = task.train_y.index_select(0, rows);
         rows = torch::arange(samples, torch::kInt64);
       }
-      current_step = step;
       double loss_value = 0.0;
       int64_t step_peak = -1;
       // Gradient accumulation over micro-batches: the optimizer always sees the whole batch. On
@@ -1272,7 +1253,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                                         : memory::format_bytes(runtime.budget_bytes)) +
               ")";
           emit(CLHOST_EVENT_OUT_OF_MEMORY, static_cast<int32_t>(t), where);
-          log_event(t, step, global_step, samples, micro_batch,
+          log_event(t, global_step, samples, micro_batch,
                     "out of memory at micro-batch " + std::to_string(micro_batch));
           optimizer->zero_grad();
           if (micro_batch == 1) {
@@ -1452,12 +1433,14 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   write_file_atomic((fs::path(run_dir) / "accuracy_matrix.csv").string(), matrix_csv.str());
 
   json plugin_reports = json::array();
-  for (auto& instance : instances) {
+  for (size_t i = 0; i < instances.size(); ++i) {
+    const auto& instance = instances[i];
     json report{{"id", instance->plugin->id},
                 {"kind", kind_name(instance->kind())},
                 {"version", instance->plugin->descriptor->version},
                 {"path", instance->plugin->path},
-                {"config", config_values_json(instance->config)}};
+                {"config", config_values_json(instance->config)},
+                {"not_in_effect", not_in_effect_json(pipeline, i)}};
     if (instance->kind() == CLHOST_PLUGIN_KIND_REGULARIZER) {
       const auto& table = instance->table<clhost_regularizer_v1_t>();
       if (table.describe != nullptr) {
@@ -1490,6 +1473,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                {"abi_version", {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR}},
                {"config_file", config.source},
                {"config", json::parse(config.resolved_json)},
+               {"given_keys", config.given_keys},
+               {"warnings", pipeline.warnings},
                {"scenario",
                 {{"kind", to_string(config.data.scenario)},
                  {"incremental", to_string(config.data.incremental)},
@@ -1564,6 +1549,7 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
                       json{{"status", "complete"}}.dump() + "\n");
     return summary;
   } catch (const Interrupted& e) {
+    if (run_dir.empty()) throw;  // stopped during start-up: there is nothing to mark
     try {
       write_file_atomic((fs::path(run_dir) / "status.json").string(),
                         json{{"status", "interrupted"}, {"message", e.what()}}.dump(2) + "\n");

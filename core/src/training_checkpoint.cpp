@@ -253,12 +253,20 @@ void crash_point(const char* point) {
     bool active = false;
     std::string point;
     long long at_call = 0;
+    int signal_number = SIGKILL;
   };
   static const Hook hook = [] {
     Hook parsed;
     const char* value = std::getenv("CLHOST_TEST_KILL_AT");
     if (value == nullptr || *value == '\0') return parsed;
-    const std::string text(value);
+    std::string text(value);
+    const std::string sigint_suffix = ":SIGINT";
+    if (text.size() > sigint_suffix.size() &&
+        text.compare(text.size() - sigint_suffix.size(), sigint_suffix.size(), sigint_suffix) ==
+            0) {
+      parsed.signal_number = SIGINT;
+      text.resize(text.size() - sigint_suffix.size());
+    }
     const size_t colon = text.rfind(':');
     parsed.active = true;
     parsed.point = text.substr(0, colon);
@@ -267,7 +275,7 @@ void crash_point(const char* point) {
   }();
   if (!hook.active || hook.point != point) return;
   static std::atomic<long long> calls{0};
-  if (++calls == hook.at_call) ::raise(SIGKILL);
+  if (++calls == hook.at_call) ::raise(hook.signal_number);
 }
 
 }  // namespace clhost

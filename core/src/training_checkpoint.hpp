@@ -59,7 +59,8 @@ class CheckpointDirectory {
 };
 
 // Test hook: when the environment variable CLHOST_TEST_KILL_AT is "<point>:<n>", the n-th call
-// of crash_point(<point>) in this process kills it with SIGKILL (as a crash would). Unset — in
+// of crash_point(<point>) in this process kills it with SIGKILL (as a crash would), or with a
+// ":SIGINT" suffix sends it SIGINT (as Ctrl-C would). Unset — in
 // every normal run — each call is one branch on a cached flag.
 void crash_point(const char* point);
 

@@ -97,6 +97,18 @@ struct TensorState {
 
 class Ewc : public clhost::sdk::Regularizer {
  public:
+  // clhost.config_use/1: gamma decays an online Fisher; state_dtype is the memory-efficient
+  // layout's precision (fisher_computation.use_memory_efficient).
+  static void unused_keys(const clhost::sdk::Config& config, const clhost::sdk::Settings& host,
+                          clhost::sdk::UnusedKeys& unused) {
+    if (config.get_string("mode") != "online") unused("gamma", "applies to mode = \"online\" only");
+    if (!host.get_bool("fisher_computation.use_memory_efficient", false)) {
+      unused("state_dtype",
+             "applies only with fisher_computation.use_memory_efficient = true (or "
+             "--use-memory-efficient)");
+    }
+  }
+
   Ewc(const clhost_host_t* host, const clhost::sdk::Config& config)
       : Regularizer(host),
         lambda_(config.get_float("lambda")),

@@ -84,6 +84,12 @@ struct Quadratic {
 
 class LowRankFisher : public clhost::sdk::Regularizer {
  public:
+  // clhost.config_use/1: gamma decays the online factor only.
+  static void unused_keys(const clhost::sdk::Config& config, const clhost::sdk::Settings& /*host*/,
+                          clhost::sdk::UnusedKeys& unused) {
+    if (config.get_string("mode") != "online") unused("gamma", "applies to mode = \"online\" only");
+  }
+
   LowRankFisher(const clhost_host_t* host, const clhost::sdk::Config& config)
       : Regularizer(host),
         lambda_(config.get_float("lambda")),

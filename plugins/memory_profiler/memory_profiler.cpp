@@ -103,6 +103,13 @@ void write_atomically(const fs::path& path, const std::string& content) {
 
 class MemoryProfiler : public clhost::sdk::Profiler {
  public:
+  // clhost.config_use/1: the picture size matters only when a picture is drawn.
+  static void unused_keys(const clhost::sdk::Config& config, const clhost::sdk::Settings& /*host*/,
+                          clhost::sdk::UnusedKeys& unused) {
+    if (config.get_bool("png") || config.get_bool("svg")) return;
+    for (const char* key : {"width_px", "height_px"}) unused(key, "applies only with png or svg = true");
+  }
+
   MemoryProfiler(const clhost_host_t* host, const clhost::sdk::Config& config)
       : Profiler(host),
         interval_(std::chrono::duration<double, std::milli>(config.get_float("interval_ms"))),

@@ -11,7 +11,9 @@
 #include <map>
 #include <sstream>
 
+#include "clhost/config.hpp"
 #include "clhost/errors.hpp"
+#include "clhost/plugin_loader.hpp"
 #include "io.hpp"
 #include "report.hpp"
 
@@ -71,7 +73,117 @@ pid_t launch(const Job& job) {
   _exit(127);
 }
 
+ConfigOverrides arm_overrides(const ArmSpec& arm, const std::vector<std::string>& plugin_path) {
+  ConfigOverrides overrides;
+  overrides.set = arm.set;
+  overrides.plugins = arm.plugins;
+  overrides.plugin_path = plugin_path;
+  return overrides;
+}
+
+// The resolved configuration a run of this arm with this seed uses (as in its results.json).
+json expected_config(const ArmSpec& arm, int64_t seed, const std::vector<std::string>& plugin_path) {
+  ConfigOverrides overrides = arm_overrides(arm, plugin_path);
+  overrides.set.push_back("run.seed=" + std::to_string(seed));
+  return json::parse(load_config(arm.config, overrides).resolved_json);
+}
+
+// Why the finished run in `dir` cannot stand for this arm and seed; empty when it can.
+std::string reuse_mismatch(const std::string& dir, const json& expected, const ArmSpec& arm) {
+  std::ifstream in(fs::path(dir) / "results.json");
+  const json results = json::parse(in, nullptr, false);
+  if (!results.is_object() || !results.contains("config") || !results.contains("plugins")) {
+    return "its results.json is unreadable";
+  }
+  std::string why;
+  size_t listed = 0;
+  const auto changes = config_changes(results["config"].dump(), expected.dump());
+  for (const auto& change : changes) {
+    if (listed++ == 4) {
+      why += "\n      ... and " + std::to_string(changes.size() - 4) + " more";
+      break;
+    }
+    why += "\n      " + change.key + ": ran with " + change.before + ", the arm asks " +
+           change.after;
+  }
+  std::vector<std::string> ran;
+  for (const auto& plugin : results["plugins"]) {
+    ran.push_back(plugin.value("id", "?") + " " + plugin.value("version", "?"));
+  }
+  if (ran != arm.plugin_versions) {
+    auto joined = [](const std::vector<std::string>& items) {
+      std::string out;
+      for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+      return out.empty() ? std::string("none") : out;
+    };
+    why += "\n      plug-ins: ran " + joined(ran) + ", the arm has " + joined(arm.plugin_versions);
+  }
+  return why;
+}
+
+// A finished run is reused when it matches; a mismatch is refused, or with --force rerun.
+bool reuse_finished(const Job& job, const ArmSpec& arm, const CompareOptions& options) {
+  if (!finished(job.dir)) return false;
+  const std::string why =
+      reuse_mismatch(job.dir, expected_config(arm, job.seed, options.plugin_path), arm);
+  const char* label = job.arm == 0 ? "A" : "B";
+  if (why.empty()) {
+    if (!options.quiet) {
+      std::fprintf(stderr, "[compare] %s seed %lld: finished earlier with the same settings, "
+                           "reused (%s)\n", label, static_cast<long long>(job.seed),
+                   job.dir.c_str());
+    }
+    return true;
+  }
+  if (!options.force) {
+    throw ConfigError("arm " + std::string(label) + " ('" + arm.spec + "') seed " +
+                      std::to_string(job.seed) + ": " + job.dir +
+                      " holds a finished run with other settings:" + why +
+                      "\n  Use another --output, or pass --force to rerun it.");
+  }
+  std::fprintf(stderr, "[compare] %s seed %lld: finished earlier with other settings, rerun "
+                       "(--force)\n", label, static_cast<long long>(job.seed));
+  return false;
+}
+
+// What each arm ran, from its first run's results.json: the resolved settings and, per
+// plug-in, its configuration and the keys it reported without effect.
+json arm_settings(const RunRecord& run) {
+  json config = run.results.value("config", json::object());
+  if (config.contains("run")) config["run"].erase("seed");
+  json plugins = json::array();
+  for (const auto& plugin : run.results.value("plugins", json::array())) {
+    plugins.push_back(json{{"id", plugin.value("id", "")},
+                           {"version", plugin.value("version", "")},
+                           {"config", plugin.value("config", json::object())},
+                           {"not_in_effect", plugin.value("not_in_effect", json(nullptr))}});
+  }
+  return json{{"config", config}, {"plugins", plugins}};
+}
+
 }  // namespace
+
+void validate_arm(ArmSpec& arm, const char* label, const std::vector<std::string>& plugin_path) {
+  const std::string prefix = std::string("arm ") + label + " ('" + arm.spec + "'): ";
+  try {
+    const RunConfig config = load_config(arm.config, arm_overrides(arm, plugin_path));
+    check_input_files(config);
+    PluginLoader loader(PluginLoader::search_path_for(config.cli_plugin_path,
+                                                      config.run.plugin_path));
+    const LoadedPipeline pipeline = load_pipeline(loader, config);
+    arm.plugin_versions.clear();
+    for (const auto* plugin : pipeline.plugins) {
+      arm.plugin_versions.push_back(plugin->id + " " + plugin->descriptor->version);
+    }
+    for (const auto& warning : pipeline.warnings) {
+      std::fprintf(stderr, "warning: %s%s\n", prefix.c_str(), warning.c_str());
+    }
+  } catch (const ConfigError& e) {
+    throw ConfigError(prefix + e.what());
+  } catch (const PluginError& e) {
+    throw PluginError(prefix + e.what());
+  }
+}
 
 ArmSpec parse_arm_spec(const std::string& spec, const std::string& base_config,
                        const std::string& name) {
@@ -131,13 +243,7 @@ int run_compare(const CompareOptions& options) {
               .string(),
           {}};
       dirs[a].push_back(job.dir);
-      if (finished(job.dir)) {
-        if (!options.quiet) {
-          std::fprintf(stderr, "[compare] %s seed %lld: finished earlier, reused (%s)\n",
-                       a == 0 ? "A" : "B", static_cast<long long>(seed), job.dir.c_str());
-        }
-        continue;
-      }
+      if (reuse_finished(job, arm, options)) continue;
       fs::remove_all(job.dir);  // an interrupted run starts again
       fs::create_directories(fs::path(job.dir).parent_path());
       job.argv = {exe,        "run",      "--config",
@@ -211,9 +317,10 @@ int run_compare(const CompareOptions& options) {
   for (size_t a = 0; a < 2; ++a) {
     for (const auto& dir : dirs[a]) runs[a].push_back(load_run(dir));
   }
-  const json comparison =
+  json comparison =
       compare_json({options.arms[0].name, options.arms[1].name},
                    {options.arms[0].spec, options.arms[1].spec}, runs, options.seeds);
+  for (size_t a = 0; a < 2; ++a) comparison["arms"][a]["ran"] = arm_settings(runs[a].front());
   const fs::path json_path = fs::path(options.output_dir) / "compare.json";
   const fs::path html_path = fs::path(options.output_dir) / "compare.html";
   write_file_atomic(json_path.string(), comparison.dump(2) + "\n");

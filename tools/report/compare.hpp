@@ -14,7 +14,15 @@ struct ArmSpec {
   std::string config;
   std::optional<std::vector<std::string>> plugins;
   std::vector<std::string> set;
+  // The plug-ins this arm runs, "id version" each (filled by validate_arm): a finished run is
+  // reused only when it ran the same ones.
+  std::vector<std::string> plugin_versions;
 };
+
+// Loads the arm's configuration and plug-ins as `clhost validate` would, fills
+// arm.plugin_versions and prints the arm's warnings. Errors name the arm:
+// "arm B ('plugins=ewc;train.lrr=1'): --set train.lrr: unknown key ...".
+void validate_arm(ArmSpec& arm, const char* label, const std::vector<std::string>& plugin_path);
 
 // SPEC is either a TOML file (its own config) or `;`-separated items on the base config:
 // `plugins=ewc,memory_profiler` (replaces the pipeline; `plugins=` for none) or `KEY=VALUE`
@@ -29,6 +37,9 @@ struct CompareOptions {
   int jobs = 1;
   std::vector<std::string> plugin_path;
   bool quiet = false;
+  // A finished run in output_dir is reused only when its resolved configuration and plug-in
+  // versions equal the arm's; otherwise compare refuses, or with force reruns it.
+  bool force = false;
 };
 
 // Runs (or reuses) every arm x seed, then writes compare.json and compare.html into output_dir

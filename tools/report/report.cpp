@@ -126,8 +126,19 @@ RunRecord load_run(const std::string& dir) {
   run.dir = dir;
   const fs::path results = fs::path(dir) / "results.json";
   if (!fs::exists(results)) {
-    throw std::runtime_error(
-        results.string() + ": missing (not a finished clhost run directory; see its status.json)");
+    const fs::path status = fs::path(dir) / "status.json";
+    std::string state = "not a clhost run directory (no status.json)";
+    if (fs::exists(status)) {
+      const json parsed = json::parse(read_text(status), nullptr, false);
+      state = "the run's status is " +
+              (parsed.is_object() ? parsed.value("status", std::string("unknown"))
+                                  : std::string("unreadable")) +
+              (parsed.is_object() && parsed.contains("error")
+                   ? ": " + parsed["error"].get<std::string>()
+                   : std::string());
+    }
+    throw std::runtime_error(results.string() + ": missing; " + state +
+                             " (a report needs a finished run)");
   }
   run.results = json::parse(read_text(results), nullptr, false);
   if (run.results.is_discarded() || !run.results.contains("accuracy_matrix")) {
@@ -306,7 +317,9 @@ json compare_json(const std::vector<std::string>& arm_names,
     }
     const PairedDifference difference = paired_difference(values[0], values[1]);
     std::string verdict = "no significant difference";
-    if (difference.significant) {
+    if (values[0].size() < 2) {
+      verdict = "one seed: no interval";
+    } else if (difference.significant) {
       const bool b_higher = difference.difference.mean > 0;
       verdict = std::string(b_higher == metric.higher_is_better ? "B" : "A") + " better";
     }

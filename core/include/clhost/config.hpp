@@ -123,6 +123,11 @@ struct RunConfig {
   bool profile_memory = false;
   bool dynamic_batch_size = false;
   std::vector<std::string> cli_plugin_path;  // --plugin-path, searched before everything else
+  // Host keys the user gave (file or --set) as dotted paths, "train.lr"; the rest are defaults.
+  std::vector<std::string> given_keys;
+  // Settings that were given but change nothing in this run where that is harmless (e.g. a
+  // fisher_computation key with no plug-in that computes a Fisher); printed and recorded.
+  std::vector<std::string> warnings;
   std::string resolved_json;  // the whole validated configuration, as JSON, for results.json
   std::string resolved_toml;  // the same as a config file that load_config reads back
 };
@@ -130,9 +135,11 @@ struct RunConfig {
 // Command-line inputs that change the configuration.
 struct ConfigOverrides {
   std::vector<std::string> set;                     // "key.path=value" (value in TOML syntax)
-  std::optional<std::vector<std::string>> plugins;  // --plugins: replaces the pipeline's list
+  // --plugins: replaces the pipeline's list (applied before `set`, so pipeline.N counts in this
+  // order; --set ID.KEY=... names an entry by its plug-in id).
+  std::optional<std::vector<std::string>> plugins;
   std::vector<std::string> plugin_path;             // --plugin-path entries, searched first
-  bool use_memory_efficient = false;
+  bool use_memory_efficient = false;  // --use-memory-efficient
   bool profile_memory = false;
   bool dynamic_batch_size = false;
   std::string memory_budget;  // --memory-budget, e.g. "1.5GiB"
@@ -140,6 +147,14 @@ struct ConfigOverrides {
 
 // Parses and validates; throws ConfigError("file:line:column: key: reason").
 RunConfig load_config(const std::string& path, const ConfigOverrides& overrides = {});
+
+// Checks that the files a run reads exist: the IDX or HDF5 data (and each task's source file),
+// a TorchScript model. Throws ConfigError naming the key and the path (clhost validate).
+void check_input_files(const RunConfig& config);
+
+// Checks that `dir` can become a new run directory: absent or empty, and no part of its path is a
+// file. Throws ConfigError ("--output DIR: ...").
+void check_new_run_dir(const std::string& dir);
 
 // A key whose resolved value differs between two configurations (clhost run --resume).
 struct ConfigChange {

@@ -80,11 +80,23 @@ class PluginLoader {
   std::vector<std::unique_ptr<LoadedPlugin>> loaded_;
 };
 
-// Loads every plug-in of the pipeline and validates its settings, in order. Errors name the
-// pipeline entry (or the CLI switch that asked for the plug-in).
+// Loads every plug-in of the pipeline and validates its settings, in order: schema, keys without
+// effect, one batch policy at most. Errors name the pipeline entry (or the CLI switch that asked
+// for the plug-in); all are ConfigError (exit 2) except a plug-in that cannot load (PluginError).
+struct UnusedKey {
+  std::string key;
+  std::string reason;
+};
 struct LoadedPipeline {
   std::vector<const LoadedPlugin*> plugins;
   std::vector<ResolvedPluginConfig> configs;
+  // Per plug-in, its defaulted keys without effect here (clhost.config_use/1); a key the user set
+  // without effect is refused instead. `reports_use[i]` is false for a plug-in without the
+  // interface (built before ABI 1.4), which cannot say.
+  std::vector<std::vector<UnusedKey>> not_in_effect;
+  std::vector<bool> reports_use;
+  // Harmless settings without effect in this pipeline, named for the user (printed, recorded).
+  std::vector<std::string> warnings;
 };
 LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config);
 

@@ -44,11 +44,12 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 3
+#define CLHOST_ABI_VERSION_MINOR 4
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
  * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group.
- * 1.3: interface "clhost.state/1" (checkpoint and resume). */
+ * 1.3: interface "clhost.state/1" (checkpoint and resume).
+ * 1.4: interface "clhost.config_use/1" (which configured keys take effect). */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -535,6 +536,26 @@ typedef struct clhost_state_v1 {
    * what you keep. Return INVALID_ARGUMENT with a message when the bytes are not yours. */
   clhost_status_t (*restore)(void* instance, const void* bytes, size_t size, clhost_error_t* error);
 } clhost_state_v1_t;
+
+/* "clhost.config_use/1" (ABI 1.4, optional): which keys of the plug-in's table take effect for
+ * the given values, e.g. a decay that only an "online" mode uses. With it, a setting is never
+ * silently ignored: the host refuses a key the user set that has no effect (exit 2, located,
+ * before anything runs; `clhost validate` does the same), and results.json lists each defaulted
+ * key without effect under plugins[i].not_in_effect. */
+#define CLHOST_INTERFACE_CONFIG_USE_V1 "clhost.config_use/1"
+/* Receives one key without effect. `key`: a key of the schema; `reason`: what would make it
+ * apply, in words a user can act on ("applies to mode = \"online\" only"). Lifetime of both:
+ * call. */
+typedef void (*clhost_unused_key_fn)(void* sink_data, const char* key, const char* reason);
+typedef struct clhost_config_use_v1 {
+  uint32_t struct_size;
+  /* Calls `unused` once for every key of `config` that would have no effect in a run with these
+   * values and these host settings. No instance exists: `host` offers only "clhost.settings/1"
+   * and "clhost.log/1", lifetime call. Called on the trainer thread before create, and by
+   * `clhost validate`; must not fail or keep any pointer. */
+  void (*unused_keys)(const clhost_host_t* host, const clhost_config_t* config,
+                      clhost_unused_key_fn unused, void* sink_data);
+} clhost_config_use_v1_t;
 
 /* ---------------------------------------------------------------------------------------------
  * The entry point

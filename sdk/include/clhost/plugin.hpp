@@ -239,7 +239,56 @@ class StateReader {
   size_t position_ = 0;
 };
 
+// Telling the host which configured keys take effect (clhost.config_use/1). A plug-in class
+// whose keys depend on each other defines
+//   static void unused_keys(const clhost::sdk::Config& config, const clhost::sdk::Settings& host,
+//                           clhost::sdk::UnusedKeys& unused);
+// and calls unused("gamma", "applies to mode = \"online\" only") for each key without effect.
+class UnusedKeys {
+ public:
+  UnusedKeys(clhost_unused_key_fn sink, void* sink_data) : sink_(sink), data_(sink_data) {}
+  void operator()(const char* key, const std::string& reason) const {
+    sink_(data_, key, reason.c_str());
+  }
+
+ private:
+  clhost_unused_key_fn sink_;
+  void* data_;
+};
+
+// The run's resolved host configuration (clhost.settings/1), by dotted key path; a missing key
+// or service gives the fallback.
+class Settings {
+ public:
+  explicit Settings(const clhost_host_t* host)
+      : host_(host),
+        service_(host != nullptr ? static_cast<const clhost_settings_service_v1_t*>(
+                                       host->get_service(host, CLHOST_SERVICE_SETTINGS_V1))
+                                 : nullptr) {}
+  [[nodiscard]] bool get_bool(const char* key_path, bool fallback) const {
+    int32_t value = fallback ? 1 : 0;
+    if (service_ != nullptr) service_->get_bool(host_, key_path, &value);
+    return value != 0;
+  }
+  [[nodiscard]] double get_float(const char* key_path, double fallback) const {
+    double value = fallback;
+    if (service_ != nullptr) service_->get_float(host_, key_path, &value);
+    return value;
+  }
+
+ private:
+  const clhost_host_t* host_;
+  const clhost_settings_service_v1_t* service_;
+};
+
 namespace detail {
+template <class Plugin, class = void>
+struct HasUnusedKeys : std::false_type {};
+template <class Plugin>
+struct HasUnusedKeys<Plugin, std::void_t<decltype(Plugin::unused_keys(
+                                 std::declval<const Config&>(), std::declval<const Settings&>(),
+                                 std::declval<UnusedKeys&>()))>> : std::true_type {};
+
 template <class Plugin, class = void>
 struct HasState : std::false_type {};
 template <class Plugin>
@@ -389,9 +438,22 @@ struct Trampolines {
     });
   }
 
+  static void unused_keys(const clhost_host_t* host, const clhost_config_t* config,
+                          clhost_unused_key_fn sink, void* sink_data) noexcept {
+    try {
+      UnusedKeys unused(sink, sink_data);
+      Plugin::unused_keys(Config(config), Settings(host), unused);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): must not fail; the keys then count as used
+    }
+  }
+
   static const void* get_interface(const char* id) noexcept {
     static const clhost_report_v1_t report_table{sizeof(clhost_report_v1_t), &report};
     if (std::strcmp(id, CLHOST_INTERFACE_REPORT_V1) == 0) return &report_table;
+    if constexpr (HasUnusedKeys<Plugin>::value) {
+      static const clhost_config_use_v1_t use_table{sizeof(clhost_config_use_v1_t), &unused_keys};
+      if (std::strcmp(id, CLHOST_INTERFACE_CONFIG_USE_V1) == 0) return &use_table;
+    }
     if constexpr (HasState<Plugin>::value) {
       static const clhost_state_v1_t state_table{sizeof(clhost_state_v1_t), &save, &restore};
       if (std::strcmp(id, CLHOST_INTERFACE_STATE_V1) == 0) return &state_table;
