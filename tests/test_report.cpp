@@ -160,13 +160,13 @@ TEST_F(CompareRun, RerunningReusesFinishedRuns) {
   const auto written = fs::last_write_time(results);
   const Output again = compare();
   ASSERT_EQ(again.exit_code, 0) << again.output;
-  EXPECT_EQ(count_of(again.output, "finished earlier, reused"), 4U) << again.output;
+  EXPECT_EQ(count_of(again.output, "with the same settings, reused"), 4U) << again.output;
   EXPECT_EQ(fs::last_write_time(results), written);
   // An interrupted run (no status.json) is run again, the others reused.
   fs::remove(dir_->path("cmp/b/seed_7/status.json"));
   const Output repaired = compare();
   ASSERT_EQ(repaired.exit_code, 0) << repaired.output;
-  EXPECT_EQ(count_of(repaired.output, "finished earlier, reused"), 3U) << repaired.output;
+  EXPECT_EQ(count_of(repaired.output, "with the same settings, reused"), 3U) << repaired.output;
   EXPECT_TRUE(fs::exists(dir_->path("cmp/b/seed_7/status.json")));
 }
 

@@ -3,9 +3,13 @@
 // pipeline's order; compare reuses a finished run only when it ran the arm's exact settings.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
@@ -125,7 +129,10 @@ TEST_P(InapplicableKey, IsRefusedAtItsLocationWithWhatWouldMakeItApply) {
   const Inapplicable& input = GetParam();
   ConfigOverrides overrides;
   overrides.set = {input.set};
-  if (*input.context != '\0') overrides.set.insert(overrides.set.begin(), input.context);
+  std::stringstream context(input.context);
+  for (std::string item; std::getline(context, item, ';');) {
+    if (!item.empty()) overrides.set.insert(overrides.set.end() - 1, item);
+  }
   const std::string key = std::string(input.set).substr(0, std::string(input.set).find('='));
   const std::string message = error_of(tiny_config(dir), overrides);
   EXPECT_NE(message.find("--set " + key + ": " + key + ": has no effect here"), std::string::npos)
@@ -145,7 +152,7 @@ INSTANTIATE_TEST_SUITE_P(
                      "IDX data is always resident"},
         Inapplicable{"stream_cache_with_idx", "data.stream_cache=\"1MiB\"", "",
                      "data.kind = \"hdf5\""},
-        Inapplicable{"dir_with_hdf5", "data.dir=\"/tmp\"", "data.kind=\"hdf5\"",
+        Inapplicable{"dir_with_hdf5", "data.dir=\"/tmp\"", "data.kind=\"hdf5\";data.path=\"x.h5\"",
                      "data.kind = \"idx\""},
         Inapplicable{"class_order_with_task_classes", "data.class_order=\"shuffled\"",
                      "data.task_classes=[[0,1],[2,3]]", "without data.task_classes"},
@@ -155,7 +162,7 @@ INSTANTIATE_TEST_SUITE_P(
                      "fisher_computation.use_compression=false", "use_compression = true"},
         Inapplicable{"level_with_lz4", "fisher_computation.compression_level=3",
                      "fisher_computation.codec=\"lz4\"", "codec gzip, blosc-lz4 or blosc-zstd"}),
-    [](const auto& info) { return std::string(info.param.name); });
+    [](const auto& test_case) { return std::string(test_case.param.name); });
 
 TEST(InapplicableKeys, TheResolvedConfigurationRecordsOnlyKeysThatTakeEffect) {
   clhost::test::TempDir dir;
@@ -166,12 +173,13 @@ TEST(InapplicableKeys, TheResolvedConfigurationRecordsOnlyKeysThatTakeEffect) {
   EXPECT_TRUE(adam["data"].contains("dir"));
   ConfigOverrides sgd;
   sgd.set = {"train.optimizer=\"sgd\"", "train.momentum=0.9", "train.epochs=1"};
-  const auto with_sgd = json::parse(load_config(tiny_config(dir), sgd).resolved_json);
+  const std::string empty = dir.file("empty.toml", "");  // tiny.toml sets train.iterations
+  const auto with_sgd = json::parse(load_config(empty, sgd).resolved_json);
   EXPECT_EQ(with_sgd["train"]["momentum"], 0.9);
   EXPECT_FALSE(with_sgd["train"].contains("iterations")) << "epochs set the steps";
   // The resolved file reads back to the same configuration (what --resume does).
   const std::string resolved =
-      dir.file("resolved.toml", load_config(tiny_config(dir), sgd).resolved_toml);
+      dir.file("resolved.toml", load_config(empty, sgd).resolved_toml);
   EXPECT_EQ(json::parse(load_config(resolved).resolved_json), with_sgd);
 }
 
@@ -284,6 +292,7 @@ TEST(TrustworthyCli, ConfigThatIsADirectoryIsRefused) {
 TEST(TrustworthyCli, AnUnusableOutputIsAUsageError) {
   clhost::test::TempDir dir;
   const std::string config = tiny_config(dir);
+  std::filesystem::create_directories(dir.path("full"));
   (void)dir.file("full/something", "x");
   const Result full = clhost("run --config " + config + " --output " + dir.path("full"));
   EXPECT_EQ(full.exit_code, 2) << full.output;
@@ -398,3 +407,147 @@ TEST(TrustworthyCompare, ArmErrorsNameTheArm) {
 }
 
 }  // namespace
+
+// --- the key sweep: every documented host key takes effect where it applies, and is refused
+// where it does not --------------------------------------------------------------------------
+
+namespace sweep {
+
+struct KeyCase {
+  const char* key;
+  const char* value;         // TOML, as for --set
+  const char* recorded;      // the value in the resolved configuration, as JSON
+  const char* applies;       // --set items (';'-separated) that make the key apply, or ""
+  const char* inapplicable;  // --set items where it has no effect, or nullptr: it always applies
+};
+
+const KeyCase kCases[] = {
+    {"run.name", "\"sweep\"", "\"sweep\"", "", nullptr},
+    {"run.seed", "7", "7", "", nullptr},
+    {"run.threads", "2", "2", "", nullptr},
+    {"run.output_dir", "\"elsewhere\"", "\"elsewhere\"", "", nullptr},
+    {"run.plugin_path", "[\"/opt/p\"]", "[\"/opt/p\"]", "", nullptr},
+    {"run.log_every", "7", "7", "", nullptr},
+    {"run.checkpoint_every", "0", "0", "", nullptr},
+    {"run.memory_budget", "\"1GiB\"", "1073741824", "", nullptr},
+    {"data.kind", "\"hdf5\"", "\"hdf5\"", "data.path=\"x.h5\"", nullptr},
+    {"data.path", "\"x.h5\"", "\"x.h5\"", "data.kind=\"hdf5\"", ""},
+    {"data.train_x", "\"/a\"", "\"/a\"", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},
+    {"data.train_y", "\"/a\"", "\"/a\"", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},
+    {"data.test_x", "\"/a\"", "\"/a\"", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},
+    {"data.test_y", "\"/a\"", "\"/a\"", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},
+    {"data.max_resident", "\"1GiB\"", "1073741824", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},
+    {"data.stream_cache", "\"1MiB\"", "1048576", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},
+    {"data.dir", "\"/tmp\"", "\"/tmp\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
+    {"data.train_images", "\"a\"", "\"a\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
+    {"data.train_labels", "\"a\"", "\"a\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
+    {"data.test_images", "\"a\"", "\"a\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
+    {"data.test_labels", "\"a\"", "\"a\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
+    {"data.num_classes", "20", "20", "", nullptr},
+    {"data.normalize", "\"standard\"", "\"standard\"", "", nullptr},
+    {"data.scenario", "\"permuted\"", "\"permuted\"", "", nullptr},
+    {"data.num_tasks", "2", "2", "", nullptr},
+    {"data.rotation_step", "10.0", "10.0", "data.scenario=\"rotated\"", ""},
+    {"data.task_classes", "[[0,1],[2,3]]", "[[0,1],[2,3]]", "", "data.scenario=\"permuted\""},
+    {"data.class_order", "\"shuffled\"", "\"shuffled\"", "", "data.task_classes=[[0,1]]"},
+    {"data.incremental", "\"class\"", "\"class\"", "", nullptr},
+    {"data.train_samples_per_task", "5", "5", "", nullptr},
+    {"data.test_samples_per_task", "5", "5", "", nullptr},
+    {"model.kind", "\"cnn\"", "\"cnn\"", "", nullptr},
+    {"model.hidden", "[8]", "[8]", "", "model.kind=\"torchscript\";model.path=\"m.pt\""},
+    {"model.path", "\"m.pt\"", "\"m.pt\"", "model.kind=\"torchscript\"", ""},
+    {"model.input_shape", "[1,28,28]", "[1,28,28]",
+     "model.kind=\"torchscript\";model.path=\"m.pt\"", ""},
+    {"train.optimizer", "\"sgd\"", "\"sgd\"", "", nullptr},
+    {"train.lr", "0.5", "0.5", "", nullptr},
+    {"train.momentum", "0.9", "0.9", "train.optimizer=\"sgd\"", ""},
+    {"train.batch_size", "7", "7", "", nullptr},
+    {"train.iterations", "9", "9", "", "train.epochs=1"},
+    {"train.epochs", "2", "2", "", nullptr},
+    {"train.eval_batch_size", "9", "9", "", nullptr},
+    {"train.checkpoint_segments", "2", "2", "", nullptr},
+    {"fisher_computation.use_memory_efficient", "false", "false", "", nullptr},
+    {"fisher_computation.block_size", "99", "99", "", nullptr},
+    {"fisher_computation.use_compression", "false", "false", "", nullptr},
+    {"fisher_computation.compression_level", "3", "3", "",
+     "fisher_computation.codec=\"lz4\""},
+    {"fisher_computation.codec", "\"lz4\"", "\"lz4\"", "",
+     "fisher_computation.use_compression=false"},
+    {"fisher_computation.store_dtype", "\"fp16\"", "\"fp16\"", "", nullptr},
+    {"fisher_computation.compression_ratio", "0.5", "0.5", "", nullptr},
+};
+
+std::vector<std::string> items(const std::string& joined) {
+  std::vector<std::string> out;
+  std::stringstream stream(joined);
+  for (std::string item; std::getline(stream, item, ';');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+// The keys of docs/config.md's tables for [run], [data], [model], [train], [fisher_computation].
+std::vector<std::string> documented_keys() {
+  std::stringstream docs(clhost::test::read_file(std::string(CLHOST_SOURCE_DIR) +
+                                                 "/docs/config.md"));
+  std::vector<std::string> keys;
+  std::string section;
+  for (std::string line; std::getline(docs, line);) {
+    if (line.rfind("## `[", 0) == 0) {
+      const size_t open = line.find('[');
+      section = line.substr(open + 1, line.find(']') - open - 1);
+      if (section.front() == '[') section.clear();  // [[pipeline]], [[tasks]]: plug-in/task keys
+      continue;
+    }
+    if (section.empty() || line.rfind("| `", 0) != 0) continue;
+    const std::string cell = line.substr(2, line.find(" |", 2) - 2);
+    for (size_t at = cell.find('`'); at != std::string::npos; at = cell.find('`', at)) {
+      const size_t end = cell.find('`', at + 1);
+      keys.push_back(section + "." + cell.substr(at + 1, end - at - 1));
+      at = end + 1;
+    }
+  }
+  return keys;
+}
+
+}  // namespace sweep
+
+TEST(KeySweep, EveryDocumentedKeyIsSwept) {
+  const auto keys = sweep::documented_keys();
+  EXPECT_GE(keys.size(), 45U);
+  for (const auto& key : keys) {
+    const bool swept = std::any_of(std::begin(sweep::kCases), std::end(sweep::kCases),
+                                   [&](const sweep::KeyCase& c) { return key == c.key; });
+    EXPECT_TRUE(swept) << key << " is documented but not in the sweep";
+  }
+}
+
+TEST(KeySweep, EachKeyReachesTheResolvedConfigWhereItAppliesAndIsRefusedWhereItDoesNot) {
+  clhost::test::TempDir dir;
+  const std::string base = dir.file("empty.toml", "");
+  size_t refused = 0;
+  for (const auto& c : sweep::kCases) {
+    ConfigOverrides overrides;
+    overrides.set = sweep::items(c.applies);
+    overrides.set.push_back(std::string(c.key) + "=" + c.value);
+    const std::string key(c.key);
+    try {
+      const auto resolved = json::parse(load_config(base, overrides).resolved_json);
+      const std::string section = key.substr(0, key.find('.'));
+      const std::string name = key.substr(key.find('.') + 1);
+      EXPECT_EQ(resolved[section][name], json::parse(c.recorded)) << key;
+    } catch (const ConfigError& e) {
+      ADD_FAILURE() << key << " = " << c.value << " refused where it applies: " << e.what();
+    }
+    if (c.inapplicable == nullptr) continue;
+    overrides.set = sweep::items(c.inapplicable);
+    overrides.set.push_back(std::string(c.key) + "=" + c.value);
+    const std::string message = error_of(base, overrides);
+    EXPECT_NE(message.find("--set " + key + ": " + key + ": has no effect here"),
+              std::string::npos)
+        << key << ": " << message;
+    ++refused;
+  }
+  std::printf("key sweep: %zu keys, %zu of them also checked where they do not apply\n",
+              std::size(sweep::kCases), refused);
+}
