@@ -256,7 +256,8 @@ TEST(TorchScript, ConfigNeedsAPathAndKeepsTorchScriptKeysToTorchScript) {
             std::string::npos)
       << error_of("[model]\nkind = \"torchscript\"\n");
   EXPECT_NE(error_of("[model]\ninput_shape = [1, 28, 28]\n")
-                .find("model.input_shape: has no effect here: it applies only with model.kind = \"torchscript\""),
+                .find("model.input_shape: has no effect here: it applies only with model.kind = "
+                      "\"torchscript\""),
             std::string::npos);
 }
 

@@ -178,8 +178,7 @@ TEST(InapplicableKeys, TheResolvedConfigurationRecordsOnlyKeysThatTakeEffect) {
   EXPECT_EQ(with_sgd["train"]["momentum"], 0.9);
   EXPECT_FALSE(with_sgd["train"].contains("iterations")) << "epochs set the steps";
   // The resolved file reads back to the same configuration (what --resume does).
-  const std::string resolved =
-      dir.file("resolved.toml", load_config(empty, sgd).resolved_toml);
+  const std::string resolved = dir.file("resolved.toml", load_config(empty, sgd).resolved_toml);
   EXPECT_EQ(json::parse(load_config(resolved).resolved_json), with_sgd);
 }
 
@@ -191,8 +190,8 @@ TEST(InapplicableKeys, ConfigFileMistakesAreRefusedWithTheirLocation) {
   EXPECT_NE(error_of(empty_classes, {}).find(empty_classes + ":2:16: data.task_classes: is empty"),
             std::string::npos)
       << error_of(empty_classes, {});
-  const std::string twice = dir.file(
-      "twice.toml", "[[tasks]]\nname = \"a\"\n[[tasks]]\nname = \"a\"\n");
+  const std::string twice =
+      dir.file("twice.toml", "[[tasks]]\nname = \"a\"\n[[tasks]]\nname = \"a\"\n");
   EXPECT_NE(error_of(twice, {}).find(twice + ":4:8: tasks[1].name: \"a\" is already the name"),
             std::string::npos)
       << error_of(twice, {});
@@ -221,9 +220,11 @@ TEST(SetMessages, SayWhatIsWrongWithTheKeyPath) {
 
 TEST(TrustworthyCli, SetWithPluginsReachesThePluginAndResultsRecordIt) {
   clhost::test::TempDir dir;
-  const Result run = clhost("run --config " + tiny_config(dir) +
-                            " --plugins ewc --set pipeline.0.lambda=1000 --set ewc.fisher_samples=50"
-                            " -q --output " + dir.path("run"));
+  const Result run =
+      clhost("run --config " + tiny_config(dir) +
+             " --plugins ewc --set pipeline.0.lambda=1000 --set ewc.fisher_samples=50"
+             " -q --output " +
+             dir.path("run"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const auto plugin = results_of(dir.path("run"))["plugins"][0];
   EXPECT_EQ(plugin["id"], "ewc");
@@ -238,9 +239,9 @@ TEST(TrustworthyCli, APluginKeyWithoutEffectExitsTwoAndWritesNothing) {
   clhost::test::TempDir dir;
   const std::string config = tiny_config(dir);
   for (const std::string command : {"validate", "run"}) {
-    const Result result = clhost(command + " --config " + config +
-                                 " --plugins ewc --set ewc.gamma=0.5" +
-                                 (command == "run" ? " --output " + dir.path("out") : ""));
+    const Result result =
+        clhost(command + " --config " + config + " --plugins ewc --set ewc.gamma=0.5" +
+               (command == "run" ? " --output " + dir.path("out") : ""));
     EXPECT_EQ(result.exit_code, 2) << command << ": " << result.output;
     EXPECT_NE(result.output.find("--set ewc.gamma: pipeline[0] (ewc).gamma: has no effect here: "
                                  "applies to mode = \"online\" only"),
@@ -259,8 +260,8 @@ TEST(TrustworthyCli, APluginKeyWithoutEffectExitsTwoAndWritesNothing) {
 
 TEST(TrustworthyCli, HarmlessSettingsWithoutEffectAreNamedInAWarning) {
   clhost::test::TempDir dir;
-  const Result result = clhost("validate --config " + tiny_config(dir) +
-                               " --set fisher_computation.block_size=100");
+  const Result result =
+      clhost("validate --config " + tiny_config(dir) + " --set fisher_computation.block_size=100");
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("warning: fisher_computation.block_size has no effect: no plug-in "
                                "in the pipeline computes a Fisher"),
@@ -306,10 +307,9 @@ TEST(TrustworthyCli, AnUnusableOutputIsAUsageError) {
 
 TEST(TrustworthyCli, SigintDuringStartUpSaysNothingWasWritten) {
   clhost::test::TempDir dir;
-  const Result interrupted =
-      clhost::test::run_command("CLHOST_TEST_KILL_AT=startup:1:SIGINT " +
-                                std::string(CLHOST_BINARY) + " run --config " + tiny_config(dir) +
-                                " --output " + dir.path("interrupted"));
+  const Result interrupted = clhost::test::run_command(
+      "CLHOST_TEST_KILL_AT=startup:1:SIGINT " + std::string(CLHOST_BINARY) + " run --config " +
+      tiny_config(dir) + " --output " + dir.path("interrupted"));
   EXPECT_EQ(interrupted.exit_code, 130) << interrupted.output;
   EXPECT_NE(interrupted.output.find("SIGINT during start-up, before the first step: nothing was "
                                     "written"),
@@ -340,8 +340,7 @@ TEST(TrustworthyCli, ReportAndFisherErrorsNameTheirCommand) {
   EXPECT_EQ(no_argument.output.find("--run-dir"), std::string::npos) << no_argument.output;
   const Result not_a_run = clhost("report " + dir.path());
   EXPECT_NE(not_a_run.output.find("clhost report: "), std::string::npos) << not_a_run.output;
-  EXPECT_NE(not_a_run.output.find("not a clhost run directory (no status.json)"),
-            std::string::npos)
+  EXPECT_NE(not_a_run.output.find("not a clhost run directory (no status.json)"), std::string::npos)
       << not_a_run.output;
   EXPECT_EQ(not_a_run.output.find("run failed"), std::string::npos) << not_a_run.output;
   const Result fisher = clhost("fisher inspect " + dir.path("none.h5"));
@@ -353,7 +352,8 @@ TEST(TrustworthyCli, EventRowsUseTheStepNumbersOfTheStepRowsAndNoBlankLinesInAPi
   clhost::test::TempDir dir;
   const Result run = clhost("run --config " + tiny_config(dir) +
                             " --plugins fixed --set fixed.micro_batch=8 --set run.log_every=1"
-                            " --output " + dir.path("run"));
+                            " --output " +
+                            dir.path("run"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_EQ(run.output.find("\n\n[batch]"), std::string::npos) << run.output;
   EXPECT_NE(run.output.find("[batch] task 1 step 1: "), std::string::npos) << run.output;
@@ -469,8 +469,7 @@ const KeyCase kCases[] = {
     {"fisher_computation.use_memory_efficient", "false", "false", "", nullptr},
     {"fisher_computation.block_size", "99", "99", "", nullptr},
     {"fisher_computation.use_compression", "false", "false", "", nullptr},
-    {"fisher_computation.compression_level", "3", "3", "",
-     "fisher_computation.codec=\"lz4\""},
+    {"fisher_computation.compression_level", "3", "3", "", "fisher_computation.codec=\"lz4\""},
     {"fisher_computation.codec", "\"lz4\"", "\"lz4\"", "",
      "fisher_computation.use_compression=false"},
     {"fisher_computation.store_dtype", "\"fp16\"", "\"fp16\"", "", nullptr},
@@ -488,8 +487,8 @@ std::vector<std::string> items(const std::string& joined) {
 
 // The keys of docs/config.md's tables for [run], [data], [model], [train], [fisher_computation].
 std::vector<std::string> documented_keys() {
-  std::stringstream docs(clhost::test::read_file(std::string(CLHOST_SOURCE_DIR) +
-                                                 "/docs/config.md"));
+  std::stringstream docs(
+      clhost::test::read_file(std::string(CLHOST_SOURCE_DIR) + "/docs/config.md"));
   std::vector<std::string> keys;
   std::string section;
   for (std::string line; std::getline(docs, line);) {
@@ -543,8 +542,7 @@ TEST(KeySweep, EachKeyReachesTheResolvedConfigWhereItAppliesAndIsRefusedWhereItD
     overrides.set = sweep::items(c.inapplicable);
     overrides.set.push_back(std::string(c.key) + "=" + c.value);
     const std::string message = error_of(base, overrides);
-    EXPECT_NE(message.find("--set " + key + ": " + key + ": has no effect here"),
-              std::string::npos)
+    EXPECT_NE(message.find("--set " + key + ": " + key + ": has no effect here"), std::string::npos)
         << key << ": " << message;
     ++refused;
   }

@@ -81,8 +81,8 @@ po::options_description config_options(bool config_required = true) {
       "override a config key: --set train.lr=0.01 (value in TOML syntax; repeatable)")(
       "use-memory-efficient", po::bool_switch(),
       "set fisher_computation.use_memory_efficient = true; adds the ewc plug-in unless ewc or "
-      "lowrank_fisher is in the pipeline")(
-      "profile-memory", po::bool_switch(), "add the memory_profiler plug-in to the pipeline")(
+      "lowrank_fisher is in the pipeline")("profile-memory", po::bool_switch(),
+                                           "add the memory_profiler plug-in to the pipeline")(
       "dynamic-batch-size", po::bool_switch(), "add the dynamic batch-policy plug-in")(
       "memory-budget", po::value<std::string>(),
       "budget for LibTorch CPU tensor memory, e.g. 1.5GiB (sets run.memory_budget)");
@@ -193,7 +193,8 @@ int command_validate(const std::vector<std::string>& args) {
   clhost::PluginLoader loader(
       clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
   const clhost::LoadedPipeline pipeline = clhost::load_pipeline(loader, config);
-  for (const auto& warning : pipeline.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
+  for (const auto& warning : pipeline.warnings)
+    std::fprintf(stderr, "warning: %s\n", warning.c_str());
   std::printf("%s: valid (%zu plug-in%s in the pipeline)\n", config.source.c_str(),
               config.pipeline.size(), config.pipeline.size() == 1 ? "" : "s");
   return 0;
@@ -421,9 +422,9 @@ int command_compare(const std::vector<std::string>& args) {
       "output,o", po::value<std::string>()->default_value(""),
       "directory for the arms' runs, compare.json and compare.html (default "
       "runs/compare_<time>); rerunning with the same directory reuses finished runs that ran "
-      "the same settings")(
-      "plugin-path", po::value<std::vector<std::string>>()->composing(),
-      "extra plug-in directory for every run")("quiet,q", po::bool_switch(), "no progress lines")(
+      "the same settings")("plugin-path", po::value<std::vector<std::string>>()->composing(),
+                           "extra plug-in directory for every run")("quiet,q", po::bool_switch(),
+                                                                    "no progress lines")(
       "force", po::bool_switch(),
       "rerun finished runs in --output whose settings differ from the arm's (default: refuse)");
   po::variables_map vm;

@@ -16,8 +16,9 @@ torch::Tensor checkpointed_forward(torch::nn::Sequential& model, const torch::Te
 // `micro_batch`, each micro-batch's mean loss weighted by its share of the batch, so the
 // accumulated gradients equal the whole batch's mean-loss gradient. Labels are mapped to output
 // columns by `label_map`; logits are restricted to `active`. Adds the samples it pushed through
-// to *samples_processed as each forward starts (so a micro-batch that then fails counts) and returns the batch's loss.
-// Throws LibTorch's errors, out-of-memory included; the caller zeroes gradients and retries.
+// to *samples_processed as each forward starts (so a micro-batch that then fails counts) and
+// returns the batch's loss. Throws LibTorch's errors, out-of-memory included; the caller zeroes
+// gradients and retries.
 double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
                                   const torch::Tensor& labels, const torch::Tensor& label_map,
                                   const torch::Tensor& active, const torch::Tensor& rows,

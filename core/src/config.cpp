@@ -236,8 +236,8 @@ const toml::table* sub_table(SectionReader& root, const std::string& key) {
 
 // The top-level tables of a config file; any other first segment of a --set key names a plug-in.
 const std::vector<std::string>& section_names() {
-  static const std::vector<std::string> names = {"run",   "data",   "model", "train",
-                                                 "fisher_computation", "pipeline", "tasks"};
+  static const std::vector<std::string> names = {
+      "run", "data", "model", "train", "fisher_computation", "pipeline", "tasks"};
   return names;
 }
 
@@ -246,13 +246,14 @@ bool is_index(const std::string& segment) {
 }
 
 // `--set ewc.lambda=…` means the pipeline entry whose plugin is "ewc": returns its index.
-size_t pipeline_index_of(const toml::table& root, const std::string& id, const std::string& source) {
+size_t pipeline_index_of(const toml::table& root, const std::string& id,
+                         const std::string& source) {
   const toml::array* pipeline = root["pipeline"].as_array();
   std::vector<size_t> matches;
   std::vector<std::string> ids;
   for (size_t i = 0; pipeline != nullptr && i < pipeline->size(); ++i) {
-    const toml::node* plugin = (*pipeline)[i].as_table() ? (*pipeline)[i].as_table()->get("plugin")
-                                                         : nullptr;
+    const toml::node* plugin =
+        (*pipeline)[i].as_table() ? (*pipeline)[i].as_table()->get("plugin") : nullptr;
     if (plugin == nullptr || !plugin->is_string()) continue;
     ids.push_back(plugin->as_string()->get());
     if (ids.back() == id) matches.push_back(i);
@@ -341,8 +342,7 @@ std::string apply_override(toml::table& root, const std::string& assignment) {
     std::string parent = walked;
     if (current->is_array()) {
       throw ConfigError(source + ": " + parent +
-                        " is an array of values: set it whole, e.g. --set '" + parent +
-                        "=[...]'");
+                        " is an array of values: set it whole, e.g. --set '" + parent + "=[...]'");
     }
     throw ConfigError(source + ": " + parent + " is a value, not a table");
   }
@@ -483,11 +483,21 @@ struct ConditionalKey {
   bool (*applies)(const RunConfig&);
 };
 
-bool is_hdf5(const RunConfig& c) { return c.data.kind == DataKind::kHdf5; }
-bool is_idx(const RunConfig& c) { return c.data.kind == DataKind::kIdx; }
-bool has_layer_sizes(const RunConfig& c) { return c.model.kind != ModelKind::kTorchScript; }
-bool is_torchscript(const RunConfig& c) { return c.model.kind == ModelKind::kTorchScript; }
-bool compresses(const RunConfig& c) { return c.fisher.use_compression; }
+bool is_hdf5(const RunConfig& c) {
+  return c.data.kind == DataKind::kHdf5;
+}
+bool is_idx(const RunConfig& c) {
+  return c.data.kind == DataKind::kIdx;
+}
+bool has_layer_sizes(const RunConfig& c) {
+  return c.model.kind != ModelKind::kTorchScript;
+}
+bool is_torchscript(const RunConfig& c) {
+  return c.model.kind == ModelKind::kTorchScript;
+}
+bool compresses(const RunConfig& c) {
+  return c.fisher.use_compression;
+}
 
 const ConditionalKey kConditionalKeys[] = {
     {"train.momentum", "train.optimizer = \"sgd\"",
@@ -546,7 +556,8 @@ std::vector<std::string> given_keys(const toml::table& root) {
   for (const char* section : {"run", "data", "model", "train", "fisher_computation"}) {
     const toml::table* table = root[section].as_table();
     if (table == nullptr) continue;
-    for (const auto& [key, value] : *table) keys.push_back(std::string(section) + "." + std::string(key.str()));
+    for (const auto& [key, value] : *table)
+      keys.push_back(std::string(section) + "." + std::string(key.str()));
   }
   return keys;
 }
@@ -753,7 +764,8 @@ TaskOverride read_task(const toml::node& element, const std::string& prefix, con
   SectionReader task(element.as_table(), prefix, in.path, in.overridden);
   TaskOverride entry;
   entry.name = task.get_string("name", "");
-  if (task.take("batch_size") != nullptr) entry.batch_size = task.get_int("batch_size", 0, 1, 1 << 24);
+  if (task.take("batch_size") != nullptr)
+    entry.batch_size = task.get_int("batch_size", 0, 1, 1 << 24);
   for (const char* key : {"path", "group"}) {
     if (config.data.scenario != Scenario::kSources && element.as_table()->get(key)) {
       task.fail(*element.as_table()->get(key), key,
@@ -771,8 +783,9 @@ TaskOverride read_task(const toml::node& element, const std::string& prefix, con
   for (const auto& earlier : config.tasks) {
     if (!entry.name.empty() && earlier.name == entry.name) {
       task.fail(*element.as_table()->get("name"), "name",
-                "\"" + entry.name + "\" is already the name of an earlier task; task names "
-                "label the accuracy matrix and must differ");
+                "\"" + entry.name +
+                    "\" is already the name of an earlier task; task names "
+                    "label the accuracy matrix and must differ");
     }
   }
   task.finish();
@@ -790,8 +803,8 @@ void read_tasks(SectionReader& top, const ConfigInput& in, RunConfig& config) {
     }
     if (config.data.scenario == Scenario::kSources) {
       const toml::node* num_tasks = in.root["data"]["num_tasks"].node();
-      if (num_tasks != nullptr && num_tasks->value_or<int64_t>(0) !=
-                                      static_cast<int64_t>(config.tasks.size())) {
+      if (num_tasks != nullptr &&
+          num_tasks->value_or<int64_t>(0) != static_cast<int64_t>(config.tasks.size())) {
         top.fail(*num_tasks, "data.num_tasks",
                  "data.scenario = \"sources\" has one task per [[tasks]] entry (" +
                      std::to_string(config.tasks.size()) + " here); remove data.num_tasks");
@@ -948,7 +961,8 @@ void write_resolved(toml::table& root, RunConfig& config) {
 toml::table parse_config_file(const std::string& path) {
   std::error_code error;
   if (std::filesystem::is_directory(path, error)) {
-    throw ConfigError(path + ": is a directory; --config takes a TOML file (e.g. configs/quick.toml)");
+    throw ConfigError(path +
+                      ": is a directory; --config takes a TOML file (e.g. configs/quick.toml)");
   }
   try {
     return toml::parse_file(path);

@@ -433,12 +433,14 @@ std::vector<std::string> fisher_warnings(const RunConfig& config, const LoadedPi
                          " has no effect: no plug-in in the pipeline computes a Fisher (ewc and "
                          "lowrank_fisher do)");
     } else if (key == "fisher_computation.use_memory_efficient" && !has_plugin(pipeline, "ewc")) {
-      warnings.push_back(key + " has no effect unless a plug-in reads it (of the built-in ones, "
-                               "only ewc does; it is not in the pipeline)");
+      warnings.push_back(key +
+                         " has no effect unless a plug-in reads it (of the built-in ones, "
+                         "only ewc does; it is not in the pipeline)");
     } else if (key == "fisher_computation.compression_ratio" &&
                !has_plugin(pipeline, "lowrank_fisher")) {
-      warnings.push_back(key + " has no effect unless a plug-in reads it (of the built-in ones, "
-                               "only lowrank_fisher does; it is not in the pipeline)");
+      warnings.push_back(key +
+                         " has no effect unless a plug-in reads it (of the built-in ones, "
+                         "only lowrank_fisher does; it is not in the pipeline)");
     }
   }
   return warnings;

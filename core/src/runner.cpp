@@ -245,7 +245,9 @@ clhost_status_t sample_grads_sample_gradients(const clhost_host_t* host,
   }
 }
 
-const json& runtime_settings(const clhost_host_t* host) { return runtime_of(host).settings; }
+const json& runtime_settings(const clhost_host_t* host) {
+  return runtime_of(host).settings;
+}
 using RuntimeSettings = SettingsService<&runtime_settings>;
 
 FisherStore& store_of(Runtime& runtime) {
@@ -656,7 +658,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   }
   PluginLoader loader(PluginLoader::search_path_for(cli_plugin_path, config.run.plugin_path));
   LoadedPipeline pipeline = load_pipeline(loader, config);
-  for (const auto& warning : pipeline.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
+  for (const auto& warning : pipeline.warnings)
+    std::fprintf(stderr, "warning: %s\n", warning.c_str());
   const std::vector<const LoadedPlugin*>& plugins = pipeline.plugins;
   std::vector<ResolvedPluginConfig>& plugin_configs = pipeline.configs;
   const std::string run_dir = options.resume ? options.run_dir : choose_run_dir(config, options);

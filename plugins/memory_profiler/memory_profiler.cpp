@@ -107,7 +107,8 @@ class MemoryProfiler : public clhost::sdk::Profiler {
   static void unused_keys(const clhost::sdk::Config& config, const clhost::sdk::Settings& /*host*/,
                           clhost::sdk::UnusedKeys& unused) {
     if (config.get_bool("png") || config.get_bool("svg")) return;
-    for (const char* key : {"width_px", "height_px"}) unused(key, "applies only with png or svg = true");
+    for (const char* key : {"width_px", "height_px"})
+      unused(key, "applies only with png or svg = true");
   }
 
   MemoryProfiler(const clhost_host_t* host, const clhost::sdk::Config& config)

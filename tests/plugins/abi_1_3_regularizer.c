@@ -16,7 +16,8 @@
 static const clhost_config_key_t schema[] = {
     {"mode", CLHOST_CONFIG_TYPE_STRING, "\"separate\"", "separate | online", 0, 0, 0,
      "separate|online"},
-    {"decay", CLHOST_CONFIG_TYPE_FLOAT, "1.0", "online decay (online mode only)", 1, 0.0, 1.0, NULL},
+    {"decay", CLHOST_CONFIG_TYPE_FLOAT, "1.0", "online decay (online mode only)", 1, 0.0, 1.0,
+     NULL},
 };
 
 static const clhost_plugin_descriptor_t descriptor = {sizeof(clhost_plugin_descriptor_t),

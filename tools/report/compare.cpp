@@ -82,7 +82,8 @@ ConfigOverrides arm_overrides(const ArmSpec& arm, const std::vector<std::string>
 }
 
 // The resolved configuration a run of this arm with this seed uses (as in its results.json).
-json expected_config(const ArmSpec& arm, int64_t seed, const std::vector<std::string>& plugin_path) {
+json expected_config(const ArmSpec& arm, int64_t seed,
+                     const std::vector<std::string>& plugin_path) {
   ConfigOverrides overrides = arm_overrides(arm, plugin_path);
   overrides.set.push_back("run.seed=" + std::to_string(seed));
   return json::parse(load_config(arm.config, overrides).resolved_json);
@@ -103,8 +104,8 @@ std::string reuse_mismatch(const std::string& dir, const json& expected, const A
       why += "\n      ... and " + std::to_string(changes.size() - 4) + " more";
       break;
     }
-    why += "\n      " + change.key + ": ran with " + change.before + ", the arm asks " +
-           change.after;
+    why +=
+        "\n      " + change.key + ": ran with " + change.before + ", the arm asks " + change.after;
   }
   std::vector<std::string> ran;
   for (const auto& plugin : results["plugins"]) {
@@ -129,9 +130,10 @@ bool reuse_finished(const Job& job, const ArmSpec& arm, const CompareOptions& op
   const char* label = job.arm == 0 ? "A" : "B";
   if (why.empty()) {
     if (!options.quiet) {
-      std::fprintf(stderr, "[compare] %s seed %lld: finished earlier with the same settings, "
-                           "reused (%s)\n", label, static_cast<long long>(job.seed),
-                   job.dir.c_str());
+      std::fprintf(stderr,
+                   "[compare] %s seed %lld: finished earlier with the same settings, "
+                   "reused (%s)\n",
+                   label, static_cast<long long>(job.seed), job.dir.c_str());
     }
     return true;
   }
@@ -141,8 +143,10 @@ bool reuse_finished(const Job& job, const ArmSpec& arm, const CompareOptions& op
                       " holds a finished run with other settings:" + why +
                       "\n  Use another --output, or pass --force to rerun it.");
   }
-  std::fprintf(stderr, "[compare] %s seed %lld: finished earlier with other settings, rerun "
-                       "(--force)\n", label, static_cast<long long>(job.seed));
+  std::fprintf(stderr,
+               "[compare] %s seed %lld: finished earlier with other settings, rerun "
+               "(--force)\n",
+               label, static_cast<long long>(job.seed));
   return false;
 }
 
@@ -168,8 +172,8 @@ void validate_arm(ArmSpec& arm, const char* label, const std::vector<std::string
   try {
     const RunConfig config = load_config(arm.config, arm_overrides(arm, plugin_path));
     check_input_files(config);
-    PluginLoader loader(PluginLoader::search_path_for(config.cli_plugin_path,
-                                                      config.run.plugin_path));
+    PluginLoader loader(
+        PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
     const LoadedPipeline pipeline = load_pipeline(loader, config);
     arm.plugin_versions.clear();
     for (const auto* plugin : pipeline.plugins) {
@@ -317,9 +321,8 @@ int run_compare(const CompareOptions& options) {
   for (size_t a = 0; a < 2; ++a) {
     for (const auto& dir : dirs[a]) runs[a].push_back(load_run(dir));
   }
-  json comparison =
-      compare_json({options.arms[0].name, options.arms[1].name},
-                   {options.arms[0].spec, options.arms[1].spec}, runs, options.seeds);
+  json comparison = compare_json({options.arms[0].name, options.arms[1].name},
+                                 {options.arms[0].spec, options.arms[1].spec}, runs, options.seeds);
   for (size_t a = 0; a < 2; ++a) comparison["arms"][a]["ran"] = arm_settings(runs[a].front());
   const fs::path json_path = fs::path(options.output_dir) / "compare.json";
   const fs::path html_path = fs::path(options.output_dir) / "compare.html";

@@ -134,12 +134,12 @@ struct RunConfig {
 
 // Command-line inputs that change the configuration.
 struct ConfigOverrides {
-  std::vector<std::string> set;                     // "key.path=value" (value in TOML syntax)
+  std::vector<std::string> set;  // "key.path=value" (value in TOML syntax)
   // --plugins: replaces the pipeline's list (applied before `set`, so pipeline.N counts in this
   // order; --set ID.KEY=... names an entry by its plug-in id).
   std::optional<std::vector<std::string>> plugins;
-  std::vector<std::string> plugin_path;             // --plugin-path entries, searched first
-  bool use_memory_efficient = false;  // --use-memory-efficient
+  std::vector<std::string> plugin_path;  // --plugin-path entries, searched first
+  bool use_memory_efficient = false;     // --use-memory-efficient
   bool profile_memory = false;
   bool dynamic_batch_size = false;
   std::string memory_budget;  // --memory-budget, e.g. "1.5GiB"
