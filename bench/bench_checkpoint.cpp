@@ -9,7 +9,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "checkpoint.hpp"
+#include "activation_checkpoint.hpp"
 #include "clhost/memory_budget.hpp"
 #include "model.hpp"
 

@@ -160,10 +160,12 @@ TEST(MemoryProfiler, EventsArriveInOrderOnOneMonotoneClock) {
   const std::vector<std::string> expected_marks{"probe allocate", "probe allocated", "probe free",
                                                 "probe freed"};
   EXPECT_EQ(marks, expected_marks);
+  // A run checkpoint after the untrained model's evaluation and after every task.
   const std::vector<std::string> expected_kinds{
-      "run_begin", "eval_begin", "eval_end", "task_begin", "consolidate_begin", "consolidate_end",
-      "task_end",  "eval_begin", "eval_end", "task_begin", "consolidate_begin", "consolidate_end",
-      "task_end",  "eval_begin", "eval_end", "run_end"};
+      "run_begin",         "eval_begin",      "eval_end",          "checkpoint",      "task_begin",
+      "consolidate_begin", "consolidate_end", "task_end",          "eval_begin",      "eval_end",
+      "checkpoint",        "task_begin",      "consolidate_begin", "consolidate_end", "task_end",
+      "eval_begin",        "eval_end",        "checkpoint",        "run_end"};
   EXPECT_EQ(host_kinds, expected_kinds);
   const auto& times = profile["samples"]["t_s"];
   for (size_t i = 1; i < times.size(); ++i) EXPECT_GE(times[i], times[i - 1]) << i;

@@ -119,13 +119,7 @@ class Ewc : public clhost::sdk::Regularizer {
         batched_(config.get_bool("batched")),
         fisher_batch_size_(config.get_int("fisher_batch_size")),
         store_(config.get_bool("store")) {
-    const auto* settings = static_cast<const clhost_settings_service_v1_t*>(
-        host->get_service(host, CLHOST_SERVICE_SETTINGS_V1));
-    int32_t memory_efficient = 0;
-    if (settings != nullptr) {
-      settings->get_bool(host, "fisher_computation.use_memory_efficient", &memory_efficient);
-    }
-    if (memory_efficient != 0) {
+    if (this->host().settings().get_bool("fisher_computation.use_memory_efficient", false)) {
       const std::string dtype = config.get_string("state_dtype");
       layout_ = dtype == "int8"        ? StateLayout::kMergedInt8
                 : dtype == "int8_fp16" ? StateLayout::kMergedInt8Fp16
@@ -158,9 +152,7 @@ class Ewc : public clhost::sdk::Regularizer {
     prepare_for_new_task();
     measured_state_bytes_ += heap_bytes() - heap_before;
 
-    const auto* store = static_cast<const clhost_fisher_store_v1_t*>(
-        host().raw()->get_service(host().raw(), CLHOST_SERVICE_FISHER_STORE_V1));
-    store_service_ = store_ ? store : nullptr;
+    store_service_ = store_ ? host().fisher_store() : nullptr;
     clhost_error_t error{};
     if (store_service_ != nullptr) {
       const std::string group = "task_" + std::to_string(task.task_index);
@@ -170,9 +162,7 @@ class Ewc : public clhost::sdk::Regularizer {
     }
     clhost_fisher_request_t request{};
     request.struct_size = sizeof(request);
-    request.labels = labels_ == "true"     ? CLHOST_FISHER_LABELS_TRUE
-                     : labels_ == "sample" ? CLHOST_FISHER_LABELS_SAMPLE
-                                           : CLHOST_FISHER_LABELS_EXPECTATION;
+    request.labels = clhost::sdk::fisher_labels(labels_);
     request.max_samples = fisher_samples_;
     request.batched = batched_ ? 1 : 0;
     request.batch_size = fisher_batch_size_;

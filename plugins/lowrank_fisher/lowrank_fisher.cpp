@@ -102,11 +102,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
         batch_size_(config.get_int("fisher_batch_size")),
         store_(config.get_bool("store")) {
     if (ratio_ <= 0.0) {
-      const auto* settings = static_cast<const clhost_settings_service_v1_t*>(
-          host->get_service(host, CLHOST_SERVICE_SETTINGS_V1));
-      if (settings != nullptr) {
-        settings->get_float(host, "fisher_computation.compression_ratio", &ratio_);
-      }
+      ratio_ = this->host().settings().get_float("fisher_computation.compression_ratio", ratio_);
       if (ratio_ <= 0.0 || ratio_ > 1.0) {
         throw clhost::sdk::Error(
             "lowrank_fisher: compression_ratio must be in (0, 1] (set it in the plug-in's "
@@ -142,9 +138,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     builder_.reset();
     clhost_fisher_request_t request{};
     request.struct_size = sizeof(request);
-    request.labels = labels_ == "true"     ? CLHOST_FISHER_LABELS_TRUE
-                     : labels_ == "sample" ? CLHOST_FISHER_LABELS_SAMPLE
-                                           : CLHOST_FISHER_LABELS_EXPECTATION;
+    request.labels = clhost::sdk::fisher_labels(labels_);
     request.max_samples = fisher_samples_;
     request.batched = 0;
     request.batch_size = batch_size_;
@@ -317,8 +311,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
 
   // The task's D and U columns in the Fisher store: group <prefix>_d, then <prefix>_u<k>.
   void save(uint32_t task_index, const std::vector<lowrank::Factor>& factors) {
-    const auto* store = static_cast<const clhost_fisher_store_v1_t*>(
-        host().raw()->get_service(host().raw(), CLHOST_SERVICE_FISHER_STORE_V1));
+    const auto* store = host().fisher_store();
     if (store == nullptr) return;
     const std::string prefix = "lowrank_task_" + std::to_string(task_index);
     std::ostringstream layout;

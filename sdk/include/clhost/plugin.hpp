@@ -63,6 +63,13 @@ clhost_status_t guarded_call(clhost_error_t* error, Body&& body) noexcept {
   }
 }
 
+// The `labels` key shared by the Fisher-based plug-ins: "true" | "sample" | "expectation".
+inline clhost_fisher_labels_t fisher_labels(const std::string& name) {
+  return name == "true"     ? CLHOST_FISHER_LABELS_TRUE
+         : name == "sample" ? CLHOST_FISHER_LABELS_SAMPLE
+                            : CLHOST_FISHER_LABELS_EXPECTATION;
+}
+
 // Read-only view of the resolved configuration given to the constructor.
 class Config {
  public:
@@ -85,6 +92,31 @@ class Config {
     return *value;
   }
   const clhost_config_t* config_;
+};
+
+// The run's resolved host configuration (clhost.settings/1), by dotted key path; a missing key
+// or service gives the fallback.
+class Settings {
+ public:
+  explicit Settings(const clhost_host_t* host)
+      : host_(host),
+        service_(host != nullptr ? static_cast<const clhost_settings_service_v1_t*>(
+                                       host->get_service(host, CLHOST_SERVICE_SETTINGS_V1))
+                                 : nullptr) {}
+  [[nodiscard]] bool get_bool(const char* key_path, bool fallback) const {
+    int32_t value = fallback ? 1 : 0;
+    if (service_ != nullptr) service_->get_bool(host_, key_path, &value);
+    return value != 0;
+  }
+  [[nodiscard]] double get_float(const char* key_path, double fallback) const {
+    double value = fallback;
+    if (service_ != nullptr) service_->get_float(host_, key_path, &value);
+    return value;
+  }
+
+ private:
+  const clhost_host_t* host_;
+  const clhost_settings_service_v1_t* service_;
 };
 
 // Typed access to host services; each accessor throws Error when the host lacks the service.
@@ -113,6 +145,13 @@ class Host {
   }
   [[nodiscard]] const clhost_memory_service_v1_t& memory() const {
     return service<clhost_memory_service_v1_t>(CLHOST_SERVICE_MEMORY_V1);
+  }
+  // The run's resolved configuration (clhost.settings/1); missing keys give the fallback.
+  [[nodiscard]] Settings settings() const { return Settings(host_); }
+  // The run's Fisher store (clhost.fisher_store/1), or null when the host has none.
+  [[nodiscard]] const clhost_fisher_store_v1_t* fisher_store() const {
+    return static_cast<const clhost_fisher_store_v1_t*>(
+        host_->get_service(host_, CLHOST_SERVICE_FISHER_STORE_V1));
   }
 
   // Adds a named event to the run's timeline (every profiler receives it). Trainer thread only.
@@ -254,31 +293,6 @@ class UnusedKeys {
  private:
   clhost_unused_key_fn sink_;
   void* data_;
-};
-
-// The run's resolved host configuration (clhost.settings/1), by dotted key path; a missing key
-// or service gives the fallback.
-class Settings {
- public:
-  explicit Settings(const clhost_host_t* host)
-      : host_(host),
-        service_(host != nullptr ? static_cast<const clhost_settings_service_v1_t*>(
-                                       host->get_service(host, CLHOST_SERVICE_SETTINGS_V1))
-                                 : nullptr) {}
-  [[nodiscard]] bool get_bool(const char* key_path, bool fallback) const {
-    int32_t value = fallback ? 1 : 0;
-    if (service_ != nullptr) service_->get_bool(host_, key_path, &value);
-    return value != 0;
-  }
-  [[nodiscard]] double get_float(const char* key_path, double fallback) const {
-    double value = fallback;
-    if (service_ != nullptr) service_->get_float(host_, key_path, &value);
-    return value;
-  }
-
- private:
-  const clhost_host_t* host_;
-  const clhost_settings_service_v1_t* service_;
 };
 
 namespace detail {

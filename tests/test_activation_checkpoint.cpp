@@ -2,8 +2,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "checkpoint.hpp"
+#include "activation_checkpoint.hpp"
 #include "clhost/memory_budget.hpp"
+#include "micro_batcher.hpp"
 #include "model.hpp"
 
 namespace {

@@ -1,4 +1,4 @@
-#include "checkpoint.hpp"
+#include "activation_checkpoint.hpp"
 
 #include <torch/torch.h>
 
@@ -64,29 +64,6 @@ torch::Tensor checkpointed_forward(torch::nn::Sequential& model, const torch::Te
   torch::Tensor h = input;
   for (int64_t s = 0; s < segments; ++s) h = CheckpointFunction::apply(h, anchor, s);
   return h;
-}
-
-double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
-                                  const torch::Tensor& labels, const torch::Tensor& label_map,
-                                  const torch::Tensor& active, const torch::Tensor& rows,
-                                  int64_t micro_batch, int64_t checkpoint_segments,
-                                  int64_t* samples_processed) {
-  const int64_t samples = rows.size(0);
-  double loss_value = 0.0;
-  for (int64_t start = 0; start < samples; start += micro_batch) {
-    const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
-    // Counted when the forward starts, so a micro-batch that runs out of memory counts too.
-    if (samples_processed != nullptr) *samples_processed += part.size(0);
-    const torch::Tensor inputs = x.index_select(0, part);
-    const torch::Tensor targets = label_map.index_select(0, labels.index_select(0, part));
-    const torch::Tensor logits =
-        checkpointed_forward(model, inputs, checkpoint_segments).index_select(1, active);
-    const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
-    torch::Tensor loss = torch::nn::functional::cross_entropy(logits, targets) * share;
-    loss.backward();
-    loss_value += loss.item<double>();
-  }
-  return loss_value;
 }
 
 }  // namespace clhost

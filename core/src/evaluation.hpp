@@ -1,0 +1,28 @@
+// Which output columns a task trains and is evaluated on (task-, domain- or class-incremental),
+// and accuracy on every task's test set.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "clhost/config.hpp"
+#include "data.hpp"
+
+namespace clhost {
+
+// Columns of the model's output a task uses, and the label -> column map.
+struct ClassView {
+  torch::Tensor active;     // int64 column indices
+  torch::Tensor label_map;  // [num_classes] global label -> index into active (-1 if absent)
+};
+
+// The view task `task` trains on (class-incremental: every class seen so far).
+ClassView training_view(const RunConfig& config, const TaskSequence& sequence, size_t task);
+
+// Accuracy on every task's test set, in task order (the model is left in training mode).
+std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunConfig& config,
+                                       const TaskSequence& sequence);
+
+}  // namespace clhost

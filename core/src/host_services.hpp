@@ -1,0 +1,58 @@
+// The host side of the plug-in ABI: the live state the `clhost.*` services read (Runtime), who
+// is calling (PluginContext), and the service tables themselves (host_services.cpp).
+#pragma once
+
+#include <clhost/clhost_plugin.h>
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "clhost/fisher_store.hpp"
+#include "fisher.hpp"
+
+namespace clhost {
+
+class Runtime;
+
+// What a plug-in's host pointer leads to: the runtime, and who is calling (for log prefixes).
+struct PluginContext {
+  Runtime* runtime = nullptr;
+  std::string id;
+  bool quiet = false;
+};
+
+// The live state that host services read. One per run; plug-ins reach it through host_data.
+class Runtime {
+ public:
+  torch::nn::Sequential model;
+  std::vector<torch::Tensor> parameters;
+  std::vector<std::string> parameter_names;
+  std::vector<std::vector<int64_t>> parameter_shapes;
+  FisherContext fisher_context;
+  bool in_task_end = false;
+  int64_t budget_bytes = -1;
+  int64_t fisher_block_size = 1000000;
+  nlohmann::json settings;             // the resolved configuration, for clhost.settings/1
+  std::unique_ptr<FisherStore> store;  // created on first use
+  // Delivers a USER event from `source` to the profilers (set by the trainer for the run).
+  std::function<void(const std::string& source, const std::string& label)> mark;
+
+  // `names` replaces LibTorch's parameter names (a TorchScript model keeps its Python names).
+  void bind_model(torch::nn::Sequential net, const std::vector<std::string>& names = {}) {
+    model = std::move(net);
+    for (const auto& item : model->named_parameters()) {
+      parameter_names.push_back(names.empty() ? item.key() : names.at(parameters.size()));
+      parameters.push_back(item.value());
+      parameter_shapes.push_back(item.value().sizes().vec());
+    }
+  }
+};
+
+// The `get_service` of every plug-in's host: the clhost.* service tables, or NULL.
+const void* host_get_service(const clhost_host_t* host, const char* id);
+
+}  // namespace clhost

@@ -1,0 +1,166 @@
+#include "micro_batcher.hpp"
+
+#include <fstream>
+
+#include "activation_checkpoint.hpp"
+#include "clhost/errors.hpp"
+#include "clhost/memory_budget.hpp"
+#include "event_bus.hpp"
+#include "metrics_log.hpp"
+#include "plugin_set.hpp"
+#include "trainer_state.hpp"
+
+namespace clhost {
+namespace {
+
+int64_t available_system_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return -1;
+}
+
+}  // namespace
+
+double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
+                                  const torch::Tensor& labels, const torch::Tensor& label_map,
+                                  const torch::Tensor& active, const torch::Tensor& rows,
+                                  int64_t micro_batch, int64_t checkpoint_segments,
+                                  int64_t* samples_processed) {
+  const int64_t samples = rows.size(0);
+  double loss_value = 0.0;
+  for (int64_t start = 0; start < samples; start += micro_batch) {
+    const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
+    // Counted when the forward starts, so a micro-batch that runs out of memory counts too.
+    if (samples_processed != nullptr) *samples_processed += part.size(0);
+    const torch::Tensor inputs = x.index_select(0, part);
+    const torch::Tensor targets = label_map.index_select(0, labels.index_select(0, part));
+    const torch::Tensor logits =
+        checkpointed_forward(model, inputs, checkpoint_segments).index_select(1, active);
+    const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
+    torch::Tensor loss = torch::nn::functional::cross_entropy(logits, targets) * share;
+    loss.backward();
+    loss_value += loss.item<double>();
+  }
+  return loss_value;
+}
+
+MicroBatcher::MicroBatcher(PluginInstance* policy, TrainerState& state, EventBus& events,
+                           MetricsLog& log, int64_t budget_bytes)
+    : policy_(policy), state_(state), events_(events), log_(log), budget_bytes_(budget_bytes) {}
+
+void MicroBatcher::begin_task(size_t task, const std::string& task_name, int64_t batch_size,
+                              bool resumed_in_task) {
+  task_ = task;
+  task_name_ = task_name;
+  batch_size_ = batch_size;
+  if (!resumed_in_task) {
+    state_.micro_batch = policy_ != nullptr && state_.micro_batch > 0
+                             ? std::min(state_.micro_batch, batch_size)
+                             : batch_size;
+  }
+  // Without a configured budget, policies see what the machine could still give: tensors held
+  // now plus MemAvailable, read once per task (not in the step's hot path).
+  const int64_t available = budget_bytes_ < 0 ? available_system_memory() : -1;
+  budget_for_policy_ = budget_bytes_ >= 0 ? budget_bytes_
+                       : available >= 0   ? memory::current_bytes() + available
+                                          : -1;
+  if (!resumed_in_task) ask_policy(-1, false);
+}
+
+void MicroBatcher::after_step(int64_t peak_bytes) {
+  if (policy_ != nullptr) ask_policy(peak_bytes, false);
+}
+
+void MicroBatcher::ask_policy(int64_t peak_bytes, bool out_of_memory) {
+  if (policy_ == nullptr) return;
+  const clhost_batch_request_t request{sizeof(clhost_batch_request_t),
+                                       static_cast<uint32_t>(task_),
+                                       batch_size_,
+                                       state_.first_policy_call ? 0 : state_.micro_batch,
+                                       out_of_memory ? 1 : 0,
+                                       budget_for_policy_,
+                                       peak_bytes};
+  state_.first_policy_call = false;
+  int64_t chosen = state_.micro_batch;
+  clhost_error_t error{};
+  const auto& table = policy_->table<clhost_batch_policy_v1_t>();
+  policy_->check(table.choose_micro_batch(policy_->instance, &request, &chosen, &error), error,
+                 "choose_micro_batch");
+  chosen = std::clamp<int64_t>(chosen, 1, batch_size_);
+  if (chosen == state_.micro_batch) return;
+  const bool has_reason =
+      table.struct_size >= sizeof(clhost_batch_policy_v1_t) && table.last_reason != nullptr;
+  const std::string reason = has_reason ? table.last_reason(policy_->instance) : "";
+  const std::string label = "micro-batch " + std::to_string(state_.micro_batch) + " -> " +
+                            std::to_string(chosen) + (reason.empty() ? "" : " (" + reason + ")");
+  events_.emit(CLHOST_EVENT_BATCH_SIZE_CHANGE, static_cast<int32_t>(task_), label);
+  const int64_t event_step = log_.event(task_, state_.global_step, batch_size_, chosen, label);
+  state_.batch_changes.push_back(nlohmann::json{{"task", task_},
+                                                {"step", event_step},
+                                                {"global_step", state_.global_step + 1},
+                                                {"from", state_.micro_batch},
+                                                {"to", chosen},
+                                                {"reason", reason}});
+  state_.micro_batch = chosen;
+}
+
+MicroBatcher::Gradients MicroBatcher::gradients(torch::nn::Sequential& model,
+                                                torch::optim::Optimizer& optimizer,
+                                                const StepBatch& batch, const ClassView& view,
+                                                int64_t checkpoint_segments, int64_t step,
+                                                int64_t& task_ooms) {
+  while (true) {
+    try {
+      optimizer.zero_grad();
+      state_.tensor_peak_bytes = std::max(state_.tensor_peak_bytes, memory::peak_bytes());
+      memory::reset_peak();
+      Gradients out;
+      out.loss = accumulate_batch_gradients(model, batch.x, batch.y, view.label_map, view.active,
+                                            batch.rows, state_.micro_batch, checkpoint_segments,
+                                            &state_.samples_processed);
+      out.peak_bytes = memory::peak_bytes();
+      state_.samples_in_steps += batch.samples;
+      return out;
+    } catch (const std::exception& e) {
+      if (!memory::is_out_of_memory(e)) throw;
+      retry_smaller(optimizer, batch, step, task_ooms);
+    }
+  }
+}
+
+void MicroBatcher::retry_smaller(torch::optim::Optimizer& optimizer, const StepBatch& batch,
+                                 int64_t step, int64_t& task_ooms) {
+  ++task_ooms;
+  ++state_.out_of_memory_retries;
+  state_.samples_redone += batch.samples;
+  const int64_t micro_batch = state_.micro_batch;
+  const std::string where =
+      "task " + task_name_ + " step " + std::to_string(step + 1) +
+      ": out of memory at micro-batch " + std::to_string(micro_batch) + " (budget " +
+      (budget_bytes_ < 0 ? std::string("none") : memory::format_bytes(budget_bytes_)) + ")";
+  events_.emit(CLHOST_EVENT_OUT_OF_MEMORY, static_cast<int32_t>(task_), where);
+  log_.event(task_, state_.global_step, batch.samples, micro_batch,
+             "out of memory at micro-batch " + std::to_string(micro_batch));
+  optimizer.zero_grad();
+  if (micro_batch == 1) {
+    throw RunError(
+        where + "; even one sample does not fit: raise run.memory_budget or use a smaller model");
+  }
+  if (policy_ == nullptr) {
+    throw RunError(where +
+                   "; add a batch policy (--dynamic-batch-size) to retry with smaller "
+                   "micro-batches, or raise run.memory_budget");
+  }
+  ask_policy(-1, true);
+  if (state_.micro_batch >= micro_batch) {
+    throw RunError(where + "; batch policy '" + policy_->plugin->id +
+                   "' did not choose a smaller micro-batch");
+  }
+}
+
+}  // namespace clhost

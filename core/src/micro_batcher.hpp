@@ -1,0 +1,83 @@
+// One optimizer step's gradients, in the micro-batches a batch policy chooses. Gradients are
+// accumulated over micro-batches so the optimizer always sees the whole batch; on out-of-memory
+// the partial gradients are dropped and the same samples are redone with the smaller
+// micro-batch the policy then chooses, so no sample is lost or counted twice.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+
+#include "evaluation.hpp"
+
+namespace clhost {
+
+class EventBus;
+class MetricsLog;
+struct PluginInstance;
+struct TrainerState;
+
+// One optimizer step's forward/backward: the samples `rows` of (x, labels) in micro-batches of
+// `micro_batch`, each micro-batch's mean loss weighted by its share of the batch, so the
+// accumulated gradients equal the whole batch's mean-loss gradient. Labels are mapped to output
+// columns by `label_map`; logits are restricted to `active`. Adds the samples it pushed through
+// to *samples_processed as each forward starts (so a micro-batch that then fails counts) and
+// returns the batch's loss. Throws LibTorch's errors, out-of-memory included; the caller zeroes
+// gradients and retries.
+double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
+                                  const torch::Tensor& labels, const torch::Tensor& label_map,
+                                  const torch::Tensor& active, const torch::Tensor& rows,
+                                  int64_t micro_batch, int64_t checkpoint_segments,
+                                  int64_t* samples_processed);
+
+// The samples of one optimizer step: rows of (x, y), or x/y read for this batch alone when the
+// task's samples are streamed (then rows = 0..samples-1).
+struct StepBatch {
+  torch::Tensor x;
+  torch::Tensor y;
+  torch::Tensor rows;
+  int64_t samples = 0;
+};
+
+class MicroBatcher {
+ public:
+  // `policy`: the run's batch policy, or null (the micro-batch is then the whole batch).
+  MicroBatcher(PluginInstance* policy, TrainerState& state, EventBus& events, MetricsLog& log,
+               int64_t budget_bytes);
+
+  // Before a task's steps: the micro-batch carries over (capped by the batch) and the policy
+  // answers first. A task resumed in its middle keeps what the checkpoint restored.
+  void begin_task(size_t task, const std::string& task_name, int64_t batch_size,
+                  bool resumed_in_task);
+  // After a step: the policy may choose another micro-batch from the step's tensor peak.
+  void after_step(int64_t peak_bytes);
+
+  struct Gradients {
+    double loss = 0.0;
+    int64_t peak_bytes = -1;  // LibTorch tensor high-water mark of the successful attempt
+  };
+  // zero_grad, then forward/backward of the whole batch, retried after out-of-memory.
+  // `step`: 0-based within the task; `task_ooms` counts this task's retries.
+  Gradients gradients(torch::nn::Sequential& model, torch::optim::Optimizer& optimizer,
+                      const StepBatch& batch, const ClassView& view, int64_t checkpoint_segments,
+                      int64_t step, int64_t& task_ooms);
+
+ private:
+  void ask_policy(int64_t peak_bytes, bool out_of_memory);
+  // Counts and reports an out-of-memory attempt; throws when no smaller micro-batch can help.
+  void retry_smaller(torch::optim::Optimizer& optimizer, const StepBatch& batch, int64_t step,
+                     int64_t& task_ooms);
+
+  PluginInstance* policy_;
+  TrainerState& state_;
+  EventBus& events_;
+  MetricsLog& log_;
+  int64_t budget_bytes_;
+  size_t task_ = 0;
+  std::string task_name_;
+  int64_t batch_size_ = 0;
+  int64_t budget_for_policy_ = -1;
+};
+
+}  // namespace clhost

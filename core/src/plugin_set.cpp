@@ -1,0 +1,201 @@
+#include "plugin_set.hpp"
+
+#include <cmath>
+
+#include "run_state.hpp"
+
+namespace clhost {
+namespace {
+
+using json = nlohmann::json;
+
+json config_values_json(const ResolvedPluginConfig& config) {
+  json out = json::object();
+  for (const auto& value : config.values()) {
+    switch (value.type) {
+      case CLHOST_CONFIG_TYPE_BOOL: out[value.key] = value.bool_value != 0; break;
+      case CLHOST_CONFIG_TYPE_INT: out[value.key] = value.int_value; break;
+      case CLHOST_CONFIG_TYPE_FLOAT: out[value.key] = value.float_value; break;
+      case CLHOST_CONFIG_TYPE_STRING: out[value.key] = value.string_value; break;
+    }
+  }
+  return out;
+}
+
+// The plug-in's own account of its keys without effect: {key: reason}, or null when the plug-in
+// predates clhost.config_use/1 and cannot say.
+json not_in_effect_json(const LoadedPipeline& pipeline, size_t index) {
+  if (!pipeline.reports_use.at(index)) return nullptr;
+  json out = json::object();
+  for (const auto& unused : pipeline.not_in_effect.at(index)) out[unused.key] = unused.reason;
+  return out;
+}
+
+// The plug-in's clhost.report/1 JSON (parsed when it is JSON, else the text), or null.
+json plugin_report(const PluginInstance& instance) {
+  const auto* reporter = static_cast<const clhost_report_v1_t*>(
+      instance.plugin->entry->get_interface(CLHOST_INTERFACE_REPORT_V1));
+  if (reporter == nullptr) return nullptr;
+  std::string buffer(4096, '\0');
+  size_t needed = reporter->write_json(instance.instance, buffer.data(), buffer.size());
+  if (needed >= buffer.size()) {
+    buffer.assign(needed + 1, '\0');
+    needed = reporter->write_json(instance.instance, buffer.data(), buffer.size());
+  }
+  buffer.resize(std::min(needed, buffer.size() - 1));
+  if (buffer.empty()) return nullptr;
+  const json parsed = json::parse(buffer, nullptr, false);
+  return parsed.is_discarded() ? json(buffer) : parsed;
+}
+
+const clhost_state_v1_t* state_interface(const PluginInstance& instance) {
+  return static_cast<const clhost_state_v1_t*>(
+      instance.plugin->entry->get_interface(CLHOST_INTERFACE_STATE_V1));
+}
+
+}  // namespace
+
+PluginSet::PluginSet(LoadedPipeline& pipeline, const RunConfig& config, Runtime& runtime,
+                     bool quiet) {
+  for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
+    const LoadedPlugin* plugin = pipeline.plugins[i];
+    auto instance = std::make_unique<PluginInstance>();
+    instance->plugin = plugin;
+    instance->config = std::move(pipeline.configs[i]);
+    instance->context = PluginContext{&runtime, plugin->id, quiet};
+    instance->host = clhost_host_t{sizeof(clhost_host_t),
+                                   {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
+                                   CLHOST_VERSION,
+                                   &host_get_service,
+                                   &instance->context};
+    clhost_error_t error{};
+    const clhost_status_t status =
+        plugin->entry->create(&instance->host, instance->config.abi(), &instance->instance, &error);
+    if (status != CLHOST_STATUS_OK) {
+      instance->instance = nullptr;
+      throw PluginError(config.pipeline[i].location + ": plug-in '" + plugin->id +
+                        "' refused to start (create returned status " + std::to_string(status) +
+                        "): " + error.message);
+    }
+    if (instance->kind() == CLHOST_PLUGIN_KIND_BATCH_POLICY) batch_policy_ = instance.get();
+    instances_.push_back(std::move(instance));
+  }
+}
+
+template <class Table, class Call>
+void PluginSet::for_each(clhost_plugin_kind_t kind, Call&& call) {
+  for (auto& instance : instances_) {
+    if (instance->kind() == kind) call(*instance, instance->table<Table>());
+  }
+}
+
+void PluginSet::task_begin(const clhost_task_info_t& task) {
+  for_each<clhost_regularizer_v1_t>(
+      CLHOST_PLUGIN_KIND_REGULARIZER, [&](PluginInstance& plugin, const auto& table) {
+        if (table.on_task_begin == nullptr) return;
+        clhost_error_t error{};
+        plugin.check(table.on_task_begin(plugin.instance, &task, &error), error, "on_task_begin");
+      });
+}
+
+void PluginSet::task_end(const clhost_task_info_t& task) {
+  for_each<clhost_regularizer_v1_t>(
+      CLHOST_PLUGIN_KIND_REGULARIZER, [&](PluginInstance& plugin, const auto& table) {
+        if (table.on_task_end == nullptr) return;
+        clhost_error_t error{};
+        plugin.check(table.on_task_end(plugin.instance, &task, &error), error, "on_task_end");
+      });
+}
+
+double PluginSet::after_backward(const clhost_step_info_t& step, std::string& non_finite) {
+  double penalty = 0.0;
+  for_each<clhost_regularizer_v1_t>(
+      CLHOST_PLUGIN_KIND_REGULARIZER, [&](PluginInstance& plugin, const auto& table) {
+        if (table.after_backward == nullptr) return;
+        double plugin_penalty = 0.0;
+        clhost_error_t error{};
+        plugin.check(table.after_backward(plugin.instance, &step, &plugin_penalty, &error), error,
+                     "after_backward");
+        if (!std::isfinite(plugin_penalty) && non_finite.empty()) {
+          non_finite = "the penalty of plug-in '" + plugin.plugin->id + "' is " +
+                       std::to_string(plugin_penalty) + " (data loss " + std::to_string(step.loss) +
+                       ")";
+        }
+        penalty += plugin_penalty;
+      });
+  return penalty;
+}
+
+void PluginSet::on_event(const clhost_event_t& event) {
+  for_each<clhost_profiler_v1_t>(
+      CLHOST_PLUGIN_KIND_PROFILER, [&](PluginInstance& plugin, const auto& table) {
+        clhost_error_t error{};
+        plugin.check(table.on_event(plugin.instance, &event, &error), error, "on_event");
+      });
+}
+
+json PluginSet::add_state_files(std::vector<CheckpointFile>& files) {
+  json entries = json::array();
+  for (size_t i = 0; i < instances_.size(); ++i) {
+    PluginInstance& instance = *instances_[i];
+    json entry{{"id", instance.plugin->id},
+               {"version", instance.plugin->descriptor->version},
+               {"resumable", false}};
+    if (const auto* state = state_interface(instance)) {
+      const std::string name = "plugin_" + std::to_string(i) + "_" + instance.plugin->id + ".state";
+      files.push_back({name, [&instance, state](const ByteSink& sink) {
+                         clhost_error_t error{};
+                         instance.check(state->save(instance.instance, &write_to_sink,
+                                                    const_cast<ByteSink*>(&sink), &error),
+                                        error, "save (clhost.state/1)");
+                       }});
+      entry["resumable"] = true;
+      entry["file"] = name;
+    }
+    entries.push_back(entry);
+  }
+  return entries;
+}
+
+void PluginSet::restore_states(const json& saved_plugins, const LoadedCheckpoint& checkpoint) {
+  for (size_t i = 0; i < instances_.size(); ++i) {
+    PluginInstance& instance = *instances_[i];
+    const json& entry = saved_plugins.at(i);
+    const auto* state = state_interface(instance);
+    if (state == nullptr || !entry.value("resumable", false) ||
+        entry.at("version") != instance.plugin->descriptor->version) {
+      continue;  // accepted with --resume-anyway
+    }
+    const std::string& bytes = checkpoint.file(entry.at("file").get<std::string>());
+    clhost_error_t error{};
+    instance.check(state->restore(instance.instance, bytes.data(), bytes.size(), &error), error,
+                   "restore (clhost.state/1)");
+  }
+}
+
+json PluginSet::reports(const LoadedPipeline& pipeline) const {
+  json out = json::array();
+  for (size_t i = 0; i < instances_.size(); ++i) {
+    const PluginInstance& instance = *instances_[i];
+    json report{{"id", instance.plugin->id},
+                {"kind", kind_name(instance.kind())},
+                {"version", instance.plugin->descriptor->version},
+                {"path", instance.plugin->path},
+                {"config", config_values_json(instance.config)},
+                {"not_in_effect", not_in_effect_json(pipeline, i)}};
+    if (instance.kind() == CLHOST_PLUGIN_KIND_REGULARIZER) {
+      const auto& table = instance.table<clhost_regularizer_v1_t>();
+      if (table.describe != nullptr) {
+        char buffer[1024] = {};
+        table.describe(instance.instance, buffer, sizeof(buffer));
+        report["variant"] = buffer;
+      }
+    }
+    json own = plugin_report(instance);
+    if (!own.is_null()) report["report"] = own;
+    out.push_back(report);
+  }
+  return out;
+}
+
+}  // namespace clhost

@@ -1,0 +1,112 @@
+// The training loop. For each task: begin (plug-ins, batch policy), the steps (micro-batched
+// gradients, plug-in penalties, optimizer step, metrics, periodic checkpoint, stop on a signal),
+// consolidate (plug-ins' on_task_end), evaluate every task, end (report, checkpoint). Trainer::run
+// is that page; everything else is a named step below it.
+#pragma once
+
+#include <clhost/clhost_plugin.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "clhost/config.hpp"
+#include "clhost/runner.hpp"
+#include "data.hpp"
+#include "evaluation.hpp"
+#include "micro_batcher.hpp"
+#include "progress.hpp"
+#include "scripted_model.hpp"
+#include "trainer_state.hpp"
+#include "training_checkpoint.hpp"
+
+namespace clhost {
+
+class EventBus;
+class MetricsLog;
+class PluginSet;
+class Runtime;
+
+// What the runner set up for the trainer; all owned by the runner and alive during run().
+struct TrainerParts {
+  const RunConfig& config;
+  const RunOptions& options;
+  const std::string& run_dir;
+  const std::vector<std::string>& cli_plugin_path;  // recorded in trainer.json for --resume
+  const TaskSequence& sequence;
+  Runtime& runtime;
+  ScriptedModel& scripted;
+  torch::optim::Optimizer& optimizer;
+  PluginSet& plugins;
+  EventBus& events;
+  MetricsLog& log;
+  CheckpointDirectory& checkpoints;
+  std::chrono::steady_clock::time_point wall_start;
+};
+
+// A resumed run continues from its checkpoint and trainer.json.
+struct ResumePoint {
+  const LoadedCheckpoint* checkpoint = nullptr;  // null: starting over (none was complete)
+  const nlohmann::json* saved = nullptr;         // the checkpoint's trainer.json
+};
+
+class Trainer {
+ public:
+  Trainer(const TrainerParts& parts, TrainerState& state, const ResumePoint& resume);
+  void run();
+  [[nodiscard]] int64_t last_checkpoint_bytes() const { return checkpoint_bytes_; }
+
+ private:
+  // The data order of a task: a seeded shuffle, reshuffled at every pass over the data.
+  struct DataOrder {
+    std::mt19937_64 rng;
+    std::vector<int64_t> order;
+    size_t cursor = 0;
+  };
+  struct TaskPlan {
+    size_t index = 0;
+    const TaskData* task = nullptr;
+    int64_t train_samples = 0;
+    int64_t batch_size = 0;
+    int64_t steps = 0;
+    int64_t first_step = 0;  // > 0 when resumed in its middle
+    ClassView view;
+    clhost_task_info_t info{};
+  };
+  struct TaskTotals {
+    double train_seconds = 0.0;
+    double consolidate_seconds = 0.0;
+    bool peak_reset = false;
+  };
+
+  [[nodiscard]] TaskPlan plan_task(size_t index) const;
+  void start_run();
+  // Returns whether the peak-RSS counter could be reset for this task.
+  bool begin_task(const TaskPlan& plan);
+  DataOrder data_order(const TaskPlan& plan, double& train_seconds_before) const;
+  double train_task(const TaskPlan& plan);
+  StepBatch next_batch(const TaskPlan& plan, DataOrder& order) const;
+  // Plug-in penalties, the non-finite guard and the optimizer's update; returns the penalty.
+  double apply_step(const TaskPlan& plan, int64_t step, int64_t samples, double loss);
+  double consolidate(const TaskPlan& plan);
+  void end_task(const TaskPlan& plan, const TaskTotals& totals);
+  // `event_task`: the task the checkpoint event belongs to (-1 before the first).
+  void write_checkpoint(const TaskPosition& position, const DataOrder* order, int32_t event_task);
+  void stop_if_asked(size_t task, int64_t step) const;
+
+  const TrainerParts& parts_;
+  const RunConfig& config_;
+  TrainerState& state_;
+  ResumePoint resume_;
+  MicroBatcher batcher_;
+  ProgressReporter progress_;
+  size_t first_task_ = 0;
+  int64_t first_step_ = 0;
+  int64_t checkpoint_bytes_ = 0;
+};
+
+}  // namespace clhost
