@@ -26,14 +26,15 @@ std::string location_of(const toml::source_region& region, const std::string& fa
   return out.str();
 }
 
-// --set keys by canonical path ("pipeline.0.lambda") -> as the user wrote them ("ewc.lambda").
+// Keys set on the command line, by canonical path ("pipeline.0.lambda") -> where the user set
+// them ("--set ewc.lambda", "--memory-budget").
 using Overridden = std::map<std::string, std::string>;
 
 // A value given with --set has no line in the file: name the option instead.
 std::string location_or_override(const toml::source_region& region, const std::string& key_path,
                                  const std::string& file, const Overridden& overridden) {
   const auto found = overridden.find(key_path);
-  if (found != overridden.end()) return "--set " + found->second;
+  if (found != overridden.end()) return found->second;
   return location_of(region, file);
 }
 
@@ -135,6 +136,23 @@ class SectionReader {
       fail(*node, key, "\"" + value + "\" is not one of: " + join(choices, ", "));
     }
     return value;
+  }
+
+  // One of `names` (the TOML spelling of each value).
+  template <class Enum>
+  Enum get_enum(const std::string& key, Enum fallback,
+                const std::vector<std::pair<Enum, const char*>>& names) {
+    std::vector<std::string> choices;
+    const char* fallback_name = "";
+    for (const auto& [value, name] : names) {
+      choices.emplace_back(name);
+      if (value == fallback) fallback_name = name;
+    }
+    const std::string chosen = get_string(key, fallback_name, choices);
+    for (const auto& [value, name] : names) {
+      if (chosen == name) return value;
+    }
+    return fallback;
   }
 
   std::vector<std::string> get_string_list(const std::string& key) {
@@ -444,25 +462,40 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
 
 }  // namespace
 
-const char* to_string(Scenario value) {
-  return value == Scenario::kSplit      ? "split"
-         : value == Scenario::kPermuted ? "permuted"
-         : value == Scenario::kRotated  ? "rotated"
-                                        : "sources";
-}
-const char* to_string(Incremental value) {
-  switch (value) {
-    case Incremental::kTask: return "task";
-    case Incremental::kDomain: return "domain";
-    default: return "class";
+namespace {
+
+// Each enum's TOML names, in one table: the reader's choices, the parser and to_string.
+template <class Enum>
+using EnumNames = std::vector<std::pair<Enum, const char*>>;
+
+const EnumNames<Scenario> kScenarioNames = {{Scenario::kSplit, "split"},
+                                            {Scenario::kPermuted, "permuted"},
+                                            {Scenario::kRotated, "rotated"},
+                                            {Scenario::kSources, "sources"}};
+const EnumNames<Incremental> kIncrementalNames = {
+    {Incremental::kTask, "task"}, {Incremental::kDomain, "domain"}, {Incremental::kClass, "class"}};
+const EnumNames<ModelKind> kModelKindNames = {
+    {ModelKind::kMlp, "mlp"}, {ModelKind::kCnn, "cnn"}, {ModelKind::kTorchScript, "torchscript"}};
+const EnumNames<OptimizerKind> kOptimizerNames = {{OptimizerKind::kSgd, "sgd"},
+                                                  {OptimizerKind::kAdam, "adam"}};
+const EnumNames<Normalize> kNormalizeNames = {
+    {Normalize::kUnit, "unit"}, {Normalize::kStandard, "standard"}, {Normalize::kNone, "none"}};
+const EnumNames<DataKind> kDataKindNames = {{DataKind::kIdx, "idx"}, {DataKind::kHdf5, "hdf5"}};
+
+template <class Enum>
+const char* name_of(const EnumNames<Enum>& names, Enum value) {
+  for (const auto& [item, name] : names) {
+    if (item == value) return name;
   }
+  return "?";
 }
-const char* to_string(ModelKind value) {
-  return value == ModelKind::kMlp ? "mlp" : value == ModelKind::kCnn ? "cnn" : "torchscript";
-}
-const char* to_string(OptimizerKind value) {
-  return value == OptimizerKind::kSgd ? "sgd" : "adam";
-}
+
+}  // namespace
+
+const char* to_string(Scenario value) { return name_of(kScenarioNames, value); }
+const char* to_string(Incremental value) { return name_of(kIncrementalNames, value); }
+const char* to_string(ModelKind value) { return name_of(kModelKindNames, value); }
+const char* to_string(OptimizerKind value) { return name_of(kOptimizerNames, value); }
 
 namespace {
 
@@ -580,8 +613,7 @@ int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, in
   }
 }
 
-void read_run(SectionReader& top, const ConfigInput& in, const ConfigOverrides& overrides,
-              RunSection& run_config) {
+void read_run(SectionReader& top, const ConfigInput& in, RunSection& run_config) {
   SectionReader run(sub_table(top, "run"), "run", in.path, in.overridden);
   run_config.name = run.get_string("name", run_config.name);
   if (run_config.name.empty() || run_config.name.find('/') != std::string::npos) {
@@ -594,19 +626,11 @@ void read_run(SectionReader& top, const ConfigInput& in, const ConfigOverrides& 
   run_config.log_every = run.get_int("log_every", 50, 1, 1000000);
   run_config.checkpoint_every = run.get_int("checkpoint_every", 1000, 0, INT64_MAX);
   run_config.memory_budget = read_bytes(run, "memory_budget", -1, 1);
-  if (!overrides.memory_budget.empty()) {
-    try {
-      run_config.memory_budget = memory::parse_bytes(overrides.memory_budget);
-    } catch (const std::invalid_argument& e) {
-      throw ConfigError(std::string("--memory-budget: ") + e.what());
-    }
-  }
   run.finish();
 }
 
 void read_data_files(SectionReader& data, const ConfigInput& in, DataSection& out) {
-  out.kind =
-      data.get_string("kind", "idx", {"idx", "hdf5"}) == "idx" ? DataKind::kIdx : DataKind::kHdf5;
+  out.kind = data.get_enum("kind", DataKind::kIdx, kDataKindNames);
   out.dir = data.get_string("dir", out.dir);
   out.path = data.get_string("path", "");
   if (out.kind == DataKind::kHdf5 && out.path.empty()) {
@@ -661,18 +685,10 @@ void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
   SectionReader data(sub_table(top, "data"), "data", in.path, in.overridden);
   read_data_files(data, in, out);
   out.num_classes = data.get_int("num_classes", 10, 2, 100000);
-  const std::string normalize = data.get_string("normalize", "unit", {"unit", "standard", "none"});
-  out.normalize = normalize == "unit"       ? Normalize::kUnit
-                  : normalize == "standard" ? Normalize::kStandard
-                                            : Normalize::kNone;
+  out.normalize = data.get_enum("normalize", Normalize::kUnit, kNormalizeNames);
   out.shuffle_classes =
       data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
-  const std::string scenario =
-      data.get_string("scenario", "split", {"split", "permuted", "rotated", "sources"});
-  out.scenario = scenario == "split"      ? Scenario::kSplit
-                 : scenario == "permuted" ? Scenario::kPermuted
-                 : scenario == "rotated"  ? Scenario::kRotated
-                                          : Scenario::kSources;
+  out.scenario = data.get_enum("scenario", Scenario::kSplit, kScenarioNames);
   if (out.scenario == Scenario::kSources && out.kind != DataKind::kHdf5) {
     data.fail(*in.root["data"]["scenario"].node(), "scenario",
               "\"sources\" reads each task from its own HDF5 datasets: needs data.kind = "
@@ -680,11 +696,9 @@ void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
   }
   const bool task_incremental =
       out.scenario == Scenario::kSplit || out.scenario == Scenario::kSources;
-  const std::string incremental = data.get_string(
-      "incremental", task_incremental ? "task" : "domain", {"task", "domain", "class"});
-  out.incremental = incremental == "task"     ? Incremental::kTask
-                    : incremental == "domain" ? Incremental::kDomain
-                                              : Incremental::kClass;
+  out.incremental = data.get_enum(
+      "incremental", task_incremental ? Incremental::kTask : Incremental::kDomain,
+      kIncrementalNames);
   read_split_tasks(data, in, out);
   out.rotation_step_degrees = data.get_float("rotation_step", 0.0, 0.0, 360.0);
   if (out.scenario == Scenario::kRotated && out.rotation_step_degrees == 0.0) {
@@ -697,10 +711,7 @@ void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
 
 void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
   SectionReader model(sub_table(top, "model"), "model", in.path, in.overridden);
-  const std::string kind = model.get_string("kind", "mlp", {"mlp", "cnn", "torchscript"});
-  out.kind = kind == "mlp"   ? ModelKind::kMlp
-             : kind == "cnn" ? ModelKind::kCnn
-                             : ModelKind::kTorchScript;
+  out.kind = model.get_enum("kind", ModelKind::kMlp, kModelKindNames);
   out.hidden = model.get_int_list("hidden", out.hidden, 1, 1 << 20);
   if (out.hidden.empty()) {
     model.fail(*in.root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
@@ -716,9 +727,7 @@ void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
 
 void read_train(SectionReader& top, const ConfigInput& in, TrainSection& out) {
   SectionReader train(sub_table(top, "train"), "train", in.path, in.overridden);
-  out.optimizer = train.get_string("optimizer", "adam", {"sgd", "adam"}) == "sgd"
-                      ? OptimizerKind::kSgd
-                      : OptimizerKind::kAdam;
+  out.optimizer = train.get_enum("optimizer", OptimizerKind::kAdam, kOptimizerNames);
   out.lr = train.get_float("lr", 1e-3, 1e-12, 10.0);
   out.momentum = train.get_float("momentum", 0.0, 0.0, 0.999999);
   out.batch_size = train.get_int("batch_size", 128, 1, 1 << 24);
@@ -729,8 +738,7 @@ void read_train(SectionReader& top, const ConfigInput& in, TrainSection& out) {
   train.finish();
 }
 
-void read_fisher(SectionReader& top, const ConfigInput& in, const ConfigOverrides& overrides,
-                 FisherSection& out) {
+void read_fisher(SectionReader& top, const ConfigInput& in, FisherSection& out) {
   SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", in.path,
                        in.overridden);
   out.use_memory_efficient = fisher.get_bool("use_memory_efficient", true);
@@ -742,7 +750,6 @@ void read_fisher(SectionReader& top, const ConfigInput& in, const ConfigOverride
                                 {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"});
   out.store_dtype = fisher.get_string("store_dtype", "fp32", {"fp32", "fp16", "bf16"});
   fisher.finish();
-  if (overrides.use_memory_efficient) out.use_memory_efficient = true;
 }
 
 void read_pipeline(SectionReader& top, const ConfigInput& in,
@@ -849,7 +856,7 @@ void write_resolved_run_and_data(toml::table& root, const RunConfig& config) {
   run.insert_or_assign("checkpoint_every", config.run.checkpoint_every);
   const DataSection& d = config.data;
   auto& data = section(root, "data");
-  data.insert_or_assign("kind", d.kind == DataKind::kIdx ? "idx" : "hdf5");
+  data.insert_or_assign("kind", name_of(kDataKindNames, d.kind));
   data.insert_or_assign("path", d.path);
   data.insert_or_assign("train_x", d.hdf5_train_x);
   data.insert_or_assign("train_y", d.hdf5_train_y);
@@ -862,9 +869,7 @@ void write_resolved_run_and_data(toml::table& root, const RunConfig& config) {
   data.insert_or_assign("test_labels", d.test_labels);
   data.insert_or_assign("num_classes", d.num_classes);
   data.insert_or_assign("class_order", d.shuffle_classes ? "shuffled" : "natural");
-  data.insert_or_assign("normalize", d.normalize == Normalize::kUnit       ? "unit"
-                                     : d.normalize == Normalize::kStandard ? "standard"
-                                                                           : "none");
+  data.insert_or_assign("normalize", name_of(kNormalizeNames, d.normalize));
   data.insert_or_assign("rotation_step", d.rotation_step_degrees);
   if (!d.task_classes.empty()) {
     toml::array lists;
@@ -975,6 +980,24 @@ toml::table parse_config_file(const std::string& path) {
   }
 }
 
+// The switches that set a key (--use-memory-efficient, --memory-budget) become TOML values
+// before the sections are read, so the reader knows nothing of the command line and an error
+// names the switch.
+void apply_switches(toml::table& root, const ConfigOverrides& overrides, Overridden& overridden) {
+  // A section that is not a table is reported by its reader; the switch then waits for it.
+  auto set = [&](const char* table, const char* key, auto value, const char* option) {
+    if (root.contains(table) && !root[table].is_table()) return;
+    section(root, table).insert_or_assign(key, value);
+    overridden[std::string(table) + "." + key] = option;
+  };
+  if (overrides.use_memory_efficient) {
+    set("fisher_computation", "use_memory_efficient", true, "--use-memory-efficient");
+  }
+  if (!overrides.memory_budget.empty()) {
+    set("run", "memory_budget", overrides.memory_budget, "--memory-budget");
+  }
+}
+
 }  // namespace
 
 RunConfig load_config(const std::string& path, const ConfigOverrides& overrides) {
@@ -982,25 +1005,21 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   const std::map<size_t, std::string> added_by = choose_pipeline(root, overrides);
   Overridden overridden;
   for (const auto& assignment : overrides.set) {
-    overridden[apply_override(root, assignment)] = assignment.substr(0, assignment.find('='));
+    overridden[apply_override(root, assignment)] =
+        "--set " + assignment.substr(0, assignment.find('='));
   }
+  apply_switches(root, overrides, overridden);
   const ConfigInput in{root, path, overridden};
 
   RunConfig config;
   config.source = path;
   config.given_keys = given_keys(root);
-  const std::string switch_key = "fisher_computation.use_memory_efficient";
-  if (overrides.use_memory_efficient &&
-      std::find(config.given_keys.begin(), config.given_keys.end(), switch_key) ==
-          config.given_keys.end()) {
-    config.given_keys.push_back(switch_key);
-  }
   SectionReader top(&root, "", path, overridden);
-  read_run(top, in, overrides, config.run);
+  read_run(top, in, config.run);
   read_data(top, in, config.data);
   read_model(top, in, config.model);
   read_train(top, in, config.train);
-  read_fisher(top, in, overrides, config.fisher);
+  read_fisher(top, in, config.fisher);
   read_pipeline(top, in, added_by, config);
   read_tasks(top, in, config);
   top.finish();

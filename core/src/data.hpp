@@ -1,4 +1,5 @@
-// Task sequences built from IDX files (the MNIST family: Fashion-MNIST, MNIST, KMNIST, EMNIST...).
+// Task sequences from IDX files (the MNIST family) or HDF5 datasets: split, permuted, rotated or
+// per-task sources, resident or streamed batch by batch.
 // Internal to the core.
 #pragma once
 
@@ -58,7 +59,7 @@ struct TaskData {
   std::string name;
   torch::Tensor
       train_x;  // [N, input_size] float32, scaled by data.normalize; undefined if streamed
-  torch::Tensor train_y;  // [N] int64, global class labels 0..9 (always resident)
+  torch::Tensor train_y;  // [N] int64, global class labels 0..num_classes-1 (always resident)
   torch::Tensor test_x;
   torch::Tensor test_y;
   std::vector<int64_t> classes;                         // the classes this task contains

@@ -109,44 +109,39 @@ void MicroBatcher::ask_policy(int64_t peak_bytes, bool out_of_memory) {
   state_.micro_batch = chosen;
 }
 
-MicroBatcher::Gradients MicroBatcher::gradients(torch::nn::Sequential& model,
-                                                torch::optim::Optimizer& optimizer,
-                                                const StepBatch& batch, const ClassView& view,
-                                                int64_t checkpoint_segments, int64_t step,
-                                                int64_t& task_ooms) {
+MicroBatcher::Gradients MicroBatcher::gradients(const Attempt& attempt, int64_t samples,
+                                                int64_t step, int64_t& task_ooms) {
   while (true) {
     try {
-      optimizer.zero_grad();
+      attempt.zero_grad();
       state_.tensor_peak_bytes = std::max(state_.tensor_peak_bytes, memory::peak_bytes());
       memory::reset_peak();
       Gradients out;
-      out.loss = accumulate_batch_gradients(model, batch.x, batch.y, view.label_map, view.active,
-                                            batch.rows, state_.micro_batch, checkpoint_segments,
-                                            &state_.samples_processed);
+      out.loss = attempt.forward_backward(state_.micro_batch, &state_.samples_processed);
       out.peak_bytes = memory::peak_bytes();
-      state_.samples_in_steps += batch.samples;
+      state_.samples_in_steps += samples;
       return out;
     } catch (const std::exception& e) {
       if (!memory::is_out_of_memory(e)) throw;
-      retry_smaller(optimizer, batch, step, task_ooms);
+      retry_smaller(attempt, samples, step, task_ooms);
     }
   }
 }
 
-void MicroBatcher::retry_smaller(torch::optim::Optimizer& optimizer, const StepBatch& batch,
-                                 int64_t step, int64_t& task_ooms) {
+void MicroBatcher::retry_smaller(const Attempt& attempt, int64_t samples, int64_t step,
+                                 int64_t& task_ooms) {
   ++task_ooms;
   ++state_.out_of_memory_retries;
-  state_.samples_redone += batch.samples;
+  state_.samples_redone += samples;
   const int64_t micro_batch = state_.micro_batch;
   const std::string where =
       "task " + task_name_ + " step " + std::to_string(step + 1) +
       ": out of memory at micro-batch " + std::to_string(micro_batch) + " (budget " +
       (budget_bytes_ < 0 ? std::string("none") : memory::format_bytes(budget_bytes_)) + ")";
   events_.emit(CLHOST_EVENT_OUT_OF_MEMORY, static_cast<int32_t>(task_), where);
-  log_.event(task_, state_.global_step, batch.samples, micro_batch,
+  log_.event(task_, state_.global_step, samples, micro_batch,
              "out of memory at micro-batch " + std::to_string(micro_batch));
-  optimizer.zero_grad();
+  attempt.zero_grad();
   if (micro_batch == 1) {
     throw RunError(
         where + "; even one sample does not fit: raise run.memory_budget or use a smaller model");

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "evaluation.hpp"
@@ -53,21 +54,25 @@ class MicroBatcher {
   // After a step: the policy may choose another micro-batch from the step's tensor peak.
   void after_step(int64_t peak_bytes);
 
+  // One attempt at a step's gradients: zero them, then forward/backward over the whole batch in
+  // micro-batches of `micro_batch` (returns the loss; counts samples into *samples_processed).
+  // The trainer's uses the model and accumulate_batch_gradients; a test's may throw at will.
+  struct Attempt {
+    std::function<void()> zero_grad;
+    std::function<double(int64_t micro_batch, int64_t* samples_processed)> forward_backward;
+  };
   struct Gradients {
     double loss = 0.0;
     int64_t peak_bytes = -1;  // LibTorch tensor high-water mark of the successful attempt
   };
-  // zero_grad, then forward/backward of the whole batch, retried after out-of-memory.
-  // `step`: 0-based within the task; `task_ooms` counts this task's retries.
-  Gradients gradients(torch::nn::Sequential& model, torch::optim::Optimizer& optimizer,
-                      const StepBatch& batch, const ClassView& view, int64_t checkpoint_segments,
-                      int64_t step, int64_t& task_ooms);
+  // The step's gradients, retried with a smaller micro-batch after out-of-memory. `samples`: the
+  // batch's; `step`: 0-based within the task; `task_ooms` counts this task's retries.
+  Gradients gradients(const Attempt& attempt, int64_t samples, int64_t step, int64_t& task_ooms);
 
  private:
   void ask_policy(int64_t peak_bytes, bool out_of_memory);
   // Counts and reports an out-of-memory attempt; throws when no smaller micro-batch can help.
-  void retry_smaller(torch::optim::Optimizer& optimizer, const StepBatch& batch, int64_t step,
-                     int64_t& task_ooms);
+  void retry_smaller(const Attempt& attempt, int64_t samples, int64_t step, int64_t& task_ooms);
 
   PluginInstance* policy_;
   TrainerState& state_;

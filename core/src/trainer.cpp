@@ -165,9 +165,16 @@ double Trainer::train_task(const TaskPlan& plan) {
   double samples_per_second = 0.0;
   for (int64_t step = plan.first_step; step < plan.steps; ++step) {
     const StepBatch batch = next_batch(plan, order);
+    const MicroBatcher::Attempt attempt{
+        [this] { parts_.optimizer.zero_grad(); },
+        [&](int64_t micro_batch, int64_t* samples_processed) {
+          return accumulate_batch_gradients(parts_.runtime.model, batch.x, batch.y,
+                                            plan.view.label_map, plan.view.active, batch.rows,
+                                            micro_batch, config_.train.checkpoint_segments,
+                                            samples_processed);
+        }};
     const MicroBatcher::Gradients gradients =
-        batcher_.gradients(parts_.runtime.model, parts_.optimizer, batch, plan.view,
-                           config_.train.checkpoint_segments, step, task_ooms);
+        batcher_.gradients(attempt, batch.samples, step, task_ooms);
     const double penalty = apply_step(plan, step, batch.samples, gradients.loss);
     const int64_t step_peak = std::max(gradients.peak_bytes, memory::peak_bytes());
     window_samples += batch.samples;

@@ -15,7 +15,7 @@
 #include "clhost/plugin_loader.hpp"
 #include "clhost/runner.hpp"
 #include "ewc_state.hpp"
-#include "plugin_templates.hpp"
+#include "new_plugin/plugin_templates.hpp"
 #include "report/compare.hpp"
 #include "report/report.hpp"
 
