@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <variant>
 
 #include "clhost/errors.hpp"
 #include "clhost/memory_budget.hpp"
@@ -492,10 +493,18 @@ const char* name_of(const EnumNames<Enum>& names, Enum value) {
 
 }  // namespace
 
-const char* to_string(Scenario value) { return name_of(kScenarioNames, value); }
-const char* to_string(Incremental value) { return name_of(kIncrementalNames, value); }
-const char* to_string(ModelKind value) { return name_of(kModelKindNames, value); }
-const char* to_string(OptimizerKind value) { return name_of(kOptimizerNames, value); }
+const char* to_string(Scenario value) {
+  return name_of(kScenarioNames, value);
+}
+const char* to_string(Incremental value) {
+  return name_of(kIncrementalNames, value);
+}
+const char* to_string(ModelKind value) {
+  return name_of(kModelKindNames, value);
+}
+const char* to_string(OptimizerKind value) {
+  return name_of(kOptimizerNames, value);
+}
 
 namespace {
 
@@ -595,6 +604,151 @@ std::vector<std::string> given_keys(const toml::table& root) {
   return keys;
 }
 
+// One scalar key of a section, described once: its TOML name, the struct member it fills and
+// its range or choices. The reader and the resolved-config writer both walk these tables, and
+// the default is the member's initial value in config.hpp. Keys with more to them (enums, lists,
+// sizes, conditions) are read by hand below.
+template <class Section>
+struct ScalarKey {
+  using Member = std::variant<std::string Section::*, bool Section::*, int Section::*,
+                              int64_t Section::*, uint64_t Section::*, double Section::*>;
+  const char* name;
+  Member member;
+  int64_t int_min = 0;  // integer members
+  int64_t int_max = 0;
+  double float_min = 0.0;  // double members
+  double float_max = 0.0;
+  std::vector<std::string> choices = {};  // string members; empty: any
+};
+
+template <class Section>
+ScalarKey<Section> int_key(const char* name, typename ScalarKey<Section>::Member member,
+                           int64_t min, int64_t max) {
+  return {name, member, min, max};
+}
+template <class Section>
+ScalarKey<Section> float_key(const char* name, double Section::*member, double min, double max) {
+  return {name, member, 0, 0, min, max};
+}
+template <class Section>
+ScalarKey<Section> text_key(const char* name, std::string Section::*member,
+                            std::vector<std::string> choices = {}) {
+  return {name, member, 0, 0, 0.0, 0.0, std::move(choices)};
+}
+
+const std::vector<ScalarKey<RunSection>>& run_keys() {
+  using S = RunSection;
+  static const std::vector<ScalarKey<S>> keys = {
+      text_key<S>("name", &S::name),
+      int_key<S>("seed", &S::seed, 0, INT64_MAX),
+      int_key<S>("threads", &S::threads, 1, 256),
+      text_key<S>("output_dir", &S::output_dir),
+      int_key<S>("log_every", &S::log_every, 1, 1000000),
+      int_key<S>("checkpoint_every", &S::checkpoint_every, 0, INT64_MAX)};
+  return keys;
+}
+
+const std::vector<ScalarKey<DataSection>>& data_keys() {
+  using S = DataSection;
+  static const std::vector<ScalarKey<S>> keys = {
+      text_key<S>("dir", &S::dir),
+      text_key<S>("path", &S::path),
+      text_key<S>("train_x", &S::hdf5_train_x),
+      text_key<S>("train_y", &S::hdf5_train_y),
+      text_key<S>("test_x", &S::hdf5_test_x),
+      text_key<S>("test_y", &S::hdf5_test_y),
+      text_key<S>("train_images", &S::train_images),
+      text_key<S>("train_labels", &S::train_labels),
+      text_key<S>("test_images", &S::test_images),
+      text_key<S>("test_labels", &S::test_labels),
+      int_key<S>("num_classes", &S::num_classes, 2, 100000),
+      float_key<S>("rotation_step", &S::rotation_step_degrees, 0.0, 360.0),
+      int_key<S>("train_samples_per_task", &S::train_samples_per_task, 0, INT64_MAX),
+      int_key<S>("test_samples_per_task", &S::test_samples_per_task, 0, INT64_MAX)};
+  return keys;
+}
+
+const std::vector<ScalarKey<ModelSection>>& model_keys() {
+  using S = ModelSection;
+  static const std::vector<ScalarKey<S>> keys = {text_key<S>("path", &S::path)};
+  return keys;
+}
+
+const std::vector<ScalarKey<TrainSection>>& train_keys() {
+  using S = TrainSection;
+  static const std::vector<ScalarKey<S>> keys = {
+      float_key<S>("lr", &S::lr, 1e-12, 10.0),
+      float_key<S>("momentum", &S::momentum, 0.0, 0.999999),
+      int_key<S>("batch_size", &S::batch_size, 1, 1 << 24),
+      int_key<S>("iterations", &S::iterations, 1, INT64_MAX / 2),
+      int_key<S>("epochs", &S::epochs, 0, 100000),
+      int_key<S>("eval_batch_size", &S::eval_batch_size, 1, 1 << 24),
+      int_key<S>("checkpoint_segments", &S::checkpoint_segments, 0, 1000)};
+  return keys;
+}
+
+const std::vector<ScalarKey<FisherSection>>& fisher_keys() {
+  using S = FisherSection;
+  static const std::vector<ScalarKey<S>> keys = {
+      ScalarKey<S>{"use_memory_efficient", &S::use_memory_efficient},
+      int_key<S>("block_size", &S::block_size, 1, INT64_MAX),
+      ScalarKey<S>{"use_compression", &S::use_compression},
+      int_key<S>("compression_level", &S::compression_level, 1, 9),
+      float_key<S>("compression_ratio", &S::compression_ratio, 1e-6, 1.0),
+      text_key<S>("codec", &S::codec, {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"}),
+      text_key<S>("store_dtype", &S::store_dtype, {"fp32", "fp16", "bf16"})};
+  return keys;
+}
+
+template <class... Visitors>
+struct Overload : Visitors... {
+  using Visitors::operator()...;
+};
+template <class... Visitors>
+Overload(Visitors...) -> Overload<Visitors...>;
+
+// Reads every described key of `reader`'s section into `out` (absent keys keep their default).
+template <class Section>
+void read_scalars(SectionReader& reader, const std::vector<ScalarKey<Section>>& keys,
+                  Section& out) {
+  for (const auto& key : keys) {
+    auto integer = [&](auto Section::*member) {
+      out.*member = static_cast<std::remove_reference_t<decltype(out.*member)>>(
+          reader.get_int(key.name, static_cast<int64_t>(out.*member), key.int_min, key.int_max));
+    };
+    std::visit(
+        Overload{
+            [&](std::string Section::*member) {
+              out.*member = reader.get_string(key.name, out.*member, key.choices);
+            },
+            [&](bool Section::*member) { out.*member = reader.get_bool(key.name, out.*member); },
+            [&](double Section::*member) {
+              out.*member = reader.get_float(key.name, out.*member, key.float_min, key.float_max);
+            },
+            [&](int Section::*member) { integer(member); },
+            [&](int64_t Section::*member) { integer(member); },
+            [&](uint64_t Section::*member) { integer(member); }},
+        key.member);
+  }
+}
+
+// Writes every described key of `in` into the resolved configuration's table.
+template <class Section>
+void write_scalars(toml::table& table, const std::vector<ScalarKey<Section>>& keys,
+                   const Section& in) {
+  for (const auto& key : keys) {
+    std::visit(
+        Overload{
+            [&](std::string Section::*member) { table.insert_or_assign(key.name, in.*member); },
+            [&](bool Section::*member) { table.insert_or_assign(key.name, in.*member); },
+            [&](double Section::*member) { table.insert_or_assign(key.name, in.*member); },
+            [&](auto Section::*member) {
+              table.insert_or_assign(key.name, static_cast<int64_t>(in.*member));
+            }},
+        key.member);
+  }
+}
+
 int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, int64_t minimum) {
   const toml::node* node = section.take(key);
   if (node == nullptr) return fallback;
@@ -615,36 +769,21 @@ int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, in
 
 void read_run(SectionReader& top, const ConfigInput& in, RunSection& run_config) {
   SectionReader run(sub_table(top, "run"), "run", in.path, in.overridden);
-  run_config.name = run.get_string("name", run_config.name);
+  read_scalars(run, run_keys(), run_config);
   if (run_config.name.empty() || run_config.name.find('/') != std::string::npos) {
     run.fail(*in.root["run"]["name"].node(), "name", "must be non-empty and contain no '/'");
   }
-  run_config.seed = static_cast<uint64_t>(run.get_int("seed", 0, 0, INT64_MAX));
-  run_config.threads = static_cast<int>(run.get_int("threads", 1, 1, 256));
-  run_config.output_dir = run.get_string("output_dir", run_config.output_dir);
   run_config.plugin_path = run.get_string_list("plugin_path");
-  run_config.log_every = run.get_int("log_every", 50, 1, 1000000);
-  run_config.checkpoint_every = run.get_int("checkpoint_every", 1000, 0, INT64_MAX);
   run_config.memory_budget = read_bytes(run, "memory_budget", -1, 1);
   run.finish();
 }
 
 void read_data_files(SectionReader& data, const ConfigInput& in, DataSection& out) {
   out.kind = data.get_enum("kind", DataKind::kIdx, kDataKindNames);
-  out.dir = data.get_string("dir", out.dir);
-  out.path = data.get_string("path", "");
   if (out.kind == DataKind::kHdf5 && out.path.empty()) {
     data.fail(*in.root["data"]["kind"].node(), "kind",
               "\"hdf5\" needs data.path, the HDF5 file holding the samples and labels");
   }
-  out.hdf5_train_x = data.get_string("train_x", out.hdf5_train_x);
-  out.hdf5_train_y = data.get_string("train_y", out.hdf5_train_y);
-  out.hdf5_test_x = data.get_string("test_x", out.hdf5_test_x);
-  out.hdf5_test_y = data.get_string("test_y", out.hdf5_test_y);
-  out.train_images = data.get_string("train_images", out.train_images);
-  out.train_labels = data.get_string("train_labels", out.train_labels);
-  out.test_images = data.get_string("test_images", out.test_images);
-  out.test_labels = data.get_string("test_labels", out.test_labels);
   out.max_resident_bytes = read_bytes(data, "max_resident", out.max_resident_bytes, 0);
   out.stream_cache_bytes = read_bytes(data, "stream_cache", out.stream_cache_bytes, 0);
 }
@@ -683,8 +822,8 @@ void read_split_tasks(SectionReader& data, const ConfigInput& in, DataSection& o
 
 void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
   SectionReader data(sub_table(top, "data"), "data", in.path, in.overridden);
+  read_scalars(data, data_keys(), out);
   read_data_files(data, in, out);
-  out.num_classes = data.get_int("num_classes", 10, 2, 100000);
   out.normalize = data.get_enum("normalize", Normalize::kUnit, kNormalizeNames);
   out.shuffle_classes =
       data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
@@ -696,16 +835,13 @@ void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
   }
   const bool task_incremental =
       out.scenario == Scenario::kSplit || out.scenario == Scenario::kSources;
-  out.incremental = data.get_enum(
-      "incremental", task_incremental ? Incremental::kTask : Incremental::kDomain,
-      kIncrementalNames);
+  out.incremental =
+      data.get_enum("incremental", task_incremental ? Incremental::kTask : Incremental::kDomain,
+                    kIncrementalNames);
   read_split_tasks(data, in, out);
-  out.rotation_step_degrees = data.get_float("rotation_step", 0.0, 0.0, 360.0);
   if (out.scenario == Scenario::kRotated && out.rotation_step_degrees == 0.0) {
     out.rotation_step_degrees = 180.0 / static_cast<double>(out.num_tasks);
   }
-  out.train_samples_per_task = data.get_int("train_samples_per_task", 0, 0, INT64_MAX);
-  out.test_samples_per_task = data.get_int("test_samples_per_task", 0, 0, INT64_MAX);
   data.finish();
 }
 
@@ -716,7 +852,7 @@ void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
   if (out.hidden.empty()) {
     model.fail(*in.root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
   }
-  out.path = model.get_string("path", "");
+  read_scalars(model, model_keys(), out);
   out.input_shape = model.get_int_list("input_shape", {}, 1, 1 << 24);
   if (out.kind == ModelKind::kTorchScript && out.path.empty()) {
     model.fail(*in.root["model"]["kind"].node(), "kind",
@@ -728,27 +864,14 @@ void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
 void read_train(SectionReader& top, const ConfigInput& in, TrainSection& out) {
   SectionReader train(sub_table(top, "train"), "train", in.path, in.overridden);
   out.optimizer = train.get_enum("optimizer", OptimizerKind::kAdam, kOptimizerNames);
-  out.lr = train.get_float("lr", 1e-3, 1e-12, 10.0);
-  out.momentum = train.get_float("momentum", 0.0, 0.0, 0.999999);
-  out.batch_size = train.get_int("batch_size", 128, 1, 1 << 24);
-  out.iterations = train.get_int("iterations", 2000, 1, INT64_MAX / 2);
-  out.epochs = train.get_int("epochs", 0, 0, 100000);
-  out.eval_batch_size = train.get_int("eval_batch_size", 1000, 1, 1 << 24);
-  out.checkpoint_segments = train.get_int("checkpoint_segments", 0, 0, 1000);
+  read_scalars(train, train_keys(), out);
   train.finish();
 }
 
 void read_fisher(SectionReader& top, const ConfigInput& in, FisherSection& out) {
   SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", in.path,
                        in.overridden);
-  out.use_memory_efficient = fisher.get_bool("use_memory_efficient", true);
-  out.block_size = fisher.get_int("block_size", 1000000, 1, INT64_MAX);
-  out.use_compression = fisher.get_bool("use_compression", true);
-  out.compression_level = fisher.get_int("compression_level", 9, 1, 9);
-  out.compression_ratio = fisher.get_float("compression_ratio", 0.1, 1e-6, 1.0);
-  out.codec = fisher.get_string("codec", "gzip",
-                                {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"});
-  out.store_dtype = fisher.get_string("store_dtype", "fp32", {"fp32", "fp16", "bf16"});
+  read_scalars(fisher, fisher_keys(), out);
   fisher.finish();
 }
 
@@ -843,34 +966,18 @@ toml::table& section(toml::table& root, const char* name) {
 }
 
 void write_resolved_run_and_data(toml::table& root, const RunConfig& config) {
+  auto& run = section(root, "run");
+  write_scalars(run, run_keys(), config.run);
   toml::array plugin_path;
   for (const auto& dir : config.run.plugin_path) plugin_path.push_back(dir);
-  auto& run = section(root, "run");
-  run.insert_or_assign("name", config.run.name);
-  run.insert_or_assign("seed", static_cast<int64_t>(config.run.seed));
-  run.insert_or_assign("threads", static_cast<int64_t>(config.run.threads));
-  run.insert_or_assign("output_dir", config.run.output_dir);
   run.insert_or_assign("plugin_path", plugin_path);
-  run.insert_or_assign("log_every", config.run.log_every);
   run.insert_or_assign("memory_budget", config.run.memory_budget);
-  run.insert_or_assign("checkpoint_every", config.run.checkpoint_every);
   const DataSection& d = config.data;
   auto& data = section(root, "data");
+  write_scalars(data, data_keys(), d);
   data.insert_or_assign("kind", name_of(kDataKindNames, d.kind));
-  data.insert_or_assign("path", d.path);
-  data.insert_or_assign("train_x", d.hdf5_train_x);
-  data.insert_or_assign("train_y", d.hdf5_train_y);
-  data.insert_or_assign("test_x", d.hdf5_test_x);
-  data.insert_or_assign("test_y", d.hdf5_test_y);
-  data.insert_or_assign("dir", d.dir);
-  data.insert_or_assign("train_images", d.train_images);
-  data.insert_or_assign("train_labels", d.train_labels);
-  data.insert_or_assign("test_images", d.test_images);
-  data.insert_or_assign("test_labels", d.test_labels);
-  data.insert_or_assign("num_classes", d.num_classes);
   data.insert_or_assign("class_order", d.shuffle_classes ? "shuffled" : "natural");
   data.insert_or_assign("normalize", name_of(kNormalizeNames, d.normalize));
-  data.insert_or_assign("rotation_step", d.rotation_step_degrees);
   if (!d.task_classes.empty()) {
     toml::array lists;
     for (const auto& task : d.task_classes) lists.push_back(int_array(task));
@@ -881,35 +988,18 @@ void write_resolved_run_and_data(toml::table& root, const RunConfig& config) {
   data.insert_or_assign("max_resident", d.max_resident_bytes);
   data.insert_or_assign("stream_cache", d.stream_cache_bytes);
   data.insert_or_assign("incremental", to_string(d.incremental));
-  data.insert_or_assign("train_samples_per_task", d.train_samples_per_task);
-  data.insert_or_assign("test_samples_per_task", d.test_samples_per_task);
 }
 
 void write_resolved_model_train_fisher(toml::table& root, const RunConfig& config) {
   auto& model = section(root, "model");
+  write_scalars(model, model_keys(), config.model);
   model.insert_or_assign("kind", to_string(config.model.kind));
   model.insert_or_assign("hidden", int_array(config.model.hidden));
-  model.insert_or_assign("path", config.model.path);
   model.insert_or_assign("input_shape", int_array(config.model.input_shape));
-  const TrainSection& t = config.train;
   auto& train = section(root, "train");
-  train.insert_or_assign("optimizer", to_string(t.optimizer));
-  train.insert_or_assign("lr", t.lr);
-  train.insert_or_assign("momentum", t.momentum);
-  train.insert_or_assign("batch_size", t.batch_size);
-  train.insert_or_assign("iterations", t.iterations);
-  train.insert_or_assign("epochs", t.epochs);
-  train.insert_or_assign("eval_batch_size", t.eval_batch_size);
-  train.insert_or_assign("checkpoint_segments", t.checkpoint_segments);
-  const FisherSection& f = config.fisher;
-  auto& fisher = section(root, "fisher_computation");
-  fisher.insert_or_assign("use_memory_efficient", f.use_memory_efficient);
-  fisher.insert_or_assign("block_size", f.block_size);
-  fisher.insert_or_assign("use_compression", f.use_compression);
-  fisher.insert_or_assign("compression_level", f.compression_level);
-  fisher.insert_or_assign("compression_ratio", f.compression_ratio);
-  fisher.insert_or_assign("codec", f.codec);
-  fisher.insert_or_assign("store_dtype", f.store_dtype);
+  write_scalars(train, train_keys(), config.train);
+  train.insert_or_assign("optimizer", to_string(config.train.optimizer));
+  write_scalars(section(root, "fisher_computation"), fisher_keys(), config.fisher);
 }
 
 void write_resolved_pipeline_and_tasks(toml::table& root, const RunConfig& config) {
