@@ -94,104 +94,118 @@ std::vector<std::string> override_segments(const toml::table& root, const std::s
   return segments;
 }
 
-// Applies "a.b.c=value": the value is parsed as TOML ("5", "1e-3", "true", "[1,2]", "\"x\"");
-// anything that does not parse is taken as a bare string, so --set run.name=demo works.
-// Returns the canonical key path ("ewc.lambda" becomes "pipeline.0.lambda").
+// One step down a --set key path from `current` into `segment` (`next` is the segment after
+// it); tables missing on the way are created, arrays are indexed.
+toml::node* descend(toml::node* current, const std::string& segment, const std::string& next,
+                    const std::string& walked, const std::string& source) {
+  if (auto* table = current->as_table()) {
+    if (table->get(segment) == nullptr) {
+      if (is_index(next)) {
+        throw ConfigError(source + ": there is no array '" + walked + "' to index (add the " +
+                          "[[" + segment + "]] entry to the config file first)");
+      }
+      table->insert(segment, toml::table{});
+    }
+    return table->get(segment);
+  }
+  if (auto* array = current->as_array()) {
+    if (!is_index(segment)) {
+      throw ConfigError(source + ": '" + segment + "' is not an array index (0, 1, ...)");
+    }
+    const size_t index = std::stoul(segment);
+    if (index >= array->size()) {
+      throw ConfigError(source + ": index " + segment + " is past the end (the array has " +
+                        std::to_string(array->size()) + " entr" +
+                        (array->size() == 1 ? "y" : "ies") + ")");
+    }
+    return array->get(index);
+  }
+  throw ConfigError(source + ": '" + walked.substr(0, walked.rfind('.')) +
+                    "' is a value, not a table");
+}
+
+// The table that holds the last segment of the path.
+toml::table& parent_table(toml::table& root, const std::vector<std::string>& segments,
+                          const std::string& source) {
+  toml::node* current = &root;
+  std::string walked;
+  for (size_t i = 0; i + 1 < segments.size(); ++i) {
+    walked += (walked.empty() ? "" : ".") + segments[i];
+    current = descend(current, segments[i], segments[i + 1], walked, source);
+  }
+  if (auto* table = current->as_table()) return *table;
+  if (current->is_array()) {
+    throw ConfigError(source + ": " + walked +
+                      " is an array of values: set it whole, e.g. --set '" + walked + "=[...]'");
+  }
+  throw ConfigError(source + ": " + walked + " is a value, not a table");
+}
+
+// The value of a --set: TOML ("5", "1e-3", "true", "[1,2]", "\"x\""), or else a bare string,
+// so --set run.name=demo works.
+toml::table parse_value(const std::string& text, const std::string& source) {
+  try {
+    return toml::parse("value = " + text, source);
+  } catch (const toml::parse_error&) {
+    toml::table parsed = toml::parse("value = \"\"", source);
+    parsed.insert_or_assign("value", text);
+    return parsed;
+  }
+}
+
+// Applies "a.b.c=value". Returns the canonical key path ("ewc.lambda" becomes
+// "pipeline.0.lambda").
 std::string apply_override(toml::table& root, const std::string& assignment) {
   const auto equals = assignment.find('=');
   if (equals == std::string::npos || equals == 0) {
     throw ConfigError("--set " + assignment + ": expected key.path=value");
   }
   const std::string key_path = assignment.substr(0, equals);
-  const std::string text = assignment.substr(equals + 1);
   const std::string source = "--set " + key_path;
-  toml::table parsed;
-  try {
-    parsed = toml::parse("value = " + text, source);
-  } catch (const toml::parse_error&) {
-    parsed = toml::parse("value = \"\"", source);
-    parsed.insert_or_assign("value", text);
-  }
+  const toml::table parsed = parse_value(assignment.substr(equals + 1), source);
   const std::vector<std::string> segments = override_segments(root, key_path, source);
-  toml::node* current = &root;
-  std::string walked;
-  for (size_t i = 0; i + 1 < segments.size(); ++i) {
-    const std::string& segment = segments[i];
-    walked += (walked.empty() ? "" : ".") + segment;
-    if (auto* table = current->as_table()) {
-      if (table->get(segment) == nullptr) {
-        if (is_index(segments[i + 1])) {
-          throw ConfigError(source + ": there is no array '" + walked + "' to index (add the " +
-                            "[[" + segment + "]] entry to the config file first)");
-        }
-        table->insert(segment, toml::table{});
-      }
-      current = table->get(segment);
-    } else if (auto* array = current->as_array()) {
-      if (!is_index(segment)) {
-        throw ConfigError(source + ": '" + segment + "' is not an array index (0, 1, ...)");
-      }
-      const size_t index = std::stoul(segment);
-      if (index >= array->size()) {
-        throw ConfigError(source + ": index " + segment + " is past the end (the array has " +
-                          std::to_string(array->size()) + " entr" +
-                          (array->size() == 1 ? "y" : "ies") + ")");
-      }
-      current = array->get(index);
+  parent_table(root, segments, source).insert_or_assign(segments.back(), *parsed.get("value"));
+  return join(segments, ".");
+}
+
+std::string plugin_id_of(const toml::node& entry) {
+  const toml::table* table = entry.as_table();
+  const toml::node* plugin = table != nullptr ? table->get("plugin") : nullptr;
+  return plugin != nullptr && plugin->is_string() ? plugin->as_string()->get() : "";
+}
+
+// The file's pipeline in --plugins order: a listed id takes its first unused entry in the file
+// (with its settings), or a new one.
+toml::array in_plugins_order(toml::array& file, const std::vector<std::string>& ids,
+                             std::map<size_t, std::string>& added_by) {
+  toml::array chosen;
+  std::vector<bool> used(file.size(), false);
+  for (const auto& id : ids) {
+    size_t i = 0;
+    while (i < file.size() && (used[i] || plugin_id_of(file[i]) != id)) ++i;
+    if (i < file.size()) {
+      used[i] = true;
+      chosen.push_back(std::move(*file[i].as_table()));
     } else {
-      throw ConfigError(source + ": '" + walked.substr(0, walked.rfind('.')) +
-                        "' is a value, not a table");
+      added_by[chosen.size()] = "--plugins";
+      chosen.push_back(toml::table{{"plugin", id}});
     }
   }
-  auto* target = current->as_table();
-  if (target == nullptr) {
-    std::string parent = walked;
-    if (current->is_array()) {
-      throw ConfigError(source + ": " + parent +
-                        " is an array of values: set it whole, e.g. --set '" + parent + "=[...]'");
-    }
-    throw ConfigError(source + ": " + parent + " is a value, not a table");
-  }
-  target->insert_or_assign(segments.back(), *parsed.get("value"));
-  std::string canonical;
-  for (const auto& segment : segments) canonical += (canonical.empty() ? "" : ".") + segment;
-  return canonical;
+  return chosen;
 }
 
 // --plugins and the switches that add a plug-in shape [[pipeline]] before any --set is applied,
-// so that --set pipeline.N.* counts in the order the run uses. A listed id keeps the settings of
-// its (first unused) entry in the file. Returns, per new entry, the switch that added it.
+// so that --set pipeline.N.* counts in the order the run uses. Returns, per new entry, the
+// switch that added it.
 std::map<size_t, std::string> choose_pipeline(toml::table& root, const ConfigOverrides& overrides) {
   std::map<size_t, std::string> added_by;
   if (root.contains("pipeline") && !root["pipeline"].is_array()) return added_by;  // reported later
   toml::array pipeline;
   if (toml::array* file = root["pipeline"].as_array()) pipeline = std::move(*file);
-  auto id_of = [](const toml::node& entry) -> std::string {
-    const toml::table* table = entry.as_table();
-    const toml::node* plugin = table != nullptr ? table->get("plugin") : nullptr;
-    return plugin != nullptr && plugin->is_string() ? plugin->as_string()->get() : "";
-  };
-  if (overrides.plugins) {
-    toml::array chosen;
-    std::vector<bool> used(pipeline.size(), false);
-    for (const auto& id : *overrides.plugins) {
-      bool found = false;
-      for (size_t i = 0; i < pipeline.size() && !found; ++i) {
-        if (used[i] || id_of(pipeline[i]) != id) continue;
-        used[i] = true;
-        found = true;
-        chosen.push_back(std::move(*pipeline[i].as_table()));
-      }
-      if (!found) {
-        added_by[chosen.size()] = "--plugins";
-        chosen.push_back(toml::table{{"plugin", id}});
-      }
-    }
-    pipeline = std::move(chosen);
-  }
+  if (overrides.plugins) pipeline = in_plugins_order(pipeline, *overrides.plugins, added_by);
   auto has = [&](const std::string& id) {
     return std::any_of(pipeline.begin(), pipeline.end(),
-                       [&](const toml::node& entry) { return id_of(entry) == id; });
+                       [&](const toml::node& entry) { return plugin_id_of(entry) == id; });
   };
   auto require = [&](const std::string& id, const char* option) {
     if (has(id)) return;

@@ -400,165 +400,225 @@ torch::Tensor StreamedSamples::range(int64_t begin, int64_t end) const {
   return gather(torch::arange(begin, end, torch::kInt64));
 }
 
-TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
-                                 uint64_t seed) {
+namespace {
+
+// The samples a run reads: each task's own train/test datasets (scenario "sources"), or one
+// train and one test split that the scenario divides into tasks. One sample shape for all.
+struct RunSplits {
+  std::vector<std::pair<Split, Split>> sources;
+  Split train;
+  Split test;
   int64_t height = 0;
   int64_t width = 0;
   bool eight_bit = true;
-  const bool sources = data.scenario == Scenario::kSources;
-  // Explicit sources: each task's own train and test datasets. Otherwise one train and one test
-  // split that the scenario divides into tasks.
-  std::vector<std::pair<Split, Split>> source_splits;
-  Split train;
-  Split test;
-  if (sources) {
-    for (size_t t = 0; t < names.size(); ++t) {
-      const TaskOverride& task = names[t];
-      const std::string key = "tasks[" + std::to_string(t) + "]";
-      auto read = [&](const std::string& split) {
-        return check_split(
-            read_hdf5_split(task.path, task.group + "/" + split + "/x",
-                            task.group + "/" + split + "/y", key + " " + split + " samples",
-                            key + " " + split + " labels", data.max_resident_bytes),
-            data.num_classes, &height, &width, &eight_bit);
-      };
-      Split task_train = read("train");
-      Split task_test = read("test");
-      source_splits.emplace_back(std::move(task_train), std::move(task_test));
-    }
-  } else {
-    train = check_split(read_split(data, true), data.num_classes, &height, &width, &eight_bit);
-    test = check_split(read_split(data, false), data.num_classes, &height, &width, &eight_bit);
-  }
-  const int64_t input_size = height * width;
 
-  // Pixel scaling, with statistics of the training set only. "unit" scales 8-bit pixels; other
-  // stored types are taken as they are.
+  [[nodiscard]] std::vector<const Split*> training() const {
+    std::vector<const Split*> out;
+    for (const auto& pair : sources) out.push_back(&pair.first);
+    if (sources.empty()) out.push_back(&train);
+    return out;
+  }
+  template <class Visit>
+  void for_each(Visit&& visit) {
+    visit(train);
+    visit(test);
+    for (auto& pair : sources) {
+      visit(pair.first);
+      visit(pair.second);
+    }
+  }
+};
+
+RunSplits read_splits(const DataSection& data, const std::vector<TaskOverride>& names) {
+  RunSplits splits;
+  if (data.scenario != Scenario::kSources) {
+    splits.train = check_split(read_split(data, true), data.num_classes, &splits.height,
+                               &splits.width, &splits.eight_bit);
+    splits.test = check_split(read_split(data, false), data.num_classes, &splits.height,
+                              &splits.width, &splits.eight_bit);
+    return splits;
+  }
+  for (size_t t = 0; t < names.size(); ++t) {
+    const TaskOverride& task = names[t];
+    const std::string key = "tasks[" + std::to_string(t) + "]";
+    auto read = [&](const std::string& split) {
+      return check_split(
+          read_hdf5_split(task.path, task.group + "/" + split + "/x",
+                          task.group + "/" + split + "/y", key + " " + split + " samples",
+                          key + " " + split + " labels", data.max_resident_bytes),
+          data.num_classes, &splits.height, &splits.width, &splits.eight_bit);
+    };
+    Split task_train = read("train");
+    Split task_test = read("test");
+    splits.sources.emplace_back(std::move(task_train), std::move(task_test));
+  }
+  return splits;
+}
+
+// Pixel scaling, with statistics of the training set only. "unit" scales 8-bit pixels; other
+// stored types are taken as they are. Applied now to resident samples.
+SampleTransform scale_samples(const DataSection& data, RunSplits& splits, int64_t input_size) {
   SampleTransform scaling;
-  if (data.normalize == Normalize::kUnit && eight_bit) {
+  if (data.normalize == Normalize::kUnit && splits.eight_bit) {
     scaling.divide = 255.0;
   } else if (data.normalize == Normalize::kStandard) {
-    std::vector<const Split*> training;
-    if (sources) {
-      for (const auto& pair : source_splits) training.push_back(&pair.first);
-    } else {
-      training.push_back(&train);
-    }
-    const auto [mean, deviation] = sample_statistics(training, input_size);
+    const auto [mean, deviation] = sample_statistics(splits.training(), input_size);
     scaling.standardize = true;
     scaling.mean = mean;
     scaling.deviation = std::max(deviation, 1e-12);
   }
-  auto scale_resident = [&](Split& split) {
+  splits.for_each([&](Split& split) {
     if (split.x.defined()) split.x = scaling.apply(split.x);
-  };
-  scale_resident(train);
-  scale_resident(test);
-  for (auto& pair : source_splits) {
-    scale_resident(pair.first);
-    scale_resident(pair.second);
-  }
+  });
+  return scaling;
+}
 
-  // The classes of each split task: listed, or equal chunks of the (optionally shuffled) order.
-  std::vector<std::vector<int64_t>> split_classes = data.task_classes;
-  if (data.scenario == Scenario::kSplit && split_classes.empty()) {
-    std::vector<int64_t> order = iota_rows(data.num_classes);
-    if (data.shuffle_classes) {
-      std::mt19937_64 class_rng(seed ^ 0xc1a55e5ULL);
-      std::shuffle(order.begin(), order.end(), class_rng);
-    }
-    const auto per_task = static_cast<size_t>(data.num_classes / data.num_tasks);
-    for (int64_t task = 0; task < data.num_tasks; ++task) {
-      const auto begin = order.begin() + static_cast<std::ptrdiff_t>(task * per_task);
-      split_classes.emplace_back(begin, begin + static_cast<std::ptrdiff_t>(per_task));
+// The classes of each split task: listed, or equal chunks of the (optionally shuffled) order.
+std::vector<std::vector<int64_t>> split_classes(const DataSection& data, uint64_t seed) {
+  std::vector<std::vector<int64_t>> classes = data.task_classes;
+  if (data.scenario != Scenario::kSplit || !classes.empty()) return classes;
+  std::vector<int64_t> order = iota_rows(data.num_classes);
+  if (data.shuffle_classes) {
+    std::mt19937_64 class_rng(seed ^ 0xc1a55e5ULL);
+    std::shuffle(order.begin(), order.end(), class_rng);
+  }
+  const auto per_task = static_cast<size_t>(data.num_classes / data.num_tasks);
+  for (int64_t task = 0; task < data.num_tasks; ++task) {
+    const auto begin = order.begin() + static_cast<std::ptrdiff_t>(task * per_task);
+    classes.emplace_back(begin, begin + static_cast<std::ptrdiff_t>(per_task));
+  }
+  return classes;
+}
+
+// One task's samples of one split: the first `limit` of `rows` (all when 0), resident
+// (transformed now) or streamed (transformed batch by batch, scaling included).
+struct TaskSamples {
+  torch::Tensor x;
+  torch::Tensor y;
+  std::shared_ptr<const StreamedSamples> stream;
+};
+
+TaskSamples take_samples(const Split& split, const torch::Tensor& rows, int64_t limit,
+                         const SampleTransform& transform, const SampleTransform& scaling,
+                         int64_t input_size, int64_t stream_cache_bytes) {
+  TaskSamples out;
+  const torch::Tensor kept = limit > 0 && limit < rows.size(0) ? rows.slice(0, 0, limit) : rows;
+  out.y = split.y.index_select(0, kept);
+  if (split.streamed()) {
+    SampleTransform full = transform;
+    full.divide = scaling.divide;
+    full.standardize = scaling.standardize;
+    full.mean = scaling.mean;
+    full.deviation = scaling.deviation;
+    out.stream = std::make_shared<StreamedSamples>(
+        split.file, split.dataset, split.where,
+        std::vector<int64_t>(kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel()),
+        input_size, full, stream_cache_bytes);
+  } else {
+    const bool all = kept.size(0) == split.size();
+    out.x = transform.apply(all ? split.x : split.x.index_select(0, kept).contiguous());
+  }
+  return out;
+}
+
+torch::Tensor all_rows(const Split& split) {
+  return torch::arange(split.size(), torch::kInt64);
+}
+
+torch::Tensor rows_of_classes(const torch::Tensor& y, const std::vector<int64_t>& classes) {
+  torch::Tensor mask = torch::zeros_like(y, torch::kBool);
+  for (int64_t c : classes) mask.logical_or_(y == c);
+  return mask.nonzero().squeeze(1);
+}
+
+// Where task `task` takes its samples from, which classes it has, and the scenario's transform
+// (a rotation, or a pixel permutation drawn from `rng` for every task after the first).
+struct TaskSource {
+  const Split* train = nullptr;
+  const Split* test = nullptr;
+  torch::Tensor train_rows;
+  torch::Tensor test_rows;
+  std::vector<int64_t> classes;
+  SampleTransform transform;  // the scenario's part; scaling is already in resident samples
+};
+
+TaskSource task_source(const DataSection& data, const RunSplits& splits,
+                       const std::vector<std::vector<int64_t>>& classes, int64_t task,
+                       const TaskSequence& sequence, std::mt19937_64& rng) {
+  TaskSource source;
+  source.train = &splits.train;
+  source.test = &splits.test;
+  const auto index = static_cast<size_t>(task);
+  if (data.scenario == Scenario::kSources) {
+    source.train = &splits.sources[index].first;
+    source.test = &splits.sources[index].second;
+    source.train_rows = all_rows(*source.train);
+    source.test_rows = all_rows(*source.test);
+    const torch::Tensor present = std::get<0>(at::_unique(source.train->y, true));
+    source.classes.assign(present.data_ptr<int64_t>(),
+                          present.data_ptr<int64_t>() + present.numel());
+  } else if (data.scenario == Scenario::kSplit) {
+    source.classes = classes[index];
+    source.train_rows = rows_of_classes(splits.train.y, source.classes);
+    source.test_rows = rows_of_classes(splits.test.y, source.classes);
+  } else {
+    source.classes = iota_rows(data.num_classes);
+    source.train_rows = all_rows(splits.train);
+    source.test_rows = all_rows(splits.test);
+    if (data.scenario == Scenario::kRotated) {
+      source.transform.rotation_degrees = data.rotation_step_degrees * static_cast<double>(task);
+      source.transform.image_side = sequence.image_side;
+    } else {
+      // Task 0 keeps the original pixel order; every later task a seeded random permutation.
+      std::vector<int64_t> order = iota_rows(sequence.input_size);
+      if (task > 0) std::shuffle(order.begin(), order.end(), rng);
+      if (task > 0) source.transform.permutation = torch::tensor(order, torch::kInt64);
     }
   }
+  return source;
+}
 
+}  // namespace
+
+TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
+                                 uint64_t seed) {
+  RunSplits splits = read_splits(data, names);
+  const int64_t input_size = splits.height * splits.width;
+  const SampleTransform scaling = scale_samples(data, splits, input_size);
+  const std::vector<std::vector<int64_t>> classes = split_classes(data, seed);
   TaskSequence sequence;
   sequence.num_classes = data.num_classes;
   sequence.input_size = input_size;
-  sequence.image_side = height == width ? height : 0;
+  sequence.image_side = splits.height == splits.width ? splits.height : 0;
   if (data.scenario == Scenario::kRotated && sequence.image_side == 0) {
     throw RunError("data.scenario = \"rotated\" needs square images; the training samples are " +
-                   std::to_string(height) + "x" + std::to_string(width));
+                   std::to_string(splits.height) + "x" + std::to_string(splits.width));
   }
-  // Rows [0, count) of a split, or the first `limit` of the given rows; then the task's samples,
-  // resident (transformed now) or streamed (transformed batch by batch).
-  auto take = [&](const Split& split, const torch::Tensor& rows, int64_t limit,
-                  const SampleTransform& transform, torch::Tensor* x, torch::Tensor* y,
-                  std::shared_ptr<const StreamedSamples>* stream) {
-    const torch::Tensor kept = limit > 0 && limit < rows.size(0) ? rows.slice(0, 0, limit) : rows;
-    *y = split.y.index_select(0, kept);
-    if (split.streamed()) {
-      SampleTransform full = transform;
-      full.divide = scaling.divide;
-      full.standardize = scaling.standardize;
-      full.mean = scaling.mean;
-      full.deviation = scaling.deviation;
-      *stream = std::make_shared<StreamedSamples>(
-          split.file, split.dataset, split.where,
-          std::vector<int64_t>(kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel()),
-          input_size, full, data.stream_cache_bytes);
-      sequence.streamed = true;
-    } else {
-      const bool all = kept.size(0) == split.size();
-      *x = transform.apply(all ? split.x : split.x.index_select(0, kept).contiguous());
-    }
-  };
-  auto all_rows = [](const Split& split) { return torch::arange(split.size(), torch::kInt64); };
-  auto all_classes = [&] { return iota_rows(data.num_classes); };
-
   std::mt19937_64 rng(seed ^ 0x5eedda7aULL);
   for (int64_t task = 0; task < data.num_tasks; ++task) {
-    TaskData entry;
     const auto index = static_cast<size_t>(task);
+    const TaskSource source = task_source(data, splits, classes, task, sequence, rng);
+    TaskData entry;
     entry.name = index < names.size() && !names[index].name.empty() ? names[index].name
                                                                     : "task" + std::to_string(task);
-    SampleTransform transform;  // the scenario's part; scaling is already in resident samples
-    const Split* task_train = &train;
-    const Split* task_test = &test;
-    torch::Tensor train_rows;
-    torch::Tensor test_rows;
-    if (sources) {
-      task_train = &source_splits[index].first;
-      task_test = &source_splits[index].second;
-      train_rows = all_rows(*task_train);
-      test_rows = all_rows(*task_test);
-      const torch::Tensor present = std::get<0>(at::_unique(task_train->y, true));
-      entry.classes.assign(present.data_ptr<int64_t>(),
-                           present.data_ptr<int64_t>() + present.numel());
-    } else if (data.scenario == Scenario::kSplit) {
-      entry.classes = split_classes[index];
-      auto rows_of_classes = [&](const torch::Tensor& y) {
-        torch::Tensor mask = torch::zeros_like(y, torch::kBool);
-        for (int64_t c : entry.classes) mask.logical_or_(y == c);
-        return mask.nonzero().squeeze(1);
-      };
-      train_rows = rows_of_classes(train.y);
-      test_rows = rows_of_classes(test.y);
-    } else {
-      entry.classes = all_classes();
-      train_rows = all_rows(train);
-      test_rows = all_rows(test);
-      if (data.scenario == Scenario::kRotated) {
-        transform.rotation_degrees = data.rotation_step_degrees * static_cast<double>(task);
-        transform.image_side = sequence.image_side;
-      } else {
-        // Task 0 keeps the original pixel order; every later task a seeded random permutation.
-        std::vector<int64_t> order = iota_rows(input_size);
-        if (task > 0) std::shuffle(order.begin(), order.end(), rng);
-        if (task > 0) transform.permutation = torch::tensor(order, torch::kInt64);
-      }
-    }
-    take(*task_train, train_rows, data.train_samples_per_task, transform, &entry.train_x,
-         &entry.train_y, &entry.train_stream);
-    take(*task_test, test_rows, data.test_samples_per_task, transform, &entry.test_x, &entry.test_y,
-         &entry.test_stream);
+    entry.classes = source.classes;
+    TaskSamples train =
+        take_samples(*source.train, source.train_rows, data.train_samples_per_task,
+                     source.transform, scaling, input_size, data.stream_cache_bytes);
+    TaskSamples test = take_samples(*source.test, source.test_rows, data.test_samples_per_task,
+                                    source.transform, scaling, input_size, data.stream_cache_bytes);
+    entry.train_x = std::move(train.x);
+    entry.train_y = std::move(train.y);
+    entry.train_stream = std::move(train.stream);
+    entry.test_x = std::move(test.x);
+    entry.test_y = std::move(test.y);
+    entry.test_stream = std::move(test.stream);
+    sequence.streamed = sequence.streamed || entry.train_stream || entry.test_stream;
     if (entry.train_size() == 0) {
       throw RunError("data: task " + std::to_string(task + 1) + " (" + entry.name +
                      ") has no training samples" +
                      (data.scenario == Scenario::kSplit
-                          ? ": no label in " + task_train->where + " is one of its classes"
+                          ? ": no label in " + source.train->where + " is one of its classes"
                           : std::string()));
     }
     sequence.tasks.push_back(std::move(entry));
