@@ -126,15 +126,17 @@ void expect_identical(const std::string& reference, const std::string& resumed,
                       const std::string& what) {
   const json a = results_of(reference);
   const json b = results_of(resumed);
-  EXPECT_EQ(a["accuracy_matrix"], b["accuracy_matrix"]) << what;
-  EXPECT_EQ(a["random_init_accuracy"], b["random_init_accuracy"]) << what;
+  const std::string metric = a["evaluation"]["metric"];  // accuracy, bits_per_byte
+  ASSERT_TRUE(a[metric + "_matrix"].is_array()) << what;
+  EXPECT_EQ(a[metric + "_matrix"], b[metric + "_matrix"]) << what;
+  EXPECT_EQ(a["random_init_" + metric], b["random_init_" + metric]) << what;
   EXPECT_EQ(a["metrics"], b["metrics"]) << what;
   EXPECT_EQ(a["optimizer_steps"], b["optimizer_steps"]) << what;
   EXPECT_EQ(a["memory"]["batch_size_changes"], b["memory"]["batch_size_changes"]) << what;
   EXPECT_EQ(deterministic_metrics(reference), deterministic_metrics(resumed)) << what;
   EXPECT_TRUE(final_weights(reference) == final_weights(resumed)) << what << ": final weights";
-  EXPECT_EQ(read_file(reference + "/accuracy_matrix.csv"),
-            read_file(resumed + "/accuracy_matrix.csv"))
+  EXPECT_EQ(read_file(reference + "/" + metric + "_matrix.csv"),
+            read_file(resumed + "/" + metric + "_matrix.csv"))
       << what;
 }
 
@@ -420,6 +422,57 @@ plugin = "fixed"
 micro_batch = 8
 )",
                           "step:140");
+}
+
+// The transformer on two languages with dropout, checkpointed blocks, EWC on the exact sequence
+// Fisher (stored) and the dynamic policy: killed in the second task, resumed bit-identically.
+TEST(ResumeSequenceModel, TransformerWithEwcResumesIdentically) {
+  TempDir dir;
+  const std::string config = dir.file("text.toml", R"([run]
+name = "text"
+seed = 3
+log_every = 10
+checkpoint_every = 25
+[data]
+kind = "text"
+languages = ["en", "de"]
+train_samples_per_task = 300
+test_samples_per_task = 40
+[model]
+kind = "transformer"
+layers = 2
+heads = 2
+d_model = 32
+context = 32
+dropout = 0.1
+[train]
+batch_size = 16
+iterations = 60
+eval_batch_size = 40
+checkpoint_segments = 2
+[[pipeline]]
+plugin = "ewc"
+lambda = 100.0
+labels = "true"
+fisher_samples = 48
+store = true
+[[pipeline]]
+plugin = "dynamic"
+)");
+  const std::string common = "run -q --config " + config + plugin_path() + " --output ";
+  Outcome run = clhost(common + dir.path("reference"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const json reference = results_of(dir.path("reference"));
+  EXPECT_EQ(reference["evaluation"]["better"], "lower");
+  const auto& matrix = reference["bits_per_byte_matrix"];
+  ASSERT_EQ(matrix.size(), 2U);
+  // Trained on English, English got better than the untrained model's ~8 bits per byte.
+  EXPECT_LT(matrix[0][0].get<double>(), reference["random_init_bits_per_byte"][0].get<double>());
+  run = clhost(common + dir.path("killed"), "CLHOST_TEST_KILL_AT=step:80");
+  ASSERT_EQ(run.signal, SIGKILL) << run.output;
+  run = clhost("run -q --resume " + dir.path("killed") + plugin_path());
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  expect_identical(dir.path("reference"), dir.path("killed"), "transformer killed at step:80");
 }
 
 TEST(CheckpointDirectory, DamagedNewestFallsBackToTheOneBefore) {

@@ -421,6 +421,10 @@ struct KeyCase {
   const char* inapplicable;  // --set items where it has no effect, or nullptr: it always applies
 };
 
+// Text tasks with the transformer: where the text and transformer keys apply.
+constexpr const char* kText =
+    "data.kind=\"text\";data.languages=[\"en\"];model.kind=\"transformer\"";
+
 const KeyCase kCases[] = {
     {"run.name", "\"sweep\"", "\"sweep\"", "", nullptr},
     {"run.seed", "7", "7", "", nullptr},
@@ -443,14 +447,24 @@ const KeyCase kCases[] = {
     {"data.train_labels", "\"a\"", "\"a\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
     {"data.test_images", "\"a\"", "\"a\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
     {"data.test_labels", "\"a\"", "\"a\"", "", "data.kind=\"hdf5\";data.path=\"x.h5\""},
-    {"data.num_classes", "20", "20", "", nullptr},
-    {"data.normalize", "\"standard\"", "\"standard\"", "", nullptr},
-    {"data.scenario", "\"permuted\"", "\"permuted\"", "", nullptr},
-    {"data.num_tasks", "2", "2", "", nullptr},
+    {"data.num_classes", "20", "20", "", kText},
+    {"data.normalize", "\"standard\"", "\"standard\"", "", kText},
+    {"data.scenario", "\"permuted\"", "\"permuted\"", "", kText},
+    {"data.num_tasks", "2", "2", "", kText},
     {"data.rotation_step", "10.0", "10.0", "data.scenario=\"rotated\"", ""},
     {"data.task_classes", "[[0,1],[2,3]]", "[[0,1],[2,3]]", "", "data.scenario=\"permuted\""},
     {"data.class_order", "\"shuffled\"", "\"shuffled\"", "", "data.task_classes=[[0,1]]"},
-    {"data.incremental", "\"class\"", "\"class\"", "", nullptr},
+    {"data.incremental", "\"class\"", "\"class\"", "", kText},
+    {"data.languages", "[\"en\",\"de\"]", "[\"en\",\"de\"]", kText, ""},
+    {"data.fortunes_dir", "\"/tmp\"", "\"/tmp\"", kText, ""},
+    {"data.test_fraction", "0.2", "0.2", kText, ""},
+    {"model.layers", "3", "3", kText, ""},
+    {"model.heads", "2", "2", kText, ""},
+    {"model.d_model", "32", "32", kText, ""},
+    {"model.context", "16", "16", kText, ""},
+    {"model.mlp_ratio", "2", "2", kText, ""},
+    {"model.dropout", "0.1", "0.1", kText, ""},
+    {"model.tied_head", "true", "true", kText, ""},
     {"data.train_samples_per_task", "5", "5", "", nullptr},
     {"data.test_samples_per_task", "5", "5", "", nullptr},
     {"model.kind", "\"cnn\"", "\"cnn\"", "", nullptr},

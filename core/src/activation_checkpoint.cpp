@@ -21,6 +21,8 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     (void)anchor;
     ctx->save_for_backward({input});
     ctx->saved_data["segment"] = segment;
+    // The recomputation must draw the same random numbers (dropout masks) as this forward.
+    ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
     torch::NoGradGuard no_grad;
     return g_segments.at(static_cast<size_t>(segment))(input);
   }
@@ -32,8 +34,12 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     torch::Tensor input = saved.detach().requires_grad_(saved.requires_grad());
     torch::Tensor output;
     {
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      const torch::Tensor now = generator.get_state();
+      generator.set_state(ctx->saved_data["rng"].toTensor());
       torch::AutoGradMode enable(true);
       output = g_segments.at(segment)(input);
+      generator.set_state(now);
     }
     torch::autograd::backward({output}, {grad_outputs[0]});
     return {saved.requires_grad() ? input.grad() : torch::Tensor(), torch::Tensor(),

@@ -284,13 +284,16 @@ const EnumNames<Scenario> kScenarioNames = {{Scenario::kSplit, "split"},
                                             {Scenario::kSources, "sources"}};
 const EnumNames<Incremental> kIncrementalNames = {
     {Incremental::kTask, "task"}, {Incremental::kDomain, "domain"}, {Incremental::kClass, "class"}};
-const EnumNames<ModelKind> kModelKindNames = {
-    {ModelKind::kMlp, "mlp"}, {ModelKind::kCnn, "cnn"}, {ModelKind::kTorchScript, "torchscript"}};
+const EnumNames<ModelKind> kModelKindNames = {{ModelKind::kMlp, "mlp"},
+                                              {ModelKind::kCnn, "cnn"},
+                                              {ModelKind::kTorchScript, "torchscript"},
+                                              {ModelKind::kTransformer, "transformer"}};
 const EnumNames<OptimizerKind> kOptimizerNames = {{OptimizerKind::kSgd, "sgd"},
                                                   {OptimizerKind::kAdam, "adam"}};
 const EnumNames<Normalize> kNormalizeNames = {
     {Normalize::kUnit, "unit"}, {Normalize::kStandard, "standard"}, {Normalize::kNone, "none"}};
-const EnumNames<DataKind> kDataKindNames = {{DataKind::kIdx, "idx"}, {DataKind::kHdf5, "hdf5"}};
+const EnumNames<DataKind> kDataKindNames = {
+    {DataKind::kIdx, "idx"}, {DataKind::kHdf5, "hdf5"}, {DataKind::kText, "text"}};
 
 template <class Enum>
 const char* name_of(const EnumNames<Enum>& names, Enum value) {
@@ -308,6 +311,11 @@ const char* to_string(Scenario value) {
 const char* to_string(Incremental value) {
   return name_of(kIncrementalNames, value);
 }
+const std::vector<std::string>& fortune_languages() {
+  static const std::vector<std::string> names = {"en", "de", "es", "it", "ru", "pl"};
+  return names;
+}
+
 const char* to_string(ModelKind value) {
   return name_of(kModelKindNames, value);
 }
@@ -340,8 +348,17 @@ bool is_hdf5(const RunConfig& c) {
 bool is_idx(const RunConfig& c) {
   return c.data.kind == DataKind::kIdx;
 }
+bool is_text(const RunConfig& c) {
+  return c.data.kind == DataKind::kText;
+}
+bool has_classes(const RunConfig& c) {
+  return c.data.kind != DataKind::kText;
+}
 bool has_layer_sizes(const RunConfig& c) {
-  return c.model.kind != ModelKind::kTorchScript;
+  return c.model.kind == ModelKind::kMlp || c.model.kind == ModelKind::kCnn;
+}
+bool is_transformer(const RunConfig& c) {
+  return c.model.kind == ModelKind::kTransformer;
 }
 bool is_torchscript(const RunConfig& c) {
   return c.model.kind == ModelKind::kTorchScript;
@@ -349,6 +366,9 @@ bool is_torchscript(const RunConfig& c) {
 bool compresses(const RunConfig& c) {
   return c.fisher.use_compression;
 }
+
+constexpr const char* kLabelledData =
+    "data.kind = \"idx\" or \"hdf5\" (text tasks are next-byte prediction: no classes)";
 
 const ConditionalKey kConditionalKeys[] = {
     {"train.momentum", "train.optimizer = \"sgd\"",
@@ -369,14 +389,30 @@ const ConditionalKey kConditionalKeys[] = {
     {"data.test_labels", "data.kind = \"idx\"", is_idx},
     {"data.class_order", "data.scenario = \"split\" without data.task_classes",
      [](const RunConfig& c) {
-       return c.data.scenario == Scenario::kSplit && c.data.task_classes.empty();
+       return has_classes(c) && c.data.scenario == Scenario::kSplit && c.data.task_classes.empty();
      }},
     {"data.task_classes", "data.scenario = \"split\"",
-     [](const RunConfig& c) { return c.data.scenario == Scenario::kSplit; }},
+     [](const RunConfig& c) { return has_classes(c) && c.data.scenario == Scenario::kSplit; }},
     {"data.rotation_step", "data.scenario = \"rotated\"",
-     [](const RunConfig& c) { return c.data.scenario == Scenario::kRotated; }},
-    {"model.hidden", "model.kind = \"mlp\" or \"cnn\" (a TorchScript model has its own layers)",
+     [](const RunConfig& c) { return has_classes(c) && c.data.scenario == Scenario::kRotated; }},
+    {"data.scenario", kLabelledData, has_classes},
+    {"data.incremental", kLabelledData, has_classes},
+    {"data.num_classes", kLabelledData, has_classes},
+    {"data.num_tasks", kLabelledData, has_classes},
+    {"data.normalize", kLabelledData, has_classes},
+    {"data.languages", "data.kind = \"text\"", is_text},
+    {"data.fortunes_dir", "data.kind = \"text\" with data.languages",
+     [](const RunConfig& c) { return is_text(c) && !c.data.languages.empty(); }},
+    {"data.test_fraction", "data.kind = \"text\"", is_text},
+    {"model.hidden", "model.kind = \"mlp\" or \"cnn\" (the other kinds have their own layers)",
      has_layer_sizes},
+    {"model.layers", "model.kind = \"transformer\"", is_transformer},
+    {"model.heads", "model.kind = \"transformer\"", is_transformer},
+    {"model.d_model", "model.kind = \"transformer\"", is_transformer},
+    {"model.context", "model.kind = \"transformer\"", is_transformer},
+    {"model.mlp_ratio", "model.kind = \"transformer\"", is_transformer},
+    {"model.dropout", "model.kind = \"transformer\"", is_transformer},
+    {"model.tied_head", "model.kind = \"transformer\"", is_transformer},
     {"model.path", "model.kind = \"torchscript\"", is_torchscript},
     {"model.input_shape", "model.kind = \"torchscript\"", is_torchscript},
     {"fisher_computation.codec", "fisher_computation.use_compression = true", compresses},
@@ -473,13 +509,22 @@ const std::vector<ScalarKey<DataSection>>& data_keys() {
       int_key<S>("num_classes", &S::num_classes, 2, 100000),
       float_key<S>("rotation_step", &S::rotation_step_degrees, 0.0, 360.0),
       int_key<S>("train_samples_per_task", &S::train_samples_per_task, 0, INT64_MAX),
-      int_key<S>("test_samples_per_task", &S::test_samples_per_task, 0, INT64_MAX)};
+      int_key<S>("test_samples_per_task", &S::test_samples_per_task, 0, INT64_MAX),
+      text_key<S>("fortunes_dir", &S::fortunes_dir),
+      float_key<S>("test_fraction", &S::test_fraction, 0.01, 0.9)};
   return keys;
 }
 
 const std::vector<ScalarKey<ModelSection>>& model_keys() {
   using S = ModelSection;
-  static const std::vector<ScalarKey<S>> keys = {text_key<S>("path", &S::path)};
+  static const std::vector<ScalarKey<S>> keys = {text_key<S>("path", &S::path),
+                                                 int_key<S>("layers", &S::layers, 1, 1000),
+                                                 int_key<S>("heads", &S::heads, 1, 1024),
+                                                 int_key<S>("d_model", &S::d_model, 1, 1 << 16),
+                                                 int_key<S>("context", &S::context, 1, 1 << 20),
+                                                 int_key<S>("mlp_ratio", &S::mlp_ratio, 1, 64),
+                                                 float_key<S>("dropout", &S::dropout, 0.0, 0.9),
+                                                 ScalarKey<S>{"tied_head", &S::tied_head}};
   return keys;
 }
 
@@ -629,6 +674,28 @@ void read_split_tasks(SectionReader& data, const ConfigInput& in, DataSection& o
   }
 }
 
+// data.languages: known names, each once; text data needs them or [[tasks]] paths (read_tasks).
+void check_languages(SectionReader& data, const ConfigInput& in, const DataSection& out) {
+  const toml::node* node = in.root["data"]["languages"].node();
+  if (node == nullptr) return;
+  const auto& known = fortune_languages();
+  for (size_t i = 0; i < out.languages.size(); ++i) {
+    const std::string& language = out.languages[i];
+    const toml::node& element = node->is_array() ? *node->as_array()->get(i) : *node;
+    if (std::find(known.begin(), known.end(), language) == known.end()) {
+      std::string names;
+      for (const auto& name : known) names += (names.empty() ? "" : ", ") + name;
+      data.fail(element, "languages",
+                "\"" + language + "\" is not one of the fortunes languages (" + names + ")");
+    }
+    if (std::find(out.languages.begin(), out.languages.begin() + static_cast<std::ptrdiff_t>(i),
+                  language) != out.languages.begin() + static_cast<std::ptrdiff_t>(i)) {
+      data.fail(element, "languages", "\"" + language + "\" appears twice");
+    }
+  }
+  if (out.languages.empty()) data.fail(*node, "languages", "is empty");
+}
+
 void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
   SectionReader data(sub_table(top, "data"), "data", in.path, in.overridden);
   read_scalars(data, data_keys(), out);
@@ -647,7 +714,15 @@ void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
   out.incremental =
       data.get_enum("incremental", task_incremental ? Incremental::kTask : Incremental::kDomain,
                     kIncrementalNames);
-  read_split_tasks(data, in, out);
+  out.languages = data.get_string_list("languages");
+  check_languages(data, in, out);
+  if (out.kind != DataKind::kText) {
+    read_split_tasks(data, in, out);
+  } else {
+    // Refused below as keys without effect, rather than as unknown keys.
+    (void)data.take("num_tasks");
+    (void)data.take("task_classes");
+  }
   if (out.scenario == Scenario::kRotated && out.rotation_step_degrees == 0.0) {
     out.rotation_step_degrees = 180.0 / static_cast<double>(out.num_tasks);
   }
@@ -666,6 +741,13 @@ void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
   if (out.kind == ModelKind::kTorchScript && out.path.empty()) {
     model.fail(*in.root["model"]["kind"].node(), "kind",
                "\"torchscript\" needs model.path, the file torch.jit.save wrote");
+  }
+  if (out.kind == ModelKind::kTransformer && out.d_model % out.heads != 0) {
+    const toml::node* node = in.root["model"]["d_model"].node();
+    if (node == nullptr) node = in.root["model"]["heads"].node();
+    model.fail(node != nullptr ? *node : *in.root["model"].node(), "d_model",
+               std::to_string(out.d_model) +
+                   " is not a multiple of model.heads = " + std::to_string(out.heads));
   }
   model.finish();
 }
@@ -698,6 +780,24 @@ void read_pipeline(SectionReader& top, const ConfigInput& in,
   }
 }
 
+// A text task's `path`: files, folders or globs, unless data.languages names the task's text.
+void read_text_task(SectionReader& task, const toml::node& element, const RunConfig& config,
+                    TaskOverride& entry) {
+  const toml::node* path = element.as_table()->get("path");
+  if (path != nullptr && !config.data.languages.empty()) {
+    task.fail(*path, "path",
+              "data.languages already names each task's text; remove this path or "
+              "data.languages");
+  }
+  if (path == nullptr && config.data.languages.empty()) {
+    task.fail(element, "path",
+              "data.kind = \"text\" without data.languages: every task needs its text "
+              "(a file, folder or glob, or an array of them)");
+  }
+  entry.text_paths = task.get_string_list("path");
+  if (path != nullptr && entry.text_paths.empty()) task.fail(*path, "path", "is empty");
+}
+
 TaskOverride read_task(const toml::node& element, const std::string& prefix, const ConfigInput& in,
                        const RunConfig& config) {
   SectionReader task(element.as_table(), prefix, in.path, in.overridden);
@@ -705,14 +805,16 @@ TaskOverride read_task(const toml::node& element, const std::string& prefix, con
   entry.name = task.get_string("name", "");
   if (task.take("batch_size") != nullptr)
     entry.batch_size = task.get_int("batch_size", 0, 1, 1 << 24);
+  const bool text = config.data.kind == DataKind::kText;
+  if (text) read_text_task(task, element, config, entry);
   for (const char* key : {"path", "group"}) {
-    if (config.data.scenario != Scenario::kSources && element.as_table()->get(key)) {
+    if (config.data.scenario != Scenario::kSources && element.as_table()->get(key) && !text) {
       task.fail(*element.as_table()->get(key), key,
                 "names this task's own HDF5 datasets, which only data.scenario = "
                 "\"sources\" uses");
     }
   }
-  entry.path = task.get_string("path", config.data.path);
+  if (!text) entry.path = task.get_string("path", config.data.path);
   entry.group = task.get_string("group", "");
   if (config.data.scenario == Scenario::kSources && entry.group.empty()) {
     task.fail(element, "group",
@@ -731,7 +833,25 @@ TaskOverride read_task(const toml::node& element, const std::string& prefix, con
   return entry;
 }
 
+// Text tasks: one per language, or one per [[tasks]] entry.
+void count_text_tasks(SectionReader& top, const ConfigInput& in, RunConfig& config) {
+  if (config.data.kind != DataKind::kText) return;
+  const size_t languages = config.data.languages.size();
+  if (languages == 0 && config.tasks.empty()) {
+    throw ConfigError(in.path +
+                      ": data.kind = \"text\" needs data.languages (e.g. [\"en\", \"de\"]) or "
+                      "[[tasks]] entries with a path");
+  }
+  if (languages > 0 && config.tasks.size() > languages) {
+    top.fail(*in.root["tasks"].node(), "tasks",
+             std::to_string(config.tasks.size()) + " [[tasks]] entries but data.languages names " +
+                 std::to_string(languages) + " tasks");
+  }
+  config.data.num_tasks = static_cast<int64_t>(languages > 0 ? languages : config.tasks.size());
+}
+
 void read_tasks(SectionReader& top, const ConfigInput& in, RunConfig& config) {
+  if (config.data.kind == DataKind::kText) config.data.num_tasks = INT64_MAX;  // counted below
   if (const toml::node* node = top.take("tasks")) {
     if (!node->is_array()) top.fail(*node, "tasks", "expected an array of tables ([[tasks]])");
     size_t index = 0;
@@ -756,11 +876,29 @@ void read_tasks(SectionReader& top, const ConfigInput& in, RunConfig& config) {
                    std::to_string(config.data.num_tasks));
     }
   }
+  count_text_tasks(top, in, config);
   if (config.data.scenario == Scenario::kSources && config.tasks.empty()) {
     throw ConfigError(in.path +
                       ": data.scenario = \"sources\" needs one [[tasks]] entry per task, "
                       "each with its HDF5 group");
   }
+}
+
+// Text is next-byte prediction, which only the transformer does; the transformer reads bytes.
+void check_model_fits_data(const ConfigInput& in, const RunConfig& config) {
+  const bool text = config.data.kind == DataKind::kText;
+  if (text == (config.model.kind == ModelKind::kTransformer)) return;
+  // Located at the key to change if the user gave it, else at the one that asked for the other.
+  const char* key = text ? "model.kind" : "data.kind";
+  if (toml::at_path(in.root, key).node() == nullptr) key = text ? "data.kind" : "model.kind";
+  const toml::node* node = toml::at_path(in.root, key).node();
+  const std::string where =
+      node != nullptr ? location_or_override(node->source(), key, in.path, in.overridden) : in.path;
+  throw ConfigError(where + ": " + key + ": " +
+                    (text ? "data.kind = \"text\" (next-byte prediction) needs model.kind = "
+                            "\"transformer\""
+                          : "model.kind = \"transformer\" reads bytes: needs data.kind = "
+                            "\"text\""));
 }
 
 toml::array int_array(const std::vector<int64_t>& values) {
@@ -792,6 +930,9 @@ void write_resolved_run_and_data(toml::table& root, const RunConfig& config) {
   data.insert_or_assign("max_resident", d.max_resident_bytes);
   data.insert_or_assign("stream_cache", d.stream_cache_bytes);
   data.insert_or_assign("incremental", to_string(d.incremental));
+  toml::array languages;
+  for (const auto& language : d.languages) languages.push_back(language);
+  data.insert_or_assign("languages", languages);
 }
 
 void write_resolved_model_train_fisher(toml::table& root, const RunConfig& config) {
@@ -824,9 +965,14 @@ void write_resolved_pipeline_and_tasks(toml::table& root, const RunConfig& confi
     toml::table entry;
     entry.insert("name", task.name);
     if (task.batch_size) entry.insert("batch_size", *task.batch_size);
-    if (config.data.scenario == Scenario::kSources) {
+    if (config.data.scenario == Scenario::kSources && config.data.kind != DataKind::kText) {
       entry.insert("path", task.path);
       entry.insert("group", task.group);
+    }
+    if (!task.text_paths.empty()) {
+      toml::array paths;
+      for (const auto& path : task.text_paths) paths.push_back(path);
+      entry.insert("path", paths);
     }
     tasks.push_back(entry);
   }
@@ -894,6 +1040,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   read_pipeline(top, in, added_by, config);
   read_tasks(top, in, config);
   top.finish();
+  check_model_fits_data(in, config);
   check_conditional_keys(in, config);
   config.profile_memory = overrides.profile_memory;
   config.dynamic_batch_size = overrides.dynamic_batch_size;

@@ -83,7 +83,9 @@ void flatten(const nlohmann::json& value, const std::string& prefix,
     }
   } else if (value.is_array() && !value.empty() && value.front().is_object()) {
     for (size_t i = 0; i < value.size(); ++i) {
-      flatten(value[i], prefix + "[" + std::to_string(i) + "]", out);
+      std::string item_prefix = prefix;
+      item_prefix.append("[").append(std::to_string(i)).append("]");
+      flatten(value[i], item_prefix, out);
     }
   } else {
     out[prefix] = value;

@@ -1,5 +1,5 @@
 // Task sequences from IDX files (the MNIST family) or HDF5 datasets: split, permuted, rotated or
-// per-task sources, resident or streamed batch by batch.
+// per-task sources, resident or streamed batch by batch; or from text files (text_data.cpp).
 // Internal to the core.
 #pragma once
 
@@ -59,7 +59,7 @@ struct TaskData {
   std::string name;
   torch::Tensor
       train_x;  // [N, input_size] float32, scaled by data.normalize; undefined if streamed
-  torch::Tensor train_y;  // [N] int64, global class labels 0..num_classes-1 (always resident)
+  torch::Tensor train_y;  // [N] int64 global class labels (always resident); text: next bytes
   torch::Tensor test_x;
   torch::Tensor test_y;
   std::vector<int64_t> classes;                         // the classes this task contains
@@ -85,6 +85,9 @@ struct TaskSequence {
   int64_t input_size = 784;
   int64_t image_side = 28;  // 0 when the samples are not square images (no CNN)
   bool streamed = false;    // HDF5 samples read batch by batch (data.max_resident)
+  // Text tasks: x [N, context] uint8 byte windows, y [N, context] uint8 the byte after each
+  // position; num_classes is the byte vocabulary and evaluation reports bits per byte.
+  bool next_byte = false;
 };
 
 // Reads an IDX file (gzip-compressed or not) into a uint8 tensor of its shape.
@@ -93,5 +96,10 @@ torch::Tensor read_idx(const std::string& path);
 
 TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
                                  uint64_t seed);
+
+// data.kind = "text": one next-byte task per language or [[tasks]] path, windows of `context`
+// bytes. Throws RunError naming the task and the file for unusable text.
+TaskSequence build_text_tasks(const DataSection& data, int64_t context,
+                              const std::vector<TaskOverride>& tasks, uint64_t seed);
 
 }  // namespace clhost

@@ -1,5 +1,9 @@
 #include "evaluation.hpp"
 
+#include <torch/torch.h>
+
+#include <cmath>
+
 namespace clhost {
 namespace {
 
@@ -55,9 +59,31 @@ double evaluate(torch::nn::Sequential& model, const TaskData& task, const ClassV
   return total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
 }
 
+// Bits per byte of the next-byte predictions over every position of the held-out windows.
+double bits_per_byte(torch::nn::Sequential& model, const TaskData& task, int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  double nats = 0.0;
+  int64_t predicted = 0;
+  const int64_t total = task.test_size();
+  for (int64_t start = 0; start < total; start += batch_size) {
+    const int64_t end = std::min(total, start + batch_size);
+    const torch::Tensor logits = model->forward(task.test_range(start, end));
+    const torch::Tensor targets = task.test_y.slice(0, start, end).reshape({-1}).to(torch::kInt64);
+    nats += torch::nn::functional::cross_entropy(
+                logits.reshape({-1, logits.size(2)}), targets,
+                torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                .item<double>();
+    predicted += targets.size(0);
+  }
+  model->train();
+  return predicted > 0 ? nats / (static_cast<double>(predicted) * std::log(2.0)) : 0.0;
+}
+
 }  // namespace
 
 ClassView training_view(const RunConfig& config, const TaskSequence& sequence, size_t task) {
+  if (sequence.next_byte) return make_class_view(all_classes(sequence), sequence.num_classes);
   return make_class_view(training_classes(config, sequence, task), sequence.num_classes);
 }
 
@@ -65,6 +91,10 @@ std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunCo
                                        const TaskSequence& sequence) {
   std::vector<double> accuracy;
   for (size_t j = 0; j < sequence.tasks.size(); ++j) {
+    if (sequence.next_byte) {
+      accuracy.push_back(bits_per_byte(model, sequence.tasks[j], config.train.eval_batch_size));
+      continue;
+    }
     accuracy.push_back(
         evaluate(model, sequence.tasks[j],
                  make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),

@@ -1,8 +1,9 @@
 // Which output columns a task trains and is evaluated on (task-, domain- or class-incremental),
-// and accuracy on every task's test set.
+// and the evaluation of every task's test set: accuracy, or bits per byte for text tasks.
 #pragma once
 
-#include <torch/torch.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/types.h>
 
 #include <cstdint>
 #include <vector>
@@ -18,10 +19,11 @@ struct ClassView {
   torch::Tensor label_map;  // [num_classes] global label -> index into active (-1 if absent)
 };
 
-// The view task `task` trains on (class-incremental: every class seen so far).
+// The view task `task` trains on (class-incremental: every class seen so far; text: every byte).
 ClassView training_view(const RunConfig& config, const TaskSequence& sequence, size_t task);
 
-// Accuracy on every task's test set, in task order (the model is left in training mode).
+// Accuracy (text: bits per byte) on every task's test set, in task order (the model is left in
+// training mode).
 std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunConfig& config,
                                        const TaskSequence& sequence);
 

@@ -2,164 +2,217 @@
 
 #include <torch/torch.h>
 
-#include <optional>
-
 #include "clhost/errors.hpp"
-#include "scripted_model.hpp"
+#include "fisher_layers.hpp"
 
 namespace clhost {
 namespace {
 
-// A layer whose per-sample gradients follow from its input and output gradient.
-struct KnownLayer {
-  enum class Kind { kLinear, kConv2d } kind = Kind::kLinear;
-  size_t module_index = 0;
-  std::optional<size_t> weight;
-  std::optional<size_t> bias;
-  torch::nn::functional::UnfoldFuncOptions unfold{{1, 1}};
+// The labels of one backward pass and each sample's weight in the Fisher: TRUE and SAMPLE have
+// one pass of weight 1; EXPECTATION one per active class c, weighted by p_c.
+struct LabelPass {
+  torch::Tensor labels;  // [N] classes, or [N, T] next bytes
+  torch::Tensor weight;  // [N]
 };
 
-struct ModelMap {
-  std::vector<KnownLayer> layers;
-  std::vector<int> layer_of_parameter;  // -1: needs the per-sample loop
-};
-
-std::optional<size_t> index_of(const std::vector<torch::Tensor>& parameters,
-                               const torch::Tensor& tensor) {
-  if (!tensor.defined()) return std::nullopt;
-  for (size_t i = 0; i < parameters.size(); ++i) {
-    if (parameters[i].is_same(tensor)) return i;
-  }
-  return std::nullopt;
-}
-
-ModelMap map_model(torch::nn::Sequential& model, const std::vector<torch::Tensor>& parameters) {
-  ModelMap map;
-  map.layer_of_parameter.assign(parameters.size(), -1);
-  size_t module_index = 0;
-  for (const auto& any : *model) {
-    const auto module = any.ptr();
-    KnownLayer layer;
-    layer.module_index = module_index++;
-    bool known = false;
-    if (const auto* linear = module->as<torch::nn::LinearImpl>()) {
-      layer.kind = KnownLayer::Kind::kLinear;
-      layer.weight = index_of(parameters, linear->weight);
-      layer.bias = index_of(parameters, linear->bias);
-      known = true;
-    } else if (const auto* conv = module->as<torch::nn::Conv2dImpl>()) {
-      const auto& options = conv->options;
-      const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&options.padding());
-      const bool zeros = c10::holds_alternative<torch::enumtype::kZeros>(options.padding_mode());
-      if (options.groups() == 1 && padding != nullptr && zeros) {
-        layer.kind = KnownLayer::Kind::kConv2d;
-        layer.weight = index_of(parameters, conv->weight);
-        layer.bias = index_of(parameters, conv->bias);
-        layer.unfold = torch::nn::functional::UnfoldFuncOptions(options.kernel_size())
-                           .dilation(options.dilation())
-                           .padding(*padding)
-                           .stride(options.stride());
-        known = true;
-      }
-    }
-    if (const auto* scripted = dynamic_cast<const ScriptedLayer*>(module.get())) {
-      if (scripted->kind() == ScriptedLayer::Kind::kLinear) {
-        layer.kind = KnownLayer::Kind::kLinear;
-        known = true;
-      } else if (scripted->kind() == ScriptedLayer::Kind::kConv2d) {
-        const auto& shape = *scripted->conv2d();
-        layer.kind = KnownLayer::Kind::kConv2d;
-        layer.unfold = torch::nn::functional::UnfoldFuncOptions(shape.kernel)
-                           .dilation(shape.dilation)
-                           .padding(shape.padding)
-                           .stride(shape.stride);
-        known = true;
-      }
-      if (known) {
-        layer.weight = index_of(parameters, scripted->weight());
-        layer.bias = index_of(parameters, scripted->bias());
-      }
-    }
-    if (known) {
-      const int id = static_cast<int>(map.layers.size());
-      if (layer.weight) map.layer_of_parameter[*layer.weight] = id;
-      if (layer.bias) map.layer_of_parameter[*layer.bias] = id;
-      map.layers.push_back(layer);
-    }
-  }
-  return map;
-}
-
-int64_t row_numel(const torch::Tensor& parameter) {
-  return parameter.dim() == 0 ? 1 : parameter.numel() / std::max<int64_t>(parameter.size(0), 1);
-}
-
-int64_t rows_of(const torch::Tensor& parameter) {
-  return parameter.dim() == 0 ? 1 : parameter.size(0);
-}
-
-// Squared per-sample gradients of one known layer, weighted per sample and summed over the batch,
-// for rows [row_begin, row_end) of `parameter`.
-torch::Tensor layer_fisher_rows(const KnownLayer& layer, bool is_weight, const torch::Tensor& input,
-                                const torch::Tensor& output_grad, const torch::Tensor& weight,
-                                int64_t row_begin, int64_t row_end) {
-  const torch::Tensor delta = output_grad.slice(1, row_begin, row_end);
-  const torch::Tensor w = weight.view({-1, 1});
-  if (layer.kind == KnownLayer::Kind::kLinear) {
-    // grad_i(W) = delta_i x_i^T, so sum_i w_i grad_i(W)^2 = (w * delta^2)^T (x^2).
-    if (!is_weight) return (delta.square() * w).sum(0);
-    return (delta.square() * w).t().mm(input.square());
-  }
-  // Conv2d: grad_i(W)[o, k] = sum_p delta_i[o, p] * unfold(x_i)[k, p].
-  const int64_t batch = delta.size(0);
-  const torch::Tensor delta_flat = delta.reshape({batch, delta.size(1), -1});
-  if (!is_weight) return (delta_flat.sum(2).square() * w).sum(0);
-  const torch::Tensor patches = torch::nn::functional::unfold(input, layer.unfold);
-  const torch::Tensor per_sample = delta_flat.bmm(patches.transpose(1, 2));  // [N, O, K]
-  return (per_sample.square() * w.view({-1, 1, 1})).sum(0);
-}
-
-// Per-sample gradients of rows [row_begin, row_end) of a known layer's parameter, written into
-// `out` [N, elements] (a strided view of the chunk's row matrix: no intermediate copies).
-void layer_sample_gradients(const KnownLayer& layer, bool is_weight, const torch::Tensor& input,
-                            const torch::Tensor& output_grad, int64_t row_begin, int64_t row_end,
-                            torch::Tensor out) {
-  const torch::Tensor delta = output_grad.slice(1, row_begin, row_end);
-  const int64_t batch = delta.size(0);
-  if (layer.kind == KnownLayer::Kind::kLinear) {
-    if (!is_weight) {
-      out.copy_(delta);
-      return;
-    }
-    // g_i(W) = delta_i x_i^T, straight into the rows.
-    torch::Tensor outer = out.view({batch, delta.size(1), input.size(1)});
-    at::mul_out(outer, delta.unsqueeze(2), input.unsqueeze(1));
-    return;
-  }
-  const torch::Tensor delta_flat = delta.reshape({batch, delta.size(1), -1});
-  if (!is_weight) {
-    out.copy_(delta_flat.sum(2));
-    return;
-  }
-  const torch::Tensor patches = torch::nn::functional::unfold(input, layer.unfold);
-  out.copy_(delta_flat.bmm(patches.transpose(1, 2)).reshape({batch, -1}));
-}
-
-class BlockPass {
+// The model's log-probabilities and the label passes a request asks for. Sequence outputs
+// ([N, T, V]) are scored at every position: a sample's log-likelihood is the sum over them.
+class Labels {
  public:
-  BlockPass(const FisherContext& context, const clhost_fisher_request_t& request,
-            FisherMethod method, torch::nn::Sequential model, std::vector<torch::Tensor> parameters,
-            const ModelMap& map, const FisherBlock& block, torch::Generator generator)
-      : context_(context),
-        request_(request),
+  Labels(const FisherContext& context, const clhost_fisher_request_t& request,
+         torch::Generator generator)
+      : context_(context), request_(request), generator_(std::move(generator)) {}
+
+  torch::Tensor log_probs(const torch::Tensor& output) const {
+    if (output.dim() == 3) return torch::log_softmax(output, 2);
+    return torch::log_softmax(output.index_select(1, context_.active_classes), 1);
+  }
+
+  std::vector<LabelPass> passes(const torch::Tensor& log_probs, const torch::Tensor& y) {
+    const torch::Tensor ones =
+        torch::ones({log_probs.size(0)}, log_probs.options().requires_grad(false));
+    if (request_.labels == CLHOST_FISHER_LABELS_TRUE) return {{y, ones}};
+    if (request_.labels == CLHOST_FISHER_LABELS_SAMPLE) return {{sample(log_probs), ones}};
+    std::vector<LabelPass> out;
+    const torch::Tensor probs = log_probs.exp().detach();
+    for (int64_t c = 0; c < log_probs.size(1); ++c) {
+      out.push_back(
+          {torch::full({log_probs.size(0)}, c, torch::kInt64), probs.select(1, c).contiguous()});
+    }
+    return out;
+  }
+
+  // Labels drawn from the model: one per sample, or one per position of a sequence.
+  torch::Tensor sample(const torch::Tensor& log_probs) {
+    const torch::Tensor probs = log_probs.exp().detach();
+    return torch::multinomial(probs.reshape({-1, probs.size(-1)}), 1, true, generator_)
+        .view(probs.sizes().slice(0, probs.dim() - 1));
+  }
+
+  // Summed (not averaged) negative log-likelihood: each sample's output gradient is its own.
+  static torch::Tensor summed_loss(const torch::Tensor& log_probs, const torch::Tensor& labels) {
+    return -log_probs.gather(-1, labels.unsqueeze(-1)).sum();
+  }
+
+  bool expectation() const { return request_.labels == CLHOST_FISHER_LABELS_EXPECTATION; }
+
+  int64_t passes_per_chunk() const {
+    return request_.labels == CLHOST_FISHER_LABELS_EXPECTATION ? context_.active_classes.numel()
+                                                               : 1;
+  }
+
+ private:
+  const FisherContext& context_;
+  const clhost_fisher_request_t& request_;
+  torch::Generator generator_;
+};
+
+// The producer: per-sample gradients of one block's segments for a chunk of samples — batched
+// through the known layers' closed forms, and by one backward pass per sample (the reference,
+// and the way for every other parameter).
+class BlockGradients {
+ public:
+  BlockGradients(const FisherContext& context, const clhost_fisher_request_t& request,
+                 FisherMethod method, torch::nn::Sequential model,
+                 const std::vector<torch::Tensor>& parameters, const ModelMap& map,
+                 const FisherBlock& block, torch::Generator generator)
+      : labels_(context, request, std::move(generator)),
         method_(method),
         model_(std::move(model)),
-        parameters_(std::move(parameters)),
+        parameters_(parameters),
         map_(map),
-        block_(block),
-        generator_(std::move(generator)) {
+        block_(block) {
     for (const auto& segment : block_) {
-      const auto& parameter = parameters_[segment.parameter];
+      const bool layer = uses_layer_path(segment.parameter);
+      (layer ? any_layer_ : any_loop_) = true;
+      if (!layer) continue;
+      for (size_t id : map_.uses[segment.parameter]) {
+        if (std::find(layers_.begin(), layers_.end(), id) == layers_.end()) layers_.push_back(id);
+      }
+    }
+  }
+
+  const FisherBlock& block() const { return block_; }
+  Labels& labels() { return labels_; }
+  torch::nn::Sequential& model() { return model_; }
+  const std::vector<torch::Tensor>& parameters() const { return parameters_; }
+  bool any_layer() const { return any_layer_; }
+  bool any_loop() const { return any_loop_; }
+  bool uses_layer_path(size_t parameter) const {
+    return method_ == FisherMethod::kAuto && !map_.uses[parameter].empty();
+  }
+  int64_t elements(const FisherSegment& segment) const {
+    return (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
+  }
+
+  // What one backward pass of the batched path gives: each known layer's input and output
+  // gradient, and the pass's per-sample weights.
+  struct Pass {
+    const LayerCapture* capture;
+    std::vector<torch::Tensor> deltas;  // by capture slot; undefined: no gradient reaches it
+    torch::Tensor weight;
+    size_t index;
+  };
+
+  // One forward through the known layers, then one backward per label pass.
+  void for_each_pass(const torch::Tensor& x, const torch::Tensor& y,
+                     const std::function<void(const Pass&)>& visit) {
+    LayerCapture capture(map_, layers_);
+    const torch::Tensor log_probs = labels_.log_probs(capture.forward(model_, x));
+    const std::vector<LabelPass> passes = labels_.passes(log_probs, y);
+    for (size_t k = 0; k < passes.size(); ++k) {
+      const auto grads =
+          torch::autograd::grad({Labels::summed_loss(log_probs, passes[k].labels)},
+                                capture.outputs(), {}, k + 1 < passes.size(), false, true);
+      visit(Pass{&capture, grads, passes[k].weight, k});
+    }
+  }
+
+  bool direct_squares(size_t s, const Pass& pass) const {
+    const auto& uses = map_.uses[block_[s].parameter];
+    if (uses.size() != 1) return false;
+    const KnownLayer& layer = map_.layers[uses[0]];
+    return has_direct_squares(layer, is_weight(layer, block_[s]),
+                              pass.capture->input(pass.capture->slot_of(uses[0])));
+  }
+
+  // sum_i w_i g_i^2 of segment s where direct_squares(s, pass) holds.
+  torch::Tensor squares(size_t s, const Pass& pass) const {
+    const size_t id = map_.uses[block_[s].parameter][0];
+    const size_t slot = pass.capture->slot_of(id);
+    if (!pass.deltas[slot].defined()) return {};
+    return direct_weighted_squares(pass.capture->input(slot), pass.deltas[slot], pass.weight,
+                                   block_[s].row_begin, block_[s].row_end);
+  }
+
+  // Per-sample gradients [count, elements] of segment s for samples [begin, begin + count): the
+  // sum over the layers that use the parameter (a tied matrix has two). Undefined: no gradient.
+  torch::Tensor sample_gradients(size_t s, const Pass& pass, int64_t begin, int64_t count) const {
+    const FisherSegment& segment = block_[s];
+    torch::Tensor sum;
+    for (size_t id : map_.uses[segment.parameter]) {
+      const size_t slot = pass.capture->slot_of(id);
+      if (!pass.deltas[slot].defined()) continue;
+      const torch::Tensor g = layer_sample_gradients(
+          map_.layers[id], is_weight(map_.layers[id], segment),
+          pass.capture->input(slot).narrow(0, begin, count),
+          pass.deltas[slot].detach().narrow(0, begin, count), segment.row_begin, segment.row_end);
+      sum = sum.defined() ? sum + g : g;
+    }
+    return sum;
+  }
+
+  // The per-sample loop: for every sample and label pass, the gradients of the block's loop
+  // segments (rows of the segment, flat; undefined where no gradient reaches it).
+  using LoopVisitor = std::function<void(int64_t sample, size_t pass, const torch::Tensor& weight,
+                                         const std::vector<torch::Tensor>& rows)>;
+  void for_each_sample(const torch::Tensor& x, const torch::Tensor& y, const LoopVisitor& visit) {
+    std::vector<torch::Tensor> targets;
+    for (const auto& segment : block_) {
+      if (!uses_layer_path(segment.parameter)) targets.push_back(parameters_[segment.parameter]);
+    }
+    for (int64_t i = 0; i < x.size(0); ++i) {
+      const torch::Tensor log_probs = labels_.log_probs(model_->forward(x.slice(0, i, i + 1)));
+      const std::vector<LabelPass> passes = labels_.passes(log_probs, y.slice(0, i, i + 1));
+      for (size_t k = 0; k < passes.size(); ++k) {
+        auto grads = torch::autograd::grad({Labels::summed_loss(log_probs, passes[k].labels)},
+                                           targets, {}, k + 1 < passes.size(), false, true);
+        size_t t = 0;
+        for (const auto& segment : block_) {
+          if (uses_layer_path(segment.parameter)) continue;
+          torch::Tensor& grad = grads[t++];
+          if (!grad.defined()) continue;
+          grad =
+              (grad.dim() == 0 ? grad.view({1}) : grad.slice(0, segment.row_begin, segment.row_end))
+                  .reshape({-1});
+        }
+        visit(i, k, passes[k].weight, grads);
+      }
+    }
+  }
+
+ private:
+  static bool is_weight(const KnownLayer& layer, const FisherSegment& segment) {
+    return layer.weight && *layer.weight == segment.parameter;
+  }
+
+  Labels labels_;
+  FisherMethod method_;
+  torch::nn::Sequential model_;
+  const std::vector<torch::Tensor>& parameters_;
+  const ModelMap& map_;
+  const FisherBlock& block_;
+  std::vector<size_t> layers_;  // the known layers this block's segments need
+  bool any_layer_ = false;
+  bool any_loop_ = false;
+};
+
+// Consumer: the diagonal Fisher of a block, sum_i w_i g_i^2 over the chunks, then their mean.
+class DiagonalAccumulator {
+ public:
+  explicit DiagonalAccumulator(const BlockGradients& producer) {
+    for (const auto& segment : producer.block()) {
+      const auto& parameter = producer.parameters()[segment.parameter];
       std::vector<int64_t> shape = parameter.sizes().vec();
       if (shape.empty()) shape.push_back(1);
       shape[0] = segment.row_end - segment.row_begin;
@@ -167,307 +220,86 @@ class BlockPass {
     }
   }
 
-  // Accumulates one chunk of samples.
-  void add_chunk(const torch::Tensor& x, const torch::Tensor& y) {
-    if (request_.batched != 0) {
-      add_batched(x, y);
+  void add_chunk(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y,
+                 bool batched) {
+    if (batched) {
+      add_batched(producer, x, y);
       return;
     }
-    bool any_known = false;
-    bool any_loop = false;
-    for (const auto& segment : block_) {
-      (uses_layer_path(segment.parameter) ? any_known : any_loop) = true;
-    }
-    if (any_known) add_known_layers(x, y);
-    if (any_loop) add_per_sample_loop(x, y);
+    if (producer.any_layer()) add_layers(producer, x, y);
+    if (producer.any_loop()) add_loop(producer, x, y);
     contributions_ += x.size(0);
   }
 
-  // The rows R of one chunk with F_block = (1/n) sum R^T R: one per sample (TRUE, SAMPLE) or one
-  // per (class, sample), class-major, scaled by sqrt(p_c) (EXPECTATION). [rows, block elements].
-  torch::Tensor sample_rows(const torch::Tensor& x, const torch::Tensor& y) {
-    const int64_t per_sample =
-        request_.labels == CLHOST_FISHER_LABELS_EXPECTATION ? context_.active_classes.numel() : 1;
-    int64_t elements = 0;
-    std::vector<int64_t> columns;  // first column of each segment
-    bool any_known = false;
-    bool any_loop = false;
-    for (const auto& segment : block_) {
-      columns.push_back(elements);
-      elements += (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
-      (uses_layer_path(segment.parameter) ? any_known : any_loop) = true;
-    }
-    // Every element is written below (a segment without a gradient gets zeros). The buffer is
-    // reused from chunk to chunk: a fresh one of this size would be mapped and faulted in anew.
-    const int64_t rows = per_sample * x.size(0);
-    if (!rows_buffer_.defined() || rows_buffer_.size(0) < rows) {
-      rows_buffer_ =
-          torch::empty({rows, elements}, parameters_.front().options().requires_grad(false));
-    }
-    torch::Tensor out = rows_buffer_.narrow(0, 0, rows);
-    if (any_known) known_layer_rows(x, y, out, columns);
-    if (any_loop) per_sample_loop_rows(x, y, out, columns);
-    return out;
-  }
-
-  void emit(const FisherSink& sink) {
+  void emit(const BlockGradients& producer, const FisherSink& sink) {
     const double denominator = static_cast<double>(std::max<int64_t>(contributions_, 1));
-    for (size_t s = 0; s < block_.size(); ++s) {
-      const auto& segment = block_[s];
-      const int64_t offset = segment.row_begin * row_numel(parameters_[segment.parameter]);
+    for (size_t s = 0; s < producer.block().size(); ++s) {
+      const auto& segment = producer.block()[s];
+      const int64_t offset =
+          segment.row_begin * row_numel(producer.parameters()[segment.parameter]);
       sink(segment.parameter, offset, sums_[s].div_(denominator).reshape({-1}).contiguous());
     }
   }
 
  private:
-  bool uses_layer_path(size_t parameter) const {
-    return method_ == FisherMethod::kAuto && map_.layer_of_parameter[parameter] >= 0;
-  }
-
-  torch::Tensor log_probs(const torch::Tensor& logits) const {
-    return torch::log_softmax(logits.index_select(1, context_.active_classes), 1);
-  }
-
-  torch::Tensor sample_labels(const torch::Tensor& log_probabilities) {
-    return torch::multinomial(log_probabilities.exp().detach(), 1, true, generator_).squeeze(1);
-  }
-
-  // One forward pass that keeps, for every known layer this block needs, its input and its
-  // output (whose gradients give the per-sample gradients).
-  struct Forward {
-    std::vector<int> needed;            // layer ids used by this block
-    std::vector<torch::Tensor> inputs;  // by layer id
-    std::vector<torch::Tensor> wanted;  // outputs of the needed layers, in `needed` order
-    torch::Tensor log_probs;
-  };
-  Forward capture_known_layers(const torch::Tensor& x) {
-    Forward out;
-    for (const auto& segment : block_) {
-      const int layer =
-          uses_layer_path(segment.parameter) ? map_.layer_of_parameter[segment.parameter] : -1;
-      if (layer >= 0 && std::find(out.needed.begin(), out.needed.end(), layer) == out.needed.end())
-        out.needed.push_back(layer);
-    }
-    out.inputs.resize(map_.layers.size());
-    std::vector<torch::Tensor> outputs(map_.layers.size());
-    torch::Tensor h = x;
-    size_t module_index = 0;
-    for (auto& any : *model_) {
-      int layer_id = -1;
-      for (int id : out.needed) {
-        if (map_.layers[static_cast<size_t>(id)].module_index == module_index) layer_id = id;
-      }
-      if (layer_id >= 0) out.inputs[static_cast<size_t>(layer_id)] = h.detach();
-      h = any.forward(h);
-      if (layer_id >= 0) outputs[static_cast<size_t>(layer_id)] = h;
-      ++module_index;
-    }
-    out.log_probs = log_probs(h);
-    for (int id : out.needed) out.wanted.push_back(outputs[static_cast<size_t>(id)]);
-    return out;
-  }
-
-  // A known-layer segment's layer id, and where that layer's output sits in Forward::wanted.
-  std::pair<size_t, size_t> layer_position(const FisherSegment& segment,
-                                           const std::vector<int>& needed) const {
-    const int id = map_.layer_of_parameter[segment.parameter];
-    return {static_cast<size_t>(id),
-            static_cast<size_t>(std::find(needed.begin(), needed.end(), id) - needed.begin())};
-  }
-
-  // Batched exact per-sample Fisher for the Linear/Conv2d segments of the block.
-  void add_known_layers(const torch::Tensor& x, const torch::Tensor& y) {
-    const Forward forward = capture_known_layers(x);
-    const std::vector<int>& needed = forward.needed;
-    const std::vector<torch::Tensor>& inputs = forward.inputs;
-    const std::vector<torch::Tensor>& wanted = forward.wanted;
-    const torch::Tensor& lp = forward.log_probs;
-
-    auto accumulate = [&](const torch::Tensor& loss, const torch::Tensor& weight, bool keep_graph) {
-      const auto grads = torch::autograd::grad({loss}, wanted, {}, keep_graph, false, true);
-      for (size_t s = 0; s < block_.size(); ++s) {
-        const auto& segment = block_[s];
-        if (!uses_layer_path(segment.parameter)) continue;
-        const auto [id, position] = layer_position(segment, needed);
-        const KnownLayer& layer = map_.layers[id];
-        if (!grads[position].defined()) continue;
-        const bool is_weight = layer.weight && *layer.weight == segment.parameter;
-        sums_[s].add_(layer_fisher_rows(layer, is_weight, inputs[id], grads[position], weight,
-                                        segment.row_begin, segment.row_end)
-                          .reshape(sums_[s].sizes()));
-      }
-    };
-    const torch::Tensor ones = torch::ones({x.size(0)}, lp.options().requires_grad(false));
-    if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
-      // E_{c ~ p}[g_c^2] = sum_c p_c g_c^2: one backward pass per class, weighted per sample.
-      const torch::Tensor probs = lp.exp().detach();
-      const int64_t classes = lp.size(1);
-      for (int64_t c = 0; c < classes; ++c) {
-        accumulate(-lp.select(1, c).sum(), probs.select(1, c).contiguous(), c + 1 < classes);
-      }
-    } else {
-      const torch::Tensor labels =
-          request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
-      // Summed (not averaged) loss: each sample's output gradient is its own.
-      accumulate(-lp.gather(1, labels.view({-1, 1})).sum(), ones, false);
-    }
-  }
-
-  // Labels per sample for TRUE/SAMPLE, or every active class with its probability (EXPECTATION):
-  // (label columns [C or 1][N], sqrt weights [C or 1][N]).
-  std::pair<std::vector<torch::Tensor>, std::vector<torch::Tensor>> row_targets(
-      const torch::Tensor& lp, const torch::Tensor& y) {
-    std::vector<torch::Tensor> labels;
-    std::vector<torch::Tensor> weights;
-    if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
-      const torch::Tensor probs = lp.exp().detach();
-      for (int64_t c = 0; c < lp.size(1); ++c) {
-        labels.push_back(torch::full({lp.size(0)}, c, torch::kInt64));
-        weights.push_back(probs.select(1, c).sqrt().contiguous());
-      }
-    } else {
-      labels.push_back(request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y);
-      weights.push_back(torch::ones({lp.size(0)}, lp.options().requires_grad(false)));
-    }
-    return {labels, weights};
-  }
-
-  void known_layer_rows(const torch::Tensor& x, const torch::Tensor& y, torch::Tensor& out,
-                        const std::vector<int64_t>& columns) {
-    const Forward forward = capture_known_layers(x);
-    const std::vector<int>& needed = forward.needed;
-    const std::vector<torch::Tensor>& inputs = forward.inputs;
-    const std::vector<torch::Tensor>& wanted = forward.wanted;
-    const torch::Tensor& lp = forward.log_probs;
-    const auto [labels, weights] = row_targets(lp, y);
-    const int64_t samples = x.size(0);
-    for (size_t k = 0; k < labels.size(); ++k) {
-      // Summed loss: each sample's output gradient is its own; sqrt(p) scales it (EXPECTATION).
-      const torch::Tensor loss = -lp.gather(1, labels[k].view({-1, 1})).sum();
-      auto grads = torch::autograd::grad({loss}, wanted, {}, k + 1 < labels.size(), false, true);
-      if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
-        for (auto& grad : grads) {
-          if (!grad.defined()) continue;
-          std::vector<int64_t> shape(static_cast<size_t>(grad.dim()), 1);
-          shape[0] = samples;
-          grad = grad * weights[k].view(shape);
+  void add_layers(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
+    const FisherBlock& block = producer.block();
+    producer.for_each_pass(x, y, [&](const BlockGradients::Pass& pass) {
+      for (size_t s = 0; s < block.size(); ++s) {
+        if (!producer.uses_layer_path(block[s].parameter)) continue;
+        torch::Tensor flat = sums_[s].view({-1});
+        if (producer.direct_squares(s, pass)) {
+          const torch::Tensor squares = producer.squares(s, pass);
+          if (squares.defined()) flat.add_(squares);
+          continue;
+        }
+        // A slice of samples at a time keeps [samples, elements] near 64 MiB.
+        const int64_t samples = x.size(0);
+        const int64_t step =
+            std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(flat.numel(), 1));
+        for (int64_t begin = 0; begin < samples; begin += step) {
+          const int64_t count = std::min(step, samples - begin);
+          const torch::Tensor g = producer.sample_gradients(s, pass, begin, count);
+          if (!g.defined()) break;
+          flat.add_((g.square() * pass.weight.narrow(0, begin, count).view({-1, 1})).sum(0));
         }
       }
-      const auto first_row = static_cast<int64_t>(k) * samples;
-      for (size_t s = 0; s < block_.size(); ++s) {
-        const auto& segment = block_[s];
-        if (!uses_layer_path(segment.parameter)) continue;
-        const auto [id, position] = layer_position(segment, needed);
-        const KnownLayer& layer = map_.layers[id];
-        const bool is_weight = layer.weight && *layer.weight == segment.parameter;
-        const int64_t elements =
-            (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
-        torch::Tensor target = out.slice(0, first_row, first_row + samples)
-                                   .slice(1, columns[s], columns[s] + elements);
-        if (grads[position].defined()) {
-          layer_sample_gradients(layer, is_weight, inputs[id], grads[position].detach(),
-                                 segment.row_begin, segment.row_end, target);
-        } else {
-          target.zero_();
-        }
-      }
-    }
+    });
   }
 
-  void per_sample_loop_rows(const torch::Tensor& x, const torch::Tensor& y, torch::Tensor& out,
-                            const std::vector<int64_t>& columns) {
-    std::vector<torch::Tensor> targets;
-    std::vector<size_t> segment_of_target;
-    for (size_t s = 0; s < block_.size(); ++s) {
-      if (uses_layer_path(block_[s].parameter)) continue;
-      targets.push_back(parameters_[block_[s].parameter]);
-      segment_of_target.push_back(s);
-    }
-    const int64_t samples = x.size(0);
-    std::vector<torch::Tensor> columns_of(targets.size());  // [rows, elements] views of `out`
-    for (size_t t = 0; t < targets.size(); ++t) {
-      const size_t s = segment_of_target[t];
-      const auto& segment = block_[s];
-      const int64_t elements =
-          (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
-      columns_of[t] = out.slice(1, columns[s], columns[s] + elements);
-      columns_of[t].zero_();  // a gradient that does not reach the segment stays zero
-    }
-    for (int64_t i = 0; i < samples; ++i) {
-      const torch::Tensor lp = log_probs(model_->forward(x.slice(0, i, i + 1)));
-      const auto [labels, weights] = row_targets(lp, y.slice(0, i, i + 1));
-      for (size_t k = 0; k < labels.size(); ++k) {
-        const torch::Tensor loss = -lp[0][labels[k][0].item<int64_t>()];
-        const auto grads =
-            torch::autograd::grad({loss}, targets, {}, k + 1 < labels.size(), false, true);
-        for (size_t t = 0; t < targets.size(); ++t) {
-          if (!grads[t].defined()) continue;
-          const auto& segment = block_[segment_of_target[t]];
-          const torch::Tensor part = grads[t].dim() == 0
-                                         ? grads[t].view({1})
-                                         : grads[t].slice(0, segment.row_begin, segment.row_end);
-          columns_of[t][static_cast<int64_t>(k) * samples + i].copy_(part.reshape({-1}) *
-                                                                     weights[k][0]);
-        }
-      }
-    }
-  }
-
-  // The reference: one backward pass per sample (and per class for EXPECTATION).
-  void add_per_sample_loop(const torch::Tensor& x, const torch::Tensor& y) {
-    std::vector<torch::Tensor> targets;
-    std::vector<size_t> segment_of_target;
-    for (size_t s = 0; s < block_.size(); ++s) {
-      if (uses_layer_path(block_[s].parameter)) continue;
-      targets.push_back(parameters_[block_[s].parameter]);
-      segment_of_target.push_back(s);
-    }
-    auto accumulate = [&](const std::vector<torch::Tensor>& grads, double weight) {
-      for (size_t t = 0; t < targets.size(); ++t) {
-        if (!grads[t].defined()) continue;
-        const auto& segment = block_[segment_of_target[t]];
-        torch::Tensor rows = grads[t].dim() == 0
-                                 ? grads[t].view({1})
-                                 : grads[t].slice(0, segment.row_begin, segment.row_end);
-        sums_[segment_of_target[t]].add_(rows.square(), weight);
-      }
-    };
-    for (int64_t i = 0; i < x.size(0); ++i) {
-      const torch::Tensor lp = log_probs(model_->forward(x.slice(0, i, i + 1))).squeeze(0);
-      if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
-        const torch::Tensor probs = lp.exp().detach();
-        const int64_t classes = lp.size(0);
-        for (int64_t c = 0; c < classes; ++c) {
-          accumulate(torch::autograd::grad({-lp[c]}, targets, {}, c + 1 < classes, false, true),
-                     probs[c].item<double>());
-        }
-      } else {
-        int64_t label = y[i].item<int64_t>();
-        if (request_.labels == CLHOST_FISHER_LABELS_SAMPLE) {
-          label = sample_labels(lp.view({1, -1})).item<int64_t>();
-        }
-        accumulate(torch::autograd::grad({-lp[label]}, targets, {}, false, false, true), 1.0);
-      }
-    }
+  void add_loop(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
+    const FisherBlock& block = producer.block();
+    producer.for_each_sample(
+        x, y,
+        [&](int64_t, size_t, const torch::Tensor& weight, const std::vector<torch::Tensor>& rows) {
+          size_t t = 0;
+          const double w = weight[0].item<double>();
+          for (size_t s = 0; s < block.size(); ++s) {
+            if (producer.uses_layer_path(block[s].parameter)) continue;
+            const torch::Tensor& row = rows[t++];
+            if (row.defined()) sums_[s].view({-1}).add_(row.square(), w);
+          }
+        });
   }
 
   // Avalanche's estimate: the squared gradient of each mini-batch's mean loss.
-  void add_batched(const torch::Tensor& x, const torch::Tensor& y) {
+  void add_batched(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
+    const FisherBlock& block = producer.block();
     std::vector<torch::Tensor> targets;
-    for (const auto& segment : block_) targets.push_back(parameters_[segment.parameter]);
-    const torch::Tensor lp = log_probs(model_->forward(x));
+    for (const auto& segment : block) targets.push_back(producer.parameters()[segment.parameter]);
+    Labels& labels = producer.labels();
+    const torch::Tensor lp = labels.log_probs(producer.model()->forward(x));
     torch::Tensor loss;
-    if (request_.labels == CLHOST_FISHER_LABELS_EXPECTATION) {
+    if (labels.expectation()) {
       loss = -(lp.exp().detach() * lp).sum(1).mean();
     } else {
-      const torch::Tensor labels =
-          request_.labels == CLHOST_FISHER_LABELS_SAMPLE ? sample_labels(lp) : y;
-      loss = torch::nll_loss(lp, labels);
+      const torch::Tensor chosen = labels.passes(lp, y).front().labels;
+      loss = torch::nll_loss(lp.reshape({-1, lp.size(-1)}), chosen.reshape({-1}));
     }
     const auto grads = torch::autograd::grad({loss}, targets, {}, false, false, true);
-    for (size_t s = 0; s < block_.size(); ++s) {
+    for (size_t s = 0; s < block.size(); ++s) {
       if (!grads[s].defined()) continue;
-      const auto& segment = block_[s];
+      const auto& segment = block[s];
       torch::Tensor rows = grads[s].dim() == 0
                                ? grads[s].view({1})
                                : grads[s].slice(0, segment.row_begin, segment.row_end);
@@ -476,17 +308,74 @@ class BlockPass {
     ++contributions_;
   }
 
-  const FisherContext& context_;
-  const clhost_fisher_request_t& request_;
-  FisherMethod method_;
-  torch::nn::Sequential model_;
-  std::vector<torch::Tensor> parameters_;
-  const ModelMap& map_;
-  const FisherBlock& block_;
-  torch::Generator generator_;
   std::vector<torch::Tensor> sums_;
-  torch::Tensor rows_buffer_;  // sample_rows' output, reused across chunks
   int64_t contributions_ = 0;
+};
+
+// Consumer: the rows R of a chunk with F_block = (1/n) sum R^T R: one per sample (TRUE, SAMPLE)
+// or one per (class, sample), class-major, scaled by sqrt(p_c) (EXPECTATION).
+class RowWriter {
+ public:
+  // [rows, block elements]; a view of a buffer reused from chunk to chunk (a fresh one of this
+  // size would be mapped and faulted in anew).
+  torch::Tensor rows(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
+    const FisherBlock& block = producer.block();
+    std::vector<int64_t> columns;  // first column of each segment
+    int64_t elements = 0;
+    for (const auto& segment : block) {
+      columns.push_back(elements);
+      elements += producer.elements(segment);
+    }
+    const int64_t samples = x.size(0);
+    const int64_t rows = producer.labels().passes_per_chunk() * samples;
+    if (!buffer_.defined() || buffer_.size(0) < rows) {
+      buffer_ = torch::empty({rows, elements},
+                             producer.parameters().front().options().requires_grad(false));
+    }
+    torch::Tensor out = buffer_.narrow(0, 0, rows);
+    // Every element is written below: a segment without a gradient gets zeros.
+    auto target = [&](size_t s, int64_t first_row, int64_t count) {
+      return out.narrow(0, first_row, count).narrow(1, columns[s], producer.elements(block[s]));
+    };
+    if (producer.any_layer()) {
+      producer.for_each_pass(x, y, [&](const BlockGradients::Pass& pass) {
+        const torch::Tensor scale = pass.weight.sqrt().view({-1, 1});
+        for (size_t s = 0; s < block.size(); ++s) {
+          if (!producer.uses_layer_path(block[s].parameter)) continue;
+          torch::Tensor into = target(s, static_cast<int64_t>(pass.index) * samples, samples);
+          const torch::Tensor g = producer.sample_gradients(s, pass, 0, samples);
+          if (!g.defined()) {
+            into.zero_();
+          } else if (producer.labels().expectation()) {
+            at::mul_out(into, g, scale);
+          } else {
+            into.copy_(g);
+          }
+        }
+      });
+    }
+    if (producer.any_loop()) {
+      for (size_t s = 0; s < block.size(); ++s) {
+        if (!producer.uses_layer_path(block[s].parameter)) target(s, 0, rows).zero_();
+      }
+      producer.for_each_sample(x, y,
+                               [&](int64_t i, size_t k, const torch::Tensor& weight,
+                                   const std::vector<torch::Tensor>& grads) {
+                                 size_t t = 0;
+                                 for (size_t s = 0; s < block.size(); ++s) {
+                                   if (producer.uses_layer_path(block[s].parameter)) continue;
+                                   const torch::Tensor& row = grads[t++];
+                                   if (!row.defined()) continue;
+                                   target(s, static_cast<int64_t>(k) * samples + i, 1)
+                                       .copy_((row * weight.sqrt()[0]).view({1, -1}));
+                                 }
+                               });
+    }
+    return out;
+  }
+
+ private:
+  torch::Tensor buffer_;
 };
 
 }  // namespace
@@ -526,25 +415,46 @@ std::vector<FisherBlock> plan_fisher_blocks(const std::vector<torch::Tensor>& pa
 
 namespace {
 
-// The walk both passes share: the model in eval mode (restored on every exit), every block of the
-// plan, and for each the task's first `samples` training samples in chunks of batch_size, each
-// handed to on_chunk with its BlockPass; on_block_end after a block's last chunk.
-using ChunkVisitor = std::function<void(
-    size_t block_index, size_t block_count, const FisherBlock& block, BlockPass& pass,
-    const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last)>;
+// What a consumer does with one block: each chunk of samples (`last`: the block's final one).
+using ChunkHandler =
+    std::function<void(const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last)>;
+using BlockStart =
+    std::function<ChunkHandler(size_t block_index, size_t block_count, BlockGradients& producer)>;
 
-void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
-                 int64_t block_size, FisherMethod method, const ChunkVisitor& on_chunk,
-                 const std::function<void(BlockPass&)>& on_block_end) {
-  const TaskData& task = *context.task;
-  torch::nn::Sequential model = context.model;
-  const std::vector<torch::Tensor> parameters = model->parameters();
+void check_request(const FisherContext& context, const clhost_fisher_request_t& request) {
   if (request.labels != CLHOST_FISHER_LABELS_TRUE &&
       request.labels != CLHOST_FISHER_LABELS_SAMPLE &&
       request.labels != CLHOST_FISHER_LABELS_EXPECTATION) {
     throw RunError("Fisher request: unknown labels mode " + std::to_string(request.labels));
   }
-  int64_t samples = task.train_size();
+  if (request.labels == CLHOST_FISHER_LABELS_EXPECTATION && context.task->train_y.dim() == 2) {
+    throw RunError(
+        "Fisher request: labels = expectation sums over every output class of a sample; a "
+        "sequence has 256^T of them. Use labels = \"true\" (the next bytes) or \"sample\" (drawn "
+        "from the model) for text tasks");
+  }
+}
+
+// The chunk [start, end) of the task's first training samples, as the model takes them.
+std::pair<torch::Tensor, torch::Tensor> training_chunk(const FisherContext& context,
+                                                       torch::ScalarType dtype, int64_t start,
+                                                       int64_t end) {
+  const TaskData& task = *context.task;
+  torch::Tensor x = task.train_range(start, end);
+  if (task.train_y.dim() == 2) {  // byte windows: next-byte targets at every position
+    return {x.to(torch::kInt64), task.train_y.slice(0, start, end).to(torch::kInt64)};
+  }
+  return {x.to(dtype), context.label_map.index_select(0, task.train_y.slice(0, start, end))};
+}
+
+// The walk both passes share: the model in eval mode (restored on every exit), every block of the
+// plan, and for each the task's first `samples` training samples in chunks of batch_size.
+void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
+                 int64_t block_size, FisherMethod method, const BlockStart& start_block) {
+  check_request(context, request);
+  torch::nn::Sequential model = context.model;
+  const std::vector<torch::Tensor> parameters = model->parameters();
+  int64_t samples = context.task->train_size();
   if (request.max_samples > 0) samples = std::min(samples, request.max_samples);
   if (samples == 0) throw RunError("Fisher requested on a task without training samples");
   const int64_t chunk = std::max<int64_t>(request.batch_size, 1);
@@ -555,16 +465,14 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
   try {
     for (size_t b = 0; b < blocks.size(); ++b) {
       // The same label draws for every block: the generator restarts per block.
-      BlockPass pass(context, request, method, model, parameters, map, blocks[b],
-                     at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
+      BlockGradients producer(context, request, method, model, parameters, map, blocks[b],
+                              at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
+      const ChunkHandler on_chunk = start_block(b, blocks.size(), producer);
       for (int64_t start = 0; start < samples; start += chunk) {
         const int64_t end = std::min(samples, start + chunk);
-        const torch::Tensor x = task.train_range(start, end).to(parameters.front().dtype());
-        const torch::Tensor y =
-            context.label_map.index_select(0, task.train_y.slice(0, start, end));
-        on_chunk(b, blocks.size(), blocks[b], pass, x, y, samples, end == samples);
+        const auto [x, y] = training_chunk(context, parameters.front().scalar_type(), start, end);
+        on_chunk(x, y, samples, end == samples);
       }
-      if (on_block_end) on_block_end(pass);
     }
   } catch (...) {
     if (was_training) model->train();
@@ -577,11 +485,16 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
 
 void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
                      int64_t block_size, FisherMethod method, const FisherSink& sink) {
-  walk_blocks(
-      context, request, block_size, method,
-      [](size_t, size_t, const FisherBlock&, BlockPass& pass, const torch::Tensor& x,
-         const torch::Tensor& y, int64_t, bool) { pass.add_chunk(x, y); },
-      [&](BlockPass& pass) { pass.emit(sink); });
+  const bool batched = request.batched != 0;
+  walk_blocks(context, request, block_size, method,
+              [&](size_t, size_t, BlockGradients& producer) -> ChunkHandler {
+                auto sums = std::make_shared<DiagonalAccumulator>(producer);
+                return [&producer, sums, batched, &sink](
+                           const torch::Tensor& x, const torch::Tensor& y, int64_t, bool last) {
+                  sums->add_chunk(producer, x, y, batched);
+                  if (last) sums->emit(producer, sink);
+                };
+              });
 }
 
 void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
@@ -593,11 +506,14 @@ void per_sample_gradients(const FisherContext& context, const clhost_fisher_requ
   }
   walk_blocks(
       context, request, block_size, method,
-      [&](size_t block_index, size_t block_count, const FisherBlock& block, BlockPass& pass,
-          const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last) {
-        sink(block_index, block_count, block, pass.sample_rows(x, y).contiguous(), samples, last);
-      },
-      nullptr);
+      [&](size_t block_index, size_t block_count, BlockGradients& producer) -> ChunkHandler {
+        auto writer = std::make_shared<RowWriter>();
+        return [&producer, writer, block_index, block_count, &sink](
+                   const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last) {
+          sink(block_index, block_count, producer.block(),
+               writer->rows(producer, x, y).contiguous(), samples, last);
+        };
+      });
 }
 
 }  // namespace clhost

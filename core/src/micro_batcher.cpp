@@ -24,6 +24,18 @@ int64_t available_system_memory() {
   return -1;
 }
 
+// Mean cross-entropy of a micro-batch: over the active classes of each sample, or over the next
+// byte at every position (logits [N, T, 256], targets [N, T] bytes).
+torch::Tensor mean_loss(const torch::Tensor& output, const torch::Tensor& labels,
+                        const torch::Tensor& label_map, const torch::Tensor& active) {
+  if (output.dim() == 3) {
+    return torch::nn::functional::cross_entropy(output.reshape({-1, output.size(2)}),
+                                                labels.reshape({-1}).to(torch::kInt64));
+  }
+  return torch::nn::functional::cross_entropy(output.index_select(1, active),
+                                              label_map.index_select(0, labels));
+}
+
 }  // namespace
 
 double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
@@ -37,12 +49,10 @@ double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Ten
     const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
     // Counted when the forward starts, so a micro-batch that runs out of memory counts too.
     if (samples_processed != nullptr) *samples_processed += part.size(0);
-    const torch::Tensor inputs = x.index_select(0, part);
-    const torch::Tensor targets = label_map.index_select(0, labels.index_select(0, part));
-    const torch::Tensor logits =
-        checkpointed_forward(model, inputs, checkpoint_segments).index_select(1, active);
+    const torch::Tensor output =
+        checkpointed_forward(model, x.index_select(0, part), checkpoint_segments);
     const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
-    torch::Tensor loss = torch::nn::functional::cross_entropy(logits, targets) * share;
+    torch::Tensor loss = mean_loss(output, labels.index_select(0, part), label_map, active) * share;
     loss.backward();
     loss_value += loss.item<double>();
   }

@@ -3,11 +3,13 @@
 #include <torch/torch.h>
 
 #include "clhost/errors.hpp"
+#include "transformer.hpp"
 
 namespace clhost {
 
 torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, int64_t image_side,
                                  int64_t num_classes) {
+  if (model.kind == ModelKind::kTransformer) return make_transformer(model);
   torch::nn::Sequential net;
   int64_t features = input_size;
   if (model.kind == ModelKind::kCnn) {

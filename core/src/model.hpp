@@ -10,6 +10,7 @@ namespace clhost {
 // MLP: input -> hidden[0] -> ... -> classes, ReLU between layers.
 // CNN: two 5x5 conv layers (16, 32 channels) with ReLU and 2x2 max-pooling, then the MLP head
 // over hidden sizes. Both take flat [N, side*side] inputs and return logits over all classes.
+// Transformer: transformer.hpp.
 torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, int64_t image_side,
                                  int64_t num_classes);
 

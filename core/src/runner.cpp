@@ -69,7 +69,9 @@ std::string choose_run_dir(const RunConfig& config, const RunOptions& options) {
 
 // --- resume: what the run continues from, checked before anything is written -------------------
 
-struct ResumePlan {
+// Built once per run before anything is written; a throwing default member (json) would end the
+// run with the same error as any other failure at that point.
+struct ResumePlan {                            // NOLINT(bugprone-exception-escape)
   std::optional<LoadedCheckpoint> checkpoint;  // none: not resuming, or starting over
   json saved;                                  // the checkpoint's trainer.json
   json record;                                 // this resume, for results.json → resumes[]
@@ -309,8 +311,10 @@ TrainerState initial_state(const ResumePlan& plan, const RunOptions& options) {
 
 // --- outputs ---------------------------------------------------------------------------------
 
-void write_accuracy_matrix(const std::string& run_dir, const TaskSequence& sequence,
-                           const AccuracyMatrix& accuracy) {
+// <metric>_matrix.csv: accuracy_matrix.csv, or bits_per_byte_matrix.csv for text tasks.
+void write_evaluation_matrix(const std::string& run_dir, const TaskSequence& sequence,
+                             const RunSummary& summary) {
+  const AccuracyMatrix& accuracy = summary.accuracy;
   std::ostringstream csv;
   csv << "after_task";
   for (const auto& task : sequence.tasks) csv << ',' << task.name;
@@ -320,7 +324,8 @@ void write_accuracy_matrix(const std::string& run_dir, const TaskSequence& seque
     for (double value : accuracy[i]) csv << ',' << format_double(value, 6);
     csv << '\n';
   }
-  write_file_atomic((fs::path(run_dir) / "accuracy_matrix.csv").string(), csv.str());
+  write_file_atomic(
+      (fs::path(run_dir) / (std::string(summary.metric.name) + "_matrix.csv")).string(), csv.str());
 }
 
 int64_t streamed_bytes_read(const TaskSequence& sequence) {
@@ -369,56 +374,62 @@ json memory_json(const RunRecord& run) {
 json results_json(const RunRecord& run) {
   const RunConfig& config = run.config;
   const ContinualMetrics& metrics = run.summary.metrics;
+  const std::string name = run.summary.metric.name;
   const ProcessMemory memory = read_process_memory();
-  return json{{"clhost_version", CLHOST_VERSION},
-              {"abi_version", {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR}},
-              {"config_file", config.source},
-              {"config", json::parse(config.resolved_json)},
-              {"given_keys", config.given_keys},
-              {"warnings", run.pipeline.warnings},
-              {"scenario",
-               {{"kind", to_string(config.data.scenario)},
-                {"incremental", to_string(config.data.incremental)},
-                {"tasks", run.sequence.tasks.size()},
-                {"streamed", run.sequence.streamed},
-                {"streamed_bytes_read", streamed_bytes_read(run.sequence)}}},
-              {"model", run.model_report},
-              {"plugins", run.plugins.reports(run.pipeline)},
-              {"accuracy_matrix", run.summary.accuracy},
-              {"random_init_accuracy", run.summary.random_init_accuracy},
-              {"metrics",
-               {{"average_accuracy", metrics.average_accuracy},
-                {"forgetting", optional_json(metrics.forgetting)},
-                {"backward_transfer", optional_json(metrics.backward_transfer)},
-                {"forward_transfer", optional_json(metrics.forward_transfer)}}},
-              {"tasks", run.state.task_reports},
-              {"optimizer_steps", run.summary.optimizer_steps},
-              {"memory", memory_json(run)},
-              {"wall_seconds", run.summary.wall_seconds},
-              {"checkpoints",
-               {{"every_steps", config.run.checkpoint_every},
-                {"written", run.state.checkpoint_seconds.size()},
-                {"seconds", run.state.checkpoint_seconds},
-                {"last_bytes", run.checkpoint_bytes},
-                {"directory", run.checkpoint_root}}},
-              {"resumes", run.state.resumes},
-              {"peak_rss_bytes", memory.peak_rss_bytes},
-              {"machine",
-               {{"hostname", machine_name()},
-                {"hardware_threads", std::thread::hardware_concurrency()},
-                {"torch_threads", at::get_num_threads()},
-                {"torch_version", TORCH_VERSION},
-                {"device", "cpu"}}}};
+  return json{
+      {"clhost_version", CLHOST_VERSION},
+      {"abi_version", {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR}},
+      {"config_file", config.source},
+      {"config", json::parse(config.resolved_json)},
+      {"given_keys", config.given_keys},
+      {"warnings", run.pipeline.warnings},
+      {"scenario",
+       {{"kind", run.sequence.next_byte ? "text" : to_string(config.data.scenario)},
+        {"incremental", to_string(config.data.incremental)},
+        {"tasks", run.sequence.tasks.size()},
+        {"streamed", run.sequence.streamed},
+        {"streamed_bytes_read", streamed_bytes_read(run.sequence)}}},
+      {"model", run.model_report},
+      {"plugins", run.plugins.reports(run.pipeline)},
+      {"evaluation",
+       {{"metric", name}, {"better", run.summary.metric.higher_is_better ? "higher" : "lower"}}},
+      {name + "_matrix", run.summary.accuracy},
+      {"random_init_" + name, run.summary.random_init_accuracy},
+      {"metrics",
+       {{"average_" + name, metrics.average_accuracy},
+        {"forgetting", optional_json(metrics.forgetting)},
+        {"backward_transfer", optional_json(metrics.backward_transfer)},
+        {"forward_transfer", optional_json(metrics.forward_transfer)}}},
+      {"tasks", run.state.task_reports},
+      {"optimizer_steps", run.summary.optimizer_steps},
+      {"memory", memory_json(run)},
+      {"wall_seconds", run.summary.wall_seconds},
+      {"checkpoints",
+       {{"every_steps", config.run.checkpoint_every},
+        {"written", run.state.checkpoint_seconds.size()},
+        {"seconds", run.state.checkpoint_seconds},
+        {"last_bytes", run.checkpoint_bytes},
+        {"directory", run.checkpoint_root}}},
+      {"resumes", run.state.resumes},
+      {"peak_rss_bytes", memory.peak_rss_bytes},
+      {"machine",
+       {{"hostname", machine_name()},
+        {"hardware_threads", std::thread::hardware_concurrency()},
+        {"torch_threads", at::get_num_threads()},
+        {"torch_version", TORCH_VERSION},
+        {"device", "cpu"}}}};
 }
 
-RunSummary summarize(const TrainerState& state, const std::string& run_dir,
-                     Clock::time_point wall_start) {
+RunSummary summarize(const TrainerState& state, const TaskSequence& sequence,
+                     const std::string& run_dir, Clock::time_point wall_start) {
   RunSummary summary;
   summary.run_dir = run_dir;
+  summary.metric = sequence.next_byte ? kBitsPerByteMetric : kAccuracyMetric;
   summary.accuracy = state.accuracy_matrix;
   summary.random_init_accuracy = state.random_init_accuracy;
   summary.optimizer_steps = state.optimizer_steps;
-  summary.metrics = compute_metrics(summary.accuracy, summary.random_init_accuracy);
+  summary.metrics = compute_metrics(summary.accuracy, summary.random_init_accuracy,
+                                    summary.metric.higher_is_better);
   summary.wall_seconds =
       state.wall_seconds + std::chrono::duration<double>(Clock::now() - wall_start).count();
   return summary;
@@ -446,7 +457,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   memory::install_counting_allocator();
   const BudgetReset budget_reset;
   memory::reset_peak();
-  const TaskSequence sequence = build_task_sequence(config.data, config.tasks, config.run.seed);
+  const TaskSequence sequence =
+      config.data.kind == DataKind::kText
+          ? build_text_tasks(config.data, config.model.context, config.tasks, config.run.seed)
+          : build_task_sequence(config.data, config.tasks, config.run.seed);
   Runtime runtime;
   runtime.budget_bytes = config.run.memory_budget;
   ScriptedModel scripted;
@@ -473,8 +487,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   trainer.run();
 
   // 3. Outputs.
-  const RunSummary summary = summarize(state, run_dir, wall_start);
-  write_accuracy_matrix(run_dir, sequence, summary.accuracy);
+  RunSummary summary = summarize(state, sequence, run_dir, wall_start);
+  write_evaluation_matrix(run_dir, sequence, summary);
   const RunRecord record{config,
                          sequence,
                          pipeline,

@@ -168,10 +168,9 @@ double Trainer::train_task(const TaskPlan& plan) {
     const MicroBatcher::Attempt attempt{
         [this] { parts_.optimizer.zero_grad(); },
         [&](int64_t micro_batch, int64_t* samples_processed) {
-          return accumulate_batch_gradients(parts_.runtime.model, batch.x, batch.y,
-                                            plan.view.label_map, plan.view.active, batch.rows,
-                                            micro_batch, config_.train.checkpoint_segments,
-                                            samples_processed);
+          return accumulate_batch_gradients(
+              parts_.runtime.model, batch.x, batch.y, plan.view.label_map, plan.view.active,
+              batch.rows, micro_batch, config_.train.checkpoint_segments, samples_processed);
         }};
     const MicroBatcher::Gradients gradients =
         batcher_.gradients(attempt, batch.samples, step, task_ooms);
@@ -203,7 +202,7 @@ double Trainer::train_task(const TaskPlan& plan) {
   return train_seconds_before + seconds_since(task_start);
 }
 
-StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) const {
+StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) {
   std::vector<int64_t> indices;
   indices.reserve(static_cast<size_t>(plan.batch_size));
   while (static_cast<int64_t>(indices.size()) < std::min(plan.batch_size, plan.train_samples)) {
@@ -309,10 +308,11 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
            {"peak_rss_bytes", memory.peak_rss_bytes},
            {"peak_rss_scope", totals.peak_reset ? "this task" : "process lifetime"}});
   const size_t task_count = parts_.sequence.tasks.size();
-  progress_.end_task("task " + std::to_string(plan.index + 1) + "/" + std::to_string(task_count) +
-                     " done in " + format_double(totals.train_seconds, 1) +
-                     " s; mean accuracy on tasks seen: " +
-                     format_double(seen_sum / static_cast<double>(plan.index + 1), 4));
+  progress_.end_task(
+      "task " + std::to_string(plan.index + 1) + "/" + std::to_string(task_count) + " done in " +
+      format_double(totals.train_seconds, 1) + " s; mean " +
+      (parts_.sequence.next_byte ? "bits per byte" : "accuracy") +
+      " on tasks seen: " + format_double(seen_sum / static_cast<double>(plan.index + 1), 4));
   write_checkpoint(TaskPosition{plan.index + 1, 0, 0, 0.0}, nullptr,
                    static_cast<int32_t>(plan.index));
   stop_if_asked(plan.index + 1, 0);

@@ -89,7 +89,7 @@ class Trainer {
   bool begin_task(const TaskPlan& plan);
   DataOrder data_order(const TaskPlan& plan, double& train_seconds_before) const;
   double train_task(const TaskPlan& plan);
-  StepBatch next_batch(const TaskPlan& plan, DataOrder& order) const;
+  static StepBatch next_batch(const TaskPlan& plan, DataOrder& order);
   // Plug-in penalties, the non-finite guard and the optimizer's update; returns the penalty.
   double apply_step(const TaskPlan& plan, int64_t step, int64_t samples, double loss);
   double consolidate(const TaskPlan& plan);

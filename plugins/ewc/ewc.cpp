@@ -127,6 +127,7 @@ class Ewc : public clhost::sdk::Regularizer {
     } else {
       layout_ = online_ ? StateLayout::kOnline : StateLayout::kSeparate;
     }
+    clhost::sdk::check_fisher_labels(this->host().settings(), labels_);
     (void)this->host().gradstats();  // fail at create, not after the first task, if missing
   }
 

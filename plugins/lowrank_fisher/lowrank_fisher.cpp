@@ -110,6 +110,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
             CLHOST_STATUS_INVALID_ARGUMENT);
       }
     }
+    clhost::sdk::check_fisher_labels(this->host().settings(), labels_);
     (void)this->host().sample_grads();  // fail at create, not after the first task, if missing
   }
 

@@ -163,13 +163,17 @@ int command_run(const std::vector<std::string>& args) {
   }
   const clhost::RunSummary summary = clhost::run_pipeline(config, run_options);
 
-  std::printf("\naccuracy matrix (row: after training task i; column: task j)\n");
+  const char* metric = summary.metric.label;
+  std::printf("\n%s matrix (row: after training task i; column: task j; %s is better)\n", metric,
+              summary.metric.higher_is_better ? "higher" : "lower");
   for (const auto& row : summary.accuracy) {
     for (double value : row) std::printf(" %.4f", value);
     std::printf("\n");
   }
   const auto& metrics = summary.metrics;
-  std::printf("average accuracy   %.4f\n", metrics.average_accuracy);
+  std::string average = std::string("average ") + metric;
+  average.resize(std::max<size_t>(average.size() + 1, 19), ' ');
+  std::printf("%s%.4f\n", average.c_str(), metrics.average_accuracy);
   if (metrics.forgetting) std::printf("forgetting         %.4f\n", *metrics.forgetting);
   if (metrics.backward_transfer)
     std::printf("backward transfer  %+.4f\n", *metrics.backward_transfer);

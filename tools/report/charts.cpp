@@ -186,11 +186,14 @@ std::string heatmap_svg(const std::vector<std::vector<double>>& matrix,
         if (!std::isfinite(value)) continue;
         const PLFLT x[4] = {double(j), double(j) + 1, double(j) + 1, double(j)};
         const PLFLT y[4] = {double(i), double(i), double(i) + 1, double(i) + 1};
-        plcol1(std::clamp(value, 0.0, 1.0));
+        const double span = options.y_max > options.y_min ? options.y_max - options.y_min : 1.0;
+        const double scaled = std::clamp((value - options.y_min) / span, 0.0, 1.0);
+        const double shade = options.higher_is_better ? scaled : 1.0 - scaled;
+        plcol1(shade);
         plfill(4, x, y);
         char text[16];
         std::snprintf(text, sizeof(text), "%.3f", value);
-        plcol0(value > 0.6 ? kBackground : kInk);
+        plcol0(shade > 0.6 ? kBackground : kInk);
         plptex(double(j) + 0.5, double(i) + 0.6, 1.0, 0.0, 0.5, text);
       }
     }

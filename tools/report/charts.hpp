@@ -23,6 +23,9 @@ struct ChartOptions {
   bool fixed_y = false;  // use y_min/y_max instead of the data's range
   double y_min = 0;
   double y_max = 1;
+  // Heatmaps: the colour scale runs from y_min (white) to y_max (dark), reversed when lower
+  // values are better, so that darker is always better.
+  bool higher_is_better = true;
 };
 
 // Makes an SVG's ids (cairo's glyph and clip definitions) unique to `prefix`, so that several

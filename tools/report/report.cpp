@@ -53,7 +53,7 @@ std::string format_metric(const std::string& key, double value) {
 
 std::vector<std::vector<double>> matrix_of(const json& results) {
   std::vector<std::vector<double>> matrix;
-  for (const auto& row : results.at("accuracy_matrix")) {
+  for (const auto& row : results.at(evaluation_of(results).name + "_matrix")) {
     matrix.emplace_back();
     for (const auto& value : row)
       matrix.back().push_back(value.is_number() ? value.get<double>() : kNaN);
@@ -88,7 +88,7 @@ std::string section(const std::string& id, const std::string& title, const std::
          "</section>\n";
 }
 
-// Average accuracy over the tasks seen so far, after each task.
+// Average evaluation over the tasks seen so far, after each task.
 std::vector<double> seen_average(const std::vector<std::vector<double>>& matrix) {
   std::vector<double> out;
   for (size_t i = 0; i < matrix.size(); ++i) {
@@ -105,7 +105,47 @@ std::vector<double> one_to(size_t n) {
   return out;
 }
 
+// Accuracy is coloured on [0, 1]; other metrics on the matrix's range. Darker is better.
+ChartOptions heat_options(const Evaluation& evaluation,
+                          const std::vector<std::vector<double>>& matrix, std::string title,
+                          int width) {
+  ChartOptions options{std::move(title), "evaluated task", "trained through", width,
+                       60 + 56 * static_cast<int>(matrix.size()) + 90};
+  options.fixed_y = true;
+  options.higher_is_better = evaluation.higher_is_better;
+  if (evaluation.name == "accuracy") return options;
+  options.y_min = INFINITY;
+  options.y_max = -INFINITY;
+  for (const auto& row : matrix) {
+    for (double value : row) {
+      if (!std::isfinite(value)) continue;
+      options.y_min = std::min(options.y_min, value);
+      options.y_max = std::max(options.y_max, value);
+    }
+  }
+  if (!(options.y_max > options.y_min)) options.y_max = options.y_min + 1.0;
+  return options;
+}
+
+// The per-task line charts: accuracy on [0, 1], other metrics on their data's range.
+ChartOptions line_options(const Evaluation& evaluation, std::string title, std::string x_label,
+                          int height) {
+  const bool accuracy = evaluation.name == "accuracy";
+  return ChartOptions{
+      std::move(title), std::move(x_label), evaluation.label, 760, height, accuracy, 0.0, 1.0};
+}
+
 }  // namespace
+
+Evaluation evaluation_of(const json& results) {
+  Evaluation evaluation;
+  if (!results.contains("evaluation")) return evaluation;  // results of clhost before 0.5
+  evaluation.name = results["evaluation"].value("metric", evaluation.name);
+  evaluation.higher_is_better = results["evaluation"].value("better", "higher") == "higher";
+  evaluation.label = evaluation.name;
+  std::replace(evaluation.label.begin(), evaluation.label.end(), '_', ' ');
+  return evaluation;
+}
 
 std::string html_escape(const std::string& text) {
   std::string out;
@@ -141,7 +181,8 @@ RunRecord load_run(const std::string& dir) {
                              " (a report needs a finished run)");
   }
   run.results = json::parse(read_text(results), nullptr, false);
-  if (run.results.is_discarded() || !run.results.contains("accuracy_matrix")) {
+  if (run.results.is_discarded() ||
+      !run.results.contains(evaluation_of(run.results).name + "_matrix")) {
     throw std::runtime_error(results.string() + ": not a clhost results file");
   }
   std::ifstream csv(fs::path(dir) / "metrics.csv");
@@ -183,16 +224,17 @@ RunRecord load_run(const std::string& dir) {
   return run;
 }
 
-const std::vector<MetricSpec>& compared_metrics() {
-  static const std::vector<MetricSpec> kMetrics{
-      {"average_accuracy", "average accuracy", true},
+std::vector<MetricSpec> compared_metrics(const Evaluation& evaluation) {
+  // Forgetting and backward transfer keep their direction for either metric (docs/outputs.md,
+  // "Metrics").
+  return {
+      {"average_" + evaluation.name, "average " + evaluation.label, evaluation.higher_is_better},
       {"forgetting", "forgetting", false},
       {"backward_transfer", "backward transfer", true},
       {"peak_rss_bytes", "peak memory (RSS)", false},
       {"wall_seconds", "wall time", false},
       {"samples_per_second", "training samples/s", true},
   };
-  return kMetrics;
 }
 
 double metric_value(const RunRecord& run, const std::string& key) {
@@ -219,8 +261,9 @@ std::string write_run_report(const std::string& run_dir) {
   const auto columns = task_names(results, "");
   std::string body;
 
+  const Evaluation evaluation = evaluation_of(results);
   std::string summary = "<table><tr><th class=\"l\">metric</th><th>value</th></tr>";
-  for (const MetricSpec& metric : compared_metrics()) {
+  for (const MetricSpec& metric : compared_metrics(evaluation)) {
     summary += "<tr><td class=\"l\">" + std::string(metric.label) + "</td><td>" +
                format_metric(metric.key, metric_value(run, metric.key)) + "</td></tr>";
   }
@@ -236,9 +279,12 @@ std::string write_run_report(const std::string& run_dir) {
   summary += "; clhost " + html_escape(results.value("clhost_version", "")) + "</p>";
   body += section("summary", "Summary", summary);
 
-  ChartOptions heat{"accuracy after each task", "evaluated task", "trained through", 760,
-                    60 + 56 * static_cast<int>(matrix.size()) + 90};
-  body += section("accuracy-matrix", "Accuracy matrix", heatmap_svg(matrix, rows, columns, heat));
+  const ChartOptions heat =
+      heat_options(evaluation, matrix, evaluation.label + " after each task", 760);
+  std::string title = evaluation.label + " matrix";
+  title[0] = static_cast<char>(std::toupper(title[0]));
+  body += section(evaluation.name == "accuracy" ? "accuracy-matrix" : "evaluation-matrix", title,
+                  heatmap_svg(matrix, rows, columns, heat));
 
   std::vector<Series> per_task;
   for (size_t j = 0; j < columns.size(); ++j) {
@@ -248,15 +294,11 @@ std::string write_run_report(const std::string& run_dir) {
   }
   per_task.push_back(
       {"average over tasks seen", one_to(matrix.size()), seen_average(matrix), true});
-  ChartOptions accuracy{"accuracy on each task across the sequence",
-                        "after training task",
-                        "accuracy",
-                        760,
-                        380,
-                        true,
-                        0.0,
-                        1.0};
-  body += section("per-task", "Per-task accuracy", line_chart_svg(per_task, accuracy));
+  const ChartOptions per_task_chart =
+      line_options(evaluation, evaluation.label + " on each task across the sequence",
+                   "after training task", 380);
+  body +=
+      section("per-task", "Per-task " + evaluation.label, line_chart_svg(per_task, per_task_chart));
 
   ChartOptions loss_chart{"training loss and penalty", "optimizer step", "value"};
   std::vector<Series> loss_series{{"data loss", run.global_step, run.loss}};
@@ -310,7 +352,17 @@ json compare_json(const std::vector<std::string>& arm_names,
                 {"high", finite(interval.high)},
                 {"n", interval.count}};
   };
-  for (const MetricSpec& metric : compared_metrics()) {
+  const Evaluation evaluation = evaluation_of(runs[0].front().results);
+  for (const auto& arm : runs) {
+    for (const RunRecord& run : arm) {
+      if (evaluation_of(run.results).name != evaluation.name) {
+        throw std::runtime_error(run.dir + ": reports " + evaluation_of(run.results).label +
+                                 ", the other runs " + evaluation.label +
+                                 "; compare runs of one kind of task");
+      }
+    }
+  }
+  for (const MetricSpec& metric : compared_metrics(evaluation)) {
     std::vector<std::vector<double>> values(runs.size());
     for (size_t a = 0; a < runs.size(); ++a) {
       for (const RunRecord& run : runs[a]) values[a].push_back(metric_value(run, metric.key));
@@ -333,14 +385,17 @@ json compare_json(const std::vector<std::string>& arm_names,
                            {"significant", difference.significant},
                            {"verdict", verdict}};
   }
-  return json{{"schema", "clhost.compare/1"},
-              {"method",
-               "per metric: mean and 95% Student-t interval per arm; paired difference B - A "
-               "over seeds (same seed = same data order and initialisation in both arms) with "
-               "its 95% paired t-interval; significant when that interval excludes 0"},
-              {"seeds", seeds},
-              {"arms", arms},
-              {"metrics", metrics}};
+  return json{
+      {"schema", "clhost.compare/1"},
+      {"method",
+       "per metric: mean and 95% Student-t interval per arm; paired difference B - A "
+       "over seeds (same seed = same data order and initialisation in both arms) with "
+       "its 95% paired t-interval; significant when that interval excludes 0"},
+      {"seeds", seeds},
+      {"evaluation",
+       {{"metric", evaluation.name}, {"better", evaluation.higher_is_better ? "higher" : "lower"}}},
+      {"arms", arms},
+      {"metrics", metrics}};
 }
 
 std::string compare_table(const json& comparison) {
@@ -360,9 +415,9 @@ std::string compare_table(const json& comparison) {
                 ("B: " + comparison["arms"][1]["name"].get<std::string>()).substr(0, 24).c_str(),
                 "B - A (paired)", "verdict");
   out << line;
-  for (const MetricSpec& metric : compared_metrics()) {
+  for (const MetricSpec& metric : compared_metrics(evaluation_of(comparison))) {
     const json& entry = comparison["metrics"][metric.key];
-    std::snprintf(line, sizeof(line), "%-20s %-24s %-24s %-26s %s\n", metric.label,
+    std::snprintf(line, sizeof(line), "%-20s %-24s %-24s %-26s %s\n", metric.label.c_str(),
                   cell(metric.key, entry["a"]).c_str(), cell(metric.key, entry["b"]).c_str(),
                   cell(metric.key, entry["difference_b_minus_a"]).c_str(),
                   entry["verdict"].get<std::string>().c_str());
@@ -379,7 +434,8 @@ std::string compare_html(const json& comparison, const std::vector<std::vector<R
   std::string table = "<table><tr><th class=\"l\">metric</th><th>A: " + html_escape(a) +
                       "</th><th>B: " + html_escape(b) +
                       "</th><th>B − A (paired, 95% interval)</th><th class=\"l\">verdict</th></tr>";
-  for (const MetricSpec& metric : compared_metrics()) {
+  const Evaluation evaluation = evaluation_of(comparison);
+  for (const MetricSpec& metric : compared_metrics(evaluation)) {
     const json& entry = comparison["metrics"][metric.key];
     auto cell = [&](const json& interval) {
       const double mean = interval["mean"].is_number() ? interval["mean"].get<double>() : kNaN;
@@ -417,36 +473,26 @@ std::string compare_html(const json& comparison, const std::vector<std::vector<R
   const size_t tasks = means[0].size();
   std::vector<Series> curves{{"A: " + a, one_to(tasks), seen_average(means[0])},
                              {"B: " + b, one_to(tasks), seen_average(means[1]), true}};
-  ChartOptions curve{"average accuracy over the tasks seen (mean over seeds)",
-                     "after training task",
-                     "accuracy",
-                     760,
-                     360,
-                     true,
-                     0.0,
-                     1.0};
+  const ChartOptions curve = line_options(
+      evaluation, "average " + evaluation.label + " over the tasks seen (mean over seeds)",
+      "after training task", 360);
   std::vector<Series> finals{{"A: " + a, one_to(tasks), means[0].back()},
                              {"B: " + b, one_to(tasks), means[1].back(), true}};
-  ChartOptions final_chart{"accuracy on each task at the end (mean over seeds)",
-                           "task",
-                           "accuracy",
-                           760,
-                           360,
-                           true,
-                           0.0,
-                           1.0};
+  const ChartOptions final_chart = line_options(
+      evaluation, evaluation.label + " on each task at the end (mean over seeds)", "task", 360);
   body += section("sequence", "Across the sequence",
                   line_chart_svg(curves, curve) + line_chart_svg(finals, final_chart));
   const auto rows = task_names(runs[0].front().results, "after ");
   const auto columns = task_names(runs[0].front().results, "");
-  const int height = 60 + 56 * static_cast<int>(tasks) + 90;
-  body += section("matrices", "Mean accuracy matrices",
-                  "<div class=\"row\">" +
-                      heatmap_svg(means[0], rows, columns,
-                                  {"A: " + a, "evaluated task", "trained through", 570, height}) +
-                      heatmap_svg(means[1], rows, columns,
-                                  {"B: " + b, "evaluated task", "trained through", 570, height}) +
-                      "</div>");
+  std::vector<std::vector<double>> both = means[0];
+  both.insert(both.end(), means[1].begin(), means[1].end());
+  ChartOptions heat_a = heat_options(evaluation, both, "A: " + a, 570);
+  ChartOptions heat_b = heat_a;
+  heat_b.title = "B: " + b;
+  heat_a.height_px = heat_b.height_px = 60 + 56 * static_cast<int>(tasks) + 90;
+  body += section("matrices", "Mean " + evaluation.label + " matrices",
+                  "<div class=\"row\">" + heatmap_svg(means[0], rows, columns, heat_a) +
+                      heatmap_svg(means[1], rows, columns, heat_b) + "</div>");
   std::string links = "<ul>";
   for (size_t arm = 0; arm < runs.size(); ++arm) {
     for (const RunRecord& run : runs[arm]) {

@@ -20,13 +20,22 @@ struct RunRecord {
 // Throws std::runtime_error naming the file when results.json is missing or unreadable.
 RunRecord load_run(const std::string& dir);
 
-// The per-run metrics a comparison reports, in display order: key, label, unit.
+// What a run's evaluation matrix holds (results.json "evaluation"): accuracy, or bits per byte
+// for text tasks, and which way is better.
+struct Evaluation {
+  std::string name = "accuracy";  // results.json keys <name>_matrix, metrics.average_<name>
+  std::string label = "accuracy";
+  bool higher_is_better = true;
+};
+Evaluation evaluation_of(const nlohmann::json& results);
+
+// The per-run metrics a comparison reports, in display order: key, label, direction.
 struct MetricSpec {
-  const char* key;
-  const char* label;
+  std::string key;
+  std::string label;
   bool higher_is_better;
 };
-const std::vector<MetricSpec>& compared_metrics();
+std::vector<MetricSpec> compared_metrics(const Evaluation& evaluation);
 double metric_value(const RunRecord& run, const std::string& key);
 
 // Writes RUN_DIR/report.html (atomically); returns its path.

@@ -31,11 +31,13 @@ struct TaskOverride {
   // <group>/test/x, <group>/test/y in `path` (default data.path).
   std::string path;
   std::string group;
+  // data.kind = "text": this task's text, files, folders or globs (gzip read as such).
+  std::vector<std::string> text_paths;
 };
 
 enum class Scenario { kSplit, kPermuted, kRotated, kSources };
 enum class Incremental { kTask, kDomain, kClass };
-enum class ModelKind { kMlp, kCnn, kTorchScript };
+enum class ModelKind { kMlp, kCnn, kTorchScript, kTransformer };
 enum class OptimizerKind { kSgd, kAdam };
 
 struct RunSection {
@@ -50,7 +52,7 @@ struct RunSection {
 };
 
 enum class Normalize { kUnit, kStandard, kNone };
-enum class DataKind { kIdx, kHdf5 };
+enum class DataKind { kIdx, kHdf5, kText };
 
 struct DataSection {
   DataKind kind = DataKind::kIdx;
@@ -80,6 +82,11 @@ struct DataSection {
   // HDF5 samples larger than this (as float32) stay in the file and are read batch by batch.
   int64_t max_resident_bytes = int64_t{4} << 30;
   int64_t stream_cache_bytes = int64_t{64} << 20;  // HDF5 chunk cache per streamed dataset
+  // kind = "text": one task per named language (Debian's fortunes packages), or per [[tasks]]
+  // entry with its own path; test_fraction of each task's documents is held out (seeded).
+  std::vector<std::string> languages;
+  std::string fortunes_dir = "/usr/share/games/fortunes";
+  double test_fraction = 0.1;
 };
 
 struct ModelSection {
@@ -87,6 +94,14 @@ struct ModelSection {
   std::vector<int64_t> hidden = {400, 400};  // mlp, cnn
   std::string path;                          // torchscript: the torch.jit.save archive
   std::vector<int64_t> input_shape;          // torchscript: one sample's shape; empty: flat
+  // transformer: decoder-only, byte vocabulary (256), pre-LayerNorm blocks.
+  int64_t layers = 4;
+  int64_t heads = 4;
+  int64_t d_model = 128;
+  int64_t context = 128;  // bytes per window (and learned positions)
+  int64_t mlp_ratio = 4;
+  double dropout = 0.0;
+  bool tied_head = false;  // the output matrix is the byte embedding's
 };
 
 struct TrainSection {
@@ -168,6 +183,9 @@ std::vector<ConfigChange> config_changes(const std::string& before_json,
                                          const std::string& after_json);
 // The keys a resumed run may change with --allow-config-change: none changes what is computed.
 const std::vector<std::string>& resume_safe_keys();
+
+// The languages data.languages can name: Debian's fortunes, fortunes-de, -es, -it, -ru, -pl.
+const std::vector<std::string>& fortune_languages();
 
 // Names of enum values as written in TOML.
 const char* to_string(Scenario value);

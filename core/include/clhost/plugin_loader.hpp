@@ -25,6 +25,7 @@ struct LoadedPlugin {
 class ResolvedPluginConfig {
  public:
   ResolvedPluginConfig() = default;
+  ~ResolvedPluginConfig() = default;
   ResolvedPluginConfig(const ResolvedPluginConfig&) = delete;
   ResolvedPluginConfig& operator=(const ResolvedPluginConfig&) = delete;
   ResolvedPluginConfig(ResolvedPluginConfig&&) = default;

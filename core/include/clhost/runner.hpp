@@ -20,6 +20,7 @@ struct RunOptions {
 
 struct RunSummary {
   std::string run_dir;
+  EvaluationMetric metric = kAccuracyMetric;  // what `accuracy` holds: accuracy or bits per byte
   AccuracyMatrix accuracy;
   std::vector<double> random_init_accuracy;
   ContinualMetrics metrics;

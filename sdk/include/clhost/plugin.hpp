@@ -113,11 +113,31 @@ class Settings {
     if (service_ != nullptr) service_->get_float(host_, key_path, &value);
     return value;
   }
+  [[nodiscard]] std::string get_string(const char* key_path, const std::string& fallback) const {
+    const char* value = nullptr;
+    if (service_ != nullptr && service_->get_string(host_, key_path, &value) == 0 &&
+        value != nullptr) {
+      return value;
+    }
+    return fallback;
+  }
 
  private:
   const clhost_host_t* host_;
   const clhost_settings_service_v1_t* service_;
 };
+
+// Refuses at create what the first consolidation would: labels = "expectation" sums over every
+// class of a sample, and a text task's sample has a label at every position (256^T sequences).
+inline void check_fisher_labels(const Settings& settings, const std::string& labels) {
+  if (labels == "expectation" && settings.get_string("data.kind", "") == "text") {
+    throw Error(
+        "labels = \"expectation\" (the default) sums over every class of a sample; text tasks "
+        "(data.kind = \"text\") have a label at every position: set labels = \"true\" (the next "
+        "bytes) or \"sample\" (drawn from the model)",
+        CLHOST_STATUS_INVALID_ARGUMENT);
+  }
+}
 
 // Typed access to host services; each accessor throws Error when the host lacks the service.
 class Host {

@@ -1,0 +1,197 @@
+// Sequence-model benchmarks on real text (Debian's English fortunes) with the real parts; prints
+// one JSON document (and writes it to the path given as the first argument, if any).
+//
+//   build/bin/bench_sequence bench/results/bench_sequence.json
+//
+// 1. Fisher pass samples/s on a ~10M-parameter transformer at context 128: the batched exact
+//    per-sample Fisher (one forward and backward per chunk and block, per-sample products of
+//    captured inputs and output gradients) against the per-sample loop (one backward per sample).
+// 2. Training tokens/s (forward, backward, Adam step) of the same model.
+// 3. The EWC penalty's share of a training step, from the real pipeline (two languages).
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "bench_timing.hpp"
+#include "clhost/config.hpp"
+#include "clhost/runner.hpp"
+#include "data.hpp"
+#include "fisher.hpp"
+#include "model.hpp"
+
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+using clhost::bench::median_seconds;
+
+clhost::ModelSection ten_million() {
+  clhost::ModelSection model;
+  model.kind = clhost::ModelKind::kTransformer;
+  model.layers = 12;
+  model.heads = 8;
+  model.d_model = 256;
+  model.context = 128;
+  model.mlp_ratio = 4;
+  return model;
+}
+
+clhost::TaskSequence english(int64_t windows, int64_t context) {
+  clhost::DataSection data;
+  data.kind = clhost::DataKind::kText;
+  data.languages = {"en"};
+  data.num_tasks = 1;
+  data.train_samples_per_task = windows;
+  data.test_samples_per_task = 1;
+  return clhost::build_text_tasks(data, context, {}, 0);
+}
+
+int64_t parameter_count(torch::nn::Sequential& model) {
+  int64_t count = 0;
+  for (const auto& parameter : model->parameters()) count += parameter.numel();
+  return count;
+}
+
+json bench_fisher(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
+  clhost::FisherContext context;
+  context.model = model;
+  context.task = &sequence.tasks[0];
+  context.active_classes = torch::arange(256, torch::kInt64);
+  context.label_map = torch::arange(256, torch::kInt64);
+  auto samples_per_second = [&](clhost::FisherMethod method, int64_t samples, int repetitions) {
+    clhost_fisher_request_t request{};
+    request.struct_size = sizeof(request);
+    request.labels = CLHOST_FISHER_LABELS_TRUE;
+    request.batch_size = 16;
+    request.max_samples = samples;
+    const double seconds = median_seconds(repetitions, [&] {
+      clhost::diagonal_fisher(context, request, 1000000, method,
+                              [](size_t, int64_t, const torch::Tensor&) {});
+    });
+    return static_cast<double>(samples) / seconds;
+  };
+  const double batched = samples_per_second(clhost::FisherMethod::kAuto, 64, 3);
+  std::cerr << "batched exact: " << batched << " samples/s\n";
+  const double loop = samples_per_second(clhost::FisherMethod::kPerSampleLoop, 8, 1);
+  std::cerr << "per-sample loop: " << loop << " samples/s\n";
+  return {{"labels", "true"},
+          {"block_size", 1000000},
+          {"chunk", 16},
+          {"batched_exact_samples_per_second", batched},
+          {"batched_exact_tokens_per_second", batched * 128},
+          {"per_sample_loop_samples_per_second", loop},
+          {"speedup", batched / loop},
+          {"samples", {{"batched_exact", 64}, {"per_sample_loop", 8}}}};
+}
+
+json bench_training(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
+  const clhost::TaskData& task = sequence.tasks[0];
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-4));
+  model->train();
+  const int64_t batch = 16;
+  int64_t cursor = 0;
+  const double seconds = median_seconds(5, [&] {
+    const torch::Tensor x = task.train_x.narrow(0, cursor, batch).to(torch::kInt64);
+    const torch::Tensor y = task.train_y.narrow(0, cursor, batch).to(torch::kInt64);
+    cursor = (cursor + batch) % (task.train_size() - batch);
+    optimizer.zero_grad();
+    const torch::Tensor logits = model->forward(x);
+    torch::nn::functional::cross_entropy(logits.reshape({-1, 256}), y.reshape({-1})).backward();
+    optimizer.step();
+  });
+  const double tokens = static_cast<double>(batch * 128);
+  // Forward + backward of a decoder: ~6 FLOPs per parameter and token (attention scores aside).
+  const double flops = 6.0 * static_cast<double>(parameter_count(model)) * tokens;
+  return {{"batch", batch},
+          {"context", 128},
+          {"step_ms", seconds * 1e3},
+          {"tokens_per_second", tokens / seconds},
+          {"gflops_per_second_6nd", flops / seconds / 1e9}};
+}
+
+const char* const kTwoLanguages = R"(
+[run]
+threads = 1
+checkpoint_every = 0
+[data]
+kind = "text"
+languages = ["en", "de"]
+train_samples_per_task = 4000
+test_samples_per_task = 50
+[model]
+kind = "transformer"
+layers = 4
+heads = 4
+d_model = 128
+context = 128
+[train]
+batch_size = 16
+iterations = 60
+eval_batch_size = 50
+)";
+
+// Seconds per step of the second task (where EWC's penalty is active), from the real pipeline.
+double second_task_step_seconds(const std::string& pipeline) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("clhost_bench_seq_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string config_path = (dir / "c.toml").string();
+  std::ofstream(config_path) << kTwoLanguages << pipeline;
+  clhost::ConfigOverrides overrides;
+  overrides.plugin_path = {CLHOST_PLUGIN_DIR};
+  clhost::RunOptions options;
+  options.run_dir = (dir / "run").string();
+  options.quiet = true;
+  (void)clhost::run_pipeline(clhost::load_config(config_path, overrides), options);
+  std::ifstream in(options.run_dir + "/results.json");
+  const json results = json::parse(in);
+  fs::remove_all(dir);
+  return results["tasks"][1]["train_seconds"].get<double>() /
+         results["tasks"][1]["steps"].get<double>();
+}
+
+json bench_penalty() {
+  std::vector<double> plain;
+  std::vector<double> ewc;
+  for (int repetition = 0; repetition < 3; ++repetition) {
+    plain.push_back(second_task_step_seconds(""));
+    ewc.push_back(second_task_step_seconds(
+        "[[pipeline]]\nplugin = \"ewc\"\nlabels = \"true\"\nstore = false\nfisher_samples = 64\n"
+        "fisher_batch_size = 16\n"));
+  }
+  std::sort(plain.begin(), plain.end());
+  std::sort(ewc.begin(), ewc.end());
+  return {{"model", "4 layers, d_model 128, context 128, batch 16"},
+          {"step_ms_plain", plain[1] * 1e3},
+          {"step_ms_with_ewc", ewc[1] * 1e3},
+          {"penalty_share_of_step", (ewc[1] - plain[1]) / ewc[1]}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  at::set_num_threads(1);
+  torch::manual_seed(0);
+  auto model = clhost::make_model(ten_million(), 128, 0, 256);
+  const clhost::TaskSequence sequence = english(512, 128);
+  json report;
+  report["machine"] = {{"torch_threads", at::get_num_threads()},
+                       {"note", "medians of repeated runs in one process (the loop: one run)"}};
+  report["model"] = {{"layers", 12},
+                     {"heads", 8},
+                     {"d_model", 256},
+                     {"context", 128},
+                     {"parameters", parameter_count(model)}};
+  report["fisher_pass"] = bench_fisher(model, sequence);
+  report["training"] = bench_training(model, sequence);
+  std::cerr << "training done\n";
+  report["ewc_penalty"] = bench_penalty();
+  const std::string text = report.dump(2);
+  std::cout << text << '\n';
+  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  return 0;
+}

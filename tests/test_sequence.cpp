@@ -1,0 +1,438 @@
+// Sequence models: the built-in transformer, its exact per-sample Fisher against the per-sample
+// loop, text tasks and the lower-is-better evaluation metric.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "activation_checkpoint.hpp"
+#include "clhost/errors.hpp"
+#include "clhost/metrics.hpp"
+#include "data.hpp"
+#include "fisher.hpp"
+#include "fisher_layers.hpp"
+#include "model.hpp"
+#include "run_helpers.hpp"
+#include "test_helpers.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using clhost::FisherContext;
+using clhost::FisherMethod;
+
+clhost::ModelSection tiny_transformer(bool tied) {
+  clhost::ModelSection section;
+  section.kind = clhost::ModelKind::kTransformer;
+  section.layers = 2;
+  section.heads = 2;
+  section.d_model = 16;
+  section.context = 8;
+  section.mlp_ratio = 2;
+  section.tied_head = tied;
+  return section;
+}
+
+struct Fixture {
+  torch::nn::Sequential model;
+  clhost::TaskData task;
+  FisherContext context;
+};
+
+Fixture make_fixture(bool tied, int64_t samples) {
+  torch::manual_seed(5);
+  Fixture fixture;
+  fixture.model = clhost::make_model(tiny_transformer(tied), 8, 0, 256);
+  fixture.model->to(torch::kFloat64);
+  // Few distinct bytes, so that the embedding rows see repeated indices within a sample.
+  const torch::Tensor windows =
+      torch::randint(40, 48, {samples, 9}, torch::kInt64).to(torch::kUInt8);
+  fixture.task.train_x = windows.narrow(1, 0, 8);
+  fixture.task.train_y = windows.narrow(1, 1, 8);
+  fixture.context.model = fixture.model;
+  fixture.context.task = &fixture.task;
+  fixture.context.active_classes = torch::arange(256, torch::kInt64);
+  fixture.context.label_map = torch::arange(256, torch::kInt64);
+  fixture.context.seed = 11;
+  return fixture;
+}
+
+clhost_fisher_request_t request_for(clhost_fisher_labels_t labels) {
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.labels = labels;
+  request.batch_size = 6;
+  return request;
+}
+
+std::vector<torch::Tensor> fisher_of(const FisherContext& context, clhost_fisher_labels_t labels,
+                                     int64_t block_size, FisherMethod method) {
+  std::vector<torch::Tensor> out;
+  for (const auto& parameter : context.model->parameters())
+    out.push_back(torch::full({parameter.numel()}, -1.0, parameter.options().requires_grad(false)));
+  clhost::diagonal_fisher(context, request_for(labels), block_size, method,
+                          [&](size_t p, int64_t offset, const torch::Tensor& values) {
+                            out[p].slice(0, offset, offset + values.numel()).copy_(values);
+                          });
+  return out;
+}
+
+std::vector<torch::Tensor> rows_of(const FisherContext& context, clhost_fisher_labels_t labels,
+                                   int64_t block_size, FisherMethod method) {
+  std::vector<torch::Tensor> rows;
+  clhost::per_sample_gradients(
+      context, request_for(labels), block_size, method,
+      [&](size_t, size_t, const clhost::FisherBlock&, const torch::Tensor& chunk, int64_t, bool) {
+        rows.push_back(chunk.clone());
+      });
+  return rows;
+}
+
+// Per parameter, relative to its largest entry (entries near zero have no meaningful relative
+// error); the name of the worst parameter for the message.
+std::pair<double, std::string> worst_error(torch::nn::Sequential& model,
+                                           const std::vector<torch::Tensor>& a,
+                                           const std::vector<torch::Tensor>& b) {
+  double worst = 0.0;
+  std::string name;
+  const auto named = model->named_parameters();
+  for (size_t p = 0; p < a.size(); ++p) {
+    const double scale = b[p].abs().max().item<double>();
+    const double error = (a[p] - b[p]).abs().max().item<double>() / std::max(scale, 1e-30);
+    if (error >= worst) {
+      worst = error;
+      name = named[p].key();
+    }
+  }
+  return {worst, name};
+}
+
+class SequenceFisher
+    : public ::testing::TestWithParam<std::tuple<bool, clhost_fisher_labels_t, int64_t>> {};
+
+TEST_P(SequenceFisher, BatchedExactEqualsThePerSampleLoopForEveryParameter) {
+  const auto [tied, labels, block_size] = GetParam();
+  Fixture fixture = make_fixture(tied, 14);
+  const auto fast = fisher_of(fixture.context, labels, block_size, FisherMethod::kAuto);
+  const auto loop = fisher_of(fixture.context, labels, block_size, FisherMethod::kPerSampleLoop);
+  for (size_t p = 0; p < fast.size(); ++p) {
+    EXPECT_GE(fast[p].min().item<double>(), 0.0) << "every element written";
+    EXPECT_GT(loop[p].sum().item<double>(), 0.0) << "parameter " << p << " has a Fisher";
+  }
+  const auto [error, name] = worst_error(fixture.model, fast, loop);
+  EXPECT_LE(error, 1e-5) << name;
+}
+
+TEST_P(SequenceFisher, PerSampleRowsEqualTheLoopsRows) {
+  const auto [tied, labels, block_size] = GetParam();
+  Fixture fixture = make_fixture(tied, 8);
+  const auto fast = rows_of(fixture.context, labels, block_size, FisherMethod::kAuto);
+  const auto loop = rows_of(fixture.context, labels, block_size, FisherMethod::kPerSampleLoop);
+  ASSERT_EQ(fast.size(), loop.size());
+  for (size_t i = 0; i < fast.size(); ++i) {
+    const double scale = loop[i].abs().max().item<double>();
+    EXPECT_LE((fast[i] - loop[i]).abs().max().item<double>(), 1e-5 * scale) << "chunk " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Transformer, SequenceFisher,
+    ::testing::Combine(::testing::Bool(),
+                       ::testing::Values(CLHOST_FISHER_LABELS_TRUE, CLHOST_FISHER_LABELS_SAMPLE),
+                       // one block for everything; blocks that cut the embeddings and the MLP
+                       ::testing::Values(int64_t{1} << 30, int64_t{100})));
+
+// Otherwise the batched path would quietly be the loop, and the comparison above would be moot.
+TEST(SequenceFisher, EveryTransformerParameterHasAClosedForm) {
+  for (const bool tied : {false, true}) {
+    auto model = clhost::make_model(tiny_transformer(tied), 8, 0, 256);
+    const auto parameters = model->parameters();
+    const clhost::ModelMap map = clhost::map_model(model, parameters);
+    const auto named = model->named_parameters();
+    for (size_t p = 0; p < parameters.size(); ++p) {
+      EXPECT_FALSE(map.uses[p].empty()) << named[p].key();
+    }
+    // The byte embedding is also the output matrix when tied.
+    EXPECT_EQ(map.uses[0].size(), tied ? 2U : 1U);
+  }
+}
+
+TEST(SequenceFisher, ExpectationLabelsAreRefusedForSequences) {
+  Fixture fixture = make_fixture(false, 4);
+  try {
+    fisher_of(fixture.context, CLHOST_FISHER_LABELS_EXPECTATION, 1 << 30, FisherMethod::kAuto);
+    FAIL() << "expected a RunError";
+  } catch (const clhost::RunError& e) {
+    EXPECT_NE(std::string(e.what()).find("labels = expectation"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Transformer, IsCausalAndPredictsEveryPosition) {
+  torch::manual_seed(1);
+  auto model = clhost::make_model(tiny_transformer(false), 8, 0, 256);
+  model->eval();
+  torch::Tensor bytes = torch::randint(0, 256, {3, 8}, torch::kInt64);
+  const torch::Tensor before = model->forward(bytes);
+  ASSERT_EQ(before.sizes(), (std::vector<int64_t>{3, 8, 256}));
+  bytes.select(1, 5).fill_(7);
+  const torch::Tensor after = model->forward(bytes);
+  EXPECT_TRUE(torch::equal(before.narrow(1, 0, 5), after.narrow(1, 0, 5)))
+      << "positions before the change do not see it";
+  EXPECT_FALSE(torch::equal(before.narrow(1, 5, 3), after.narrow(1, 5, 3)));
+}
+
+// The recomputed blocks draw the same dropout masks as the forward did.
+TEST(Transformer, CheckpointedBlocksWithDropoutGiveThePlainGradients) {
+  clhost::ModelSection section = tiny_transformer(false);
+  section.dropout = 0.2;
+  torch::manual_seed(2);
+  auto model = clhost::make_model(section, 8, 0, 256);
+  model->to(torch::kFloat64);
+  model->train();
+  const torch::Tensor bytes = torch::randint(0, 256, {4, 8}, torch::kInt64);
+  auto gradients = [&](int64_t segments) {
+    model->zero_grad();
+    torch::manual_seed(9);
+    clhost::checkpointed_forward(model, bytes, segments).square().sum().backward();
+    std::vector<torch::Tensor> out;
+    for (const auto& p : model->parameters()) out.push_back(p.grad().clone());
+    return out;
+  };
+  const auto plain = gradients(1);
+  const auto checkpointed = gradients(3);
+  for (size_t p = 0; p < plain.size(); ++p) {
+    EXPECT_TRUE(torch::allclose(plain[p], checkpointed[p], 1e-10, 1e-12)) << "parameter " << p;
+  }
+}
+
+TEST(Transformer, TiedHeadSharesTheEmbeddingMatrix) {
+  auto untied = clhost::make_model(tiny_transformer(false), 8, 0, 256);
+  auto tied = clhost::make_model(tiny_transformer(true), 8, 0, 256);
+  EXPECT_EQ(untied->parameters().size(), tied->parameters().size() + 1);
+  int64_t difference = 0;
+  for (const auto& p : untied->parameters()) difference += p.numel();
+  for (const auto& p : tied->parameters()) difference -= p.numel();
+  EXPECT_EQ(difference, 256 * 16);
+}
+
+TEST(Transformer, WindowLongerThanTheContextIsAClearError) {
+  auto model = clhost::make_model(tiny_transformer(false), 8, 0, 256);
+  try {
+    model->forward(torch::zeros({1, 9}, torch::kInt64));
+    FAIL() << "expected a RunError";
+  } catch (const clhost::RunError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.context = 8"), std::string::npos) << e.what();
+  }
+}
+
+// --- text tasks ------------------------------------------------------------------------------
+
+class TextTasks : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("clhost_text_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& text) {
+    const fs::path path = dir_ / name;
+    fs::create_directories(path.parent_path());
+    std::ofstream(path, std::ios::binary) << text;
+    return path.string();
+  }
+
+  static std::string fortunes(int count, const std::string& word) {
+    std::string text;
+    for (int i = 0; i < count; ++i) {
+      text += word + " number " + std::to_string(i) + " says something worth reading.\n%\n";
+    }
+    return text;
+  }
+
+  clhost::TaskSequence build(const std::vector<std::vector<std::string>>& paths,
+                             int64_t context = 16) {
+    clhost::DataSection data;
+    data.kind = clhost::DataKind::kText;
+    data.num_tasks = static_cast<int64_t>(paths.size());
+    data.train_samples_per_task = 50;
+    std::vector<clhost::TaskOverride> tasks(paths.size());
+    for (size_t k = 0; k < paths.size(); ++k) tasks[k].text_paths = paths[k];
+    return clhost::build_text_tasks(data, context, tasks, 3);
+  }
+
+  std::string error_of(const std::vector<std::vector<std::string>>& paths, int64_t context = 16) {
+    try {
+      build(paths, context);
+    } catch (const clhost::RunError& e) {
+      return e.what();
+    }
+    return "no error";
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(TextTasks, WindowsAreNextByteTargetsOfHeldOutDocuments) {
+  const std::string a = write("a.txt", fortunes(40, "alpha"));
+  const std::string b = write("b/one.txt", fortunes(30, "beta"));
+  write("b/two.txt", fortunes(30, "gamma"));
+  const clhost::TaskSequence sequence = build({{a}, {(dir_ / "b").string()}});
+  ASSERT_EQ(sequence.tasks.size(), 2U);
+  EXPECT_TRUE(sequence.next_byte);
+  const clhost::TaskData& task = sequence.tasks[0];
+  EXPECT_EQ(task.train_x.sizes(), (std::vector<int64_t>{50, 16}));
+  EXPECT_TRUE(torch::equal(task.train_x.narrow(1, 1, 15), task.train_y.narrow(1, 0, 15)));
+  EXPECT_GT(task.test_size(), 0);
+  // The same seed gives the same windows.
+  const clhost::TaskSequence again = build({{a}, {(dir_ / "b").string()}});
+  EXPECT_TRUE(torch::equal(task.train_x, again.tasks[0].train_x));
+  EXPECT_TRUE(torch::equal(task.test_x, again.tasks[0].test_x));
+}
+
+TEST_F(TextTasks, GzipFilesAndGlobsAreRead) {
+  const std::string plain = fortunes(40, "delta");
+  const std::string path = (dir_ / "c.txt.gz").string();
+  gzFile out = gzopen(path.c_str(), "wb");
+  gzwrite(out, plain.data(), static_cast<unsigned>(plain.size()));
+  gzclose(out);
+  write("d1.txt", fortunes(20, "eps"));
+  write("d2.txt", fortunes(20, "zeta"));
+  const auto sequence = build({{path}, {(dir_ / "d*.txt").string()}});
+  EXPECT_EQ(sequence.tasks.size(), 2U);
+  const torch::Tensor first = sequence.tasks[0].train_x;
+  EXPECT_LT(first.max().item<int64_t>(), 128) << "decompressed text, not gzip bytes";
+}
+
+TEST_F(TextTasks, BadInputNamesTheTaskAndThePath) {
+  const std::string empty = write("empty.txt", "");
+  EXPECT_NE(error_of({{empty}}).find("task0: " + empty + ": is empty"), std::string::npos);
+  const std::string binary = write("binary.bin", std::string("abc\0def", 7));
+  EXPECT_NE(error_of({{binary}}).find(binary + ": is not text"), std::string::npos);
+  const std::string glob = (dir_ / "*.nothing").string();
+  EXPECT_NE(error_of({{glob}}).find(glob + ": matches no file"), std::string::npos);
+  const std::string missing = (dir_ / "missing.txt").string();
+  EXPECT_NE(error_of({{missing}}).find("no such file or folder"), std::string::npos);
+  const std::string short_text = write("short.txt", "one\n%\ntwo\n%\nthree\n");
+  EXPECT_NE(error_of({{short_text}}).find("less than one window of model.context + 1 = 17"),
+            std::string::npos);
+  const std::string one = write("one.txt", std::string(500, 'x'));
+  EXPECT_NE(error_of({{one}}).find("1 document(s)"), std::string::npos);
+}
+
+// --- configuration and whole runs ---------------------------------------------------------------
+
+std::string config_error(const std::string& text) {
+  clhost::test::TempDir dir;
+  const std::string path = dir.file("c.toml", text);
+  try {
+    clhost::load_config(path);
+  } catch (const clhost::ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(TextConfig, MismatchedModelsAndBadKeysAreLocatedErrors) {
+  EXPECT_NE(config_error("[data]\nkind = \"text\"\nlanguages = [\"en\"]\n")
+                .find("c.toml:2:8: data.kind: data.kind = \"text\" (next-byte prediction) "
+                      "needs model.kind = \"transformer\""),
+            std::string::npos);
+  EXPECT_NE(config_error("[model]\nkind = \"transformer\"\n").find("model.kind: model.kind = "),
+            std::string::npos);
+  const std::string text = "[data]\nkind = \"text\"\n[model]\nkind = \"transformer\"\n";
+  EXPECT_NE(config_error(text).find("needs data.languages"), std::string::npos);
+  const std::string languages =
+      "[data]\nkind = \"text\"\nlanguages = [\"en\", \"fr\"]\n"
+      "[model]\nkind = \"transformer\"\n";
+  EXPECT_NE(config_error(languages).find("c.toml:3:"), std::string::npos);
+  EXPECT_NE(config_error(languages).find("\"fr\" is not one of the fortunes languages"),
+            std::string::npos);
+  EXPECT_NE(config_error("[data]\nkind = \"text\"\nlanguages = [\"en\"]\n[model]\nkind = "
+                         "\"transformer\"\nd_model = 30\n")
+                .find("model.d_model: 30 is not a multiple of model.heads = 4"),
+            std::string::npos);
+  EXPECT_NE(config_error("[data]\nkind = \"text\"\nlanguages = [\"en\"]\n[model]\nkind = "
+                         "\"transformer\"\n[[tasks]]\npath = \"x.txt\"\n")
+                .find("data.languages already names each task's text"),
+            std::string::npos);
+}
+
+// The low-rank Fisher (clhost.sample_grads/1 rows) and L2 run on the transformer end to end.
+TEST_F(TextTasks, LowRankFisherAndL2RunOnTheTransformer) {
+  const std::string first = write("first.txt", fortunes(60, "first"));
+  const std::string second = write("second.txt", fortunes(60, "second"));
+  const std::string config = write("run.toml", R"([run]
+checkpoint_every = 0
+[data]
+kind = "text"
+train_samples_per_task = 64
+test_samples_per_task = 8
+[model]
+kind = "transformer"
+layers = 1
+heads = 2
+d_model = 16
+context = 16
+tied_head = true
+[train]
+batch_size = 8
+iterations = 5
+[[pipeline]]
+plugin = "lowrank_fisher"
+labels = "sample"
+fisher_samples = 16
+[[pipeline]]
+plugin = "l2"
+[[tasks]]
+path = ")" + first + R"("
+[[tasks]]
+path = [")" + second + R"("]
+)");
+  const auto summary = clhost::test::run_quietly(config, (dir_ / "run").string());
+  EXPECT_FALSE(summary.metric.higher_is_better);
+  ASSERT_EQ(summary.accuracy.size(), 2U);
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file((dir_ / "run" / "results.json").string()));
+  EXPECT_GT(results["plugins"][0]["report"]["rank"].get<int64_t>(), 0) << results["plugins"][0];
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "bits_per_byte_matrix.csv"));
+}
+
+// A Fisher plug-in left at labels = "expectation" is refused before training, not at the end of
+// the first task.
+TEST_F(TextTasks, ExpectationLabelsOnTextAreRefusedAtCreate) {
+  const std::string text = write("t.txt", fortunes(60, "t"));
+  const std::string config = write("run.toml",
+                                   "[data]\nkind = \"text\"\n[model]\nkind = "
+                                   "\"transformer\"\n[[pipeline]]\nplugin = "
+                                   "\"ewc\"\n[[tasks]]\npath = \"" +
+                                       text + "\"\n");
+  try {
+    clhost::test::run_quietly(config, (dir_ / "run").string());
+    FAIL() << "expected a PluginError";
+  } catch (const clhost::PluginError& e) {
+    EXPECT_NE(std::string(e.what()).find("set labels = \"true\""), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints"));
+}
+
+// --- the lower-is-better metric --------------------------------------------------------------
+
+TEST(EvaluationMetric, LowerIsBetterKeepsTheSignsMeaning) {
+  // Bits per byte: task 0 rises from 2.0 to 3.0 (forgotten), task 1 learned to 1.5.
+  const clhost::AccuracyMatrix bpb = {{2.0, 6.0}, {3.0, 1.5}};
+  const auto metrics = clhost::compute_metrics(bpb, {8.0, 8.0}, false);
+  EXPECT_DOUBLE_EQ(metrics.average_accuracy, 2.25);
+  EXPECT_DOUBLE_EQ(*metrics.forgetting, 1.0);          // worse by one bit per byte
+  EXPECT_DOUBLE_EQ(*metrics.backward_transfer, -1.0);  // negative: it got worse
+  EXPECT_DOUBLE_EQ(*metrics.forward_transfer, 2.0);    // 8.0 -> 6.0 before training task 1
+}
+
+}  // namespace
