@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "bench_timing.hpp"
 #include "clhost/config.hpp"
@@ -55,36 +56,51 @@ int64_t parameter_count(torch::nn::Sequential& model) {
   return count;
 }
 
+// Samples/s of one Fisher pass; the loop and the batched pass both run one forward (and a backward
+// to the block's layers) per block, so the block plan multiplies both costs alike.
+double fisher_samples_per_second(const clhost::FisherContext& context, clhost::FisherMethod method,
+                                 int64_t samples, int64_t block_size) {
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.labels = CLHOST_FISHER_LABELS_TRUE;
+  request.batch_size = 16;
+  request.max_samples = samples;
+  const double seconds = median_seconds(1, [&] {
+    clhost::diagonal_fisher(context, request, block_size, method,
+                            [](size_t, int64_t, const torch::Tensor&) {});
+  });
+  return static_cast<double>(samples) / seconds;
+}
+
 json bench_fisher(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
   clhost::FisherContext context;
   context.model = model;
   context.task = &sequence.tasks[0];
   context.active_classes = torch::arange(256, torch::kInt64);
   context.label_map = torch::arange(256, torch::kInt64);
-  auto samples_per_second = [&](clhost::FisherMethod method, int64_t samples, int repetitions) {
-    clhost_fisher_request_t request{};
-    request.struct_size = sizeof(request);
-    request.labels = CLHOST_FISHER_LABELS_TRUE;
-    request.batch_size = 16;
-    request.max_samples = samples;
-    const double seconds = median_seconds(repetitions, [&] {
-      clhost::diagonal_fisher(context, request, 1000000, method,
-                              [](size_t, int64_t, const torch::Tensor&) {});
-    });
-    return static_cast<double>(samples) / seconds;
-  };
-  const double batched = samples_per_second(clhost::FisherMethod::kAuto, 64, 3);
-  std::cerr << "batched exact: " << batched << " samples/s\n";
-  const double loop = samples_per_second(clhost::FisherMethod::kPerSampleLoop, 8, 1);
-  std::cerr << "per-sample loop: " << loop << " samples/s\n";
-  return {{"labels", "true"},
-          {"block_size", 1000000},
-          {"chunk", 16},
-          {"batched_exact_samples_per_second", batched},
-          {"batched_exact_tokens_per_second", batched * 128},
-          {"per_sample_loop_samples_per_second", loop},
-          {"speedup", batched / loop},
-          {"samples", {{"batched_exact", 64}, {"per_sample_loop", 8}}}};
+  const int64_t whole = parameter_count(model);
+  json out = json::array();
+  // (block size, samples for the batched pass, samples for the loop)
+  for (const auto& [block_size, batched_samples, loop_samples] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{whole, 32, 4}, {1000000, 16, 2}}) {
+    const double batched =
+        fisher_samples_per_second(context, clhost::FisherMethod::kAuto, batched_samples, block_size);
+    const double loop = fisher_samples_per_second(context, clhost::FisherMethod::kPerSampleLoop,
+                                                  loop_samples, block_size);
+    std::cerr << "block " << block_size << ": batched " << batched << ", loop " << loop
+              << " samples/s\n";
+    const auto blocks =
+        static_cast<int64_t>(clhost::plan_fisher_blocks(model->parameters(), block_size).size());
+    out.push_back({{"block_size", block_size},
+                   {"blocks", blocks},
+                   {"labels", "true"},
+                   {"chunk", 16},
+                   {"batched_exact_samples_per_second", batched},
+                   {"per_sample_loop_samples_per_second", loop},
+                   {"speedup", batched / loop},
+                   {"samples", {{"batched_exact", batched_samples}, {"per_sample_loop", loop_samples}}}});
+  }
+  return out;
 }
 
 json bench_training(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
@@ -93,7 +109,7 @@ json bench_training(torch::nn::Sequential& model, const clhost::TaskSequence& se
   model->train();
   const int64_t batch = 16;
   int64_t cursor = 0;
-  const double seconds = median_seconds(5, [&] {
+  const double seconds = median_seconds(3, [&] {
     const torch::Tensor x = task.train_x.narrow(0, cursor, batch).to(torch::kInt64);
     const torch::Tensor y = task.train_y.narrow(0, cursor, batch).to(torch::kInt64);
     cursor = (cursor + batch) % (task.train_size() - batch);

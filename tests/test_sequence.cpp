@@ -403,6 +403,50 @@ path = [")" + second + R"("]
       nlohmann::json::parse(clhost::test::read_file((dir_ / "run" / "results.json").string()));
   EXPECT_GT(results["plugins"][0]["report"]["rank"].get<int64_t>(), 0) << results["plugins"][0];
   EXPECT_TRUE(fs::exists(dir_ / "run" / "bits_per_byte_matrix.csv"));
+  // The report names the metric and draws its matrix.
+  const auto report =
+      clhost::test::run_command(std::string(CLHOST_BINARY) + " report " + (dir_ / "run").string());
+  ASSERT_EQ(report.exit_code, 0) << report.output;
+  const std::string html = clhost::test::read_file((dir_ / "run" / "report.html").string());
+  EXPECT_NE(html.find("Bits per byte matrix"), std::string::npos);
+  EXPECT_NE(html.find("average bits per byte"), std::string::npos);
+  EXPECT_EQ(html.find("Accuracy matrix"), std::string::npos);
+}
+
+// The dynamic policy recovers from out-of-memory in the transformer's steps (micro-batches of
+// byte windows) and the run completes.
+TEST_F(TextTasks, OutOfMemoryInTheTransformerIsRecoveredByTheDynamicPolicy) {
+  const std::string first = write("first.txt", fortunes(400, "first"));
+  const std::string second = write("second.txt", fortunes(400, "second"));
+  const std::string config = write("run.toml", R"([run]
+checkpoint_every = 0
+memory_budget = "40MiB"
+[data]
+kind = "text"
+train_samples_per_task = 1000
+test_samples_per_task = 10
+[model]
+kind = "transformer"
+layers = 2
+heads = 2
+d_model = 32
+context = 64
+[train]
+batch_size = 256
+iterations = 3
+eval_batch_size = 10
+[[pipeline]]
+plugin = "dynamic"
+[[tasks]]
+path = ")" + first + R"("
+[[tasks]]
+path = ")" + second + R"("
+)");
+  (void)clhost::test::run_quietly(config, (dir_ / "run").string());
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file((dir_ / "run" / "results.json").string()));
+  EXPECT_GT(results["memory"]["out_of_memory_retries"].get<int64_t>(), 0) << results["memory"];
+  EXPECT_EQ(results["memory"]["samples_in_optimizer_steps"].get<int64_t>(), 2 * 3 * 256);
 }
 
 // A Fisher plug-in left at labels = "expectation" is refused before training, not at the end of

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -449,160 +450,6 @@ std::vector<std::string> given_keys(const toml::table& root) {
   return keys;
 }
 
-// One scalar key of a section, described once: its TOML name, the struct member it fills and
-// its range or choices. The reader and the resolved-config writer both walk these tables, and
-// the default is the member's initial value in config.hpp. Keys with more to them (enums, lists,
-// sizes, conditions) are read by hand below.
-template <class Section>
-struct ScalarKey {
-  using Member = std::variant<std::string Section::*, bool Section::*, int Section::*,
-                              int64_t Section::*, uint64_t Section::*, double Section::*>;
-  const char* name;
-  Member member;
-  int64_t int_min = 0;  // integer members
-  int64_t int_max = 0;
-  double float_min = 0.0;  // double members
-  double float_max = 0.0;
-  std::vector<std::string> choices = {};  // string members; empty: any
-};
-
-template <class Section>
-ScalarKey<Section> int_key(const char* name, typename ScalarKey<Section>::Member member,
-                           int64_t min, int64_t max) {
-  return {name, member, min, max};
-}
-template <class Section>
-ScalarKey<Section> float_key(const char* name, double Section::*member, double min, double max) {
-  return {name, member, 0, 0, min, max};
-}
-template <class Section>
-ScalarKey<Section> text_key(const char* name, std::string Section::*member,
-                            std::vector<std::string> choices = {}) {
-  return {name, member, 0, 0, 0.0, 0.0, std::move(choices)};
-}
-
-const std::vector<ScalarKey<RunSection>>& run_keys() {
-  using S = RunSection;
-  static const std::vector<ScalarKey<S>> keys = {
-      text_key<S>("name", &S::name),
-      int_key<S>("seed", &S::seed, 0, INT64_MAX),
-      int_key<S>("threads", &S::threads, 1, 256),
-      text_key<S>("output_dir", &S::output_dir),
-      int_key<S>("log_every", &S::log_every, 1, 1000000),
-      int_key<S>("checkpoint_every", &S::checkpoint_every, 0, INT64_MAX)};
-  return keys;
-}
-
-const std::vector<ScalarKey<DataSection>>& data_keys() {
-  using S = DataSection;
-  static const std::vector<ScalarKey<S>> keys = {
-      text_key<S>("dir", &S::dir),
-      text_key<S>("path", &S::path),
-      text_key<S>("train_x", &S::hdf5_train_x),
-      text_key<S>("train_y", &S::hdf5_train_y),
-      text_key<S>("test_x", &S::hdf5_test_x),
-      text_key<S>("test_y", &S::hdf5_test_y),
-      text_key<S>("train_images", &S::train_images),
-      text_key<S>("train_labels", &S::train_labels),
-      text_key<S>("test_images", &S::test_images),
-      text_key<S>("test_labels", &S::test_labels),
-      int_key<S>("num_classes", &S::num_classes, 2, 100000),
-      float_key<S>("rotation_step", &S::rotation_step_degrees, 0.0, 360.0),
-      int_key<S>("train_samples_per_task", &S::train_samples_per_task, 0, INT64_MAX),
-      int_key<S>("test_samples_per_task", &S::test_samples_per_task, 0, INT64_MAX),
-      text_key<S>("fortunes_dir", &S::fortunes_dir),
-      float_key<S>("test_fraction", &S::test_fraction, 0.01, 0.9)};
-  return keys;
-}
-
-const std::vector<ScalarKey<ModelSection>>& model_keys() {
-  using S = ModelSection;
-  static const std::vector<ScalarKey<S>> keys = {text_key<S>("path", &S::path),
-                                                 int_key<S>("layers", &S::layers, 1, 1000),
-                                                 int_key<S>("heads", &S::heads, 1, 1024),
-                                                 int_key<S>("d_model", &S::d_model, 1, 1 << 16),
-                                                 int_key<S>("context", &S::context, 1, 1 << 20),
-                                                 int_key<S>("mlp_ratio", &S::mlp_ratio, 1, 64),
-                                                 float_key<S>("dropout", &S::dropout, 0.0, 0.9),
-                                                 ScalarKey<S>{"tied_head", &S::tied_head}};
-  return keys;
-}
-
-const std::vector<ScalarKey<TrainSection>>& train_keys() {
-  using S = TrainSection;
-  static const std::vector<ScalarKey<S>> keys = {
-      float_key<S>("lr", &S::lr, 1e-12, 10.0),
-      float_key<S>("momentum", &S::momentum, 0.0, 0.999999),
-      int_key<S>("batch_size", &S::batch_size, 1, 1 << 24),
-      int_key<S>("iterations", &S::iterations, 1, INT64_MAX / 2),
-      int_key<S>("epochs", &S::epochs, 0, 100000),
-      int_key<S>("eval_batch_size", &S::eval_batch_size, 1, 1 << 24),
-      int_key<S>("checkpoint_segments", &S::checkpoint_segments, 0, 1000)};
-  return keys;
-}
-
-const std::vector<ScalarKey<FisherSection>>& fisher_keys() {
-  using S = FisherSection;
-  static const std::vector<ScalarKey<S>> keys = {
-      ScalarKey<S>{"use_memory_efficient", &S::use_memory_efficient},
-      int_key<S>("block_size", &S::block_size, 1, INT64_MAX),
-      ScalarKey<S>{"use_compression", &S::use_compression},
-      int_key<S>("compression_level", &S::compression_level, 1, 9),
-      float_key<S>("compression_ratio", &S::compression_ratio, 1e-6, 1.0),
-      text_key<S>("codec", &S::codec, {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"}),
-      text_key<S>("store_dtype", &S::store_dtype, {"fp32", "fp16", "bf16"})};
-  return keys;
-}
-
-template <class... Visitors>
-struct Overload : Visitors... {
-  using Visitors::operator()...;
-};
-template <class... Visitors>
-Overload(Visitors...) -> Overload<Visitors...>;
-
-// Reads every described key of `reader`'s section into `out` (absent keys keep their default).
-template <class Section>
-void read_scalars(SectionReader& reader, const std::vector<ScalarKey<Section>>& keys,
-                  Section& out) {
-  for (const auto& key : keys) {
-    auto integer = [&](auto Section::*member) {
-      out.*member = static_cast<std::remove_reference_t<decltype(out.*member)>>(
-          reader.get_int(key.name, static_cast<int64_t>(out.*member), key.int_min, key.int_max));
-    };
-    std::visit(
-        Overload{
-            [&](std::string Section::*member) {
-              out.*member = reader.get_string(key.name, out.*member, key.choices);
-            },
-            [&](bool Section::*member) { out.*member = reader.get_bool(key.name, out.*member); },
-            [&](double Section::*member) {
-              out.*member = reader.get_float(key.name, out.*member, key.float_min, key.float_max);
-            },
-            [&](int Section::*member) { integer(member); },
-            [&](int64_t Section::*member) { integer(member); },
-            [&](uint64_t Section::*member) { integer(member); }},
-        key.member);
-  }
-}
-
-// Writes every described key of `in` into the resolved configuration's table.
-template <class Section>
-void write_scalars(toml::table& table, const std::vector<ScalarKey<Section>>& keys,
-                   const Section& in) {
-  for (const auto& key : keys) {
-    std::visit(
-        Overload{
-            [&](std::string Section::*member) { table.insert_or_assign(key.name, in.*member); },
-            [&](bool Section::*member) { table.insert_or_assign(key.name, in.*member); },
-            [&](double Section::*member) { table.insert_or_assign(key.name, in.*member); },
-            [&](auto Section::*member) {
-              table.insert_or_assign(key.name, static_cast<int64_t>(in.*member));
-            }},
-        key.member);
-  }
-}
-
 int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, int64_t minimum) {
   const toml::node* node = section.take(key);
   if (node == nullptr) return fallback;
@@ -621,25 +468,225 @@ int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, in
   }
 }
 
+// One key of a section, described once: its TOML name and how it is read into the section's
+// struct and written back into the resolved configuration (the struct member it fills, its type,
+// range, choices or names). The reader and the resolved-config writer both walk these tables;
+// the default is the member's initial value in config.hpp. Checks across keys and the two keys
+// whose defaults follow from others (data.num_tasks, data.task_classes) are in the readers below.
+template <class Section>
+struct Key {
+  const char* name;
+  std::function<void(SectionReader&, Section&)> read;
+  std::function<void(toml::table&, const Section&)> write;
+};
+
+template <class Section, class Integer>
+Key<Section> int_key(const char* name, Integer Section::*member, int64_t min, int64_t max) {
+  return {name,
+          [=](SectionReader& reader, Section& out) {
+            out.*member = static_cast<Integer>(
+                reader.get_int(name, static_cast<int64_t>(out.*member), min, max));
+          },
+          [=](toml::table& table, const Section& in) {
+            table.insert_or_assign(name, static_cast<int64_t>(in.*member));
+          }};
+}
+
+template <class Section>
+Key<Section> float_key(const char* name, double Section::*member, double min, double max) {
+  return {name,
+          [=](SectionReader& reader, Section& out) {
+            out.*member = reader.get_float(name, out.*member, min, max);
+          },
+          [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
+}
+
+template <class Section>
+Key<Section> bool_key(const char* name, bool Section::*member) {
+  return {name,
+          [=](SectionReader& reader, Section& out) {
+            out.*member = reader.get_bool(name, out.*member);
+          },
+          [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
+}
+
+template <class Section>
+Key<Section> text_key(const char* name, std::string Section::*member,
+                      std::vector<std::string> choices = {}) {
+  return {name,
+          [=](SectionReader& reader, Section& out) {
+            out.*member = reader.get_string(name, out.*member, choices);
+          },
+          [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
+}
+
+// An enum (or a bool spelled by names) from its name table; `fallback` picks the default from the
+// keys read before it (data.incremental follows data.scenario), else the member's initial value.
+template <class Section, class Enum>
+Key<Section> enum_key(const char* name, Enum Section::*member, const EnumNames<Enum>& names,
+                      std::function<Enum(const Section&)> fallback = nullptr) {
+  return {name,
+          [=, &names](SectionReader& reader, Section& out) {
+            out.*member = reader.get_enum(name, fallback ? fallback(out) : out.*member, names);
+          },
+          [=, &names](toml::table& table, const Section& in) {
+            table.insert_or_assign(name, name_of(names, in.*member));
+          }};
+}
+
+template <class Section>
+Key<Section> int_list_key(const char* name, std::vector<int64_t> Section::*member, int64_t min,
+                          int64_t max, bool non_empty) {
+  return {name,
+          [=](SectionReader& reader, Section& out) {
+            out.*member = reader.get_int_list(name, out.*member, min, max);
+            if (non_empty && (out.*member).empty()) {
+              reader.fail(*reader.take(name), name, "needs at least one value");
+            }
+          },
+          [=](toml::table& table, const Section& in) {
+            toml::array values;
+            for (int64_t value : in.*member) values.push_back(value);
+            table.insert_or_assign(name, values);
+          }};
+}
+
+template <class Section>
+Key<Section> string_list_key(const char* name, std::vector<std::string> Section::*member) {
+  return {name,
+          [=](SectionReader& reader, Section& out) { out.*member = reader.get_string_list(name); },
+          [=](toml::table& table, const Section& in) {
+            toml::array values;
+            for (const auto& value : in.*member) values.push_back(value);
+            table.insert_or_assign(name, values);
+          }};
+}
+
+// A byte count written as a size string ("1.5GiB") or an integer; `minimum` 1 or 0.
+template <class Section>
+Key<Section> bytes_key(const char* name, int64_t Section::*member, int64_t minimum) {
+  return {name,
+          [=](SectionReader& reader, Section& out) {
+            out.*member = read_bytes(reader, name, out.*member, minimum);
+          },
+          [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
+}
+
+const std::vector<Key<RunSection>>& run_keys() {
+  using S = RunSection;
+  static const std::vector<Key<S>> keys = {
+      text_key<S>("name", &S::name),
+      int_key<S>("seed", &S::seed, 0, INT64_MAX),
+      int_key<S>("threads", &S::threads, 1, 256),
+      text_key<S>("output_dir", &S::output_dir),
+      int_key<S>("log_every", &S::log_every, 1, 1000000),
+      int_key<S>("checkpoint_every", &S::checkpoint_every, 0, INT64_MAX),
+      string_list_key<S>("plugin_path", &S::plugin_path),
+      bytes_key<S>("memory_budget", &S::memory_budget, 1)};
+  return keys;
+}
+
+Incremental default_incremental(const DataSection& data) {
+  const bool per_task = data.scenario == Scenario::kSplit || data.scenario == Scenario::kSources;
+  return per_task ? Incremental::kTask : Incremental::kDomain;
+}
+
+const EnumNames<bool> kClassOrderNames = {{false, "natural"}, {true, "shuffled"}};
+
+const std::vector<Key<DataSection>>& data_keys() {
+  using S = DataSection;
+  static const std::vector<Key<S>> keys = {
+      text_key<S>("dir", &S::dir),
+      text_key<S>("path", &S::path),
+      text_key<S>("train_x", &S::hdf5_train_x),
+      text_key<S>("train_y", &S::hdf5_train_y),
+      text_key<S>("test_x", &S::hdf5_test_x),
+      text_key<S>("test_y", &S::hdf5_test_y),
+      text_key<S>("train_images", &S::train_images),
+      text_key<S>("train_labels", &S::train_labels),
+      text_key<S>("test_images", &S::test_images),
+      text_key<S>("test_labels", &S::test_labels),
+      int_key<S>("num_classes", &S::num_classes, 2, 100000),
+      float_key<S>("rotation_step", &S::rotation_step_degrees, 0.0, 360.0),
+      int_key<S>("train_samples_per_task", &S::train_samples_per_task, 0, INT64_MAX),
+      int_key<S>("test_samples_per_task", &S::test_samples_per_task, 0, INT64_MAX),
+      text_key<S>("fortunes_dir", &S::fortunes_dir),
+      float_key<S>("test_fraction", &S::test_fraction, 0.01, 0.9),
+      enum_key<S>("kind", &S::kind, kDataKindNames),
+      bytes_key<S>("max_resident", &S::max_resident_bytes, 0),
+      bytes_key<S>("stream_cache", &S::stream_cache_bytes, 0),
+      enum_key<S>("normalize", &S::normalize, kNormalizeNames),
+      enum_key<S>("class_order", &S::shuffle_classes, kClassOrderNames),
+      enum_key<S>("scenario", &S::scenario, kScenarioNames),
+      enum_key<S>("incremental", &S::incremental, kIncrementalNames,
+                  std::function<Incremental(const S&)>(default_incremental)),
+      string_list_key<S>("languages", &S::languages)};
+  return keys;
+}
+
+const std::vector<Key<ModelSection>>& model_keys() {
+  using S = ModelSection;
+  static const std::vector<Key<S>> keys = {
+      enum_key<S>("kind", &S::kind, kModelKindNames),
+      int_list_key<S>("hidden", &S::hidden, 1, 1 << 20, true),
+      text_key<S>("path", &S::path),
+      int_list_key<S>("input_shape", &S::input_shape, 1, 1 << 24, false),
+      int_key<S>("layers", &S::layers, 1, 1000),
+      int_key<S>("heads", &S::heads, 1, 1024),
+      int_key<S>("d_model", &S::d_model, 1, 1 << 16),
+      int_key<S>("context", &S::context, 1, 1 << 20),
+      int_key<S>("mlp_ratio", &S::mlp_ratio, 1, 64),
+      float_key<S>("dropout", &S::dropout, 0.0, 0.9),
+      bool_key<S>("tied_head", &S::tied_head)};
+  return keys;
+}
+
+const std::vector<Key<TrainSection>>& train_keys() {
+  using S = TrainSection;
+  static const std::vector<Key<S>> keys = {
+      enum_key<S>("optimizer", &S::optimizer, kOptimizerNames),
+      float_key<S>("lr", &S::lr, 1e-12, 10.0),
+      float_key<S>("momentum", &S::momentum, 0.0, 0.999999),
+      int_key<S>("batch_size", &S::batch_size, 1, 1 << 24),
+      int_key<S>("iterations", &S::iterations, 1, INT64_MAX / 2),
+      int_key<S>("epochs", &S::epochs, 0, 100000),
+      int_key<S>("eval_batch_size", &S::eval_batch_size, 1, 1 << 24),
+      int_key<S>("checkpoint_segments", &S::checkpoint_segments, 0, 1000)};
+  return keys;
+}
+
+const std::vector<Key<FisherSection>>& fisher_keys() {
+  using S = FisherSection;
+  static const std::vector<Key<S>> keys = {
+      bool_key<S>("use_memory_efficient", &S::use_memory_efficient),
+      int_key<S>("block_size", &S::block_size, 1, INT64_MAX),
+      bool_key<S>("use_compression", &S::use_compression),
+      int_key<S>("compression_level", &S::compression_level, 1, 9),
+      float_key<S>("compression_ratio", &S::compression_ratio, 1e-6, 1.0),
+      text_key<S>("codec", &S::codec, {"gzip", "none", "lz4", "bzip2", "blosc-lz4", "blosc-zstd"}),
+      text_key<S>("store_dtype", &S::store_dtype, {"fp32", "fp16", "bf16"})};
+  return keys;
+}
+
+// Reads every described key of `reader`'s section into `out` (absent keys keep their default).
+template <class Section>
+void read_keys(SectionReader& reader, const std::vector<Key<Section>>& keys, Section& out) {
+  for (const auto& key : keys) key.read(reader, out);
+}
+
+// Writes every described key of `in` into the resolved configuration's table.
+template <class Section>
+void write_keys(toml::table& table, const std::vector<Key<Section>>& keys, const Section& in) {
+  for (const auto& key : keys) key.write(table, in);
+}
+
 void read_run(SectionReader& top, const ConfigInput& in, RunSection& run_config) {
   SectionReader run(sub_table(top, "run"), "run", in.path, in.overridden);
-  read_scalars(run, run_keys(), run_config);
+  read_keys(run, run_keys(), run_config);
   if (run_config.name.empty() || run_config.name.find('/') != std::string::npos) {
     run.fail(*in.root["run"]["name"].node(), "name", "must be non-empty and contain no '/'");
   }
-  run_config.plugin_path = run.get_string_list("plugin_path");
-  run_config.memory_budget = read_bytes(run, "memory_budget", -1, 1);
   run.finish();
-}
-
-void read_data_files(SectionReader& data, const ConfigInput& in, DataSection& out) {
-  out.kind = data.get_enum("kind", DataKind::kIdx, kDataKindNames);
-  if (out.kind == DataKind::kHdf5 && out.path.empty()) {
-    data.fail(*in.root["data"]["kind"].node(), "kind",
-              "\"hdf5\" needs data.path, the HDF5 file holding the samples and labels");
-  }
-  out.max_resident_bytes = read_bytes(data, "max_resident", out.max_resident_bytes, 0);
-  out.stream_cache_bytes = read_bytes(data, "stream_cache", out.stream_cache_bytes, 0);
 }
 
 void read_split_tasks(SectionReader& data, const ConfigInput& in, DataSection& out) {
@@ -698,23 +745,16 @@ void check_languages(SectionReader& data, const ConfigInput& in, const DataSecti
 
 void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
   SectionReader data(sub_table(top, "data"), "data", in.path, in.overridden);
-  read_scalars(data, data_keys(), out);
-  read_data_files(data, in, out);
-  out.normalize = data.get_enum("normalize", Normalize::kUnit, kNormalizeNames);
-  out.shuffle_classes =
-      data.get_string("class_order", "natural", {"natural", "shuffled"}) == "shuffled";
-  out.scenario = data.get_enum("scenario", Scenario::kSplit, kScenarioNames);
+  read_keys(data, data_keys(), out);
+  if (out.kind == DataKind::kHdf5 && out.path.empty()) {
+    data.fail(*in.root["data"]["kind"].node(), "kind",
+              "\"hdf5\" needs data.path, the HDF5 file holding the samples and labels");
+  }
   if (out.scenario == Scenario::kSources && out.kind != DataKind::kHdf5) {
     data.fail(*in.root["data"]["scenario"].node(), "scenario",
               "\"sources\" reads each task from its own HDF5 datasets: needs data.kind = "
               "\"hdf5\"");
   }
-  const bool task_incremental =
-      out.scenario == Scenario::kSplit || out.scenario == Scenario::kSources;
-  out.incremental =
-      data.get_enum("incremental", task_incremental ? Incremental::kTask : Incremental::kDomain,
-                    kIncrementalNames);
-  out.languages = data.get_string_list("languages");
   check_languages(data, in, out);
   if (out.kind != DataKind::kText) {
     read_split_tasks(data, in, out);
@@ -731,13 +771,7 @@ void read_data(SectionReader& top, const ConfigInput& in, DataSection& out) {
 
 void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
   SectionReader model(sub_table(top, "model"), "model", in.path, in.overridden);
-  out.kind = model.get_enum("kind", ModelKind::kMlp, kModelKindNames);
-  out.hidden = model.get_int_list("hidden", out.hidden, 1, 1 << 20);
-  if (out.hidden.empty()) {
-    model.fail(*in.root["model"]["hidden"].node(), "hidden", "needs at least one layer size");
-  }
-  read_scalars(model, model_keys(), out);
-  out.input_shape = model.get_int_list("input_shape", {}, 1, 1 << 24);
+  read_keys(model, model_keys(), out);
   if (out.kind == ModelKind::kTorchScript && out.path.empty()) {
     model.fail(*in.root["model"]["kind"].node(), "kind",
                "\"torchscript\" needs model.path, the file torch.jit.save wrote");
@@ -754,15 +788,14 @@ void read_model(SectionReader& top, const ConfigInput& in, ModelSection& out) {
 
 void read_train(SectionReader& top, const ConfigInput& in, TrainSection& out) {
   SectionReader train(sub_table(top, "train"), "train", in.path, in.overridden);
-  out.optimizer = train.get_enum("optimizer", OptimizerKind::kAdam, kOptimizerNames);
-  read_scalars(train, train_keys(), out);
+  read_keys(train, train_keys(), out);
   train.finish();
 }
 
 void read_fisher(SectionReader& top, const ConfigInput& in, FisherSection& out) {
   SectionReader fisher(sub_table(top, "fisher_computation"), "fisher_computation", in.path,
                        in.overridden);
-  read_scalars(fisher, fisher_keys(), out);
+  read_keys(fisher, fisher_keys(), out);
   fisher.finish();
 }
 
@@ -907,44 +940,20 @@ toml::array int_array(const std::vector<int64_t>& values) {
   return out;
 }
 
-void write_resolved_run_and_data(toml::table& root, const RunConfig& config) {
-  auto& run = section(root, "run");
-  write_scalars(run, run_keys(), config.run);
-  toml::array plugin_path;
-  for (const auto& dir : config.run.plugin_path) plugin_path.push_back(dir);
-  run.insert_or_assign("plugin_path", plugin_path);
-  run.insert_or_assign("memory_budget", config.run.memory_budget);
+void write_resolved_sections(toml::table& root, const RunConfig& config) {
+  write_keys(section(root, "run"), run_keys(), config.run);
   const DataSection& d = config.data;
   auto& data = section(root, "data");
-  write_scalars(data, data_keys(), d);
-  data.insert_or_assign("kind", name_of(kDataKindNames, d.kind));
-  data.insert_or_assign("class_order", d.shuffle_classes ? "shuffled" : "natural");
-  data.insert_or_assign("normalize", name_of(kNormalizeNames, d.normalize));
+  write_keys(data, data_keys(), d);
   if (!d.task_classes.empty()) {
     toml::array lists;
     for (const auto& task : d.task_classes) lists.push_back(int_array(task));
     data.insert_or_assign("task_classes", lists);
   }
-  data.insert_or_assign("scenario", to_string(d.scenario));
   data.insert_or_assign("num_tasks", d.num_tasks);
-  data.insert_or_assign("max_resident", d.max_resident_bytes);
-  data.insert_or_assign("stream_cache", d.stream_cache_bytes);
-  data.insert_or_assign("incremental", to_string(d.incremental));
-  toml::array languages;
-  for (const auto& language : d.languages) languages.push_back(language);
-  data.insert_or_assign("languages", languages);
-}
-
-void write_resolved_model_train_fisher(toml::table& root, const RunConfig& config) {
-  auto& model = section(root, "model");
-  write_scalars(model, model_keys(), config.model);
-  model.insert_or_assign("kind", to_string(config.model.kind));
-  model.insert_or_assign("hidden", int_array(config.model.hidden));
-  model.insert_or_assign("input_shape", int_array(config.model.input_shape));
-  auto& train = section(root, "train");
-  write_scalars(train, train_keys(), config.train);
-  train.insert_or_assign("optimizer", to_string(config.train.optimizer));
-  write_scalars(section(root, "fisher_computation"), fisher_keys(), config.fisher);
+  write_keys(section(root, "model"), model_keys(), config.model);
+  write_keys(section(root, "train"), train_keys(), config.train);
+  write_keys(section(root, "fisher_computation"), fisher_keys(), config.fisher);
 }
 
 void write_resolved_pipeline_and_tasks(toml::table& root, const RunConfig& config) {
@@ -982,8 +991,7 @@ void write_resolved_pipeline_and_tasks(toml::table& root, const RunConfig& confi
 // Records every resolved value (defaults and CLI switches included) except keys without effect
 // in this configuration, so results.json and the clhost.settings/1 service see exactly what runs.
 void write_resolved(toml::table& root, RunConfig& config) {
-  write_resolved_run_and_data(root, config);
-  write_resolved_model_train_fisher(root, config);
+  write_resolved_sections(root, config);
   write_resolved_pipeline_and_tasks(root, config);
   for (const auto& rule : kConditionalKeys) {
     if (rule.applies(config)) continue;

@@ -8,6 +8,7 @@
 
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
+#include "data.hpp"
 
 namespace clhost {
 namespace {
@@ -42,8 +43,15 @@ void check_input_files(const RunConfig& config) {
     require_idx_file(data, data.train_labels, "data.train_labels");
     require_idx_file(data, data.test_images, "data.test_images");
     require_idx_file(data, data.test_labels, "data.test_labels");
-  } else {
+  } else if (data.kind == DataKind::kHdf5) {
     require_file(data.path, "data.path");
+  } else {
+    try {
+      (void)text_task_files(data, config.tasks);
+    } catch (const RunError& e) {
+      // The language errors name data.languages themselves.
+      throw ConfigError((data.languages.empty() ? "tasks[].path: " : "") + std::string(e.what()));
+    }
   }
   for (size_t i = 0; i < config.tasks.size(); ++i) {
     if (data.scenario == Scenario::kSources) {

@@ -97,6 +97,11 @@ torch::Tensor read_idx(const std::string& path);
 TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
                                  uint64_t seed);
 
+// The files of every text task: the data.languages folders' text files, or the [[tasks]] paths
+// expanded (folders, globs). Throws RunError naming the task and the path that gives none.
+std::vector<std::vector<std::string>> text_task_files(const DataSection& data,
+                                                      const std::vector<TaskOverride>& tasks);
+
 // data.kind = "text": one next-byte task per language or [[tasks]] path, windows of `context`
 // bytes. Throws RunError naming the task and the file for unusable text.
 TaskSequence build_text_tasks(const DataSection& data, int64_t context,

@@ -259,9 +259,14 @@ class DiagonalAccumulator {
             std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(flat.numel(), 1));
         for (int64_t begin = 0; begin < samples; begin += step) {
           const int64_t count = std::min(step, samples - begin);
-          const torch::Tensor g = producer.sample_gradients(s, pass, begin, count);
+          torch::Tensor g = producer.sample_gradients(s, pass, begin, count);
           if (!g.defined()) break;
-          flat.add_((g.square() * pass.weight.narrow(0, begin, count).view({-1, 1})).sum(0));
+          // g is this call's own tensor: squared and weighted in place, no [samples, elements]
+          // temporaries (the pass is bound by writing and reading them).
+          if (producer.labels().expectation()) {
+            g.mul_(pass.weight.narrow(0, begin, count).sqrt().view({-1, 1}));
+          }
+          flat.add_(g.square_().sum(0));
         }
       }
     });

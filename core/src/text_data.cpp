@@ -211,6 +211,13 @@ TaskData text_task(const DataSection& data, const TextSource& source, int64_t co
 
 }  // namespace
 
+std::vector<std::vector<std::string>> text_task_files(const DataSection& data,
+                                                      const std::vector<TaskOverride>& tasks) {
+  std::vector<std::vector<std::string>> files;
+  for (auto& source : text_sources(data, tasks)) files.push_back(std::move(source.files));
+  return files;
+}
+
 TaskSequence build_text_tasks(const DataSection& data, int64_t context,
                               const std::vector<TaskOverride>& tasks, uint64_t seed) {
   TaskSequence sequence;

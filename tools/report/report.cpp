@@ -410,14 +410,14 @@ std::string compare_table(const json& comparison) {
     return text;
   };
   char line[512];
-  std::snprintf(line, sizeof(line), "%-20s %-24s %-24s %-26s %s\n", "metric",
+  std::snprintf(line, sizeof(line), "%-22s %-24s %-24s %-26s %s\n", "metric",
                 ("A: " + comparison["arms"][0]["name"].get<std::string>()).substr(0, 24).c_str(),
                 ("B: " + comparison["arms"][1]["name"].get<std::string>()).substr(0, 24).c_str(),
                 "B - A (paired)", "verdict");
   out << line;
   for (const MetricSpec& metric : compared_metrics(evaluation_of(comparison))) {
     const json& entry = comparison["metrics"][metric.key];
-    std::snprintf(line, sizeof(line), "%-20s %-24s %-24s %-26s %s\n", metric.label.c_str(),
+    std::snprintf(line, sizeof(line), "%-22s %-24s %-24s %-26s %s\n", metric.label.c_str(),
                   cell(metric.key, entry["a"]).c_str(), cell(metric.key, entry["b"]).c_str(),
                   cell(metric.key, entry["difference_b_minus_a"]).c_str(),
                   entry["verdict"].get<std::string>().c_str());
