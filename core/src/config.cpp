@@ -254,9 +254,10 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
     } else if (value.is_string()) {
       setting.value = value.as_string()->get();
     } else {
-      throw ConfigError(setting.location + ": " + prefix + "." + name +
-                        ": plug-in settings must be booleans, integers, floats or strings, got " +
-                        type_name(value));
+      std::string message = setting.location;
+      message.append(": ").append(prefix).append(".").append(name);
+      message.append(": plug-in settings must be booleans, integers, floats or strings, got ");
+      throw ConfigError(message + type_name(value));
     }
     spec.settings.push_back(std::move(setting));
   }
@@ -514,7 +515,7 @@ template <class Section>
 Key<Section> text_key(const char* name, std::string Section::*member,
                       std::vector<std::string> choices = {}) {
   return {name,
-          [=](SectionReader& reader, Section& out) {
+          [=, choices = std::move(choices)](SectionReader& reader, Section& out) {
             out.*member = reader.get_string(name, out.*member, choices);
           },
           [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
@@ -730,10 +731,9 @@ void check_languages(SectionReader& data, const ConfigInput& in, const DataSecti
     const std::string& language = out.languages[i];
     const toml::node& element = node->is_array() ? *node->as_array()->get(i) : *node;
     if (std::find(known.begin(), known.end(), language) == known.end()) {
-      std::string names;
-      for (const auto& name : known) names += (names.empty() ? "" : ", ") + name;
-      data.fail(element, "languages",
-                "\"" + language + "\" is not one of the fortunes languages (" + names + ")");
+      data.fail(
+          element, "languages",
+          "\"" + language + "\" is not one of the fortunes languages (" + join(known, ", ") + ")");
     }
     if (std::find(out.languages.begin(), out.languages.begin() + static_cast<std::ptrdiff_t>(i),
                   language) != out.languages.begin() + static_cast<std::ptrdiff_t>(i)) {

@@ -87,7 +87,10 @@ void flatten(const nlohmann::json& value, const std::string& prefix,
              std::map<std::string, nlohmann::json>& out) {
   if (value.is_object() && !value.empty()) {
     for (const auto& [key, item] : value.items()) {
-      flatten(item, prefix.empty() ? key : prefix + "." + key, out);
+      std::string path = prefix;
+      if (!path.empty()) path += ".";
+      path += key;
+      flatten(item, path, out);
     }
   } else if (value.is_array() && !value.empty() && value.front().is_object()) {
     for (size_t i = 0; i < value.size(); ++i) {

@@ -325,62 +325,77 @@ class RowWriter {
   // size would be mapped and faulted in anew).
   torch::Tensor rows(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
     const FisherBlock& block = producer.block();
-    std::vector<int64_t> columns;  // first column of each segment
+    columns_.clear();
     int64_t elements = 0;
     for (const auto& segment : block) {
-      columns.push_back(elements);
+      columns_.push_back(elements);
       elements += producer.elements(segment);
     }
-    const int64_t samples = x.size(0);
-    const int64_t rows = producer.labels().passes_per_chunk() * samples;
+    const int64_t rows = producer.labels().passes_per_chunk() * x.size(0);
     if (!buffer_.defined() || buffer_.size(0) < rows) {
       buffer_ = torch::empty({rows, elements},
                              producer.parameters().front().options().requires_grad(false));
     }
-    torch::Tensor out = buffer_.narrow(0, 0, rows);
+    out_ = buffer_.narrow(0, 0, rows);
     // Every element is written below: a segment without a gradient gets zeros.
-    auto target = [&](size_t s, int64_t first_row, int64_t count) {
-      return out.narrow(0, first_row, count).narrow(1, columns[s], producer.elements(block[s]));
-    };
-    if (producer.any_layer()) {
-      producer.for_each_pass(x, y, [&](const BlockGradients::Pass& pass) {
-        const torch::Tensor scale = pass.weight.sqrt().view({-1, 1});
-        for (size_t s = 0; s < block.size(); ++s) {
-          if (!producer.uses_layer_path(block[s].parameter)) continue;
-          torch::Tensor into = target(s, static_cast<int64_t>(pass.index) * samples, samples);
-          const torch::Tensor g = producer.sample_gradients(s, pass, 0, samples);
-          if (!g.defined()) {
-            into.zero_();
-          } else if (producer.labels().expectation()) {
-            at::mul_out(into, g, scale);
-          } else {
-            into.copy_(g);
-          }
-        }
-      });
-    }
-    if (producer.any_loop()) {
-      for (size_t s = 0; s < block.size(); ++s) {
-        if (!producer.uses_layer_path(block[s].parameter)) target(s, 0, rows).zero_();
-      }
-      producer.for_each_sample(x, y,
-                               [&](int64_t i, size_t k, const torch::Tensor& weight,
-                                   const std::vector<torch::Tensor>& grads) {
-                                 size_t t = 0;
-                                 for (size_t s = 0; s < block.size(); ++s) {
-                                   if (producer.uses_layer_path(block[s].parameter)) continue;
-                                   const torch::Tensor& row = grads[t++];
-                                   if (!row.defined()) continue;
-                                   target(s, static_cast<int64_t>(k) * samples + i, 1)
-                                       .copy_((row * weight.sqrt()[0]).view({1, -1}));
-                                 }
-                               });
-    }
-    return out;
+    if (producer.any_layer()) write_layer_rows(producer, x, y);
+    if (producer.any_loop()) write_loop_rows(producer, x, y);
+    return out_;
   }
 
  private:
-  torch::Tensor buffer_;
+  // Rows [first_row, first_row + count) of segment s's columns.
+  torch::Tensor target(const BlockGradients& producer, size_t s, int64_t first_row,
+                       int64_t count) const {
+    return out_.narrow(0, first_row, count)
+        .narrow(1, columns_[s], producer.elements(producer.block()[s]));
+  }
+
+  void write_layer_rows(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
+    const FisherBlock& block = producer.block();
+    const int64_t samples = x.size(0);
+    producer.for_each_pass(x, y, [&](const BlockGradients::Pass& pass) {
+      const torch::Tensor scale = pass.weight.sqrt().view({-1, 1});
+      for (size_t s = 0; s < block.size(); ++s) {
+        if (!producer.uses_layer_path(block[s].parameter)) continue;
+        torch::Tensor into =
+            target(producer, s, static_cast<int64_t>(pass.index) * samples, samples);
+        const torch::Tensor g = producer.sample_gradients(s, pass, 0, samples);
+        if (!g.defined()) {
+          into.zero_();
+        } else if (producer.labels().expectation()) {
+          at::mul_out(into, g, scale);
+        } else {
+          into.copy_(g);
+        }
+      }
+    });
+  }
+
+  void write_loop_rows(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
+    const FisherBlock& block = producer.block();
+    const int64_t samples = x.size(0);
+    for (size_t s = 0; s < block.size(); ++s) {
+      if (!producer.uses_layer_path(block[s].parameter))
+        target(producer, s, 0, out_.size(0)).zero_();
+    }
+    producer.for_each_sample(x, y,
+                             [&](int64_t i, size_t k, const torch::Tensor& weight,
+                                 const std::vector<torch::Tensor>& grads) {
+                               size_t t = 0;
+                               for (size_t s = 0; s < block.size(); ++s) {
+                                 if (producer.uses_layer_path(block[s].parameter)) continue;
+                                 const torch::Tensor& row = grads[t++];
+                                 if (!row.defined()) continue;
+                                 target(producer, s, static_cast<int64_t>(k) * samples + i, 1)
+                                     .copy_((row * weight.sqrt()[0]).view({1, -1}));
+                               }
+                             });
+  }
+
+  std::vector<int64_t> columns_;  // first column of each segment
+  torch::Tensor out_;             // this chunk's rows, a view of buffer_
+  torch::Tensor buffer_;          // reused from chunk to chunk
 };
 
 }  // namespace

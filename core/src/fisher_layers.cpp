@@ -16,10 +16,10 @@ std::optional<size_t> index_of(const std::vector<torch::Tensor>& parameters,
   return std::nullopt;
 }
 
-torch::nn::functional::UnfoldFuncOptions unfold_options(std::vector<int64_t> kernel,
-                                                        std::vector<int64_t> dilation,
-                                                        std::vector<int64_t> padding,
-                                                        std::vector<int64_t> stride) {
+torch::nn::functional::UnfoldFuncOptions unfold_options(const std::vector<int64_t>& kernel,
+                                                        const std::vector<int64_t>& dilation,
+                                                        const std::vector<int64_t>& padding,
+                                                        const std::vector<int64_t>& stride) {
   return torch::nn::functional::UnfoldFuncOptions(kernel)
       .dilation(dilation)
       .padding(padding)
@@ -76,11 +76,11 @@ KnownLayer from_tap(const TapLayer& tap, const std::vector<torch::Tensor>& param
   return layer;
 }
 
-void add_layer(ModelMap& map, KnownLayer layer) {
+void add_layer(ModelMap& map, const KnownLayer& layer) {
   const size_t id = map.layers.size();
   if (layer.weight) map.uses[*layer.weight].push_back(id);
   if (layer.bias) map.uses[*layer.bias].push_back(id);
-  map.layers.push_back(std::move(layer));
+  map.layers.push_back(layer);
 }
 
 }  // namespace
