@@ -493,32 +493,36 @@ Key<Section> int_key(const char* name, Integer Section::*member, int64_t min, in
           }};
 }
 
-template <class Section>
-Key<Section> float_key(const char* name, double Section::*member, double min, double max) {
+// A member TOML holds as it is (float, bool, string): `get` reads it given the current value.
+template <class Section, class T, class Get>
+Key<Section> plain_key(const char* name, T Section::*member, Get get) {
   return {name,
-          [=](SectionReader& reader, Section& out) {
-            out.*member = reader.get_float(name, out.*member, min, max);
-          },
+          [=](SectionReader& reader, Section& out) { out.*member = get(reader, out.*member); },
           [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
 }
 
 template <class Section>
+Key<Section> float_key(const char* name, double Section::*member, double min, double max) {
+  return plain_key<Section>(name, member, [=](SectionReader& reader, double current) {
+    return reader.get_float(name, current, min, max);
+  });
+}
+
+template <class Section>
 Key<Section> bool_key(const char* name, bool Section::*member) {
-  return {name,
-          [=](SectionReader& reader, Section& out) {
-            out.*member = reader.get_bool(name, out.*member);
-          },
-          [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
+  return plain_key<Section>(name, member, [=](SectionReader& reader, bool current) {
+    return reader.get_bool(name, current);
+  });
 }
 
 template <class Section>
 Key<Section> text_key(const char* name, std::string Section::*member,
                       std::vector<std::string> choices = {}) {
-  return {name,
-          [=, choices = std::move(choices)](SectionReader& reader, Section& out) {
-            out.*member = reader.get_string(name, out.*member, choices);
-          },
-          [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
+  return plain_key<Section>(
+      name, member,
+      [=, choices = std::move(choices)](SectionReader& reader, const std::string& current) {
+        return reader.get_string(name, current, choices);
+      });
 }
 
 // An enum (or a bool spelled by names) from its name table; `fallback` picks the default from the
