@@ -8,6 +8,9 @@
 //    captured inputs and output gradients) against the per-sample loop (one backward per sample).
 // 2. Training tokens/s (forward, backward, Adam step) of the same model.
 // 3. The EWC penalty's share of a training step, from the real pipeline (two languages).
+// 4. run.keep_freed_memory: training steps and the batched Fisher pass with glibc's own
+//    thresholds, with 0 and with the default 1 GiB, one after the other in this process; the
+//    benchmarks 1-3 then run with the default, as clhost run does.
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -18,6 +21,7 @@
 
 #include "bench_timing.hpp"
 #include "clhost/config.hpp"
+#include "clhost/memory_budget.hpp"
 #include "clhost/runner.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
@@ -83,22 +87,23 @@ json bench_fisher(torch::nn::Sequential& model, const clhost::TaskSequence& sequ
   // (block size, samples for the batched pass, samples for the loop)
   for (const auto& [block_size, batched_samples, loop_samples] :
        std::vector<std::tuple<int64_t, int64_t, int64_t>>{{whole, 32, 4}, {1000000, 16, 2}}) {
-    const double batched =
-        fisher_samples_per_second(context, clhost::FisherMethod::kAuto, batched_samples, block_size);
+    const double batched = fisher_samples_per_second(context, clhost::FisherMethod::kAuto,
+                                                     batched_samples, block_size);
     const double loop = fisher_samples_per_second(context, clhost::FisherMethod::kPerSampleLoop,
                                                   loop_samples, block_size);
     std::cerr << "block " << block_size << ": batched " << batched << ", loop " << loop
               << " samples/s\n";
     const auto blocks =
         static_cast<int64_t>(clhost::plan_fisher_blocks(model->parameters(), block_size).size());
-    out.push_back({{"block_size", block_size},
-                   {"blocks", blocks},
-                   {"labels", "true"},
-                   {"chunk", 16},
-                   {"batched_exact_samples_per_second", batched},
-                   {"per_sample_loop_samples_per_second", loop},
-                   {"speedup", batched / loop},
-                   {"samples", {{"batched_exact", batched_samples}, {"per_sample_loop", loop_samples}}}});
+    out.push_back(
+        {{"block_size", block_size},
+         {"blocks", blocks},
+         {"labels", "true"},
+         {"chunk", 16},
+         {"batched_exact_samples_per_second", batched},
+         {"per_sample_loop_samples_per_second", loop},
+         {"speedup", batched / loop},
+         {"samples", {{"batched_exact", batched_samples}, {"per_sample_loop", loop_samples}}}});
   }
   return out;
 }
@@ -187,6 +192,32 @@ json bench_penalty() {
           {"penalty_share_of_step", (ewc[1] - plain[1]) / ewc[1]}};
 }
 
+// What handing freed memory back to the operating system costs: the same work with glibc's own
+// (adaptive) thresholds, with run.keep_freed_memory = 0 and with the default.
+json bench_allocator(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
+  clhost::FisherContext context;
+  context.model = model;
+  context.task = &sequence.tasks[0];
+  context.active_classes = torch::arange(256, torch::kInt64);
+  context.label_map = torch::arange(256, torch::kInt64);
+  const int64_t whole = parameter_count(model);
+  json out = json::array();
+  const int64_t default_bytes = clhost::RunSection{}.keep_freed_memory;
+  for (const int64_t keep : {int64_t{-1}, int64_t{0}, default_bytes}) {
+    if (keep >= 0) clhost::memory::keep_freed_memory(keep);
+    const double fisher =
+        fisher_samples_per_second(context, clhost::FisherMethod::kAuto, 16, whole);
+    const json training = bench_training(model, sequence);
+    std::cerr << "keep_freed_memory " << keep << ": fisher " << fisher << " samples/s, step "
+              << training["step_ms"] << " ms\n";
+    out.push_back({{"keep_freed_memory", keep < 0 ? json("glibc default (adaptive)") : json(keep)},
+                   {"fisher_batched_samples_per_second", fisher},
+                   {"training_step_ms", training["step_ms"]},
+                   {"training_tokens_per_second", training["tokens_per_second"]}});
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -202,6 +233,7 @@ int main(int argc, char** argv) {
                      {"d_model", 256},
                      {"context", 128},
                      {"parameters", parameter_count(model)}};
+  report["allocator"] = bench_allocator(model, sequence);
   report["fisher_pass"] = bench_fisher(model, sequence);
   report["training"] = bench_training(model, sequence);
   std::cerr << "training done\n";

@@ -370,9 +370,9 @@ TEST(DataStreaming, StreamedSamplesEqualResidentOnesInEveryScenario) {
         // Out of order, with a repeat, as a shuffled batch that wraps an epoch can be.
         const torch::Tensor rows = torch::tensor({5L, 0L, 69L, 17L, 5L, 33L}, torch::kInt64);
         const double tolerance = normalize == "standard" ? 1e-5 : 0.0;
-        EXPECT_TRUE(torch::allclose(a.train_rows(rows), b.train_rows(rows), 0.0, tolerance));
-        EXPECT_TRUE(torch::allclose(a.test_range(3, a.test_size()), b.test_range(3, b.test_size()),
-                                    0.0, tolerance));
+        EXPECT_TRUE(torch::allclose(a.train_rows(rows).x, b.train_rows(rows).x, 0.0, tolerance));
+        EXPECT_TRUE(torch::allclose(a.test_range(3, a.test_size()).x,
+                                    b.test_range(3, b.test_size()).x, 0.0, tolerance));
       }
     }
   }
@@ -457,7 +457,7 @@ TEST(DataStreaming, ExplicitPerTaskSourcesReadEachTasksOwnGroup) {
     EXPECT_EQ(sequence.tasks[2].test_size(), 6);
     EXPECT_EQ(sequence.streamed, max_resident == "1");
     // Sample 1 of task b: pixel p = (7 + 3p) / 255.
-    EXPECT_NEAR(sequence.tasks[1].train_range(1, 2)[0][2].item<double>(), 13.0 / 255.0, 1e-7);
+    EXPECT_NEAR(sequence.tasks[1].train_range(1, 2).x[0][2].item<double>(), 13.0 / 255.0, 1e-7);
   }
   auto error_of = [&](const std::string& body) -> std::string {
     try {

@@ -53,6 +53,7 @@ Fixture make_fixture(bool tied, int64_t samples) {
       torch::randint(40, 48, {samples, 9}, torch::kInt64).to(torch::kUInt8);
   fixture.task.train_x = windows.narrow(1, 0, 8);
   fixture.task.train_y = windows.narrow(1, 1, 8);
+  fixture.task.next_byte = true;
   fixture.context.model = fixture.model;
   fixture.context.task = &fixture.task;
   fixture.context.active_classes = torch::arange(256, torch::kInt64);
@@ -363,6 +364,126 @@ TEST(TextConfig, MismatchedModelsAndBadKeysAreLocatedErrors) {
                          "\"transformer\"\n[[tasks]]\npath = \"x.txt\"\n")
                 .find("data.languages already names each task's text"),
             std::string::npos);
+}
+
+// What the documents of a file were before streaming: the whole text cut with std::string::find.
+std::vector<std::string> reference_documents(const std::string& text) {
+  const std::string separator = text.find("\n%\n") != std::string::npos ? "\n%\n" : "\n\n";
+  std::vector<std::string> out;
+  size_t begin = text.rfind("%\n", 0) == 0 ? 2 : 0;
+  while (begin < text.size()) {
+    size_t end = text.find(separator, begin);
+    if (end == std::string::npos) end = text.size();
+    std::string document = text.substr(begin, end - begin);
+    if (document.find_first_not_of(" \t\r\n%") != std::string::npos) out.push_back(document);
+    begin = end + separator.size();
+  }
+  return out;
+}
+
+// Documents are cut as they stream in, across read boundaries and in a spilled store, exactly as
+// cutting the whole text would: fortune files (with a leading %, runs of %), paragraphs (runs of
+// blank lines), text that ends without a newline, documents of only whitespace.
+TEST_F(TextTasks, DocumentsAreCutAsTheWholeTextWouldBe) {
+  std::string long_fortunes = "%\n";
+  for (int i = 0; i < 3000; ++i) {
+    long_fortunes += "fortune " + std::to_string(i) + (i % 7 == 0 ? "\n%\n%\n" : "\n%\n");
+    if (i % 11 == 0) long_fortunes += " \t\n%\n";
+  }
+  std::string paragraphs;
+  for (int i = 0; i < 3000; ++i) {
+    paragraphs += "paragraph " + std::to_string(i) + "\nline two" +
+                  std::string(static_cast<size_t>(2 + i % 3), '\n');
+  }
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"fortunes.txt", long_fortunes},
+      {"paragraphs.txt", paragraphs + "last words"},
+      {"prefix.txt", "%\n%\nfirst\n%\nsecond"},
+      {"mixed.txt", "a\n\nb\n%\nc\n\n\nd\n"},
+      {"blank.txt", "\n\n\nx\n\n\n\n\ny\n\n"}};
+  for (const auto& [name, text] : cases) {
+    const std::string path = write(name, text);
+    const std::vector<std::string> expected = reference_documents(text);
+    EXPECT_EQ(clhost::text_file_documents(path, int64_t{1} << 30), expected) << name;
+    EXPECT_EQ(clhost::text_file_documents(path, 100), expected) << name << ", spilled";
+  }
+}
+
+// A task whose text passes data.max_resident reads its windows from disk batch by batch: the
+// same windows, inputs and targets as when resident.
+TEST_F(TextTasks, SpilledTextGivesTheResidentWindows) {
+  const std::string plain = fortunes(300, "delta");
+  const std::string gz = (dir_ / "c.txt.gz").string();
+  gzFile out = gzopen(gz.c_str(), "wb");
+  gzwrite(out, plain.data(), static_cast<unsigned>(plain.size()));
+  gzclose(out);
+  const std::string other = write("e.txt", fortunes(200, "epsilon"));
+  clhost::DataSection data;
+  data.kind = clhost::DataKind::kText;
+  data.num_tasks = 1;
+  data.train_samples_per_task = 200;
+  std::vector<clhost::TaskOverride> tasks(1);
+  tasks[0].text_paths = {gz, other};
+  const auto resident = clhost::build_text_tasks(data, 24, tasks, 9);
+  data.max_resident_bytes = 4096;
+  const auto spilled = clhost::build_text_tasks(data, 24, tasks, 9);
+  EXPECT_FALSE(resident.streamed);
+  EXPECT_TRUE(spilled.streamed);
+  const clhost::TaskData& a = resident.tasks[0];
+  const clhost::TaskData& b = spilled.tasks[0];
+  EXPECT_FALSE(b.train_x.defined()) << "spilled text is not resident";
+  ASSERT_TRUE(b.train_stream && b.test_stream);
+  ASSERT_EQ(a.train_size(), b.train_size());
+  ASSERT_EQ(a.test_size(), b.test_size());
+  const torch::Tensor rows = torch::tensor({5L, 0L, 199L, 17L, 5L}, torch::kInt64);
+  const clhost::Samples want = a.train_rows(rows);
+  const clhost::Samples got = b.train_rows(rows);
+  EXPECT_TRUE(torch::equal(want.x, got.x));
+  EXPECT_TRUE(torch::equal(want.y, got.y));
+  const clhost::Samples held_out = b.test_range(0, b.test_size());
+  EXPECT_TRUE(torch::equal(a.test_x, held_out.x));
+  EXPECT_TRUE(torch::equal(a.test_y, held_out.y));
+  EXPECT_EQ(b.train_stream->bytes_read(), 5 * 25);
+}
+
+// A run whose text is spilled to disk trains and evaluates exactly as the resident run, with EWC's
+// Fisher pass reading its windows from disk too.
+TEST_F(TextTasks, SpilledRunGivesTheResidentResults) {
+  const std::string first = write("first.txt", fortunes(80, "first"));
+  const std::string second = write("second.txt", fortunes(80, "second"));
+  const std::string config = write("run.toml", R"([run]
+checkpoint_every = 0
+[data]
+kind = "text"
+train_samples_per_task = 64
+test_samples_per_task = 8
+[model]
+kind = "transformer"
+layers = 1
+heads = 2
+d_model = 16
+context = 16
+[train]
+batch_size = 8
+iterations = 6
+[[pipeline]]
+plugin = "ewc"
+labels = "true"
+fisher_samples = 16
+[[tasks]]
+path = ")" + first + R"("
+[[tasks]]
+path = ")" + second + R"("
+)");
+  const auto resident = clhost::test::run_quietly(config, (dir_ / "resident").string());
+  const auto spilled = clhost::test::run_quietly(config, (dir_ / "spilled").string(),
+                                                 {"data.max_resident=\"1KiB\""});
+  EXPECT_EQ(resident.accuracy, spilled.accuracy);
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file((dir_ / "spilled" / "results.json").string()));
+  EXPECT_TRUE(results["scenario"]["streamed"].get<bool>());
+  EXPECT_GT(results["scenario"]["streamed_bytes_read"].get<int64_t>(), (6 * 8 + 16) * 17);
+  EXPECT_EQ(results["config"]["data"]["max_resident"], 1024);
 }
 
 // The low-rank Fisher (clhost.sample_grads/1 rows) and L2 run on the transformer end to end.

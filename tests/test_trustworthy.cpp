@@ -434,6 +434,7 @@ const KeyCase kCases[] = {
     {"run.log_every", "7", "7", "", nullptr},
     {"run.checkpoint_every", "0", "0", "", nullptr},
     {"run.memory_budget", "\"1GiB\"", "1073741824", "", nullptr},
+    {"run.keep_freed_memory", "\"64MiB\"", "67108864", "", nullptr},
     {"data.kind", "\"hdf5\"", "\"hdf5\"", "data.path=\"x.h5\"", nullptr},
     {"data.path", "\"x.h5\"", "\"x.h5\"", "data.kind=\"hdf5\"", ""},
     {"data.train_x", "\"/a\"", "\"/a\"", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},

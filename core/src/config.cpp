@@ -382,7 +382,8 @@ const ConditionalKey kConditionalKeys[] = {
     {"data.train_y", "data.kind = \"hdf5\"", is_hdf5},
     {"data.test_x", "data.kind = \"hdf5\"", is_hdf5},
     {"data.test_y", "data.kind = \"hdf5\"", is_hdf5},
-    {"data.max_resident", "data.kind = \"hdf5\" (IDX data is always resident)", is_hdf5},
+    {"data.max_resident", "data.kind = \"hdf5\" or \"text\" (IDX data is always resident)",
+     [](const RunConfig& c) { return is_hdf5(c) || is_text(c); }},
     {"data.stream_cache", "data.kind = \"hdf5\" (the cache of streamed HDF5 datasets)", is_hdf5},
     {"data.dir", "data.kind = \"idx\"", is_idx},
     {"data.train_images", "data.kind = \"idx\"", is_idx},
@@ -451,7 +452,8 @@ std::vector<std::string> given_keys(const toml::table& root) {
   return keys;
 }
 
-int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, int64_t minimum) {
+int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, int64_t minimum,
+                   int64_t maximum = INT64_MAX) {
   const toml::node* node = section.take(key);
   if (node == nullptr) return fallback;
   try {
@@ -462,6 +464,10 @@ int64_t read_bytes(SectionReader& section, const char* key, int64_t fallback, in
             : throw std::invalid_argument("expected a size string (\"1.5GiB\") or bytes");
     if (bytes < minimum) {
       throw std::invalid_argument(minimum > 0 ? "must be positive" : "must not be negative");
+    }
+    if (bytes > maximum) {
+      throw std::invalid_argument("at most " + memory::format_bytes(maximum) + " (" +
+                                  std::to_string(maximum) + " bytes)");
     }
     return bytes;
   } catch (const std::invalid_argument& e) {
@@ -569,10 +575,11 @@ Key<Section> string_list_key(const char* name, std::vector<std::string> Section:
 
 // A byte count written as a size string ("1.5GiB") or an integer; `minimum` 1 or 0.
 template <class Section>
-Key<Section> bytes_key(const char* name, int64_t Section::*member, int64_t minimum) {
+Key<Section> bytes_key(const char* name, int64_t Section::*member, int64_t minimum,
+                       int64_t maximum = INT64_MAX) {
   return {name,
           [=](SectionReader& reader, Section& out) {
-            out.*member = read_bytes(reader, name, out.*member, minimum);
+            out.*member = read_bytes(reader, name, out.*member, minimum, maximum);
           },
           [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
 }
@@ -580,14 +587,14 @@ Key<Section> bytes_key(const char* name, int64_t Section::*member, int64_t minim
 const std::vector<Key<RunSection>>& run_keys() {
   using S = RunSection;
   static const std::vector<Key<S>> keys = {
-      text_key<S>("name", &S::name),
-      int_key<S>("seed", &S::seed, 0, INT64_MAX),
-      int_key<S>("threads", &S::threads, 1, 256),
-      text_key<S>("output_dir", &S::output_dir),
+      text_key<S>("name", &S::name), int_key<S>("seed", &S::seed, 0, INT64_MAX),
+      int_key<S>("threads", &S::threads, 1, 256), text_key<S>("output_dir", &S::output_dir),
       int_key<S>("log_every", &S::log_every, 1, 1000000),
       int_key<S>("checkpoint_every", &S::checkpoint_every, 0, INT64_MAX),
       string_list_key<S>("plugin_path", &S::plugin_path),
-      bytes_key<S>("memory_budget", &S::memory_budget, 1)};
+      bytes_key<S>("memory_budget", &S::memory_budget, 1),
+      // glibc's thresholds are ints.
+      bytes_key<S>("keep_freed_memory", &S::keep_freed_memory, 0, INT32_MAX)};
   return keys;
 }
 

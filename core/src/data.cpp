@@ -303,7 +303,7 @@ std::pair<double, double> sample_statistics(const std::vector<const Split*>& spl
                                  SampleTransform{}, 0);
     for (int64_t start = 0; start < reader.size(); start += 4096) {
       const torch::Tensor chunk =
-          reader.range(start, std::min(reader.size(), start + 4096)).to(torch::kFloat64);
+          reader.range(start, std::min(reader.size(), start + 4096)).x.to(torch::kFloat64);
       sum += chunk.sum().item<double>();
       squares += chunk.square().sum().item<double>();
       count += static_cast<double>(chunk.numel());
@@ -350,7 +350,7 @@ StreamedSamples::~StreamedSamples() {
   if (file_ >= 0) H5Fclose(file_);
 }
 
-torch::Tensor StreamedSamples::gather(const torch::Tensor& indices) const {
+Samples StreamedSamples::gather(const torch::Tensor& indices) const {
   const torch::Tensor wanted = indices.to(torch::kInt64).contiguous();
   const int64_t* positions = wanted.data_ptr<int64_t>();
   const auto count = static_cast<size_t>(wanted.numel());
@@ -393,11 +393,39 @@ torch::Tensor StreamedSamples::gather(const torch::Tensor& indices) const {
   for (size_t i = 0; i < count; ++i) {
     order[i] = std::lower_bound(unique.begin(), unique.end(), file_rows[i]) - unique.begin();
   }
-  return transform_.apply(buffer.index_select(0, torch::tensor(order, torch::kInt64)));
+  return {transform_.apply(buffer.index_select(0, torch::tensor(order, torch::kInt64))), {}};
 }
 
-torch::Tensor StreamedSamples::range(int64_t begin, int64_t end) const {
-  return gather(torch::arange(begin, end, torch::kInt64));
+namespace {
+
+Samples read_samples(const SampleSource* stream, const torch::Tensor& x, const torch::Tensor& y,
+                     const torch::Tensor& indices) {
+  if (stream == nullptr) return {x.index_select(0, indices), y.index_select(0, indices)};
+  Samples out = stream->gather(indices);
+  if (!out.y.defined()) out.y = y.index_select(0, indices);
+  return out;
+}
+
+Samples read_range(const SampleSource* stream, const torch::Tensor& x, const torch::Tensor& y,
+                   int64_t begin, int64_t end) {
+  if (stream == nullptr) return {x.slice(0, begin, end), y.slice(0, begin, end)};
+  Samples out = stream->range(begin, end);
+  if (!out.y.defined()) out.y = y.slice(0, begin, end);
+  return out;
+}
+
+}  // namespace
+
+Samples TaskData::train_rows(const torch::Tensor& indices) const {
+  return read_samples(train_stream.get(), train_x, train_y, indices);
+}
+
+Samples TaskData::train_range(int64_t begin, int64_t end) const {
+  return read_range(train_stream.get(), train_x, train_y, begin, end);
+}
+
+Samples TaskData::test_range(int64_t begin, int64_t end) const {
+  return read_range(test_stream.get(), test_x, test_y, begin, end);
 }
 
 namespace {
@@ -495,7 +523,7 @@ std::vector<std::vector<int64_t>> split_classes(const DataSection& data, uint64_
 struct TaskSamples {
   torch::Tensor x;
   torch::Tensor y;
-  std::shared_ptr<const StreamedSamples> stream;
+  std::shared_ptr<const SampleSource> stream;
 };
 
 TaskSamples take_samples(const Split& split, const torch::Tensor& rows, int64_t limit,

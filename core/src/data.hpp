@@ -25,24 +25,50 @@ struct SampleTransform {
   torch::Tensor apply(torch::Tensor x) const;  // x: [k, input_size] float32, changed in place
 };
 
+// Samples and their labels or targets, as the model takes them.
+struct Samples {
+  torch::Tensor x;
+  torch::Tensor y;  // undefined from a SampleSource whose labels are resident in the TaskData
+};
+
+// Samples that stay out of memory and are read on demand: HDF5 datasets larger than
+// data.max_resident, text spilled to disk. Not thread-safe: one reader at a time, as the trainer
+// does.
+class SampleSource {
+ public:
+  SampleSource() = default;
+  virtual ~SampleSource() = default;
+  SampleSource(const SampleSource&) = delete;
+  SampleSource& operator=(const SampleSource&) = delete;
+  SampleSource(SampleSource&&) = delete;
+  SampleSource& operator=(SampleSource&&) = delete;
+
+  [[nodiscard]] virtual int64_t size() const = 0;
+  // Samples `indices` (positions in this task's samples), or [begin, end).
+  [[nodiscard]] virtual Samples gather(const torch::Tensor& indices) const = 0;
+  [[nodiscard]] Samples range(int64_t begin, int64_t end) const {
+    return gather(torch::arange(begin, end, torch::kInt64));
+  }
+  // Bytes read so far: float32 values of HDF5 samples, bytes of text.
+  [[nodiscard]] virtual int64_t bytes_read() const = 0;
+};
+
 // Rows of an HDF5 sample dataset that stay in the file (data.max_resident) and are read on demand
-// through HDF5's chunk cache. Not thread-safe: one reader at a time, as the trainer does.
-class StreamedSamples {
+// through HDF5's chunk cache, [k, input_size] float32, transformed. Labels stay in the TaskData.
+class StreamedSamples final : public SampleSource {
  public:
   StreamedSamples(const std::string& file, const std::string& dataset, std::string where,
                   std::vector<int64_t> rows, int64_t input_size, SampleTransform transform,
                   int64_t cache_bytes);
-  ~StreamedSamples();
+  ~StreamedSamples() override;
   StreamedSamples(const StreamedSamples&) = delete;
   StreamedSamples& operator=(const StreamedSamples&) = delete;
   StreamedSamples(StreamedSamples&&) = delete;
   StreamedSamples& operator=(StreamedSamples&&) = delete;
 
-  int64_t size() const { return static_cast<int64_t>(rows_.size()); }
-  // Samples `indices` (positions in this task's rows), [k, input_size] float32, transformed.
-  torch::Tensor gather(const torch::Tensor& indices) const;
-  torch::Tensor range(int64_t begin, int64_t end) const;
-  int64_t bytes_read() const { return bytes_read_; }
+  [[nodiscard]] int64_t size() const override { return static_cast<int64_t>(rows_.size()); }
+  [[nodiscard]] Samples gather(const torch::Tensor& indices) const override;
+  [[nodiscard]] int64_t bytes_read() const override { return bytes_read_; }
 
  private:
   int64_t file_ = -1;
@@ -59,24 +85,25 @@ struct TaskData {
   std::string name;
   torch::Tensor
       train_x;  // [N, input_size] float32, scaled by data.normalize; undefined if streamed
-  torch::Tensor train_y;  // [N] int64 global class labels (always resident); text: next bytes
+  // [N] int64 global class labels (resident also when the samples are streamed); text: the next
+  // bytes, undefined when streamed.
+  torch::Tensor train_y;
   torch::Tensor test_x;
   torch::Tensor test_y;
-  std::vector<int64_t> classes;                         // the classes this task contains
-  std::shared_ptr<const StreamedSamples> train_stream;  // set instead of train_x when streamed
-  std::shared_ptr<const StreamedSamples> test_stream;
+  std::vector<int64_t> classes;  // the classes this task contains
+  bool next_byte = false;        // text: x [N, context] uint8 byte windows, y the byte after each
+  std::shared_ptr<const SampleSource> train_stream;  // set instead of train_x when streamed
+  std::shared_ptr<const SampleSource> test_stream;
 
-  int64_t train_size() const { return train_stream ? train_stream->size() : train_x.size(0); }
-  int64_t test_size() const { return test_stream ? test_stream->size() : test_x.size(0); }
-  torch::Tensor train_rows(const torch::Tensor& indices) const {
-    return train_stream ? train_stream->gather(indices) : train_x.index_select(0, indices);
+  [[nodiscard]] int64_t train_size() const {
+    return train_stream ? train_stream->size() : train_x.size(0);
   }
-  torch::Tensor train_range(int64_t begin, int64_t end) const {
-    return train_stream ? train_stream->range(begin, end) : train_x.slice(0, begin, end);
+  [[nodiscard]] int64_t test_size() const {
+    return test_stream ? test_stream->size() : test_x.size(0);
   }
-  torch::Tensor test_range(int64_t begin, int64_t end) const {
-    return test_stream ? test_stream->range(begin, end) : test_x.slice(0, begin, end);
-  }
+  [[nodiscard]] Samples train_rows(const torch::Tensor& indices) const;
+  [[nodiscard]] Samples train_range(int64_t begin, int64_t end) const;
+  [[nodiscard]] Samples test_range(int64_t begin, int64_t end) const;
 };
 
 struct TaskSequence {
@@ -84,7 +111,7 @@ struct TaskSequence {
   int64_t num_classes = 10;
   int64_t input_size = 784;
   int64_t image_side = 28;  // 0 when the samples are not square images (no CNN)
-  bool streamed = false;    // HDF5 samples read batch by batch (data.max_resident)
+  bool streamed = false;    // samples read batch by batch (data.max_resident)
   // Text tasks: x [N, context] uint8 byte windows, y [N, context] uint8 the byte after each
   // position; num_classes is the byte vocabulary and evaluation reports bits per byte.
   bool next_byte = false;
@@ -103,8 +130,13 @@ std::vector<std::vector<std::string>> text_task_files(const DataSection& data,
                                                       const std::vector<TaskOverride>& tasks);
 
 // data.kind = "text": one next-byte task per language or [[tasks]] path, windows of `context`
-// bytes. Throws RunError naming the task and the file for unusable text.
+// bytes; a task whose text passes data.max_resident is read from disk window by window. Throws
+// RunError naming the task and the file for unusable text.
 TaskSequence build_text_tasks(const DataSection& data, int64_t context,
                               const std::vector<TaskOverride>& tasks, uint64_t seed);
+
+// The documents of one text file as the text tasks cut them, each read back whole through a store
+// that spills to disk past `max_resident` bytes (what the tests compare with a reference).
+std::vector<std::string> text_file_documents(const std::string& path, int64_t max_resident);
 
 }  // namespace clhost

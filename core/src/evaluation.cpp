@@ -51,9 +51,10 @@ double evaluate(torch::nn::Sequential& model, const TaskData& task, const ClassV
   const int64_t total = task.test_size();
   for (int64_t start = 0; start < total; start += batch_size) {
     const int64_t end = std::min(total, start + batch_size);
-    torch::Tensor logits = model->forward(task.test_range(start, end)).index_select(1, view.active);
+    const Samples samples = task.test_range(start, end);
+    torch::Tensor logits = model->forward(samples.x).index_select(1, view.active);
     torch::Tensor predicted = view.active.index_select(0, logits.argmax(1));
-    correct += predicted.eq(task.test_y.slice(0, start, end)).sum().item<int64_t>();
+    correct += predicted.eq(samples.y).sum().item<int64_t>();
   }
   model->train();
   return total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
@@ -68,8 +69,9 @@ double bits_per_byte(torch::nn::Sequential& model, const TaskData& task, int64_t
   const int64_t total = task.test_size();
   for (int64_t start = 0; start < total; start += batch_size) {
     const int64_t end = std::min(total, start + batch_size);
-    const torch::Tensor logits = model->forward(task.test_range(start, end));
-    const torch::Tensor targets = task.test_y.slice(0, start, end).reshape({-1}).to(torch::kInt64);
+    const Samples samples = task.test_range(start, end);
+    const torch::Tensor logits = model->forward(samples.x);
+    const torch::Tensor targets = samples.y.reshape({-1}).to(torch::kInt64);
     nats += torch::nn::functional::cross_entropy(
                 logits.reshape({-1, logits.size(2)}), targets,
                 torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))

@@ -447,7 +447,7 @@ void check_request(const FisherContext& context, const clhost_fisher_request_t& 
       request.labels != CLHOST_FISHER_LABELS_EXPECTATION) {
     throw RunError("Fisher request: unknown labels mode " + std::to_string(request.labels));
   }
-  if (request.labels == CLHOST_FISHER_LABELS_EXPECTATION && context.task->train_y.dim() == 2) {
+  if (request.labels == CLHOST_FISHER_LABELS_EXPECTATION && context.task->next_byte) {
     throw RunError(
         "Fisher request: labels = expectation sums over every output class of a sample; a "
         "sequence has 256^T of them. Use labels = \"true\" (the next bytes) or \"sample\" (drawn "
@@ -460,11 +460,11 @@ std::pair<torch::Tensor, torch::Tensor> training_chunk(const FisherContext& cont
                                                        torch::ScalarType dtype, int64_t start,
                                                        int64_t end) {
   const TaskData& task = *context.task;
-  torch::Tensor x = task.train_range(start, end);
-  if (task.train_y.dim() == 2) {  // byte windows: next-byte targets at every position
-    return {x.to(torch::kInt64), task.train_y.slice(0, start, end).to(torch::kInt64)};
+  const Samples samples = task.train_range(start, end);
+  if (task.next_byte) {  // byte windows: next-byte targets at every position
+    return {samples.x.to(torch::kInt64), samples.y.to(torch::kInt64)};
   }
-  return {x.to(dtype), context.label_map.index_select(0, task.train_y.slice(0, start, end))};
+  return {samples.x.to(dtype), context.label_map.index_select(0, samples.y)};
 }
 
 // The walk both passes share: the model in eval mode (restored on every exit), every block of the

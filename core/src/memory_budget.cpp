@@ -3,6 +3,7 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
+#include <malloc.h>
 
 #include <atomic>
 #include <cctype>
@@ -99,6 +100,19 @@ void install_counting_allocator() {
   // Leaked on purpose: tensors freed during static destruction still call into it.
   instance() = new CountingAllocator(c10::GetCPUAllocator());
   c10::SetCPUAllocator(instance(), /*priority=*/100);
+}
+
+void keep_freed_memory(int64_t bytes) {
+  constexpr int64_t kGlibcDefault = 128 * 1024;
+  const int64_t threshold = bytes > 0 ? bytes : kGlibcDefault;
+  if (threshold > INT32_MAX) {
+    throw std::invalid_argument("glibc's thresholds are ints: at most " +
+                                std::to_string(INT32_MAX) + " bytes, not " + format_bytes(bytes));
+  }
+  const int value = static_cast<int>(threshold);
+  if (mallopt(M_MMAP_THRESHOLD, value) != 1 || mallopt(M_TRIM_THRESHOLD, value) != 1) {
+    throw std::invalid_argument("glibc's mallopt refused " + format_bytes(bytes));
+  }
 }
 
 void set_budget(int64_t bytes) {

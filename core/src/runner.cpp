@@ -455,6 +455,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   at::set_num_threads(config.run.threads);
   torch::manual_seed(config.run.seed);
   memory::install_counting_allocator();
+  memory::keep_freed_memory(config.run.keep_freed_memory);
   const BudgetReset budget_reset;
   memory::reset_peak();
   const TaskSequence sequence =

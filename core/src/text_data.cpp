@@ -1,15 +1,23 @@
-// Text tasks for continual language modelling: each task's files are read whole (gzip or plain),
-// cut into documents, a seeded share of the documents held out, and both sides cut into windows
-// of context + 1 bytes (input and next-byte target).
+// Text tasks for continual language modelling: each task's files are read (gzip or plain) into a
+// store, cut into documents, a seeded share of the documents held out, and both sides cut into
+// windows of context + 1 bytes (input and next-byte target). A task whose text passes
+// data.max_resident keeps it in a temporary file and reads each batch's windows from there; the
+// windows are the same either way.
 #include <glob.h>
 #include <torch/torch.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <random>
 
 #include "clhost/errors.hpp"
+#include "clhost/memory_budget.hpp"
 #include "data.hpp"
 
 namespace clhost {
@@ -95,78 +103,306 @@ std::vector<TextSource> text_sources(const DataSection& data,
   return sources;
 }
 
-std::string read_text_file(const std::string& task, const std::string& path) {
+// The bytes of one task's files, in order: in memory, or in an unlinked temporary file once they
+// pass data.max_resident (the file disappears with the process, however it ends). Reads are
+// positional, so a reader never moves a shared offset.
+class TextStore {
+ public:
+  TextStore(std::string task, int64_t max_resident)
+      : task_(std::move(task)), max_resident_(max_resident) {}
+  ~TextStore() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  TextStore(const TextStore&) = delete;
+  TextStore& operator=(const TextStore&) = delete;
+  TextStore(TextStore&&) = delete;
+  TextStore& operator=(TextStore&&) = delete;
+
+  void append(const char* bytes, size_t count) {
+    if (fd_ < 0 && size_ + static_cast<int64_t>(count) > max_resident_) spill();
+    if (fd_ >= 0) {
+      write_all(bytes, count);
+    } else {
+      memory_.append(bytes, count);
+    }
+    size_ += static_cast<int64_t>(count);
+  }
+
+  void read(int64_t offset, int64_t count, uint8_t* out) const {
+    if (fd_ < 0) {
+      std::memcpy(out, memory_.data() + offset, static_cast<size_t>(count));
+      return;
+    }
+    while (count > 0) {
+      const ssize_t got = ::pread(fd_, out, static_cast<size_t>(count), offset);
+      if (got <= 0) {
+        throw RunError("task " + task_ + ": reading its text back from " + directory_ +
+                       " failed: " + (got < 0 ? std::strerror(errno) : "the file is shorter"));
+      }
+      out += got;
+      offset += got;
+      count -= got;
+    }
+  }
+
+  [[nodiscard]] int64_t size() const { return size_; }
+  [[nodiscard]] bool spilled() const { return fd_ >= 0; }
+
+ private:
+  void spill() {
+    const char* tmpdir = std::getenv("TMPDIR");
+    directory_ = tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp";
+    std::string pattern = directory_ + "/clhost-text-XXXXXX";
+    fd_ = ::mkstemp(pattern.data());
+    if (fd_ < 0) {
+      throw RunError("task " + task_ + ": its text passes data.max_resident = " +
+                     memory::format_bytes(max_resident_) + " and cannot be spilled to " +
+                     directory_ + " ($TMPDIR): " + std::strerror(errno));
+    }
+    ::unlink(pattern.c_str());
+    write_all(memory_.data(), memory_.size());
+    std::string().swap(memory_);
+  }
+
+  void write_all(const char* bytes, size_t count) {
+    while (count > 0) {
+      const ssize_t put = ::write(fd_, bytes, count);
+      if (put < 0 && errno == EINTR) continue;
+      if (put <= 0) {
+        throw RunError("task " + task_ + ": spilling its text to " + directory_ +
+                       " ($TMPDIR) failed: " + std::strerror(errno) +
+                       "; free space there or raise data.max_resident");
+      }
+      bytes += put;
+      count -= static_cast<size_t>(put);
+    }
+  }
+
+  std::string task_;
+  int64_t max_resident_;
+  std::string memory_;
+  std::string directory_;
+  int fd_ = -1;
+  int64_t size_ = 0;
+};
+
+// A document: bytes [offset, offset + length) of the store, without its separator.
+struct Document {
+  int64_t offset = 0;
+  int64_t length = 0;
+};
+
+// Cuts one file's bytes into documents as they arrive, at each `separator` (leftmost, never
+// overlapping, as repeated std::string::find would); a document of only whitespace and % is
+// dropped. The matcher falls back to "first character matched" on a mismatch, which is exact for
+// separators with no longer border, as "\n\n" and "\n%\n".
+class DocumentSplitter {
+ public:
+  explicit DocumentSplitter(std::string separator) : separator_(std::move(separator)) {}
+
+  void start(int64_t offset) {
+    documents_.clear();
+    begin_ = offset;
+    matched_ = 0;
+    substantive_ = false;
+  }
+
+  void feed(const char* bytes, size_t count, int64_t offset) {
+    for (size_t i = 0; i < count; ++i) {
+      const char c = bytes[i];
+      if (std::strchr(" \t\r\n%", c) == nullptr) substantive_ = true;
+      if (c == separator_[matched_]) {
+        if (++matched_ < separator_.size()) continue;
+        const int64_t end = offset + static_cast<int64_t>(i) + 1;
+        close(end - static_cast<int64_t>(separator_.size()));
+        begin_ = end;
+        matched_ = 0;
+        substantive_ = false;
+      } else {
+        matched_ = c == separator_[0] ? 1 : 0;
+      }
+    }
+  }
+
+  std::vector<Document> finish(int64_t end) {
+    if (begin_ < end) close(end);
+    return std::move(documents_);
+  }
+
+ private:
+  void close(int64_t end) {
+    if (substantive_) documents_.push_back({begin_, end - begin_});
+  }
+
+  std::string separator_;
+  std::vector<Document> documents_;
+  int64_t begin_ = 0;
+  size_t matched_ = 0;
+  bool substantive_ = false;
+};
+
+// Appends one file (gzip or plain) to the store and returns its documents: fortune files separate
+// their entries by lines holding only "%" (and may begin with one), other text by blank lines.
+std::vector<Document> append_text_file(const std::string& task, const std::string& path,
+                                       TextStore& store) {
   gzFile file = gzopen(path.c_str(), "rb");  // plain files are read as they are
   if (file == nullptr) throw RunError("task " + task + ": " + path + ": cannot open");
-  std::string text;
-  char buffer[1 << 16];
+  const int64_t file_begin = store.size();
+  DocumentSplitter fortunes("\n%\n");
+  DocumentSplitter paragraphs("\n\n");
+  bool fortune_file = false;
+  std::array<char, 3> last{};  // the last three bytes, for "\n%\n" across reads
+  std::vector<char> buffer(size_t{1} << 16);
   int got = 0;
-  while ((got = gzread(file, buffer, sizeof(buffer))) > 0)
-    text.append(buffer, static_cast<size_t>(got));
+  while ((got = gzread(file, buffer.data(), static_cast<unsigned>(buffer.size()))) > 0) {
+    const auto count = static_cast<size_t>(got);
+    const int64_t offset = store.size();
+    if (const void* zero = std::memchr(buffer.data(), '\0', count)) {
+      gzclose(file);
+      throw RunError(
+          "task " + task + ": " + path + ": is not text (a NUL byte at offset " +
+          std::to_string(offset - file_begin + (static_cast<const char*>(zero) - buffer.data())) +
+          "); give text files only");
+    }
+    size_t skip = 0;
+    if (offset == file_begin) {
+      skip = count >= 2 && buffer[0] == '%' && buffer[1] == '\n' ? 2 : 0;
+      fortunes.start(offset + static_cast<int64_t>(skip));
+      paragraphs.start(offset + static_cast<int64_t>(skip));
+    }
+    for (size_t i = 0; i < count && !fortune_file; ++i) {
+      last = {last[1], last[2], buffer[i]};
+      fortune_file = last[0] == '\n' && last[1] == '%' && last[2] == '\n';
+    }
+    fortunes.feed(buffer.data() + skip, count - skip, offset + static_cast<int64_t>(skip));
+    paragraphs.feed(buffer.data() + skip, count - skip, offset + static_cast<int64_t>(skip));
+    store.append(buffer.data(), count);
+  }
   const bool failed = got < 0;
   gzclose(file);
   if (failed) throw RunError("task " + task + ": " + path + ": corrupt gzip data");
-  if (text.empty()) throw RunError("task " + task + ": " + path + ": is empty");
-  const size_t zero = text.find('\0');
-  if (zero != std::string::npos) {
-    throw RunError("task " + task + ": " + path + ": is not text (a NUL byte at offset " +
-                   std::to_string(zero) + "); give text files only");
-  }
-  return text;
+  if (store.size() == file_begin) throw RunError("task " + task + ": " + path + ": is empty");
+  std::vector<Document> from_fortunes = fortunes.finish(store.size());
+  std::vector<Document> from_paragraphs = paragraphs.finish(store.size());
+  return fortune_file ? from_fortunes : from_paragraphs;
 }
 
-// Fortune files separate their entries by lines holding only "%"; other text by blank lines.
-void split_documents(const std::string& text, std::vector<std::string>& documents) {
-  const std::string separator = text.find("\n%\n") != std::string::npos ? "\n%\n" : "\n\n";
-  size_t begin = text.rfind("%\n", 0) == 0 ? 2 : 0;
-  while (begin < text.size()) {
-    size_t end = text.find(separator, begin);
-    if (end == std::string::npos) end = text.size();
-    std::string document = text.substr(begin, end - begin);
-    if (document.find_first_not_of(" \t\r\n%") != std::string::npos) {
-      documents.push_back(std::move(document));
+// One side (training or held-out) of a task: its documents in the shuffled order, each followed
+// by a newline, read as one text.
+class SideText {
+ public:
+  SideText(std::shared_ptr<const TextStore> store, std::vector<Document> documents)
+      : store_(std::move(store)), documents_(std::move(documents)) {
+    int64_t end = 0;
+    for (const auto& document : documents_) ends_.push_back(end += document.length + 1);
+  }
+
+  [[nodiscard]] int64_t size() const { return ends_.empty() ? 0 : ends_.back(); }
+  [[nodiscard]] const TextStore& store() const { return *store_; }
+
+  void read(int64_t offset, int64_t count, uint8_t* out) const {
+    auto piece =
+        static_cast<size_t>(std::upper_bound(ends_.begin(), ends_.end(), offset) - ends_.begin());
+    while (count > 0) {
+      const Document& document = documents_[piece];
+      const int64_t within = offset - (ends_[piece] - document.length - 1);
+      const int64_t take = std::min(count, document.length - within);
+      if (take > 0) {
+        store_->read(document.offset + within, take, out);
+        out += take;
+        offset += take;
+        count -= take;
+      }
+      if (count > 0 && offset == ends_[piece] - 1) {  // the newline after the document
+        *out++ = '\n';
+        ++offset;
+        --count;
+      }
+      if (offset == ends_[piece]) ++piece;
     }
-    begin = end + separator.size();
   }
-}
 
-std::string joined(const std::vector<std::string>& documents, size_t begin, size_t end) {
-  std::string text;
-  for (size_t i = begin; i < end; ++i) text.append(documents[i]).push_back('\n');
-  return text;
-}
+ private:
+  std::shared_ptr<const TextStore> store_;
+  std::vector<Document> documents_;
+  std::vector<int64_t> ends_;  // where each document's newline ends, in this text
+};
 
 // `count` windows of `width` bytes at uniformly drawn offsets.
-torch::Tensor random_windows(const std::string& text, int64_t width, int64_t count,
-                             std::mt19937_64& rng) {
-  torch::Tensor out = torch::empty({count, width}, torch::kUInt8);
-  std::uniform_int_distribution<int64_t> offset(0, static_cast<int64_t>(text.size()) - width);
-  auto* rows = out.data_ptr<uint8_t>();
-  for (int64_t i = 0; i < count; ++i) {
-    std::memcpy(rows + i * width, text.data() + offset(rng), static_cast<size_t>(width));
-  }
+std::vector<int64_t> random_offsets(const SideText& text, int64_t width, int64_t count,
+                                    std::mt19937_64& rng) {
+  std::uniform_int_distribution<int64_t> offset(0, text.size() - width);
+  std::vector<int64_t> out(static_cast<size_t>(count));
+  for (auto& value : out) value = offset(rng);
   return out;
 }
 
 // Consecutive windows overlapping by one byte (every byte but the first is predicted once), or
 // `limit` of them evenly spaced when limit > 0 is smaller.
-torch::Tensor tiled_windows(const std::string& text, int64_t width, int64_t limit) {
-  const int64_t available = (static_cast<int64_t>(text.size()) - 1) / (width - 1);
+std::vector<int64_t> tiled_offsets(const SideText& text, int64_t width, int64_t limit) {
+  const int64_t available = (text.size() - 1) / (width - 1);
   const int64_t count = limit > 0 ? std::min(limit, available) : available;
-  torch::Tensor out = torch::empty({count, width}, torch::kUInt8);
-  auto* rows = out.data_ptr<uint8_t>();
+  std::vector<int64_t> out(static_cast<size_t>(count));
   for (int64_t i = 0; i < count; ++i) {
     const int64_t window = count == available ? i : i * available / count;
-    std::memcpy(rows + i * width, text.data() + window * (width - 1), static_cast<size_t>(width));
+    out[static_cast<size_t>(i)] = window * (width - 1);
   }
   return out;
 }
 
+torch::Tensor read_windows(const SideText& text, const std::vector<int64_t>& offsets,
+                           const torch::Tensor& indices, int64_t width) {
+  const torch::Tensor wanted = indices.to(torch::kInt64).contiguous();
+  torch::Tensor out = torch::empty({wanted.numel(), width}, torch::kUInt8);
+  auto* rows = out.data_ptr<uint8_t>();
+  const int64_t* positions = wanted.data_ptr<int64_t>();
+  for (int64_t i = 0; i < wanted.numel(); ++i) {
+    text.read(offsets.at(static_cast<size_t>(positions[i])), width, rows + i * width);
+  }
+  return out;
+}
+
+// Windows of a text that stays on disk, read when a batch asks for them.
+class TextWindows final : public SampleSource {
+ public:
+  TextWindows(SideText text, std::vector<int64_t> offsets, int64_t width)
+      : text_(std::move(text)), offsets_(std::move(offsets)), width_(width) {}
+  [[nodiscard]] int64_t size() const override { return static_cast<int64_t>(offsets_.size()); }
+  [[nodiscard]] Samples gather(const torch::Tensor& indices) const override {
+    const torch::Tensor windows = read_windows(text_, offsets_, indices, width_);
+    bytes_read_ += windows.numel();
+    return {windows.narrow(1, 0, width_ - 1), windows.narrow(1, 1, width_ - 1)};
+  }
+  [[nodiscard]] int64_t bytes_read() const override { return bytes_read_; }
+
+ private:
+  SideText text_;
+  std::vector<int64_t> offsets_;
+  int64_t width_;
+  mutable int64_t bytes_read_ = 0;
+};
+
+// x and y of a side's windows: read now, or by the returned source when the text was spilled.
+void take_windows(const SideText& text, std::vector<int64_t> offsets, int64_t width,
+                  torch::Tensor& x, torch::Tensor& y, std::shared_ptr<const SampleSource>& stream) {
+  if (text.store().spilled()) {
+    stream = std::make_shared<TextWindows>(text, std::move(offsets), width);
+    return;
+  }
+  const torch::Tensor all = read_windows(
+      text, offsets, torch::arange(static_cast<int64_t>(offsets.size()), torch::kInt64), width);
+  x = all.narrow(1, 0, width - 1);
+  y = all.narrow(1, 1, width - 1);
+}
+
 TaskData text_task(const DataSection& data, const TextSource& source, int64_t context,
                    uint64_t seed) {
-  std::vector<std::string> documents;
-  for (const auto& file : source.files)
-    split_documents(read_text_file(source.name, file), documents);
+  auto store = std::make_shared<TextStore>(source.name, data.max_resident_bytes);
+  std::vector<Document> documents;
+  for (const auto& file : source.files) {
+    const std::vector<Document> found = append_text_file(source.name, file, *store);
+    documents.insert(documents.end(), found.begin(), found.end());
+  }
   const std::string where =
       "task " + source.name + " (" + source.files.front() +
       (source.files.size() > 1 ? " and " + std::to_string(source.files.size() - 1) + " more" : "") +
@@ -181,31 +417,29 @@ TaskData text_task(const DataSection& data, const TextSource& source, int64_t co
   const auto held_out = std::clamp<size_t>(
       static_cast<size_t>(std::ceil(data.test_fraction * static_cast<double>(documents.size()))), 1,
       documents.size() - 1);
-  const std::string test_text = joined(documents, 0, held_out);
-  const std::string train_text = joined(documents, held_out, documents.size());
+  const auto split = documents.begin() + static_cast<std::ptrdiff_t>(held_out);
+  const SideText test_text(store, std::vector<Document>(documents.begin(), split));
+  const SideText train_text(store, std::vector<Document>(split, documents.end()));
   const int64_t width = context + 1;
   for (const auto& [side, text] :
-       {std::pair<const char*, const std::string&>{"training", train_text},
-        {"held-out", test_text}}) {
-    if (static_cast<int64_t>(text.size()) < width) {
+       {std::pair<const char*, const SideText&>{"training", train_text}, {"held-out", test_text}}) {
+    if (text.size() < width) {
       throw RunError(
           where + ": the " + std::string(side) + " text has " + std::to_string(text.size()) +
           " bytes, less than one window of model.context + 1 = " + std::to_string(width) +
           "; give more text or a smaller model.context");
     }
   }
-  const int64_t train_count =
-      data.train_samples_per_task > 0
-          ? data.train_samples_per_task
-          : std::max<int64_t>(1, static_cast<int64_t>(train_text.size()) / context);
-  const torch::Tensor train = random_windows(train_text, width, train_count, rng);
-  const torch::Tensor test = tiled_windows(test_text, width, data.test_samples_per_task);
+  const int64_t train_count = data.train_samples_per_task > 0
+                                  ? data.train_samples_per_task
+                                  : std::max<int64_t>(1, train_text.size() / context);
   TaskData task;
   task.name = source.name;
-  task.train_x = train.narrow(1, 0, context);
-  task.train_y = train.narrow(1, 1, context);
-  task.test_x = test.narrow(1, 0, context);
-  task.test_y = test.narrow(1, 1, context);
+  task.next_byte = true;
+  take_windows(train_text, random_offsets(train_text, width, train_count, rng), width, task.train_x,
+               task.train_y, task.train_stream);
+  take_windows(test_text, tiled_offsets(test_text, width, data.test_samples_per_task), width,
+               task.test_x, task.test_y, task.test_stream);
   return task;
 }
 
@@ -218,6 +452,17 @@ std::vector<std::vector<std::string>> text_task_files(const DataSection& data,
   return files;
 }
 
+std::vector<std::string> text_file_documents(const std::string& path, int64_t max_resident) {
+  TextStore store("documents", max_resident);
+  std::vector<std::string> out;
+  for (const Document& document : append_text_file("documents", path, store)) {
+    std::string text(static_cast<size_t>(document.length), '\0');
+    store.read(document.offset, document.length, reinterpret_cast<uint8_t*>(text.data()));
+    out.push_back(std::move(text));
+  }
+  return out;
+}
+
 TaskSequence build_text_tasks(const DataSection& data, int64_t context,
                               const std::vector<TaskOverride>& tasks, uint64_t seed) {
   TaskSequence sequence;
@@ -228,6 +473,8 @@ TaskSequence build_text_tasks(const DataSection& data, int64_t context,
   const std::vector<TextSource> sources = text_sources(data, tasks);
   for (size_t k = 0; k < sources.size(); ++k) {
     sequence.tasks.push_back(text_task(data, sources[k], context, seed * 1000003ULL + k));
+    sequence.streamed = sequence.streamed || sequence.tasks.back().train_stream != nullptr ||
+                        sequence.tasks.back().test_stream != nullptr;
   }
   return sequence;
 }

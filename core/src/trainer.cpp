@@ -219,8 +219,9 @@ StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) {
   batch.y = plan.task->train_y;
   // Streamed samples: the batch is read once, before the (retried) micro-batches.
   if (plan.task->train_stream) {
-    batch.x = plan.task->train_rows(batch.rows);
-    batch.y = plan.task->train_y.index_select(0, batch.rows);
+    Samples samples = plan.task->train_rows(batch.rows);
+    batch.x = std::move(samples.x);
+    batch.y = std::move(samples.y);
     batch.rows = torch::arange(batch.samples, torch::kInt64);
   }
   return batch;

@@ -49,6 +49,7 @@ struct RunSection {
   int64_t log_every = 50;           // steps between metrics.csv rows / progress lines
   int64_t memory_budget = -1;       // bytes of LibTorch CPU tensors; -1: no budget
   int64_t checkpoint_every = 1000;  // steps between checkpoints; 0: at task boundaries only
+  int64_t keep_freed_memory = int64_t{1} << 30;  // bytes freed memory stays in the process
 };
 
 enum class Normalize { kUnit, kStandard, kNone };
