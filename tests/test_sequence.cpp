@@ -1,6 +1,7 @@
 // Sequence models: the built-in transformer, its exact per-sample Fisher against the per-sample
 // loop, text tasks and the lower-is-better evaluation metric.
 #include <gtest/gtest.h>
+#include <hdf5.h>
 #include <torch/torch.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -364,6 +365,17 @@ TEST(TextConfig, MismatchedModelsAndBadKeysAreLocatedErrors) {
                          "\"transformer\"\n[[tasks]]\npath = \"x.txt\"\n")
                 .find("data.languages already names each task's text"),
             std::string::npos);
+  const std::string two_paths = text +
+                                "[[tasks]]\npath = [\"a.h5\", \"b.h5\"]\ntokens = \"/ids\"\n";
+  EXPECT_NE(config_error(two_paths).find("c.toml:7:10: tasks[0].tokens: names a dataset of token "
+                                         "ids in one HDF5 file"),
+            std::string::npos)
+      << config_error(two_paths);
+  EXPECT_NE(config_error("[data]\nscenario = \"sources\"\nkind = \"hdf5\"\npath = \"x.h5\"\n"
+                         "[[tasks]]\ngroup = \"a\"\ntokens = \"/ids\"\n")
+                .find("tasks[0].tokens: names an HDF5 dataset of token ids, which only "
+                      "data.kind = \"text\" reads"),
+            std::string::npos);
 }
 
 // What the documents of a file were before streaming: the whole text cut with std::string::find.
@@ -444,6 +456,70 @@ TEST_F(TextTasks, SpilledTextGivesTheResidentWindows) {
   EXPECT_TRUE(torch::equal(a.test_x, held_out.x));
   EXPECT_TRUE(torch::equal(a.test_y, held_out.y));
   EXPECT_EQ(b.train_stream->bytes_read(), 5 * 25);
+}
+
+// Writes `ids` as a dataset of the given HDF5 type and shape (1-D unless rows > 0) in a new file.
+void write_token_file(const std::string& path, const std::string& dataset,
+                      const std::vector<int32_t>& ids, hid_t type, hsize_t rows = 0) {
+  const hid_t file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  const std::vector<hsize_t> dims =
+      rows > 0 ? std::vector<hsize_t>{rows, ids.size() / rows} : std::vector<hsize_t>{ids.size()};
+  const hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  const hid_t lists = H5Pcreate(H5P_LINK_CREATE);
+  H5Pset_create_intermediate_group(lists, 1);
+  const hid_t set =
+      H5Dcreate2(file, dataset.c_str(), type, space, lists, H5P_DEFAULT, H5P_DEFAULT);
+  H5Dwrite(set, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids.data());
+  H5Dclose(set);
+  H5Pclose(lists);
+  H5Sclose(space);
+  H5Fclose(file);
+}
+
+// An HDF5 array of byte ids is a task's text: the same documents and windows as the text file
+// with those bytes; ids that are not bytes, and arrays that are not 1-D, are located errors.
+TEST_F(TextTasks, HdfTokenIdsAreATasksText) {
+  const std::string text = fortunes(120, "tokens");
+  const std::string file = write("tokens.txt", text);
+  std::vector<int32_t> ids(text.begin(), text.end());
+  const std::string h5 = (dir_ / "tokens.h5").string();
+  write_token_file(h5, "/corpus/en", ids, H5T_STD_U16LE);
+  clhost::DataSection data;
+  data.kind = clhost::DataKind::kText;
+  data.num_tasks = 1;
+  data.train_samples_per_task = 40;
+  std::vector<clhost::TaskOverride> tasks(1);
+  tasks[0].text_paths = {file};
+  const auto from_text = clhost::build_text_tasks(data, 16, tasks, 4);
+  tasks[0].text_paths = {h5};
+  tasks[0].tokens = "/corpus/en";
+  const auto from_ids = clhost::build_text_tasks(data, 16, tasks, 4);
+  EXPECT_TRUE(torch::equal(from_text.tasks[0].train_x, from_ids.tasks[0].train_x));
+  EXPECT_TRUE(torch::equal(from_text.tasks[0].test_y, from_ids.tasks[0].test_y));
+  data.max_resident_bytes = 512;  // spilled as text files are
+  const auto spilled = clhost::build_text_tasks(data, 16, tasks, 4);
+  EXPECT_TRUE(torch::equal(from_text.tasks[0].test_x, spilled.tasks[0].test_range(0, spilled.tasks[0].test_size()).x));
+
+  const auto error_for = [&](const std::string& dataset) {
+    tasks[0].tokens = dataset;
+    try {
+      (void)clhost::build_text_tasks(data, 16, tasks, 4);
+    } catch (const clhost::RunError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_for("/nothing").find(h5 + ":/nothing (tokens): no such dataset"),
+            std::string::npos);
+  ids[77] = 300;
+  write_token_file(h5, "/wide", ids, H5T_STD_I32LE);
+  EXPECT_NE(error_for("/wide").find("token id 300 at index 77 is outside the transformer's byte "
+                                    "vocabulary 0..255"),
+            std::string::npos);
+  ids.resize(ids.size() / 2 * 2);
+  write_token_file(h5, "/matrix", ids, H5T_STD_I32LE, 2);
+  EXPECT_NE(error_for("/matrix").find("token ids must be a 1-D array (rank 2)"),
+            std::string::npos);
 }
 
 // A run whose text is spilled to disk trains and evaluates exactly as the resident run, with EWC's

@@ -840,6 +840,14 @@ void read_text_task(SectionReader& task, const toml::node& element, const RunCon
   }
   entry.text_paths = task.get_string_list("path");
   if (path != nullptr && entry.text_paths.empty()) task.fail(*path, "path", "is empty");
+  const toml::node* tokens = element.as_table()->get("tokens");
+  entry.tokens = task.get_string("tokens", "");
+  if (tokens != nullptr && entry.tokens.empty()) task.fail(*tokens, "tokens", "is empty");
+  if (tokens != nullptr && entry.text_paths.size() != 1) {
+    task.fail(*tokens, "tokens",
+              "names a dataset of token ids in one HDF5 file: give that file as the task's "
+              "path (one path, no folder or glob)");
+  }
 }
 
 TaskOverride read_task(const toml::node& element, const std::string& prefix, const ConfigInput& in,
@@ -857,6 +865,10 @@ TaskOverride read_task(const toml::node& element, const std::string& prefix, con
                 "names this task's own HDF5 datasets, which only data.scenario = "
                 "\"sources\" uses");
     }
+  }
+  if (!text && element.as_table()->get("tokens") != nullptr) {
+    task.fail(*element.as_table()->get("tokens"), "tokens",
+              "names an HDF5 dataset of token ids, which only data.kind = \"text\" reads");
   }
   if (!text) entry.path = task.get_string("path", config.data.path);
   entry.group = task.get_string("group", "");
@@ -994,6 +1006,7 @@ void write_resolved_pipeline_and_tasks(toml::table& root, const RunConfig& confi
       for (const auto& path : task.text_paths) paths.push_back(path);
       entry.insert("path", paths);
     }
+    if (!task.tokens.empty()) entry.insert("tokens", task.tokens);
     tasks.push_back(entry);
   }
   root.insert_or_assign("tasks", tasks);

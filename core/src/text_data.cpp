@@ -4,6 +4,7 @@
 // data.max_resident keeps it in a temporary file and reads each batch's windows from there; the
 // windows are the same either way.
 #include <glob.h>
+#include <hdf5.h>
 #include <torch/torch.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -28,6 +29,7 @@ namespace fs = std::filesystem;
 struct TextSource {
   std::string name;
   std::vector<std::string> files;
+  std::string tokens;  // a dataset of byte ids in the one HDF5 file, instead of text files
 };
 
 bool fortune_index_file(const fs::path& path) {
@@ -95,7 +97,16 @@ std::vector<TextSource> text_sources(const DataSection& data,
       source.files = fortune_files(data.fortunes_dir, data.languages[k]);
     } else {
       source.name = named ? tasks[k].name : "task" + std::to_string(k);
-      for (const auto& path : tasks[k].text_paths) expand_path(source.name, path, source.files);
+      source.tokens = tasks[k].tokens;
+      if (!source.tokens.empty()) {
+        source.files = tasks[k].text_paths;  // the HDF5 file, as given
+        if (!fs::is_regular_file(source.files.front())) {
+          throw RunError("task " + source.name + ": " + source.files.front() +
+                         ": no such file (the HDF5 file of tokens = \"" + source.tokens + "\")");
+        }
+      } else {
+        for (const auto& path : tasks[k].text_paths) expand_path(source.name, path, source.files);
+      }
     }
     if (source.files.empty()) throw RunError("task " + source.name + ": no text files");
     sources.push_back(std::move(source));
@@ -241,50 +252,138 @@ class DocumentSplitter {
   bool substantive_ = false;
 };
 
-// Appends one file (gzip or plain) to the store and returns its documents: fortune files separate
-// their entries by lines holding only "%" (and may begin with one), other text by blank lines.
+// Appends a stream of text to the store in pieces and cuts it into documents: fortune files
+// separate their entries by lines holding only "%" (and may begin with one), other text by blank
+// lines — decided at the end, by whether "\n%\n" occurs anywhere in it.
+class TextAppender {
+ public:
+  explicit TextAppender(TextStore& store) : store_(store), begin_(store.size()) {}
+
+  void append(const char* bytes, size_t count) {
+    const int64_t offset = store_.size();
+    size_t skip = 0;
+    if (offset == begin_) {
+      skip = count >= 2 && bytes[0] == '%' && bytes[1] == '\n' ? 2 : 0;
+      fortunes_.start(offset + static_cast<int64_t>(skip));
+      paragraphs_.start(offset + static_cast<int64_t>(skip));
+    }
+    for (size_t i = 0; i < count && !fortune_text_; ++i) {
+      last_ = {last_[1], last_[2], bytes[i]};
+      fortune_text_ = last_[0] == '\n' && last_[1] == '%' && last_[2] == '\n';
+    }
+    fortunes_.feed(bytes + skip, count - skip, offset + static_cast<int64_t>(skip));
+    paragraphs_.feed(bytes + skip, count - skip, offset + static_cast<int64_t>(skip));
+    store_.append(bytes, count);
+  }
+
+  [[nodiscard]] bool empty() const { return store_.size() == begin_; }
+
+  std::vector<Document> finish() {
+    std::vector<Document> from_fortunes = fortunes_.finish(store_.size());
+    std::vector<Document> from_paragraphs = paragraphs_.finish(store_.size());
+    return fortune_text_ ? from_fortunes : from_paragraphs;
+  }
+
+ private:
+  TextStore& store_;
+  int64_t begin_;
+  DocumentSplitter fortunes_{"\n%\n"};
+  DocumentSplitter paragraphs_{"\n\n"};
+  bool fortune_text_ = false;
+  std::array<char, 3> last_{};  // the last three bytes, for "\n%\n" across pieces
+};
+
+// Appends one file (gzip or plain) to the store and returns its documents.
 std::vector<Document> append_text_file(const std::string& task, const std::string& path,
                                        TextStore& store) {
   gzFile file = gzopen(path.c_str(), "rb");  // plain files are read as they are
   if (file == nullptr) throw RunError("task " + task + ": " + path + ": cannot open");
-  const int64_t file_begin = store.size();
-  DocumentSplitter fortunes("\n%\n");
-  DocumentSplitter paragraphs("\n\n");
-  bool fortune_file = false;
-  std::array<char, 3> last{};  // the last three bytes, for "\n%\n" across reads
+  TextAppender appender(store);
+  int64_t read = 0;
   std::vector<char> buffer(size_t{1} << 16);
   int got = 0;
   while ((got = gzread(file, buffer.data(), static_cast<unsigned>(buffer.size()))) > 0) {
     const auto count = static_cast<size_t>(got);
-    const int64_t offset = store.size();
     if (const void* zero = std::memchr(buffer.data(), '\0', count)) {
       gzclose(file);
-      throw RunError(
-          "task " + task + ": " + path + ": is not text (a NUL byte at offset " +
-          std::to_string(offset - file_begin + (static_cast<const char*>(zero) - buffer.data())) +
-          "); give text files only");
+      throw RunError("task " + task + ": " + path + ": is not text (a NUL byte at offset " +
+                     std::to_string(read + (static_cast<const char*>(zero) - buffer.data())) +
+                     "); give text files only");
     }
-    size_t skip = 0;
-    if (offset == file_begin) {
-      skip = count >= 2 && buffer[0] == '%' && buffer[1] == '\n' ? 2 : 0;
-      fortunes.start(offset + static_cast<int64_t>(skip));
-      paragraphs.start(offset + static_cast<int64_t>(skip));
-    }
-    for (size_t i = 0; i < count && !fortune_file; ++i) {
-      last = {last[1], last[2], buffer[i]};
-      fortune_file = last[0] == '\n' && last[1] == '%' && last[2] == '\n';
-    }
-    fortunes.feed(buffer.data() + skip, count - skip, offset + static_cast<int64_t>(skip));
-    paragraphs.feed(buffer.data() + skip, count - skip, offset + static_cast<int64_t>(skip));
-    store.append(buffer.data(), count);
+    appender.append(buffer.data(), count);
+    read += got;
   }
   const bool failed = got < 0;
   gzclose(file);
   if (failed) throw RunError("task " + task + ": " + path + ": corrupt gzip data");
-  if (store.size() == file_begin) throw RunError("task " + task + ": " + path + ": is empty");
-  std::vector<Document> from_fortunes = fortunes.finish(store.size());
-  std::vector<Document> from_paragraphs = paragraphs.finish(store.size());
-  return fortune_file ? from_fortunes : from_paragraphs;
+  if (appender.empty()) throw RunError("task " + task + ": " + path + ": is empty");
+  return appender.finish();
+}
+
+// Closes what an HDF5 call opened when it goes out of scope.
+class Hdf5Handle {
+ public:
+  Hdf5Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~Hdf5Handle() {
+    if (id_ >= 0) close_(id_);
+  }
+  Hdf5Handle(const Hdf5Handle&) = delete;
+  Hdf5Handle& operator=(const Hdf5Handle&) = delete;
+  Hdf5Handle(Hdf5Handle&&) = delete;
+  Hdf5Handle& operator=(Hdf5Handle&&) = delete;
+  [[nodiscard]] hid_t get() const { return id_; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+// Appends a 1-D HDF5 integer dataset of byte ids (0..255) to the store, read in pieces, and
+// returns its documents as for a text file.
+std::vector<Document> append_token_dataset(const std::string& task, const std::string& path,
+                                           const std::string& dataset, TextStore& store) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors are reported below, with context
+  const std::string where = "task " + task + ": " + path + ":" + dataset + " (tokens)";
+  const Hdf5Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (file.get() < 0) throw RunError(where + ": cannot open the file as HDF5");
+  if (H5Lexists(file.get(), dataset.c_str(), H5P_DEFAULT) <= 0) {
+    throw RunError(where + ": no such dataset in the file");
+  }
+  const Hdf5Handle set(H5Dopen2(file.get(), dataset.c_str(), H5P_DEFAULT), H5Dclose);
+  if (set.get() < 0) throw RunError(where + ": not a dataset");
+  const Hdf5Handle type(H5Dget_type(set.get()), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_INTEGER) throw RunError(where + ": token ids must be integers");
+  const Hdf5Handle space(H5Dget_space(set.get()), H5Sclose);
+  if (H5Sget_simple_extent_ndims(space.get()) != 1) {
+    throw RunError(where + ": token ids must be a 1-D array (rank " +
+                   std::to_string(H5Sget_simple_extent_ndims(space.get())) + ")");
+  }
+  hsize_t total = 0;
+  H5Sget_simple_extent_dims(space.get(), &total, nullptr);
+  if (total == 0) throw RunError(where + ": is empty");
+  TextAppender appender(store);
+  constexpr hsize_t kPiece = hsize_t{1} << 20;
+  std::vector<int64_t> ids(static_cast<size_t>(std::min(total, kPiece)));
+  std::vector<char> bytes(ids.size());
+  for (hsize_t start = 0; start < total; start += kPiece) {
+    hsize_t count = std::min(kPiece, total - start);
+    const Hdf5Handle memory(H5Screate_simple(1, &count, nullptr), H5Sclose);
+    H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr);
+    if (H5Dread(set.get(), H5T_NATIVE_INT64, memory.get(), space.get(), H5P_DEFAULT,
+                ids.data()) < 0) {
+      throw RunError(where + ": read failed (corrupt file or I/O error)");
+    }
+    for (size_t i = 0; i < count; ++i) {
+      if (ids[i] < 0 || ids[i] > 255) {
+        throw RunError(where + ": token id " + std::to_string(ids[i]) + " at index " +
+                       std::to_string(start + i) +
+                       " is outside the transformer's byte vocabulary 0..255");
+      }
+      bytes[i] = static_cast<char>(static_cast<uint8_t>(ids[i]));
+    }
+    appender.append(bytes.data(), static_cast<size_t>(count));
+  }
+  return appender.finish();
 }
 
 // One side (training or held-out) of a task: its documents in the shuffled order, each followed
@@ -357,7 +456,11 @@ torch::Tensor read_windows(const SideText& text, const std::vector<int64_t>& off
   auto* rows = out.data_ptr<uint8_t>();
   const int64_t* positions = wanted.data_ptr<int64_t>();
   for (int64_t i = 0; i < wanted.numel(); ++i) {
-    text.read(offsets.at(static_cast<size_t>(positions[i])), width, rows + i * width);
+    if (positions[i] < 0 || positions[i] >= static_cast<int64_t>(offsets.size())) {
+      throw RunError("text window " + std::to_string(positions[i]) + " out of range (" +
+                     std::to_string(offsets.size()) + " windows)");
+    }
+    text.read(offsets[static_cast<size_t>(positions[i])], width, rows + i * width);
   }
   return out;
 }
@@ -400,7 +503,9 @@ TaskData text_task(const DataSection& data, const TextSource& source, int64_t co
   auto store = std::make_shared<TextStore>(source.name, data.max_resident_bytes);
   std::vector<Document> documents;
   for (const auto& file : source.files) {
-    const std::vector<Document> found = append_text_file(source.name, file, *store);
+    const std::vector<Document> found =
+        source.tokens.empty() ? append_text_file(source.name, file, *store)
+                              : append_token_dataset(source.name, file, source.tokens, *store);
     documents.insert(documents.end(), found.begin(), found.end());
   }
   const std::string where =

@@ -31,8 +31,10 @@ struct TaskOverride {
   // <group>/test/x, <group>/test/y in `path` (default data.path).
   std::string path;
   std::string group;
-  // data.kind = "text": this task's text, files, folders or globs (gzip read as such).
+  // data.kind = "text": this task's text, files, folders or globs (gzip read as such); or, with
+  // `tokens`, one HDF5 file whose dataset `tokens` holds the text as byte ids (1-D, 0..255).
   std::vector<std::string> text_paths;
+  std::string tokens;
 };
 
 enum class Scenario { kSplit, kPermuted, kRotated, kSources };
