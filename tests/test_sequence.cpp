@@ -365,8 +365,8 @@ TEST(TextConfig, MismatchedModelsAndBadKeysAreLocatedErrors) {
                          "\"transformer\"\n[[tasks]]\npath = \"x.txt\"\n")
                 .find("data.languages already names each task's text"),
             std::string::npos);
-  const std::string two_paths = text +
-                                "[[tasks]]\npath = [\"a.h5\", \"b.h5\"]\ntokens = \"/ids\"\n";
+  const std::string two_paths =
+      text + "[[tasks]]\npath = [\"a.h5\", \"b.h5\"]\ntokens = \"/ids\"\n";
   EXPECT_NE(config_error(two_paths).find("c.toml:7:10: tasks[0].tokens: names a dataset of token "
                                          "ids in one HDF5 file"),
             std::string::npos)
@@ -467,8 +467,7 @@ void write_token_file(const std::string& path, const std::string& dataset,
   const hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
   const hid_t lists = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lists, 1);
-  const hid_t set =
-      H5Dcreate2(file, dataset.c_str(), type, space, lists, H5P_DEFAULT, H5P_DEFAULT);
+  const hid_t set = H5Dcreate2(file, dataset.c_str(), type, space, lists, H5P_DEFAULT, H5P_DEFAULT);
   H5Dwrite(set, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids.data());
   H5Dclose(set);
   H5Pclose(lists);
@@ -498,7 +497,8 @@ TEST_F(TextTasks, HdfTokenIdsAreATasksText) {
   EXPECT_TRUE(torch::equal(from_text.tasks[0].test_y, from_ids.tasks[0].test_y));
   data.max_resident_bytes = 512;  // spilled as text files are
   const auto spilled = clhost::build_text_tasks(data, 16, tasks, 4);
-  EXPECT_TRUE(torch::equal(from_text.tasks[0].test_x, spilled.tasks[0].test_range(0, spilled.tasks[0].test_size()).x));
+  EXPECT_TRUE(torch::equal(from_text.tasks[0].test_x,
+                           spilled.tasks[0].test_range(0, spilled.tasks[0].test_size()).x));
 
   const auto error_for = [&](const std::string& dataset) {
     tasks[0].tokens = dataset;
@@ -518,8 +518,7 @@ TEST_F(TextTasks, HdfTokenIdsAreATasksText) {
             std::string::npos);
   ids.resize(ids.size() / 2 * 2);
   write_token_file(h5, "/matrix", ids, H5T_STD_I32LE, 2);
-  EXPECT_NE(error_for("/matrix").find("token ids must be a 1-D array (rank 2)"),
-            std::string::npos);
+  EXPECT_NE(error_for("/matrix").find("token ids must be a 1-D array (rank 2)"), std::string::npos);
 }
 
 // A run whose text is spilled to disk trains and evaluates exactly as the resident run, with EWC's
@@ -561,6 +560,85 @@ path = ")" + second + R"("
   EXPECT_GT(results["scenario"]["streamed_bytes_read"].get<int64_t>(), (6 * 8 + 16) * 17);
   EXPECT_EQ(results["config"]["data"]["max_resident"], 1024);
 }
+
+struct EwcLayout {
+  const char* name;
+  const char* settings;  // TOML lines of the ewc pipeline entry
+  const char* state;     // part of results.json plugins[0].report.state_layout
+};
+
+class TransformerEwcLayout : public TextTasks, public ::testing::WithParamInterface<EwcLayout> {};
+
+// Every EWC state layout consolidates the transformer and its penalty acts on the second task;
+// the memory profiler follows the run.
+TEST_P(TransformerEwcLayout, ConsolidatesAndPenalizesWithTheMemoryProfiler) {
+  const std::string first = write("first.txt", fortunes(60, "first"));
+  const std::string second = write("second.txt", fortunes(60, "second"));
+  const std::string config = write("run.toml", std::string(R"([run]
+checkpoint_every = 0
+[data]
+kind = "text"
+train_samples_per_task = 64
+test_samples_per_task = 8
+[model]
+kind = "transformer"
+layers = 1
+heads = 2
+d_model = 16
+context = 16
+[train]
+batch_size = 8
+iterations = 6
+[[pipeline]]
+plugin = "memory_profiler"
+interval_ms = 5
+[[pipeline]]
+plugin = "ewc"
+labels = "sample"
+lambda = 1000.0
+fisher_samples = 16
+fisher_batch_size = 4
+)") + GetParam().settings + R"(
+[[tasks]]
+path = ")" + first + R"("
+[[tasks]]
+path = ")" + second + R"("
+)");
+  (void)clhost::test::run_quietly(config, (dir_ / "run").string());
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file((dir_ / "run" / "results.json").string()));
+  const auto& ewc = results["plugins"][1];
+  EXPECT_NE(ewc["report"]["state_layout"].get<std::string>().find(GetParam().state),
+            std::string::npos)
+      << ewc["report"];
+  EXPECT_EQ(ewc["report"]["tasks_consolidated"], 2);
+  const std::string metrics = clhost::test::read_file((dir_ / "run" / "metrics.csv").string());
+  std::istringstream rows(metrics);
+  double second_task_penalty = 0.0;
+  for (std::string row; std::getline(rows, row);) {
+    if (row.rfind("1,", 0) != 0) continue;
+    std::vector<std::string> cells;
+    std::istringstream fields(row);
+    for (std::string cell; std::getline(fields, cell, ',');) cells.push_back(cell);
+    second_task_penalty = std::max(second_task_penalty, std::stod(cells.at(4)));
+  }
+  EXPECT_GT(second_task_penalty, 0.0) << metrics;
+  const auto& profiler = results["plugins"][0]["report"];
+  EXPECT_GT(profiler["peak"]["rss_bytes"].get<int64_t>(), 0) << profiler;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, TransformerEwcLayout,
+    ::testing::Values(EwcLayout{"int8_fp16", "", "int8 Fisher, fp16 anchor"},
+                      EwcLayout{"int8", "state_dtype = \"int8\"", "merged quadratic, int8)"},
+                      EwcLayout{"fp32_merged", "state_dtype = \"fp32\"", "merged quadratic, fp32)"},
+                      EwcLayout{"separate", "[fisher_computation]\nuse_memory_efficient = false",
+                                "separate (fp32, per task)"},
+                      EwcLayout{"online",
+                                "mode = \"online\"\ngamma = 0.9\n[fisher_computation]\n"
+                                "use_memory_efficient = false",
+                                "online (fp32)"}),
+    [](const auto& test_case) { return std::string(test_case.param.name); });
 
 // The low-rank Fisher (clhost.sample_grads/1 rows) and L2 run on the transformer end to end.
 TEST_F(TextTasks, LowRankFisherAndL2RunOnTheTransformer) {

@@ -352,7 +352,8 @@ std::vector<Document> append_token_dataset(const std::string& task, const std::s
   const Hdf5Handle set(H5Dopen2(file.get(), dataset.c_str(), H5P_DEFAULT), H5Dclose);
   if (set.get() < 0) throw RunError(where + ": not a dataset");
   const Hdf5Handle type(H5Dget_type(set.get()), H5Tclose);
-  if (H5Tget_class(type.get()) != H5T_INTEGER) throw RunError(where + ": token ids must be integers");
+  if (H5Tget_class(type.get()) != H5T_INTEGER)
+    throw RunError(where + ": token ids must be integers");
   const Hdf5Handle space(H5Dget_space(set.get()), H5Sclose);
   if (H5Sget_simple_extent_ndims(space.get()) != 1) {
     throw RunError(where + ": token ids must be a 1-D array (rank " +
@@ -369,8 +370,8 @@ std::vector<Document> append_token_dataset(const std::string& task, const std::s
     hsize_t count = std::min(kPiece, total - start);
     const Hdf5Handle memory(H5Screate_simple(1, &count, nullptr), H5Sclose);
     H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr);
-    if (H5Dread(set.get(), H5T_NATIVE_INT64, memory.get(), space.get(), H5P_DEFAULT,
-                ids.data()) < 0) {
+    if (H5Dread(set.get(), H5T_NATIVE_INT64, memory.get(), space.get(), H5P_DEFAULT, ids.data()) <
+        0) {
       throw RunError(where + ": read failed (corrupt file or I/O error)");
     }
     for (size_t i = 0; i < count; ++i) {
