@@ -103,7 +103,7 @@ void install_counting_allocator() {
 }
 
 void keep_freed_memory(int64_t bytes) {
-  constexpr int64_t kGlibcDefault = 128 * 1024;
+  constexpr int64_t kGlibcDefault = int64_t{128} * 1024;
   const int64_t threshold = bytes > 0 ? bytes : kGlibcDefault;
   if (threshold > INT32_MAX) {
     throw std::invalid_argument("glibc's thresholds are ints: at most " +

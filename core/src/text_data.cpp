@@ -306,9 +306,10 @@ std::vector<Document> append_text_file(const std::string& task, const std::strin
     const auto count = static_cast<size_t>(got);
     if (const void* zero = std::memchr(buffer.data(), '\0', count)) {
       gzclose(file);
-      throw RunError("task " + task + ": " + path + ": is not text (a NUL byte at offset " +
-                     std::to_string(read + (static_cast<const char*>(zero) - buffer.data())) +
-                     "); give text files only");
+      std::string message = "task " + task;
+      message.append(": ").append(path).append(": is not text (a NUL byte at offset ");
+      message.append(std::to_string(read + (static_cast<const char*>(zero) - buffer.data())));
+      throw RunError(message.append("); give text files only"));
     }
     appender.append(buffer.data(), count);
     read += got;
