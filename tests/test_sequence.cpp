@@ -365,6 +365,10 @@ TEST(TextConfig, MismatchedModelsAndBadKeysAreLocatedErrors) {
                          "\"transformer\"\n[[tasks]]\npath = \"x.txt\"\n")
                 .find("data.languages already names each task's text"),
             std::string::npos);
+  EXPECT_NE(config_error("[run]\nkeep_freed_memory = \"4GiB\"\n")
+                .find("c.toml:2:21: run.keep_freed_memory: at most 2.0 GiB (2147483647 bytes)"),
+            std::string::npos)
+      << config_error("[run]\nkeep_freed_memory = \"4GiB\"\n");
   const std::string two_paths =
       text + "[[tasks]]\npath = [\"a.h5\", \"b.h5\"]\ntokens = \"/ids\"\n";
   EXPECT_NE(config_error(two_paths).find("c.toml:7:10: tasks[0].tokens: names a dataset of token "
