@@ -76,12 +76,19 @@ double fisher_samples_per_second(const clhost::FisherContext& context, clhost::F
   return static_cast<double>(samples) / seconds;
 }
 
-json bench_fisher(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
+// The Fisher pass over the first text task, every byte an output class.
+clhost::FisherContext byte_fisher_context(torch::nn::Sequential& model,
+                                          const clhost::TaskSequence& sequence) {
   clhost::FisherContext context;
   context.model = model;
   context.task = &sequence.tasks[0];
   context.active_classes = torch::arange(256, torch::kInt64);
   context.label_map = torch::arange(256, torch::kInt64);
+  return context;
+}
+
+json bench_fisher(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
+  const clhost::FisherContext context = byte_fisher_context(model, sequence);
   const int64_t whole = parameter_count(model);
   json out = json::array();
   // (block size, samples for the batched pass, samples for the loop)
@@ -195,11 +202,7 @@ json bench_penalty() {
 // What handing freed memory back to the operating system costs: the same work with glibc's own
 // (adaptive) thresholds, with run.keep_freed_memory = 0 and with the default.
 json bench_allocator(torch::nn::Sequential& model, const clhost::TaskSequence& sequence) {
-  clhost::FisherContext context;
-  context.model = model;
-  context.task = &sequence.tasks[0];
-  context.active_classes = torch::arange(256, torch::kInt64);
-  context.label_map = torch::arange(256, torch::kInt64);
+  const clhost::FisherContext context = byte_fisher_context(model, sequence);
   const int64_t whole = parameter_count(model);
   json out = json::array();
   const int64_t default_bytes = clhost::RunSection{}.keep_freed_memory;
