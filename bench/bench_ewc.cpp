@@ -4,7 +4,8 @@
 //   build/bin/bench_ewc bench/results/bench_ewc.json
 //
 // 1. Fisher pass samples/s: exact batched vs the batch-of-1 loop (MLP 784-400-400-10).
-// 2. EWC penalty + gradient time as a share of a training step, per state layout.
+// 2. EWC penalty + gradient time as a share of a training step, per state layout, and each
+//    layout's penalty kernel against the memory-traffic floor of the same pass.
 // 3. Fisher store save/load MB/s and file size per codec and level, on a real Fisher.
 // 4. Resident EWC state bytes/param (allocator-measured) after 1, 5 and 10 tasks, per layout.
 #include <torch/torch.h>
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_timing.hpp"
+#include "penalty_timing.hpp"
 #include "clhost/config.hpp"
 #include "clhost/fisher_store.hpp"
 #include "clhost/runner.hpp"
@@ -209,7 +211,10 @@ json bench_state_and_penalty() {
       {"efficient_fp32",
        {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"fp32\""}},
       {"efficient_int8",
-       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8\""}}};
+       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8\""}},
+      {"efficient_int8_fp16 (default)",
+       {"fisher_computation.use_memory_efficient=true",
+        "pipeline.0.state_dtype=\"int8_fp16\""}}};
   json state = json::array();
   for (const auto& [name, set] : layouts) {
     json entry = {{"layout", name}};
@@ -271,6 +276,12 @@ int main(int argc, char** argv) {
   std::cerr << "fisher pass done\n";
   report["store"] = bench_store(setup);
   std::cerr << "store done\n";
+  // The penalty kernels at this MLP's size (its state stays in cache) and at the 12-layer
+  // transformer's (bench_sequence; in main memory), against the traffic floor.
+  report["penalty_kernels"] = {{"mlp_478410", clhost::bench::time_penalty_kernels(478410, 201)},
+                               {"transformer_9641472",
+                                clhost::bench::time_penalty_kernels(9641472, 21)}};
+  std::cerr << "penalty kernels done\n";
   const json state = bench_state_and_penalty();
   report["state_bytes_per_parameter"] = state["state"];
   report["penalty_step_time"] = state["penalty_step_time"];

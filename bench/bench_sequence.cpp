@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "bench_timing.hpp"
+#include "penalty_timing.hpp"
 #include "clhost/config.hpp"
 #include "clhost/memory_budget.hpp"
 #include "clhost/runner.hpp"
@@ -241,6 +242,12 @@ int main(int argc, char** argv) {
   report["training"] = bench_training(model, sequence);
   std::cerr << "training done\n";
   report["ewc_penalty"] = bench_penalty();
+  report["ewc_penalty"]["kernels_at_this_model"] =
+      clhost::bench::time_penalty_kernels(parameter_count(model), 11);
+  for (auto& row : report["ewc_penalty"]["kernels_at_this_model"]) {
+    row["share_of_training_step"] =
+        row["kernel_ms"].get<double>() / report["training"]["step_ms"].get<double>();
+  }
   const std::string text = report.dump(2);
   std::cout << text << '\n';
   if (argc > 1) std::ofstream(argv[1]) << text << '\n';

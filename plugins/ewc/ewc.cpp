@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "ewc_penalty.hpp"
 #include "ewc_state.hpp"
 
 namespace {
@@ -253,7 +254,8 @@ class Ewc : public clhost::sdk::Regularizer {
         {"state_bytes_per_parameter",
          parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters)
                         : 0.0},
-        {"fisher_seconds", fisher_seconds_}};
+        {"fisher_seconds", fisher_seconds_},
+        {"penalty_kernel", kernels_->name}};
     return report.dump();
   }
 
@@ -301,67 +303,35 @@ class Ewc : public clhost::sdk::Regularizer {
     return out;
   }
 
-  // The penalty's hot loop: float partial sums per stretch keep it vectorisable; the stretches
-  // are added in double so that long tensors do not lose precision.
-  static double quadratic(const float* value, float* grad, const float* fisher, const float* anchor,
-                          int64_t n, float lambda) {
-    constexpr int64_t kStretch = 4096;
-    double sum = 0.0;
-    for (int64_t begin = 0; begin < n; begin += kStretch) {
-      const int64_t end = std::min(n, begin + kStretch);
-      float partial = 0.0F;
-      if (grad != nullptr) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float weighted = fisher[i] * (value[i] - anchor[i]);
-          partial += weighted * (value[i] - anchor[i]);
-          grad[i] += lambda * weighted;
-        }
-      } else {
-        for (int64_t i = begin; i < end; ++i)
-          partial += fisher[i] * (value[i] - anchor[i]) * (value[i] - anchor[i]);
-      }
-      sum += static_cast<double>(partial);
-    }
-    return sum;
-  }
-
-  double penalty_for(const Parameter& parameter, const TensorState& state) {
+  // Quantised layouts run their kernel one quantisation block at a time (each block has its
+  // own Fisher table and anchor scale).
+  double penalty_for(const Parameter& parameter, const TensorState& state) const {
     const auto lambda = static_cast<float>(lambda_);
     const int64_t n = parameter.numel;
+    const clhost::ewc::PenaltyKernels& kernels = *kernels_;
     double sum = 0.0;
     if (!quantized()) {
       for (size_t t = 0; t < state.fisher.size(); ++t) {
-        sum += quadratic(parameter.value, parameter.grad, state.fisher[t].data(),
-                         state.anchor[t].data(), n, lambda);
+        sum += kernels.fp32(parameter.value, parameter.grad, state.fisher[t].data(),
+                            state.anchor[t].data(), n, lambda);
       }
       return sum;
     }
-    // Decode one quantisation block at a time into scratch buffers, then run the same loop.
     float table[256];
-    decoded_fisher_.resize(static_cast<size_t>(std::min(n, clhost::ewc::kQuantBlock)));
-    decoded_anchor_.resize(decoded_fisher_.size());
     for (size_t block = 0; block < state.scales.size(); ++block) {
       const auto& scale = state.scales[block];
       clhost::ewc::fisher_table(scale, table);
       const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
       const int64_t count = std::min(n, begin + clhost::ewc::kQuantBlock) - begin;
+      const float* value = parameter.value + begin;
+      float* grad = parameter.grad != nullptr ? parameter.grad + begin : nullptr;
       const uint8_t* fisher_codes = state.fisher_codes.data() + begin;
-      for (int64_t i = 0; i < count; ++i)
-        decoded_fisher_[static_cast<size_t>(i)] = table[fisher_codes[i]];
-      if (layout_ == StateLayout::kMergedInt8Fp16) {
-        const uint16_t* anchor_half = state.anchor_half.data() + begin;
-        for (int64_t i = 0; i < count; ++i)
-          decoded_anchor_[static_cast<size_t>(i)] = clhost::ewc::from_half_bits(anchor_half[i]);
-      } else {
-        const uint8_t* anchor_codes = state.anchor_codes.data() + begin;
-        for (int64_t i = 0; i < count; ++i) {
-          decoded_anchor_[static_cast<size_t>(i)] =
-              scale.anchor_low + static_cast<float>(anchor_codes[i]) * scale.anchor_step;
-        }
-      }
-      sum += quadratic(parameter.value + begin,
-                       parameter.grad != nullptr ? parameter.grad + begin : nullptr,
-                       decoded_fisher_.data(), decoded_anchor_.data(), count, lambda);
+      sum += layout_ == StateLayout::kMergedInt8Fp16
+                 ? kernels.int8_fp16(value, grad, table, fisher_codes,
+                                     state.anchor_half.data() + begin, count, lambda)
+                 : kernels.int8(value, grad, table, fisher_codes,
+                                state.anchor_codes.data() + begin, scale.anchor_low,
+                                scale.anchor_step, count, lambda);
     }
     return sum;
   }
@@ -492,7 +462,7 @@ class Ewc : public clhost::sdk::Regularizer {
       float fisher = first ? 0.0F : table[state.fisher_codes[k]];
       float anchor = first ? theta[k]
                      : half_anchor
-                         ? clhost::ewc::from_half_bits(state.anchor_half[k])
+                         ? clhost::ewc::half_to_float(state.anchor_half[k])
                          : clhost::ewc::anchor_value(state.scales[block], state.anchor_codes[k]);
       merge(fisher, anchor, gamma, pending_fisher_[static_cast<size_t>(i)], theta[k]);
       merged_fisher[static_cast<size_t>(i)] = fisher;
@@ -539,9 +509,7 @@ class Ewc : public clhost::sdk::Regularizer {
   std::vector<float> pending_fisher_;
   std::vector<float> scratch_fisher_;
   std::vector<float> scratch_anchor_;
-  // Decoded int8 state of one quantisation block (penalty only; not part of the resident state).
-  std::vector<float> decoded_fisher_;
-  std::vector<float> decoded_anchor_;
+  const clhost::ewc::PenaltyKernels* kernels_ = &clhost::ewc::penalty_kernels();
   std::vector<uint8_t> anchor_scratch_codes_;
 };
 

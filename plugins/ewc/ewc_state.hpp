@@ -125,17 +125,13 @@ inline float anchor_value(const QuantBlockScale& scale, uint8_t code) {
   return scale.anchor_low + static_cast<float>(code) * scale.anchor_step;
 }
 
-// fp16 anchors (round to nearest even; GCC's _Float16 on x86-64).
+// fp16 anchors (round to nearest even; GCC's _Float16 on x86-64). Runs at consolidation only;
+// the penalty decodes with ewc_penalty.hpp.
 inline uint16_t to_half_bits(float value) {
   const auto half = static_cast<_Float16>(value);
   uint16_t bits = 0;
   __builtin_memcpy(&bits, &half, sizeof(bits));
   return bits;
-}
-inline float from_half_bits(uint16_t bits) {
-  _Float16 half;
-  __builtin_memcpy(&half, &bits, sizeof(bits));
-  return static_cast<float>(half);
 }
 
 }  // namespace clhost::ewc

@@ -1,0 +1,219 @@
+#include "ewc_penalty.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+namespace clhost::ewc {
+namespace {
+
+// Float partial sums over stretches keep the loops vectorisable; the stretches are added in
+// double so that long tensors do not lose precision.
+constexpr int64_t kStretch = 4096;
+// Generic kernels decode this many elements into stack buffers, then run the fp32 loop on them.
+constexpr int64_t kDecodeChunk = 512;
+
+template <bool kWithGrad>
+float quadratic_stretch(const float* value, float* grad, const float* fisher, const float* anchor,
+                        int64_t n, float lambda) {
+  float partial = 0.0F;
+  for (int64_t i = 0; i < n; ++i) {
+    const float difference = value[i] - anchor[i];
+    const float weighted = fisher[i] * difference;
+    partial += weighted * difference;
+    if constexpr (kWithGrad) grad[i] += lambda * weighted;
+  }
+  return partial;
+}
+
+float quadratic_stretch(const float* value, float* grad, const float* fisher, const float* anchor,
+                        int64_t n, float lambda) {
+  return grad != nullptr ? quadratic_stretch<true>(value, grad, fisher, anchor, n, lambda)
+                         : quadratic_stretch<false>(value, grad, fisher, anchor, n, lambda);
+}
+
+double generic_fp32(const float* value, float* grad, const float* fisher, const float* anchor,
+                    int64_t n, float lambda) {
+  double sum = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kStretch) {
+    const int64_t count = std::min(kStretch, n - begin);
+    sum += quadratic_stretch(value + begin, grad != nullptr ? grad + begin : nullptr,
+                             fisher + begin, anchor + begin, count, lambda);
+  }
+  return sum;
+}
+
+// Decodes chunk by chunk with `decode_anchor(index)`, then the fp32 loop.
+template <typename DecodeAnchor>
+double generic_quantized(const float* value, float* grad, const float* table,
+                         const uint8_t* fisher_codes, int64_t n, float lambda,
+                         DecodeAnchor decode_anchor) {
+  float fisher[kDecodeChunk];
+  float anchor[kDecodeChunk];
+  double sum = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kDecodeChunk) {
+    const int64_t count = std::min(kDecodeChunk, n - begin);
+    for (int64_t i = 0; i < count; ++i) fisher[i] = table[fisher_codes[begin + i]];
+    for (int64_t i = 0; i < count; ++i) anchor[i] = decode_anchor(begin + i);
+    sum += quadratic_stretch(value + begin, grad != nullptr ? grad + begin : nullptr, fisher,
+                             anchor, count, lambda);
+  }
+  return sum;
+}
+
+double generic_int8_fp16(const float* value, float* grad, const float* table,
+                         const uint8_t* fisher_codes, const uint16_t* anchor_half, int64_t n,
+                         float lambda) {
+  return generic_quantized(value, grad, table, fisher_codes, n, lambda,
+                           [anchor_half](int64_t i) { return half_to_float(anchor_half[i]); });
+}
+
+double generic_int8(const float* value, float* grad, const float* table,
+                    const uint8_t* fisher_codes, const uint8_t* anchor_codes, float anchor_low,
+                    float anchor_step, int64_t n, float lambda) {
+  return generic_quantized(value, grad, table, fisher_codes, n, lambda, [&](int64_t i) {
+    return anchor_low + static_cast<float>(anchor_codes[i]) * anchor_step;
+  });
+}
+
+#define CLHOST_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+CLHOST_AVX2 double horizontal_sum(__m256 lanes) {
+  const __m128 halves = _mm_add_ps(_mm256_castps256_ps128(lanes), _mm256_extractf128_ps(lanes, 1));
+  const __m128 pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+  const __m128 single = _mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1));
+  return static_cast<double>(_mm_cvtss_f32(single));
+}
+
+// The shared AVX2 loop; `load(i, fisher, anchor)` decodes eight elements starting at i, `scalar`
+// decodes one (the tail).
+template <typename Load8, typename Load1>
+CLHOST_AVX2 double avx2_quadratic(const float* value, float* grad, int64_t n, float lambda,
+                                  Load8 load, Load1 scalar) {
+  const __m256 lambdas = _mm256_set1_ps(lambda);
+  double sum = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kStretch) {
+    const int64_t end = std::min(n, begin + kStretch);
+    __m256 partial = _mm256_setzero_ps();
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      __m256 fisher;
+      __m256 anchor;
+      load(i, fisher, anchor);
+      const __m256 difference = _mm256_sub_ps(_mm256_loadu_ps(value + i), anchor);
+      const __m256 weighted = _mm256_mul_ps(fisher, difference);
+      partial = _mm256_fmadd_ps(weighted, difference, partial);
+      if (grad != nullptr) {
+        _mm256_storeu_ps(grad + i, _mm256_fmadd_ps(lambdas, weighted, _mm256_loadu_ps(grad + i)));
+      }
+    }
+    float tail = 0.0F;
+    for (; i < end; ++i) {
+      float fisher = 0.0F;
+      float anchor = 0.0F;
+      scalar(i, fisher, anchor);
+      const float weighted = fisher * (value[i] - anchor);
+      tail += weighted * (value[i] - anchor);
+      if (grad != nullptr) grad[i] += lambda * weighted;
+    }
+    sum += horizontal_sum(partial) + static_cast<double>(tail);
+  }
+  return sum;
+}
+
+CLHOST_AVX2 double avx2_fp32(const float* value, float* grad, const float* fisher,
+                             const float* anchor, int64_t n, float lambda) {
+  return avx2_quadratic(
+      value, grad, n, lambda,
+      [=](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
+        f = _mm256_loadu_ps(fisher + i);
+        a = _mm256_loadu_ps(anchor + i);
+      },
+      [=](int64_t i, float& f, float& a) {
+        f = fisher[i];
+        a = anchor[i];
+      });
+}
+
+// The Fisher codes of a chunk through the block's table with scalar loads: AVX2's gather is slower
+// than this on the AMD cores measured (bench_ewc), and the table stays in L1 either way.
+inline void decode_fisher_chunk(const float* table, const uint8_t* codes, int64_t count,
+                                float* fisher) {
+  for (int64_t i = 0; i < count; ++i) fisher[i] = table[codes[i]];
+}
+
+CLHOST_AVX2 double avx2_int8_fp16(const float* value, float* grad, const float* table,
+                                  const uint8_t* fisher_codes, const uint16_t* anchor_half,
+                                  int64_t n, float lambda) {
+  float fisher[kDecodeChunk];
+  double sum = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kDecodeChunk) {
+    const int64_t count = std::min(kDecodeChunk, n - begin);
+    decode_fisher_chunk(table, fisher_codes + begin, count, fisher);
+    const uint16_t* half = anchor_half + begin;
+    sum += avx2_quadratic(
+        value + begin, grad != nullptr ? grad + begin : nullptr, count, lambda,
+        [&](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
+          f = _mm256_loadu_ps(fisher + i);
+          a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(half + i)));
+        },
+        [&](int64_t i, float& f, float& a) {
+          f = fisher[i];
+          a = half_to_float(half[i]);
+        });
+  }
+  return sum;
+}
+
+CLHOST_AVX2 double avx2_int8(const float* value, float* grad, const float* table,
+                             const uint8_t* fisher_codes, const uint8_t* anchor_codes,
+                             float anchor_low, float anchor_step, int64_t n, float lambda) {
+  const __m256 low = _mm256_set1_ps(anchor_low);
+  const __m256 step = _mm256_set1_ps(anchor_step);
+  float fisher[kDecodeChunk];
+  double sum = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kDecodeChunk) {
+    const int64_t count = std::min(kDecodeChunk, n - begin);
+    decode_fisher_chunk(table, fisher_codes + begin, count, fisher);
+    const uint8_t* codes = anchor_codes + begin;
+    sum += avx2_quadratic(
+        value + begin, grad != nullptr ? grad + begin : nullptr, count, lambda,
+        [&](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
+          f = _mm256_loadu_ps(fisher + i);
+          const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i));
+          a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(packed)), step, low);
+        },
+        [&](int64_t i, float& f, float& a) {
+          f = fisher[i];
+          a = anchor_low + static_cast<float>(codes[i]) * anchor_step;
+        });
+  }
+  return sum;
+}
+
+#undef CLHOST_AVX2
+
+}  // namespace
+
+const PenaltyKernels& generic_penalty_kernels() {
+  static const PenaltyKernels kernels{"generic (x86-64 SSE2)", generic_fp32, generic_int8_fp16,
+                                      generic_int8};
+  return kernels;
+}
+
+const PenaltyKernels* avx2_penalty_kernels() {
+  static const PenaltyKernels kernels{"avx2+fma+f16c", avx2_fp32, avx2_int8_fp16, avx2_int8};
+  __builtin_cpu_init();
+  const bool supported = __builtin_cpu_supports("avx2") != 0 &&
+                         __builtin_cpu_supports("fma") != 0 && __builtin_cpu_supports("f16c") != 0;
+  return supported ? &kernels : nullptr;
+}
+
+const PenaltyKernels& penalty_kernels() {
+  static const PenaltyKernels& chosen = avx2_penalty_kernels() != nullptr
+                                            ? *avx2_penalty_kernels()
+                                            : generic_penalty_kernels();
+  return chosen;
+}
+
+}  // namespace clhost::ewc

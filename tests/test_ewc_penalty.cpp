@@ -1,0 +1,145 @@
+// The EWC penalty kernels (plugins/ewc/ewc_penalty.cpp): every implementation this CPU runs
+// against a double-precision reference, with and without gradients, at lengths with and without
+// vector tails; the fp16 decoder against the compiler's _Float16 for all 65,536 bit patterns.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "ewc_penalty.hpp"
+#include "ewc_state.hpp"
+
+namespace {
+
+using clhost::ewc::PenaltyKernels;
+
+TEST(HalfToFloat, MatchesFloat16ForEveryBitPattern) {
+  for (uint32_t bits = 0; bits <= 0xffffU; ++bits) {
+    const auto half_bits = static_cast<uint16_t>(bits);
+    _Float16 half;
+    std::memcpy(&half, &half_bits, sizeof(half));
+    const auto expected = static_cast<float>(half);
+    const float decoded = clhost::ewc::half_to_float(half_bits);
+    if (std::isnan(expected)) {
+      ASSERT_TRUE(std::isnan(decoded)) << "bits " << bits;
+      continue;
+    }
+    uint32_t expected_bits = 0;
+    uint32_t decoded_bits = 0;
+    std::memcpy(&expected_bits, &expected, sizeof(expected));
+    std::memcpy(&decoded_bits, &decoded, sizeof(decoded));
+    ASSERT_EQ(decoded_bits, expected_bits) << "bits " << bits;
+  }
+}
+
+std::vector<const PenaltyKernels*> kernel_sets() {
+  std::vector<const PenaltyKernels*> sets{&clhost::ewc::generic_penalty_kernels()};
+  if (const PenaltyKernels* avx2 = clhost::ewc::avx2_penalty_kernels()) sets.push_back(avx2);
+  return sets;
+}
+
+struct Case {
+  std::vector<float> value, grad, fisher, anchor, table;
+  std::vector<uint8_t> fisher_codes, anchor_codes;
+  std::vector<uint16_t> anchor_half;
+  float anchor_low = -0.3F;
+  float anchor_step = 0.6F / 255.0F;
+};
+
+Case make_case(int64_t n, uint32_t seed) {
+  std::mt19937 random(seed);
+  std::uniform_real_distribution<float> uniform(-0.5F, 0.5F);
+  std::uniform_int_distribution<int> code(0, 255);
+  Case c;
+  for (int i = 0; i < 256; ++i) c.table.push_back(i == 0 ? 0.0F : std::exp(-12.0F + 0.05F * i));
+  for (int64_t i = 0; i < n; ++i) {
+    c.value.push_back(uniform(random));
+    c.grad.push_back(uniform(random));
+    c.fisher_codes.push_back(static_cast<uint8_t>(code(random)));
+    c.anchor_codes.push_back(static_cast<uint8_t>(code(random)));
+    // fp16 anchors spread over the normal range and the subnormals.
+    const float anchor = i % 7 == 0 ? uniform(random) * 1e-6F : uniform(random);
+    c.anchor_half.push_back(clhost::ewc::to_half_bits(anchor));
+    c.fisher.push_back(c.table[c.fisher_codes.back()]);
+    c.anchor.push_back(anchor);
+  }
+  return c;
+}
+
+// The reference: decoded values, double arithmetic.
+double reference(const Case& c, const std::vector<float>& anchors, std::vector<double>& grad,
+                 float lambda) {
+  double sum = 0.0;
+  grad.assign(c.grad.begin(), c.grad.end());
+  for (size_t i = 0; i < c.value.size(); ++i) {
+    const double difference = static_cast<double>(c.value[i]) - anchors[i];
+    sum += c.fisher[i] * difference * difference;
+    grad[i] += static_cast<double>(lambda) * c.fisher[i] * difference;
+  }
+  return sum;
+}
+
+void expect_close(double sum, double expected_sum, const std::vector<float>& grad,
+                  const std::vector<double>& expected_grad, const std::string& what) {
+  EXPECT_NEAR(sum, expected_sum, 1e-5 * std::abs(expected_sum) + 1e-12) << what;
+  for (size_t i = 0; i < grad.size(); ++i) {
+    ASSERT_NEAR(grad[i], expected_grad[i], 1e-5 * std::abs(expected_grad[i]) + 1e-7)
+        << what << " element " << i;
+  }
+}
+
+TEST(PenaltyKernels, EveryLayoutMatchesTheReference) {
+  const float lambda = 3.5F;
+  for (const PenaltyKernels* kernels : kernel_sets()) {
+    for (const int64_t n : {1, 7, 8, 9, 4095, 4097, 20011}) {
+      const Case c = make_case(n, static_cast<uint32_t>(n));
+      const std::string what = std::string(kernels->name) + " n=" + std::to_string(n);
+      std::vector<double> expected_grad;
+
+      std::vector<float> fp32_anchor(c.anchor);
+      double expected = reference(c, fp32_anchor, expected_grad, lambda);
+      std::vector<float> grad = c.grad;
+      double sum = kernels->fp32(c.value.data(), grad.data(), c.fisher.data(), c.anchor.data(), n,
+                                 lambda);
+      expect_close(sum, expected, grad, expected_grad, what + " fp32");
+      EXPECT_DOUBLE_EQ(kernels->fp32(c.value.data(), nullptr, c.fisher.data(), c.anchor.data(),
+                                     n, lambda),
+                       sum)
+          << what << " fp32 without gradient";
+
+      std::vector<float> half_anchor;
+      for (const uint16_t bits : c.anchor_half) {
+        half_anchor.push_back(clhost::ewc::half_to_float(bits));
+      }
+      expected = reference(c, half_anchor, expected_grad, lambda);
+      grad = c.grad;
+      sum = kernels->int8_fp16(c.value.data(), grad.data(), c.table.data(),
+                               c.fisher_codes.data(), c.anchor_half.data(), n, lambda);
+      expect_close(sum, expected, grad, expected_grad, what + " int8_fp16");
+
+      std::vector<float> code_anchor;
+      for (const uint8_t code : c.anchor_codes) {
+        code_anchor.push_back(c.anchor_low + static_cast<float>(code) * c.anchor_step);
+      }
+      expected = reference(c, code_anchor, expected_grad, lambda);
+      grad = c.grad;
+      sum = kernels->int8(c.value.data(), grad.data(), c.table.data(), c.fisher_codes.data(),
+                          c.anchor_codes.data(), c.anchor_low, c.anchor_step, n, lambda);
+      expect_close(sum, expected, grad, expected_grad, what + " int8");
+    }
+  }
+}
+
+TEST(PenaltyKernels, TheFastestSetThisCpuRunsIsChosen) {
+  const PenaltyKernels* avx2 = clhost::ewc::avx2_penalty_kernels();
+  const PenaltyKernels& chosen = clhost::ewc::penalty_kernels();
+  if (avx2 != nullptr) {
+    EXPECT_EQ(&chosen, avx2);
+  } else {
+    EXPECT_EQ(&chosen, &clhost::ewc::generic_penalty_kernels());
+  }
+}
+
+}  // namespace
