@@ -43,7 +43,8 @@ def lowrank_config(base_config, arm, lowrank_set, directory):
     text = text[:text.index("[[pipeline]]")]
     ratio = float(arm[len("lowrank_"):])
     text += ("[[pipeline]]\nplugin = \"lowrank_fisher\"\nlambda = 1000.0\n"
-             f"labels = \"expectation\"\ncompression_ratio = {ratio}\n")
+             f"labels = \"expectation\"\ncompression_ratio = {ratio}\n"
+             "max_bytes_per_parameter = 0\n")
     for item in lowrank_set:
         text += item + "\n"
     os.makedirs(directory, exist_ok=True)

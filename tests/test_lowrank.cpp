@@ -129,4 +129,49 @@ TEST(LowRankFisher, PluginRunsEndToEndAndStoresItsFactors) {
   EXPECT_NE(inspect.output.find("rank 2"), std::string::npos) << inspect.output;
 }
 
+// The default byte budget caps a rank the ratio asks for, says so, and what the report measures
+// as resident is the state alone (not the task's own factor, freed once merged).
+TEST(LowRankFisher, ByteBudgetCapsTheRankAndStateIsMeasuredAfterTheMerge) {
+  clhost::test::TempDir dir;
+  const std::string config = dir.file(
+      "run.toml",
+      "[run]\nseed = 1\n[data]\nnum_tasks = 3\nscenario = \"permuted\"\n"
+      "train_samples_per_task = 400\ntest_samples_per_task = 200\n"
+      "[model]\nhidden = [32]\n[train]\nbatch_size = 32\niterations = 20\n"
+      "[[pipeline]]\nplugin = \"lowrank_fisher\"\ncompression_ratio = 0.5\n"
+      "fisher_samples = 40\nlabels = \"true\"\nstore = false\n");
+  const auto run = clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " +
+                                             config + " -o " + dir.path("run"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("[lowrank_fisher] warning: compression_ratio 0.5000 of 40 gradient "
+                            "rows asks for rank 20; max_bytes_per_parameter caps it at 2"),
+            std::string::npos)
+      << run.output;
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto& report = results["plugins"][0]["report"];
+  EXPECT_EQ(report["rank"], 2);
+  EXPECT_EQ(report["rank_limited_by"], "max_bytes_per_parameter");
+  EXPECT_NEAR(report["state_bytes_per_parameter"].get<double>(), 16.0, 1e-9);
+  const auto state = report["state_bytes"].get<double>();
+  const auto measured = report["state_bytes_measured"].get<double>();
+  EXPECT_GT(measured, 0.8 * state);
+  EXPECT_LT(measured, 1.5 * state) << "three tasks merged online hold one factor, not three";
+}
+
+TEST(LowRankFisher, AByteBudgetWithoutRoomForRankOneIsRefused) {
+  clhost::test::TempDir dir;
+  const std::string config = dir.file(
+      "run.toml",
+      "[data]\nnum_tasks = 2\nscenario = \"permuted\"\ntrain_samples_per_task = 100\n"
+      "test_samples_per_task = 50\n[model]\nhidden = [8]\n[train]\niterations = 2\n"
+      "[[pipeline]]\nplugin = \"lowrank_fisher\"\nmax_bytes_per_parameter = 8.0\n");
+  const auto run = clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " +
+                                             config + " -o " + dir.path("run"));
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_NE(run.output.find("max_bytes_per_parameter = 8.00 leaves no room for rank 1"),
+            std::string::npos)
+      << run.output;
+}
+
 }  // namespace

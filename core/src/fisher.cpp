@@ -2,6 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
+#include <sstream>
+
 #include "clhost/errors.hpp"
 #include "fisher_layers.hpp"
 
@@ -467,6 +470,39 @@ std::pair<torch::Tensor, torch::Tensor> training_chunk(const FisherContext& cont
   return {samples.x.to(dtype), context.label_map.index_select(0, samples.y)};
 }
 
+// Where a long pass is, about every 10 s: block, samples, elapsed time and what remains.
+class PassProgress {
+ public:
+  PassProgress(const std::function<void(const std::string&)>& report, size_t blocks,
+               int64_t samples)
+      : report_(report), blocks_(blocks), samples_(samples) {}
+
+  void update(size_t block, int64_t samples_done) {
+    if (!report_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_ < std::chrono::seconds(10)) return;
+    last_ = now;
+    const double elapsed = std::chrono::duration<double>(now - started_).count();
+    const double done = (static_cast<double>(block) + static_cast<double>(samples_done) /
+                                                          static_cast<double>(samples_)) /
+                        static_cast<double>(blocks_);
+    std::ostringstream line;
+    line.setf(std::ios::fixed);
+    line.precision(0);
+    line << "Fisher pass: block " << block + 1 << "/" << blocks_ << ", sample " << samples_done
+         << "/" << samples_ << ", " << elapsed << " s elapsed, about "
+         << elapsed * (1.0 - done) / std::max(done, 1e-9) << " s left";
+    report_(line.str());
+  }
+
+ private:
+  const std::function<void(const std::string&)>& report_;
+  size_t blocks_;
+  int64_t samples_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_ = started_;
+};
+
 // The walk both passes share: the model in eval mode (restored on every exit), every block of the
 // plan, and for each the task's first `samples` training samples in chunks of batch_size.
 void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
@@ -482,6 +518,7 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
   const auto blocks = plan_fisher_blocks(parameters, block_size);
   const bool was_training = model->is_training();
   model->eval();
+  PassProgress progress(context.progress, blocks.size(), samples);
   try {
     for (size_t b = 0; b < blocks.size(); ++b) {
       // The same label draws for every block: the generator restarts per block.
@@ -492,6 +529,7 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
         const int64_t end = std::min(samples, start + chunk);
         const auto [x, y] = training_chunk(context, parameters.front().scalar_type(), start, end);
         on_chunk(x, y, samples, end == samples);
+        progress.update(b, end);
       }
     }
   } catch (...) {

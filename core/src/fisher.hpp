@@ -6,6 +6,7 @@
 #include <torch/nn/modules/container/sequential.h>
 
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "data.hpp"
@@ -18,6 +19,8 @@ struct FisherContext {
   torch::Tensor active_classes;  // output columns the task trains on
   torch::Tensor label_map;       // global label -> column in active_classes
   uint64_t seed = 0;             // for LABELS_SAMPLE
+  // Told where a long pass is (about every 10 s); empty: silent.
+  std::function<void(const std::string&)> progress;
 };
 
 // A contiguous range of whole rows (dim 0) of one parameter.

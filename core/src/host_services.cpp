@@ -84,6 +84,15 @@ clhost_status_t report_exception(const std::exception& e, const char* what, clho
                                                 : CLHOST_STATUS_INTERNAL;
 }
 
+// The run's Fisher context, with progress lines logged under the calling plug-in's name.
+FisherContext context_with_progress(const clhost_host_t* host) {
+  FisherContext context = runtime_of(host).fisher_context;
+  context.progress = [host](const std::string& line) {
+    host_log(host, CLHOST_LOG_INFO, line.c_str());
+  };
+  return context;
+}
+
 struct SinkFailure {
   clhost_status_t status;
 };
@@ -107,7 +116,7 @@ clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
   try {
     const int64_t block_size =
         request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
-    diagonal_fisher(runtime.fisher_context, *request, block_size, FisherMethod::kAuto,
+    diagonal_fisher(context_with_progress(host), *request, block_size, FisherMethod::kAuto,
                     [&](size_t parameter, int64_t offset, const torch::Tensor& values) {
                       crash_point("fisher");
                       std::vector<int64_t> shape{values.numel()};
@@ -146,7 +155,7 @@ clhost_status_t sample_grads_sample_gradients(const clhost_host_t* host,
     const int64_t block_size =
         request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
     per_sample_gradients(
-        runtime.fisher_context, *request, block_size, FisherMethod::kAuto,
+        context_with_progress(host), *request, block_size, FisherMethod::kAuto,
         [&](size_t block_index, size_t block_count, const FisherBlock& block,
             const torch::Tensor& rows, int64_t samples, bool last) {
           crash_point("fisher");

@@ -33,6 +33,11 @@ const clhost_config_key_t kSchema[] = {
      1, 0.0, 1.0, nullptr},
     {"max_rank", CLHOST_CONFIG_TYPE_INT, "0", "upper bound on the rank per block (0: none)", 1, 0,
      1e9, nullptr},
+    {"max_bytes_per_parameter", CLHOST_CONFIG_TYPE_FLOAT, "16.0",
+     "upper bound on the resident state per parameter, which caps the rank: U, D and the anchor in "
+     "fp32 take 4*(rank+2) bytes (per task in separate mode), so 16 allows rank 2 and 136 rank 32; "
+     "at least 12, or 0 for no cap",
+     1, 0.0, 1e9, nullptr},
     {"mode", CLHOST_CONFIG_TYPE_STRING, "\"online\"",
      "online: one factor, gamma*old + new re-compressed to rank r, anchor = latest parameters; "
      "separate: one factor and anchor per task",
@@ -95,6 +100,8 @@ class LowRankFisher : public clhost::sdk::Regularizer {
         lambda_(config.get_float("lambda")),
         ratio_(config.get_float("compression_ratio")),
         max_rank_(config.get_int("max_rank")),
+        max_bytes_per_parameter_(config.get_float("max_bytes_per_parameter")),
+        ratio_given_(config.get_float("compression_ratio") > 0.0),
         online_(config.get_string("mode") == "online"),
         gamma_(config.get_float("gamma")),
         labels_(config.get_string("labels")),
@@ -109,6 +116,13 @@ class LowRankFisher : public clhost::sdk::Regularizer {
             "[[pipeline]] entry or fisher_computation.compression_ratio)",
             CLHOST_STATUS_INVALID_ARGUMENT);
       }
+    }
+    if (max_bytes_per_parameter_ != 0.0 && byte_rank_cap() < 1) {
+      throw clhost::sdk::Error(
+          "lowrank_fisher: max_bytes_per_parameter = " + format(max_bytes_per_parameter_, 2) +
+              " leaves no room for rank 1 (U, D and the anchor take 4*(rank+2) bytes per "
+              "parameter: at least 12; 0 lifts the cap)",
+          CLHOST_STATUS_INVALID_ARGUMENT);
     }
     clhost::sdk::check_fisher_labels(this->host().settings(), labels_);
     (void)this->host().sample_grads();  // fail at create, not after the first task, if missing
@@ -134,6 +148,31 @@ class LowRankFisher : public clhost::sdk::Regularizer {
   void on_task_end(const clhost_task_info_t& task) override {
     const auto start = std::chrono::steady_clock::now();
     const int64_t heap_before = heap_bytes();
+    collect_factors(task.task_index);
+    const double fisher_seconds = seconds_since(start);
+    const auto values = parameter_views(false);
+    if (store_) {
+      host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) + ": factors ready in " +
+                                      format(fisher_seconds, 1) + " s; saving them to the store");
+      save(task.task_index, pass_factors_);
+    }
+    fold_in(values.first);
+    // Measured after the task's own factors are gone (merged or moved): only what stays resident.
+    ::malloc_trim(0);
+    measured_bytes_ += heap_bytes() - heap_before;
+    ++tasks_;
+    consolidate_seconds_.push_back(seconds_since(start));
+    fisher_seconds_.push_back(fisher_seconds);
+    host().log(CLHOST_LOG_INFO,
+               "task " + std::to_string(task.task_index) + ": rank " + std::to_string(rank_) +
+                   " of " + std::to_string(rows_) + " gradient rows per block, " +
+                   std::to_string(blocks_.size()) + " block(s), state " +
+                   std::to_string(state_bytes()) + " bytes (" + format(bytes_per_parameter(), 2) +
+                   " bytes/parameter), " + format(consolidate_seconds_.back(), 2) + " s");
+  }
+
+  // The pass: the host streams each block's per-sample gradient rows into a factor builder.
+  void collect_factors(uint32_t task_index) {
     pass_blocks_.clear();
     pass_factors_.clear();
     builder_.reset();
@@ -144,7 +183,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     request.batched = 0;
     request.batch_size = batch_size_;
     request.block_size = 0;  // fisher_computation.block_size
-    seed_ = 0x10e4a2cULL + task.task_index;
+    seed_ = 0x10e4a2cULL + task_index;
     clhost_error_t error{};
     const clhost_status_t status =
         host().sample_grads().sample_gradients(host().raw(), &request, &sink, this, &error);
@@ -158,13 +197,15 @@ class LowRankFisher : public clhost::sdk::Regularizer {
       throw clhost::sdk::Error("lowrank_fisher: the block plan changed between tasks",
                                CLHOST_STATUS_INTERNAL);
     }
-    const double fisher_seconds = seconds_since(start);
-    const auto values = parameter_views(false);
-    if (store_) save(task.task_index, pass_factors_);
+  }
 
+  // The new task's factors and anchors join the state: merged into the online quadratic, or one
+  // more quadratic in separate mode.
+  void fold_in(const std::vector<torch::Tensor>& values) {
     Quadratic fresh;
     fresh.factors = std::move(pass_factors_);
-    for (const auto& block : blocks_) fresh.anchors.push_back(gather(values.first, block).clone());
+    pass_factors_.clear();
+    for (const auto& block : blocks_) fresh.anchors.push_back(gather(values, block).clone());
     if (online_ && !quadratics_.empty()) {
       Quadratic& merged = quadratics_.front();
       for (size_t b = 0; b < blocks_.size(); ++b) {
@@ -174,17 +215,6 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     } else {
       quadratics_.push_back(std::move(fresh));
     }
-    ::malloc_trim(0);
-    measured_bytes_ = heap_bytes() - heap_before + measured_bytes_;
-    ++tasks_;
-    consolidate_seconds_.push_back(seconds_since(start));
-    fisher_seconds_.push_back(fisher_seconds);
-    host().log(CLHOST_LOG_INFO,
-               "task " + std::to_string(task.task_index) + ": rank " + std::to_string(rank_) +
-                   " of " + std::to_string(rows_) + " gradient rows per block, " +
-                   std::to_string(blocks_.size()) + " block(s), state " +
-                   std::to_string(state_bytes()) + " bytes (" + format(bytes_per_parameter(), 2) +
-                   " bytes/parameter), " + format(consolidate_seconds_.back(), 2) + " s");
   }
 
   // Checkpoints: the block plan, the factors and anchors, and what the report counts.
@@ -265,6 +295,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     }
     return nlohmann::json{{"compression_ratio", ratio_},
                           {"rank", rank_},
+                          {"rank_limited_by", rank_limited_by_},
                           {"gradient_rows", rows_},
                           {"mode", online_ ? "online" : "separate"},
                           {"tasks_consolidated", tasks_},
@@ -279,6 +310,36 @@ class LowRankFisher : public clhost::sdk::Regularizer {
   }
 
  private:
+  // The largest rank whose state fits max_bytes_per_parameter (0 when it is 0: no cap).
+  [[nodiscard]] int64_t byte_rank_cap() const {
+    if (max_bytes_per_parameter_ == 0.0) return 0;
+    return static_cast<int64_t>(std::floor(max_bytes_per_parameter_ / 4.0)) - 2;
+  }
+
+  // The rank: compression_ratio of the rows, then max_rank and the byte budget, whichever is
+  // smallest; what limited it is logged and reported.
+  void choose_rank() {
+    const int64_t from_ratio = lowrank::rank_for(ratio_, rows_, 0);
+    const int64_t from_bytes = byte_rank_cap();
+    rank_ = lowrank::rank_for(ratio_, rows_, max_rank_);
+    rank_limited_by_ = rank_ < from_ratio ? "max_rank" : "compression_ratio";
+    if (from_bytes > 0 && from_bytes < rank_) {
+      rank_ = from_bytes;
+      rank_limited_by_ = "max_bytes_per_parameter";
+    }
+    if (rank_ == from_ratio || rank_explained_) return;
+    rank_explained_ = true;
+    const std::string message = "compression_ratio " + format(ratio_, 4) + " of " +
+                                std::to_string(rows_) + " gradient rows asks for rank " +
+                                std::to_string(from_ratio) + "; " + rank_limited_by_ +
+                                " caps it at " + std::to_string(rank_) +
+                                (rank_limited_by_ == "max_bytes_per_parameter"
+                                     ? " (" + format(max_bytes_per_parameter_, 1) +
+                                           " bytes/parameter; 0 lifts the cap)"
+                                     : std::string());
+    host().log(ratio_given_ ? CLHOST_LOG_WARNING : CLHOST_LOG_INFO, message);
+  }
+
   static clhost_status_t sink(void* data, const clhost_sample_grads_chunk_t* chunk,
                               clhost_error_t* error) {
     return clhost::sdk::guarded_call(error,
@@ -298,7 +359,7 @@ class LowRankFisher : public clhost::sdk::Regularizer {
       // Rows per sample from the first chunk (1, or the task's classes for expectation).
       const int64_t chunk_samples = std::min<int64_t>(batch_size_, chunk.samples);
       rows_ = rows.size(0) / std::max<int64_t>(chunk_samples, 1) * chunk.samples;
-      rank_ = lowrank::rank_for(ratio_, rows_, max_rank_);
+      choose_rank();
       builder_ = std::make_unique<lowrank::FactorBuilder>(block.elements, rank_, rows_,
                                                           seed_ + chunk.block_index);
       pass_blocks_.push_back(std::move(block));
@@ -458,6 +519,10 @@ class LowRankFisher : public clhost::sdk::Regularizer {
   double lambda_;
   double ratio_;
   int64_t max_rank_;
+  double max_bytes_per_parameter_;
+  bool ratio_given_;  // compression_ratio set in the plug-in's own entry
+  std::string rank_limited_by_;
+  bool rank_explained_ = false;
   bool online_;
   double gamma_;
   std::string labels_;

@@ -89,6 +89,10 @@ class FisherStore {
   int64_t group_ = -1;
   std::string group_name_;
   std::vector<int64_t> written_;  // elements written per parameter in the open group
+  // hid_t per parameter of the group being written; -1 once written completely and closed.
+  std::vector<int64_t> open_datasets_;
+
+  void close_dataset(size_t parameter);
   int64_t vectors_ = 1;
 };
 
