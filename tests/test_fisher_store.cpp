@@ -97,14 +97,15 @@ TEST(Store, AChangedByteIsDetectedByTheChecksum) {
     FisherStore store(path, options, kModel, "test");
     save(store, "task_0", 3.0F);
   }
-  // Locate the stored bytes of fc1.weight (value index 1) and flip one bit.
-  std::string bytes = clhost::test::read_file(path);
+  // Locate the stored bytes of fc1.weight (value index 1) in the group's file and flip one bit.
+  const std::string group_path = path + ".groups/task_0.h5";
+  std::string bytes = clhost::test::read_file(group_path);
   const auto values = values_for(4096, 3.0F);
   const std::string needle(reinterpret_cast<const char*>(&values[1]), 8);
   const size_t position = bytes.find(needle);
   ASSERT_NE(position, std::string::npos);
   bytes[position] = static_cast<char>(bytes[position] ^ 0x10);
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  std::ofstream(group_path, std::ios::binary | std::ios::trunc) << bytes;
   FisherStore reader(path, options, kModel, "test");
   try {
     (void)load(reader, "task_0", 0);
@@ -125,16 +126,71 @@ TEST(Store, AnInterruptedSaveLeavesThePreviousFileIntact) {
     store.begin_group("task_1", "interrupted");
     const auto values = values_for(4096, 1.0F);
     store.write_block(0, 0, values.data(), 300);
-    // A crash here: the new state lives only in f.h5.tmp.
+    // A crash here: the new group lives only in its temporary file, outside the index.
     EXPECT_EQ(clhost::test::read_file(path), before);
-    EXPECT_TRUE(std::filesystem::exists(path + ".tmp"));
+    EXPECT_TRUE(std::filesystem::exists(path + ".groups/task_1.h5.tmp"));
     EXPECT_THROW(store.commit_group(), RunError) << "an incomplete group must not be committed";
-    EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+    EXPECT_FALSE(std::filesystem::exists(path + ".groups/task_1.h5.tmp"));
     EXPECT_EQ(clhost::test::read_file(path), before);
   }
   const auto summary = FisherStore::inspect(path);
   ASSERT_EQ(summary.groups.size(), 1U);
   EXPECT_EQ(summary.groups[0].name, "task_0");
+}
+
+// Adding a task writes that task's file and a new index of a few KB: earlier groups' files are
+// not rewritten, whatever their size.
+TEST(Store, AddingAGroupLeavesTheEarlierGroupsFilesUntouched) {
+  clhost::test::TempDir dir;
+  const std::string path = dir.path("f.h5");
+  FisherStore store(path, StoreOptions{}, kModel, "test");
+  save(store, "task_0", 3.0F);
+  const std::string first = path + ".groups/task_0.h5";
+  const auto written = std::filesystem::last_write_time(first);
+  const std::string first_bytes = clhost::test::read_file(first);
+  save(store, "task_1", 2.0F);
+  save(store, "task_2", 1.0F);
+  EXPECT_EQ(std::filesystem::last_write_time(first), written);
+  EXPECT_EQ(clhost::test::read_file(first), first_bytes);
+  EXPECT_LT(std::filesystem::file_size(path), 16384U) << "the index holds links, not data";
+  EXPECT_EQ(store.committed_groups(), (std::vector<std::string>{"task_0", "task_1", "task_2"}));
+  EXPECT_EQ(load(store, "task_2", 0), values_for(4096, 1.0F));
+  const auto summary = FisherStore::inspect(path);
+  EXPECT_EQ(summary.groups.size(), 3U);
+  EXPECT_GT(summary.file_bytes, static_cast<int64_t>(3 * first_bytes.size()))
+      << "file_bytes counts the group files";
+}
+
+// The links are relative to the index: a run directory moved elsewhere still reads.
+TEST(Store, AMovedStoreStillReads) {
+  clhost::test::TempDir dir;
+  std::filesystem::create_directories(dir.path("old"));
+  {
+    FisherStore store(dir.path("old/f.h5"), StoreOptions{}, kModel, "test");
+    save(store, "task_0", 3.0F);
+  }
+  std::filesystem::rename(dir.path("old"), dir.path("new"));
+  FisherStore moved(dir.path("new/f.h5"), StoreOptions{}, kModel, "test");
+  EXPECT_EQ(load(moved, "task_0", 0), values_for(4096, 3.0F));
+}
+
+// A crash between a group file's rename and its link leaves a file the index does not name: it
+// is not a group, the group can be saved again, and keep_only clears it away.
+TEST(Store, AGroupFileWithoutALinkIsNotAGroup) {
+  clhost::test::TempDir dir;
+  const std::string path = dir.path("f.h5");
+  FisherStore store(path, StoreOptions{}, kModel, "test");
+  save(store, "task_0", 3.0F);
+  std::filesystem::copy_file(path + ".groups/task_0.h5", path + ".groups/task_1.h5");
+  EXPECT_EQ(store.committed_groups(), (std::vector<std::string>{"task_0"}));
+  save(store, "task_1", 2.0F);
+  EXPECT_EQ(load(store, "task_1", 0), values_for(4096, 2.0F));
+  std::ofstream(path + ".groups/task_7.h5") << "stray";
+  store.keep_only({"task_0"});
+  EXPECT_EQ(store.committed_groups(), (std::vector<std::string>{"task_0"}));
+  EXPECT_FALSE(std::filesystem::exists(path + ".groups/task_1.h5"));
+  EXPECT_FALSE(std::filesystem::exists(path + ".groups/task_7.h5"));
+  EXPECT_EQ(load(store, "task_0", 0), values_for(4096, 3.0F));
 }
 
 TEST(Store, RefusesAFileWrittenForAnotherModel) {

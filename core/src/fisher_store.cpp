@@ -19,6 +19,8 @@ namespace {
 
 namespace fs = std::filesystem;
 constexpr const char* kFormat = "clhost-fisher-store/1";
+// One group's own file under <store>.groups/, reached from the index by an external link.
+constexpr const char* kGroupFormat = "clhost-fisher-store-group/1";
 constexpr const char* kDebianPluginDir = "/usr/lib/x86_64-linux-gnu/hdf5/serial/plugins";
 
 struct CodecInfo {
@@ -268,42 +270,25 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
           std::string::npos) {
     throw RunError(path_ + ": invalid group name '" + group + "' (letters, digits, _)");
   }
-  const std::string temporary = path_ + ".tmp";
+  if (fs::exists(path_)) check_index_accepts(group);
   std::error_code error;
+  fs::create_directories(groups_directory(), error);
+  if (error) throw RunError(groups_directory() + ": cannot create: " + error.message());
+  // The group is written into its own file, next to the index, never into a file that holds
+  // earlier groups: adding a task writes that task's data only.
+  const std::string temporary = group_file(group) + ".tmp";
   fs::remove(temporary, error);
-  if (fs::exists(path_)) {
-    // The old file is never opened for writing: the new state is built in a copy.
-    fs::copy_file(path_, temporary, fs::copy_options::overwrite_existing, error);
-    if (error) throw RunError(temporary + ": cannot copy the store: " + error.message());
-    file_ = H5Fopen(temporary.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    if (file_ < 0) throw RunError(path_ + ": cannot open the store copy: " + hdf5_reason());
-    const auto stored = parse_model(read_string_attribute(file_, "model"));
-    if (model_json(stored) != model_json(model_)) {
-      H5Fclose(file_);
-      file_ = -1;
-      fs::remove(temporary, error);
-      throw RunError(path_ + ": written for another model; refusing to add to it");
-    }
-    if (H5Lexists(file_, group.c_str(), H5P_DEFAULT) > 0) {
-      H5Fclose(file_);
-      file_ = -1;
-      fs::remove(temporary, error);
-      throw RunError(path_ + ": group '" + group + "' already exists");
-    }
-  } else {
-    file_ = H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file_ < 0) throw RunError(temporary + ": cannot create: " + hdf5_reason());
-    write_string_attribute(file_, "format", kFormat);
-    write_string_attribute(file_, "clhost_version", clhost_version_);
-    write_string_attribute(file_, "model", model_json(model_));
-  }
-  group_ = H5Gcreate2(file_, group.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  file_ = H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (file_ < 0) throw RunError(temporary + ": cannot create: " + hdf5_reason());
+  write_string_attribute(file_, "format", kGroupFormat);
+  write_string_attribute(file_, "model", model_json(model_));
+  group_ = H5Gopen2(file_, "/", H5P_DEFAULT);
+  group_name_ = group;
   if (group_ < 0) {
     abort_group();
-    throw RunError(path_ + ": cannot create group '" + group + "': " + hdf5_reason());
+    throw RunError(temporary + ": cannot open its root group: " + hdf5_reason());
   }
   write_string_attribute(group_, "description", description);
-  group_name_ = group;
   vectors_ = vectors;
   written_.assign(model_.size(), 0);
 
@@ -448,15 +433,79 @@ void FisherStore::commit_group() {
   group_ = -1;
   const herr_t status = H5Fclose(file_);
   file_ = -1;
-  const std::string temporary = path_ + ".tmp";
+  const std::string final_path = group_file(group_name_);
+  const std::string temporary = final_path + ".tmp";
+  std::error_code ignored;
   if (status < 0) {
-    std::error_code ignored;
     fs::remove(temporary, ignored);
     throw RunError(temporary + ": closing failed: " + hdf5_reason());
   }
   fsync_path(temporary);
+  if (std::rename(temporary.c_str(), final_path.c_str()) != 0) {
+    fs::remove(temporary, ignored);
+    throw RunError(final_path + ": rename failed");
+  }
+  fsync_path(groups_directory());
+  try {
+    link_group(group_name_);
+  } catch (const RunError&) {
+    fs::remove(final_path, ignored);  // never linked: as if the save had not happened
+    throw;
+  }
+}
+
+// The index (path_) holds the model's fingerprint and one external link per committed group;
+// each link is added in a copy of the index (a few KB) that replaces it atomically.
+void FisherStore::link_group(const std::string& group) {
+  const std::string temporary = path_ + ".tmp";
+  std::error_code error;
+  fs::remove(temporary, error);
+  hid_t index = -1;
+  if (fs::exists(path_)) {
+    fs::copy_file(path_, temporary, fs::copy_options::overwrite_existing, error);
+    if (error) throw RunError(temporary + ": cannot copy the index: " + error.message());
+    index = H5Fopen(temporary.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  } else {
+    index = H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (index >= 0) {
+      write_string_attribute(index, "format", kFormat);
+      write_string_attribute(index, "clhost_version", clhost_version_);
+      write_string_attribute(index, "model", model_json(model_));
+    }
+  }
+  if (index < 0) throw RunError(temporary + ": cannot open: " + hdf5_reason());
+  // Relative: HDF5 resolves it against the index's own directory, so a moved run still reads.
+  const std::string target = fs::path(path_).filename().string() + ".groups/" + group + ".h5";
+  const bool linked = H5Lcreate_external(target.c_str(), "/", index, group.c_str(), H5P_DEFAULT,
+                                         H5P_DEFAULT) >= 0;
+  const std::string reason = linked ? "" : hdf5_reason();
+  if (H5Fclose(index) < 0 || !linked) {
+    fs::remove(temporary, error);
+    throw RunError(path_ + ": cannot add group '" + group + "' to the index: " + reason);
+  }
+  fsync_path(temporary);
   if (std::rename(temporary.c_str(), path_.c_str()) != 0) throw RunError(path_ + ": rename failed");
   fsync_path(fs::path(path_).parent_path().empty() ? "." : fs::path(path_).parent_path().string());
+}
+
+// Before a group is written: the index is this model's and does not hold the group yet.
+void FisherStore::check_index_accepts(const std::string& group) const {
+  const hid_t index = open_existing(path_, H5F_ACC_RDONLY);
+  const auto stored = parse_model(read_string_attribute(index, "model"));
+  const bool present = H5Lexists(index, group.c_str(), H5P_DEFAULT) > 0;
+  H5Fclose(index);
+  if (model_json(stored) != model_json(model_)) {
+    throw RunError(path_ + ": written for another model; refusing to add to it");
+  }
+  if (present) throw RunError(path_ + ": group '" + group + "' already exists");
+}
+
+std::string FisherStore::groups_directory() const {
+  return path_ + ".groups";
+}
+
+std::string FisherStore::group_file(const std::string& group) const {
+  return groups_directory() + "/" + group + ".h5";
 }
 
 void FisherStore::abort_group() noexcept {
@@ -468,7 +517,7 @@ void FisherStore::abort_group() noexcept {
   if (file_ >= 0) H5Fclose(file_);
   if (file_ >= 0) {
     std::error_code ignored;
-    fs::remove(path_ + ".tmp", ignored);
+    fs::remove(group_file(group_name_) + ".tmp", ignored);
   }
   group_ = -1;
   file_ = -1;
@@ -497,7 +546,8 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
                             : -1;
   if (dataset < 0) {
     H5Fclose(file);
-    throw RunError(path_ + ": no dataset " + name);
+    throw RunError(path_ + ": no dataset " + name + " (or its group file " + group_file(group) +
+                   " is missing)");
   }
   const hid_t file_space = H5Dget_space(dataset);
   const hsize_t start = static_cast<hsize_t>(offset);
@@ -560,11 +610,15 @@ void FisherStore::keep_only(const std::vector<std::string>& keep) {
   for (const auto& name : present) {
     if (std::find(keep.begin(), keep.end(), name) == keep.end()) extra.push_back(name);
   }
-  if (extra.empty()) return;
   std::error_code error;
+  if (extra.empty()) {
+    remove_unlinked_group_files(keep);
+    return;
+  }
   if (keep.empty()) {
     fs::remove(path_, error);
     if (error) throw RunError(path_ + ": cannot remove: " + error.message());
+    remove_unlinked_group_files(keep);
     return;
   }
   const std::string temporary = path_ + ".tmp";
@@ -583,6 +637,20 @@ void FisherStore::keep_only(const std::vector<std::string>& keep) {
   fsync_path(temporary);
   if (std::rename(temporary.c_str(), path_.c_str()) != 0) throw RunError(path_ + ": rename failed");
   fsync_path(fs::path(path_).parent_path().empty() ? "." : fs::path(path_).parent_path().string());
+  remove_unlinked_group_files(keep);
+}
+
+// Group files the index does not link (dropped groups, a save cut short before its link).
+void FisherStore::remove_unlinked_group_files(const std::vector<std::string>& linked) const {
+  std::error_code error;
+  if (!fs::is_directory(groups_directory(), error)) return;
+  for (const auto& entry : fs::directory_iterator(groups_directory(), error)) {
+    const std::string name = entry.path().filename().string();
+    const bool kept = std::any_of(linked.begin(), linked.end(),
+                                  [&](const std::string& group) { return name == group + ".h5"; });
+    if (!kept) fs::remove(entry.path(), error);
+  }
+  if (linked.empty()) fs::remove(groups_directory(), error);
 }
 
 StoreSummary FisherStore::inspect(const std::string& path) {
@@ -604,6 +672,12 @@ StoreSummary FisherStore::inspect(const std::string& path) {
     char name[256] = {};
     H5Gget_objname_by_idx(file, i, name, sizeof(name));
     const hid_t group = H5Gopen2(file, name, H5P_DEFAULT);
+    if (group < 0) {
+      const std::string reason = hdf5_reason();
+      H5Fclose(file);
+      throw RunError(path + ": group '" + name + "' cannot be opened (its file " + path +
+                     ".groups/" + name + ".h5 missing or damaged?): " + reason);
+    }
     StoredGroup stored{name, read_string_attribute(group, "description"), {}};
     for (const auto& parameter : summary.model) {
       if (H5Lexists(group, parameter.name.c_str(), H5P_DEFAULT) <= 0) continue;
@@ -626,6 +700,10 @@ StoreSummary FisherStore::inspect(const std::string& path) {
     }
     H5Gclose(group);
     summary.groups.push_back(stored);
+    const fs::path group_path = fs::path(path + ".groups") / (std::string(name) + ".h5");
+    std::error_code missing;
+    const auto group_bytes = fs::file_size(group_path, missing);
+    if (!missing) summary.file_bytes += static_cast<int64_t>(group_bytes);
   }
   H5Fclose(file);
   return summary;

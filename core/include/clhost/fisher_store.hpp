@@ -1,8 +1,11 @@
 // The Fisher store: an HDF5 file with one group per saved state (e.g. per task) and one flat
 // dataset per model parameter, chunked by block, compressed, Fletcher-32 checksummed, with the
 // model's fingerprint (parameter names and shapes) so a file is never applied to another model.
-// Every save is atomic: it goes to "<file>.tmp" (a copy of the old file plus the new group),
-// which is fsynced and renamed over the old file only when complete.
+// The file named by the path is an index: the model's fingerprint and one HDF5 external link per
+// saved group, to that group's own file in "<file>.groups/" (any HDF5 reader follows them).
+// Every save is atomic and writes only its own group: the group file is written as
+// "<group>.h5.tmp", fsynced and renamed, then the link is added in a copy of the (small) index that
+// replaces it the same way. A crash leaves at most an unlinked group file, which is not a group.
 #pragma once
 
 #include <cstdint>
@@ -47,7 +50,7 @@ struct StoreSummary {
   std::string clhost_version;
   std::vector<ParameterInfo> model;
   std::vector<StoredGroup> groups;
-  int64_t file_bytes = 0;
+  int64_t file_bytes = 0;  // the index and its group files
 };
 
 class FisherStore {
@@ -93,6 +96,11 @@ class FisherStore {
   std::vector<int64_t> open_datasets_;
 
   void close_dataset(size_t parameter);
+  void link_group(const std::string& group);
+  void check_index_accepts(const std::string& group) const;
+  void remove_unlinked_group_files(const std::vector<std::string>& linked) const;
+  [[nodiscard]] std::string groups_directory() const;
+  [[nodiscard]] std::string group_file(const std::string& group) const;
   int64_t vectors_ = 1;
 };
 
