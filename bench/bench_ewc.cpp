@@ -1,4 +1,4 @@
-// EWC and Fisher-store benchmarks on real Fashion-MNIST with the real parts; prints one JSON
+// EWC benchmarks on real Fashion-MNIST with the real parts; prints one JSON
 // document (and writes it to the path given as the first argument, if any).
 //
 //   build/bin/bench_ewc bench/results/bench_ewc.json
@@ -6,8 +6,7 @@
 // 1. Fisher pass samples/s: exact batched vs the batch-of-1 loop (MLP 784-400-400-10).
 // 2. EWC penalty + gradient time as a share of a training step, per state layout, and each
 //    layout's penalty kernel against the memory-traffic floor of the same pass.
-// 3. Fisher store save/load MB/s and file size per codec and level, on a real Fisher.
-// 4. Resident EWC state bytes/param (allocator-measured) after 1, 5 and 10 tasks, per layout.
+// 3. Resident EWC state bytes/param (allocator-measured) after 1, 5 and 10 tasks, per layout.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -19,12 +18,8 @@
 
 #include "bench_timing.hpp"
 #include "penalty_timing.hpp"
-#include "clhost/config.hpp"
-#include "clhost/fisher_store.hpp"
 #include "clhost/runner.hpp"
-#include "data.hpp"
-#include "fisher.hpp"
-#include "model.hpp"
+#include "mlp_fisher.hpp"
 
 namespace {
 
@@ -34,28 +29,7 @@ namespace fs = std::filesystem;
 
 using clhost::bench::median_seconds;
 
-struct Setup {
-  clhost::TaskSequence sequence;
-  torch::nn::Sequential model;
-  clhost::FisherContext context;
-};
-
-Setup make_setup() {
-  Setup setup;
-  clhost::DataSection data;
-  setup.sequence = clhost::build_task_sequence(data, {}, 0);
-  torch::manual_seed(0);
-  setup.model = clhost::make_model(clhost::ModelSection{}, 784, 28, 10);
-  setup.context.model = setup.model;
-  setup.context.task = &setup.sequence.tasks[0];
-  setup.context.active_classes = torch::tensor(std::vector<int64_t>{0, 1});
-  setup.context.label_map = torch::full({10}, -1, torch::kInt64);
-  setup.context.label_map[0] = 0;
-  setup.context.label_map[1] = 1;
-  return setup;
-}
-
-json bench_fisher_pass(Setup& setup) {
+json bench_fisher_pass(clhost::bench::MlpSetup& setup) {
   json out = json::array();
   for (const auto labels : {CLHOST_FISHER_LABELS_TRUE, CLHOST_FISHER_LABELS_EXPECTATION}) {
     clhost_fisher_request_t request{};
@@ -79,95 +53,6 @@ json bench_fisher_pass(Setup& setup) {
                    {"batch_of_one_loop_samples_per_second", loop_rate},
                    {"speedup", batched_rate / loop_rate}});
   }
-  return out;
-}
-
-json bench_store(Setup& setup) {
-  // A real diagonal Fisher: the untrained MLP on task 0 would be unrepresentative, so train
-  // briefly.
-  torch::optim::Adam optimizer(setup.model->parameters(), torch::optim::AdamOptions(1e-3));
-  const auto& task = setup.sequence.tasks[0];
-  for (int step = 0; step < 300; ++step) {
-    const auto rows = torch::randint(0, task.train_x.size(0), {128}, torch::kInt64);
-    optimizer.zero_grad();
-    const auto logits = setup.model->forward(task.train_x.index_select(0, rows))
-                            .index_select(1, setup.context.active_classes);
-    torch::nn::functional::cross_entropy(
-        logits, setup.context.label_map.index_select(0, task.train_y.index_select(0, rows)))
-        .backward();
-    optimizer.step();
-  }
-  clhost_fisher_request_t request{};
-  request.struct_size = sizeof(request);
-  request.labels = CLHOST_FISHER_LABELS_EXPECTATION;
-  request.batch_size = 256;
-  const auto parameters = setup.model->parameters();
-  std::vector<std::vector<float>> fisher(parameters.size());
-  std::vector<clhost::ParameterInfo> model;
-  const auto named = setup.model->named_parameters();
-  for (size_t p = 0; p < parameters.size(); ++p) {
-    fisher[p].resize(static_cast<size_t>(parameters[p].numel()));
-    model.push_back({named[p].key(), parameters[p].sizes().vec()});
-  }
-  clhost::diagonal_fisher(setup.context, request, 1000000, clhost::FisherMethod::kAuto,
-                          [&](size_t p, int64_t offset, const torch::Tensor& values) {
-                            std::copy_n(values.data_ptr<float>(), values.numel(),
-                                        fisher[p].begin() + offset);
-                          });
-  int64_t raw_bytes = 0;
-  int64_t zeros = 0;
-  for (const auto& values : fisher) {
-    raw_bytes += static_cast<int64_t>(values.size() * sizeof(float));
-    zeros += std::count(values.begin(), values.end(), 0.0F);
-  }
-  const fs::path dir = fs::temp_directory_path() / "clhost_bench_store";
-  fs::create_directories(dir);
-  json out = {{"raw_bytes", raw_bytes},
-              {"exact_zero_fraction", static_cast<double>(zeros) / (raw_bytes / 4.0)},
-              {"codecs", json::array()}};
-  const std::vector<std::pair<std::string, int>> codecs = {
-      {"gzip", 1}, {"gzip", 6},  {"gzip", 9},      {"none", 0},
-      {"lz4", 0},  {"bzip2", 0}, {"blosc-lz4", 5}, {"blosc-zstd", 5}};
-  for (const auto& [codec, level] : codecs) {
-    for (const std::string dtype : {"fp32", "bf16"}) {
-      if (dtype == "bf16" && !(codec == "gzip" && level == 6)) continue;
-      clhost::StoreOptions options;
-      options.codec = codec;
-      options.level = std::max(level, 1);
-      options.dtype = dtype;
-      const std::string path =
-          (dir / ("store_" + codec + std::to_string(level) + dtype + ".h5")).string();
-      std::error_code ignored;
-      int group = 0;
-      const double save = median_seconds(3, [&] {
-        fs::remove(path, ignored);
-        clhost::FisherStore store(path, options, model, "bench");
-        store.begin_group("task_" + std::to_string(group++), "bench");
-        for (size_t p = 0; p < fisher.size(); ++p)
-          store.write_block(p, 0, fisher[p].data(), static_cast<int64_t>(fisher[p].size()));
-        store.commit_group();
-      });
-      clhost::FisherStore store(path, options, model, "bench");
-      std::vector<float> buffer;
-      const double load = median_seconds(3, [&] {
-        for (size_t p = 0; p < fisher.size(); ++p) {
-          buffer.resize(fisher[p].size());
-          store.read_block("task_" + std::to_string(group - 1), p, 0, buffer.data(),
-                           static_cast<int64_t>(buffer.size()));
-        }
-      });
-      const auto file_bytes = static_cast<int64_t>(fs::file_size(path));
-      out["codecs"].push_back(
-          {{"codec", codec},
-           {"level", level},
-           {"dtype", dtype},
-           {"file_bytes", file_bytes},
-           {"ratio", static_cast<double>(raw_bytes) / static_cast<double>(file_bytes)},
-           {"save_mb_per_second", raw_bytes / 1e6 / save},
-           {"load_mb_per_second", raw_bytes / 1e6 / load}});
-    }
-  }
-  fs::remove_all(dir);
   return out;
 }
 
@@ -268,14 +153,12 @@ json bench_state_and_penalty() {
 
 int main(int argc, char** argv) {
   at::set_num_threads(1);
-  Setup setup = make_setup();
+  clhost::bench::MlpSetup setup = clhost::bench::make_mlp_setup();
   json report;
   report["machine"] = {{"torch_threads", at::get_num_threads()},
                        {"note", "medians of 3 runs, one process"}};
   report["fisher_pass"] = bench_fisher_pass(setup);
   std::cerr << "fisher pass done\n";
-  report["store"] = bench_store(setup);
-  std::cerr << "store done\n";
   // The penalty kernels at this MLP's size (its state stays in cache) and at the 12-layer
   // transformer's (bench_sequence; in main memory), against the traffic floor.
   report["penalty_kernels"] = {{"mlp_478410", clhost::bench::time_penalty_kernels(478410, 201)},

@@ -181,7 +181,7 @@ TEST(CliEndToEndEwc, QuickRunStoresTheFisherAndForgetsLessThanFineTuning) {
   const Result inspect = clhost("fisher inspect " + dir.path("ewc") + "/fisher.h5");
   ASSERT_EQ(inspect.exit_code, 0) << inspect.output;
   for (const char* part :
-       {"group task_0", "group task_4", "fc1.weight", "[100,784]", "gzip", "fp32"}) {
+       {"group task_0", "group task_4", "fc1.weight", "[100,784]", "blosc-zstd", "bf16"}) {
     EXPECT_NE(inspect.output.find(part), std::string::npos) << part << " in " << inspect.output;
   }
   EXPECT_EQ(clhost("fisher inspect " + dir.path("nothing.h5")).exit_code, 1);

@@ -123,10 +123,12 @@ struct FisherSection {
   bool use_memory_efficient = true;
   int64_t block_size = 1000000;
   bool use_compression = true;
-  int64_t compression_level = 9;
+  int64_t compression_level = 1;
   double compression_ratio = 0.1;
-  std::string codec = "gzip";        // Fisher store codec (see docs/config.md)
-  std::string store_dtype = "fp32";  // on-disk dtype of stored Fisher blocks
+  // The store's defaults, chosen on a 1 GiB Fisher (bench_store): against the seed's gzip-9 fp32,
+  // 80x faster to save, 9x faster to load, 0.41x the file.
+  std::string codec = "blosc-zstd";  // Fisher store codec (see docs/config.md)
+  std::string store_dtype = "bf16";  // on-disk dtype of stored Fisher blocks
 };
 
 struct RunConfig {
