@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -22,7 +23,8 @@
 namespace clhost::bench {
 
 struct SyntheticPenaltyState {
-  std::vector<float> value, grad, fisher, anchor, table;
+  std::vector<float> value, grad, fisher, anchor;
+  ewc::FisherCodeTables tables{};
   std::vector<uint8_t> fisher_codes, anchor_codes;
   std::vector<uint16_t> anchor_half;
 
@@ -31,13 +33,12 @@ struct SyntheticPenaltyState {
         grad(static_cast<size_t>(n)),
         fisher(static_cast<size_t>(n)),
         anchor(static_cast<size_t>(n)),
-        table(256),
         fisher_codes(static_cast<size_t>(n)),
         anchor_codes(static_cast<size_t>(n)),
         anchor_half(static_cast<size_t>(n)) {
     std::mt19937 random(1);
     std::uniform_real_distribution<float> uniform(-0.1F, 0.1F);
-    for (int code = 0; code < 256; ++code) table[code] = code == 0 ? 0.0F : 1e-6F * code;
+    ewc::fisher_code_tables(-14.0F, 0.04F, tables);
     for (size_t i = 0; i < value.size(); ++i) {
       value[i] = uniform(random);
       fisher[i] = uniform(random) + 0.1F;
@@ -102,14 +103,14 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
   };
   auto int8_fp16 = [&](const ewc::PenaltyKernels& k) {
     blocks([&](int64_t begin, int64_t count) {
-      return k.int8_fp16(s.value.data() + begin, s.grad.data() + begin, s.table.data(),
+      return k.int8_fp16(s.value.data() + begin, s.grad.data() + begin, s.tables,
                          s.fisher_codes.data() + begin, s.anchor_half.data() + begin, count,
                          lambda);
     });
   };
   auto int8 = [&](const ewc::PenaltyKernels& k) {
     blocks([&](int64_t begin, int64_t count) {
-      return k.int8(s.value.data() + begin, s.grad.data() + begin, s.table.data(),
+      return k.int8(s.value.data() + begin, s.grad.data() + begin, s.tables,
                     s.fisher_codes.data() + begin, s.anchor_codes.data() + begin, -0.1F, 1e-3F,
                     count, lambda);
     });
@@ -130,22 +131,39 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
       {"int8", 2, int8,
        [&] { return traffic_floor<1, 1>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
                                         s.anchor_codes.data(), n); }}};
+  // Floor and kernels timed in turn within each repetition, so that the machine's drift hits
+  // them alike; the ratios are medians of the per-repetition ratios.
+  auto seconds = [](auto&& body) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  auto median = [](std::vector<double> values) {
+    std::sort(values.begin(), values.end());
+    return values[values.size() / 2];
+  };
   nlohmann::json out = nlohmann::json::array();
   for (const Row& row : rows) {
-    const double floor_s = median_seconds(repetitions, [&] { floor_sink = floor_sink ^ row.floor(); });
-    const double best_s = median_seconds(repetitions, [&] { row.kernel(best); });
-    const double generic_s = median_seconds(repetitions, [&] { row.kernel(generic); });
+    std::vector<double> floor_s, best_s, generic_s, best_ratio, generic_ratio;
+    for (int repetition = 0; repetition < repetitions; ++repetition) {
+      floor_s.push_back(seconds([&] { floor_sink = floor_sink ^ row.floor(); }));
+      best_s.push_back(seconds([&] { row.kernel(best); }));
+      generic_s.push_back(seconds([&] { row.kernel(generic); }));
+      best_ratio.push_back(best_s.back() / floor_s.back());
+      generic_ratio.push_back(generic_s.back() / floor_s.back());
+    }
+    const double floor_median = median(floor_s);
     const int64_t bytes = n * (12 + row.state_bytes);
     out.push_back({{"layout", row.layout},
                    {"parameters", n},
                    {"bytes_moved_per_pass", bytes},
-                   {"traffic_floor_ms", floor_s * 1e3},
-                   {"floor_gb_per_second", static_cast<double>(bytes) / floor_s / 1e9},
+                   {"traffic_floor_ms", floor_median * 1e3},
+                   {"floor_gb_per_second", static_cast<double>(bytes) / floor_median / 1e9},
                    {"kernel", best.name},
-                   {"kernel_ms", best_s * 1e3},
-                   {"kernel_over_floor", best_s / floor_s},
-                   {"generic_kernel_ms", generic_s * 1e3},
-                   {"generic_over_floor", generic_s / floor_s}});
+                   {"kernel_ms", median(best_s) * 1e3},
+                   {"kernel_over_floor", median(best_ratio)},
+                   {"generic_kernel_ms", median(generic_s) * 1e3},
+                   {"generic_over_floor", median(generic_ratio)}});
   }
   // What the default layout cost before the fused kernels: _Float16 decoded by a library call per
   // value into a scratch block, then the fp32 loop.
@@ -154,7 +172,7 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
   const double previous_s = median_seconds(repetitions, [&] {
     blocks([&](int64_t begin, int64_t count) {
       for (int64_t i = 0; i < count; ++i) {
-        decoded_fisher[static_cast<size_t>(i)] = s.table[s.fisher_codes[begin + i]];
+        decoded_fisher[static_cast<size_t>(i)] = s.tables.value[s.fisher_codes[begin + i]];
         _Float16 half;
         std::memcpy(&half, &s.anchor_half[static_cast<size_t>(begin + i)], sizeof(half));
         decoded_anchor[static_cast<size_t>(i)] = static_cast<float>(half);

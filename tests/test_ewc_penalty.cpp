@@ -34,6 +34,25 @@ TEST(HalfToFloat, MatchesFloat16ForEveryBitPattern) {
   }
 }
 
+// The code tables agree with the state's own table (ewc_state.hpp), and their nibble factors
+// give every code's value to 1e-5 (the table's own exponent is rounded to float: a few 1e-6;
+// one code step is ~10%).
+TEST(FisherCodeTables, MatchTheStateTableAndFactorByNibbles) {
+  clhost::ewc::QuantBlockScale scale;
+  scale.log_low = -17.3F;
+  scale.log_step = 24.0F / 254.0F;
+  float table[256];
+  clhost::ewc::fisher_table(scale, table);
+  clhost::ewc::FisherCodeTables tables{};
+  clhost::ewc::fisher_code_tables(scale.log_low, scale.log_step, tables);
+  for (int code = 0; code < 256; ++code) {
+    ASSERT_EQ(tables.value[code], table[code]) << "code " << code;
+    if (code == 0) continue;
+    const float factored = tables.high[(code - 1) >> 4] * tables.low[(code - 1) & 15];
+    ASSERT_NEAR(factored, table[code], 1e-5F * table[code]) << "code " << code;
+  }
+}
+
 std::vector<const PenaltyKernels*> kernel_sets() {
   std::vector<const PenaltyKernels*> sets{&clhost::ewc::generic_penalty_kernels()};
   if (const PenaltyKernels* avx2 = clhost::ewc::avx2_penalty_kernels()) sets.push_back(avx2);
@@ -41,7 +60,8 @@ std::vector<const PenaltyKernels*> kernel_sets() {
 }
 
 struct Case {
-  std::vector<float> value, grad, fisher, anchor, table;
+  std::vector<float> value, grad, fisher, anchor;
+  clhost::ewc::FisherCodeTables tables{};
   std::vector<uint8_t> fisher_codes, anchor_codes;
   std::vector<uint16_t> anchor_half;
   float anchor_low = -0.3F;
@@ -53,7 +73,7 @@ Case make_case(int64_t n, uint32_t seed) {
   std::uniform_real_distribution<float> uniform(-0.5F, 0.5F);
   std::uniform_int_distribution<int> code(0, 255);
   Case c;
-  for (int i = 0; i < 256; ++i) c.table.push_back(i == 0 ? 0.0F : std::exp(-12.0F + 0.05F * i));
+  clhost::ewc::fisher_code_tables(-12.0F, 0.05F, c.tables);
   for (int64_t i = 0; i < n; ++i) {
     c.value.push_back(uniform(random));
     c.grad.push_back(uniform(random));
@@ -62,7 +82,7 @@ Case make_case(int64_t n, uint32_t seed) {
     // fp16 anchors spread over the normal range and the subnormals.
     const float anchor = i % 7 == 0 ? uniform(random) * 1e-6F : uniform(random);
     c.anchor_half.push_back(clhost::ewc::to_half_bits(anchor));
-    c.fisher.push_back(c.table[c.fisher_codes.back()]);
+    c.fisher.push_back(c.tables.value[c.fisher_codes.back()]);
     c.anchor.push_back(anchor);
   }
   return c;
@@ -81,12 +101,15 @@ double reference(const Case& c, const std::vector<float>& anchors, std::vector<d
   return sum;
 }
 
+// Relative to the terms' size: the gradient adds lambda*F*d to a given gradient, and the two can
+// cancel; the nibble-factored Fisher is within 1e-5 of the table.
 void expect_close(double sum, double expected_sum, const std::vector<float>& grad,
-                  const std::vector<double>& expected_grad, const std::string& what) {
+                  const std::vector<double>& expected_grad, const std::vector<float>& initial_grad,
+                  const std::string& what) {
   EXPECT_NEAR(sum, expected_sum, 1e-5 * std::abs(expected_sum) + 1e-12) << what;
   for (size_t i = 0; i < grad.size(); ++i) {
-    ASSERT_NEAR(grad[i], expected_grad[i], 1e-5 * std::abs(expected_grad[i]) + 1e-7)
-        << what << " element " << i;
+    const double scale = std::abs(expected_grad[i]) + std::abs(initial_grad[i]);
+    ASSERT_NEAR(grad[i], expected_grad[i], 1e-5 * scale + 1e-7) << what << " element " << i;
   }
 }
 
@@ -103,7 +126,7 @@ TEST(PenaltyKernels, EveryLayoutMatchesTheReference) {
       std::vector<float> grad = c.grad;
       double sum = kernels->fp32(c.value.data(), grad.data(), c.fisher.data(), c.anchor.data(), n,
                                  lambda);
-      expect_close(sum, expected, grad, expected_grad, what + " fp32");
+      expect_close(sum, expected, grad, expected_grad, c.grad, what + " fp32");
       EXPECT_DOUBLE_EQ(kernels->fp32(c.value.data(), nullptr, c.fisher.data(), c.anchor.data(),
                                      n, lambda),
                        sum)
@@ -115,9 +138,9 @@ TEST(PenaltyKernels, EveryLayoutMatchesTheReference) {
       }
       expected = reference(c, half_anchor, expected_grad, lambda);
       grad = c.grad;
-      sum = kernels->int8_fp16(c.value.data(), grad.data(), c.table.data(),
+      sum = kernels->int8_fp16(c.value.data(), grad.data(), c.tables,
                                c.fisher_codes.data(), c.anchor_half.data(), n, lambda);
-      expect_close(sum, expected, grad, expected_grad, what + " int8_fp16");
+      expect_close(sum, expected, grad, expected_grad, c.grad, what + " int8_fp16");
 
       std::vector<float> code_anchor;
       for (const uint8_t code : c.anchor_codes) {
@@ -125,9 +148,9 @@ TEST(PenaltyKernels, EveryLayoutMatchesTheReference) {
       }
       expected = reference(c, code_anchor, expected_grad, lambda);
       grad = c.grad;
-      sum = kernels->int8(c.value.data(), grad.data(), c.table.data(), c.fisher_codes.data(),
+      sum = kernels->int8(c.value.data(), grad.data(), c.tables, c.fisher_codes.data(),
                           c.anchor_codes.data(), c.anchor_low, c.anchor_step, n, lambda);
-      expect_close(sum, expected, grad, expected_grad, what + " int8");
+      expect_close(sum, expected, grad, expected_grad, c.grad, what + " int8");
     }
   }
 }

@@ -317,19 +317,19 @@ class Ewc : public clhost::sdk::Regularizer {
       }
       return sum;
     }
-    float table[256];
+    clhost::ewc::FisherCodeTables tables;
     for (size_t block = 0; block < state.scales.size(); ++block) {
       const auto& scale = state.scales[block];
-      clhost::ewc::fisher_table(scale, table);
+      clhost::ewc::fisher_code_tables(scale.log_low, scale.log_step, tables);
       const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
       const int64_t count = std::min(n, begin + clhost::ewc::kQuantBlock) - begin;
       const float* value = parameter.value + begin;
       float* grad = parameter.grad != nullptr ? parameter.grad + begin : nullptr;
       const uint8_t* fisher_codes = state.fisher_codes.data() + begin;
       sum += layout_ == StateLayout::kMergedInt8Fp16
-                 ? kernels.int8_fp16(value, grad, table, fisher_codes,
+                 ? kernels.int8_fp16(value, grad, tables, fisher_codes,
                                      state.anchor_half.data() + begin, count, lambda)
-                 : kernels.int8(value, grad, table, fisher_codes,
+                 : kernels.int8(value, grad, tables, fisher_codes,
                                 state.anchor_codes.data() + begin, scale.anchor_low,
                                 scale.anchor_step, count, lambda);
     }

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace clhost::ewc {
 namespace {
@@ -61,17 +62,17 @@ double generic_quantized(const float* value, float* grad, const float* table,
   return sum;
 }
 
-double generic_int8_fp16(const float* value, float* grad, const float* table,
+double generic_int8_fp16(const float* value, float* grad, const FisherCodeTables& tables,
                          const uint8_t* fisher_codes, const uint16_t* anchor_half, int64_t n,
                          float lambda) {
-  return generic_quantized(value, grad, table, fisher_codes, n, lambda,
+  return generic_quantized(value, grad, tables.value, fisher_codes, n, lambda,
                            [anchor_half](int64_t i) { return half_to_float(anchor_half[i]); });
 }
 
-double generic_int8(const float* value, float* grad, const float* table,
+double generic_int8(const float* value, float* grad, const FisherCodeTables& tables,
                     const uint8_t* fisher_codes, const uint8_t* anchor_codes, float anchor_low,
                     float anchor_step, int64_t n, float lambda) {
-  return generic_quantized(value, grad, table, fisher_codes, n, lambda, [&](int64_t i) {
+  return generic_quantized(value, grad, tables.value, fisher_codes, n, lambda, [&](int64_t i) {
     return anchor_low + static_cast<float>(anchor_codes[i]) * anchor_step;
   });
 }
@@ -135,65 +136,85 @@ CLHOST_AVX2 double avx2_fp32(const float* value, float* grad, const float* fishe
       });
 }
 
-// The Fisher codes of a chunk through the block's table with scalar loads: AVX2's gather is slower
-// than this on the AMD cores measured (bench_ewc), and the table stays in L1 either way.
-inline void decode_fisher_chunk(const float* table, const uint8_t* codes, int64_t count,
-                                float* fisher) {
-  for (int64_t i = 0; i < count; ++i) fisher[i] = table[codes[i]];
+// Sixteen-entry lookup: two in-register permutes (each uses the index's low 3 bits) and a blend
+// on bit 3, moved into the sign bit that blendv reads.
+CLHOST_AVX2 __m256 lookup16(__m256 first, __m256 second, __m256i index) {
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(first, index),
+                          _mm256_permutevar8x32_ps(second, index),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));
 }
 
-CLHOST_AVX2 double avx2_int8_fp16(const float* value, float* grad, const float* table,
+// Eight Fisher codes -> values, as high[(c-1) >> 4] * low[(c-1) & 15], code 0 -> 0.
+struct FisherDecoder {
+  __m256 high_first, high_second, low_first, low_second;
+
+  CLHOST_AVX2 explicit FisherDecoder(const FisherCodeTables& tables)
+      : high_first(_mm256_loadu_ps(tables.high)),
+        high_second(_mm256_loadu_ps(tables.high + 8)),
+        low_first(_mm256_loadu_ps(tables.low)),
+        low_second(_mm256_loadu_ps(tables.low + 8)) {}
+
+  CLHOST_AVX2 __m256 decode8(const uint8_t* codes) const {
+    const __m256i code =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
+    const __m256i step = _mm256_sub_epi32(code, _mm256_set1_epi32(1));
+    const __m256 value = _mm256_mul_ps(
+        lookup16(high_first, high_second, _mm256_srli_epi32(step, 4)),
+        lookup16(low_first, low_second, step));
+    const __m256 kept = _mm256_castsi256_ps(_mm256_cmpgt_epi32(code, _mm256_setzero_si256()));
+    return _mm256_and_ps(value, kept);
+  }
+};
+
+CLHOST_AVX2 double avx2_int8_fp16(const float* value, float* grad, const FisherCodeTables& tables,
                                   const uint8_t* fisher_codes, const uint16_t* anchor_half,
                                   int64_t n, float lambda) {
-  float fisher[kDecodeChunk];
-  double sum = 0.0;
-  for (int64_t begin = 0; begin < n; begin += kDecodeChunk) {
-    const int64_t count = std::min(kDecodeChunk, n - begin);
-    decode_fisher_chunk(table, fisher_codes + begin, count, fisher);
-    const uint16_t* half = anchor_half + begin;
-    sum += avx2_quadratic(
-        value + begin, grad != nullptr ? grad + begin : nullptr, count, lambda,
-        [&](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
-          f = _mm256_loadu_ps(fisher + i);
-          a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(half + i)));
-        },
-        [&](int64_t i, float& f, float& a) {
-          f = fisher[i];
-          a = half_to_float(half[i]);
-        });
-  }
-  return sum;
+  const FisherDecoder decoder(tables);
+  return avx2_quadratic(
+      value, grad, n, lambda,
+      [&](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
+        f = decoder.decode8(fisher_codes + i);
+        a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(anchor_half + i)));
+      },
+      [&](int64_t i, float& f, float& a) {
+        f = tables.value[fisher_codes[i]];
+        a = half_to_float(anchor_half[i]);
+      });
 }
 
-CLHOST_AVX2 double avx2_int8(const float* value, float* grad, const float* table,
+CLHOST_AVX2 double avx2_int8(const float* value, float* grad, const FisherCodeTables& tables,
                              const uint8_t* fisher_codes, const uint8_t* anchor_codes,
                              float anchor_low, float anchor_step, int64_t n, float lambda) {
+  const FisherDecoder decoder(tables);
   const __m256 low = _mm256_set1_ps(anchor_low);
   const __m256 step = _mm256_set1_ps(anchor_step);
-  float fisher[kDecodeChunk];
-  double sum = 0.0;
-  for (int64_t begin = 0; begin < n; begin += kDecodeChunk) {
-    const int64_t count = std::min(kDecodeChunk, n - begin);
-    decode_fisher_chunk(table, fisher_codes + begin, count, fisher);
-    const uint8_t* codes = anchor_codes + begin;
-    sum += avx2_quadratic(
-        value + begin, grad != nullptr ? grad + begin : nullptr, count, lambda,
-        [&](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
-          f = _mm256_loadu_ps(fisher + i);
-          const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i));
-          a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(packed)), step, low);
-        },
-        [&](int64_t i, float& f, float& a) {
-          f = fisher[i];
-          a = anchor_low + static_cast<float>(codes[i]) * anchor_step;
-        });
-  }
-  return sum;
+  return avx2_quadratic(
+      value, grad, n, lambda,
+      [&](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
+        f = decoder.decode8(fisher_codes + i);
+        const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(anchor_codes + i));
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(packed)), step, low);
+      },
+      [&](int64_t i, float& f, float& a) {
+        f = tables.value[fisher_codes[i]];
+        a = anchor_low + static_cast<float>(anchor_codes[i]) * anchor_step;
+      });
 }
 
 #undef CLHOST_AVX2
 
 }  // namespace
+
+void fisher_code_tables(float log_low, float log_step, FisherCodeTables& out) {
+  out.value[0] = 0.0F;
+  for (int code = 1; code < 256; ++code) {
+    out.value[code] = std::exp(log_low + static_cast<float>(code - 1) * log_step);
+  }
+  for (int nibble = 0; nibble < 16; ++nibble) {
+    out.high[nibble] = out.value[16 * nibble + 1];
+    out.low[nibble] = std::exp(static_cast<float>(nibble) * log_step);
+  }
+}
 
 const PenaltyKernels& generic_penalty_kernels() {
   static const PenaltyKernels kernels{"generic (x86-64 SSE2)", generic_fp32, generic_int8_fp16,

@@ -11,17 +11,28 @@
 
 namespace clhost::ewc {
 
+// What a quantisation block's 8-bit Fisher codes stand for: code c >= 1 is
+// exp(log_low + (c - 1) * log_step), code 0 an exact zero. `value` is that table; `high` and
+// `low` factor it by the code's nibbles, value[c] = high[(c-1) >> 4] * low[(c-1) & 15] (to
+// 1e-5), which vector code looks up with two in-register permutes instead of a gather.
+struct FisherCodeTables {
+  float value[256];
+  float high[16];
+  float low[16];
+};
+void fisher_code_tables(float log_low, float log_step, FisherCodeTables& out);
+
 struct PenaltyKernels {
   const char* name;
   // fp32 Fisher and anchor (separate, online, merged fp32).
   double (*fp32)(const float* value, float* grad, const float* fisher, const float* anchor,
                  int64_t n, float lambda);
-  // 8-bit Fisher codes through the block's 256-entry table, fp16 anchor bits.
-  double (*int8_fp16)(const float* value, float* grad, const float* fisher_table,
+  // 8-bit Fisher codes through the block's tables, fp16 anchor bits.
+  double (*int8_fp16)(const float* value, float* grad, const FisherCodeTables& fisher_tables,
                       const uint8_t* fisher_codes, const uint16_t* anchor_half, int64_t n,
                       float lambda);
   // 8-bit Fisher codes, 8-bit anchor codes linear between anchor_low and 255 steps above it.
-  double (*int8)(const float* value, float* grad, const float* fisher_table,
+  double (*int8)(const float* value, float* grad, const FisherCodeTables& fisher_tables,
                  const uint8_t* fisher_codes, const uint8_t* anchor_codes, float anchor_low,
                  float anchor_step, int64_t n, float lambda);
 };
