@@ -308,63 +308,71 @@ void FisherStore::begin_group(const std::string& group, const std::string& descr
   written_.assign(model_.size(), 0);
 
   const hid_t disk_type = make_disk_type(options_.dtype);
-  const CodecInfo& codec = codec_info(options_.codec);
   for (const auto& parameter : model_) {
-    const hsize_t size = static_cast<hsize_t>(parameter.numel() * vectors);
-    const hsize_t chunk = std::max<hsize_t>(
-        1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
-    const hid_t space = H5Screate_simple(1, &size, nullptr);
-    const hid_t properties = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_chunk(properties, 1, &chunk);
-    herr_t status = 0;
-    // Debian's blosc HDF5 filter was measured to return zeros for chunks under a few KB (bias
-    // vectors); they are a negligible share of the bytes, so they are stored uncompressed.
-    const bool blosc = options_.codec == "blosc-lz4" || options_.codec == "blosc-zstd";
-    const std::string dataset_codec = blosc && chunk < 2048 ? "none" : options_.codec;
-    if (dataset_codec == "none") {
-      // checksum only
-    } else if (options_.codec == "gzip") {
-      if (options_.shuffle) status |= H5Pset_shuffle(properties);
-      status |= H5Pset_deflate(properties, static_cast<unsigned>(options_.level));
-    } else if (options_.codec == "blosc-lz4" || options_.codec == "blosc-zstd") {
-      // Blosc's own byte shuffle; compressor codes: 1 lz4, 5 zstd.
-      const unsigned values[7] = {0,
-                                  0,
-                                  0,
-                                  0,
-                                  static_cast<unsigned>(options_.level),
-                                  1,
-                                  options_.codec == "blosc-lz4" ? 1U : 5U};
-      status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 7, values);
-    } else {
-      if (options_.shuffle) status |= H5Pset_shuffle(properties);
-      status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 0, nullptr);
-    }
-    status |= H5Pset_fletcher32(properties);
-    // The dataset stays open while the group is written, with a chunk cache that holds its
-    // chunk: writes smaller than a chunk (a low-rank factor's columns) then fill it in memory and
-    // it is compressed once, instead of read, decompressed and recompressed for every write.
-    const hid_t access = H5Pcreate(H5P_DATASET_ACCESS);
-    status |= H5Pset_chunk_cache(access, 521, chunk * H5Tget_size(disk_type) + 4096, 1.0);
-    const hid_t dataset = status < 0 ? -1
-                                     : H5Dcreate2(group_, parameter.name.c_str(), disk_type, space,
-                                                  H5P_DEFAULT, properties, access);
-    H5Pclose(access);
-    H5Pclose(properties);
-    H5Sclose(space);
+    const int64_t dataset = create_dataset(parameter, disk_type);
     if (dataset < 0) {
       const std::string reason = hdf5_reason();
       H5Tclose(disk_type);
       abort_group();
-      throw RunError(path_ + ": cannot create dataset " + group + "/" + parameter.name +
-                     " with codec " + options_.codec + ": " + reason);
+      std::string message = path_ + ": cannot create dataset ";
+      message.append(group).append("/").append(parameter.name).append(" with codec ");
+      throw RunError(message.append(options_.codec).append(": ").append(reason));
     }
-    write_shape_attribute(dataset, parameter.shape);
-    write_string_attribute(dataset, "codec", dataset_codec);
-    if (vectors > 1) write_string_attribute(dataset, "vectors", std::to_string(vectors));
     open_datasets_.push_back(dataset);
   }
   H5Tclose(disk_type);
+}
+
+// Filters of one dataset: the codec (a blosc chunk under 2048 elements stays uncompressed:
+// Debian's blosc filter was measured to return zeros for them, and they are a negligible share of
+// the bytes), then the Fletcher-32 checksum. Returns the codec applied.
+std::string FisherStore::set_filters(int64_t properties, uint64_t chunk) const {
+  const CodecInfo& codec = codec_info(options_.codec);
+  const bool blosc = options_.codec == "blosc-lz4" || options_.codec == "blosc-zstd";
+  const std::string applied = blosc && chunk < 2048 ? "none" : options_.codec;
+  herr_t status = 0;
+  if (applied == "gzip") {
+    if (options_.shuffle) status |= H5Pset_shuffle(properties);
+    status |= H5Pset_deflate(properties, static_cast<unsigned>(options_.level));
+  } else if (blosc && applied != "none") {
+    // Blosc's own byte shuffle; compressor codes: 1 lz4, 5 zstd.
+    const unsigned values[7] = {
+        0, 0, 0, 0, static_cast<unsigned>(options_.level), 1,
+        options_.codec == "blosc-lz4" ? 1U : 5U};
+    status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 7, values);
+  } else if (applied != "none") {
+    if (options_.shuffle) status |= H5Pset_shuffle(properties);
+    status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 0, nullptr);
+  }
+  status |= H5Pset_fletcher32(properties);
+  return status < 0 ? std::string() : applied;
+}
+
+// One parameter's dataset in the open group, left open (-1 on failure). It keeps a chunk cache
+// that holds its chunk: writes smaller than a chunk (a low-rank factor's columns) fill it in
+// memory and it is compressed once, instead of read, decompressed and recompressed per write.
+int64_t FisherStore::create_dataset(const ParameterInfo& parameter, int64_t disk_type) {
+  const auto size = static_cast<hsize_t>(parameter.numel()) * static_cast<hsize_t>(vectors_);
+  const hsize_t chunk = std::max<hsize_t>(
+      1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
+  const hid_t space = H5Screate_simple(1, &size, nullptr);
+  const hid_t properties = H5Pcreate(H5P_DATASET_CREATE);
+  const hid_t access = H5Pcreate(H5P_DATASET_ACCESS);
+  herr_t status = H5Pset_chunk(properties, 1, &chunk);
+  const std::string applied = set_filters(properties, chunk);
+  status |= H5Pset_chunk_cache(access, 521, chunk * H5Tget_size(disk_type) + 4096, 1.0);
+  const hid_t dataset = status < 0 || applied.empty()
+                            ? -1
+                            : H5Dcreate2(group_, parameter.name.c_str(), disk_type, space,
+                                         H5P_DEFAULT, properties, access);
+  H5Pclose(access);
+  H5Pclose(properties);
+  H5Sclose(space);
+  if (dataset < 0) return -1;
+  write_shape_attribute(dataset, parameter.shape);
+  write_string_attribute(dataset, "codec", applied);
+  if (vectors_ > 1) write_string_attribute(dataset, "vectors", std::to_string(vectors_));
+  return dataset;
 }
 
 void FisherStore::write_block(size_t parameter, int64_t offset, const float* values,
@@ -685,8 +693,9 @@ StoreSummary FisherStore::inspect(const std::string& path) {
     if (group < 0) {
       const std::string reason = hdf5_reason();
       H5Fclose(file);
-      throw RunError(path + ": group '" + name + "' cannot be opened (its file " + path +
-                     ".groups/" + name + ".h5 missing or damaged?): " + reason);
+      std::string message = path + ": group '" + name + "' cannot be opened (its file ";
+      message.append(path).append(".groups/").append(name).append(".h5 missing or damaged?): ");
+      throw RunError(message + reason);
     }
     StoredGroup stored{name, read_string_attribute(group, "description"), {}};
     for (const auto& parameter : summary.model) {

@@ -1,5 +1,6 @@
 #include "ewc_penalty.hpp"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -225,16 +226,24 @@ const PenaltyKernels& generic_penalty_kernels() {
 const PenaltyKernels* avx2_penalty_kernels() {
   static const PenaltyKernels kernels{"avx2+fma+f16c", avx2_fp32, avx2_int8_fp16, avx2_int8};
   __builtin_cpu_init();
-  const bool supported = __builtin_cpu_supports("avx2") != 0 &&
-                         __builtin_cpu_supports("fma") != 0 && __builtin_cpu_supports("f16c") != 0;
+  // F16C from CPUID leaf 1 (ECX bit 29): not every compiler's __builtin_cpu_supports knows it;
+  // AVX2's check includes the operating system's support for the AVX registers.
+  unsigned eax = 0;
+  unsigned ebx = 0;
+  unsigned ecx = 0;
+  unsigned edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1U << 29U)) != 0;
+  const bool supported =
+      __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0 && f16c;
   return supported ? &kernels : nullptr;
 }
 
 const PenaltyKernels& penalty_kernels() {
-  static const PenaltyKernels& chosen = avx2_penalty_kernels() != nullptr
-                                            ? *avx2_penalty_kernels()
-                                            : generic_penalty_kernels();
-  return chosen;
+  static const PenaltyKernels* const chosen = [] {
+    const PenaltyKernels* avx2 = avx2_penalty_kernels();
+    return avx2 != nullptr ? avx2 : &generic_penalty_kernels();
+  }();
+  return *chosen;
 }
 
 }  // namespace clhost::ewc

@@ -96,6 +96,8 @@ class FisherStore {
   std::vector<int64_t> open_datasets_;
 
   void close_dataset(size_t parameter);
+  [[nodiscard]] std::string set_filters(int64_t properties, uint64_t chunk) const;
+  int64_t create_dataset(const ParameterInfo& parameter, int64_t disk_type);
   void link_group(const std::string& group);
   void check_index_accepts(const std::string& group) const;
   void remove_unlinked_group_files(const std::vector<std::string>& linked) const;
