@@ -17,9 +17,9 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_timing.hpp"
-#include "penalty_timing.hpp"
 #include "clhost/runner.hpp"
 #include "mlp_fisher.hpp"
+#include "penalty_timing.hpp"
 
 namespace {
 
@@ -98,8 +98,7 @@ json bench_state_and_penalty() {
       {"efficient_int8",
        {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8\""}},
       {"efficient_int8_fp16 (default)",
-       {"fisher_computation.use_memory_efficient=true",
-        "pipeline.0.state_dtype=\"int8_fp16\""}}};
+       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8_fp16\""}}};
   json state = json::array();
   for (const auto& [name, set] : layouts) {
     json entry = {{"layout", name}};
@@ -161,9 +160,9 @@ int main(int argc, char** argv) {
   std::cerr << "fisher pass done\n";
   // The penalty kernels at this MLP's size (its state stays in cache) and at the 12-layer
   // transformer's (bench_sequence; in main memory), against the traffic floor.
-  report["penalty_kernels"] = {{"mlp_478410", clhost::bench::time_penalty_kernels(478410, 201)},
-                               {"transformer_9641472",
-                                clhost::bench::time_penalty_kernels(9641472, 21)}};
+  report["penalty_kernels"] = {
+      {"mlp_478410", clhost::bench::time_penalty_kernels(478410, 201)},
+      {"transformer_9641472", clhost::bench::time_penalty_kernels(9641472, 21)}};
   std::cerr << "penalty kernels done\n";
   const json state = bench_state_and_penalty();
   report["state_bytes_per_parameter"] = state["state"];

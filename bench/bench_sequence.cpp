@@ -20,13 +20,13 @@
 #include <tuple>
 
 #include "bench_timing.hpp"
-#include "penalty_timing.hpp"
 #include "clhost/config.hpp"
 #include "clhost/memory_budget.hpp"
 #include "clhost/runner.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
 #include "model.hpp"
+#include "penalty_timing.hpp"
 
 namespace {
 

@@ -34,8 +34,7 @@ constexpr int64_t kBlock = 1 << 20;
 
 // Saves `values` (one vector per parameter of `model`) as one group and reads it back.
 json measure(const Candidate& candidate, const std::vector<clhost::ParameterInfo>& model,
-             const std::vector<std::vector<float>>& values, int repetitions,
-             const fs::path& dir) {
+             const std::vector<std::vector<float>>& values, int repetitions, const fs::path& dir) {
   clhost::StoreOptions options;
   options.codec = candidate.codec;
   options.level = std::max(candidate.level, 1);
@@ -108,7 +107,8 @@ json codec_table(const clhost::bench::RealFisher& fisher, const fs::path& dir) {
 // The real Fisher repeated to `bytes`, as parameters of at most 256M elements.
 clhost::bench::RealFisher tiled(const clhost::bench::RealFisher& fisher, int64_t bytes) {
   std::vector<float> source;
-  for (const auto& values : fisher.values) source.insert(source.end(), values.begin(), values.end());
+  for (const auto& values : fisher.values)
+    source.insert(source.end(), values.begin(), values.end());
   const int64_t total = bytes / static_cast<int64_t>(sizeof(float));
   constexpr int64_t kParameter = int64_t{1} << 28;
   clhost::bench::RealFisher out;
@@ -133,9 +133,9 @@ clhost::bench::RealFisher tiled(const clhost::bench::RealFisher& fisher, int64_t
 json at_scale(const clhost::bench::RealFisher& fisher, double gib, const fs::path& dir) {
   const auto big = tiled(fisher, static_cast<int64_t>(gib * 1073741824.0));
   const std::vector<Candidate> candidates = {
-      {"gzip", 9, "fp32"},      {"gzip", 1, "fp32"},       {"lz4", 0, "fp32"},
-      {"blosc-lz4", 5, "fp32"}, {"blosc-zstd", 1, "fp32"}, {"gzip", 1, "bf16"},
-      {"blosc-lz4", 5, "bf16"}, {"blosc-lz4", 9, "bf16"}, {"blosc-zstd", 1, "bf16"},
+      {"gzip", 9, "fp32"},       {"gzip", 1, "fp32"},       {"lz4", 0, "fp32"},
+      {"blosc-lz4", 5, "fp32"},  {"blosc-zstd", 1, "fp32"}, {"gzip", 1, "bf16"},
+      {"blosc-lz4", 5, "bf16"},  {"blosc-lz4", 9, "bf16"},  {"blosc-zstd", 1, "bf16"},
       {"blosc-zstd", 3, "bf16"}, {"blosc-zstd", 5, "bf16"}};
   json rows = json::array();
   for (const auto& candidate : candidates) {

@@ -61,8 +61,8 @@ __attribute__((target("avx2"))) uint64_t traffic_floor(const float* value, float
   __m256i folded = _mm256_setzero_si256();
   auto fold = [&](const uint8_t* bytes, int width) __attribute__((target("avx2"))) {
     if (width == 4) {
-      folded = _mm256_xor_si256(folded,
-                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+      folded =
+          _mm256_xor_si256(folded, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
     } else if (width == 2) {
       folded = _mm256_xor_si256(
           folded, _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes))));
@@ -72,7 +72,8 @@ __attribute__((target("avx2"))) uint64_t traffic_floor(const float* value, float
     }
   };
   for (int64_t i = 0; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(grad + i, _mm256_add_ps(_mm256_loadu_ps(grad + i), _mm256_loadu_ps(value + i)));
+    _mm256_storeu_ps(grad + i,
+                     _mm256_add_ps(_mm256_loadu_ps(grad + i), _mm256_loadu_ps(value + i)));
     fold(first_bytes + i * kFirstBytes, kFirstBytes);
     fold(second_bytes + i * kSecondBytes, kSecondBytes);
   }
@@ -98,8 +99,8 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
     sink = sink + sum;
   };
   auto fp32 = [&](const ewc::PenaltyKernels& k) {
-    sink = sink + k.fp32(s.value.data(), s.grad.data(), s.fisher.data(), s.anchor.data(), n,
-                         lambda);
+    sink =
+        sink + k.fp32(s.value.data(), s.grad.data(), s.fisher.data(), s.anchor.data(), n, lambda);
   };
   auto int8_fp16 = [&](const ewc::PenaltyKernels& k) {
     blocks([&](int64_t begin, int64_t count) {
@@ -123,14 +124,19 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
   };
   const std::vector<Row> rows = {
       {"fp32 (separate per task, online, efficient fp32)", 8, fp32,
-       [&] { return traffic_floor<4, 4>(s.value.data(), s.grad.data(), s.fisher.data(),
-                                        s.anchor.data(), n); }},
+       [&] {
+         return traffic_floor<4, 4>(s.value.data(), s.grad.data(), s.fisher.data(), s.anchor.data(),
+                                    n);
+       }},
       {"int8_fp16 (the default)", 3, int8_fp16,
-       [&] { return traffic_floor<1, 2>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
-                                        s.anchor_half.data(), n); }},
-      {"int8", 2, int8,
-       [&] { return traffic_floor<1, 1>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
-                                        s.anchor_codes.data(), n); }}};
+       [&] {
+         return traffic_floor<1, 2>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
+                                    s.anchor_half.data(), n);
+       }},
+      {"int8", 2, int8, [&] {
+         return traffic_floor<1, 1>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
+                                    s.anchor_codes.data(), n);
+       }}};
   // Floor and kernels timed in turn within each repetition, so that the machine's drift hits
   // them alike; the ratios are medians of the per-repetition ratios.
   auto seconds = [](auto&& body) {

@@ -124,12 +124,11 @@ TEST(PenaltyKernels, EveryLayoutMatchesTheReference) {
       std::vector<float> fp32_anchor(c.anchor);
       double expected = reference(c, fp32_anchor, expected_grad, lambda);
       std::vector<float> grad = c.grad;
-      double sum = kernels->fp32(c.value.data(), grad.data(), c.fisher.data(), c.anchor.data(), n,
-                                 lambda);
+      double sum =
+          kernels->fp32(c.value.data(), grad.data(), c.fisher.data(), c.anchor.data(), n, lambda);
       expect_close(sum, expected, grad, expected_grad, c.grad, what + " fp32");
-      EXPECT_DOUBLE_EQ(kernels->fp32(c.value.data(), nullptr, c.fisher.data(), c.anchor.data(),
-                                     n, lambda),
-                       sum)
+      EXPECT_DOUBLE_EQ(
+          kernels->fp32(c.value.data(), nullptr, c.fisher.data(), c.anchor.data(), n, lambda), sum)
           << what << " fp32 without gradient";
 
       std::vector<float> half_anchor;
@@ -138,8 +137,8 @@ TEST(PenaltyKernels, EveryLayoutMatchesTheReference) {
       }
       expected = reference(c, half_anchor, expected_grad, lambda);
       grad = c.grad;
-      sum = kernels->int8_fp16(c.value.data(), grad.data(), c.tables,
-                               c.fisher_codes.data(), c.anchor_half.data(), n, lambda);
+      sum = kernels->int8_fp16(c.value.data(), grad.data(), c.tables, c.fisher_codes.data(),
+                               c.anchor_half.data(), n, lambda);
       expect_close(sum, expected, grad, expected_grad, c.grad, what + " int8_fp16");
 
       std::vector<float> code_anchor;

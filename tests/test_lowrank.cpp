@@ -133,13 +133,13 @@ TEST(LowRankFisher, PluginRunsEndToEndAndStoresItsFactors) {
 // as resident is the state alone (not the task's own factor, freed once merged).
 TEST(LowRankFisher, ByteBudgetCapsTheRankAndStateIsMeasuredAfterTheMerge) {
   clhost::test::TempDir dir;
-  const std::string config = dir.file(
-      "run.toml",
-      "[run]\nseed = 1\n[data]\nnum_tasks = 3\nscenario = \"permuted\"\n"
-      "train_samples_per_task = 400\ntest_samples_per_task = 200\n"
-      "[model]\nhidden = [32]\n[train]\nbatch_size = 32\niterations = 20\n"
-      "[[pipeline]]\nplugin = \"lowrank_fisher\"\ncompression_ratio = 0.5\n"
-      "fisher_samples = 40\nlabels = \"true\"\nstore = false\n");
+  const std::string config =
+      dir.file("run.toml",
+               "[run]\nseed = 1\n[data]\nnum_tasks = 3\nscenario = \"permuted\"\n"
+               "train_samples_per_task = 400\ntest_samples_per_task = 200\n"
+               "[model]\nhidden = [32]\n[train]\nbatch_size = 32\niterations = 20\n"
+               "[[pipeline]]\nplugin = \"lowrank_fisher\"\ncompression_ratio = 0.5\n"
+               "fisher_samples = 40\nlabels = \"true\"\nstore = false\n");
   const auto run = clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " +
                                              config + " -o " + dir.path("run"));
   ASSERT_EQ(run.exit_code, 0) << run.output;
@@ -161,11 +161,11 @@ TEST(LowRankFisher, ByteBudgetCapsTheRankAndStateIsMeasuredAfterTheMerge) {
 
 TEST(LowRankFisher, AByteBudgetWithoutRoomForRankOneIsRefused) {
   clhost::test::TempDir dir;
-  const std::string config = dir.file(
-      "run.toml",
-      "[data]\nnum_tasks = 2\nscenario = \"permuted\"\ntrain_samples_per_task = 100\n"
-      "test_samples_per_task = 50\n[model]\nhidden = [8]\n[train]\niterations = 2\n"
-      "[[pipeline]]\nplugin = \"lowrank_fisher\"\nmax_bytes_per_parameter = 8.0\n");
+  const std::string config =
+      dir.file("run.toml",
+               "[data]\nnum_tasks = 2\nscenario = \"permuted\"\ntrain_samples_per_task = 100\n"
+               "test_samples_per_task = 50\n[model]\nhidden = [8]\n[train]\niterations = 2\n"
+               "[[pipeline]]\nplugin = \"lowrank_fisher\"\nmax_bytes_per_parameter = 8.0\n");
   const auto run = clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " +
                                              config + " -o " + dir.path("run"));
   EXPECT_NE(run.exit_code, 0);

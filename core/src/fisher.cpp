@@ -483,8 +483,8 @@ class PassProgress {
     if (now - last_ < std::chrono::seconds(10)) return;
     last_ = now;
     const double elapsed = std::chrono::duration<double>(now - started_).count();
-    const double done = (static_cast<double>(block) + static_cast<double>(samples_done) /
-                                                          static_cast<double>(samples_)) /
+    const double done = (static_cast<double>(block) +
+                         static_cast<double>(samples_done) / static_cast<double>(samples_)) /
                         static_cast<double>(blocks_);
     std::ostringstream line;
     line.setf(std::ios::fixed);

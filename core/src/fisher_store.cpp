@@ -114,8 +114,9 @@ void narrow_block(const float* values, int64_t count, float limit, bool bf16, ui
     const float value = std::isnan(values[i]) ? values[i] : std::clamp(values[i], -limit, limit);
     uint32_t bits = 0;  // bf16: the upper half of the float, rounded to nearest even
     std::memcpy(&bits, &value, sizeof(bits));
-    out[i] = std::isnan(value) ? static_cast<uint16_t>((bits >> 16U) | 0x40U)
-                               : static_cast<uint16_t>((bits + 0x7FFFU + ((bits >> 16U) & 1U)) >> 16U);
+    out[i] = std::isnan(value)
+                 ? static_cast<uint16_t>((bits >> 16U) | 0x40U)
+                 : static_cast<uint16_t>((bits + 0x7FFFU + ((bits >> 16U) & 1U)) >> 16U);
   }
 }
 
@@ -336,9 +337,13 @@ std::string FisherStore::set_filters(int64_t properties, uint64_t chunk) const {
     status |= H5Pset_deflate(properties, static_cast<unsigned>(options_.level));
   } else if (blosc && applied != "none") {
     // Blosc's own byte shuffle; compressor codes: 1 lz4, 5 zstd.
-    const unsigned values[7] = {
-        0, 0, 0, 0, static_cast<unsigned>(options_.level), 1,
-        options_.codec == "blosc-lz4" ? 1U : 5U};
+    const unsigned values[7] = {0,
+                                0,
+                                0,
+                                0,
+                                static_cast<unsigned>(options_.level),
+                                1,
+                                options_.codec == "blosc-lz4" ? 1U : 5U};
     status |= H5Pset_filter(properties, codec.filter, H5Z_FLAG_MANDATORY, 7, values);
   } else if (applied != "none") {
     if (options_.shuffle) status |= H5Pset_shuffle(properties);
@@ -353,8 +358,8 @@ std::string FisherStore::set_filters(int64_t properties, uint64_t chunk) const {
 // memory and it is compressed once, instead of read, decompressed and recompressed per write.
 int64_t FisherStore::create_dataset(const ParameterInfo& parameter, int64_t disk_type) {
   const auto size = static_cast<hsize_t>(parameter.numel()) * static_cast<hsize_t>(vectors_);
-  const hsize_t chunk = std::max<hsize_t>(
-      1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
+  const hsize_t chunk =
+      std::max<hsize_t>(1, std::min<hsize_t>(size, static_cast<hsize_t>(options_.chunk_elements)));
   const hid_t space = H5Screate_simple(1, &size, nullptr);
   const hid_t properties = H5Pcreate(H5P_DATASET_CREATE);
   const hid_t access = H5Pcreate(H5P_DATASET_ACCESS);
@@ -495,8 +500,8 @@ void FisherStore::link_group(const std::string& group) {
   if (index < 0) throw RunError(temporary + ": cannot open: " + hdf5_reason());
   // Relative: HDF5 resolves it against the index's own directory, so a moved run still reads.
   const std::string target = fs::path(path_).filename().string() + ".groups/" + group + ".h5";
-  const bool linked = H5Lcreate_external(target.c_str(), "/", index, group.c_str(), H5P_DEFAULT,
-                                         H5P_DEFAULT) >= 0;
+  const bool linked =
+      H5Lcreate_external(target.c_str(), "/", index, group.c_str(), H5P_DEFAULT, H5P_DEFAULT) >= 0;
   const std::string reason = linked ? "" : hdf5_reason();
   if (H5Fclose(index) < 0 || !linked) {
     fs::remove(temporary, error);

@@ -326,12 +326,12 @@ class Ewc : public clhost::sdk::Regularizer {
       const float* value = parameter.value + begin;
       float* grad = parameter.grad != nullptr ? parameter.grad + begin : nullptr;
       const uint8_t* fisher_codes = state.fisher_codes.data() + begin;
-      sum += layout_ == StateLayout::kMergedInt8Fp16
-                 ? kernels.int8_fp16(value, grad, tables, fisher_codes,
-                                     state.anchor_half.data() + begin, count, lambda)
-                 : kernels.int8(value, grad, tables, fisher_codes,
-                                state.anchor_codes.data() + begin, scale.anchor_low,
-                                scale.anchor_step, count, lambda);
+      sum +=
+          layout_ == StateLayout::kMergedInt8Fp16
+              ? kernels.int8_fp16(value, grad, tables, fisher_codes,
+                                  state.anchor_half.data() + begin, count, lambda)
+              : kernels.int8(value, grad, tables, fisher_codes, state.anchor_codes.data() + begin,
+                             scale.anchor_low, scale.anchor_step, count, lambda);
     }
     return sum;
   }

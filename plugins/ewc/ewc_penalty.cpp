@@ -159,9 +159,9 @@ struct FisherDecoder {
     const __m256i code =
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
     const __m256i step = _mm256_sub_epi32(code, _mm256_set1_epi32(1));
-    const __m256 value = _mm256_mul_ps(
-        lookup16(high_first, high_second, _mm256_srli_epi32(step, 4)),
-        lookup16(low_first, low_second, step));
+    const __m256 value =
+        _mm256_mul_ps(lookup16(high_first, high_second, _mm256_srli_epi32(step, 4)),
+                      lookup16(low_first, low_second, step));
     const __m256 kept = _mm256_castsi256_ps(_mm256_cmpgt_epi32(code, _mm256_setzero_si256()));
     return _mm256_and_ps(value, kept);
   }

@@ -152,8 +152,9 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     const double fisher_seconds = seconds_since(start);
     const auto values = parameter_views(false);
     if (store_) {
-      host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) + ": factors ready in " +
-                                      format(fisher_seconds, 1) + " s; saving them to the store");
+      host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) +
+                                      ": factors ready in " + format(fisher_seconds, 1) +
+                                      " s; saving them to the store");
       save(task.task_index, pass_factors_);
     }
     fold_in(values.first);
@@ -329,14 +330,13 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     }
     if (rank_ == from_ratio || rank_explained_) return;
     rank_explained_ = true;
-    const std::string message = "compression_ratio " + format(ratio_, 4) + " of " +
-                                std::to_string(rows_) + " gradient rows asks for rank " +
-                                std::to_string(from_ratio) + "; " + rank_limited_by_ +
-                                " caps it at " + std::to_string(rank_) +
-                                (rank_limited_by_ == "max_bytes_per_parameter"
-                                     ? " (" + format(max_bytes_per_parameter_, 1) +
-                                           " bytes/parameter; 0 lifts the cap)"
-                                     : std::string());
+    const std::string message =
+        "compression_ratio " + format(ratio_, 4) + " of " + std::to_string(rows_) +
+        " gradient rows asks for rank " + std::to_string(from_ratio) + "; " + rank_limited_by_ +
+        " caps it at " + std::to_string(rank_) +
+        (rank_limited_by_ == "max_bytes_per_parameter"
+             ? " (" + format(max_bytes_per_parameter_, 1) + " bytes/parameter; 0 lifts the cap)"
+             : std::string());
     host().log(ratio_given_ ? CLHOST_LOG_WARNING : CLHOST_LOG_INFO, message);
   }
 
