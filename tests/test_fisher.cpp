@@ -5,6 +5,7 @@
 
 #include <map>
 
+#include "clhost/memory_budget.hpp"
 #include "fisher.hpp"
 #include "model.hpp"
 
@@ -215,6 +216,45 @@ TEST(FisherBlocks, TemporaryMemoryIsBoundedByTheBlock) {
   RecordProperty("peak_growth_whole_model", std::to_string(large));
   EXPECT_GE(large, whole_bytes) << "one block = the whole model's Fisher held at once";
   EXPECT_LT(small, whole_bytes / 4) << "blocks of 50k parameters must not hold the model's Fisher";
+}
+
+// Under a memory budget the per-sample pass that does not fit starts the block over with half
+// the samples per pass, until it fits; the Fisher is the one a small batch gives.
+TEST(FisherBlocks, OutOfMemoryStartsTheBlockOverWithSmallerPasses) {
+  namespace memory = clhost::memory;
+  memory::install_counting_allocator();
+  Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 256);
+  auto peak_of = [&](int64_t batch) {
+    memory::reset_peak();
+    const int64_t before = memory::current_bytes();
+    (void)fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto,
+                    batch);
+    return memory::peak_bytes() - before;
+  };
+  const int64_t small = peak_of(4);
+  const int64_t large = peak_of(256);
+  ASSERT_GT(large, 2 * small) << "the pass's memory must grow with the batch for this test";
+  const auto reference =
+      fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 4);
+
+  std::vector<std::string> lines;
+  fixture.context.progress = [&](const std::string& line) { lines.push_back(line); };
+  memory::set_budget(memory::current_bytes() + (small + large) / 2);
+  std::vector<torch::Tensor> fisher;
+  try {
+    fisher =
+        fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 256);
+  } catch (...) {
+    memory::set_budget(-1);
+    throw;
+  }
+  memory::set_budget(-1);
+  EXPECT_LE(max_relative_error(fisher, reference), 1e-5);
+  ASSERT_FALSE(lines.empty());
+  EXPECT_NE(lines.front().find("out of memory in the Fisher pass (block 1/1): the block starts "
+                               "over with 128 samples per pass"),
+            std::string::npos)
+      << lines.front();
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "clhost/errors.hpp"
+#include "clhost/memory_budget.hpp"
 #include "fisher_layers.hpp"
 
 namespace clhost {
@@ -503,17 +504,38 @@ class PassProgress {
   std::chrono::steady_clock::time_point last_ = started_;
 };
 
+// One block's walk over the task's first `samples` training samples in chunks of `chunk`.
+void walk_block(const FisherContext& context, const clhost_fisher_request_t& request,
+                FisherMethod method, const ModelMap& map,
+                const std::vector<torch::Tensor>& parameters,
+                const std::vector<FisherBlock>& blocks, size_t b, int64_t samples, int64_t chunk,
+                const BlockStart& start_block, PassProgress& progress) {
+  // The same label draws for every block: the generator restarts per block.
+  BlockGradients producer(context, request, method, context.model, parameters, map, blocks[b],
+                          at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
+  const ChunkHandler on_chunk = start_block(b, blocks.size(), producer);
+  for (int64_t start = 0; start < samples; start += chunk) {
+    const int64_t end = std::min(samples, start + chunk);
+    const auto [x, y] = training_chunk(context, parameters.front().scalar_type(), start, end);
+    on_chunk(x, y, samples, end == samples);
+    progress.update(b, end);
+  }
+}
+
 // The walk both passes share: the model in eval mode (restored on every exit), every block of the
-// plan, and for each the task's first `samples` training samples in chunks of batch_size.
+// plan, and for each the task's first `samples` training samples in chunks of batch_size. When
+// `can_restart_block()` says nothing of the block has reached the sink yet, running out of
+// memory starts the block over with half the samples per pass (the sums are the same).
 void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
-                 int64_t block_size, FisherMethod method, const BlockStart& start_block) {
+                 int64_t block_size, FisherMethod method, const BlockStart& start_block,
+                 const std::function<bool()>& can_restart_block = {}) {
   check_request(context, request);
   torch::nn::Sequential model = context.model;
   const std::vector<torch::Tensor> parameters = model->parameters();
   int64_t samples = context.task->train_size();
   if (request.max_samples > 0) samples = std::min(samples, request.max_samples);
   if (samples == 0) throw RunError("Fisher requested on a task without training samples");
-  const int64_t chunk = std::max<int64_t>(request.batch_size, 1);
+  int64_t chunk = std::max<int64_t>(request.batch_size, 1);
   const ModelMap map = map_model(model, parameters);
   const auto blocks = plan_fisher_blocks(parameters, block_size);
   const bool was_training = model->is_training();
@@ -521,15 +543,23 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
   PassProgress progress(context.progress, blocks.size(), samples);
   try {
     for (size_t b = 0; b < blocks.size(); ++b) {
-      // The same label draws for every block: the generator restarts per block.
-      BlockGradients producer(context, request, method, model, parameters, map, blocks[b],
-                              at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
-      const ChunkHandler on_chunk = start_block(b, blocks.size(), producer);
-      for (int64_t start = 0; start < samples; start += chunk) {
-        const int64_t end = std::min(samples, start + chunk);
-        const auto [x, y] = training_chunk(context, parameters.front().scalar_type(), start, end);
-        on_chunk(x, y, samples, end == samples);
-        progress.update(b, end);
+      while (true) {
+        try {
+          walk_block(context, request, method, map, parameters, blocks, b, samples, chunk,
+                     start_block, progress);
+          break;
+        } catch (const std::exception& e) {
+          const bool restart =
+              can_restart_block && can_restart_block() && chunk > 1 && memory::is_out_of_memory(e);
+          if (!restart) throw;
+          chunk /= 2;
+          if (context.progress) {
+            context.progress("out of memory in the Fisher pass (block " + std::to_string(b + 1) +
+                             "/" + std::to_string(blocks.size()) +
+                             "): the block starts over with " + std::to_string(chunk) +
+                             " samples per pass");
+          }
+        }
       }
     }
   } catch (...) {
@@ -544,15 +574,23 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
 void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
                      int64_t block_size, FisherMethod method, const FisherSink& sink) {
   const bool batched = request.batched != 0;
-  walk_blocks(context, request, block_size, method,
-              [&](size_t, size_t, BlockGradients& producer) -> ChunkHandler {
-                auto sums = std::make_shared<DiagonalAccumulator>(producer);
-                return [&producer, sums, batched, &sink](
-                           const torch::Tensor& x, const torch::Tensor& y, int64_t, bool last) {
-                  sums->add_chunk(producer, x, y, batched);
-                  if (last) sums->emit(producer, sink);
-                };
-              });
+  // A block restarts only while none of it went to the sink, and never for squared mini-batch
+  // gradients, whose value depends on the batch.
+  bool delivering = false;
+  walk_blocks(
+      context, request, block_size, method,
+      [&](size_t, size_t, BlockGradients& producer) -> ChunkHandler {
+        delivering = false;
+        auto sums = std::make_shared<DiagonalAccumulator>(producer);
+        return [&producer, sums, batched, &sink, &delivering](
+                   const torch::Tensor& x, const torch::Tensor& y, int64_t, bool last) {
+          sums->add_chunk(producer, x, y, batched);
+          if (!last) return;
+          delivering = true;
+          sums->emit(producer, sink);
+        };
+      },
+      [&] { return !batched && !delivering; });
 }
 
 void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
