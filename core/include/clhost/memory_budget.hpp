@@ -18,8 +18,8 @@ void install_counting_allocator();
 // machine every page handed back costs a page fault when it is touched again, and LibTorch frees
 // and reallocates the same large buffers every step (bench_sequence: the Fisher pass 2.3x faster
 // with 1 GiB than with glibc's own thresholds, training up to 2.4x). 0: every allocation over
-// 128 KiB is its own mapping, returned when freed. Throws std::invalid_argument when glibc refuses the
-// value.
+// 128 KiB is its own mapping, returned when freed. Throws std::invalid_argument when glibc refuses
+// the value.
 void keep_freed_memory(int64_t bytes);
 
 // Bytes; -1 removes the budget.
