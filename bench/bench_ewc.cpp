@@ -6,7 +6,8 @@
 // 1. Fisher pass samples/s: exact batched vs the batch-of-1 loop (MLP 784-400-400-10).
 // 2. EWC penalty + gradient time as a share of a training step, per state layout, and each
 //    layout's penalty kernel against the memory-traffic floor of the same pass.
-// 3. Resident EWC state bytes/param (allocator-measured) after 1, 5 and 10 tasks, per layout.
+// 3. Peak temporary memory of the Fisher pass per block size on a 108M-parameter MLP.
+// 4. Resident EWC state bytes/param (allocator-measured) after 1, 5 and 10 tasks, per layout.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_timing.hpp"
+#include "clhost/memory_budget.hpp"
 #include "clhost/runner.hpp"
 #include "mlp_fisher.hpp"
 #include "penalty_timing.hpp"
@@ -54,6 +56,47 @@ json bench_fisher_pass(clhost::bench::MlpSetup& setup) {
                    {"speedup", batched_rate / loop_rate}});
   }
   return out;
+}
+
+// Peak temporary memory of the exact Fisher pass (LibTorch tensor bytes above what was live
+// before it, by clhost's counting allocator) on a 108M-parameter MLP, per fisher block size:
+// it must follow the block, not the model.
+json bench_fisher_block_memory(clhost::bench::MlpSetup& setup) {
+  clhost::memory::install_counting_allocator();
+  clhost::ModelSection wide;
+  wide.hidden = {10000, 10000};
+  torch::manual_seed(0);
+  torch::nn::Sequential model = clhost::make_model(wide, 784, 28, 10);
+  int64_t parameters = 0;
+  for (const auto& parameter : model->parameters()) parameters += parameter.numel();
+  clhost::FisherContext context = setup.context;
+  context.model = model;
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.labels = CLHOST_FISHER_LABELS_TRUE;
+  request.batch_size = 8;
+  request.max_samples = 16;
+  json rows = json::array();
+  for (const int64_t block :
+       {int64_t{500000}, int64_t{1000000}, int64_t{10000000}, int64_t{100000000}}) {
+    clhost::memory::reset_peak();
+    const int64_t before = clhost::memory::current_bytes();
+    const auto start = Clock::now();
+    clhost::diagonal_fisher(context, request, block, clhost::FisherMethod::kAuto,
+                            [](size_t, int64_t, const torch::Tensor&) {});
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const int64_t peak = clhost::memory::peak_bytes() - before;
+    rows.push_back({{"block_size", block},
+                    {"peak_temporary_bytes", peak},
+                    {"peak_over_block_fp32_bytes", static_cast<double>(peak) / (4.0 * block)},
+                    {"seconds", seconds}});
+    std::cerr << "block " << block << ": peak " << peak << " bytes\n";
+  }
+  return {{"parameters", parameters},
+          {"model_fp32_bytes", parameters * 4},
+          {"samples", request.max_samples},
+          {"batch", request.batch_size},
+          {"blocks", rows}};
 }
 
 // Runs the real pipeline on permuted Fashion-MNIST (few steps) and reads the EWC plug-in's report.
@@ -158,6 +201,7 @@ int main(int argc, char** argv) {
                        {"note", "medians of 3 runs, one process"}};
   report["fisher_pass"] = bench_fisher_pass(setup);
   std::cerr << "fisher pass done\n";
+  report["fisher_pass_temporary_memory"] = bench_fisher_block_memory(setup);
   // The penalty kernels at this MLP's size (its state stays in cache) and at the 12-layer
   // transformer's (bench_sequence; in main memory), against the traffic floor.
   report["penalty_kernels"] = {
