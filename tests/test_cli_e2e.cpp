@@ -37,6 +37,23 @@ TEST(CliEndToEnd, QuickRunWithTheCL2PluginWritesResults) {
   EXPECT_TRUE(std::filesystem::exists(dir.path("l2") + "/accuracy_matrix.csv"));
 }
 
+// Progress lines show a rate before the first logging window closes (slow steps, large
+// run.log_every), not 0 samples/s.
+TEST(CliEndToEnd, ProgressShowsARateBeforeTheFirstLogWindow) {
+  clhost::test::TempDir dir;
+  const Result run = clhost("run --config " + kQuick + " --output " + dir.path("rate") +
+                            " --set run.log_every=1000 --set data.num_tasks=2");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  size_t lines = 0;
+  for (size_t at = run.output.find(" samples/s"); at != std::string::npos;
+       at = run.output.find(" samples/s", at + 1)) {
+    const size_t start = run.output.rfind(' ', at - 1) + 1;
+    EXPECT_NE(run.output.substr(start, at - start), "0") << run.output;
+    ++lines;
+  }
+  EXPECT_GT(lines, 0U) << run.output;
+}
+
 TEST(CliEndToEnd, L2ForgetsLessThanFineTuning) {
   clhost::test::TempDir dir;
   const Result plain =

@@ -162,6 +162,7 @@ double Trainer::train_task(const TaskPlan& plan) {
   const auto task_start = Clock::now();
   auto window_start = task_start;
   int64_t window_samples = 0;
+  int64_t task_samples = 0;  // in this process (a resumed task counts from the resume)
   double samples_per_second = 0.0;
   for (int64_t step = plan.first_step; step < plan.steps; ++step) {
     const StepBatch batch = next_batch(plan, order);
@@ -177,6 +178,7 @@ double Trainer::train_task(const TaskPlan& plan) {
     const double penalty = apply_step(plan, step, batch.samples, gradients.loss);
     const int64_t step_peak = std::max(gradients.peak_bytes, memory::peak_bytes());
     window_samples += batch.samples;
+    task_samples += batch.samples;
     if ((step + 1) % config_.run.log_every == 0 || step + 1 == plan.steps) {
       const auto now = Clock::now();
       const double seconds = std::chrono::duration<double>(now - window_start).count();
@@ -186,7 +188,12 @@ double Trainer::train_task(const TaskPlan& plan) {
       parts_.log.step_row(plan.index, step + 1, state_.global_step, gradients.loss, penalty,
                           batch.samples, state_.micro_batch, samples_per_second, step_peak);
     }
-    progress_.update(step + 1, gradients.loss, samples_per_second);
+    // Until the first logging window closes (slow steps, large log_every), the rate so far.
+    const double elapsed = seconds_since(task_start);
+    const double shown_rate = samples_per_second > 0.0 || elapsed <= 0.0
+                                  ? samples_per_second
+                                  : static_cast<double>(task_samples) / elapsed;
+    progress_.update(step + 1, gradients.loss, shown_rate);
     batcher_.after_step(step_peak);
     // Checkpoints count global steps, so a resumed run keeps the same schedule.
     const bool stop_requested = requested_stop_signal() != 0;
