@@ -111,7 +111,12 @@ std::string line_chart_svg(const std::vector<Series>& series, const ChartOptions
     if (x_max <= x_min) x_max = x_min + 1;
     if (y_max <= y_min) y_max = y_min + 1;
     const double pad = (y_max - y_min) * 0.05;
-    plvpor(0.1, 0.72, 0.14, 0.9);
+    // The legend sits right of the plot: long series names take plot width instead of being cut
+    // at the image's edge (about 0.0075 of the width per character at the legend's size).
+    size_t longest = 0;
+    for (const Series& line : series) longest = std::max(longest, line.label.size());
+    const double right = std::clamp(0.9 - 0.0075 * static_cast<double>(longest), 0.45, 0.72);
+    plvpor(0.1, right, 0.14, 0.9);
     plwind(x_min, x_max, options.fixed_y ? y_min : y_min - pad, y_max + pad);
     plcol0(kGrid);
     plbox("g", 0, 0, "g", 0, 0);
