@@ -320,7 +320,11 @@ class Ewc : public clhost::sdk::Regularizer {
     clhost::ewc::FisherCodeTables tables;
     for (size_t block = 0; block < state.scales.size(); ++block) {
       const auto& scale = state.scales[block];
-      clhost::ewc::fisher_code_tables(scale.log_low, scale.log_step, tables);
+      if (kernels.reads_value_table) {
+        clhost::ewc::fisher_code_tables(scale.log_low, scale.log_step, tables);
+      } else {
+        clhost::ewc::fisher_nibble_tables(scale.log_low, scale.log_step, tables);
+      }
       const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
       const int64_t count = std::min(n, begin + clhost::ewc::kQuantBlock) - begin;
       const float* value = parameter.value + begin;

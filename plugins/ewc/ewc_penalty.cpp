@@ -145,6 +145,13 @@ CLHOST_AVX2 __m256 lookup16(__m256 first, __m256 second, __m256i index) {
                           _mm256_castsi256_ps(_mm256_slli_epi32(index, 28)));
 }
 
+// One code the way decode8 does it (the vector loop's tail).
+inline float nibble_value(const FisherCodeTables& tables, uint8_t code) {
+  if (code == 0) return 0.0F;
+  const int step = code - 1;
+  return tables.high[step >> 4] * tables.low[step & 15];
+}
+
 // Eight Fisher codes -> values, as high[(c-1) >> 4] * low[(c-1) & 15], code 0 -> 0.
 struct FisherDecoder {
   __m256 high_first, high_second, low_first, low_second;
@@ -178,7 +185,7 @@ CLHOST_AVX2 double avx2_int8_fp16(const float* value, float* grad, const FisherC
         a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(anchor_half + i)));
       },
       [&](int64_t i, float& f, float& a) {
-        f = tables.value[fisher_codes[i]];
+        f = nibble_value(tables, fisher_codes[i]);
         a = half_to_float(anchor_half[i]);
       });
 }
@@ -197,7 +204,7 @@ CLHOST_AVX2 double avx2_int8(const float* value, float* grad, const FisherCodeTa
         a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(packed)), step, low);
       },
       [&](int64_t i, float& f, float& a) {
-        f = tables.value[fisher_codes[i]];
+        f = nibble_value(tables, fisher_codes[i]);
         a = anchor_low + static_cast<float>(anchor_codes[i]) * anchor_step;
       });
 }
@@ -211,20 +218,25 @@ void fisher_code_tables(float log_low, float log_step, FisherCodeTables& out) {
   for (int code = 1; code < 256; ++code) {
     out.value[code] = std::exp(log_low + static_cast<float>(code - 1) * log_step);
   }
+  fisher_nibble_tables(log_low, log_step, out);
+}
+
+void fisher_nibble_tables(float log_low, float log_step, FisherCodeTables& out) {
   for (int nibble = 0; nibble < 16; ++nibble) {
-    out.high[nibble] = out.value[16 * nibble + 1];
+    // The same expression as value[16 * nibble + 1].
+    out.high[nibble] = std::exp(log_low + static_cast<float>(16 * nibble) * log_step);
     out.low[nibble] = std::exp(static_cast<float>(nibble) * log_step);
   }
 }
 
 const PenaltyKernels& generic_penalty_kernels() {
-  static const PenaltyKernels kernels{"generic (x86-64 SSE2)", generic_fp32, generic_int8_fp16,
-                                      generic_int8};
+  static const PenaltyKernels kernels{"generic (x86-64 SSE2)", true, generic_fp32,
+                                      generic_int8_fp16, generic_int8};
   return kernels;
 }
 
 const PenaltyKernels* avx2_penalty_kernels() {
-  static const PenaltyKernels kernels{"avx2+fma+f16c", avx2_fp32, avx2_int8_fp16, avx2_int8};
+  static const PenaltyKernels kernels{"avx2+fma+f16c", false, avx2_fp32, avx2_int8_fp16, avx2_int8};
   __builtin_cpu_init();
   // F16C from CPUID leaf 1 (ECX bit 29): not every compiler's __builtin_cpu_supports knows it;
   // AVX2's check includes the operating system's support for the AVX registers.

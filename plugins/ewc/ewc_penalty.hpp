@@ -21,9 +21,13 @@ struct FisherCodeTables {
   float low[16];
 };
 void fisher_code_tables(float log_low, float log_step, FisherCodeTables& out);
+// Only `high` and `low` (32 exponentials instead of 288): enough for kernels that decode by
+// nibbles. Built per quantisation block in every step, so the difference counts.
+void fisher_nibble_tables(float log_low, float log_step, FisherCodeTables& out);
 
 struct PenaltyKernels {
   const char* name;
+  bool reads_value_table;  // false: fisher_nibble_tables is enough for the quantised kernels
   // fp32 Fisher and anchor (separate, online, merged fp32).
   double (*fp32)(const float* value, float* grad, const float* fisher, const float* anchor,
                  int64_t n, float lambda);
