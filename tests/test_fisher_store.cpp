@@ -215,6 +215,21 @@ TEST(Store, RefusesAFileWrittenForAnotherModel) {
   EXPECT_THROW(reader.begin_group("task_1", ""), RunError);
 }
 
+float column_scale(int64_t column, size_t parameter) {
+  return 1.0F + static_cast<float>(column + 10 * static_cast<int64_t>(parameter));
+}
+
+// Column k of every parameter, then column k + 1, as lowrank_fisher writes U.
+void write_columns(FisherStore& store, int64_t columns) {
+  for (int64_t k = 0; k < columns; ++k) {
+    for (size_t p = 0; p < kModel.size(); ++p) {
+      const int64_t numel = kModel[p].numel();
+      const auto values = values_for(numel, column_scale(k, p));
+      store.write_block(p, k * numel, values.data(), numel);
+    }
+  }
+}
+
 // A low-rank factor's columns: many writes smaller than a chunk, interleaved across parameters
 // (column k of every parameter, then column k + 1). Each chunk fills in the dataset's cache and
 // is compressed once; what comes back is what went in, and a finished parameter takes no more.
@@ -226,30 +241,18 @@ TEST(Store, InterleavedWritesSmallerThanAChunkReadBack) {
   FisherStore store(path, options, kModel, "test");
   const int64_t columns = 7;
   store.begin_group("lowrank_u", "columns", columns);
-  for (int64_t k = 0; k < columns; ++k) {
-    for (size_t p = 0; p < kModel.size(); ++p) {
-      const int64_t numel = kModel[p].numel();
-      const auto values = values_for(numel, 1.0F + static_cast<float>(k + 10 * p));
-      store.write_block(p, k * numel, values.data(), numel);
-    }
-  }
+  write_columns(store, columns);
   const std::vector<float> more(30, 1.0F);
   EXPECT_THROW(store.write_block(1, 0, more.data(), 30), RunError)
       << "fc1.bias was written completely";
   store.abort_group();
   store.begin_group("lowrank_u", "columns", columns);
-  for (int64_t k = 0; k < columns; ++k) {
-    for (size_t p = 0; p < kModel.size(); ++p) {
-      const int64_t numel = kModel[p].numel();
-      const auto values = values_for(numel, 1.0F + static_cast<float>(k + 10 * p));
-      store.write_block(p, k * numel, values.data(), numel);
-    }
-  }
+  write_columns(store, columns);
   store.commit_group();
   for (int64_t k = 0; k < columns; ++k) {
     for (size_t p = 0; p < kModel.size(); ++p) {
       const int64_t numel = kModel[p].numel();
-      const auto expected = values_for(numel, 1.0F + static_cast<float>(k + 10 * p));
+      const auto expected = values_for(numel, column_scale(k, p));
       std::vector<float> back(static_cast<size_t>(numel));
       store.read_block("lowrank_u", p, k * numel, back.data(), numel);
       ASSERT_EQ(back, expected) << kModel[p].name << " column " << k;
