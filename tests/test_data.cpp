@@ -52,6 +52,11 @@ void write_dataset(const clhost::test::TempDir& dir, int train, int test) {
   }
 }
 
+// Every training (test) sample of a task as the model takes it.
+torch::Tensor train_inputs(const clhost::TaskData& task) {
+  return task.train_range(0, task.train_size()).x;
+}
+
 // The dataset's keys, each replaceable by a line in `data_keys` (one TOML key per line).
 clhost::RunConfig config_for(const clhost::test::TempDir& dir, const std::string& data_keys) {
   std::map<std::string, std::string> keys{
@@ -80,14 +85,14 @@ TEST(Data, ExplicitClassListsBuildTheTasks) {
   EXPECT_EQ(sequence.image_side, 5);
   EXPECT_EQ(sequence.tasks[0].classes, (std::vector<int64_t>{0, 5}));
   EXPECT_EQ(sequence.tasks[1].classes, (std::vector<int64_t>{1, 2, 3}));
-  EXPECT_EQ(sequence.tasks[0].train_x.size(0), 20);  // 10 samples of each of 2 classes
-  EXPECT_EQ(sequence.tasks[1].train_x.size(0), 30);
-  EXPECT_EQ(sequence.tasks[1].test_x.size(0), 15);
+  EXPECT_EQ(sequence.tasks[0].train_size(), 20);  // 10 samples of each of 2 classes
+  EXPECT_EQ(sequence.tasks[1].train_size(), 30);
+  EXPECT_EQ(sequence.tasks[1].test_size(), 15);
   for (int64_t label : {0, 5}) {
     EXPECT_TRUE((sequence.tasks[0].train_y == label).any().item<bool>());
   }
   // Unit scaling: pixels of class 5 are 50/255.
-  const auto fives = sequence.tasks[0].train_x.index({sequence.tasks[0].train_y == 5});
+  const auto fives = train_inputs(sequence.tasks[0]).index({sequence.tasks[0].train_y == 5});
   EXPECT_NEAR(fives.max().item<double>(), 50.0 / 255.0, 1e-6);
 }
 
@@ -120,8 +125,8 @@ TEST(Data, StandardNormalisationUsesTrainingStatistics) {
   write_dataset(dir, 60, 30);
   const auto config = config_for(dir, "num_tasks = 1\nnormalize = \"standard\"\n");
   const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 1);
-  EXPECT_NEAR(sequence.tasks[0].train_x.mean().item<double>(), 0.0, 1e-5);
-  EXPECT_NEAR(sequence.tasks[0].train_x.std().item<double>(), 1.0, 1e-3);
+  EXPECT_NEAR(train_inputs(sequence.tasks[0]).mean().item<double>(), 0.0, 1e-5);
+  EXPECT_NEAR(train_inputs(sequence.tasks[0]).std().item<double>(), 1.0, 1e-3);
 }
 
 TEST(Data, BadInputNamesTheFileAndTheKey) {
@@ -183,7 +188,7 @@ TEST(Data, RotatedTasksTurnTheImages) {
   EXPECT_EQ(config.data.incremental, clhost::Incremental::kDomain);
   const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 1);
   ASSERT_EQ(sequence.tasks.size(), 3U);
-  auto image = [&](size_t task) { return sequence.tasks[task].train_x[0].reshape({5, 5}); };
+  auto image = [&](size_t task) { return train_inputs(sequence.tasks[task])[0].reshape({5, 5}); };
   EXPECT_FLOAT_EQ(image(0)[0][2].item<float>(), 200.0F);  // task 1: unturned
   // 90 degrees: the pixel lands in the middle row at one edge; 180: bottom middle.
   const float left = image(1)[2][0].item<float>();
@@ -249,11 +254,11 @@ TEST(Data, Hdf5DatasetsOfAnyNumericType) {
   EXPECT_EQ(sequence.input_size, 16);
   EXPECT_EQ(sequence.image_side, 4);  // [N, 1, 4, 4] is an image
   ASSERT_EQ(sequence.tasks.size(), 2U);
-  EXPECT_EQ(sequence.tasks[0].train_x.size(0), 20);
-  EXPECT_EQ(sequence.tasks[1].test_x.size(0), 4);
+  EXPECT_EQ(sequence.tasks[0].train_size(), 20);
+  EXPECT_EQ(sequence.tasks[1].test_size(), 4);
   // Float samples are taken as stored ("unit" scales 8-bit pixels only): pixels equal labels.
   EXPECT_TRUE(
-      torch::equal(sequence.tasks[1].train_x, torch::full({10, 16}, 2.0F, torch::kFloat32)));
+      torch::equal(train_inputs(sequence.tasks[1]), torch::full({10, 16}, 2.0F, torch::kFloat32)));
   EXPECT_EQ(sequence.tasks[1].train_y.dtype(), torch::kInt64);
 }
 
@@ -395,9 +400,9 @@ TEST(DataStreaming, ARunOnDataLargerThanTheCapStreamsAndMatchesTheResidentRun) {
   const auto resident = clhost::run_pipeline(
       clhost::load_config(dir.file("resident.toml", base + rest), overrides), options);
   options.run_dir = dir.path("streamed");
-  // 3000 samples of 36 floats are 432 KB: over a 100 KiB cap.
+  // 3000 samples of 36 bytes are 108 KB: over a 50 KiB cap.
   const auto streamed = clhost::run_pipeline(
-      clhost::load_config(dir.file("streamed.toml", base + "max_resident = \"100KiB\"\n" + rest),
+      clhost::load_config(dir.file("streamed.toml", base + "max_resident = \"50KiB\"\n" + rest),
                           overrides),
       options);
   EXPECT_EQ(resident.accuracy, streamed.accuracy) << "same samples, same order: same run";
@@ -423,8 +428,8 @@ TEST(DataStreaming, ARunOnDataLargerThanTheCapStreamsAndMatchesTheResidentRun) {
     const size_t at = text.find("\"tensor_peak_bytes\": ") + 21;
     return std::stoll(text.substr(at));
   };
-  // Two tasks of 3000 + 300 resident samples (~0.9 MB) are not held while streaming.
-  EXPECT_LT(peak("streamed") + 500000, peak("resident"))
+  // 3000 + 300 resident samples of 36 bytes, shared by both tasks, are not held while streaming.
+  EXPECT_LT(peak("streamed") + 100000, peak("resident"))
       << "streamed " << peak("streamed") << " B, resident " << peak("resident") << " B";
 }
 
@@ -488,3 +493,38 @@ TEST(DataStreaming, ExplicitPerTaskSourcesReadEachTasksOwnGroup) {
 }
 
 }  // namespace
+
+// Pixels stay uint8 in memory, one copy for every task, and become float32 batch by batch with
+// the values a whole-split conversion gives: scaled, then permuted or rotated.
+TEST(DataResident, EightBitPixelsStayBytesSharedByEveryTask) {
+  clhost::test::TempDir dir;
+  std::vector<uint8_t> images(60 * 25);
+  std::vector<uint8_t> labels(60);
+  for (size_t i = 0; i < images.size(); ++i) images[i] = static_cast<uint8_t>((i * 37) % 256);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 6);
+  for (const char* prefix : {"tr", "te"}) {
+    write_idx(dir.path(std::string(prefix) + "-img.gz"), {60, 5, 5}, images);
+    write_idx(dir.path(std::string(prefix) + "-lbl"), {60}, labels);
+  }
+  const torch::Tensor stored =
+      torch::tensor(std::vector<int64_t>(images.begin(), images.end())).reshape({60, 25});
+  const torch::Tensor rows = torch::tensor({7L, 0L, 59L, 7L}, torch::kInt64);
+  for (const std::string scenario : {"permuted", "rotated"}) {
+    SCOPED_TRACE(scenario);
+    const auto config = config_for(dir, "scenario = \"" + scenario + "\"\nnum_tasks = 4\n");
+    const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 3);
+    // Images (2 x 60 x 25 bytes) and labels (2 x 60 int64, each task's own copy) only.
+    EXPECT_EQ(clhost::resident_data_bytes(sequence), 2 * 60 * 25 + 4 * 2 * 60 * 8);
+    for (const auto& task : sequence.tasks) {
+      // What the model got before samples stayed bytes: the whole split as float32, scaled,
+      // then the task's transform (a permutation or a rotation).
+      const torch::Tensor whole = train_inputs(task);
+      EXPECT_EQ(whole.dtype(), torch::kFloat32);
+      EXPECT_TRUE(torch::equal(task.train_rows(rows).x, whole.index_select(0, rows)));
+      const torch::Tensor scaled = stored.to(torch::kFloat32).div_(255.0);
+      if (&task == &sequence.tasks[0]) {
+        EXPECT_TRUE(torch::equal(whole, scaled));
+      }
+    }
+  }
+}

@@ -448,7 +448,7 @@ TEST_F(TextTasks, SpilledTextGivesTheResidentWindows) {
   const clhost::TaskData& a = resident.tasks[0];
   const clhost::TaskData& b = spilled.tasks[0];
   EXPECT_FALSE(b.train_x.defined()) << "spilled text is not resident";
-  ASSERT_TRUE(b.train_stream && b.test_stream);
+  ASSERT_TRUE(b.train_source && b.test_source);
   ASSERT_EQ(a.train_size(), b.train_size());
   ASSERT_EQ(a.test_size(), b.test_size());
   const torch::Tensor rows = torch::tensor({5L, 0L, 199L, 17L, 5L}, torch::kInt64);
@@ -459,7 +459,7 @@ TEST_F(TextTasks, SpilledTextGivesTheResidentWindows) {
   const clhost::Samples held_out = b.test_range(0, b.test_size());
   EXPECT_TRUE(torch::equal(a.test_x, held_out.x));
   EXPECT_TRUE(torch::equal(a.test_y, held_out.y));
-  EXPECT_EQ(b.train_stream->bytes_read(), 5 * 25);
+  EXPECT_EQ(b.train_source->bytes_read(), 5 * 25);
 }
 
 // Writes `ids` as a dataset of the given HDF5 type and shape (1-D unless rows > 0) in a new file.

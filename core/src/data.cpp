@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include "clhost/errors.hpp"
 
@@ -163,11 +164,21 @@ std::unique_ptr<Hdf5Dataset> open_dataset(const std::string& file, const std::st
   return out;
 }
 
-// Reads a whole dataset through HDF5's type conversion: float32 for samples, int64 for labels.
+// Bytes one sample value takes in memory as read_all reads it.
+int64_t resident_value_bytes(const Hdf5Dataset& dataset) {
+  return dataset.eight_bit ? 1 : static_cast<int64_t>(sizeof(float));
+}
+
+// Reads a whole dataset through HDF5's type conversion: int64 for labels; uint8 for 8-bit samples,
+// float32 for other samples.
 torch::Tensor read_all(const Hdf5Dataset& dataset, bool labels) {
-  torch::Tensor out = torch::empty(dataset.shape, labels ? torch::kInt64 : torch::kFloat32);
-  if (out.numel() > 0 && H5Dread(dataset.set, labels ? H5T_NATIVE_INT64 : H5T_NATIVE_FLOAT, H5S_ALL,
-                                 H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0) {
+  const bool bytes = !labels && dataset.eight_bit;
+  torch::Tensor out = torch::empty(
+      dataset.shape, labels ? torch::kInt64 : (bytes ? torch::kUInt8 : torch::kFloat32));
+  const hid_t memory_type =
+      labels ? H5T_NATIVE_INT64 : (bytes ? H5T_NATIVE_UINT8 : H5T_NATIVE_FLOAT);
+  if (out.numel() > 0 &&
+      H5Dread(dataset.set, memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr()) < 0) {
     throw RunError(dataset.where + ": read failed (corrupt file?)");
   }
   return out;
@@ -176,7 +187,7 @@ torch::Tensor read_all(const Hdf5Dataset& dataset, bool labels) {
 // One split (train or test) as read, before any checks: where each part came from, for errors.
 // Samples larger than data.max_resident are not read: `stream` names them instead.
 struct RawSplit {
-  torch::Tensor x;  // [N, ...] float32; undefined when streamed
+  torch::Tensor x;  // [N, ...] as stored (uint8 or float32); undefined when streamed
   torch::Tensor y;  // [N] or [N, 1]
   std::vector<int64_t> x_shape;
   std::string x_where;
@@ -194,7 +205,7 @@ RawSplit read_hdf5_split(const std::string& file, const std::string& x_path,
   raw.x_shape = x->shape;
   raw.x_where = x->where;
   raw.eight_bit_pixels = x->eight_bit;
-  if (x->numel() * static_cast<int64_t>(sizeof(float)) > max_resident_bytes) {
+  if (x->numel() * resident_value_bytes(*x) > max_resident_bytes) {
     raw.file = file;
     raw.dataset = x_path;
   } else {
@@ -228,7 +239,8 @@ RawSplit read_split(const DataSection& data, bool train) {
   return raw;
 }
 
-// A split after its checks: resident samples [N, input_size], or the dataset to stream from.
+// A split after its checks: resident samples [N, input_size] as stored, or the dataset to stream
+// from.
 struct Split {
   torch::Tensor x;
   torch::Tensor y;  // [N] int64
@@ -280,7 +292,7 @@ Split check_split(RawSplit raw, int64_t num_classes, int64_t* height, int64_t* w
   split.file = raw.file;
   split.dataset = raw.dataset;
   split.where = raw.x_where;
-  if (!split.streamed()) split.x = raw.x.reshape({shape[0], h * w}).to(torch::kFloat32);
+  if (!split.streamed()) split.x = raw.x.reshape({shape[0], h * w}).contiguous();
   return split;
 }
 
@@ -328,6 +340,43 @@ torch::Tensor SampleTransform::apply(torch::Tensor x) const {
   if (permutation.defined()) x = x.index_select(1, permutation).contiguous();
   if (rotation_degrees != 0.0) x = rotate(x, image_side, rotation_degrees);
   return x;
+}
+
+ResidentSamples::ResidentSamples(torch::Tensor stored, torch::Tensor rows,
+                                 SampleTransform transform)
+    : stored_(std::move(stored)), rows_(std::move(rows)), transform_(std::move(transform)) {}
+
+int64_t ResidentSamples::size() const {
+  return rows_.defined() ? rows_.size(0) : stored_.size(0);
+}
+
+Samples ResidentSamples::gather(const torch::Tensor& indices) const {
+  const torch::Tensor wanted = rows_.defined() ? rows_.index_select(0, indices) : indices;
+  // index_select copies, so the in-place scaling never touches the stored samples.
+  return {transform_.apply(stored_.index_select(0, wanted).to(torch::kFloat32)), {}};
+}
+
+std::vector<torch::Tensor> ResidentSamples::resident_tensors() const {
+  return {stored_, rows_};
+}
+
+int64_t resident_data_bytes(const TaskSequence& sequence) {
+  std::set<const void*> counted;
+  int64_t total = 0;
+  auto count = [&](const torch::Tensor& tensor) {
+    if (!tensor.defined() || !tensor.has_storage()) return;
+    if (counted.insert(tensor.storage().data()).second)
+      total += static_cast<int64_t>(tensor.storage().nbytes());
+  };
+  for (const TaskData& task : sequence.tasks) {
+    for (const torch::Tensor& tensor : {task.train_x, task.train_y, task.test_x, task.test_y})
+      count(tensor);
+    for (const auto& source : {task.train_source, task.test_source}) {
+      if (!source) continue;
+      for (const torch::Tensor& tensor : source->resident_tensors()) count(tensor);
+    }
+  }
+  return total;
 }
 
 StreamedSamples::StreamedSamples(const std::string& file, const std::string& dataset,
@@ -417,15 +466,15 @@ Samples read_range(const SampleSource* stream, const torch::Tensor& x, const tor
 }  // namespace
 
 Samples TaskData::train_rows(const torch::Tensor& indices) const {
-  return read_samples(train_stream.get(), train_x, train_y, indices);
+  return read_samples(train_source.get(), train_x, train_y, indices);
 }
 
 Samples TaskData::train_range(int64_t begin, int64_t end) const {
-  return read_range(train_stream.get(), train_x, train_y, begin, end);
+  return read_range(train_source.get(), train_x, train_y, begin, end);
 }
 
 Samples TaskData::test_range(int64_t begin, int64_t end) const {
-  return read_range(test_stream.get(), test_x, test_y, begin, end);
+  return read_range(test_source.get(), test_x, test_y, begin, end);
 }
 
 namespace {
@@ -445,15 +494,6 @@ struct RunSplits {
     for (const auto& pair : sources) out.push_back(&pair.first);
     if (sources.empty()) out.push_back(&train);
     return out;
-  }
-  template <class Visit>
-  void for_each(Visit&& visit) {
-    visit(train);
-    visit(test);
-    for (auto& pair : sources) {
-      visit(pair.first);
-      visit(pair.second);
-    }
   }
 };
 
@@ -484,8 +524,9 @@ RunSplits read_splits(const DataSection& data, const std::vector<TaskOverride>& 
 }
 
 // Pixel scaling, with statistics of the training set only. "unit" scales 8-bit pixels; other
-// stored types are taken as they are. Applied now to resident samples.
-SampleTransform scale_samples(const DataSection& data, RunSplits& splits, int64_t input_size) {
+// stored types are taken as they are. Applied batch by batch, as the samples are read.
+SampleTransform scale_samples(const DataSection& data, const RunSplits& splits,
+                              int64_t input_size) {
   SampleTransform scaling;
   if (data.normalize == Normalize::kUnit && splits.eight_bit) {
     scaling.divide = 255.0;
@@ -495,9 +536,6 @@ SampleTransform scale_samples(const DataSection& data, RunSplits& splits, int64_
     scaling.mean = mean;
     scaling.deviation = std::max(deviation, 1e-12);
   }
-  splits.for_each([&](Split& split) {
-    if (split.x.defined()) split.x = scaling.apply(split.x);
-  });
   return scaling;
 }
 
@@ -518,12 +556,15 @@ std::vector<std::vector<int64_t>> split_classes(const DataSection& data, uint64_
   return classes;
 }
 
-// One task's samples of one split: the first `limit` of `rows` (all when 0), resident
-// (transformed now) or streamed (transformed batch by batch, scaling included).
+torch::Tensor all_rows(const Split& split) {
+  return torch::arange(split.size(), torch::kInt64);
+}
+
+// One task's samples of one split: the first `limit` of `rows` (all when 0), held as stored or
+// streamed, made model inputs batch by batch (scaling, then the scenario's transform).
 struct TaskSamples {
-  torch::Tensor x;
   torch::Tensor y;
-  std::shared_ptr<const SampleSource> stream;
+  std::shared_ptr<const SampleSource> source;
 };
 
 TaskSamples take_samples(const Split& split, const torch::Tensor& rows, int64_t limit,
@@ -532,25 +573,22 @@ TaskSamples take_samples(const Split& split, const torch::Tensor& rows, int64_t 
   TaskSamples out;
   const torch::Tensor kept = limit > 0 && limit < rows.size(0) ? rows.slice(0, 0, limit) : rows;
   out.y = split.y.index_select(0, kept);
+  SampleTransform full = transform;
+  full.divide = scaling.divide;
+  full.standardize = scaling.standardize;
+  full.mean = scaling.mean;
+  full.deviation = scaling.deviation;
   if (split.streamed()) {
-    SampleTransform full = transform;
-    full.divide = scaling.divide;
-    full.standardize = scaling.standardize;
-    full.mean = scaling.mean;
-    full.deviation = scaling.deviation;
-    out.stream = std::make_shared<StreamedSamples>(
+    out.source = std::make_shared<StreamedSamples>(
         split.file, split.dataset, split.where,
         std::vector<int64_t>(kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel()),
         input_size, full, stream_cache_bytes);
   } else {
-    const bool all = kept.size(0) == split.size();
-    out.x = transform.apply(all ? split.x : split.x.index_select(0, kept).contiguous());
+    const bool all = torch::equal(kept, all_rows(split));
+    out.source =
+        std::make_shared<ResidentSamples>(split.x, all ? torch::Tensor() : kept.clone(), full);
   }
   return out;
-}
-
-torch::Tensor all_rows(const Split& split) {
-  return torch::arange(split.size(), torch::kInt64);
 }
 
 torch::Tensor rows_of_classes(const torch::Tensor& y, const std::vector<int64_t>& classes) {
@@ -635,13 +673,11 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
                      source.transform, scaling, input_size, data.stream_cache_bytes);
     TaskSamples test = take_samples(*source.test, source.test_rows, data.test_samples_per_task,
                                     source.transform, scaling, input_size, data.stream_cache_bytes);
-    entry.train_x = std::move(train.x);
     entry.train_y = std::move(train.y);
-    entry.train_stream = std::move(train.stream);
-    entry.test_x = std::move(test.x);
+    entry.train_source = std::move(train.source);
     entry.test_y = std::move(test.y);
-    entry.test_stream = std::move(test.stream);
-    sequence.streamed = sequence.streamed || entry.train_stream || entry.test_stream;
+    entry.test_source = std::move(test.source);
+    sequence.streamed = sequence.streamed || source.train->streamed() || source.test->streamed();
     if (entry.train_size() == 0) {
       throw RunError("data: task " + std::to_string(task + 1) + " (" + entry.name +
                      ") has no training samples" +

@@ -31,9 +31,9 @@ struct Samples {
   torch::Tensor y;  // undefined from a SampleSource whose labels are resident in the TaskData
 };
 
-// Samples that stay out of memory and are read on demand: HDF5 datasets larger than
-// data.max_resident, text spilled to disk. Not thread-safe: one reader at a time, as the trainer
-// does.
+// Samples made model inputs on demand, batch by batch: held in memory in their stored type
+// (ResidentSamples), or read from disk (HDF5 datasets larger than data.max_resident, text spilled
+// to disk). Not thread-safe: one reader at a time, as the trainer does.
 class SampleSource {
  public:
   SampleSource() = default;
@@ -49,8 +49,30 @@ class SampleSource {
   [[nodiscard]] Samples range(int64_t begin, int64_t end) const {
     return gather(torch::arange(begin, end, torch::kInt64));
   }
-  // Bytes read so far: float32 values of HDF5 samples, bytes of text.
+  // Bytes read from disk so far: float32 values of HDF5 samples, bytes of text.
   [[nodiscard]] virtual int64_t bytes_read() const = 0;
+  // The tensors this source keeps in memory (shared ones may appear in several sources).
+  [[nodiscard]] virtual std::vector<torch::Tensor> resident_tensors() const { return {}; }
+};
+
+// One task's rows of a split held in memory as stored — 8-bit pixels stay uint8, 1 byte a pixel
+// instead of 4 — and shared by every task that takes rows from the split; each batch is converted
+// to float32 and transformed (scaling, then the scenario's permutation or rotation) when read,
+// which gives the values a whole-split conversion gives.
+class ResidentSamples final : public SampleSource {
+ public:
+  // stored: [N, input_size]; rows: this task's rows of it in order, undefined for all N.
+  ResidentSamples(torch::Tensor stored, torch::Tensor rows, SampleTransform transform);
+
+  [[nodiscard]] int64_t size() const override;
+  [[nodiscard]] Samples gather(const torch::Tensor& indices) const override;
+  [[nodiscard]] int64_t bytes_read() const override { return 0; }
+  [[nodiscard]] std::vector<torch::Tensor> resident_tensors() const override;
+
+ private:
+  torch::Tensor stored_;
+  torch::Tensor rows_;
+  SampleTransform transform_;
 };
 
 // Rows of an HDF5 sample dataset that stay in the file (data.max_resident) and are read on demand
@@ -83,23 +105,24 @@ class StreamedSamples final : public SampleSource {
 
 struct TaskData {
   std::string name;
-  torch::Tensor
-      train_x;  // [N, input_size] float32, scaled by data.normalize; undefined if streamed
-  // [N] int64 global class labels (resident also when the samples are streamed); text: the next
+  // Model inputs as they are: text windows [N, context] uint8; undefined when train_source is set.
+  torch::Tensor train_x;
+  // [N] int64 global class labels (also when the samples come from a source); text: the next
   // bytes, undefined when streamed.
   torch::Tensor train_y;
   torch::Tensor test_x;
   torch::Tensor test_y;
   std::vector<int64_t> classes;  // the classes this task contains
   bool next_byte = false;        // text: x [N, context] uint8 byte windows, y the byte after each
-  std::shared_ptr<const SampleSource> train_stream;  // set instead of train_x when streamed
-  std::shared_ptr<const SampleSource> test_stream;
+  // Set instead of train_x: samples converted or read batch by batch (every image task).
+  std::shared_ptr<const SampleSource> train_source;
+  std::shared_ptr<const SampleSource> test_source;
 
   [[nodiscard]] int64_t train_size() const {
-    return train_stream ? train_stream->size() : train_x.size(0);
+    return train_source ? train_source->size() : train_x.size(0);
   }
   [[nodiscard]] int64_t test_size() const {
-    return test_stream ? test_stream->size() : test_x.size(0);
+    return test_source ? test_source->size() : test_x.size(0);
   }
   [[nodiscard]] Samples train_rows(const torch::Tensor& indices) const;
   [[nodiscard]] Samples train_range(int64_t begin, int64_t end) const;
@@ -115,7 +138,11 @@ struct TaskSequence {
   // Text tasks: x [N, context] uint8 byte windows, y [N, context] uint8 the byte after each
   // position; num_classes is the byte vocabulary and evaluation reports bits per byte.
   bool next_byte = false;
+  double setup_seconds = 0.0;  // reading and preparing the data, set by the runner
 };
+
+// Bytes of memory the sequence's samples and labels hold, each shared tensor counted once.
+int64_t resident_data_bytes(const TaskSequence& sequence);
 
 // Reads an IDX file (gzip-compressed or not) into a uint8 tensor of its shape.
 // Throws RunError naming the file and what is wrong.

@@ -331,8 +331,8 @@ void write_evaluation_matrix(const std::string& run_dir, const TaskSequence& seq
 int64_t streamed_bytes_read(const TaskSequence& sequence) {
   int64_t total = 0;
   for (const auto& task : sequence.tasks) {
-    if (task.train_stream) total += task.train_stream->bytes_read();
-    if (task.test_stream) total += task.test_stream->bytes_read();
+    if (task.train_source) total += task.train_source->bytes_read();
+    if (task.test_source) total += task.test_source->bytes_read();
   }
   return total;
 }
@@ -388,7 +388,9 @@ json results_json(const RunRecord& run) {
         {"incremental", to_string(config.data.incremental)},
         {"tasks", run.sequence.tasks.size()},
         {"streamed", run.sequence.streamed},
-        {"streamed_bytes_read", streamed_bytes_read(run.sequence)}}},
+        {"streamed_bytes_read", streamed_bytes_read(run.sequence)},
+        {"resident_data_bytes", resident_data_bytes(run.sequence)},
+        {"data_setup_seconds", run.sequence.setup_seconds}}},
       {"model", run.model_report},
       {"plugins", run.plugins.reports(run.pipeline)},
       {"evaluation",
@@ -437,6 +439,16 @@ RunSummary summarize(const TrainerState& state, const TaskSequence& sequence,
 
 // --- the run -----------------------------------------------------------------------------------
 
+TaskSequence prepare_data(const RunConfig& config) {
+  const auto start = Clock::now();
+  TaskSequence sequence =
+      config.data.kind == DataKind::kText
+          ? build_text_tasks(config.data, config.model.context, config.tasks, config.run.seed)
+          : build_task_sequence(config.data, config.tasks, config.run.seed);
+  sequence.setup_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return sequence;
+}
+
 RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                            std::string& created_run_dir) {
   const auto wall_start = Clock::now();
@@ -458,10 +470,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   memory::keep_freed_memory(config.run.keep_freed_memory);
   const BudgetReset budget_reset;
   memory::reset_peak();
-  const TaskSequence sequence =
-      config.data.kind == DataKind::kText
-          ? build_text_tasks(config.data, config.model.context, config.tasks, config.run.seed)
-          : build_task_sequence(config.data, config.tasks, config.run.seed);
+  const TaskSequence sequence = prepare_data(config);
   Runtime runtime;
   runtime.budget_bytes = config.run.memory_budget;
   ScriptedModel scripted;

@@ -544,9 +544,9 @@ TaskData text_task(const DataSection& data, const TextSource& source, int64_t co
   task.name = source.name;
   task.next_byte = true;
   take_windows(train_text, random_offsets(train_text, width, train_count, rng), width, task.train_x,
-               task.train_y, task.train_stream);
+               task.train_y, task.train_source);
   take_windows(test_text, tiled_offsets(test_text, width, data.test_samples_per_task), width,
-               task.test_x, task.test_y, task.test_stream);
+               task.test_x, task.test_y, task.test_source);
   return task;
 }
 
@@ -580,8 +580,8 @@ TaskSequence build_text_tasks(const DataSection& data, int64_t context,
   const std::vector<TextSource> sources = text_sources(data, tasks);
   for (size_t k = 0; k < sources.size(); ++k) {
     sequence.tasks.push_back(text_task(data, sources[k], context, seed * 1000003ULL + k));
-    sequence.streamed = sequence.streamed || sequence.tasks.back().train_stream != nullptr ||
-                        sequence.tasks.back().test_stream != nullptr;
+    sequence.streamed = sequence.streamed || sequence.tasks.back().train_source != nullptr ||
+                        sequence.tasks.back().test_source != nullptr;
   }
   return sequence;
 }
