@@ -98,6 +98,19 @@ TEST(AbiCompat, APluginBuiltAgainstAbi13RunsAndCannotSayWhichKeysTakeEffect) {
   EXPECT_TRUE(results["plugins"][0]["not_in_effect"].is_null());
 }
 
+TEST(AbiCompat, APluginBuiltAgainstAbi14RunsAndIsNotPlanned) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 5, "1.4 is a previous minor");
+  clhost::test::TempDir dir;
+  run_with("abi_1_4_regularizer", dir.path("run"));
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto& plan = results["memory_plan"];
+  EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_4_regularizer");
+  EXPECT_TRUE(plan["plugins"][0]["state_bytes"].is_null());
+  EXPECT_FALSE(plan["complete"]);
+  EXPECT_EQ(plan["weight_bytes"], 4 * results["model"]["parameters"].get<int64_t>());
+}
+
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {
   clhost::test::TempDir dir;
   // The table's last_reason would crash the host if it were called.

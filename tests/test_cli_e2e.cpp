@@ -229,6 +229,69 @@ TEST(CliEndToEndEwc, MemoryPlanMatchesTheMeasuredState) {
   }
 }
 
+// The plan of a config, printed by memory-plan and recorded by the run, against what the run
+// measured: parameters exactly, the EWC state within 5%.
+TEST(CliEndToEndEwc, AConfigsMemoryPlanMatchesItsRun) {
+  clhost::test::TempDir dir;
+  const Result run =
+      clhost("run --config " + kQuick + " --plugins ewc,l2 --output " + dir.path("run") + " -q");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto results = results_of(dir.path("run"));
+  const auto& plan = results["memory_plan"];
+  const int64_t parameters = results["model"]["parameters"];
+  EXPECT_EQ(plan["parameters"], parameters);
+  EXPECT_EQ(plan["weight_bytes"], 4 * parameters);
+  EXPECT_EQ(plan["optimizer_bytes"], results["config"]["train"]["optimizer"] == "adam"
+                                         ? 8 * parameters
+                                         : plan["optimizer_bytes"].get<int64_t>());
+  EXPECT_EQ(plan["data_bytes"], results["scenario"]["resident_data_bytes"]);
+  ASSERT_EQ(plan["plugins"].size(), 2U);
+  const double planned_state = plan["plugins"][0]["state_bytes"];
+  const double measured_state = results["plugins"][0]["report"]["state_bytes_measured"];
+  EXPECT_NEAR(measured_state, planned_state, 0.05 * planned_state);
+  EXPECT_EQ(plan["plugins"][1]["state_bytes"], 4 * parameters);  // l2: one fp32 anchor
+  EXPECT_TRUE(plan["complete"]);
+  const Result printed = clhost("memory-plan --config " + kQuick + " --plugins ewc,l2");
+  ASSERT_EQ(printed.exit_code, 0) << printed.output;
+  for (const std::string part : {"weights (fp32)", "ewc state after", "l2 state after",
+                                 "peak during a consolidation", "activations"}) {
+    EXPECT_NE(printed.output.find(part), std::string::npos) << part << " in " << printed.output;
+  }
+  EXPECT_NE(printed.output.find(std::to_string(parameters) + " parameters"), std::string::npos);
+  EXPECT_EQ(clhost("memory-plan --config " + kQuick + " --tasks 3").exit_code, 2);
+}
+
+// Separate EWC's state grows by 8 bytes/parameter per task; a budget that holds the
+// memory-efficient state for every task but not the separate one refuses the run before it
+// trains, with the parts and the way out, and leaves no run directory.
+TEST(CliEndToEndEwc, ARunWhosePlanDoesNotFitIsRefusedBeforeTraining) {
+  clhost::test::TempDir dir;
+  const std::string separate = " --plugins ewc --set fisher_computation.use_memory_efficient=false";
+  const Result plan = clhost("memory-plan --config " + kQuick + separate);
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  const auto results_plan = [&](const std::string& set) {
+    const Result run = clhost("run --config " + kQuick + set + " --output " + dir.path("probe") +
+                              " -q --set train.iterations=1");
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    auto out = results_of(dir.path("probe"))["memory_plan"];
+    std::filesystem::remove_all(dir.path("probe"));
+    return out;
+  };
+  const int64_t separate_peak = results_plan(separate)["peak_bytes"];
+  const int64_t efficient_peak = results_plan(
+      " --plugins ewc --set fisher_computation.use_memory_efficient=true")["peak_bytes"];
+  ASSERT_LT(efficient_peak, separate_peak);
+  const int64_t budget = (efficient_peak + separate_peak) / 2;
+  const Result refused = clhost("run --config " + kQuick + separate + " --set run.memory_budget=" +
+                                std::to_string(budget) + " --output " + dir.path("refused"));
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  for (const std::string part : {"memory plan: this run needs", "run.memory_budget",
+                                 "ewc state after", "use_memory_efficient = true"}) {
+    EXPECT_NE(refused.output.find(part), std::string::npos) << part << " in " << refused.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.path("refused")));
+}
+
 TEST(CliEndToEndEwc, MemoryPlanPrintsTheSeedsTable) {
   const Result plan = clhost("memory-plan --params 7e9 --tasks 5");
   ASSERT_EQ(plan.exit_code, 0) << plan.output;

@@ -171,6 +171,48 @@ TEST(FisherBlocks, FollowLayerBoundariesAndSplitLargeLayersByRows) {
   EXPECT_EQ(covered, 50 + 10 + 40 + 4);
 }
 
+// Memory planning sizes models without allocating them: the shapes must be make_model's, in its
+// order, for every built-in kind, and the block plan from shapes the one from tensors.
+TEST(ModelShapes, EqualTheBuiltModelsParametersForEveryKind) {
+  std::vector<clhost::ModelSection> sections(4);
+  sections[0].kind = clhost::ModelKind::kMlp;
+  sections[0].hidden = {30, 20};
+  sections[1].kind = clhost::ModelKind::kCnn;
+  sections[1].hidden = {12};
+  for (size_t i = 2; i < 4; ++i) {
+    sections[i].kind = clhost::ModelKind::kTransformer;
+    sections[i].layers = 2;
+    sections[i].heads = 2;
+    sections[i].d_model = 8;
+    sections[i].context = 6;
+    sections[i].mlp_ratio = 3;
+    sections[i].tied_head = i == 2;
+  }
+  for (const auto& section : sections) {
+    SCOPED_TRACE(static_cast<int>(section.kind));
+    torch::nn::Sequential model = clhost::make_model(section, 28 * 28, 28, 10);
+    std::vector<std::vector<int64_t>> built;
+    for (const auto& parameter : model->parameters()) built.push_back(parameter.sizes().vec());
+    const auto planned = clhost::model_parameter_shapes(section, 28 * 28, 28, 10);
+    EXPECT_EQ(planned, built);
+    for (const int64_t block : {int64_t{7}, int64_t{100}, int64_t{5000}}) {
+      const auto from_shapes = clhost::plan_fisher_blocks(planned, block);
+      const auto from_tensors = clhost::plan_fisher_blocks(model->parameters(), block);
+      ASSERT_EQ(from_shapes.size(), from_tensors.size());
+      for (size_t b = 0; b < from_shapes.size(); ++b) {
+        ASSERT_EQ(from_shapes[b].size(), from_tensors[b].size());
+        for (size_t k = 0; k < from_shapes[b].size(); ++k) {
+          EXPECT_EQ(from_shapes[b][k].parameter, from_tensors[b][k].parameter);
+          EXPECT_EQ(from_shapes[b][k].row_begin, from_tensors[b][k].row_begin);
+          EXPECT_EQ(from_shapes[b][k].row_end, from_tensors[b][k].row_end);
+        }
+      }
+      EXPECT_LE(clhost::largest_block_elements(from_shapes, planned),
+                std::max<int64_t>(block, 28 * 28));
+    }
+  }
+}
+
 TEST(FisherBlocks, SmallBlocksGiveTheSameFisher) {
   Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 64);
   const auto whole =

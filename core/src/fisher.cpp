@@ -404,15 +404,52 @@ class RowWriter {
 
 }  // namespace
 
+namespace {
+
+int64_t shape_numel(const std::vector<int64_t>& shape) {
+  int64_t numel = 1;
+  for (const int64_t size : shape) numel *= size;
+  return numel;
+}
+
+int64_t shape_rows(const std::vector<int64_t>& shape) {
+  return shape.empty() ? 1 : shape[0];
+}
+
+}  // namespace
+
 std::vector<FisherBlock> plan_fisher_blocks(const std::vector<torch::Tensor>& parameters,
+                                            int64_t block_size) {
+  std::vector<std::vector<int64_t>> shapes;
+  shapes.reserve(parameters.size());
+  for (const auto& parameter : parameters) shapes.push_back(parameter.sizes().vec());
+  return plan_fisher_blocks(shapes, block_size);
+}
+
+int64_t largest_block_elements(const std::vector<FisherBlock>& blocks,
+                               const std::vector<std::vector<int64_t>>& shapes) {
+  int64_t largest = 0;
+  for (const FisherBlock& block : blocks) {
+    int64_t elements = 0;
+    for (const FisherSegment& segment : block) {
+      const auto& shape = shapes[segment.parameter];
+      const int64_t per_row = shape_numel(shape) / std::max<int64_t>(shape_rows(shape), 1);
+      elements += (segment.row_end - segment.row_begin) * per_row;
+    }
+    largest = std::max(largest, elements);
+  }
+  return largest;
+}
+
+std::vector<FisherBlock> plan_fisher_blocks(const std::vector<std::vector<int64_t>>& shapes,
                                             int64_t block_size) {
   if (block_size <= 0) throw RunError("Fisher block_size must be positive");
   std::vector<FisherBlock> blocks;
   FisherBlock current;
   int64_t current_size = 0;
-  for (size_t p = 0; p < parameters.size(); ++p) {
-    const int64_t numel = parameters[p].numel();
-    const int64_t rows = rows_of(parameters[p]);
+  for (size_t p = 0; p < shapes.size(); ++p) {
+    const int64_t numel = shape_numel(shapes[p]);
+    const int64_t rows = shape_rows(shapes[p]);
     if (numel <= block_size) {
       if (current_size + numel > block_size && !current.empty()) {
         blocks.push_back(std::move(current));
@@ -428,7 +465,8 @@ std::vector<FisherBlock> plan_fisher_blocks(const std::vector<torch::Tensor>& pa
       current = {};
       current_size = 0;
     }
-    const int64_t rows_per_block = std::max<int64_t>(1, block_size / row_numel(parameters[p]));
+    const int64_t rows_per_block =
+        std::max<int64_t>(1, block_size / std::max<int64_t>(numel / std::max<int64_t>(rows, 1), 1));
     for (int64_t row = 0; row < rows; row += rows_per_block) {
       blocks.push_back({{p, row, std::min(rows, row + rows_per_block)}});
     }

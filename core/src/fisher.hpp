@@ -35,6 +35,12 @@ using FisherBlock = std::vector<FisherSegment>;
 // boundaries; a parameter larger than block_size is cut into blocks of whole rows.
 std::vector<FisherBlock> plan_fisher_blocks(const std::vector<torch::Tensor>& parameters,
                                             int64_t block_size);
+// The same plan from the parameters' shapes alone (memory planning, before a model exists).
+std::vector<FisherBlock> plan_fisher_blocks(const std::vector<std::vector<int64_t>>& shapes,
+                                            int64_t block_size);
+// Elements of the plan's largest block.
+int64_t largest_block_elements(const std::vector<FisherBlock>& blocks,
+                               const std::vector<std::vector<int64_t>>& shapes);
 
 enum class FisherMethod {
   kAuto,           // batched exact for Linear/Conv2d, per-sample loop for anything else

@@ -44,4 +44,58 @@ torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, 
   return net;
 }
 
+namespace {
+
+using Shapes = std::vector<std::vector<int64_t>>;
+
+void add_linear(Shapes& shapes, int64_t in, int64_t out, bool bias = true) {
+  shapes.push_back({out, in});
+  if (bias) shapes.push_back({out});
+}
+
+void add_layer_norm(Shapes& shapes, int64_t width) {
+  shapes.push_back({width});
+  shapes.push_back({width});
+}
+
+Shapes transformer_shapes(const ModelSection& model) {
+  const int64_t width = model.d_model;
+  Shapes shapes{{kByteVocabulary, width}, {model.context, width}};
+  for (int64_t layer = 0; layer < model.layers; ++layer) {
+    add_layer_norm(shapes, width);
+    add_linear(shapes, width, 3 * width);
+    add_linear(shapes, width, width);
+    add_layer_norm(shapes, width);
+    add_linear(shapes, width, model.mlp_ratio * width);
+    add_linear(shapes, model.mlp_ratio * width, width);
+  }
+  add_layer_norm(shapes, width);
+  if (!model.tied_head) add_linear(shapes, width, kByteVocabulary, false);
+  return shapes;
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> model_parameter_shapes(const ModelSection& model,
+                                                         int64_t input_size, int64_t image_side,
+                                                         int64_t num_classes) {
+  if (model.kind == ModelKind::kTransformer) return transformer_shapes(model);
+  if (model.kind == ModelKind::kTorchScript) {
+    throw RunError("model_parameter_shapes: a TorchScript model's shapes are in its archive");
+  }
+  Shapes shapes;
+  int64_t features = input_size;
+  if (model.kind == ModelKind::kCnn) {
+    shapes = {{16, 1, 5, 5}, {16}, {32, 16, 5, 5}, {32}};
+    const int64_t side = ((image_side - 4) / 2 - 4) / 2;
+    features = 32 * side * side;
+  }
+  for (const int64_t hidden : model.hidden) {
+    add_linear(shapes, features, hidden);
+    features = hidden;
+  }
+  add_linear(shapes, features, num_classes);
+  return shapes;
+}
+
 }  // namespace clhost

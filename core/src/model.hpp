@@ -14,4 +14,10 @@ namespace clhost {
 torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, int64_t image_side,
                                  int64_t num_classes);
 
+// The shapes of the parameters make_model would create, in its parameters() order, without
+// allocating them (memory planning for models larger than this machine). Built-in kinds only.
+std::vector<std::vector<int64_t>> model_parameter_shapes(const ModelSection& model,
+                                                         int64_t input_size, int64_t image_side,
+                                                         int64_t num_classes);
+
 }  // namespace clhost

@@ -482,4 +482,38 @@ LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config) {
   return pipeline;
 }
 
+std::optional<PluginMemoryPlan> plan_plugin_memory(const LoadedPipeline& pipeline, size_t index,
+                                                   const RunConfig& config,
+                                                   const std::vector<int64_t>& numels,
+                                                   int64_t tasks) {
+  const LoadedPlugin& plugin = *pipeline.plugins.at(index);
+  const auto* table = static_cast<const clhost_memory_plan_v1_t*>(
+      plugin.entry->get_interface(CLHOST_INTERFACE_MEMORY_PLAN_V1));
+  if (table == nullptr || table->struct_size < sizeof(clhost_memory_plan_v1_t) ||
+      table->plan == nullptr) {
+    return std::nullopt;
+  }
+  ValidationHost validation{nlohmann::json::parse(config.resolved_json)};
+  const clhost_host_t host{sizeof(clhost_host_t),
+                           {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
+                           CLHOST_VERSION,
+                           &validation_service,
+                           &validation};
+  const clhost_memory_plan_request_t request{sizeof(clhost_memory_plan_request_t), numels.data(),
+                                             static_cast<int64_t>(numels.size()), tasks,
+                                             config.fisher.block_size};
+  clhost_memory_plan_answer_t answer{};
+  answer.struct_size = sizeof(answer);
+  clhost_error_t error{};
+  if (table->plan(&host, pipeline.configs.at(index).abi(), &request, &answer, &error) !=
+      CLHOST_STATUS_OK) {
+    throw PluginError(plugin.id + ": memory plan refused: " + std::string(error.message));
+  }
+  PluginMemoryPlan plan;
+  plan.state_bytes = answer.state_bytes;
+  plan.consolidation_bytes = answer.consolidation_bytes;
+  if (answer.advice != nullptr) plan.advice = answer.advice;
+  return plan;
+}
+
 }  // namespace clhost

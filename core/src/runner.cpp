@@ -19,6 +19,7 @@
 #include "clhost/errors.hpp"
 #include "clhost/fisher_store.hpp"
 #include "clhost/memory_budget.hpp"
+#include "clhost/memory_plan.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "data.hpp"
 #include "event_bus.hpp"
@@ -356,6 +357,7 @@ struct RunRecord {
   const TrainerState& state;
   const RunSummary& summary;
   const json& model_report;
+  const MemoryPlan& memory_plan;
   int64_t budget_bytes;
   int64_t checkpoint_bytes;
   const std::string& checkpoint_root;
@@ -392,6 +394,7 @@ json results_json(const RunRecord& run) {
         {"resident_data_bytes", resident_data_bytes(run.sequence)},
         {"data_setup_seconds", run.sequence.setup_seconds}}},
       {"model", run.model_report},
+      {"memory_plan", json::parse(memory_plan_json(run.memory_plan))},
       {"plugins", run.plugins.reports(run.pipeline)},
       {"evaluation",
        {{"metric", name}, {"better", run.summary.metric.higher_is_better ? "higher" : "lower"}}},
@@ -475,6 +478,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   runtime.budget_bytes = config.run.memory_budget;
   ScriptedModel scripted;
   const json model_report = bind_model(config, options, sequence, runtime, scripted);
+  const MemoryPlan memory_plan =
+      plan_memory(config, pipeline, runtime.parameter_shapes, resident_data_bytes(sequence),
+                  static_cast<int64_t>(sequence.tasks.size()));
+  check_memory_plan(memory_plan, memory_limit(config));
   enforce_budget(config);
   prepare_runtime(config, run_dir, runtime);
   PluginSet plugins(pipeline, config, runtime, options.quiet);
@@ -506,6 +513,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                          state,
                          summary,
                          model_report,
+                         memory_plan,
                          runtime.budget_bytes,
                          trainer.last_checkpoint_bytes(),
                          checkpoints.root()};

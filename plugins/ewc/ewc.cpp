@@ -110,6 +110,47 @@ class Ewc : public clhost::sdk::Regularizer {
     }
   }
 
+  // The state's layout: fisher_computation.use_memory_efficient picks a merged one.
+  static StateLayout layout_for(const clhost::sdk::Config& config,
+                                const clhost::sdk::Settings& host) {
+    if (host.get_bool("fisher_computation.use_memory_efficient", false)) {
+      const std::string dtype = config.get_string("state_dtype");
+      return dtype == "int8"        ? StateLayout::kMergedInt8
+             : dtype == "int8_fp16" ? StateLayout::kMergedInt8Fp16
+                                    : StateLayout::kMergedFp32;
+    }
+    return config.get_string("mode") == "online" ? StateLayout::kOnline : StateLayout::kSeparate;
+  }
+
+  // clhost.memory_plan/1: the state the layout holds after the last task (the allocation
+  // prepare_for_new_task makes), and the quantised layouts' buffers while a consolidation
+  // requantises: one host Fisher block waiting to be folded in plus one quantisation block of
+  // merged values, anchors and codes.
+  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& config,
+                                             const clhost::sdk::Settings& host,
+                                             const clhost::sdk::MemoryPlanRequest& request) {
+    const StateLayout layout = layout_for(config, host);
+    clhost::sdk::MemoryPlan plan;
+    int64_t largest = 0;
+    for (const int64_t numel : request.parameter_numels) {
+      plan.state_bytes += clhost::ewc::state_bytes_for_tensor(numel, request.tasks, layout);
+      largest = std::max(largest, numel);
+    }
+    if (layout == StateLayout::kSeparate || layout == StateLayout::kOnline) {
+      plan.advice =
+          "fisher_computation.use_memory_efficient = true merges every task into one quadratic: "
+          "3 bytes/parameter for any number of tasks (ewc.state_dtype = \"int8\": 2)";
+    }
+    if (layout == StateLayout::kMergedInt8 || layout == StateLayout::kMergedInt8Fp16) {
+      const int64_t pending =
+          std::min(largest, request.fisher_block_size) + clhost::ewc::kQuantBlock;
+      plan.consolidation_bytes = static_cast<int64_t>(sizeof(float)) * pending +
+                                 (2 * static_cast<int64_t>(sizeof(float)) + 1) *
+                                     std::min(largest, clhost::ewc::kQuantBlock);
+    }
+    return plan;
+  }
+
   Ewc(const clhost_host_t* host, const clhost::sdk::Config& config)
       : Regularizer(host),
         lambda_(config.get_float("lambda")),
@@ -119,15 +160,8 @@ class Ewc : public clhost::sdk::Regularizer {
         fisher_samples_(config.get_int("fisher_samples")),
         batched_(config.get_bool("batched")),
         fisher_batch_size_(config.get_int("fisher_batch_size")),
-        store_(config.get_bool("store")) {
-    if (this->host().settings().get_bool("fisher_computation.use_memory_efficient", false)) {
-      const std::string dtype = config.get_string("state_dtype");
-      layout_ = dtype == "int8"        ? StateLayout::kMergedInt8
-                : dtype == "int8_fp16" ? StateLayout::kMergedInt8Fp16
-                                       : StateLayout::kMergedFp32;
-    } else {
-      layout_ = online_ ? StateLayout::kOnline : StateLayout::kSeparate;
-    }
+        store_(config.get_bool("store")),
+        layout_(layout_for(config, this->host().settings())) {
     clhost::sdk::check_fisher_labels(this->host().settings(), labels_);
     (void)this->host().gradstats();  // fail at create, not after the first task, if missing
   }
@@ -500,7 +534,7 @@ class Ewc : public clhost::sdk::Regularizer {
   bool batched_;
   int64_t fisher_batch_size_;
   bool store_;
-  StateLayout layout_ = StateLayout::kSeparate;
+  StateLayout layout_;
   std::vector<TensorState> states_;
   int64_t tasks_ = 0;
   int64_t measured_state_bytes_ = 0;

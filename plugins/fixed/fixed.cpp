@@ -21,6 +21,13 @@ const clhost_plugin_descriptor_t kDescriptor{sizeof(clhost_plugin_descriptor_t),
 
 class Fixed : public clhost::sdk::BatchPolicy {
  public:
+  // clhost.memory_plan/1: a batch policy keeps a few numbers, nothing that grows with the model.
+  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& /*config*/,
+                                             const clhost::sdk::Settings& /*host*/,
+                                             const clhost::sdk::MemoryPlanRequest& /*request*/) {
+    return {};
+  }
+
   Fixed(const clhost_host_t* host, const clhost::sdk::Config& config)
       : BatchPolicy(host), micro_batch_(config.get_int("micro_batch")) {}
 

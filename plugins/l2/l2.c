@@ -261,12 +261,34 @@ static const clhost_regularizer_v1_t l2_regularizer = {
     sizeof(clhost_regularizer_v1_t), NULL, l2_after_backward, l2_task_end, l2_describe,
 };
 
+/* clhost.memory_plan/1: one float32 anchor per parameter, from the first task's end on. */
+static clhost_status_t l2_plan_memory(const clhost_host_t* host, const clhost_config_t* config,
+                                      const clhost_memory_plan_request_t* request,
+                                      clhost_memory_plan_answer_t* out, clhost_error_t* error) {
+  int64_t i;
+  (void)host, (void)config, (void)error;
+  out->state_bytes = 0;
+  out->consolidation_bytes = 0;
+  out->advice = NULL;
+  if (request->tasks < 1) return CLHOST_STATUS_OK;
+  for (i = 0; i < request->parameter_count; ++i) {
+    out->state_bytes += request->parameter_numels[i] * (int64_t)sizeof(float);
+  }
+  return CLHOST_STATUS_OK;
+}
+
+static const clhost_memory_plan_v1_t l2_memory_plan = {sizeof(clhost_memory_plan_v1_t),
+                                                       l2_plan_memory};
+
 static const void* l2_get_interface(const char* interface_id) {
   if (strcmp(interface_id, CLHOST_INTERFACE_REGULARIZER_V1) == 0) {
     return &l2_regularizer;
   }
   if (strcmp(interface_id, CLHOST_INTERFACE_STATE_V1) == 0) {
     return &l2_state_table;
+  }
+  if (strcmp(interface_id, CLHOST_INTERFACE_MEMORY_PLAN_V1) == 0) {
+    return &l2_memory_plan;
   }
   return NULL;
 }

@@ -111,6 +111,15 @@ class MemoryProfiler : public clhost::sdk::Profiler {
       unused(key, "applies only with png or svg = true");
   }
 
+  // clhost.memory_plan/1: the timeline keeps at most max_samples samples (it thins itself).
+  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& config,
+                                             const clhost::sdk::Settings& /*host*/,
+                                             const clhost::sdk::MemoryPlanRequest& /*request*/) {
+    clhost::sdk::MemoryPlan plan;
+    plan.state_bytes = config.get_int("max_samples") * static_cast<int64_t>(sizeof(Sample));
+    return plan;
+  }
+
   MemoryProfiler(const clhost_host_t* host, const clhost::sdk::Config& config)
       : Profiler(host),
         interval_(std::chrono::duration<double, std::milli>(config.get_float("interval_ms"))),

@@ -12,6 +12,7 @@
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/fisher_store.hpp"
+#include "clhost/memory_plan.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "clhost/runner.hpp"
 #include "ewc_state.hpp"
@@ -36,7 +37,8 @@ commands:
   validate   check a config (and its plug-ins' settings) without running
   plugins    list the plug-ins found, or show one: clhost plugins list | show ID
   fisher     inspect a Fisher store: clhost fisher inspect FILE.h5
-  memory-plan  EWC state memory per mode: clhost memory-plan --params 7e9 --tasks 5
+  memory-plan  a run's memory before it runs: clhost memory-plan --config FILE [--params 7e9];
+               EWC state per mode: clhost memory-plan --params 7e9 --tasks 5
   compare    A/B: two arms over paired seeds, with statistics:
              clhost compare --config C.toml --a 'plugins=' --b 'plugins=ewc' --seeds 5
   report     a self-contained HTML report of one run: clhost report RUN_DIR
@@ -336,20 +338,8 @@ int command_fisher(const std::vector<std::string>& args) {
   return 0;
 }
 
-int command_memory_plan(const std::vector<std::string>& args) {
-  po::options_description options("options");
-  options.add_options()("help,h", "show this help")("params", po::value<double>()->required(),
-                                                    "number of model parameters (e.g. 7e9)")(
-      "tasks", po::value<int64_t>()->default_value(5), "number of tasks consolidated");
-  po::variables_map vm;
-  if (!parse(args, options, "usage: clhost memory-plan --params N [--tasks T]", vm)) return 0;
-  const double params_value = vm["params"].as<double>();
-  const int64_t tasks = vm["tasks"].as<int64_t>();
-  if (!(params_value >= 1.0) || params_value > 1e15 || tasks < 1 || tasks > 100000) {
-    std::fprintf(stderr,
-                 "clhost memory-plan: --params must be in [1, 1e15] and --tasks in [1, 100000]\n");
-    return kExitUsage;
-  }
+// The EWC state per layout for a model given only by its parameter count.
+void print_ewc_layouts(double params_value, int64_t tasks) {
   const auto params = static_cast<int64_t>(params_value);
   using clhost::ewc::StateLayout;
   std::printf("EWC state held in memory for %s parameters after %lld task%s\n\n",
@@ -370,6 +360,55 @@ int command_memory_plan(const std::vector<std::string>& args) {
   std::printf(
       "\n(decimal units; the Fisher pass adds one block of fisher_computation.block_size "
       "floats)\n");
+}
+
+int command_memory_plan(const std::vector<std::string>& args) {
+  po::options_description options = config_options(false);
+  options.add_options()("params", po::value<double>(),
+                        "number of model parameters (e.g. 7e9); with --config, the plan's "
+                        "parts that grow with the model extrapolated to this size")(
+      "tasks", po::value<int64_t>()->default_value(5),
+      "number of tasks consolidated (without --config)");
+  po::variables_map vm;
+  if (!parse(args, options,
+             "usage: clhost memory-plan --config FILE [--params N] [options]\n"
+             "       clhost memory-plan --params N [--tasks T]",
+             vm)) {
+    return 0;
+  }
+  const double params_value = vm.count("params") ? vm["params"].as<double>() : 0.0;
+  const int64_t tasks = vm["tasks"].as<int64_t>();
+  if ((vm.count("params") && (!(params_value >= 1.0) || params_value > 1e15)) || tasks < 1 ||
+      tasks > 100000 || (!vm.count("params") && !vm.count("config"))) {
+    std::fprintf(stderr,
+                 "clhost memory-plan: give --config FILE or --params N; --params must be in "
+                 "[1, 1e15] and --tasks in [1, 100000]\n");
+    return kExitUsage;
+  }
+  if (!vm.count("config")) {
+    print_ewc_layouts(params_value, tasks);
+    return 0;
+  }
+  if (!vm["tasks"].defaulted()) {
+    std::fprintf(stderr,
+                 "clhost memory-plan: --tasks applies without --config only (a config's tasks "
+                 "come from its data)\n");
+    return kExitUsage;
+  }
+  const clhost::RunConfig config =
+      clhost::load_config(vm["config"].as<std::string>(), overrides_from(vm));
+  clhost::check_input_files(config);
+  clhost::PluginLoader loader(
+      clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
+  const clhost::MemoryPlan plan = clhost::plan_memory_for_config(config, loader);
+  std::printf("%s", clhost::format_memory_plan(plan, params_value).c_str());
+  const clhost::MemoryLimit limit = clhost::memory_limit(config);
+  if (limit.bytes >= 0) {
+    std::printf("%s: %s; %s\n", limit.name.c_str(),
+                human_bytes(static_cast<double>(limit.bytes)).c_str(),
+                plan.peak_bytes() <= limit.bytes ? "the plan fits"
+                                                 : "the plan does not fit: clhost run refuses it");
+  }
   return 0;
 }
 

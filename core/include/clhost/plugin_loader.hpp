@@ -6,6 +6,7 @@
 #include <clhost/clhost_plugin.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -100,5 +101,19 @@ struct LoadedPipeline {
   std::vector<std::string> warnings;
 };
 LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config);
+
+// What one plug-in says it will hold (clhost.memory_plan/1).
+struct PluginMemoryPlan {
+  int64_t state_bytes = 0;
+  int64_t consolidation_bytes = 0;
+  std::string advice;
+};
+// Asks pipeline plug-in `index` for its plan, for a model with tensors of `numels` and `tasks`
+// tasks; nullopt when the plug-in has no clhost.memory_plan/1 (built before ABI 1.5, or holding
+// memory it cannot plan). Throws PluginError with the plug-in's message when it refuses.
+std::optional<PluginMemoryPlan> plan_plugin_memory(const LoadedPipeline& pipeline, size_t index,
+                                                   const RunConfig& config,
+                                                   const std::vector<int64_t>& numels,
+                                                   int64_t tasks);
 
 }  // namespace clhost

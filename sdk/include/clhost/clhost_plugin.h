@@ -44,12 +44,13 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 4
+#define CLHOST_ABI_VERSION_MINOR 5
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
  * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group.
  * 1.3: interface "clhost.state/1" (checkpoint and resume).
- * 1.4: interface "clhost.config_use/1" (which configured keys take effect). */
+ * 1.4: interface "clhost.config_use/1" (which configured keys take effect).
+ * 1.5: interface "clhost.memory_plan/1" (the memory an instance will hold, before it exists). */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -556,6 +557,41 @@ typedef struct clhost_config_use_v1 {
   void (*unused_keys)(const clhost_host_t* host, const clhost_config_t* config,
                       clhost_unused_key_fn unused, void* sink_data);
 } clhost_config_use_v1_t;
+
+/* "clhost.memory_plan/1" (ABI 1.5, optional): the memory an instance will hold, known before it
+ * exists, so that `clhost memory-plan` and `clhost run` can tell whether a run fits before it
+ * trains for hours. Without it the host plans the plug-in as "not planned". */
+#define CLHOST_INTERFACE_MEMORY_PLAN_V1 "clhost.memory_plan/1"
+typedef struct clhost_memory_plan_request {
+  uint32_t struct_size;
+  const int64_t* parameter_numels; /* elements of each trainable tensor, in the order of the
+                                      "clhost.parameters/1" service; lifetime: call */
+  int64_t parameter_count;         /* entries of parameter_numels */
+  int64_t tasks;                   /* tasks of the run: one consolidation after each */
+  int64_t fisher_block_size;       /* elements per block of the host's Fisher pass */
+} clhost_memory_plan_request_t;
+typedef struct clhost_memory_plan_answer {
+  uint32_t struct_size;
+  /* Bytes held after the last task's consolidation — for state that grows with the tasks, the
+   * most it holds between tasks. */
+  int64_t state_bytes;
+  /* Bytes held beyond state_bytes at the peak of one consolidation (scratch buffers, a copy
+   * being merged), not counting the host's Fisher pass, which the host plans itself. */
+  int64_t consolidation_bytes;
+  /* What would shrink state_bytes, in words a user can act on, printed when the run does not
+   * fit; NULL for nothing. Lifetime: static. */
+  const char* advice;
+} clhost_memory_plan_answer_t;
+typedef struct clhost_memory_plan_v1 {
+  uint32_t struct_size;
+  /* Fills *out (the host sets out->struct_size) for a run with this config and this request.
+   * No instance exists: `host` offers only "clhost.settings/1" and "clhost.log/1", lifetime
+   * call. Called on the trainer thread before create, and by `clhost memory-plan`; keeps no
+   * pointer. Return INVALID_ARGUMENT with a message for a request it cannot plan. */
+  clhost_status_t (*plan)(const clhost_host_t* host, const clhost_config_t* config,
+                          const clhost_memory_plan_request_t* request,
+                          clhost_memory_plan_answer_t* out, clhost_error_t* error);
+} clhost_memory_plan_v1_t;
 
 /* ---------------------------------------------------------------------------------------------
  * The entry point

@@ -315,7 +315,31 @@ class UnusedKeys {
   void* data_;
 };
 
+// Planning memory before a run (clhost.memory_plan/1). A plug-in class that holds memory
+// defines
+//   static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& config,
+//                                              const clhost::sdk::Settings& host,
+//                                              const clhost::sdk::MemoryPlanRequest& request);
+// and throws clhost::sdk::Error for a request it cannot plan.
+struct MemoryPlanRequest {
+  std::vector<int64_t> parameter_numels;  // each trainable tensor's elements, in service order
+  int64_t tasks = 0;                      // tasks of the run: one consolidation after each
+  int64_t fisher_block_size = 0;          // elements per block of the host's Fisher pass
+};
+struct MemoryPlan {
+  int64_t state_bytes = 0;          // held after the last consolidation
+  int64_t consolidation_bytes = 0;  // beyond state_bytes at the peak of one consolidation
+  const char* advice = nullptr;     // static text: what would shrink state_bytes
+};
+
 namespace detail {
+template <class Plugin, class = void>
+struct HasMemoryPlan : std::false_type {};
+template <class Plugin>
+struct HasMemoryPlan<Plugin, std::void_t<decltype(Plugin::plan_memory(
+                                 std::declval<const Config&>(), std::declval<const Settings&>(),
+                                 std::declval<const MemoryPlanRequest&>()))>> : std::true_type {};
+
 template <class Plugin, class = void>
 struct HasUnusedKeys : std::false_type {};
 template <class Plugin>
@@ -481,9 +505,31 @@ struct Trampolines {
     }
   }
 
+  static clhost_status_t plan_memory(const clhost_host_t* host, const clhost_config_t* config,
+                                     const clhost_memory_plan_request_t* request,
+                                     clhost_memory_plan_answer_t* out,
+                                     clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] {
+      MemoryPlanRequest wanted;
+      wanted.parameter_numels.assign(request->parameter_numels,
+                                     request->parameter_numels + request->parameter_count);
+      wanted.tasks = request->tasks;
+      wanted.fisher_block_size = request->fisher_block_size;
+      const MemoryPlan plan = Plugin::plan_memory(Config(config), Settings(host), wanted);
+      out->state_bytes = plan.state_bytes;
+      out->consolidation_bytes = plan.consolidation_bytes;
+      out->advice = plan.advice;
+    });
+  }
+
   static const void* get_interface(const char* id) noexcept {
     static const clhost_report_v1_t report_table{sizeof(clhost_report_v1_t), &report};
     if (std::strcmp(id, CLHOST_INTERFACE_REPORT_V1) == 0) return &report_table;
+    if constexpr (HasMemoryPlan<Plugin>::value) {
+      static const clhost_memory_plan_v1_t plan_table{sizeof(clhost_memory_plan_v1_t),
+                                                      &plan_memory};
+      if (std::strcmp(id, CLHOST_INTERFACE_MEMORY_PLAN_V1) == 0) return &plan_table;
+    }
     if constexpr (HasUnusedKeys<Plugin>::value) {
       static const clhost_config_use_v1_t use_table{sizeof(clhost_config_use_v1_t), &unused_keys};
       if (std::strcmp(id, CLHOST_INTERFACE_CONFIG_USE_V1) == 0) return &use_table;

@@ -1,0 +1,77 @@
+// The memory a run will hold, planned before it allocates anything: the model's weights,
+// gradients and optimizer state, the resident data, each plug-in's state (clhost.memory_plan/1),
+// the host's Fisher pass and the Fisher store's size. `clhost memory-plan --config` prints it;
+// `clhost run` refuses, before training, a run whose plan does not fit, and records the plan in
+// results.json. Activations are not planned: they depend on the batch, which the batch policy
+// and out-of-memory recovery adapt during the run.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "clhost/config.hpp"
+#include "clhost/plugin_loader.hpp"
+
+namespace clhost {
+
+struct MemoryPlan {
+  struct Plugin {
+    std::string id;
+    std::optional<int64_t> state_bytes;  // nullopt: the plug-in cannot say (no memory_plan/1)
+    int64_t consolidation_bytes = 0;
+    std::string advice;
+  };
+  int64_t parameters = 0;
+  int64_t tasks = 0;
+  int64_t weight_bytes = 0;
+  int64_t gradient_bytes = 0;
+  int64_t optimizer_bytes = 0;
+  std::string optimizer;  // what the optimizer keeps, in words
+  int64_t data_bytes = 0;
+  int64_t fisher_block_elements = 0;  // the largest block of the host's Fisher pass
+  int64_t fisher_pass_bytes = 0;      // its accumulators and squared gradients
+  int64_t store_bytes = 0;  // fisher.h5 after every task, before compression (an upper bound)
+  std::vector<Plugin> plugins;
+
+  [[nodiscard]] int64_t plugin_state_bytes() const;
+  // Held between tasks after the last consolidation: weights, gradients, optimizer, data and
+  // every plug-in's state.
+  [[nodiscard]] int64_t between_tasks_bytes() const;
+  // The most held during a consolidation: the above, the Fisher pass and the largest plug-in
+  // consolidation buffer.
+  [[nodiscard]] int64_t peak_bytes() const;
+  [[nodiscard]] bool complete() const;  // every plug-in planned its state
+};
+
+// Plans a run of `config` with its loaded pipeline for a model with parameters of `shapes` and
+// `tasks` tasks, whose data hold `data_bytes`. Throws PluginError when a plug-in refuses.
+MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
+                       const std::vector<std::vector<int64_t>>& shapes, int64_t data_bytes,
+                       int64_t tasks);
+
+// The whole plan of a config file's run: reads its data and sizes its model (built-in kinds by
+// their shapes, without allocating them; a TorchScript archive by loading it).
+MemoryPlan plan_memory_for_config(const RunConfig& config, PluginLoader& loader);
+
+// The plan as a table; with `scaled_parameters` > 0 a second column gives the parts that grow
+// with the model at that many parameters (same layouts, same data and block size).
+std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters = 0.0);
+
+// The plan as JSON text (results.json → memory_plan).
+std::string memory_plan_json(const MemoryPlan& plan);
+
+// The limit a run must fit: run.memory_budget when set, else the machine's memory (RAM + swap),
+// with words that name it.
+struct MemoryLimit {
+  int64_t bytes = -1;
+  std::string name;
+};
+MemoryLimit memory_limit(const RunConfig& config);
+
+// Throws RunError, naming the parts and what would shrink the largest, when the plan's peak
+// passes the limit.
+void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit);
+
+}  // namespace clhost

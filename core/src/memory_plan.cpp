@@ -1,0 +1,265 @@
+#include "clhost/memory_plan.hpp"
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+
+#include "clhost/errors.hpp"
+#include "data.hpp"
+#include "fisher.hpp"
+#include "model.hpp"
+#include "scripted_model.hpp"
+
+namespace clhost {
+namespace {
+
+constexpr int64_t kFloatBytes = sizeof(float);
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t numel = 1;
+  for (const int64_t size : shape) numel *= size;
+  return numel;
+}
+
+// Adam keeps two moments per parameter; SGD one momentum buffer when momentum is on.
+int64_t optimizer_bytes(const TrainSection& train, int64_t parameters) {
+  if (train.optimizer == OptimizerKind::kAdam) return 2 * kFloatBytes * parameters;
+  return train.momentum != 0.0 ? kFloatBytes * parameters : 0;
+}
+
+int64_t store_value_bytes(const std::string& dtype) {
+  return dtype == "fp32" ? 4 : 2;
+}
+
+std::string optimizer_words(const TrainSection& train) {
+  if (train.optimizer == OptimizerKind::kAdam) return "adam: two moments";
+  return train.momentum != 0.0 ? "sgd: momentum buffer" : "sgd without momentum: none";
+}
+
+// Decimal units, as the source document's table (56 GB -> 14 GB).
+std::string decimal_bytes(double bytes) {
+  const char* units[] = {"B", "kB", "MB", "GB", "TB", "PB"};
+  int unit = 0;
+  while (bytes >= 1000.0 && unit < 5) {
+    bytes /= 1000.0;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof(text), unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
+  return text;
+}
+
+int64_t meminfo_bytes(const std::string& wanted) {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == wanted) return kib * 1024;
+  }
+  return -1;
+}
+
+std::vector<std::vector<int64_t>> config_model_shapes(const RunConfig& config,
+                                                      const TaskSequence& sequence) {
+  if (config.model.kind != ModelKind::kTorchScript) {
+    return model_parameter_shapes(config.model, sequence.input_size, sequence.image_side,
+                                  sequence.num_classes);
+  }
+  const ScriptedModel scripted =
+      load_scripted_model(config.model, sequence.input_size, sequence.num_classes);
+  std::vector<std::vector<int64_t>> shapes;
+  for (const auto& parameter : scripted.net->parameters()) {
+    shapes.push_back(parameter.sizes().vec());
+  }
+  return shapes;
+}
+
+}  // namespace
+
+int64_t MemoryPlan::plugin_state_bytes() const {
+  int64_t total = 0;
+  for (const auto& plugin : plugins) total += plugin.state_bytes.value_or(0);
+  return total;
+}
+
+int64_t MemoryPlan::between_tasks_bytes() const {
+  return weight_bytes + gradient_bytes + optimizer_bytes + data_bytes + plugin_state_bytes();
+}
+
+int64_t MemoryPlan::peak_bytes() const {
+  int64_t consolidation = 0;
+  for (const auto& plugin : plugins)
+    consolidation = std::max(consolidation, plugin.consolidation_bytes);
+  return between_tasks_bytes() + fisher_pass_bytes + consolidation;
+}
+
+bool MemoryPlan::complete() const {
+  return std::all_of(plugins.begin(), plugins.end(),
+                     [](const Plugin& plugin) { return plugin.state_bytes.has_value(); });
+}
+
+MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
+                       const std::vector<std::vector<int64_t>>& shapes, int64_t data_bytes,
+                       int64_t tasks) {
+  MemoryPlan plan;
+  std::vector<int64_t> numels;
+  for (const auto& shape : shapes) numels.push_back(numel_of(shape));
+  for (const int64_t numel : numels) plan.parameters += numel;
+  plan.tasks = tasks;
+  plan.weight_bytes = kFloatBytes * plan.parameters;
+  plan.gradient_bytes = kFloatBytes * plan.parameters;
+  plan.optimizer_bytes = optimizer_bytes(config.train, plan.parameters);
+  plan.optimizer = optimizer_words(config.train);
+  plan.data_bytes = data_bytes;
+  if (!shapes.empty()) {
+    plan.fisher_block_elements =
+        largest_block_elements(plan_fisher_blocks(shapes, config.fisher.block_size), shapes);
+  }
+  // The pass's per-block sums plus the squared per-sample gradients added into them
+  // (bench_ewc: 2.0 x 4 bytes x block, measured at blocks of 0.5M to 100M elements).
+  plan.fisher_pass_bytes = 2 * kFloatBytes * plan.fisher_block_elements;
+  plan.store_bytes = store_value_bytes(config.fisher.store_dtype) * plan.parameters * tasks;
+  for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
+    MemoryPlan::Plugin entry;
+    entry.id = pipeline.plugins[i]->id;
+    if (const auto planned = plan_plugin_memory(pipeline, i, config, numels, tasks)) {
+      entry.state_bytes = planned->state_bytes;
+      entry.consolidation_bytes = planned->consolidation_bytes;
+      entry.advice = planned->advice;
+    }
+    plan.plugins.push_back(std::move(entry));
+  }
+  return plan;
+}
+
+MemoryPlan plan_memory_for_config(const RunConfig& config, PluginLoader& loader) {
+  const LoadedPipeline pipeline = load_pipeline(loader, config);
+  const TaskSequence sequence =
+      config.data.kind == DataKind::kText
+          ? build_text_tasks(config.data, config.model.context, config.tasks, config.run.seed)
+          : build_task_sequence(config.data, config.tasks, config.run.seed);
+  return plan_memory(config, pipeline, config_model_shapes(config, sequence),
+                     resident_data_bytes(sequence), static_cast<int64_t>(sequence.tasks.size()));
+}
+
+std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters) {
+  const double parameters = static_cast<double>(std::max<int64_t>(plan.parameters, 1));
+  const double scale = scaled_parameters > 0.0 ? scaled_parameters / parameters : 0.0;
+  std::string out;
+  char line[256];
+  // A part that grows with the model scales in the extrapolated column; the others stay.
+  auto row = [&](const std::string& part, int64_t bytes, bool grows) {
+    const std::string scaled =
+        scale > 0.0 ? decimal_bytes(static_cast<double>(bytes) * (grows ? scale : 1.0)) : "";
+    std::snprintf(line, sizeof(line), "  %-52s %12s %8.2f %14s\n", part.c_str(),
+                  decimal_bytes(static_cast<double>(bytes)).c_str(),
+                  static_cast<double>(bytes) / parameters, scaled.c_str());
+    out += line;
+  };
+  std::snprintf(line, sizeof(line), "memory plan: %lld parameters, %lld task%s (decimal units)\n",
+                static_cast<long long>(plan.parameters), static_cast<long long>(plan.tasks),
+                plan.tasks == 1 ? "" : "s");
+  out += line;
+  std::snprintf(line, sizeof(line), "  %-52s %12s %8s %14s\n", "part", "bytes", "B/param",
+                scale > 0.0 ? (decimal_bytes(scaled_parameters)
+                                   .substr(0, decimal_bytes(scaled_parameters).size() - 1) +
+                               "params")
+                                  .c_str()
+                            : "");
+  out += line;
+  row("weights (fp32)", plan.weight_bytes, true);
+  row("gradients (fp32)", plan.gradient_bytes, true);
+  row("optimizer state (" + plan.optimizer + ")", plan.optimizer_bytes, true);
+  row("data (resident samples and labels)", plan.data_bytes, false);
+  for (const auto& plugin : plan.plugins) {
+    if (plugin.state_bytes) {
+      row(plugin.id + " state after " + std::to_string(plan.tasks) + " tasks", *plugin.state_bytes,
+          true);
+    } else {
+      out += "  " + plugin.id + ": not planned (the plug-in has no clhost.memory_plan/1)\n";
+    }
+  }
+  row("= between tasks", plan.between_tasks_bytes(), true);
+  row("Fisher pass (largest block " + std::to_string(plan.fisher_block_elements) + " elements)",
+      plan.fisher_pass_bytes, false);
+  for (const auto& plugin : plan.plugins) {
+    if (plugin.consolidation_bytes > 0)
+      row(plugin.id + " consolidation buffers", plugin.consolidation_bytes, false);
+  }
+  const int64_t growing = plan.between_tasks_bytes() - plan.data_bytes;
+  const int64_t fixed = plan.peak_bytes() - growing;
+  std::snprintf(
+      line, sizeof(line), "  %-52s %12s %8.2f %14s\n", "= peak during a consolidation",
+      decimal_bytes(static_cast<double>(plan.peak_bytes())).c_str(),
+      static_cast<double>(plan.peak_bytes()) / parameters,
+      scale > 0.0
+          ? decimal_bytes(static_cast<double>(growing) * scale + static_cast<double>(fixed)).c_str()
+          : "");
+  out += line;
+  row("fisher.h5, every task stored (before compression)", plan.store_bytes, true);
+  out += "  not planned: activations and LibTorch's own memory (they grow with the batch)\n";
+  return out;
+}
+
+std::string memory_plan_json(const MemoryPlan& plan) {
+  nlohmann::json plugins = nlohmann::json::array();
+  for (const auto& plugin : plan.plugins) {
+    plugins.push_back({{"id", plugin.id},
+                       {"state_bytes", plugin.state_bytes ? nlohmann::json(*plugin.state_bytes)
+                                                          : nlohmann::json(nullptr)},
+                       {"consolidation_bytes", plugin.consolidation_bytes}});
+  }
+  return nlohmann::json{{"parameters", plan.parameters},
+                        {"tasks", plan.tasks},
+                        {"weight_bytes", plan.weight_bytes},
+                        {"gradient_bytes", plan.gradient_bytes},
+                        {"optimizer_bytes", plan.optimizer_bytes},
+                        {"data_bytes", plan.data_bytes},
+                        {"plugins", plugins},
+                        {"between_tasks_bytes", plan.between_tasks_bytes()},
+                        {"fisher_block_elements", plan.fisher_block_elements},
+                        {"fisher_pass_bytes", plan.fisher_pass_bytes},
+                        {"peak_bytes", plan.peak_bytes()},
+                        {"store_bytes_uncompressed", plan.store_bytes},
+                        {"complete", plan.complete()}}
+      .dump();
+}
+
+MemoryLimit memory_limit(const RunConfig& config) {
+  if (config.run.memory_budget >= 0) {
+    return {config.run.memory_budget, "run.memory_budget"};
+  }
+  const int64_t ram = meminfo_bytes("MemTotal:");
+  const int64_t swap = std::max<int64_t>(meminfo_bytes("SwapTotal:"), 0);
+  return {ram > 0 ? ram + swap : -1, "this machine's memory (RAM + swap)"};
+}
+
+void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit) {
+  if (limit.bytes < 0 || plan.peak_bytes() <= limit.bytes) return;
+  const MemoryPlan::Plugin* largest = nullptr;
+  for (const auto& plugin : plan.plugins) {
+    if (plugin.state_bytes &&
+        (largest == nullptr || *plugin.state_bytes > largest->state_bytes.value_or(0))) {
+      largest = &plugin;
+    }
+  }
+  std::string message =
+      "memory plan: this run needs " + decimal_bytes(static_cast<double>(plan.peak_bytes())) +
+      " of tensors before activations, more than " + limit.name + " (" +
+      decimal_bytes(static_cast<double>(limit.bytes)) + "):\n" + format_memory_plan(plan);
+  if (largest != nullptr && !largest->advice.empty()) {
+    message += "the largest plug-in state is " + largest->id + "'s (" +
+               decimal_bytes(static_cast<double>(*largest->state_bytes)) + "): " + largest->advice;
+  } else {
+    message +=
+        "lower the model's size, the optimizer's state (train.optimizer = \"sgd\") or "
+        "the plug-ins' state";
+  }
+  throw RunError(message);
+}
+
+}  // namespace clhost
