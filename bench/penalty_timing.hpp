@@ -27,6 +27,10 @@ struct SyntheticPenaltyState {
   ewc::FisherCodeTables tables{};
   std::vector<uint8_t> fisher_codes, anchor_codes;
   std::vector<uint16_t> anchor_half;
+  float table16[16] = {};
+  std::vector<uint8_t> fisher_nibbles;
+  std::vector<int8_t> anchor_q8;
+  std::vector<uint16_t> anchor_group_scales;
 
   explicit SyntheticPenaltyState(int64_t n)
       : value(static_cast<size_t>(n)),
@@ -35,7 +39,10 @@ struct SyntheticPenaltyState {
         anchor(static_cast<size_t>(n)),
         fisher_codes(static_cast<size_t>(n)),
         anchor_codes(static_cast<size_t>(n)),
-        anchor_half(static_cast<size_t>(n)) {
+        anchor_half(static_cast<size_t>(n)),
+        fisher_nibbles(static_cast<size_t>((n + 1) / 2)),
+        anchor_q8(static_cast<size_t>(n)),
+        anchor_group_scales(static_cast<size_t>((n + ewc::kAnchorGroup - 1) / ewc::kAnchorGroup)) {
     std::mt19937 random(1);
     std::uniform_real_distribution<float> uniform(-0.1F, 0.1F);
     ewc::fisher_code_tables(-14.0F, 0.04F, tables);
@@ -46,36 +53,47 @@ struct SyntheticPenaltyState {
       fisher_codes[i] = static_cast<uint8_t>(random());
       anchor_codes[i] = static_cast<uint8_t>(random());
       anchor_half[i] = ewc::to_half_bits(anchor[i]);
+      anchor_q8[i] = static_cast<int8_t>(random());
     }
+    for (auto& byte : fisher_nibbles) byte = static_cast<uint8_t>(random());
+    for (auto& scale : anchor_group_scales) scale = ewc::to_half_bits(1e-3F);
+    ewc::QuantBlockScale scale;
+    scale.log_low = -14.0F;
+    scale.log_step = 0.9F;
+    ewc::fisher4_table(scale, table16);
   }
 };
 
 // The floor: gradients += parameters while every state byte is loaded once (xor-folded so the
-// loads are not optimised away). STATE_BYTES is the state's width per parameter in two arrays.
-template <int kFirstBytes, int kSecondBytes>
+// loads are not optimised away). The state's width per parameter in two arrays, in half bytes.
+template <int kFirstHalves, int kSecondHalves>
 __attribute__((target("avx2"))) uint64_t traffic_floor(const float* value, float* grad,
                                                        const void* first, const void* second,
                                                        int64_t n) {
   const auto* first_bytes = static_cast<const uint8_t*>(first);
   const auto* second_bytes = static_cast<const uint8_t*>(second);
   __m256i folded = _mm256_setzero_si256();
-  auto fold = [&](const uint8_t* bytes, int width) __attribute__((target("avx2"))) {
-    if (width == 4) {
+  auto fold = [&](const uint8_t* bytes, int halves) __attribute__((target("avx2"))) {
+    if (halves == 8) {
       folded =
           _mm256_xor_si256(folded, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
-    } else if (width == 2) {
+    } else if (halves == 4) {
       folded = _mm256_xor_si256(
           folded, _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes))));
-    } else {
+    } else if (halves == 2) {
       folded = _mm256_xor_si256(
           folded, _mm256_castsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes))));
+    } else {
+      int32_t word = 0;
+      std::memcpy(&word, bytes, sizeof(word));
+      folded = _mm256_xor_si256(folded, _mm256_castsi128_si256(_mm_cvtsi32_si128(word)));
     }
   };
   for (int64_t i = 0; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(grad + i,
                      _mm256_add_ps(_mm256_loadu_ps(grad + i), _mm256_loadu_ps(value + i)));
-    fold(first_bytes + i * kFirstBytes, kFirstBytes);
-    fold(second_bytes + i * kSecondBytes, kSecondBytes);
+    fold(first_bytes + i * kFirstHalves / 2, kFirstHalves);
+    fold(second_bytes + i * kSecondHalves / 2, kSecondHalves);
   }
   uint64_t lanes[4];
   std::memcpy(lanes, &folded, sizeof(lanes));
@@ -116,26 +134,38 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
                     count, lambda);
     });
   };
+  auto int4_int8 = [&](const ewc::PenaltyKernels& k) {
+    blocks([&](int64_t begin, int64_t count) {
+      return k.int4_int8(s.value.data() + begin, s.grad.data() + begin, s.table16,
+                         s.fisher_nibbles.data() + begin / 2, s.anchor_q8.data() + begin,
+                         s.anchor_group_scales.data() + begin / ewc::kAnchorGroup, count, lambda);
+    });
+  };
   struct Row {
     const char* layout;
-    int state_bytes;
+    double state_bytes;
     std::function<void(const ewc::PenaltyKernels&)> kernel;
     std::function<uint64_t()> floor;
   };
   const std::vector<Row> rows = {
       {"fp32 (separate per task, online, efficient fp32)", 8, fp32,
        [&] {
-         return traffic_floor<4, 4>(s.value.data(), s.grad.data(), s.fisher.data(), s.anchor.data(),
+         return traffic_floor<8, 8>(s.value.data(), s.grad.data(), s.fisher.data(), s.anchor.data(),
                                     n);
        }},
       {"int8_fp16 (the default)", 3, int8_fp16,
        [&] {
-         return traffic_floor<1, 2>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
+         return traffic_floor<2, 4>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
                                     s.anchor_half.data(), n);
        }},
-      {"int8", 2, int8, [&] {
-         return traffic_floor<1, 1>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
+      {"int8", 2, int8,
+       [&] {
+         return traffic_floor<2, 2>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
                                     s.anchor_codes.data(), n);
+       }},
+      {"int4_int8", 1.5625, int4_int8, [&] {
+         return traffic_floor<1, 2>(s.value.data(), s.grad.data(), s.fisher_nibbles.data(),
+                                    s.anchor_q8.data(), n);
        }}};
   // Floor and kernels timed in turn within each repetition, so that the machine's drift hits
   // them alike; the ratios are medians of the per-repetition ratios.
@@ -159,7 +189,7 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
       generic_ratio.push_back(generic_s.back() / floor_s.back());
     }
     const double floor_median = median(floor_s);
-    const int64_t bytes = n * (12 + row.state_bytes);
+    const auto bytes = static_cast<int64_t>(static_cast<double>(n) * (12.0 + row.state_bytes));
     out.push_back({{"layout", row.layout},
                    {"parameters", n},
                    {"bytes_moved_per_pass", bytes},

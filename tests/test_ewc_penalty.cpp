@@ -154,6 +154,95 @@ TEST(PenaltyKernels, EveryLayoutMatchesTheReference) {
   }
 }
 
+// int4_int8: 4-bit Fisher codes two per byte, int8 anchors with one fp16 scale per 32 elements.
+TEST(PenaltyKernels, Int4Int8MatchesTheReference) {
+  const float lambda = 2.0F;
+  for (const PenaltyKernels* kernels : kernel_sets()) {
+    for (const int64_t n : {1, 7, 8, 31, 33, 4095, 4097, 16384}) {
+      const std::string what = std::string(kernels->name) + " n=" + std::to_string(n);
+      std::mt19937 random(static_cast<uint32_t>(n));
+      std::uniform_real_distribution<float> uniform(-0.5F, 0.5F);
+      std::uniform_int_distribution<int> nibble(0, 15);
+      std::uniform_int_distribution<int> code(-127, 127);
+      clhost::ewc::QuantBlockScale scale;
+      scale.log_low = -9.0F;
+      scale.log_step = 0.6F;
+      float table[16];
+      clhost::ewc::fisher4_table(scale, table);
+      Case c;
+      std::vector<uint8_t> nibbles(static_cast<size_t>((n + 1) / 2), 0);
+      std::vector<int8_t> codes;
+      std::vector<uint16_t> scales;
+      for (int64_t g = 0; g * 32 < n; ++g) {
+        scales.push_back(clhost::ewc::to_half_bits(std::fabs(uniform(random)) / 127.0F));
+      }
+      std::vector<float> anchors;
+      for (int64_t i = 0; i < n; ++i) {
+        c.value.push_back(uniform(random));
+        c.grad.push_back(uniform(random));
+        const int fisher_code = nibble(random);
+        nibbles[static_cast<size_t>(i / 2)] |= static_cast<uint8_t>(fisher_code << ((i & 1) * 4));
+        EXPECT_EQ(clhost::ewc::fisher4_code(nibbles.data(), i), fisher_code);
+        c.fisher.push_back(table[fisher_code]);
+        codes.push_back(static_cast<int8_t>(code(random)));
+        anchors.push_back(static_cast<float>(codes.back()) *
+                          clhost::ewc::half_to_float(scales[static_cast<size_t>(i / 32)]));
+      }
+      std::vector<double> expected_grad;
+      const double expected = reference(c, anchors, expected_grad, lambda);
+      std::vector<float> grad = c.grad;
+      const double sum = kernels->int4_int8(c.value.data(), grad.data(), table, nibbles.data(),
+                                            codes.data(), scales.data(), n, lambda);
+      expect_close(sum, expected, grad, expected_grad, c.grad, what + " int4_int8");
+      EXPECT_DOUBLE_EQ(kernels->int4_int8(c.value.data(), nullptr, table, nibbles.data(),
+                                          codes.data(), scales.data(), n, lambda),
+                       sum)
+          << what << " without gradient";
+    }
+  }
+}
+
+// The quantisers' error bounds: a 4-bit Fisher code is within half a log step (at most
+// kLogRange4 / 28 nats) of its value or zero below the range; an anchor within half its group's
+// step (largest magnitude / 254, as fp16 rounds it).
+TEST(StateQuantisation, Int4FisherAndGroupedAnchorsStayWithinHalfAStep) {
+  std::mt19937 random(5);
+  std::lognormal_distribution<float> importance(-6.0F, 2.5F);
+  std::normal_distribution<float> weight(0.0F, 0.05F);
+  const int64_t n = 16384;
+  std::vector<float> fisher(n);
+  std::vector<float> anchor(n);
+  for (int64_t i = 0; i < n; ++i) {
+    fisher[static_cast<size_t>(i)] = i % 97 == 0 ? 0.0F : importance(random);
+    anchor[static_cast<size_t>(i)] = weight(random) * (i / 32 % 5 == 0 ? 20.0F : 1.0F);
+  }
+  std::vector<uint8_t> nibbles((n + 1) / 2);
+  clhost::ewc::QuantBlockScale scale;
+  clhost::ewc::quantize_fisher4(fisher.data(), n, nibbles.data(), scale);
+  float table[16];
+  clhost::ewc::fisher4_table(scale, table);
+  const float largest = *std::max_element(fisher.begin(), fisher.end());
+  EXPECT_NEAR(std::log(table[15]), std::log(largest), 1e-4);
+  for (int64_t i = 0; i < n; ++i) {
+    const float value = fisher[static_cast<size_t>(i)];
+    const float decoded = table[clhost::ewc::fisher4_code(nibbles.data(), i)];
+    if (value <= 0.0F || std::log(value) < scale.log_low - 0.5F * scale.log_step) {
+      ASSERT_EQ(decoded, 0.0F) << i;
+      continue;
+    }
+    ASSERT_LE(std::fabs(std::log(decoded) - std::log(value)), 0.5F * scale.log_step + 1e-4F) << i;
+  }
+  EXPECT_LE(scale.log_step, clhost::ewc::kLogRange4 / 14.0F + 1e-6F);
+  std::vector<int8_t> codes(n);
+  std::vector<uint16_t> scales(n / 32);
+  clhost::ewc::quantize_anchor_groups(anchor.data(), n, codes.data(), scales.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const float step = clhost::ewc::half_to_float(scales[static_cast<size_t>(i / 32)]);
+    const float decoded = static_cast<float>(codes[static_cast<size_t>(i)]) * step;
+    ASSERT_LE(std::fabs(decoded - anchor[static_cast<size_t>(i)]), 0.5F * step * 1.01F) << i;
+  }
+}
+
 TEST(PenaltyKernels, TheFastestSetThisCpuRunsIsChosen) {
   const PenaltyKernels* avx2 = clhost::ewc::avx2_penalty_kernels();
   const PenaltyKernels& chosen = clhost::ewc::penalty_kernels();

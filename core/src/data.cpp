@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <set>
 
@@ -560,18 +561,37 @@ torch::Tensor all_rows(const Split& split) {
   return torch::arange(split.size(), torch::kInt64);
 }
 
-// One task's samples of one split: the first `limit` of `rows` (all when 0), held as stored or
-// streamed, made model inputs batch by batch (scaling, then the scenario's transform).
+// The first `limit` of `rows` (all when 0).
+torch::Tensor first_rows(const torch::Tensor& rows, int64_t limit) {
+  return limit > 0 && limit < rows.size(0) ? rows.slice(0, 0, limit) : rows;
+}
+
+// The samples of a resident split that some task uses, and only those: a run that takes 500
+// samples per task does not hold all 60,000 (`used`: the split's rows kept, sorted; undefined
+// when every row is).
+struct UsedSamples {
+  torch::Tensor x;
+  torch::Tensor used;
+};
+
+UsedSamples used_samples(const Split& split, const std::vector<torch::Tensor>& task_rows) {
+  torch::Tensor all = torch::cat(task_rows);
+  const torch::Tensor used = std::get<0>(at::_unique(all, /*sorted=*/true));
+  if (used.size(0) == split.size()) return {split.x, {}};
+  return {split.x.index_select(0, used).contiguous(), used};
+}
+
+// One task's samples of one split (`kept`: its rows), held as stored or streamed, made model
+// inputs batch by batch (scaling, then the scenario's transform).
 struct TaskSamples {
   torch::Tensor y;
   std::shared_ptr<const SampleSource> source;
 };
 
-TaskSamples take_samples(const Split& split, const torch::Tensor& rows, int64_t limit,
+TaskSamples take_samples(const Split& split, const UsedSamples* resident, const torch::Tensor& kept,
                          const SampleTransform& transform, const SampleTransform& scaling,
                          int64_t input_size, int64_t stream_cache_bytes) {
   TaskSamples out;
-  const torch::Tensor kept = limit > 0 && limit < rows.size(0) ? rows.slice(0, 0, limit) : rows;
   out.y = split.y.index_select(0, kept);
   SampleTransform full = transform;
   full.divide = scaling.divide;
@@ -584,9 +604,12 @@ TaskSamples take_samples(const Split& split, const torch::Tensor& rows, int64_t 
         std::vector<int64_t>(kept.data_ptr<int64_t>(), kept.data_ptr<int64_t>() + kept.numel()),
         input_size, full, stream_cache_bytes);
   } else {
-    const bool all = torch::equal(kept, all_rows(split));
+    const torch::Tensor rows =
+        resident->used.defined() ? torch::searchsorted(resident->used, kept) : kept;
+    const bool all = rows.size(0) == resident->x.size(0) &&
+                     torch::equal(rows, torch::arange(rows.size(0), torch::kInt64));
     out.source =
-        std::make_shared<ResidentSamples>(split.x, all ? torch::Tensor() : kept.clone(), full);
+        std::make_shared<ResidentSamples>(resident->x, all ? torch::Tensor() : rows.clone(), full);
   }
   return out;
 }
@@ -644,6 +667,35 @@ TaskSource task_source(const DataSection& data, const RunSplits& splits,
   return source;
 }
 
+// Every task's source, its rows cut to data.train_samples_per_task / test_samples_per_task.
+std::vector<TaskSource> task_sources(const DataSection& data, const RunSplits& splits,
+                                     const std::vector<std::vector<int64_t>>& classes,
+                                     const TaskSequence& sequence, uint64_t seed) {
+  std::mt19937_64 rng(seed ^ 0x5eedda7aULL);
+  std::vector<TaskSource> sources;
+  for (int64_t task = 0; task < data.num_tasks; ++task) {
+    TaskSource source = task_source(data, splits, classes, task, sequence, rng);
+    source.train_rows = first_rows(source.train_rows, data.train_samples_per_task);
+    source.test_rows = first_rows(source.test_rows, data.test_samples_per_task);
+    sources.push_back(std::move(source));
+  }
+  return sources;
+}
+
+// The samples each resident split keeps: those its tasks use.
+std::map<const Split*, UsedSamples> resident_samples(const std::vector<TaskSource>& sources) {
+  std::map<const Split*, std::vector<torch::Tensor>> rows_by_split;
+  for (const TaskSource& source : sources) {
+    rows_by_split[source.train].push_back(source.train_rows);
+    rows_by_split[source.test].push_back(source.test_rows);
+  }
+  std::map<const Split*, UsedSamples> resident;
+  for (const auto& [split, rows] : rows_by_split) {
+    if (!split->streamed()) resident[split] = used_samples(*split, rows);
+  }
+  return resident;
+}
+
 }  // namespace
 
 TaskSequence build_task_sequence(const DataSection& data, const std::vector<TaskOverride>& names,
@@ -660,18 +712,23 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
     throw RunError("data.scenario = \"rotated\" needs square images; the training samples are " +
                    std::to_string(splits.height) + "x" + std::to_string(splits.width));
   }
-  std::mt19937_64 rng(seed ^ 0x5eedda7aULL);
+  const std::vector<TaskSource> sources = task_sources(data, splits, classes, sequence, seed);
+  const std::map<const Split*, UsedSamples> resident = resident_samples(sources);
   for (int64_t task = 0; task < data.num_tasks; ++task) {
     const auto index = static_cast<size_t>(task);
-    const TaskSource source = task_source(data, splits, classes, task, sequence, rng);
+    const TaskSource& source = sources[index];
     TaskData entry;
     entry.name = index < names.size() && !names[index].name.empty() ? names[index].name
                                                                     : "task" + std::to_string(task);
     entry.classes = source.classes;
+    const auto resident_of = [&](const Split* split) {
+      const auto found = resident.find(split);
+      return found != resident.end() ? &found->second : nullptr;
+    };
     TaskSamples train =
-        take_samples(*source.train, source.train_rows, data.train_samples_per_task,
-                     source.transform, scaling, input_size, data.stream_cache_bytes);
-    TaskSamples test = take_samples(*source.test, source.test_rows, data.test_samples_per_task,
+        take_samples(*source.train, resident_of(source.train), source.train_rows, source.transform,
+                     scaling, input_size, data.stream_cache_bytes);
+    TaskSamples test = take_samples(*source.test, resident_of(source.test), source.test_rows,
                                     source.transform, scaling, input_size, data.stream_cache_bytes);
     entry.train_y = std::move(train.y);
     entry.train_source = std::move(train.source);

@@ -44,8 +44,9 @@ const clhost_config_key_t kSchema[] = {
     {"state_dtype", CLHOST_CONFIG_TYPE_STRING, "\"int8_fp16\"",
      "memory-efficient state precision: int8_fp16 (8-bit Fisher, fp16 anchor: ~3 bytes/param; the "
      "default: int8 measured 0.9 points below exact EWC on split Fashion-MNIST), int8 (~2 "
-     "bytes/param) or fp32 (8 bytes/param)",
-     0, 0, 0, "int8|int8_fp16|fp32"},
+     "bytes/param), int4_int8 (4-bit Fisher, 8-bit anchor in groups of 32 with an fp16 scale: "
+     "~1.56 bytes/param) or fp32 (8 bytes/param)",
+     0, 0, 0, "int8|int8_fp16|int4_int8|fp32"},
     {"store", CLHOST_CONFIG_TYPE_BOOL, "true",
      "save each task's Fisher to the run's HDF5 store (fisher.h5)", 0, 0, 0, nullptr},
 };
@@ -54,7 +55,7 @@ const clhost_plugin_descriptor_t kDescriptor{
     sizeof(clhost_plugin_descriptor_t),
     "ewc",
     CLHOST_PLUGIN_KIND_REGULARIZER,
-    "1.0.0",
+    "1.1.0",
     "Elastic Weight Consolidation: diagonal Fisher, separate/online/memory-efficient state",
     "clhost",
     kSchema,
@@ -82,7 +83,10 @@ struct TensorState {
   std::vector<std::vector<float>> anchor;
   std::vector<uint8_t> fisher_codes;  // merged int8
   std::vector<uint8_t> anchor_codes;
-  std::vector<uint16_t> anchor_half;  // merged int8_fp16
+  std::vector<uint16_t> anchor_half;    // merged int8_fp16
+  std::vector<uint8_t> fisher_nibbles;  // merged int4_int8: two 4-bit codes per byte
+  std::vector<int8_t> anchor_q8;        // merged int4_int8, with one fp16 scale per 32
+  std::vector<uint16_t> anchor_group_scales;
   std::vector<clhost::ewc::QuantBlockScale> scales;
 
   [[nodiscard]] int64_t bytes() const {
@@ -91,6 +95,8 @@ struct TensorState {
     for (const auto& v : anchor) total += static_cast<int64_t>(v.capacity() * sizeof(float));
     total += static_cast<int64_t>(fisher_codes.capacity() + anchor_codes.capacity());
     total += static_cast<int64_t>(anchor_half.capacity() * sizeof(uint16_t));
+    total += static_cast<int64_t>(fisher_nibbles.capacity() + anchor_q8.capacity());
+    total += static_cast<int64_t>(anchor_group_scales.capacity() * sizeof(uint16_t));
     total += static_cast<int64_t>(scales.capacity() * sizeof(clhost::ewc::QuantBlockScale));
     return total;
   }
@@ -115,9 +121,10 @@ class Ewc : public clhost::sdk::Regularizer {
                                 const clhost::sdk::Settings& host) {
     if (host.get_bool("fisher_computation.use_memory_efficient", false)) {
       const std::string dtype = config.get_string("state_dtype");
-      return dtype == "int8"        ? StateLayout::kMergedInt8
-             : dtype == "int8_fp16" ? StateLayout::kMergedInt8Fp16
-                                    : StateLayout::kMergedFp32;
+      if (dtype == "int8") return StateLayout::kMergedInt8;
+      if (dtype == "int8_fp16") return StateLayout::kMergedInt8Fp16;
+      if (dtype == "int4_int8") return StateLayout::kMergedInt4Int8;
+      return StateLayout::kMergedFp32;
     }
     return config.get_string("mode") == "online" ? StateLayout::kOnline : StateLayout::kSeparate;
   }
@@ -139,9 +146,10 @@ class Ewc : public clhost::sdk::Regularizer {
     if (layout == StateLayout::kSeparate || layout == StateLayout::kOnline) {
       plan.advice =
           "fisher_computation.use_memory_efficient = true merges every task into one quadratic: "
-          "3 bytes/parameter for any number of tasks (ewc.state_dtype = \"int8\": 2)";
+          "3 bytes/parameter for any number of tasks (ewc.state_dtype = \"int4_int8\": 1.56)";
     }
-    if (layout == StateLayout::kMergedInt8 || layout == StateLayout::kMergedInt8Fp16) {
+    if (layout == StateLayout::kMergedInt8 || layout == StateLayout::kMergedInt8Fp16 ||
+        layout == StateLayout::kMergedInt4Int8) {
       const int64_t pending =
           std::min(largest, request.fisher_block_size) + clhost::ewc::kQuantBlock;
       plan.consolidation_bytes = static_cast<int64_t>(sizeof(float)) * pending +
@@ -238,6 +246,9 @@ class Ewc : public clhost::sdk::Regularizer {
       out.vector(state.fisher_codes);
       out.vector(state.anchor_codes);
       out.vector(state.anchor_half);
+      out.vector(state.fisher_nibbles);
+      out.vector(state.anchor_q8);
+      out.vector(state.anchor_group_scales);
       out.vector(state.scales);
     }
   }
@@ -260,6 +271,9 @@ class Ewc : public clhost::sdk::Regularizer {
       state.fisher_codes = in.vector<uint8_t>();
       state.anchor_codes = in.vector<uint8_t>();
       state.anchor_half = in.vector<uint16_t>();
+      state.fisher_nibbles = in.vector<uint8_t>();
+      state.anchor_q8 = in.vector<int8_t>();
+      state.anchor_group_scales = in.vector<uint16_t>();
       state.scales = in.vector<clhost::ewc::QuantBlockScale>();
     }
   }
@@ -354,6 +368,10 @@ class Ewc : public clhost::sdk::Regularizer {
     clhost::ewc::FisherCodeTables tables;
     for (size_t block = 0; block < state.scales.size(); ++block) {
       const auto& scale = state.scales[block];
+      if (layout_ == StateLayout::kMergedInt4Int8) {
+        sum += int4_block_penalty(parameter, state, block, kernels, lambda);
+        continue;
+      }
       if (kernels.reads_value_table) {
         clhost::ewc::fisher_code_tables(scale.log_low, scale.log_step, tables);
       } else {
@@ -372,6 +390,18 @@ class Ewc : public clhost::sdk::Regularizer {
                              scale.anchor_low, scale.anchor_step, count, lambda);
     }
     return sum;
+  }
+
+  double int4_block_penalty(const Parameter& parameter, const TensorState& state, size_t block,
+                            const clhost::ewc::PenaltyKernels& kernels, float lambda) const {
+    float table[16];
+    clhost::ewc::fisher4_table(state.scales[block], table);
+    const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
+    const int64_t count = std::min(parameter.numel, begin + clhost::ewc::kQuantBlock) - begin;
+    return kernels.int4_int8(
+        parameter.value + begin, parameter.grad != nullptr ? parameter.grad + begin : nullptr,
+        table, state.fisher_nibbles.data() + begin / 2, state.anchor_q8.data() + begin,
+        state.anchor_group_scales.data() + begin / clhost::ewc::kAnchorGroup, count, lambda);
   }
 
   void prepare_for_new_task() {
@@ -397,15 +427,20 @@ class Ewc : public clhost::sdk::Regularizer {
           }
           break;
         case StateLayout::kMergedInt8:
-        case StateLayout::kMergedInt8Fp16: {
+        case StateLayout::kMergedInt8Fp16:
+        case StateLayout::kMergedInt4Int8: {
           const size_t blocks = (n + clhost::ewc::kQuantBlock - 1) / clhost::ewc::kQuantBlock;
           if (state.scales.empty()) {
-            state.fisher_codes.assign(n, 0);
-            if (layout_ == StateLayout::kMergedInt8) {
-              state.anchor_codes.assign(n, 0);
+            if (layout_ == StateLayout::kMergedInt4Int8) {
+              const size_t groups = (n + clhost::ewc::kAnchorGroup - 1) / clhost::ewc::kAnchorGroup;
+              state.fisher_nibbles.assign((n + 1) / 2, 0);
+              state.anchor_q8.assign(n, 0);
+              state.anchor_group_scales.assign(groups, 0);
             } else {
-              state.anchor_half.assign(n, 0);
+              state.fisher_codes.assign(n, 0);
             }
+            if (layout_ == StateLayout::kMergedInt8) state.anchor_codes.assign(n, 0);
+            if (layout_ == StateLayout::kMergedInt8Fp16) state.anchor_half.assign(n, 0);
             state.scales.assign(blocks, {});
           }
           pending_fisher_.clear();
@@ -451,7 +486,8 @@ class Ewc : public clhost::sdk::Regularizer {
         }
         break;
       case StateLayout::kMergedInt8:
-      case StateLayout::kMergedInt8Fp16: {
+      case StateLayout::kMergedInt8Fp16:
+      case StateLayout::kMergedInt4Int8: {
         // Requantise whole quantisation blocks: buffer at most one block of the new Fisher.
         if (parameter != pending_parameter_) {
           pending_parameter_ = parameter;
@@ -484,10 +520,34 @@ class Ewc : public clhost::sdk::Regularizer {
     merged_fisher = total;
   }
 
+  // The merged state of [begin, end) as stored now: Fisher and anchor values.
+  [[nodiscard]] std::pair<float, float> stored_value(const TensorState& state, size_t block,
+                                                     const float* table, int64_t k) const {
+    switch (layout_) {
+      case StateLayout::kMergedInt4Int8:
+        return {
+            table[clhost::ewc::fisher4_code(state.fisher_nibbles.data(), k)],
+            static_cast<float>(state.anchor_q8[static_cast<size_t>(k)]) *
+                clhost::ewc::half_to_float(
+                    state.anchor_group_scales[static_cast<size_t>(k / clhost::ewc::kAnchorGroup)])};
+      case StateLayout::kMergedInt8Fp16:
+        return {table[state.fisher_codes[static_cast<size_t>(k)]],
+                clhost::ewc::half_to_float(state.anchor_half[static_cast<size_t>(k)])};
+      default:
+        return {table[state.fisher_codes[static_cast<size_t>(k)]],
+                clhost::ewc::anchor_value(state.scales[block],
+                                          state.anchor_codes[static_cast<size_t>(k)])};
+    }
+  }
+
   void requantize(TensorState& state, int64_t begin, int64_t end, float gamma, const float* theta) {
     const size_t block = static_cast<size_t>(begin / clhost::ewc::kQuantBlock);
     float table[256];
-    clhost::ewc::fisher_table(state.scales[block], table);
+    if (layout_ == StateLayout::kMergedInt4Int8) {
+      clhost::ewc::fisher4_table(state.scales[block], table);
+    } else {
+      clhost::ewc::fisher_table(state.scales[block], table);
+    }
     const int64_t count = end - begin;
     std::vector<float>& merged_fisher = scratch_fisher_;
     std::vector<float>& merged_anchor = scratch_anchor_;
@@ -496,15 +556,20 @@ class Ewc : public clhost::sdk::Regularizer {
     const bool first = tasks_ == 0;
     const bool half_anchor = layout_ == StateLayout::kMergedInt8Fp16;
     for (int64_t i = 0; i < count; ++i) {
-      const auto k = static_cast<size_t>(begin + i);
-      float fisher = first ? 0.0F : table[state.fisher_codes[k]];
-      float anchor = first ? theta[k]
-                     : half_anchor
-                         ? clhost::ewc::half_to_float(state.anchor_half[k])
-                         : clhost::ewc::anchor_value(state.scales[block], state.anchor_codes[k]);
+      const int64_t k = begin + i;
+      auto [fisher, anchor] =
+          first ? std::pair<float, float>{0.0F, theta[k]} : stored_value(state, block, table, k);
       merge(fisher, anchor, gamma, pending_fisher_[static_cast<size_t>(i)], theta[k]);
       merged_fisher[static_cast<size_t>(i)] = fisher;
       merged_anchor[static_cast<size_t>(i)] = anchor;
+    }
+    if (layout_ == StateLayout::kMergedInt4Int8) {
+      clhost::ewc::quantize_fisher4(merged_fisher.data(), count,
+                                    state.fisher_nibbles.data() + begin / 2, state.scales[block]);
+      clhost::ewc::quantize_anchor_groups(
+          merged_anchor.data(), count, state.anchor_q8.data() + begin,
+          state.anchor_group_scales.data() + begin / clhost::ewc::kAnchorGroup);
+      return;
     }
     if (half_anchor) {
       anchor_scratch_codes_.resize(static_cast<size_t>(count));
@@ -523,7 +588,8 @@ class Ewc : public clhost::sdk::Regularizer {
   }
 
   [[nodiscard]] bool quantized() const {
-    return layout_ == StateLayout::kMergedInt8 || layout_ == StateLayout::kMergedInt8Fp16;
+    return layout_ == StateLayout::kMergedInt8 || layout_ == StateLayout::kMergedInt8Fp16 ||
+           layout_ == StateLayout::kMergedInt4Int8;
   }
 
   double lambda_;

@@ -78,6 +78,44 @@ double generic_int8(const float* value, float* grad, const FisherCodeTables& tab
   });
 }
 
+inline float fisher4_at(const float* table16, const uint8_t* nibbles, int64_t i) {
+  return table16[(nibbles[i / 2] >> ((i & 1) * 4)) & 0x0F];
+}
+
+inline float anchor_at(const int8_t* codes, const uint16_t* scales, int64_t i) {
+  return static_cast<float>(codes[i]) * half_to_float(scales[i / 32]);
+}
+
+// Decodes a chunk (a multiple of 32 elements from a group start, or the range's tail) group by
+// group: one fp16 scale per 32 anchors, two Fisher codes per byte.
+double generic_int4_int8(const float* value, float* grad, const float* table16,
+                         const uint8_t* fisher_nibbles, const int8_t* anchor_codes,
+                         const uint16_t* anchor_scales, int64_t n, float lambda) {
+  static_assert(kDecodeChunk % 32 == 0, "chunks start at anchor group boundaries");
+  float fisher[kDecodeChunk];
+  float anchor[kDecodeChunk];
+  double sum = 0.0;
+  for (int64_t begin = 0; begin < n; begin += kDecodeChunk) {
+    const int64_t count = std::min(kDecodeChunk, n - begin);
+    for (int64_t i = 0; i + 1 < count; i += 2) {
+      const uint8_t pair = fisher_nibbles[(begin + i) / 2];
+      fisher[i] = table16[pair & 0x0F];
+      fisher[i + 1] = table16[pair >> 4];
+    }
+    if (count % 2 != 0) fisher[count - 1] = fisher4_at(table16, fisher_nibbles, begin + count - 1);
+    for (int64_t group = 0; group * 32 < count; ++group) {
+      const float scale = half_to_float(anchor_scales[(begin / 32) + group]);
+      const int64_t end = std::min(count, group * 32 + 32);
+      for (int64_t i = group * 32; i < end; ++i) {
+        anchor[i] = static_cast<float>(anchor_codes[begin + i]) * scale;
+      }
+    }
+    sum += quadratic_stretch(value + begin, grad != nullptr ? grad + begin : nullptr, fisher,
+                             anchor, count, lambda);
+  }
+  return sum;
+}
+
 #define CLHOST_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 CLHOST_AVX2 double horizontal_sum(__m256 lanes) {
@@ -209,6 +247,33 @@ CLHOST_AVX2 double avx2_int8(const float* value, float* grad, const FisherCodeTa
       });
 }
 
+// Eight elements from i (a multiple of 8): four bytes of nibbles spread to eight bytes in element
+// order, looked up in the 16-value table; eight int8 anchors times their group's scale.
+CLHOST_AVX2 double avx2_int4_int8(const float* value, float* grad, const float* table16,
+                                  const uint8_t* fisher_nibbles, const int8_t* anchor_codes,
+                                  const uint16_t* anchor_scales, int64_t n, float lambda) {
+  const __m256 first = _mm256_loadu_ps(table16);
+  const __m256 second = _mm256_loadu_ps(table16 + 8);
+  const __m128i low_nibbles = _mm_set1_epi8(0x0F);
+  return avx2_quadratic(
+      value, grad, n, lambda,
+      [&](int64_t i, __m256& f, __m256& a) CLHOST_AVX2 {
+        int32_t packed = 0;
+        __builtin_memcpy(&packed, fisher_nibbles + i / 2, sizeof(packed));
+        const __m128i bytes = _mm_cvtsi32_si128(packed);
+        const __m128i low = _mm_and_si128(bytes, low_nibbles);
+        const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), low_nibbles);
+        f = lookup16(first, second, _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(low, high)));
+        const __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(anchor_codes + i));
+        a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes)),
+                          _mm256_set1_ps(_cvtsh_ss(anchor_scales[i / 32])));
+      },
+      [&](int64_t i, float& f, float& a) {
+        f = fisher4_at(table16, fisher_nibbles, i);
+        a = anchor_at(anchor_codes, anchor_scales, i);
+      });
+}
+
 #undef CLHOST_AVX2
 
 }  // namespace
@@ -230,13 +295,14 @@ void fisher_nibble_tables(float log_low, float log_step, FisherCodeTables& out) 
 }
 
 const PenaltyKernels& generic_penalty_kernels() {
-  static const PenaltyKernels kernels{"generic (x86-64 SSE2)", true, generic_fp32,
-                                      generic_int8_fp16, generic_int8};
+  static const PenaltyKernels kernels{"generic (x86-64 SSE2)", true,         generic_fp32,
+                                      generic_int8_fp16,       generic_int8, generic_int4_int8};
   return kernels;
 }
 
 const PenaltyKernels* avx2_penalty_kernels() {
-  static const PenaltyKernels kernels{"avx2+fma+f16c", false, avx2_fp32, avx2_int8_fp16, avx2_int8};
+  static const PenaltyKernels kernels{"avx2+fma+f16c", false,     avx2_fp32,
+                                      avx2_int8_fp16,  avx2_int8, avx2_int4_int8};
   __builtin_cpu_init();
   // F16C from CPUID leaf 1 (ECX bit 29): not every compiler's __builtin_cpu_supports knows it;
   // AVX2's check includes the operating system's support for the AVX registers.

@@ -39,6 +39,12 @@ struct PenaltyKernels {
   double (*int8)(const float* value, float* grad, const FisherCodeTables& fisher_tables,
                  const uint8_t* fisher_codes, const uint8_t* anchor_codes, float anchor_low,
                  float anchor_step, int64_t n, float lambda);
+  // 4-bit Fisher codes, two per byte (element i in byte i/2, low nibble when i is even), through
+  // the block's 16-value table (table16[0] = 0); anchors anchor_codes[i] * the fp16 scale of
+  // their group of 32. The range starts at a multiple of 32 elements.
+  double (*int4_int8)(const float* value, float* grad, const float* table16,
+                      const uint8_t* fisher_nibbles, const int8_t* anchor_codes,
+                      const uint16_t* anchor_scales, int64_t n, float lambda);
 };
 
 const PenaltyKernels& generic_penalty_kernels();

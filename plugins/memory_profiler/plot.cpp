@@ -96,17 +96,25 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
   std::vector<PLFLT> device_allocated;
   std::vector<PLFLT> device_reserved;
   std::vector<PLFLT> device_times;
+  // GiB past 8 GiB, so that the axis needs no exponent (PLplot puts it outside the picture).
+  int64_t largest = 0;
+  for (const Sample& sample : samples) {
+    largest =
+        std::max({largest, sample.rss_bytes, sample.tensor_bytes, sample.device_reserved_bytes});
+  }
+  const bool gib = static_cast<double>(largest) > 8.0 * 1024.0 * kMiB;
+  const double unit = gib ? 1024.0 * kMiB : kMiB;
   for (const Sample& sample : samples) {
     times.push_back(sample.time_seconds);
-    rss.push_back(static_cast<double>(sample.rss_bytes) / kMiB);
+    rss.push_back(static_cast<double>(sample.rss_bytes) / unit);
     if (sample.tensor_bytes >= 0) {
       tensor_times.push_back(sample.time_seconds);
-      tensor.push_back(static_cast<double>(sample.tensor_bytes) / kMiB);
+      tensor.push_back(static_cast<double>(sample.tensor_bytes) / unit);
     }
     if (sample.device_allocated_bytes >= 0) {
       device_times.push_back(sample.time_seconds);
-      device_allocated.push_back(static_cast<double>(sample.device_allocated_bytes) / kMiB);
-      device_reserved.push_back(static_cast<double>(sample.device_reserved_bytes) / kMiB);
+      device_allocated.push_back(static_cast<double>(sample.device_allocated_bytes) / unit);
+      device_reserved.push_back(static_cast<double>(sample.device_reserved_bytes) / unit);
     }
     x_max = std::max(x_max, sample.time_seconds);
     y_max = std::max({y_max, rss.back(), tensor.empty() ? 0.0 : tensor.back(),
@@ -154,7 +162,8 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
   plbox("g", 0.0, 0, "g", 0.0, 0);
   plcol0(kInk);
   plbox("bcnst", 0.0, 0, "bcnstv", 0.0, 0);
-  pllab("time since the run began (s)", "memory (MiB)", options.title.c_str());
+  pllab("time since the run began (s)", gib ? "memory (GiB)" : "memory (MiB)",
+        options.title.c_str());
 
   for (const PointEventStyle& style : kPointEvents) {
     bool seen = false;
@@ -192,7 +201,7 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
 
   if (const Sample* peak = timeline.peak_rss_sample()) {
     const PLFLT px = peak->time_seconds;
-    const PLFLT py = static_cast<double>(peak->rss_bytes) / kMiB;
+    const PLFLT py = static_cast<double>(peak->rss_bytes) / unit;
     // A cross drawn in data units: font-glyph markers sit off-centre in the cairo drivers.
     const PLFLT dx = (x_max - x_min) * 0.008;
     const PLFLT dy = y_max * 0.016;

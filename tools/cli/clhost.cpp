@@ -345,17 +345,18 @@ void print_ewc_layouts(double params_value, int64_t tasks) {
   std::printf("EWC state held in memory for %s parameters after %lld task%s\n\n",
               human_bytes(params_value, true).c_str(), static_cast<long long>(tasks),
               tasks == 1 ? "" : "s");
-  std::printf("%-46s %14s %12s\n", "mode (ewc mode / use_memory_efficient)", "bytes",
+  std::printf("%-50s %14s %12s\n", "mode (ewc mode / use_memory_efficient)", "bytes",
               "bytes/param");
   const std::pair<const char*, StateLayout> rows[] = {
       {"separate, fp32 (use_memory_efficient=false)", StateLayout::kSeparate},
       {"online, fp32 (the seed's 'normal')", StateLayout::kOnline},
       {"efficient, fp32 merged (state_dtype=fp32)", StateLayout::kMergedFp32},
       {"efficient, int8 Fisher + fp16 anchor (default)", StateLayout::kMergedInt8Fp16},
-      {"efficient, int8 merged (state_dtype=int8)", StateLayout::kMergedInt8}};
+      {"efficient, int8 merged (state_dtype=int8)", StateLayout::kMergedInt8},
+      {"efficient, 4-bit Fisher + int8 anchor (int4_int8)", StateLayout::kMergedInt4Int8}};
   for (const auto& [label, layout] : rows) {
     const auto bytes = static_cast<double>(clhost::ewc::state_bytes(params, tasks, layout));
-    std::printf("%-46s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);
+    std::printf("%-50s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);
   }
   std::printf(
       "\n(decimal units; the Fisher pass adds one block of fisher_computation.block_size "
