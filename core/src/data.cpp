@@ -254,7 +254,7 @@ struct Split {
 
 // Samples [N, H, W] or [N, 1, H, W] are images; [N, D] (or any other shape, flattened) vectors.
 // All splits of a run must have one sample shape: the first one read sets *height and *width.
-Split check_split(RawSplit raw, int64_t num_classes, int64_t* height, int64_t* width,
+Split check_split(const RawSplit& raw, int64_t num_classes, int64_t* height, int64_t* width,
                   bool* eight_bit) {
   std::vector<int64_t> shape = raw.x_shape;
   if (shape.size() == 4 && shape[1] == 1) shape.erase(shape.begin() + 1);

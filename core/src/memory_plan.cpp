@@ -107,6 +107,7 @@ MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
                        int64_t tasks) {
   MemoryPlan plan;
   std::vector<int64_t> numels;
+  numels.reserve(shapes.size());
   for (const auto& shape : shapes) numels.push_back(numel_of(shape));
   for (const int64_t numel : numels) plan.parameters += numel;
   plan.tasks = tasks;

@@ -392,8 +392,9 @@ class Ewc : public clhost::sdk::Regularizer {
     return sum;
   }
 
-  double int4_block_penalty(const Parameter& parameter, const TensorState& state, size_t block,
-                            const clhost::ewc::PenaltyKernels& kernels, float lambda) const {
+  static double int4_block_penalty(const Parameter& parameter, const TensorState& state,
+                                   size_t block, const clhost::ewc::PenaltyKernels& kernels,
+                                   float lambda) {
     float table[16];
     clhost::ewc::fisher4_table(state.scales[block], table);
     const int64_t begin = static_cast<int64_t>(block) * clhost::ewc::kQuantBlock;
