@@ -290,6 +290,15 @@ TEST(CliEndToEndEwc, ARunWhosePlanDoesNotFitIsRefusedBeforeTraining) {
     EXPECT_NE(refused.output.find(part), std::string::npos) << part << " in " << refused.output;
   }
   EXPECT_FALSE(std::filesystem::exists(dir.path("refused")));
+  // validate checks the same plan.
+  const Result validate = clhost("validate --config " + kQuick + separate +
+                                 " --set run.memory_budget=" + std::to_string(budget));
+  EXPECT_EQ(validate.exit_code, 1) << validate.output;
+  EXPECT_NE(validate.output.find("memory plan: this run needs"), std::string::npos)
+      << validate.output;
+  const Result fits = clhost("validate --config " + kQuick + separate);
+  EXPECT_EQ(fits.exit_code, 0) << fits.output;
+  EXPECT_NE(fits.output.find("its memory plan fits"), std::string::npos) << fits.output;
 }
 
 TEST(CliEndToEndEwc, MemoryPlanPrintsTheSeedsTable) {

@@ -201,8 +201,12 @@ int command_validate(const std::vector<std::string>& args) {
   const clhost::LoadedPipeline pipeline = clhost::load_pipeline(loader, config);
   for (const auto& warning : pipeline.warnings)
     std::fprintf(stderr, "warning: %s\n", warning.c_str());
-  std::printf("%s: valid (%zu plug-in%s in the pipeline)\n", config.source.c_str(),
-              config.pipeline.size(), config.pipeline.size() == 1 ? "" : "s");
+  // The run would refuse a plan that does not fit; so does its check.
+  clhost::check_memory_plan(clhost::plan_memory_for_config(config, loader),
+                            clhost::memory_limit(config));
+  std::printf("%s: valid (%zu plug-in%s in the pipeline; its memory plan fits)\n",
+              config.source.c_str(), config.pipeline.size(),
+              config.pipeline.size() == 1 ? "" : "s");
   return 0;
 }
 
