@@ -261,6 +261,20 @@ TEST(CliEndToEndEwc, AConfigsMemoryPlanMatchesItsRun) {
   EXPECT_EQ(clhost("memory-plan --config " + kQuick + " --tasks 3").exit_code, 2);
 }
 
+// lowrank_fisher plans an upper bound on its rank; with the default byte cap that bound is the
+// rank it keeps, so the plan is its state exactly.
+TEST(CliEndToEndEwc, TheLowRankPlanIsItsStateWhenTheByteCapSetsTheRank) {
+  clhost::test::TempDir dir;
+  const Result run = clhost("run --config " + kQuick + " --plugins lowrank_fisher --output " +
+                            dir.path("run") + " -q");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto results = results_of(dir.path("run"));
+  EXPECT_EQ(results["plugins"][0]["report"]["rank_limited_by"], "max_bytes_per_parameter");
+  EXPECT_EQ(results["memory_plan"]["plugins"][0]["state_bytes"],
+            results["plugins"][0]["report"]["state_bytes"]);
+  EXPECT_GT(results["memory_plan"]["plugins"][0]["consolidation_bytes"].get<int64_t>(), 0);
+}
+
 // Separate EWC's state grows by 8 bytes/parameter per task; a budget that holds the
 // memory-efficient state for every task but not the separate one refuses the run before it
 // trains, with the parts and the way out, and leaves no run directory.

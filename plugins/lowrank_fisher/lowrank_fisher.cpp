@@ -95,6 +95,45 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     if (config.get_string("mode") != "online") unused("gamma", "applies to mode = \"online\" only");
   }
 
+  // clhost.memory_plan/1, an upper bound: the rank as choose_rank would pick it for the most
+  // rows a task can give (fisher_samples, times data.num_classes for labels = expectation), U,
+  // D and the anchor in fp32 per quadratic (one online, one per task separate). While a task is
+  // folded in: its new factors for the whole model and the merged result beside the old state,
+  // plus one block's builder (float64 diagonal, the sketch and Omega, their float64 copies).
+  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& config,
+                                             const clhost::sdk::Settings& host,
+                                             const clhost::sdk::MemoryPlanRequest& request) {
+    double ratio = config.get_float("compression_ratio");
+    if (ratio <= 0.0) ratio = host.get_float("fisher_computation.compression_ratio", 0.0);
+    if (ratio <= 0.0 || ratio > 1.0) ratio = 1.0;
+    const bool expectation = config.get_string("labels") == "expectation";
+    const int64_t rows =
+        config.get_int("fisher_samples") *
+        (expectation
+             ? std::max<int64_t>(1, static_cast<int64_t>(host.get_float("data.num_classes", 1.0)))
+             : 1);
+    int64_t rank = lowrank::rank_for(ratio, rows, config.get_int("max_rank"));
+    const double byte_cap = config.get_float("max_bytes_per_parameter");
+    if (byte_cap != 0.0) {
+      rank = std::min(rank, static_cast<int64_t>(std::floor(byte_cap / 4.0)) - 2);
+    }
+    int64_t parameters = 0;
+    for (const int64_t numel : request.parameter_numels) parameters += numel;
+    const int64_t quadratic = 4 * (rank + 2) * parameters;
+    const bool separate = config.get_string("mode") == "separate";
+    clhost::sdk::MemoryPlan plan;
+    plan.state_bytes = request.tasks < 1 ? 0 : quadratic * (separate ? request.tasks : 1);
+    const int64_t block = std::min(parameters, request.fisher_block_size);
+    const int64_t columns = std::min({rows, block, std::max<int64_t>(2 * rank, rank + 4)});
+    const int64_t builder =
+        block * (8 + 24 * columns + 4 * std::clamp<int64_t>(2 * columns, 32, 256));
+    plan.consolidation_bytes = 4 * (rank + 1) * parameters + (separate ? 0 : quadratic) + builder;
+    plan.advice =
+        "max_bytes_per_parameter caps the rank: U, D and the anchor take 4*(rank+2) bytes "
+        "per parameter (16: rank 2)";
+    return plan;
+  }
+
   LowRankFisher(const clhost_host_t* host, const clhost::sdk::Config& config)
       : Regularizer(host),
         lambda_(config.get_float("lambda")),
