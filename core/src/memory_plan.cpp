@@ -137,8 +137,7 @@ MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
   return plan;
 }
 
-MemoryPlan plan_memory_for_config(const RunConfig& config, PluginLoader& loader) {
-  const LoadedPipeline pipeline = load_pipeline(loader, config);
+MemoryPlan plan_memory_for_config(const RunConfig& config, const LoadedPipeline& pipeline) {
   const TaskSequence sequence =
       config.data.kind == DataKind::kText
           ? build_text_tasks(config.data, config.model.context, config.tasks, config.run.seed)

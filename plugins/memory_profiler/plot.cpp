@@ -84,6 +84,17 @@ void draw_line(const std::vector<PLFLT>& x, const std::vector<PLFLT>& y, PLINT c
   plline(static_cast<PLINT>(x.size()), x.data(), y.data());
 }
 
+// GiB past 8 GiB, so that the axis needs no exponent (PLplot puts it outside the picture).
+template <typename Samples>
+bool needs_gib(const Samples& samples) {
+  int64_t largest = 0;
+  for (const Sample& sample : samples) {
+    largest =
+        std::max({largest, sample.rss_bytes, sample.tensor_bytes, sample.device_reserved_bytes});
+  }
+  return static_cast<double>(largest) > 8.0 * 1024.0 * kMiB;
+}
+
 void draw(const Timeline& timeline, const PlotOptions& options) {
   const auto& samples = timeline.samples();
   double x_min = samples.empty() ? 0.0 : samples.front().time_seconds;
@@ -96,13 +107,7 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
   std::vector<PLFLT> device_allocated;
   std::vector<PLFLT> device_reserved;
   std::vector<PLFLT> device_times;
-  // GiB past 8 GiB, so that the axis needs no exponent (PLplot puts it outside the picture).
-  int64_t largest = 0;
-  for (const Sample& sample : samples) {
-    largest =
-        std::max({largest, sample.rss_bytes, sample.tensor_bytes, sample.device_reserved_bytes});
-  }
-  const bool gib = static_cast<double>(largest) > 8.0 * 1024.0 * kMiB;
+  const bool gib = needs_gib(samples);
   const double unit = gib ? 1024.0 * kMiB : kMiB;
   for (const Sample& sample : samples) {
     times.push_back(sample.time_seconds);

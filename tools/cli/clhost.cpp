@@ -202,7 +202,7 @@ int command_validate(const std::vector<std::string>& args) {
   for (const auto& warning : pipeline.warnings)
     std::fprintf(stderr, "warning: %s\n", warning.c_str());
   // The run would refuse a plan that does not fit; so does its check.
-  clhost::check_memory_plan(clhost::plan_memory_for_config(config, loader),
+  clhost::check_memory_plan(clhost::plan_memory_for_config(config, pipeline),
                             clhost::memory_limit(config));
   std::printf("%s: valid (%zu plug-in%s in the pipeline; its memory plan fits)\n",
               config.source.c_str(), config.pipeline.size(),
@@ -405,7 +405,8 @@ int command_memory_plan(const std::vector<std::string>& args) {
   clhost::check_input_files(config);
   clhost::PluginLoader loader(
       clhost::PluginLoader::search_path_for(config.cli_plugin_path, config.run.plugin_path));
-  const clhost::MemoryPlan plan = clhost::plan_memory_for_config(config, loader);
+  const clhost::MemoryPlan plan =
+      clhost::plan_memory_for_config(config, clhost::load_pipeline(loader, config));
   std::printf("%s", clhost::format_memory_plan(plan, params_value).c_str());
   const clhost::MemoryLimit limit = clhost::memory_limit(config);
   if (limit.bytes >= 0) {

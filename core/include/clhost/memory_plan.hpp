@@ -51,9 +51,10 @@ MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
                        const std::vector<std::vector<int64_t>>& shapes, int64_t data_bytes,
                        int64_t tasks);
 
-// The whole plan of a config file's run: reads its data and sizes its model (built-in kinds by
-// their shapes, without allocating them; a TorchScript archive by loading it).
-MemoryPlan plan_memory_for_config(const RunConfig& config, PluginLoader& loader);
+// The whole plan of a config file's run with its loaded pipeline: reads its data and sizes its
+// model (built-in kinds by their shapes, without allocating them; a TorchScript archive by
+// loading it).
+MemoryPlan plan_memory_for_config(const RunConfig& config, const LoadedPipeline& pipeline);
 
 // The plan as a table; with `scaled_parameters` > 0 a second column gives the parts that grow
 // with the model at that many parameters (same layouts, same data and block size).
