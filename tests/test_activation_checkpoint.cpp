@@ -53,8 +53,8 @@ TEST(MicroBatches, AccumulatedGradientsEqualTheWholeBatch) {
   auto grads_with = [&](int64_t micro, int64_t segments, double* loss) {
     model->zero_grad();
     int64_t processed = 0;
-    *loss = clhost::accumulate_batch_gradients(model, x, labels, label_map, active, rows, micro,
-                                               segments, &processed);
+    *loss = clhost::accumulate_batch_gradients(model, x, labels, label_map, active, rows,
+                                               rows.size(0), micro, segments, &processed);
     EXPECT_EQ(processed, rows.size(0)) << "every sample exactly once";
     std::vector<torch::Tensor> out;
     for (const auto& parameter : model->parameters()) out.push_back(parameter.grad().clone());

@@ -443,7 +443,8 @@ void check_conditional_keys(const ConfigInput& in, const RunConfig& config) {
 // the rule that a given setting is never silently ignored).
 std::vector<std::string> given_keys(const toml::table& root) {
   std::vector<std::string> keys;
-  for (const char* section : {"run", "data", "model", "train", "fisher_computation"}) {
+  for (const char* section :
+       {"run", "distributed", "data", "model", "train", "fisher_computation"}) {
     const toml::table* table = root[section].as_table();
     if (table == nullptr) continue;
     for (const auto& [key, value] : *table)
@@ -598,6 +599,17 @@ const std::vector<Key<RunSection>>& run_keys() {
   return keys;
 }
 
+const EnumNames<CollectiveBackend> kBackendNames = {{CollectiveBackend::kGloo, "gloo"}};
+
+const std::vector<Key<DistributedSection>>& distributed_keys() {
+  using S = DistributedSection;
+  static const std::vector<Key<S>> keys = {
+      enum_key<S>("backend", &S::backend, kBackendNames),
+      float_key<S>("timeout", &S::timeout_seconds, 1.0, 86400.0),
+      bytes_key<S>("bucket_size", &S::bucket_bytes, 1024)};
+  return keys;
+}
+
 Incremental default_incremental(const DataSection& data) {
   const bool per_task = data.scenario == Scenario::kSplit || data.scenario == Scenario::kSources;
   return per_task ? Incremental::kTask : Incremental::kDomain;
@@ -699,6 +711,12 @@ void read_run(SectionReader& top, const ConfigInput& in, RunSection& run_config)
     run.fail(*in.root["run"]["name"].node(), "name", "must be non-empty and contain no '/'");
   }
   run.finish();
+}
+
+void read_distributed(SectionReader& top, const ConfigInput& in, DistributedSection& out) {
+  SectionReader distributed(sub_table(top, "distributed"), "distributed", in.path, in.overridden);
+  read_keys(distributed, distributed_keys(), out);
+  distributed.finish();
 }
 
 void read_split_tasks(SectionReader& data, const ConfigInput& in, DataSection& out) {
@@ -965,6 +983,7 @@ toml::array int_array(const std::vector<int64_t>& values) {
 
 void write_resolved_sections(toml::table& root, const RunConfig& config) {
   write_keys(section(root, "run"), run_keys(), config.run);
+  write_keys(section(root, "distributed"), distributed_keys(), config.distributed);
   const DataSection& d = config.data;
   auto& data = section(root, "data");
   write_keys(data, data_keys(), d);
@@ -1065,6 +1084,7 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   config.given_keys = given_keys(root);
   SectionReader top(&root, "", path, overridden);
   read_run(top, in, config.run);
+  read_distributed(top, in, config.distributed);
   read_data(top, in, config.data);
   read_model(top, in, config.model);
   read_train(top, in, config.train);

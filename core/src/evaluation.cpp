@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <utility>
 
 namespace clhost {
 namespace {
@@ -43,43 +44,49 @@ std::vector<int64_t> evaluation_classes(const RunConfig& config, const TaskSeque
   return all_classes(sequence);
 }
 
-double evaluate(torch::nn::Sequential& model, const TaskData& task, const ClassView& view,
-                int64_t batch_size) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  int64_t correct = 0;
+// The test rows [begin, end) this rank scores: its contiguous share of the task's test set.
+std::pair<int64_t, int64_t> test_shard(const TaskData& task, const Collective& collective) {
   const int64_t total = task.test_size();
-  for (int64_t start = 0; start < total; start += batch_size) {
-    const int64_t end = std::min(total, start + batch_size);
+  const int64_t ranks = collective.world_size();
+  return {total * collective.rank() / ranks, total * (collective.rank() + 1) / ranks};
+}
+
+// What one rank adds up for a task: correct predictions (or nats) and the count they are over.
+struct Tally {
+  double sum = 0.0;
+  double count = 0.0;
+};
+
+Tally count_correct(torch::nn::Sequential& model, const TaskData& task, const ClassView& view,
+                    int64_t batch_size, std::pair<int64_t, int64_t> shard) {
+  Tally tally;
+  for (int64_t start = shard.first; start < shard.second; start += batch_size) {
+    const int64_t end = std::min(shard.second, start + batch_size);
     const Samples samples = task.test_range(start, end);
     torch::Tensor logits = model->forward(samples.x).index_select(1, view.active);
     torch::Tensor predicted = view.active.index_select(0, logits.argmax(1));
-    correct += predicted.eq(samples.y).sum().item<int64_t>();
+    tally.sum += static_cast<double>(predicted.eq(samples.y).sum().item<int64_t>());
+    tally.count += static_cast<double>(end - start);
   }
-  model->train();
-  return total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
+  return tally;
 }
 
-// Bits per byte of the next-byte predictions over every position of the held-out windows.
-double bits_per_byte(torch::nn::Sequential& model, const TaskData& task, int64_t batch_size) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  double nats = 0.0;
-  int64_t predicted = 0;
-  const int64_t total = task.test_size();
-  for (int64_t start = 0; start < total; start += batch_size) {
-    const int64_t end = std::min(total, start + batch_size);
+// Nats of the next-byte predictions over every position of the held-out windows.
+Tally count_nats(torch::nn::Sequential& model, const TaskData& task, int64_t batch_size,
+                 std::pair<int64_t, int64_t> shard) {
+  Tally tally;
+  for (int64_t start = shard.first; start < shard.second; start += batch_size) {
+    const int64_t end = std::min(shard.second, start + batch_size);
     const Samples samples = task.test_range(start, end);
     const torch::Tensor logits = model->forward(samples.x);
     const torch::Tensor targets = samples.y.reshape({-1}).to(torch::kInt64);
-    nats += torch::nn::functional::cross_entropy(
-                logits.reshape({-1, logits.size(2)}), targets,
-                torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                .item<double>();
-    predicted += targets.size(0);
+    tally.sum += torch::nn::functional::cross_entropy(
+                     logits.reshape({-1, logits.size(2)}), targets,
+                     torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                     .item<double>();
+    tally.count += static_cast<double>(targets.size(0));
   }
-  model->train();
-  return predicted > 0 ? nats / (static_cast<double>(predicted) * std::log(2.0)) : 0.0;
+  return tally;
 }
 
 }  // namespace
@@ -90,19 +97,37 @@ ClassView training_view(const RunConfig& config, const TaskSequence& sequence, s
 }
 
 std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunConfig& config,
-                                       const TaskSequence& sequence) {
-  std::vector<double> accuracy;
+                                       const TaskSequence& sequence, Collective& collective) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  // Every rank scores its share of each test set; one all-reduce adds up the tallies.
+  std::vector<double> tallies;
   for (size_t j = 0; j < sequence.tasks.size(); ++j) {
-    if (sequence.next_byte) {
-      accuracy.push_back(bits_per_byte(model, sequence.tasks[j], config.train.eval_batch_size));
-      continue;
-    }
-    accuracy.push_back(
-        evaluate(model, sequence.tasks[j],
-                 make_class_view(evaluation_classes(config, sequence, j), sequence.num_classes),
-                 config.train.eval_batch_size));
+    const TaskData& task = sequence.tasks[j];
+    const int64_t batch = config.train.eval_batch_size;
+    const Tally tally =
+        sequence.next_byte
+            ? count_nats(model, task, batch, test_shard(task, collective))
+            : count_correct(model, task,
+                            make_class_view(evaluation_classes(config, sequence, j),
+                                            sequence.num_classes),
+                            batch, test_shard(task, collective));
+    tallies.push_back(tally.sum);
+    tallies.push_back(tally.count);
   }
-  return accuracy;
+  model->train();
+  tallies = collective.sum(tallies);
+  std::vector<double> scores;
+  for (size_t j = 0; j < sequence.tasks.size(); ++j) {
+    const double sum = tallies[2 * j];
+    const double count = tallies[2 * j + 1];
+    if (count <= 0.0) {
+      scores.push_back(0.0);
+    } else {
+      scores.push_back(sequence.next_byte ? sum / (count * std::log(2.0)) : sum / count);
+    }
+  }
+  return scores;
 }
 
 }  // namespace clhost

@@ -10,6 +10,7 @@
 
 #include "clhost/config.hpp"
 #include "data.hpp"
+#include "distributed.hpp"
 
 namespace clhost {
 
@@ -23,8 +24,10 @@ struct ClassView {
 ClassView training_view(const RunConfig& config, const TaskSequence& sequence, size_t task);
 
 // Accuracy (text: bits per byte) on every task's test set, in task order (the model is left in
-// training mode).
+// training mode). In a data-parallel run each rank scores a share of every test set and the
+// counts are added up: every rank gets the same result.
 std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunConfig& config,
-                                       const TaskSequence& sequence);
+                                       const TaskSequence& sequence,
+                                       Collective& collective = single_process());
 
 }  // namespace clhost

@@ -60,6 +60,9 @@ class Labels {
 
   bool expectation() const { return request_.labels == CLHOST_FISHER_LABELS_EXPECTATION; }
 
+  // LABELS_SAMPLE: the draws that follow come from `seed`.
+  void restart_draws(uint64_t seed) { generator_.set_current_seed(seed); }
+
   int64_t passes_per_chunk() const {
     return request_.labels == CLHOST_FISHER_LABELS_EXPECTATION ? context_.active_classes.numel()
                                                                : 1;
@@ -107,6 +110,11 @@ class BlockGradients {
   }
   int64_t elements(const FisherSegment& segment) const {
     return (segment.row_end - segment.row_begin) * row_numel(parameters_[segment.parameter]);
+  }
+  int64_t block_elements() const {
+    int64_t total = 0;
+    for (const auto& segment : block_) total += elements(segment);
+    return total;
   }
 
   // What one backward pass of the batched path gives: each known layer's input and output
@@ -233,6 +241,13 @@ class DiagonalAccumulator {
     if (producer.any_layer()) add_layers(producer, x, y);
     if (producer.any_loop()) add_loop(producer, x, y);
     contributions_ += x.size(0);
+  }
+
+  // In a data-parallel run: every rank's sums and contributions, added up on every rank.
+  void reduce(Collective& collective) {
+    if (!collective.distributed()) return;
+    collective.sum(sums_);
+    contributions_ = static_cast<int64_t>(collective.sum(static_cast<double>(contributions_)));
   }
 
   void emit(const BlockGradients& producer, const FisherSink& sink) {
@@ -477,12 +492,6 @@ std::vector<FisherBlock> plan_fisher_blocks(const std::vector<std::vector<int64_
 
 namespace {
 
-// What a consumer does with one block: each chunk of samples (`last`: the block's final one).
-using ChunkHandler =
-    std::function<void(const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last)>;
-using BlockStart =
-    std::function<ChunkHandler(size_t block_index, size_t block_count, BlockGradients& producer)>;
-
 void check_request(const FisherContext& context, const clhost_fisher_request_t& request) {
   if (request.labels != CLHOST_FISHER_LABELS_TRUE &&
       request.labels != CLHOST_FISHER_LABELS_SAMPLE &&
@@ -542,59 +551,72 @@ class PassProgress {
   std::chrono::steady_clock::time_point last_ = started_;
 };
 
-// One block's walk over the task's first `samples` training samples in chunks of `chunk`.
-void walk_block(const FisherContext& context, const clhost_fisher_request_t& request,
-                FisherMethod method, const ModelMap& map,
-                const std::vector<torch::Tensor>& parameters,
-                const std::vector<FisherBlock>& blocks, size_t b, int64_t samples, int64_t chunk,
-                const BlockStart& start_block, PassProgress& progress) {
-  // The same label draws for every block: the generator restarts per block.
-  BlockGradients producer(context, request, method, context.model, parameters, map, blocks[b],
-                          at::detail::createCPUGenerator(context.seed ^ 0xf15e4ULL));
-  const ChunkHandler on_chunk = start_block(b, blocks.size(), producer);
-  for (int64_t start = 0; start < samples; start += chunk) {
-    const int64_t end = std::min(samples, start + chunk);
-    const auto [x, y] = training_chunk(context, parameters.front().scalar_type(), start, end);
-    on_chunk(x, y, samples, end == samples);
-    progress.update(b, end);
-  }
+// The chunks a block's samples are walked in: [k * size, min(samples, (k + 1) * size)). In a
+// data-parallel run chunk k belongs to rank k % world_size; every rank walks every block.
+struct ChunkPlan {
+  int64_t samples = 0;
+  int64_t size = 1;
+  int rank = 0;
+  int ranks = 1;
+
+  [[nodiscard]] int64_t count() const { return (samples + size - 1) / size; }
+  [[nodiscard]] bool mine(int64_t k) const { return k % ranks == rank; }
+  [[nodiscard]] int64_t begin(int64_t k) const { return k * size; }
+  [[nodiscard]] int64_t end(int64_t k) const { return std::min(samples, (k + 1) * size); }
+};
+
+// Thrown by a block's walk when some rank ran out of memory before anything of the block left:
+// every rank restarts the block with smaller chunks.
+struct BlockOutOfMemory {};
+
+// What the walk of one block does with the producer and its chunks (a consumer's whole pass).
+using BlockWalk = std::function<void(BlockGradients& producer, size_t block_index,
+                                     size_t block_count, const ChunkPlan& chunks)>;
+
+// The chunk's samples as the model takes them, with the label draws seeded by where the chunk
+// starts: the same draws whichever rank computes it, and for every block.
+std::pair<torch::Tensor, torch::Tensor> prepare_chunk(const FisherContext& context,
+                                                      BlockGradients& producer,
+                                                      const ChunkPlan& chunks, int64_t k) {
+  producer.labels().restart_draws((context.seed ^ 0xf15e4ULL) +
+                                  static_cast<uint64_t>(chunks.begin(k)));
+  return training_chunk(context, producer.parameters().front().scalar_type(), chunks.begin(k),
+                        chunks.end(k));
 }
 
 // The walk both passes share: the model in eval mode (restored on every exit), every block of the
-// plan, and for each the task's first `samples` training samples in chunks of batch_size. When
-// `can_restart_block()` says nothing of the block has reached the sink yet, running out of
-// memory starts the block over with half the samples per pass (the sums are the same).
+// plan, each walked by `walk_block`. A block whose walk throws BlockOutOfMemory starts over with
+// half the samples per chunk (the sums are the same).
 void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
-                 int64_t block_size, FisherMethod method, const BlockStart& start_block,
-                 const std::function<bool()>& can_restart_block = {}) {
+                 int64_t block_size, FisherMethod method, const BlockWalk& walk_block) {
   check_request(context, request);
   torch::nn::Sequential model = context.model;
   const std::vector<torch::Tensor> parameters = model->parameters();
-  int64_t samples = context.task->train_size();
-  if (request.max_samples > 0) samples = std::min(samples, request.max_samples);
-  if (samples == 0) throw RunError("Fisher requested on a task without training samples");
-  int64_t chunk = std::max<int64_t>(request.batch_size, 1);
+  ChunkPlan chunks;
+  chunks.samples = context.task->train_size();
+  if (request.max_samples > 0) chunks.samples = std::min(chunks.samples, request.max_samples);
+  if (chunks.samples == 0) throw RunError("Fisher requested on a task without training samples");
+  chunks.size = std::max<int64_t>(request.batch_size, 1);
+  chunks.rank = context.collective->rank();
+  chunks.ranks = context.collective->world_size();
   const ModelMap map = map_model(model, parameters);
   const auto blocks = plan_fisher_blocks(parameters, block_size);
   const bool was_training = model->is_training();
   model->eval();
-  PassProgress progress(context.progress, blocks.size(), samples);
   try {
     for (size_t b = 0; b < blocks.size(); ++b) {
       while (true) {
+        BlockGradients producer(context, request, method, context.model, parameters, map,
+                                blocks[b], at::detail::createCPUGenerator(context.seed));
         try {
-          walk_block(context, request, method, map, parameters, blocks, b, samples, chunk,
-                     start_block, progress);
+          walk_block(producer, b, blocks.size(), chunks);
           break;
-        } catch (const std::exception& e) {
-          const bool restart =
-              can_restart_block && can_restart_block() && chunk > 1 && memory::is_out_of_memory(e);
-          if (!restart) throw;
-          chunk /= 2;
+        } catch (const BlockOutOfMemory&) {
+          chunks.size /= 2;
           if (context.progress) {
             context.progress("out of memory in the Fisher pass (block " + std::to_string(b + 1) +
                              "/" + std::to_string(blocks.size()) +
-                             "): the block starts over with " + std::to_string(chunk) +
+                             "): the block starts over with " + std::to_string(chunks.size) +
                              " samples per pass");
           }
         }
@@ -607,28 +629,53 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
   if (was_training) model->train();
 }
 
+// Sums this rank's chunks of one block into `sums`; returns whether it ran out of memory (then it
+// stopped early, and the sums are incomplete).
+bool add_my_chunks(const FisherContext& context, BlockGradients& producer,
+                   DiagonalAccumulator& sums, const ChunkPlan& chunks, bool batched,
+                   PassProgress& progress, size_t block_index) {
+  for (int64_t k = 0; k < chunks.count(); ++k) {
+    if (!chunks.mine(k)) continue;
+    try {
+      const auto [x, y] = prepare_chunk(context, producer, chunks, k);
+      sums.add_chunk(producer, x, y, batched);
+    } catch (const std::exception& e) {
+      if (!memory::is_out_of_memory(e)) throw;
+      return true;
+    }
+    progress.update(block_index, chunks.end(k));
+  }
+  return false;
+}
+
 }  // namespace
 
 void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
                      int64_t block_size, FisherMethod method, const FisherSink& sink) {
   const bool batched = request.batched != 0;
-  // A block restarts only while none of it went to the sink, and never for squared mini-batch
-  // gradients, whose value depends on the batch.
-  bool delivering = false;
-  walk_blocks(
-      context, request, block_size, method,
-      [&](size_t, size_t, BlockGradients& producer) -> ChunkHandler {
-        delivering = false;
-        auto sums = std::make_shared<DiagonalAccumulator>(producer);
-        return [&producer, sums, batched, &sink, &delivering](
-                   const torch::Tensor& x, const torch::Tensor& y, int64_t, bool last) {
-          sums->add_chunk(producer, x, y, batched);
-          if (!last) return;
-          delivering = true;
-          sums->emit(producer, sink);
-        };
-      },
-      [&] { return !batched && !delivering; });
+  std::unique_ptr<PassProgress> progress;
+  walk_blocks(context, request, block_size, method,
+              [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
+                if (!progress) {
+                  progress =
+                      std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);
+                }
+                DiagonalAccumulator sums(producer);
+                const bool out_of_memory =
+                    add_my_chunks(context, producer, sums, chunks, batched, *progress, b);
+                // Every rank learns whether any ran out of memory before the sums are reduced.
+                if (context.collective->sum(out_of_memory ? 1.0 : 0.0) > 0.0) {
+                  // Squared mini-batch gradients depend on the chunk: those cannot start over.
+                  if (!batched && chunks.size > 1) throw BlockOutOfMemory{};
+                  throw RunError(
+                      "out of memory in the Fisher pass" +
+                      std::string(batched ? " (batched = true: the mini-batches cannot shrink)"
+                                          : " with one sample per pass") +
+                      "; raise run.memory_budget or lower the plug-in's fisher batch size");
+                }
+                sums.reduce(*context.collective);
+                sums.emit(producer, sink);
+              });
 }
 
 void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
@@ -638,15 +685,34 @@ void per_sample_gradients(const FisherContext& context, const clhost_fisher_requ
         "per-sample gradients: request->batched must be 0 (mini-batch gradients are "
         "not per-sample)");
   }
+  std::unique_ptr<PassProgress> progress;
   walk_blocks(
       context, request, block_size, method,
-      [&](size_t block_index, size_t block_count, BlockGradients& producer) -> ChunkHandler {
-        auto writer = std::make_shared<RowWriter>();
-        return [&producer, writer, block_index, block_count, &sink](
-                   const torch::Tensor& x, const torch::Tensor& y, int64_t samples, bool last) {
-          sink(block_index, block_count, producer.block(),
-               writer->rows(producer, x, y).contiguous(), samples, last);
-        };
+      [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
+        if (!progress) {
+          progress = std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);
+        }
+        RowWriter writer;
+        // In rounds of one chunk per rank: each computes its chunk's rows, the rows are gathered,
+        // and every rank hands every chunk to the sink in sample order, as one process would.
+        for (int64_t first = 0; first < chunks.count(); first += chunks.ranks) {
+          const int64_t k = first + chunks.rank;
+          torch::Tensor rows;
+          if (k < chunks.count()) {
+            const auto [x, y] = prepare_chunk(context, producer, chunks, k);
+            rows = writer.rows(producer, x, y).contiguous();
+          } else {
+            rows = torch::empty({0, producer.block_elements()},
+                                producer.parameters().front().options().requires_grad(false));
+          }
+          const std::vector<torch::Tensor> gathered = context.collective->gather(rows);
+          for (int r = 0; r < chunks.ranks && first + r < chunks.count(); ++r) {
+            const bool last = first + r + 1 == chunks.count();
+            sink(b, block_count, producer.block(), gathered[static_cast<size_t>(r)],
+                 chunks.samples, last);
+          }
+          progress->update(b, chunks.end(std::min(chunks.count(), first + chunks.ranks) - 1));
+        }
       });
 }
 

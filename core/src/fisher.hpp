@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "data.hpp"
+#include "distributed.hpp"
 
 namespace clhost {
 
@@ -19,6 +20,8 @@ struct FisherContext {
   torch::Tensor active_classes;  // output columns the task trains on
   torch::Tensor label_map;       // global label -> column in active_classes
   uint64_t seed = 0;             // for LABELS_SAMPLE
+  // The ranks that share the pass: each computes its chunks of the samples (docs/distributed.md).
+  Collective* collective = &single_process();
   // Told where a long pass is (about every 10 s); empty: silent.
   std::function<void(const std::string&)> progress;
 };
@@ -53,7 +56,9 @@ using FisherSink =
     std::function<void(size_t parameter, int64_t offset, const torch::Tensor& values)>;
 
 // Mean over samples of the squared per-sample gradient (or, with request.batched, of squared
-// mini-batch gradients), computed one block at a time. Throws RunError on bad requests.
+// mini-batch gradients), computed one block at a time. In a data-parallel run each rank sums its
+// share of the chunks and the sums and counts are all-reduced: every rank's sink gets the same
+// values. Throws RunError on bad requests.
 void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
                      int64_t block_size, FisherMethod method, const FisherSink& sink);
 
@@ -65,7 +70,9 @@ using SampleGradientSink =
                        const torch::Tensor& rows, int64_t samples, bool last)>;
 
 // The per-sample gradients behind diagonal_fisher (same samples, labels and label draws): one
-// row per sample, or per (class, sample) scaled by sqrt(p) for EXPECTATION.
+// row per sample, or per (class, sample) scaled by sqrt(p) for EXPECTATION. In a data-parallel
+// run the ranks compute a chunk each and gather the rows: every rank's sink gets every chunk, in
+// sample order.
 void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
                           int64_t block_size, FisherMethod method, const SampleGradientSink& sink);
 

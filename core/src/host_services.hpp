@@ -36,6 +36,7 @@ class Runtime {
   bool in_task_end = false;
   int64_t budget_bytes = -1;
   int64_t fisher_block_size = 1000000;
+  Collective* collective = &single_process();  // the run's ranks (one, unless data-parallel)
   nlohmann::json settings;             // the resolved configuration, for clhost.settings/1
   std::unique_ptr<FisherStore> store;  // created on first use
   // Delivers a USER event from `source` to the profilers (set by the trainer for the run).

@@ -5,6 +5,7 @@
 #include "activation_checkpoint.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/memory_budget.hpp"
+#include "distributed.hpp"
 #include "event_bus.hpp"
 #include "metrics_log.hpp"
 #include "plugin_set.hpp"
@@ -41,8 +42,8 @@ torch::Tensor mean_loss(const torch::Tensor& output, const torch::Tensor& labels
 double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
                                   const torch::Tensor& labels, const torch::Tensor& label_map,
                                   const torch::Tensor& active, const torch::Tensor& rows,
-                                  int64_t micro_batch, int64_t checkpoint_segments,
-                                  int64_t* samples_processed) {
+                                  int64_t batch_samples, int64_t micro_batch,
+                                  int64_t checkpoint_segments, int64_t* samples_processed) {
   const int64_t samples = rows.size(0);
   double loss_value = 0.0;
   for (int64_t start = 0; start < samples; start += micro_batch) {
@@ -51,7 +52,7 @@ double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Ten
     if (samples_processed != nullptr) *samples_processed += part.size(0);
     const torch::Tensor output =
         checkpointed_forward(model, x.index_select(0, part), checkpoint_segments);
-    const double share = static_cast<double>(part.size(0)) / static_cast<double>(samples);
+    const double share = static_cast<double>(part.size(0)) / static_cast<double>(batch_samples);
     torch::Tensor loss = mean_loss(output, labels.index_select(0, part), label_map, active) * share;
     loss.backward();
     loss_value += loss.item<double>();
@@ -60,8 +61,13 @@ double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Ten
 }
 
 MicroBatcher::MicroBatcher(PluginInstance* policy, TrainerState& state, EventBus& events,
-                           MetricsLog& log, int64_t budget_bytes)
-    : policy_(policy), state_(state), events_(events), log_(log), budget_bytes_(budget_bytes) {}
+                           MetricsLog& log, int64_t budget_bytes, Collective& collective)
+    : policy_(policy),
+      state_(state),
+      events_(events),
+      log_(log),
+      budget_bytes_(budget_bytes),
+      collective_(collective) {}
 
 void MicroBatcher::begin_task(size_t task, const std::string& task_name, int64_t batch_size,
                               bool resumed_in_task) {
@@ -101,7 +107,7 @@ void MicroBatcher::ask_policy(int64_t peak_bytes, bool out_of_memory) {
   const auto& table = policy_->table<clhost_batch_policy_v1_t>();
   policy_->check(table.choose_micro_batch(policy_->instance, &request, &chosen, &error), error,
                  "choose_micro_batch");
-  chosen = std::clamp<int64_t>(chosen, 1, batch_size_);
+  chosen = collective_.min(std::clamp<int64_t>(chosen, 1, batch_size_));
   if (chosen == state_.micro_batch) return;
   const bool has_reason =
       table.struct_size >= sizeof(clhost_batch_policy_v1_t) && table.last_reason != nullptr;
@@ -122,31 +128,45 @@ void MicroBatcher::ask_policy(int64_t peak_bytes, bool out_of_memory) {
 MicroBatcher::Gradients MicroBatcher::gradients(const Attempt& attempt, int64_t samples,
                                                 int64_t step, int64_t& task_ooms) {
   while (true) {
+    Gradients out;
+    int64_t processed = 0;  // by this rank, in this attempt
+    bool out_of_memory = false;
     try {
       attempt.zero_grad();
       state_.tensor_peak_bytes = std::max(state_.tensor_peak_bytes, memory::peak_bytes());
       memory::reset_peak();
-      Gradients out;
-      out.loss = attempt.forward_backward(state_.micro_batch, &state_.samples_processed);
+      out.loss = attempt.forward_backward(state_.micro_batch, &processed);
       out.peak_bytes = memory::peak_bytes();
-      state_.samples_in_steps += samples;
-      return out;
     } catch (const std::exception& e) {
       if (!memory::is_out_of_memory(e)) throw;
-      retry_smaller(attempt, samples, step, task_ooms);
+      out_of_memory = true;
     }
+    // Every rank learns whether any ran out of memory, and counts every rank's samples.
+    const std::vector<double> agreed =
+        collective_.sum(std::vector<double>{out_of_memory ? 1.0 : 0.0, static_cast<double>(processed)});
+    state_.samples_processed += static_cast<int64_t>(agreed[1]);
+    if (agreed[0] == 0.0) {
+      state_.samples_in_steps += samples;
+      return out;
+    }
+    retry_smaller(attempt, samples, step, task_ooms, static_cast<int64_t>(agreed[0]));
   }
 }
 
 void MicroBatcher::retry_smaller(const Attempt& attempt, int64_t samples, int64_t step,
-                                 int64_t& task_ooms) {
+                                 int64_t& task_ooms, int64_t ranks_out_of_memory) {
   ++task_ooms;
   ++state_.out_of_memory_retries;
   state_.samples_redone += samples;
   const int64_t micro_batch = state_.micro_batch;
+  const std::string ranks =
+      collective_.distributed()
+          ? " on " + std::to_string(ranks_out_of_memory) + " of " +
+                std::to_string(collective_.world_size()) + " ranks"
+          : "";
   const std::string where =
       "task " + task_name_ + " step " + std::to_string(step + 1) +
-      ": out of memory at micro-batch " + std::to_string(micro_batch) + " (budget " +
+      ": out of memory at micro-batch " + std::to_string(micro_batch) + ranks + " (budget " +
       (budget_bytes_ < 0 ? std::string("none") : memory::format_bytes(budget_bytes_)) + ")";
   events_.emit(CLHOST_EVENT_OUT_OF_MEMORY, static_cast<int32_t>(task_), where);
   log_.event(task_, state_.global_step, samples, micro_batch,

@@ -10,18 +10,21 @@
 #include <functional>
 #include <string>
 
+#include "distributed.hpp"
 #include "evaluation.hpp"
 
 namespace clhost {
 
+class Collective;
 class EventBus;
 class MetricsLog;
 struct PluginInstance;
 struct TrainerState;
 
 // One optimizer step's forward/backward: the samples `rows` of (x, labels) in micro-batches of
-// `micro_batch`, each micro-batch's mean loss weighted by its share of the batch, so the
-// accumulated gradients equal the whole batch's mean-loss gradient. Labels are mapped to output
+// `micro_batch`, each micro-batch's mean loss weighted by its share of the `batch_samples` the
+// step averages over, so the accumulated gradients equal the whole batch's mean-loss gradient
+// (in a data-parallel run `rows` is this rank's shard, and the ranks' sums add up to it). Labels are mapped to output
 // columns by `label_map`; logits are restricted to `active`. Adds the samples it pushed through
 // to *samples_processed as each forward starts (so a micro-batch that then fails counts) and
 // returns the batch's loss. Throws LibTorch's errors, out-of-memory included; the caller zeroes
@@ -29,11 +32,12 @@ struct TrainerState;
 double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
                                   const torch::Tensor& labels, const torch::Tensor& label_map,
                                   const torch::Tensor& active, const torch::Tensor& rows,
-                                  int64_t micro_batch, int64_t checkpoint_segments,
-                                  int64_t* samples_processed);
+                                  int64_t batch_samples, int64_t micro_batch,
+                                  int64_t checkpoint_segments, int64_t* samples_processed);
 
-// The samples of one optimizer step: rows of (x, y), or x/y read for this batch alone when the
-// task's samples are streamed (then rows = 0..samples-1).
+// The samples of one optimizer step on this rank: rows of (x, y), or x/y read for this batch
+// alone when the task's samples come from a source (then rows = 0..local-1). `samples` is the
+// whole step's batch over every rank, `rows` this rank's shard of it.
 struct StepBatch {
   torch::Tensor x;
   torch::Tensor y;
@@ -41,14 +45,18 @@ struct StepBatch {
   int64_t samples = 0;
 };
 
+// In a data-parallel run every rank has a MicroBatcher and they agree: the micro-batch is the
+// smallest any rank's policy chose, and when one rank runs out of memory every rank drops its
+// partial gradients and redoes the step with the smaller micro-batch.
 class MicroBatcher {
  public:
   // `policy`: the run's batch policy, or null (the micro-batch is then the whole batch).
   MicroBatcher(PluginInstance* policy, TrainerState& state, EventBus& events, MetricsLog& log,
-               int64_t budget_bytes);
+               int64_t budget_bytes, Collective& collective = single_process());
 
-  // Before a task's steps: the micro-batch carries over (capped by the batch) and the policy
-  // answers first. A task resumed in its middle keeps what the checkpoint restored.
+  // Before a task's steps: the micro-batch carries over (capped by `batch_size`, this rank's
+  // largest shard of a step) and the policy answers first. A task resumed in its middle keeps
+  // what the checkpoint restored.
   void begin_task(size_t task, const std::string& task_name, int64_t batch_size,
                   bool resumed_in_task);
   // After a step: the policy may choose another micro-batch from the step's tensor peak.
@@ -65,20 +73,23 @@ class MicroBatcher {
     double loss = 0.0;
     int64_t peak_bytes = -1;  // LibTorch tensor high-water mark of the successful attempt
   };
-  // The step's gradients, retried with a smaller micro-batch after out-of-memory. `samples`: the
-  // batch's; `step`: 0-based within the task; `task_ooms` counts this task's retries.
+  // The step's gradients (this rank's share), retried with a smaller micro-batch after
+  // out-of-memory on any rank. `samples`: the whole batch's; `step`: 0-based within the task;
+  // `task_ooms` counts this task's retries.
   Gradients gradients(const Attempt& attempt, int64_t samples, int64_t step, int64_t& task_ooms);
 
  private:
   void ask_policy(int64_t peak_bytes, bool out_of_memory);
   // Counts and reports an out-of-memory attempt; throws when no smaller micro-batch can help.
-  void retry_smaller(const Attempt& attempt, int64_t samples, int64_t step, int64_t& task_ooms);
+  void retry_smaller(const Attempt& attempt, int64_t samples, int64_t step, int64_t& task_ooms,
+                     int64_t ranks_out_of_memory);
 
   PluginInstance* policy_;
   TrainerState& state_;
   EventBus& events_;
   MetricsLog& log_;
   int64_t budget_bytes_;
+  Collective& collective_;
   size_t task_ = 0;
   std::string task_name_;
   int64_t batch_size_ = 0;

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -22,6 +23,7 @@
 #include "clhost/memory_plan.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "data.hpp"
+#include "distributed.hpp"
 #include "event_bus.hpp"
 #include "host_services.hpp"
 #include "io.hpp"
@@ -310,6 +312,116 @@ TrainerState initial_state(const ResumePlan& plan, const RunOptions& options) {
   return state;
 }
 
+// --- the ranks of a data-parallel run -----------------------------------------------------------
+
+// Joins the run's process group (world size 1: a single process, no communication).
+std::unique_ptr<Collective> join_ranks(const RunConfig& config) {
+  const LaunchEnvironment launch = launch_environment();
+  if (launch.world_size == 1) return std::make_unique<Collective>();
+  return std::make_unique<Collective>(launch, config.distributed);
+}
+
+// Every rank must run the same configuration: refused at start, naming the keys that differ.
+void check_same_config(Collective& collective, const RunConfig& config) {
+  const std::string mine = std::string(CLHOST_VERSION) + "\n" + config.resolved_json;
+  const std::vector<std::string> all = collective.exchange("config", mine);
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r] == all[0]) continue;
+    const auto version_of = [](const std::string& text) { return text.substr(0, text.find('\n')); };
+    std::string listing;
+    if (version_of(all[r]) != version_of(all[0])) {
+      listing = "\n  clhost " + version_of(all[0]) + " -> " + version_of(all[r]);
+    }
+    const auto json_of = [](const std::string& text) { return text.substr(text.find('\n') + 1); };
+    for (const auto& change : config_changes(json_of(all[0]), json_of(all[r]))) {
+      listing += "\n  " + change.key + ": " + change.before + " -> " + change.after;
+    }
+    throw ConfigError("rank " + std::to_string(r) + " runs another configuration than rank 0:" +
+                      listing + "\nEvery rank must run the same config file, --set values and clhost");
+  }
+}
+
+// Where a rank writes. Rank 0: the run directory. Every other rank: a private directory that is
+// removed when the run ends (its plug-ins' files and Fisher store mirror rank 0's; nobody reads
+// them). A resumed rank's copy starts from the run's metrics.csv and Fisher store.
+class RankDirectory {
+ public:
+  RankDirectory(const Collective& collective, const std::string& run_dir, bool resume) {
+    if (collective.writes_outputs()) {
+      path_ = run_dir;
+      return;
+    }
+    std::string pattern =
+        (fs::temp_directory_path() / ("clhost-rank" + std::to_string(collective.rank()) + "-XXXXXX"))
+            .string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      throw RunError("rank " + std::to_string(collective.rank()) +
+                     ": cannot create a private directory in " +
+                     fs::temp_directory_path().string());
+    }
+    path_ = pattern;
+    scratch_ = true;
+    if (!resume) return;
+    for (const char* file : {"metrics.csv", "fisher.h5"}) {
+      const fs::path source = fs::path(run_dir) / file;
+      if (fs::exists(source)) fs::copy_file(source, fs::path(path_) / file);
+    }
+  }
+  ~RankDirectory() {
+    std::error_code ignored;
+    if (scratch_) fs::remove_all(path_, ignored);
+  }
+  RankDirectory(const RankDirectory&) = delete;
+  RankDirectory& operator=(const RankDirectory&) = delete;
+  RankDirectory(RankDirectory&&) = delete;
+  RankDirectory& operator=(RankDirectory&&) = delete;
+
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool scratch_ = false;
+};
+
+// Every rank starts from rank 0's parameters and buffers.
+void broadcast_model(Collective& collective, Runtime& runtime) {
+  if (!collective.distributed()) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> tensors;
+  for (auto& parameter : runtime.model->parameters()) tensors.push_back(parameter.data());
+  for (auto& buffer : runtime.model->buffers()) tensors.push_back(buffer);
+  collective.broadcast(tensors);
+}
+
+// results.json's "distributed": world size, backend, and each rank's share of the training steps.
+json distributed_json(Collective& collective, const RunConfig& config,
+                      const Trainer::RankTally& tally) {
+  const int ranks = collective.world_size();
+  std::vector<double> table(static_cast<size_t>(3 * ranks), 0.0);
+  const auto mine = static_cast<size_t>(3 * collective.rank());
+  table[mine] = static_cast<double>(tally.samples);
+  table[mine + 1] = tally.train_seconds;
+  table[mine + 2] = tally.communication_seconds;
+  table = collective.sum(table);
+  json per_rank = json::array();
+  for (size_t r = 0; r < static_cast<size_t>(ranks); ++r) {
+    const double samples = table[3 * r];
+    const double seconds = table[3 * r + 1];
+    const double communication = table[3 * r + 2];
+    per_rank.push_back(json{{"rank", r},
+                            {"train_samples", static_cast<int64_t>(samples)},
+                            {"train_seconds", seconds},
+                            {"samples_per_second", seconds > 0 ? samples / seconds : 0.0},
+                            {"communication_seconds", communication},
+                            {"communication_share", seconds > 0 ? communication / seconds : 0.0}});
+  }
+  return json{{"world_size", ranks},
+              {"backend", collective.backend_name()},
+              {"bucket_bytes", config.distributed.bucket_bytes},
+              {"timeout_seconds", config.distributed.timeout_seconds},
+              {"ranks", per_rank}};
+}
+
 // --- outputs ---------------------------------------------------------------------------------
 
 // <metric>_matrix.csv: accuracy_matrix.csv, or bits_per_byte_matrix.csv for text tasks.
@@ -358,6 +470,7 @@ struct RunRecord {
   const RunSummary& summary;
   const json& model_report;
   const MemoryPlan& memory_plan;
+  const json& distributed;
   int64_t budget_bytes;
   int64_t checkpoint_bytes;
   const std::string& checkpoint_root;
@@ -416,6 +529,7 @@ json results_json(const RunRecord& run) {
         {"last_bytes", run.checkpoint_bytes},
         {"directory", run.checkpoint_root}}},
       {"resumes", run.state.resumes},
+      {"distributed", run.distributed},
       {"peak_rss_bytes", memory.peak_rss_bytes},
       {"machine",
        {{"hostname", machine_name()},
@@ -452,19 +566,34 @@ TaskSequence prepare_data(const RunConfig& config) {
   return sequence;
 }
 
-RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
+RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_options,
                            std::string& created_run_dir) {
   const auto wall_start = Clock::now();
   // SIGINT/SIGTERM from here on: during start-up the run stops before it writes anything; once
   // it trains, at the next step, with a checkpoint.
   const StopSignals stop_signals;
   // 1. Everything that can fail because of the user's input happens before any file is written.
+  const std::unique_ptr<Collective> collective = join_ranks(config);
+  RunOptions options = given_options;
+  options.quiet = options.quiet || !collective->writes_outputs();  // rank 0 speaks for all
+  check_same_config(*collective, config);
   ResumePlan plan = plan_resume(config, options);
   PluginLoader loader(PluginLoader::search_path_for(plan.cli_plugin_path, config.run.plugin_path));
   LoadedPipeline pipeline = load_pipeline(loader, config);
-  for (const auto& warning : pipeline.warnings)
-    std::fprintf(stderr, "warning: %s\n", warning.c_str());
-  const std::string run_dir = options.resume ? options.run_dir : choose_run_dir(config, options);
+  for (const auto& key : config.given_keys) {
+    if (key.rfind("distributed.", 0) == 0 && !collective->distributed()) {
+      pipeline.warnings.push_back(key + " has no effect in a single-process run (it applies to " +
+                                  "the ranks of --nproc or torchrun)");
+    }
+  }
+  if (!options.quiet) {
+    for (const auto& warning : pipeline.warnings)
+      std::fprintf(stderr, "warning: %s\n", warning.c_str());
+  }
+  // Rank 0 names a new run's directory; every rank learns it.
+  const std::string run_dir = collective->share(
+      "run_dir", options.resume || !collective->writes_outputs() ? options.run_dir
+                                                                  : choose_run_dir(config, options));
   if (plan.checkpoint) check_plugins_resumable(pipeline, plan, options);
 
   at::set_num_threads(config.run.threads);
@@ -476,6 +605,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
   const TaskSequence sequence = prepare_data(config);
   Runtime runtime;
   runtime.budget_bytes = config.run.memory_budget;
+  runtime.collective = collective.get();
   ScriptedModel scripted;
   const json model_report = bind_model(config, options, sequence, runtime, scripted);
   const MemoryPlan memory_plan =
@@ -483,19 +613,22 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                   static_cast<int64_t>(sequence.tasks.size()));
   check_memory_plan(memory_plan, memory_limit(config));
   enforce_budget(config);
-  prepare_runtime(config, run_dir, runtime);
+  const RankDirectory output(*collective, run_dir, plan.checkpoint.has_value());
+  prepare_runtime(config, output.path(), runtime);
   PluginSet plugins(pipeline, config, runtime, options.quiet);
   const auto optimizer = make_optimizer(config, runtime.parameters);
   if (plan.checkpoint) restore_checkpoint(plan, plugins, runtime, *optimizer);
+  broadcast_model(*collective, runtime);
   stop_if_interrupted_during_startup(options);
 
   // 2. The run directory, then training.
-  create_run_directory(run_dir);
-  created_run_dir = run_dir;
-  const std::unique_ptr<MetricsLog> log = open_run_files(config, options, plan, run_dir, runtime);
+  create_run_directory(output.path());
+  if (collective->writes_outputs()) created_run_dir = run_dir;
+  const std::unique_ptr<MetricsLog> log =
+      open_run_files(config, options, plan, output.path(), runtime);
   CheckpointDirectory checkpoints(run_dir);
   TrainerState state = initial_state(plan, options);
-  EventBus events(plugins, runtime, run_dir, wall_start);
+  EventBus events(plugins, runtime, output.path(), wall_start);
   const TrainerParts parts{
       config,  options, run_dir, plan.cli_plugin_path, sequence,  runtime, scripted, *optimizer,
       plugins, events,  *log,    checkpoints,          wall_start};
@@ -503,8 +636,13 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                   ResumePoint{plan.checkpoint ? &*plan.checkpoint : nullptr, &plan.saved});
   trainer.run();
 
-  // 3. Outputs.
+  // 3. Outputs (rank 0).
   RunSummary summary = summarize(state, sequence, run_dir, wall_start);
+  summary.rank = collective->rank();
+  const json distributed = collective->distributed()
+                               ? distributed_json(*collective, config, trainer.rank_tally())
+                               : json(nullptr);
+  if (!collective->writes_outputs()) return summary;
   write_evaluation_matrix(run_dir, sequence, summary);
   const RunRecord record{config,
                          sequence,
@@ -514,6 +652,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& options,
                          summary,
                          model_report,
                          memory_plan,
+                         distributed,
                          runtime.budget_bytes,
                          trainer.last_checkpoint_bytes(),
                          checkpoints.root()};
@@ -555,8 +694,11 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   std::string run_dir;
   try {
     RunSummary summary = run_pipeline_in(config, options, run_dir);
-    write_file_atomic((fs::path(run_dir) / "status.json").string(),
-                      json{{"status", "complete"}}.dump() + "\n");
+    // Empty: a rank other than 0 of a data-parallel run, which writes no run directory.
+    if (!run_dir.empty()) {
+      write_file_atomic((fs::path(run_dir) / "status.json").string(),
+                        json{{"status", "complete"}}.dump() + "\n");
+    }
     return summary;
   } catch (const Interrupted& e) {
     if (run_dir.empty()) throw;

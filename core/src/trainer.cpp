@@ -2,12 +2,14 @@
 
 #include <malloc.h>
 
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <sstream>
 
 #include "clhost/errors.hpp"
 #include "clhost/memory_budget.hpp"
+#include "distributed.hpp"
 #include "event_bus.hpp"
 #include "host_services.hpp"
 #include "io.hpp"
@@ -34,7 +36,7 @@ Trainer::Trainer(const TrainerParts& parts, TrainerState& state, const ResumePoi
       state_(state),
       resume_(resume),
       batcher_(parts.plugins.batch_policy(), state, parts.events, parts.log,
-               parts.runtime.budget_bytes),
+               parts.runtime.budget_bytes, *parts.runtime.collective),
       progress_(stderr, !parts.options.quiet) {
   if (resume_.checkpoint != nullptr) {
     first_task_ = resume_.saved->at("task").get<size_t>();
@@ -77,7 +79,8 @@ void Trainer::start_run() {
   }
   // Accuracy of the untrained model: the baseline for forward transfer.
   parts_.events.emit(CLHOST_EVENT_EVAL_BEGIN, -1, "evaluate the untrained model");
-  state_.random_init_accuracy = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence);
+  state_.random_init_accuracy = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
+                                                   *parts_.runtime.collective);
   parts_.events.emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
   write_checkpoint(TaskPosition{}, nullptr, -1);  // every later crash can go back to it
   if (parts_.options.resume && !parts_.options.quiet) {
@@ -130,7 +133,10 @@ bool Trainer::begin_task(const TaskPlan& plan) {
                        "task " + plan.task->name + " begin");
     parts_.plugins.task_begin(plan.info);
   }
-  batcher_.begin_task(plan.index, plan.task->name, plan.batch_size, resumed_in_task);
+  // A rank's micro-batches split its shard of the step: at most ceil(batch / ranks) samples.
+  const int64_t ranks = parts_.runtime.collective->world_size();
+  batcher_.begin_task(plan.index, plan.task->name, (plan.batch_size + ranks - 1) / ranks,
+                      resumed_in_task);
   return peak_reset;
 }
 
@@ -169,17 +175,21 @@ double Trainer::train_task(const TaskPlan& plan) {
   int64_t window_samples = 0;
   int64_t task_samples = 0;  // in this process (a resumed task counts from the resume)
   double samples_per_second = 0.0;
+  const double communication_before = parts_.runtime.collective->seconds();
   for (int64_t step = plan.first_step; step < plan.steps; ++step) {
     const StepBatch batch = next_batch(plan, order);
     const MicroBatcher::Attempt attempt{
         [this] { parts_.optimizer.zero_grad(); },
         [&](int64_t micro_batch, int64_t* samples_processed) {
-          return accumulate_batch_gradients(
-              parts_.runtime.model, batch.x, batch.y, plan.view.label_map, plan.view.active,
-              batch.rows, micro_batch, config_.train.checkpoint_segments, samples_processed);
+          return accumulate_batch_gradients(parts_.runtime.model, batch.x, batch.y,
+                                            plan.view.label_map, plan.view.active, batch.rows,
+                                            batch.samples, micro_batch,
+                                            config_.train.checkpoint_segments, samples_processed);
         }};
-    const MicroBatcher::Gradients gradients =
-        batcher_.gradients(attempt, batch.samples, step, task_ooms);
+    MicroBatcher::Gradients gradients = batcher_.gradients(attempt, batch.samples, step, task_ooms);
+    int stop_signal = 0;
+    gradients.loss = reduce_step(gradients.loss, stop_signal);
+    rank_tally_.samples += batch.rows.size(0);
     const double penalty = apply_step(plan, step, batch.samples, gradients.loss);
     const int64_t step_peak = std::max(gradients.peak_bytes, memory::peak_bytes());
     window_samples += batch.samples;
@@ -201,20 +211,23 @@ double Trainer::train_task(const TaskPlan& plan) {
     progress_.update(step + 1, gradients.loss, shown_rate);
     batcher_.after_step(step_peak);
     // Checkpoints count global steps, so a resumed run keeps the same schedule.
-    const bool stop_requested = requested_stop_signal() != 0;
+    const bool stop_requested = stop_signal != 0;
     const int64_t every = config_.run.checkpoint_every;
     if (stop_requested || (every > 0 && step + 1 < plan.steps && state_.global_step % every == 0)) {
       write_checkpoint(TaskPosition{plan.index, step + 1, task_ooms,
                                     train_seconds_before + seconds_since(task_start)},
                        &order, static_cast<int32_t>(plan.index));
     }
-    if (stop_requested) stop_if_asked(plan.index, step + 1);
+    if (stop_requested) stop_if_asked(plan.index, step + 1, stop_signal);
     crash_point("step");
   }
+  rank_tally_.train_seconds += seconds_since(task_start);
+  rank_tally_.communication_seconds +=
+      parts_.runtime.collective->seconds() - communication_before;
   return train_seconds_before + seconds_since(task_start);
 }
 
-StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) {
+StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) const {
   std::vector<int64_t> indices;
   indices.reserve(static_cast<size_t>(plan.batch_size));
   while (static_cast<int64_t>(indices.size()) < std::min(plan.batch_size, plan.train_samples)) {
@@ -224,9 +237,17 @@ StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) {
     }
     indices.push_back(order.order[order.cursor++]);
   }
+  // This rank's contiguous shard of the step's samples.
+  const auto total = static_cast<int64_t>(indices.size());
+  const int64_t rank = parts_.runtime.collective->rank();
+  const int64_t ranks = parts_.runtime.collective->world_size();
+  const int64_t shard_begin = total * rank / ranks;
+  const int64_t shard_end = total * (rank + 1) / ranks;
   StepBatch batch;
-  batch.rows = torch::tensor(indices, torch::kInt64);
-  batch.samples = batch.rows.size(0);
+  batch.rows = torch::tensor(std::vector<int64_t>(indices.begin() + shard_begin,
+                                                  indices.begin() + shard_end),
+                             torch::kInt64);
+  batch.samples = total;
   batch.x = plan.task->train_x;
   batch.y = plan.task->train_y;
   // Samples from a source: the batch is converted (or read) once, before the (retried)
@@ -235,9 +256,36 @@ StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) {
     Samples samples = plan.task->train_rows(batch.rows);
     batch.x = std::move(samples.x);
     batch.y = std::move(samples.y);
-    batch.rows = torch::arange(batch.samples, torch::kInt64);
+    batch.rows = torch::arange(shard_end - shard_begin, torch::kInt64);
   }
   return batch;
+}
+
+double Trainer::reduce_step(double local_loss, int& stop_signal) {
+  Collective& collective = *parts_.runtime.collective;
+  if (!collective.distributed()) {
+    stop_signal = requested_stop_signal();
+    return local_loss;
+  }
+  // One small all-reduce: the loss, the stop requests, and which gradients exist on any rank (a
+  // rank whose shard is empty has none; it adds zeros where the others have some).
+  const int local_signal = requested_stop_signal();
+  std::vector<double> agreed{local_loss, local_signal == SIGINT ? 1.0 : 0.0,
+                             local_signal == SIGTERM ? 1.0 : 0.0};
+  for (const auto& parameter : parts_.runtime.parameters) {
+    agreed.push_back(parameter.grad().defined() ? 1.0 : 0.0);
+  }
+  agreed = collective.sum(agreed);
+  std::vector<torch::Tensor> gradients;
+  for (size_t p = 0; p < parts_.runtime.parameters.size(); ++p) {
+    torch::Tensor& parameter = parts_.runtime.parameters[p];
+    if (agreed[3 + p] == 0.0) continue;
+    if (!parameter.grad().defined()) parameter.mutable_grad() = torch::zeros_like(parameter);
+    gradients.push_back(parameter.grad());
+  }
+  collective.sum(gradients);
+  stop_signal = agreed[1] > 0.0 ? SIGINT : agreed[2] > 0.0 ? SIGTERM : 0;
+  return agreed[0];
 }
 
 double Trainer::apply_step(const TaskPlan& plan, int64_t step, int64_t samples, double loss) {
@@ -293,10 +341,10 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
   const auto task = static_cast<int32_t>(plan.index);
   const std::string& name = plan.task->name;
   parts_.events.emit(CLHOST_EVENT_EVAL_BEGIN, task, "evaluate after " + name);
-  const std::vector<double> row =
-      evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence);
+  const std::vector<double> row = evaluate_all_tasks(parts_.runtime.model, config_,
+                                                     parts_.sequence, *parts_.runtime.collective);
   parts_.events.emit(CLHOST_EVENT_EVAL_END, task, "evaluate after " + name + " end");
-  if (parts_.scripted.module) {
+  if (parts_.scripted.module && parts_.runtime.collective->writes_outputs()) {
     // The trained module after every task, for torch.jit.load in Python.
     const std::string file = "model_task_" + std::to_string(plan.index + 1) + ".pt";
     save_scripted_model(*parts_.scripted.module,
@@ -329,13 +377,15 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
       " on tasks seen: " + format_double(seen_sum / static_cast<double>(plan.index + 1), 4));
   write_checkpoint(TaskPosition{plan.index + 1, 0, 0, 0.0}, nullptr,
                    static_cast<int32_t>(plan.index));
-  stop_if_asked(plan.index + 1, 0);
+  stop_if_asked(plan.index + 1, 0, agreed_stop_signal());
 }
 
 // --- checkpoints and stopping ------------------------------------------------------------------
 
 void Trainer::write_checkpoint(const TaskPosition& position, const DataOrder* order,
                                int32_t event_task) {
+  // Every rank holds the same state; rank 0 writes it, and every rank resumes from it.
+  if (!parts_.runtime.collective->writes_outputs()) return;
   const auto start = Clock::now();
   std::vector<CheckpointFile> files;
   const json plugin_entries = parts_.plugins.add_state_files(files);
@@ -387,8 +437,16 @@ void Trainer::write_checkpoint(const TaskPosition& position, const DataOrder* or
                          format_double(seconds, 3) + " s");
 }
 
-void Trainer::stop_if_asked(size_t task, int64_t step) const {
-  const int signal_number = requested_stop_signal();
+int Trainer::agreed_stop_signal() const {
+  Collective& collective = *parts_.runtime.collective;
+  const int local = requested_stop_signal();
+  if (!collective.distributed()) return local;
+  const std::vector<double> agreed =
+      collective.sum(std::vector<double>{local == SIGINT ? 1.0 : 0.0, local == SIGTERM ? 1.0 : 0.0});
+  return agreed[0] > 0.0 ? SIGINT : agreed[1] > 0.0 ? SIGTERM : 0;
+}
+
+void Trainer::stop_if_asked(size_t task, int64_t step, int signal_number) const {
   if (signal_number == 0) return;
   throw Interrupted(signal_name(signal_number) + ": stopped at task " + std::to_string(task + 1) +
                         " step " + std::to_string(step) +

@@ -60,6 +60,14 @@ class Trainer {
   void run();
   [[nodiscard]] int64_t last_checkpoint_bytes() const { return checkpoint_bytes_; }
 
+  // This rank's share of the training steps (for results.json's "distributed" section).
+  struct RankTally {
+    int64_t samples = 0;                 // forward passes of training samples on this rank
+    double train_seconds = 0.0;          // in training steps
+    double communication_seconds = 0.0;  // of which in collectives
+  };
+  [[nodiscard]] const RankTally& rank_tally() const { return rank_tally_; }
+
  private:
   // The data order of a task: a seeded shuffle, reshuffled at every pass over the data.
   struct DataOrder {
@@ -89,14 +97,21 @@ class Trainer {
   bool begin_task(const TaskPlan& plan);
   DataOrder data_order(const TaskPlan& plan, double& train_seconds_before) const;
   double train_task(const TaskPlan& plan);
-  static StepBatch next_batch(const TaskPlan& plan, DataOrder& order);
+  // The step's samples (drawn in the same order on every rank) and this rank's shard of them.
+  [[nodiscard]] StepBatch next_batch(const TaskPlan& plan, DataOrder& order) const;
+  // Data-parallel: every rank's gradients and loss added up, and whether any rank was asked to
+  // stop (SIGINT/SIGTERM); returns the whole batch's loss.
+  double reduce_step(double local_loss, int& stop_signal);
   // Plug-in penalties, the non-finite guard and the optimizer's update; returns the penalty.
   double apply_step(const TaskPlan& plan, int64_t step, int64_t samples, double loss);
   double consolidate(const TaskPlan& plan);
   void end_task(const TaskPlan& plan, const TaskTotals& totals);
   // `event_task`: the task the checkpoint event belongs to (-1 before the first).
   void write_checkpoint(const TaskPosition& position, const DataOrder* order, int32_t event_task);
-  void stop_if_asked(size_t task, int64_t step) const;
+  // Stops the run (Interrupted) when `signal_number` is not 0; every rank calls it alike.
+  void stop_if_asked(size_t task, int64_t step, int signal_number) const;
+  // The stop signal any rank received (0: none): the ranks stop at the same step.
+  [[nodiscard]] int agreed_stop_signal() const;
 
   const TrainerParts& parts_;
   const RunConfig& config_;
@@ -107,6 +122,7 @@ class Trainer {
   size_t first_task_ = 0;
   int64_t first_step_ = 0;
   int64_t checkpoint_bytes_ = 0;
+  RankTally rank_tally_;
 };
 
 }  // namespace clhost

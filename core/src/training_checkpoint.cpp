@@ -259,6 +259,12 @@ void crash_point(const char* point) {
     Hook parsed;
     const char* value = std::getenv("CLHOST_TEST_KILL_AT");
     if (value == nullptr || *value == '\0') return parsed;
+    // CLHOST_TEST_KILL_RANK=R: only rank R of a data-parallel run (its RANK variable) stops.
+    const char* only_rank = std::getenv("CLHOST_TEST_KILL_RANK");
+    const char* rank = std::getenv("RANK");
+    if (only_rank != nullptr && std::string(only_rank) != (rank != nullptr ? rank : "0")) {
+      return parsed;
+    }
     std::string text(value);
     const std::string sigint_suffix = ":SIGINT";
     if (text.size() > sigint_suffix.size() &&

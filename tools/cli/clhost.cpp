@@ -1,7 +1,9 @@
 // clhost — the command-line entry point. Every command is documented in docs/cli.md.
 // Exit codes: 0 success, 1 run failed, 2 bad configuration or usage, 3 plug-in problem.
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <iostream>
 #include <sstream>
@@ -15,6 +17,7 @@
 #include "clhost/memory_plan.hpp"
 #include "clhost/plugin_loader.hpp"
 #include "clhost/runner.hpp"
+#include "cli/launch.hpp"
 #include "ewc_state.hpp"
 #include "new_plugin/plugin_templates.hpp"
 #include "report/compare.hpp"
@@ -109,6 +112,21 @@ clhost::ConfigOverrides overrides_from(const po::variables_map& vm) {
   return overrides;
 }
 
+// `args` without `option VALUE` / `option=VALUE`.
+std::vector<std::string> without_option(const std::vector<std::string>& args,
+                                        const std::string& option) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == option) {
+      ++i;
+      continue;
+    }
+    if (args[i].rfind(option + "=", 0) == 0) continue;
+    out.push_back(args[i]);
+  }
+  return out;
+}
+
 // Parses a subcommand's options; returns false when help was printed.
 bool parse(const std::vector<std::string>& args, const po::options_description& options,
            const char* usage, po::variables_map& vm) {
@@ -132,7 +150,9 @@ int command_run(const std::vector<std::string>& args) {
       "allow-config-change", po::bool_switch(),
       "with --resume: accept changes to keys that are safe to change (docs/cli.md)")(
       "resume-anyway", po::bool_switch(),
-      "with --resume: continue even if a plug-in's state was not saved (it restarts fresh)");
+      "with --resume: continue even if a plug-in's state was not saved (it restarts fresh)")(
+      "nproc", po::value<int>(),
+      "data-parallel: run N processes on this machine (docs/distributed.md)");
   po::variables_map vm;
   if (!parse(args, options,
              "usage: clhost run --config FILE [options]\n       clhost run --resume RUN_DIR "
@@ -163,7 +183,20 @@ int command_run(const std::vector<std::string>& args) {
       clhost::check_new_run_dir(run_options.run_dir);
     }
   }
+  if (vm.count("nproc")) {
+    const int nproc = vm["nproc"].as<int>();
+    if (nproc < 1 || nproc > 256) throw po::error("--nproc must be between 1 and 256");
+    if (std::getenv("WORLD_SIZE") != nullptr) {
+      throw po::error("--nproc inside a launched rank (WORLD_SIZE is set, e.g. by torchrun): use "
+                      "one launcher");
+    }
+    if (nproc > 1) {
+      return clhost::tools::run_local_ranks(nproc, without_option(args, "--nproc"),
+                                            std::min(config.distributed.timeout_seconds, 30.0));
+    }
+  }
   const clhost::RunSummary summary = clhost::run_pipeline(config, run_options);
+  if (summary.rank != 0) return 0;  // rank 0 reports for the run
 
   const char* metric = summary.metric.label;
   std::printf("\n%s matrix (row: after training task i; column: task j; %s is better)\n", metric,
@@ -567,6 +600,12 @@ int main(int argc, char** argv) {
   }
   const std::string command = args[0];
   args.erase(args.begin());
+  // A rank of a data-parallel run says which it is when it fails.
+  const char* world_size = std::getenv("WORLD_SIZE");
+  const char* rank = std::getenv("RANK");
+  const std::string who = world_size != nullptr && std::string(world_size) != "1" && rank != nullptr
+                              ? "rank " + std::string(rank) + ": "
+                              : "";
   try {
     if (command == "run") return command_run(args);
     if (command == "validate") return command_validate(args);
@@ -583,18 +622,19 @@ int main(int argc, char** argv) {
                  command.c_str());
     return kExitUsage;
   } catch (const clhost::ConfigError& e) {
-    std::fprintf(stderr, "config error: %s\n", e.what());
+    std::fprintf(stderr, "%sconfig error: %s\n", who.c_str(), e.what());
     return kExitUsage;
   } catch (const clhost::PluginError& e) {
-    std::fprintf(stderr, "plug-in error: %s\n", e.what());
+    std::fprintf(stderr, "%splug-in error: %s\n", who.c_str(), e.what());
     return kExitPlugin;
   } catch (const clhost::Interrupted& e) {
-    std::fprintf(stderr, "\ninterrupted: %s\n", e.what());
+    if (who.empty() || std::string(rank) == "0")
+      std::fprintf(stderr, "\ninterrupted: %s\n", e.what());
     return 128 + e.signal_number();
   } catch (const std::exception& e) {
     // RunError and anything else: "run failed" for a run, the command's name for the others.
     const std::string prefix = command == "run" ? "run failed" : "clhost " + command;
-    std::fprintf(stderr, "%s: %s\n", prefix.c_str(), e.what());
+    std::fprintf(stderr, "%s%s: %s\n", who.c_str(), prefix.c_str(), e.what());
     return kExitRunFailed;
   }
 }

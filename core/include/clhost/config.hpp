@@ -131,9 +131,21 @@ struct FisherSection {
   std::string store_dtype = "bf16";  // on-disk dtype of stored Fisher blocks
 };
 
+// [distributed]: how the processes of a data-parallel run talk (docs/distributed.md). The number
+// of processes comes from the launch (--nproc, torchrun), not from the config.
+enum class CollectiveBackend { kGloo };
+struct DistributedSection {
+  CollectiveBackend backend = CollectiveBackend::kGloo;
+  // A collective (or the rendezvous) that waits longer than this fails the run, naming the rank.
+  double timeout_seconds = 300.0;
+  // Gradients are all-reduced in buckets of about this many bytes (PyTorch DDP's default: 25 MiB).
+  int64_t bucket_bytes = int64_t{25} << 20;
+};
+
 struct RunConfig {
   std::string source;  // the config file path
   RunSection run;
+  DistributedSection distributed;
   DataSection data;
   ModelSection model;
   TrainSection train;

@@ -26,6 +26,8 @@ struct RunSummary {
   ContinualMetrics metrics;
   double wall_seconds = 0.0;
   int64_t optimizer_steps = 0;
+  // In a data-parallel run, this process's rank: only rank 0 writes outputs and reports.
+  int rank = 0;
 };
 
 // Throws ConfigError / PluginError before anything is written, RunError after, Interrupted

@@ -1,0 +1,381 @@
+// Data-parallel runs (issue 20). Two ranks of the real clhost (`--nproc 2`, on loopback) against
+// one process with the same global batch: per-step losses, the accuracy matrix and the stored
+// Fisher agree up to floating-point summation order. Failures stop every rank with the rank
+// named, within a bounded time; a killed run resumes to the uninterrupted result; ranks with
+// different configurations are refused. And the Collective itself, on two in-process ranks.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "distributed.hpp"
+#include "test_helpers.hpp"
+#include "training_checkpoint.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using clhost::test::read_file;
+using clhost::test::run_command;
+using clhost::test::TempDir;
+using Clock = std::chrono::steady_clock;
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// --- the Collective on two ranks of this process -------------------------------------------------
+
+struct RankView {
+  std::vector<float> sums;
+  std::vector<int64_t> int_sums;
+  int64_t smallest = 0;
+  int64_t largest = 0;
+  std::vector<int64_t> gathered_rows;
+  std::vector<float> gathered_values;
+  std::vector<float> broadcast;
+  std::string shared;
+  std::vector<std::string> exchanged;
+};
+
+RankView exercise(int rank, int port) {
+  clhost::LaunchEnvironment env;
+  env.rank = rank;
+  env.world_size = 2;
+  env.local_world_size = 2;
+  env.master_addr = "127.0.0.1";
+  env.master_port = port;
+  clhost::DistributedSection settings;
+  settings.timeout_seconds = 30;
+  settings.bucket_bytes = 1024;  // several buckets, and a dtype change inside the list
+  clhost::Collective collective(env, settings);
+  RankView view;
+  std::vector<torch::Tensor> tensors{torch::full({300}, 1.0F + static_cast<float>(rank)),
+                                     torch::full({3}, 10.0F * static_cast<float>(rank + 1)),
+                                     torch::full({2}, int64_t{rank + 1}, torch::kInt64)};
+  collective.sum(tensors);
+  view.sums = {tensors[0][0].item<float>(), tensors[0][299].item<float>(),
+               tensors[1][2].item<float>()};
+  view.int_sums = {tensors[2][0].item<int64_t>(), tensors[2][1].item<int64_t>()};
+  view.smallest = collective.min(5 + rank);
+  view.largest = collective.max(5 + rank);
+  // Rank 0 gives two rows, rank 1 none: the gather pads and cuts back.
+  const torch::Tensor mine = rank == 0 ? torch::tensor({{1.0F, 2.0F}, {3.0F, 4.0F}})
+                                       : torch::empty({0, 2}, torch::kFloat32);
+  for (const auto& part : collective.gather(mine)) {
+    view.gathered_rows.push_back(part.size(0));
+    for (int64_t i = 0; i < part.numel(); ++i)
+      view.gathered_values.push_back(part.reshape({-1})[i].item<float>());
+  }
+  torch::Tensor weights = torch::full({4}, static_cast<float>(rank + 7));
+  collective.broadcast({weights});
+  view.broadcast = {weights[0].item<float>(), weights[3].item<float>()};
+  view.shared = collective.share("dir", rank == 0 ? "runs/from-rank-0" : "");
+  view.exchanged = collective.exchange("word", "rank" + std::to_string(rank));
+  return view;
+}
+
+TEST(Collective, SumsReducesGathersBroadcastsAndSharesAcrossTwoRanks) {
+  const int port = free_port();
+  RankView views[2];
+  std::thread other([&] { views[1] = exercise(1, port); });
+  views[0] = exercise(0, port);
+  other.join();
+  for (const RankView& view : views) {
+    EXPECT_EQ(view.sums, (std::vector<float>{3.0F, 3.0F, 30.0F}));
+    EXPECT_EQ(view.int_sums, (std::vector<int64_t>{3, 3}));
+    EXPECT_EQ(view.smallest, 5);
+    EXPECT_EQ(view.largest, 6);
+    EXPECT_EQ(view.gathered_rows, (std::vector<int64_t>{2, 0}));
+    EXPECT_EQ(view.gathered_values, (std::vector<float>{1, 2, 3, 4}));
+    EXPECT_EQ(view.broadcast, (std::vector<float>{7.0F, 7.0F}));
+    EXPECT_EQ(view.shared, "runs/from-rank-0");
+    EXPECT_EQ(view.exchanged, (std::vector<std::string>{"rank0", "rank1"}));
+  }
+}
+
+TEST(Collective, ASingleProcessIsTheIdentity) {
+  clhost::Collective& single = clhost::single_process();
+  torch::Tensor t = torch::ones({3});
+  single.sum({t});
+  EXPECT_EQ(t.sum().item<float>(), 3.0F);
+  EXPECT_EQ(single.max(4), 4);
+  EXPECT_FALSE(single.distributed());
+  EXPECT_TRUE(single.writes_outputs());
+}
+
+// --- the real clhost, two ranks against one process ----------------------------------------------
+
+// Split Fashion-MNIST, 3 tasks, EWC storing every task's Fisher uncompressed in fp32 (compared
+// value by value), SGD, batch 32 split 16 + 16.
+const char* const kConfig = R"([run]
+name = "dp"
+seed = 5
+log_every = 1
+checkpoint_every = 20
+
+[data]
+scenario = "split"
+num_tasks = 3
+task_classes = [[0, 1], [2, 3], [4, 5]]
+train_samples_per_task = 480
+test_samples_per_task = 300
+
+[model]
+kind = "mlp"
+hidden = [32]
+
+[train]
+optimizer = "sgd"
+lr = 0.05
+batch_size = 32
+iterations = 40
+
+[fisher_computation]
+block_size = 10000
+codec = "none"
+store_dtype = "fp32"
+
+[[pipeline]]
+plugin = "ewc"
+lambda = 100.0
+fisher_samples = 200
+fisher_batch_size = 32
+)";
+
+std::string clhost_command(const std::string& args) {
+  return std::string(CLHOST_BINARY) + " " + args + " --plugin-path " + CLHOST_PLUGIN_DIR;
+}
+
+json results_of(const std::string& run_dir) {
+  return json::parse(read_file(run_dir + "/results.json"));
+}
+
+// metrics.csv's loss column (step rows only), in order.
+std::vector<double> losses(const std::string& run_dir) {
+  std::istringstream in(read_file(run_dir + "/metrics.csv"));
+  std::vector<double> out;
+  std::string line;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::stringstream row(line);
+    for (std::string cell; std::getline(row, cell, ',');) cells.push_back(cell);
+    if (cells.size() > 3 && !cells[3].empty()) out.push_back(std::stod(cells[3]));
+  }
+  return out;
+}
+
+void expect_close(const std::vector<double>& a, const std::vector<double>& b, double relative,
+                  const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  ASSERT_FALSE(a.empty()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_LE(std::abs(a[i] - b[i]), relative * std::max(std::abs(a[i]), 1e-12))
+        << what << " #" << i << ": " << a[i] << " vs " << b[i];
+  }
+}
+
+void expect_same_matrix(const json& a, const json& b) {
+  const auto& matrix_a = a["accuracy_matrix"];
+  const auto& matrix_b = b["accuracy_matrix"];
+  ASSERT_EQ(matrix_a.size(), matrix_b.size());
+  for (size_t i = 0; i < matrix_a.size(); ++i) {
+    for (size_t j = 0; j < matrix_a[i].size(); ++j) {
+      EXPECT_NEAR(matrix_a[i][j].get<double>(), matrix_b[i][j].get<double>(), 5e-4)
+          << "after task " << i + 1 << ", task " << j + 1;
+    }
+  }
+}
+
+// The largest relative difference between two Fisher stores' datasets (python3-h5py).
+double fisher_store_difference(const std::string& a, const std::string& b) {
+  const std::string script =
+      "import h5py, numpy as np, sys\n"
+      "def tables(path):\n"
+      "    out = {}\n"
+      "    with h5py.File(path, 'r') as f:\n"
+      "        def visit(name, item):\n"
+      "            if isinstance(item, h5py.Dataset) and item.dtype.kind == 'f':\n"
+      "                out[name] = np.asarray(item[...], dtype=np.float64)\n"
+      "        f.visititems(visit)\n"
+      "    return out\n"
+      "a, b = tables(sys.argv[1]), tables(sys.argv[2])\n"
+      "assert a and sorted(a) == sorted(b), (sorted(a), sorted(b))\n"
+      "worst = max(float(np.max(np.abs(a[k] - b[k]) / np.maximum(np.abs(a[k]), 1e-30)))\n"
+      "            for k in a)\n"
+      "print(len(a), worst)\n";
+  TempDir dir;
+  const auto result =
+      run_command("python3 " + dir.file("compare.py", script) + " " + a + " " + b);
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  std::istringstream in(result.output);
+  int datasets = 0;
+  double worst = 1.0;
+  in >> datasets >> worst;
+  EXPECT_GT(datasets, 0) << result.output;
+  return worst;
+}
+
+class DataParallel : public ::testing::Test {
+ protected:
+  // One run of kConfig with `args`; fails the test unless it completes.
+  std::string run(const std::string& name, const std::string& args) {
+    const std::string out = dir_.path(name);
+    const auto result = run_command(clhost_command("run --quiet --config " + config_ + " --output " +
+                                                   out + " " + args));
+    EXPECT_EQ(result.exit_code, 0) << name << ":\n" << result.output;
+    return out;
+  }
+
+  TempDir dir_;
+  std::string config_ = dir_.file("dp.toml", kConfig);
+};
+
+TEST_F(DataParallel, TwoRanksMatchOneProcessWithEwc) {
+  const std::string one = run("one", "");
+  const std::string two = run("two", "--nproc 2");
+  const json a = results_of(one);
+  const json b = results_of(two);
+  expect_close(losses(one), losses(two), 1e-5, "per-step loss");
+  expect_same_matrix(a, b);
+  EXPECT_LE(fisher_store_difference(one + "/fisher.h5", two + "/fisher.h5"), 1e-6);
+  EXPECT_EQ(a["optimizer_steps"], b["optimizer_steps"]);
+  EXPECT_EQ(a["memory"]["samples_in_optimizer_steps"], b["memory"]["samples_in_optimizer_steps"]);
+  // What only a data-parallel run reports.
+  EXPECT_TRUE(a["distributed"].is_null());
+  ASSERT_TRUE(b["distributed"].is_object()) << b.dump(1);
+  EXPECT_EQ(b["distributed"]["world_size"], 2);
+  EXPECT_EQ(b["distributed"]["backend"], "gloo");
+  ASSERT_EQ(b["distributed"]["ranks"].size(), 2U);
+  for (const auto& rank : b["distributed"]["ranks"]) {
+    EXPECT_EQ(rank["train_samples"], 3 * 40 * 16) << "each rank half of every batch";
+    EXPECT_GT(rank["communication_share"].get<double>(), 0.0);
+    EXPECT_LT(rank["communication_share"].get<double>(), 1.0);
+  }
+  // Only rank 0 wrote: no second results, no leftover rank directories.
+  EXPECT_EQ(read_file(two + "/status.json").find("complete") != std::string::npos, true);
+}
+
+TEST_F(DataParallel, TwoRanksMatchOneProcessWithLowRankFisher) {
+  const std::string set =
+      "--plugins lowrank_fisher --set lowrank_fisher.fisher_samples=64 "
+      "--set lowrank_fisher.lambda=100.0 ";
+  const std::string one = run("one", set);
+  const std::string two = run("two", set + "--nproc 2");
+  expect_close(losses(one), losses(two), 1e-5, "per-step loss");
+  expect_same_matrix(results_of(one), results_of(two));
+}
+
+TEST_F(DataParallel, OutOfMemoryOnARankShrinksEveryRanksMicroBatchAndLosesNothing) {
+  // Batch 33: rank 0 gets 16 samples, rank 1 17. A budget that the step's activations exceed
+  // makes the dynamic policy halve the micro-batch; every rank redoes the step with it.
+  const std::string set =
+      "--dynamic-batch-size --set train.batch_size=33 --set model.hidden=[1024,1024] "
+      "--set train.iterations=10 --set ewc.fisher_batch_size=8 --memory-budget 14MiB ";
+  const std::string one = run("one", set);
+  const std::string two = run("two", set + "--nproc 2");
+  const json b = results_of(two);
+  EXPECT_GT(b["memory"]["out_of_memory_retries"].get<int64_t>(), 0) << b["memory"].dump(1);
+  EXPECT_EQ(b["memory"]["samples_in_optimizer_steps"], 3 * 10 * 33);
+  expect_close(losses(one), losses(two), 1e-5, "per-step loss");
+  expect_same_matrix(results_of(one), b);
+}
+
+TEST_F(DataParallel, AKilledRankStopsTheOthersAndTheRunResumesToTheUninterruptedResult) {
+  const std::string reference = run("reference", "--nproc 2");
+  const std::string killed = dir_.path("killed");
+  const auto start = Clock::now();
+  const auto failed = run_command("CLHOST_TEST_KILL_AT=step:50 CLHOST_TEST_KILL_RANK=1 " +
+                                  clhost_command("run --quiet --nproc 2 --config " + config_ +
+                                                 " --output " + killed));
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  EXPECT_NE(failed.exit_code, 0) << failed.output;
+  EXPECT_NE(failed.output.find("rank 1 was killed by signal 9"), std::string::npos)
+      << failed.output;
+  EXPECT_NE(failed.output.find("rank 0:"), std::string::npos) << failed.output;
+  EXPECT_LT(seconds, 60.0) << "the surviving rank must not wait for a timeout";
+  EXPECT_NE(read_file(killed + "/status.json").find("failed"), std::string::npos);
+
+  const auto resumed = run_command(clhost_command("run --quiet --nproc 2 --resume " + killed));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const json a = results_of(reference);
+  const json b = results_of(killed);
+  EXPECT_EQ(a["accuracy_matrix"], b["accuracy_matrix"]);
+  EXPECT_EQ(losses(reference), losses(killed));
+  EXPECT_TRUE(clhost::CheckpointDirectory(reference).load_latest().file("model.bin") ==
+              clhost::CheckpointDirectory(killed).load_latest().file("model.bin"))
+      << "final weights";
+}
+
+TEST_F(DataParallel, RanksWithDifferentConfigurationsAreRefusedNamingTheKey) {
+  const int port = free_port();
+  const auto rank = [&](int r, const std::string& lr) {
+    return run_command("WORLD_SIZE=2 RANK=" + std::to_string(r) +
+                       " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " +
+                       clhost_command("run --quiet --config " + config_ + " --output " +
+                                      dir_.path("mismatch") + " --set train.lr=" + lr));
+  };
+  clhost::test::CommandResult other;  // rank 1
+  std::thread second([&] { other = rank(1, "0.02"); });
+  clhost::test::CommandResult first = rank(0, "0.01");
+  second.join();
+  for (const auto* result : {&first, &other}) {
+    EXPECT_EQ(result->exit_code, 2) << result->output;
+    EXPECT_NE(result->output.find("rank 1 runs another configuration than rank 0"),
+              std::string::npos)
+        << result->output;
+    EXPECT_NE(result->output.find("train.lr: 0.01 -> 0.02"), std::string::npos) << result->output;
+  }
+  EXPECT_FALSE(fs::exists(dir_.path("mismatch"))) << "nothing written";
+}
+
+TEST_F(DataParallel, AnUnreachableOrMalformedMasterIsAClearError) {
+  const auto start = Clock::now();
+  const auto unreachable = run_command(
+      "WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) +
+      " " + clhost_command("run --quiet --config " + config_ + " --set distributed.timeout=2"));
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  EXPECT_EQ(unreachable.exit_code, 1) << unreachable.output;
+  EXPECT_NE(unreachable.output.find("rank 1 of 2: could not join the process group"),
+            std::string::npos)
+      << unreachable.output;
+  EXPECT_LT(seconds, 30.0);
+
+  const auto malformed = run_command("WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=http " +
+                                     clhost_command("run --quiet --config " + config_));
+  EXPECT_EQ(malformed.exit_code, 2) << malformed.output;
+  EXPECT_NE(malformed.output.find("MASTER_PORT=http: expected an integer"), std::string::npos)
+      << malformed.output;
+}
+
+TEST_F(DataParallel, TorchrunLaunchesTheSameRun) {
+  if (!fs::exists("/usr/bin/torchrun")) GTEST_SKIP() << "torchrun (python3-torch) not installed";
+  const std::string out = dir_.path("torchrun");
+  const auto result = run_command(
+      "/usr/bin/torchrun --no_python --nproc_per_node 2 --master_port " +
+      std::to_string(free_port()) + " " +
+      clhost_command("run --quiet --config " + config_ + " --output " + out));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_EQ(results_of(out)["distributed"]["world_size"], 2);
+}
+
+}  // namespace
