@@ -43,7 +43,7 @@ namespace {
 // The top-level tables of a config file; any other first segment of a --set key names a plug-in.
 const std::vector<std::string>& section_names() {
   static const std::vector<std::string> names = {
-      "run", "data", "model", "train", "fisher_computation", "pipeline", "tasks"};
+      "run", "distributed", "data", "model", "train", "fisher_computation", "pipeline", "tasks"};
   return names;
 }
 
