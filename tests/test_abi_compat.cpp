@@ -111,6 +111,17 @@ TEST(AbiCompat, APluginBuiltAgainstAbi14RunsAndIsNotPlanned) {
   EXPECT_EQ(plan["weight_bytes"], 4 * results["model"]["parameters"].get<int64_t>());
 }
 
+TEST(AbiCompat, APluginBuiltAgainstAbi15RunsAndIsPlanned) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 6, "1.5 is a previous minor");
+  clhost::test::TempDir dir;
+  run_with("abi_1_5_regularizer", dir.path("run"));
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto& plan = results["memory_plan"];
+  EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_5_regularizer");
+  EXPECT_EQ(plan["plugins"][0]["state_bytes"], 4 * results["model"]["parameters"].get<int64_t>());
+}
+
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {
   clhost::test::TempDir dir;
   // The table's last_reason would crash the host if it were called.

@@ -487,6 +487,26 @@ TEST_F(DataParallel, AnUnreachableOrMalformedMasterIsAClearError) {
       << malformed.output;
 }
 
+TEST_F(DataParallel, PluginsReduceTheirOwnStatisticsThroughTheCollectiveService) {
+  // collective_probe (ABI 1.6) fails the run unless every sum and broadcast is right; the ABI 1.5
+  // plug-in beside it knows nothing of collectives and must run all the same.
+  const std::string plugins = std::string(" --plugins collective_probe,abi_1_5_regularizer ") +
+                              "--plugin-path " + CLHOST_TEST_PLUGIN_DIR + " --set train.iterations=3";
+  const auto single = run_command(clhost_command("run --quiet --config " + config_ + " --output " +
+                                                 dir_.path("single") + plugins));
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  EXPECT_NE(single.output.find("collective: task 3, rank 0 of 1, sums 1 1, broadcast 0"),
+            std::string::npos)
+      << single.output;
+  const auto ranks = run_command(clhost_command("run --quiet --nproc 2 --config " + config_ +
+                                                " --output " + dir_.path("ranks") + plugins));
+  ASSERT_EQ(ranks.exit_code, 0) << ranks.output;
+  for (const char* line : {"collective: task 3, rank 0 of 2, sums 3 2, broadcast 1",
+                           "collective: task 3, rank 1 of 2, sums 3 2, broadcast 1"}) {
+    EXPECT_NE(ranks.output.find(line), std::string::npos) << ranks.output;
+  }
+}
+
 TEST_F(DataParallel, TorchrunLaunchesTheSameRun) {
   if (!fs::exists("/usr/bin/torchrun")) GTEST_SKIP() << "torchrun (python3-torch) not installed";
   const std::string out = dir_.path("torchrun");

@@ -106,7 +106,7 @@ TEST(PluginsAndSet, AnIdThatIsNeitherASectionNorAPluginIsRefused) {
   ConfigOverrides overrides;
   overrides.set = {"ewc.lambda=5"};  // quick.toml has only l2
   EXPECT_NE(error_of(kQuick, overrides)
-                .find("--set ewc.lambda: 'ewc' is neither a config section (run, data, model, "),
+                .find("--set ewc.lambda: 'ewc' is neither a config section (run, distributed, data, model, "),
             std::string::npos);
   overrides.plugins = std::vector<std::string>{"l2", "l2"};
   overrides.set = {"l2.lambda=5"};
@@ -435,6 +435,9 @@ const KeyCase kCases[] = {
     {"run.checkpoint_every", "0", "0", "", nullptr},
     {"run.memory_budget", "\"1GiB\"", "1073741824", "", nullptr},
     {"run.keep_freed_memory", "\"64MiB\"", "67108864", "", nullptr},
+    {"distributed.backend", "\"gloo\"", "\"gloo\"", "", nullptr},
+    {"distributed.timeout", "60", "60.0", "", nullptr},
+    {"distributed.bucket_size", "\"1MiB\"", "1048576", "", nullptr},
     {"data.kind", "\"hdf5\"", "\"hdf5\"", "data.path=\"x.h5\"", nullptr},
     {"data.path", "\"x.h5\"", "\"x.h5\"", "data.kind=\"hdf5\"", ""},
     {"data.train_x", "\"/a\"", "\"/a\"", "data.kind=\"hdf5\";data.path=\"x.h5\"", ""},

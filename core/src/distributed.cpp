@@ -223,11 +223,13 @@ int64_t Collective::min(int64_t value) {
   return out;
 }
 
-void Collective::broadcast(const std::vector<at::Tensor>& tensors) {
+void Collective::broadcast(const std::vector<at::Tensor>& tensors, int root) {
   if (!distributed()) return;
+  c10d::BroadcastOptions options;
+  options.rootRank = root;
   for (const auto& tensor : tensors) {
     std::vector<at::Tensor> one{tensor};
-    timed("broadcast", [&] { group_->group->broadcast(one)->wait(); });
+    timed("broadcast", [&] { group_->group->broadcast(one, options)->wait(); });
   }
 }
 

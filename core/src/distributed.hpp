@@ -61,8 +61,8 @@ class Collective {
   [[nodiscard]] std::vector<double> sum(const std::vector<double>& values);
   [[nodiscard]] int64_t max(int64_t value);
   [[nodiscard]] int64_t min(int64_t value);
-  // In place: rank 0's values of `tensors` on every rank.
-  void broadcast(const std::vector<at::Tensor>& tensors);
+  // In place: rank `root`'s values of `tensors` on every rank.
+  void broadcast(const std::vector<at::Tensor>& tensors, int root = 0);
   // Every rank's `tensor`, in rank order. Same dtype and trailing shape on every rank; the first
   // dimension may differ (0 included).
   [[nodiscard]] std::vector<at::Tensor> gather(const at::Tensor& tensor);

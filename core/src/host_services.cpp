@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
 
 #include "clhost/errors.hpp"
 #include "clhost/memory_budget.hpp"
@@ -278,6 +279,76 @@ clhost_status_t memory_get_info(const clhost_host_t* host, clhost_memory_info_t*
   return CLHOST_STATUS_OK;
 }
 
+// --- clhost.collective/1 ---------------------------------------------------------------------
+
+// A call whose tensor the service cannot use: INVALID_ARGUMENT, with what was wrong.
+struct BadCollectiveTensor : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+torch::ScalarType collective_dtype(const DLDataType& type) {
+  if (type.lanes == 1 && type.code == kDLFloat && type.bits == 32) return torch::kFloat32;
+  if (type.lanes == 1 && type.code == kDLFloat && type.bits == 64) return torch::kFloat64;
+  if (type.lanes == 1 && type.code == kDLInt && type.bits == 32) return torch::kInt32;
+  if (type.lanes == 1 && type.code == kDLInt && type.bits == 64) return torch::kInt64;
+  throw BadCollectiveTensor("tensors must be float32, float64, int32 or int64");
+}
+
+// The plug-in's tensor as a LibTorch tensor over the same memory (no copy).
+torch::Tensor collective_tensor(const DLTensor* tensor) {
+  if (tensor == nullptr) throw BadCollectiveTensor("tensor is NULL");
+  if (tensor->device.device_type != kDLCPU) throw BadCollectiveTensor("tensors must be on the CPU");
+  const torch::ScalarType dtype = collective_dtype(tensor->dtype);
+  std::vector<int64_t> shape(tensor->shape, tensor->shape + tensor->ndim);
+  int64_t expected_stride = 1;
+  for (int d = tensor->ndim - 1; d >= 0; --d) {
+    if (tensor->strides != nullptr && shape[static_cast<size_t>(d)] > 1 &&
+        tensor->strides[d] != expected_stride) {
+      throw BadCollectiveTensor("tensors must be contiguous (row-major)");
+    }
+    expected_stride *= shape[static_cast<size_t>(d)];
+  }
+  if (tensor->data == nullptr && expected_stride > 0) throw BadCollectiveTensor("data is NULL");
+  return torch::from_blob(static_cast<char*>(tensor->data) + tensor->byte_offset, shape, dtype);
+}
+
+template <class Body>
+clhost_status_t collective_call(const char* what, clhost_error_t* error, Body&& body) {
+  try {
+    body();
+    return CLHOST_STATUS_OK;
+  } catch (const BadCollectiveTensor& e) {
+    std::snprintf(error->message, sizeof(error->message), "%s: %s", what, e.what());
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  } catch (const std::exception& e) {
+    return report_exception(e, what, error);
+  }
+}
+
+int32_t collective_rank(const clhost_host_t* host) {
+  return runtime_of(host).collective->rank();
+}
+int32_t collective_world_size(const clhost_host_t* host) {
+  return runtime_of(host).collective->world_size();
+}
+clhost_status_t collective_all_reduce_sum(const clhost_host_t* host, DLTensor* tensor,
+                                          clhost_error_t* error) {
+  return collective_call("collective.all_reduce_sum", error, [&] {
+    runtime_of(host).collective->sum({collective_tensor(tensor)});
+  });
+}
+clhost_status_t collective_broadcast(const clhost_host_t* host, DLTensor* tensor, int32_t root,
+                                     clhost_error_t* error) {
+  return collective_call("collective.broadcast", error, [&] {
+    Collective& collective = *runtime_of(host).collective;
+    if (root < 0 || root >= collective.world_size()) {
+      throw BadCollectiveTensor("root " + std::to_string(root) + " is not a rank (world size " +
+                                std::to_string(collective.world_size()) + ")");
+    }
+    collective.broadcast({collective_tensor(tensor)}, root);
+  });
+}
+
 clhost_status_t events_mark(const clhost_host_t* host, const char* label, clhost_error_t* error) {
   if (label == nullptr || *label == '\0') {
     std::snprintf(error->message, sizeof(error->message), "events.mark: empty label");
@@ -298,6 +369,9 @@ clhost_status_t events_mark(const clhost_host_t* host, const char* label, clhost
   }
 }
 
+const clhost_collective_service_v1_t kCollectiveService{
+    sizeof(clhost_collective_service_v1_t), &collective_rank, &collective_world_size,
+    &collective_all_reduce_sum, &collective_broadcast};
 const clhost_events_service_v1_t kEventsService{sizeof(clhost_events_service_v1_t), &events_mark};
 const clhost_log_service_v1_t kLogService{sizeof(clhost_log_service_v1_t), &host_log};
 const clhost_params_service_v1_t kParamsService{sizeof(clhost_params_service_v1_t), &params_count,
@@ -329,6 +403,7 @@ const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (std::strcmp(id, CLHOST_SERVICE_SAMPLE_GRADS_V1) == 0) return &kSampleGradsService;
   if (std::strcmp(id, CLHOST_SERVICE_MEMORY_V1) == 0) return &kMemoryService;
   if (std::strcmp(id, CLHOST_SERVICE_EVENTS_V1) == 0) return &kEventsService;
+  if (std::strcmp(id, CLHOST_SERVICE_COLLECTIVE_V1) == 0) return &kCollectiveService;
   return nullptr;
 }
 

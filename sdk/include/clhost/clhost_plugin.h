@@ -44,13 +44,14 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 5
+#define CLHOST_ABI_VERSION_MINOR 6
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
  * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group.
  * 1.3: interface "clhost.state/1" (checkpoint and resume).
  * 1.4: interface "clhost.config_use/1" (which configured keys take effect).
- * 1.5: interface "clhost.memory_plan/1" (the memory an instance will hold, before it exists). */
+ * 1.5: interface "clhost.memory_plan/1" (the memory an instance will hold, before it exists).
+ * 1.6: service "clhost.collective/1" (the ranks of a data-parallel run). */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -396,6 +397,28 @@ typedef struct clhost_events_service_v1 {
   uint32_t struct_size;
   clhost_status_t (*mark)(const clhost_host_t* host, const char* label, clhost_error_t* error);
 } clhost_events_service_v1_t;
+
+/* "clhost.collective/1" (ABI 1.6): the ranks of a data-parallel run (docs/distributed.md), for a
+ * plug-in that keeps statistics of its own. The host already reduces what its services compute
+ * (the Fisher of clhost.gradstats/1, the rows of clhost.sample_grads/1) and every rank holds the
+ * same parameters, so most plug-ins need nothing here. Every rank runs the same hooks in the same
+ * order: a collective call must be made by every rank, in the same order, with tensors of the same
+ * dtype and shape, or the run fails (after distributed.timeout at most). In a single process,
+ * rank 0 of 1, every call returns at once and leaves the tensor as it was.
+ * Thread rule: trainer thread only, from inside a hook. Tensors: contiguous CPU float32, float64,
+ * int32 or int64; lifetime: call; changed in place. */
+#define CLHOST_SERVICE_COLLECTIVE_V1 "clhost.collective/1"
+typedef struct clhost_collective_service_v1 {
+  uint32_t struct_size;
+  int32_t (*rank)(const clhost_host_t* host);       /* 0 .. world_size - 1 */
+  int32_t (*world_size)(const clhost_host_t* host); /* 1 in a single process */
+  /* The element-wise sum over every rank's `tensor`, in place on every rank. */
+  clhost_status_t (*all_reduce_sum)(const clhost_host_t* host, DLTensor* tensor,
+                                    clhost_error_t* error);
+  /* Rank `root`'s `tensor`, in place on every rank. */
+  clhost_status_t (*broadcast)(const clhost_host_t* host, DLTensor* tensor, int32_t root,
+                               clhost_error_t* error);
+} clhost_collective_service_v1_t;
 
 /* ---------------------------------------------------------------------------------------------
  * Hook arguments

@@ -166,6 +166,10 @@ class Host {
   [[nodiscard]] const clhost_memory_service_v1_t& memory() const {
     return service<clhost_memory_service_v1_t>(CLHOST_SERVICE_MEMORY_V1);
   }
+  // The ranks of a data-parallel run (clhost.collective/1; ABI 1.6).
+  [[nodiscard]] const clhost_collective_service_v1_t& collective() const {
+    return service<clhost_collective_service_v1_t>(CLHOST_SERVICE_COLLECTIVE_V1);
+  }
   // The run's resolved configuration (clhost.settings/1); missing keys give the fallback.
   [[nodiscard]] Settings settings() const { return Settings(host_); }
   // The run's Fisher store (clhost.fisher_store/1), or null when the host has none.
