@@ -82,15 +82,17 @@ void record(const json& results, Measure& measure) {
 
 int main(int argc, char** argv) {
   const int repetitions = argc > 2 ? std::max(1, std::atoi(argv[2])) : 3;
-  const fs::path scratch = fs::temp_directory_path() / ("bench_distributed_" + std::to_string(getpid()));
+  const fs::path scratch =
+      fs::temp_directory_path() / ("bench_distributed_" + std::to_string(getpid()));
   const std::vector<Setting> settings = {
       {"MLP 784-400-400, batch 128 (configs/split_fmnist_ewc.toml)",
        "--set train.iterations=300 --set ewc.fisher_samples=2000"},
       {"MLP 784-2000-2000, batch 256",
        "--set train.iterations=60 --set model.hidden=[2000,2000] --set train.batch_size=256 "
        "--set ewc.fisher_samples=1000"}};
-  json report{{"what", "training samples/s and Fisher-pass time at 1 and 2 ranks (1 thread each), "
-                       "same global batch, runs alternated; medians over repetitions"},
+  json report{{"what",
+               "training samples/s and Fisher-pass time at 1 and 2 ranks (1 thread each), "
+               "same global batch, runs alternated; medians over repetitions"},
               {"machine_hardware_threads", std::thread::hardware_concurrency()},
               {"repetitions", repetitions},
               {"settings", json::array()}};

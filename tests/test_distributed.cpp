@@ -169,11 +169,11 @@ std::vector<torch::Tensor> sample_rows(const clhost::FisherContext& context) {
   request.labels = CLHOST_FISHER_LABELS_SAMPLE;
   request.batch_size = 16;
   std::vector<torch::Tensor> rows;
-  clhost::per_sample_gradients(context, request, 3000, clhost::FisherMethod::kAuto,
-                               [&](size_t, size_t, const clhost::FisherBlock&,
-                                   const torch::Tensor& chunk, int64_t, bool) {
-                                 rows.push_back(chunk.clone());
-                               });
+  clhost::per_sample_gradients(
+      context, request, 3000, clhost::FisherMethod::kAuto,
+      [&](size_t, size_t, const clhost::FisherBlock&, const torch::Tensor& chunk, int64_t, bool) {
+        rows.push_back(chunk.clone());
+      });
   return rows;
 }
 
@@ -210,9 +210,8 @@ TEST(Collective, TheFisherOverTwoRanksIsTheFisherOfOneProcess) {
   std::thread other(body, 1);
   body(0);
   other.join();
-  const clhost_fisher_labels_t modes[3] = {CLHOST_FISHER_LABELS_TRUE,
-                                           CLHOST_FISHER_LABELS_EXPECTATION,
-                                           CLHOST_FISHER_LABELS_SAMPLE};
+  const clhost_fisher_labels_t modes[3] = {
+      CLHOST_FISHER_LABELS_TRUE, CLHOST_FISHER_LABELS_EXPECTATION, CLHOST_FISHER_LABELS_SAMPLE};
   for (int m = 0; m < 3; ++m) {
     const auto reference = diagonal(single.context, modes[m]);
     for (size_t p = 0; p < reference.size(); ++p) {
@@ -356,8 +355,8 @@ class DataParallel : public ::testing::Test {
   // One run of kConfig with `args`; fails the test unless it completes.
   std::string run(const std::string& name, const std::string& args) {
     const std::string out = dir_.path(name);
-    const auto result = run_command(clhost_command("run --quiet --config " + config_ + " --output " +
-                                                   out + " " + args));
+    const auto result = run_command(
+        clhost_command("run --quiet --config " + config_ + " --output " + out + " " + args));
     EXPECT_EQ(result.exit_code, 0) << name << ":\n" << result.output;
     return out;
   }
@@ -388,6 +387,9 @@ TEST_F(DataParallel, TwoRanksMatchOneProcessWithEwc) {
     EXPECT_EQ(rank["train_samples"], 3 * 40 * 16) << "each rank half of every batch";
     EXPECT_GT(rank["communication_share"].get<double>(), 0.0);
     EXPECT_LT(rank["communication_share"].get<double>(), 1.0);
+    // 3 tasks x 200 Fisher samples in chunks of 32 (6 of 32, one of 8): chunks 0, 2, 4, 6 on
+    // rank 0 (104 samples), 1, 3, 5 on rank 1 (96).
+    EXPECT_EQ(rank["fisher_samples"], rank["rank"] == 0 ? 3 * 104 : 3 * 96) << "sharded";
   }
   // Only rank 0 wrote: no second results, no leftover rank directories.
   EXPECT_EQ(read_file(two + "/status.json").find("complete") != std::string::npos, true);
@@ -424,9 +426,9 @@ TEST_F(DataParallel, AKilledRankStopsTheOthersAndTheRunResumesToTheUninterrupted
   const std::string reference = run("reference", "--nproc 2");
   const std::string killed = dir_.path("killed");
   const auto start = Clock::now();
-  const auto failed = run_command("CLHOST_TEST_KILL_AT=step:50 CLHOST_TEST_KILL_RANK=1 " +
-                                  clhost_command("run --quiet --nproc 2 --config " + config_ +
-                                                 " --output " + killed));
+  const auto failed = run_command(
+      "CLHOST_TEST_KILL_AT=step:50 CLHOST_TEST_KILL_RANK=1 " +
+      clhost_command("run --quiet --nproc 2 --config " + config_ + " --output " + killed));
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   EXPECT_NE(failed.exit_code, 0) << failed.output;
   EXPECT_NE(failed.output.find("rank 1 was killed by signal 9"), std::string::npos)
@@ -471,8 +473,8 @@ TEST_F(DataParallel, RanksWithDifferentConfigurationsAreRefusedNamingTheKey) {
 TEST_F(DataParallel, AnUnreachableOrMalformedMasterIsAClearError) {
   const auto start = Clock::now();
   const auto unreachable = run_command(
-      "WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) +
-      " " + clhost_command("run --quiet --config " + config_ + " --set distributed.timeout=2"));
+      "WORLD_SIZE=2 RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " " +
+      clhost_command("run --quiet --config " + config_ + " --set distributed.timeout=2"));
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   EXPECT_EQ(unreachable.exit_code, 1) << unreachable.output;
   EXPECT_NE(unreachable.output.find("rank 1 of 2: could not join the process group"),
@@ -491,7 +493,8 @@ TEST_F(DataParallel, PluginsReduceTheirOwnStatisticsThroughTheCollectiveService)
   // collective_probe (ABI 1.6) fails the run unless every sum and broadcast is right; the ABI 1.5
   // plug-in beside it knows nothing of collectives and must run all the same.
   const std::string plugins = std::string(" --plugins collective_probe,abi_1_5_regularizer ") +
-                              "--plugin-path " + CLHOST_TEST_PLUGIN_DIR + " --set train.iterations=3";
+                              "--plugin-path " + CLHOST_TEST_PLUGIN_DIR +
+                              " --set train.iterations=3";
   const auto single = run_command(clhost_command("run --quiet --config " + config_ + " --output " +
                                                  dir_.path("single") + plugins));
   ASSERT_EQ(single.exit_code, 0) << single.output;

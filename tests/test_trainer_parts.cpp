@@ -92,7 +92,9 @@ clhost::MicroBatcher::Attempt fake_attempt(int64_t batch, int64_t fits, int* zer
             if (micro_batch > fits) throw std::runtime_error("CPU: out of memory (fake)");
             *samples_processed += batch - std::min(micro_batch, batch);
             return 0.25;
-          }};
+          },
+          {},
+          0};
 }
 
 TEST(MicroBatcherRetries, ShrinksWithThePolicyUntilTheStepFitsAndCountsEverySample) {
@@ -154,7 +156,7 @@ TEST(MicroBatcherRetries, WithoutAPolicyOrBelowOneSampleTheStepFailsWithWhatToDo
   }
   // Anything else than out-of-memory is not retried.
   const clhost::MicroBatcher::Attempt broken{
-      [] {}, [](int64_t, int64_t*) -> double { throw std::logic_error("shape mismatch"); }};
+      [] {}, [](int64_t, int64_t*) -> double { throw std::logic_error("shape mismatch"); }, {}, 0};
   EXPECT_THROW((void)batcher.gradients(broken, 8, 0, task_ooms), std::logic_error);
 }
 

@@ -1,9 +1,9 @@
 #include "distributed.hpp"
 
+#include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <torch/torch.h>
 
 #include <cstdlib>
 #include <stdexcept>
@@ -62,13 +62,15 @@ LaunchEnvironment launch_environment() {
   env.master_port = integer_variable("MASTER_PORT", 1, 65535, 0, true);
   const char* address = environment("MASTER_ADDR");
   if (address == nullptr) {
-    throw ConfigError("MASTER_ADDR is not set: a distributed run (WORLD_SIZE > 1) needs the "
-                      "address of rank 0's machine");
+    throw ConfigError(
+        "MASTER_ADDR is not set: a distributed run (WORLD_SIZE > 1) needs the "
+        "address of rank 0's machine");
   }
   env.master_addr = address;
   const char* agent = environment("TORCHELASTIC_USE_AGENT_STORE");
   env.agent_store = agent != nullptr && std::string(agent) == "True";
-  if (const char* restarts = environment("TORCHELASTIC_RESTART_COUNT")) env.restart_count = restarts;
+  if (const char* restarts = environment("TORCHELASTIC_RESTART_COUNT"))
+    env.restart_count = restarts;
   return env;
 }
 
@@ -133,8 +135,7 @@ Collective::Collective(const LaunchEnvironment& env, const DistributedSection& s
     throw RunError("rank " + std::to_string(rank_) + " of " + std::to_string(world_size_) +
                    ": could not join the process group at " + env.master_addr + ":" +
                    std::to_string(env.master_port) + " within distributed.timeout = " +
-                   std::to_string(static_cast<int64_t>(timeout_seconds_)) +
-                   " s: " + first_line(e) +
+                   std::to_string(static_cast<int64_t>(timeout_seconds_)) + " s: " + first_line(e) +
                    " (is MASTER_ADDR/MASTER_PORT right, and did every rank start?)");
   }
   seconds_ += std::chrono::duration<double>(Clock::now() - start).count();

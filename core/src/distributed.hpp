@@ -83,7 +83,7 @@ class Collective {
   std::unique_ptr<Group> group_;
   int rank_ = 0;
   int world_size_ = 1;
-  int64_t bucket_bytes_ = int64_t{25} << 20;
+  int64_t bucket_bytes_ = int64_t{1} << 20;
   double timeout_seconds_ = 300.0;
   double seconds_ = 0.0;
 };

@@ -574,12 +574,16 @@ using BlockWalk = std::function<void(BlockGradients& producer, size_t block_inde
                                      size_t block_count, const ChunkPlan& chunks)>;
 
 // The chunk's samples as the model takes them, with the label draws seeded by where the chunk
-// starts: the same draws whichever rank computes it, and for every block.
+// starts: the same draws whichever rank computes it, and for every block. The first block's
+// chunks are counted into context.samples_computed.
 std::pair<torch::Tensor, torch::Tensor> prepare_chunk(const FisherContext& context,
                                                       BlockGradients& producer,
-                                                      const ChunkPlan& chunks, int64_t k) {
+                                                      const ChunkPlan& chunks, int64_t k,
+                                                      size_t block_index) {
   producer.labels().restart_draws((context.seed ^ 0xf15e4ULL) +
                                   static_cast<uint64_t>(chunks.begin(k)));
+  if (context.samples_computed != nullptr && block_index == 0)
+    *context.samples_computed += chunks.end(k) - chunks.begin(k);
   return training_chunk(context, producer.parameters().front().scalar_type(), chunks.begin(k),
                         chunks.end(k));
 }
@@ -606,8 +610,8 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
   try {
     for (size_t b = 0; b < blocks.size(); ++b) {
       while (true) {
-        BlockGradients producer(context, request, method, context.model, parameters, map,
-                                blocks[b], at::detail::createCPUGenerator(context.seed));
+        BlockGradients producer(context, request, method, context.model, parameters, map, blocks[b],
+                                at::detail::createCPUGenerator(context.seed));
         try {
           walk_block(producer, b, blocks.size(), chunks);
           break;
@@ -637,7 +641,7 @@ bool add_my_chunks(const FisherContext& context, BlockGradients& producer,
   for (int64_t k = 0; k < chunks.count(); ++k) {
     if (!chunks.mine(k)) continue;
     try {
-      const auto [x, y] = prepare_chunk(context, producer, chunks, k);
+      const auto [x, y] = prepare_chunk(context, producer, chunks, k, block_index);
       sums.add_chunk(producer, x, y, batched);
     } catch (const std::exception& e) {
       if (!memory::is_out_of_memory(e)) throw;
@@ -654,28 +658,27 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
                      int64_t block_size, FisherMethod method, const FisherSink& sink) {
   const bool batched = request.batched != 0;
   std::unique_ptr<PassProgress> progress;
-  walk_blocks(context, request, block_size, method,
-              [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
-                if (!progress) {
-                  progress =
-                      std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);
-                }
-                DiagonalAccumulator sums(producer);
-                const bool out_of_memory =
-                    add_my_chunks(context, producer, sums, chunks, batched, *progress, b);
-                // Every rank learns whether any ran out of memory before the sums are reduced.
-                if (context.collective->sum(out_of_memory ? 1.0 : 0.0) > 0.0) {
-                  // Squared mini-batch gradients depend on the chunk: those cannot start over.
-                  if (!batched && chunks.size > 1) throw BlockOutOfMemory{};
-                  throw RunError(
-                      "out of memory in the Fisher pass" +
-                      std::string(batched ? " (batched = true: the mini-batches cannot shrink)"
-                                          : " with one sample per pass") +
-                      "; raise run.memory_budget or lower the plug-in's fisher batch size");
-                }
-                sums.reduce(*context.collective);
-                sums.emit(producer, sink);
-              });
+  walk_blocks(
+      context, request, block_size, method,
+      [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
+        if (!progress) {
+          progress = std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);
+        }
+        DiagonalAccumulator sums(producer);
+        const bool out_of_memory =
+            add_my_chunks(context, producer, sums, chunks, batched, *progress, b);
+        // Every rank learns whether any ran out of memory before the sums are reduced.
+        if (context.collective->sum(out_of_memory ? 1.0 : 0.0) > 0.0) {
+          // Squared mini-batch gradients depend on the chunk: those cannot start over.
+          if (!batched && chunks.size > 1) throw BlockOutOfMemory{};
+          throw RunError("out of memory in the Fisher pass" +
+                         std::string(batched ? " (batched = true: the mini-batches cannot shrink)"
+                                             : " with one sample per pass") +
+                         "; raise run.memory_budget or lower the plug-in's fisher batch size");
+        }
+        sums.reduce(*context.collective);
+        sums.emit(producer, sink);
+      });
 }
 
 void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
@@ -699,7 +702,7 @@ void per_sample_gradients(const FisherContext& context, const clhost_fisher_requ
           const int64_t k = first + chunks.rank;
           torch::Tensor rows;
           if (k < chunks.count()) {
-            const auto [x, y] = prepare_chunk(context, producer, chunks, k);
+            const auto [x, y] = prepare_chunk(context, producer, chunks, k, b);
             rows = writer.rows(producer, x, y).contiguous();
           } else {
             rows = torch::empty({0, producer.block_elements()},
@@ -708,8 +711,8 @@ void per_sample_gradients(const FisherContext& context, const clhost_fisher_requ
           const std::vector<torch::Tensor> gathered = context.collective->gather(rows);
           for (int r = 0; r < chunks.ranks && first + r < chunks.count(); ++r) {
             const bool last = first + r + 1 == chunks.count();
-            sink(b, block_count, producer.block(), gathered[static_cast<size_t>(r)],
-                 chunks.samples, last);
+            sink(b, block_count, producer.block(), gathered[static_cast<size_t>(r)], chunks.samples,
+                 last);
           }
           progress->update(b, chunks.end(std::min(chunks.count(), first + chunks.ranks) - 1));
         }

@@ -22,6 +22,9 @@ struct FisherContext {
   uint64_t seed = 0;             // for LABELS_SAMPLE
   // The ranks that share the pass: each computes its chunks of the samples (docs/distributed.md).
   Collective* collective = &single_process();
+  // When set, counts the samples this rank pushed through the Fisher passes (once per pass, not
+  // per block; label passes of a sample count once).
+  int64_t* samples_computed = nullptr;
   // Told where a long pass is (about every 10 s); empty: silent.
   std::function<void(const std::string&)> progress;
 };

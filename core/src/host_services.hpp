@@ -37,8 +37,9 @@ class Runtime {
   int64_t budget_bytes = -1;
   int64_t fisher_block_size = 1000000;
   Collective* collective = &single_process();  // the run's ranks (one, unless data-parallel)
-  nlohmann::json settings;             // the resolved configuration, for clhost.settings/1
-  std::unique_ptr<FisherStore> store;  // created on first use
+  int64_t fisher_samples_computed = 0;         // by this rank, in every Fisher pass so far
+  nlohmann::json settings;                     // the resolved configuration, for clhost.settings/1
+  std::unique_ptr<FisherStore> store;          // created on first use
   // Delivers a USER event from `source` to the profilers (set by the trainer for the run).
   std::function<void(const std::string& source, const std::string& label)> mark;
 

@@ -1,6 +1,7 @@
 #include "micro_batcher.hpp"
 
 #include <fstream>
+#include <stdexcept>
 
 #include "activation_checkpoint.hpp"
 #include "clhost/errors.hpp"
@@ -142,11 +143,18 @@ MicroBatcher::Gradients MicroBatcher::gradients(const Attempt& attempt, int64_t 
       out_of_memory = true;
     }
     // Every rank learns whether any ran out of memory, and counts every rank's samples.
-    const std::vector<double> agreed =
-        collective_.sum(std::vector<double>{out_of_memory ? 1.0 : 0.0, static_cast<double>(processed)});
+    std::vector<double> agreed{out_of_memory ? 1.0 : 0.0, static_cast<double>(processed)};
+    if (!out_of_memory && attempt.step_status) {
+      const std::vector<double> status = attempt.step_status(out.loss);
+      if (status.size() != attempt.status_size) throw std::logic_error("step_status size");
+      agreed.insert(agreed.end(), status.begin(), status.end());
+    }
+    agreed.resize(2 + attempt.status_size, 0.0);
+    agreed = collective_.sum(agreed);
     state_.samples_processed += static_cast<int64_t>(agreed[1]);
     if (agreed[0] == 0.0) {
       state_.samples_in_steps += samples;
+      out.status.assign(agreed.begin() + 2, agreed.end());
       return out;
     }
     retry_smaller(attempt, samples, step, task_ooms, static_cast<int64_t>(agreed[0]));
@@ -159,11 +167,10 @@ void MicroBatcher::retry_smaller(const Attempt& attempt, int64_t samples, int64_
   ++state_.out_of_memory_retries;
   state_.samples_redone += samples;
   const int64_t micro_batch = state_.micro_batch;
-  const std::string ranks =
-      collective_.distributed()
-          ? " on " + std::to_string(ranks_out_of_memory) + " of " +
-                std::to_string(collective_.world_size()) + " ranks"
-          : "";
+  const std::string ranks = collective_.distributed()
+                                ? " on " + std::to_string(ranks_out_of_memory) + " of " +
+                                      std::to_string(collective_.world_size()) + " ranks"
+                                : "";
   const std::string where =
       "task " + task_name_ + " step " + std::to_string(step + 1) +
       ": out of memory at micro-batch " + std::to_string(micro_batch) + ranks + " (budget " +

@@ -24,11 +24,11 @@ struct TrainerState;
 // One optimizer step's forward/backward: the samples `rows` of (x, labels) in micro-batches of
 // `micro_batch`, each micro-batch's mean loss weighted by its share of the `batch_samples` the
 // step averages over, so the accumulated gradients equal the whole batch's mean-loss gradient
-// (in a data-parallel run `rows` is this rank's shard, and the ranks' sums add up to it). Labels are mapped to output
-// columns by `label_map`; logits are restricted to `active`. Adds the samples it pushed through
-// to *samples_processed as each forward starts (so a micro-batch that then fails counts) and
-// returns the batch's loss. Throws LibTorch's errors, out-of-memory included; the caller zeroes
-// gradients and retries.
+// (in a data-parallel run `rows` is this rank's shard, and the ranks' sums add up to it). Labels
+// are mapped to output columns by `label_map`; logits are restricted to `active`. Adds the samples
+// it pushed through to *samples_processed as each forward starts (so a micro-batch that then fails
+// counts) and returns the batch's loss. Throws LibTorch's errors, out-of-memory included; the
+// caller zeroes gradients and retries.
 double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
                                   const torch::Tensor& labels, const torch::Tensor& label_map,
                                   const torch::Tensor& active, const torch::Tensor& rows,
@@ -65,13 +65,19 @@ class MicroBatcher {
   // One attempt at a step's gradients: zero them, then forward/backward over the whole batch in
   // micro-batches of `micro_batch` (returns the loss; counts samples into *samples_processed).
   // The trainer's uses the model and accumulate_batch_gradients; a test's may throw at will.
+  // `step_status` (optional): `status_size` values every rank adds up once the step's gradients
+  // exist (the loss, stop requests, ...), reduced with the out-of-memory agreement in one
+  // all-reduce; a rank that ran out of memory sends zeros.
   struct Attempt {
     std::function<void()> zero_grad;
     std::function<double(int64_t micro_batch, int64_t* samples_processed)> forward_backward;
+    std::function<std::vector<double>(double loss)> step_status;
+    size_t status_size = 0;
   };
   struct Gradients {
-    double loss = 0.0;
-    int64_t peak_bytes = -1;  // LibTorch tensor high-water mark of the successful attempt
+    double loss = 0.0;           // this rank's share of the batch's loss
+    int64_t peak_bytes = -1;     // LibTorch tensor high-water mark of the successful attempt
+    std::vector<double> status;  // step_status summed over the ranks
   };
   // The step's gradients (this rank's share), retried with a smaller micro-batch after
   // out-of-memory on any rank. `samples`: the whole batch's; `step`: 0-based within the task;

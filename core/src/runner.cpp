@@ -226,6 +226,8 @@ void enforce_budget(const RunConfig& config) {
 void prepare_runtime(const RunConfig& config, const std::string& run_dir, Runtime& runtime) {
   runtime.fisher_context.model = runtime.model;
   runtime.fisher_context.seed = config.run.seed;
+  runtime.fisher_context.collective = runtime.collective;
+  runtime.fisher_context.samples_computed = &runtime.fisher_samples_computed;
   runtime.fisher_block_size = config.fisher.block_size;
   runtime.settings = json::parse(config.resolved_json);
   StoreOptions store_options;
@@ -336,8 +338,9 @@ void check_same_config(Collective& collective, const RunConfig& config) {
     for (const auto& change : config_changes(json_of(all[0]), json_of(all[r]))) {
       listing += "\n  " + change.key + ": " + change.before + " -> " + change.after;
     }
-    throw ConfigError("rank " + std::to_string(r) + " runs another configuration than rank 0:" +
-                      listing + "\nEvery rank must run the same config file, --set values and clhost");
+    throw ConfigError("rank " + std::to_string(r) +
+                      " runs another configuration than rank 0:" + listing +
+                      "\nEvery rank must run the same config file, --set values and clhost");
   }
 }
 
@@ -351,9 +354,9 @@ class RankDirectory {
       path_ = run_dir;
       return;
     }
-    std::string pattern =
-        (fs::temp_directory_path() / ("clhost-rank" + std::to_string(collective.rank()) + "-XXXXXX"))
-            .string();
+    std::string pattern = (fs::temp_directory_path() /
+                           ("clhost-rank" + std::to_string(collective.rank()) + "-XXXXXX"))
+                              .string();
     if (::mkdtemp(pattern.data()) == nullptr) {
       throw RunError("rank " + std::to_string(collective.rank()) +
                      ": cannot create a private directory in " +
@@ -395,25 +398,28 @@ void broadcast_model(Collective& collective, Runtime& runtime) {
 
 // results.json's "distributed": world size, backend, and each rank's share of the training steps.
 json distributed_json(Collective& collective, const RunConfig& config,
-                      const Trainer::RankTally& tally) {
+                      const Trainer::RankTally& tally, int64_t fisher_samples) {
   const int ranks = collective.world_size();
-  std::vector<double> table(static_cast<size_t>(3 * ranks), 0.0);
-  const auto mine = static_cast<size_t>(3 * collective.rank());
+  constexpr size_t kColumns = 4;
+  std::vector<double> table(kColumns * static_cast<size_t>(ranks), 0.0);
+  const size_t mine = kColumns * static_cast<size_t>(collective.rank());
   table[mine] = static_cast<double>(tally.samples);
   table[mine + 1] = tally.train_seconds;
   table[mine + 2] = tally.communication_seconds;
+  table[mine + 3] = static_cast<double>(fisher_samples);
   table = collective.sum(table);
   json per_rank = json::array();
   for (size_t r = 0; r < static_cast<size_t>(ranks); ++r) {
-    const double samples = table[3 * r];
-    const double seconds = table[3 * r + 1];
-    const double communication = table[3 * r + 2];
+    const double samples = table[kColumns * r];
+    const double seconds = table[kColumns * r + 1];
+    const double communication = table[kColumns * r + 2];
     per_rank.push_back(json{{"rank", r},
                             {"train_samples", static_cast<int64_t>(samples)},
                             {"train_seconds", seconds},
                             {"samples_per_second", seconds > 0 ? samples / seconds : 0.0},
                             {"communication_seconds", communication},
-                            {"communication_share", seconds > 0 ? communication / seconds : 0.0}});
+                            {"communication_share", seconds > 0 ? communication / seconds : 0.0},
+                            {"fisher_samples", static_cast<int64_t>(table[kColumns * r + 3])}});
   }
   return json{{"world_size", ranks},
               {"backend", collective.backend_name()},
@@ -593,7 +599,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_opti
   // Rank 0 names a new run's directory; every rank learns it.
   const std::string run_dir = collective->share(
       "run_dir", options.resume || !collective->writes_outputs() ? options.run_dir
-                                                                  : choose_run_dir(config, options));
+                                                                 : choose_run_dir(config, options));
   if (plan.checkpoint) check_plugins_resumable(pipeline, plan, options);
 
   at::set_num_threads(config.run.threads);
@@ -640,7 +646,8 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_opti
   RunSummary summary = summarize(state, sequence, run_dir, wall_start);
   summary.rank = collective->rank();
   const json distributed = collective->distributed()
-                               ? distributed_json(*collective, config, trainer.rank_tally())
+                               ? distributed_json(*collective, config, trainer.rank_tally(),
+                                                  runtime.fisher_samples_computed)
                                : json(nullptr);
   if (!collective->writes_outputs()) return summary;
   write_evaluation_matrix(run_dir, sequence, summary);

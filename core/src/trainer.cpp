@@ -2,8 +2,8 @@
 
 #include <malloc.h>
 
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <sstream>
 
@@ -178,17 +178,19 @@ double Trainer::train_task(const TaskPlan& plan) {
   const double communication_before = parts_.runtime.collective->seconds();
   for (int64_t step = plan.first_step; step < plan.steps; ++step) {
     const StepBatch batch = next_batch(plan, order);
-    const MicroBatcher::Attempt attempt{
-        [this] { parts_.optimizer.zero_grad(); },
-        [&](int64_t micro_batch, int64_t* samples_processed) {
-          return accumulate_batch_gradients(parts_.runtime.model, batch.x, batch.y,
-                                            plan.view.label_map, plan.view.active, batch.rows,
-                                            batch.samples, micro_batch,
-                                            config_.train.checkpoint_segments, samples_processed);
-        }};
+    const MicroBatcher::Attempt attempt{[this] { parts_.optimizer.zero_grad(); },
+                                        [&](int64_t micro_batch, int64_t* samples_processed) {
+                                          return accumulate_batch_gradients(
+                                              parts_.runtime.model, batch.x, batch.y,
+                                              plan.view.label_map, plan.view.active, batch.rows,
+                                              batch.samples, micro_batch,
+                                              config_.train.checkpoint_segments, samples_processed);
+                                        },
+                                        [this](double loss) { return step_status(loss); },
+                                        kStatusFields + parts_.runtime.parameters.size()};
     MicroBatcher::Gradients gradients = batcher_.gradients(attempt, batch.samples, step, task_ooms);
     int stop_signal = 0;
-    gradients.loss = reduce_step(gradients.loss, stop_signal);
+    gradients.loss = reduce_step(gradients, stop_signal);
     rank_tally_.samples += batch.rows.size(0);
     const double penalty = apply_step(plan, step, batch.samples, gradients.loss);
     const int64_t step_peak = std::max(gradients.peak_bytes, memory::peak_bytes());
@@ -222,8 +224,7 @@ double Trainer::train_task(const TaskPlan& plan) {
     crash_point("step");
   }
   rank_tally_.train_seconds += seconds_since(task_start);
-  rank_tally_.communication_seconds +=
-      parts_.runtime.collective->seconds() - communication_before;
+  rank_tally_.communication_seconds += parts_.runtime.collective->seconds() - communication_before;
   return train_seconds_before + seconds_since(task_start);
 }
 
@@ -244,9 +245,9 @@ StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) const {
   const int64_t shard_begin = total * rank / ranks;
   const int64_t shard_end = total * (rank + 1) / ranks;
   StepBatch batch;
-  batch.rows = torch::tensor(std::vector<int64_t>(indices.begin() + shard_begin,
-                                                  indices.begin() + shard_end),
-                             torch::kInt64);
+  batch.rows = torch::tensor(
+      std::vector<int64_t>(indices.begin() + shard_begin, indices.begin() + shard_end),
+      torch::kInt64);
   batch.samples = total;
   batch.x = plan.task->train_x;
   batch.y = plan.task->train_y;
@@ -261,30 +262,31 @@ StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) const {
   return batch;
 }
 
-double Trainer::reduce_step(double local_loss, int& stop_signal) {
-  Collective& collective = *parts_.runtime.collective;
-  if (!collective.distributed()) {
-    stop_signal = requested_stop_signal();
-    return local_loss;
-  }
-  // One small all-reduce: the loss, the stop requests, and which gradients exist on any rank (a
-  // rank whose shard is empty has none; it adds zeros where the others have some).
-  const int local_signal = requested_stop_signal();
-  std::vector<double> agreed{local_loss, local_signal == SIGINT ? 1.0 : 0.0,
-                             local_signal == SIGTERM ? 1.0 : 0.0};
+std::vector<double> Trainer::step_status(double local_loss) const {
+  // The loss, the stop requests, and which gradients exist (a rank whose shard is empty has none;
+  // it adds zeros where the others have some).
+  const int signal_number = requested_stop_signal();
+  std::vector<double> status{local_loss, signal_number == SIGINT ? 1.0 : 0.0,
+                             signal_number == SIGTERM ? 1.0 : 0.0};
   for (const auto& parameter : parts_.runtime.parameters) {
-    agreed.push_back(parameter.grad().defined() ? 1.0 : 0.0);
+    status.push_back(parameter.grad().defined() ? 1.0 : 0.0);
   }
-  agreed = collective.sum(agreed);
+  return status;
+}
+
+double Trainer::reduce_step(const MicroBatcher::Gradients& step, int& stop_signal) {
+  const std::vector<double>& agreed = step.status;  // already summed over the ranks
+  stop_signal = agreed[1] > 0.0 ? SIGINT : agreed[2] > 0.0 ? SIGTERM : 0;
+  Collective& collective = *parts_.runtime.collective;
+  if (!collective.distributed()) return step.loss;
   std::vector<torch::Tensor> gradients;
   for (size_t p = 0; p < parts_.runtime.parameters.size(); ++p) {
     torch::Tensor& parameter = parts_.runtime.parameters[p];
-    if (agreed[3 + p] == 0.0) continue;
+    if (agreed[kStatusFields + p] == 0.0) continue;
     if (!parameter.grad().defined()) parameter.mutable_grad() = torch::zeros_like(parameter);
     gradients.push_back(parameter.grad());
   }
   collective.sum(gradients);
-  stop_signal = agreed[1] > 0.0 ? SIGINT : agreed[2] > 0.0 ? SIGTERM : 0;
   return agreed[0];
 }
 
@@ -341,8 +343,8 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
   const auto task = static_cast<int32_t>(plan.index);
   const std::string& name = plan.task->name;
   parts_.events.emit(CLHOST_EVENT_EVAL_BEGIN, task, "evaluate after " + name);
-  const std::vector<double> row = evaluate_all_tasks(parts_.runtime.model, config_,
-                                                     parts_.sequence, *parts_.runtime.collective);
+  const std::vector<double> row = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
+                                                     *parts_.runtime.collective);
   parts_.events.emit(CLHOST_EVENT_EVAL_END, task, "evaluate after " + name + " end");
   if (parts_.scripted.module && parts_.runtime.collective->writes_outputs()) {
     // The trained module after every task, for torch.jit.load in Python.
@@ -441,8 +443,8 @@ int Trainer::agreed_stop_signal() const {
   Collective& collective = *parts_.runtime.collective;
   const int local = requested_stop_signal();
   if (!collective.distributed()) return local;
-  const std::vector<double> agreed =
-      collective.sum(std::vector<double>{local == SIGINT ? 1.0 : 0.0, local == SIGTERM ? 1.0 : 0.0});
+  const std::vector<double> agreed = collective.sum(
+      std::vector<double>{local == SIGINT ? 1.0 : 0.0, local == SIGTERM ? 1.0 : 0.0});
   return agreed[0] > 0.0 ? SIGINT : agreed[1] > 0.0 ? SIGTERM : 0;
 }
 

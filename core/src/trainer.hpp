@@ -99,9 +99,13 @@ class Trainer {
   double train_task(const TaskPlan& plan);
   // The step's samples (drawn in the same order on every rank) and this rank's shard of them.
   [[nodiscard]] StepBatch next_batch(const TaskPlan& plan, DataOrder& order) const;
-  // Data-parallel: every rank's gradients and loss added up, and whether any rank was asked to
-  // stop (SIGINT/SIGTERM); returns the whole batch's loss.
-  double reduce_step(double local_loss, int& stop_signal);
+  // What every rank adds up after its share of a step (MicroBatcher's step_status): the loss,
+  // SIGINT and SIGTERM requests, then one flag per parameter whose gradient exists.
+  static constexpr size_t kStatusFields = 3;
+  [[nodiscard]] std::vector<double> step_status(double local_loss) const;
+  // Data-parallel: every rank's gradients added up; whether any rank was asked to stop
+  // (SIGINT/SIGTERM); returns the whole batch's loss.
+  double reduce_step(const MicroBatcher::Gradients& step, int& stop_signal);
   // Plug-in penalties, the non-finite guard and the optimizer's update; returns the penalty.
   double apply_step(const TaskPlan& plan, int64_t step, int64_t samples, double loss);
   double consolidate(const TaskPlan& plan);

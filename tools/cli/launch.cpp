@@ -134,8 +134,7 @@ struct Ranks {
     for (size_t r = 0; r < pids.size(); ++r) {
       if (pids[r] != pid) continue;
       status[r] = value;
-      const bool stopped_as_asked =
-          interrupted_by != 0 && exit_code(value) == 128 + interrupted_by;
+      const bool stopped_as_asked = interrupted_by != 0 && exit_code(value) == 128 + interrupted_by;
       if (exit_code(value) != 0 && !stopped_as_asked && first_failure < 0) {
         first_failure = static_cast<int>(r);
       }

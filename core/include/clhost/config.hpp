@@ -138,8 +138,9 @@ struct DistributedSection {
   CollectiveBackend backend = CollectiveBackend::kGloo;
   // A collective (or the rendezvous) that waits longer than this fails the run, naming the rank.
   double timeout_seconds = 300.0;
-  // Gradients are all-reduced in buckets of about this many bytes (PyTorch DDP's default: 25 MiB).
-  int64_t bucket_bytes = int64_t{25} << 20;
+  // Gradients are all-reduced in buckets of about this many bytes. 1 MiB: on loopback Gloo
+  // all-reduces 22 MB of gradients in 20 ms in 1 MiB buckets, 43 ms in DDP's 25 MiB (docs).
+  int64_t bucket_bytes = int64_t{1} << 20;
 };
 
 struct RunConfig {
