@@ -428,6 +428,23 @@ json distributed_json(Collective& collective, const RunConfig& config,
               {"ranks", per_rank}};
 }
 
+// The pipeline's plug-ins; the warnings (given keys without effect) recorded and printed.
+LoadedPipeline load_pipeline_and_warn(PluginLoader& loader, const RunConfig& config,
+                                      const Collective& collective, bool quiet) {
+  LoadedPipeline pipeline = load_pipeline(loader, config);
+  for (const auto& key : config.given_keys) {
+    if (key.rfind("distributed.", 0) == 0 && !collective.distributed()) {
+      pipeline.warnings.push_back(key + " has no effect in a single-process run (it applies to " +
+                                  "the ranks of --nproc or torchrun)");
+    }
+  }
+  if (!quiet) {
+    for (const auto& warning : pipeline.warnings)
+      std::fprintf(stderr, "warning: %s\n", warning.c_str());
+  }
+  return pipeline;
+}
+
 // --- outputs ---------------------------------------------------------------------------------
 
 // <metric>_matrix.csv: accuracy_matrix.csv, or bits_per_byte_matrix.csv for text tasks.
@@ -585,17 +602,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_opti
   check_same_config(*collective, config);
   ResumePlan plan = plan_resume(config, options);
   PluginLoader loader(PluginLoader::search_path_for(plan.cli_plugin_path, config.run.plugin_path));
-  LoadedPipeline pipeline = load_pipeline(loader, config);
-  for (const auto& key : config.given_keys) {
-    if (key.rfind("distributed.", 0) == 0 && !collective->distributed()) {
-      pipeline.warnings.push_back(key + " has no effect in a single-process run (it applies to " +
-                                  "the ranks of --nproc or torchrun)");
-    }
-  }
-  if (!options.quiet) {
-    for (const auto& warning : pipeline.warnings)
-      std::fprintf(stderr, "warning: %s\n", warning.c_str());
-  }
+  LoadedPipeline pipeline = load_pipeline_and_warn(loader, config, *collective, options.quiet);
   // Rank 0 names a new run's directory; every rank learns it.
   const std::string run_dir = collective->share(
       "run_dir", options.resume || !collective->writes_outputs() ? options.run_dir
