@@ -80,7 +80,7 @@ void record(const json& results, Measure& measure) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   const int repetitions = argc > 2 ? std::max(1, std::atoi(argv[2])) : 3;
   const fs::path scratch =
       fs::temp_directory_path() / ("bench_distributed_" + std::to_string(getpid()));
@@ -125,4 +125,7 @@ int main(int argc, char** argv) {
   std::cout << text << '\n';
   if (argc > 1) std::ofstream(argv[1]) << text << '\n';
   return 0;
+} catch (const std::exception& e) {
+  std::cerr << "bench_distributed: " << e.what() << '\n';
+  return 1;
 }

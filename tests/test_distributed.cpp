@@ -38,9 +38,10 @@ int free_port() {
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t length = sizeof(address);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                     ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
   ::close(fd);
+  EXPECT_TRUE(bound) << "no free loopback port";
   return ntohs(address.sin_port);
 }
 
@@ -354,7 +355,7 @@ class DataParallel : public ::testing::Test {
  protected:
   // One run of kConfig with `args`; fails the test unless it completes.
   std::string run(const std::string& name, const std::string& args) {
-    const std::string out = dir_.path(name);
+    std::string out = dir_.path(name);
     const auto result = run_command(
         clhost_command("run --quiet --config " + config_ + " --output " + out + " " + args));
     EXPECT_EQ(result.exit_code, 0) << name << ":\n" << result.output;

@@ -200,7 +200,7 @@ double Collective::sum(double value) {
 
 namespace {
 
-int64_t reduce_int(c10d::ProcessGroupGloo& group, int64_t value, c10d::ReduceOp op) {
+int64_t reduce_int(c10d::ProcessGroupGloo& group, int64_t value, const c10d::ReduceOp& op) {
   std::vector<at::Tensor> tensors{torch::tensor({value}, torch::kInt64)};
   c10d::AllreduceOptions options;
   options.reduceOp = op;
@@ -254,6 +254,7 @@ std::vector<at::Tensor> Collective::gather(const at::Tensor& tensor) {
   std::vector<at::Tensor> inputs{padded};
   timed("all-gather", [&] { group_->group->allgather(outputs, inputs)->wait(); });
   std::vector<at::Tensor> out;
+  out.reserve(static_cast<size_t>(world_size_));
   for (int r = 0; r < world_size_; ++r) {
     out.push_back(outputs[0][static_cast<size_t>(r)].narrow(0, 0, rows[static_cast<size_t>(r)]));
   }

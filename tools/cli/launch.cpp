@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -64,6 +65,7 @@ pid_t start_rank(int rank, int nproc, int port, const std::vector<std::string>& 
   std::vector<std::string> words{"clhost", "run"};
   words.insert(words.end(), run_args.begin(), run_args.end());
   std::vector<char*> argv;
+  argv.reserve(words.size() + 1);
   for (auto& word : words) argv.push_back(word.data());
   argv.push_back(nullptr);
   ::execv("/proc/self/exe", argv.data());
@@ -116,10 +118,7 @@ struct Ranks {
   int interrupted_by = 0;
 
   [[nodiscard]] bool any_running() const {
-    for (const int value : status) {
-      if (value == -1) return true;
-    }
-    return false;
+    return std::any_of(status.begin(), status.end(), [](int value) { return value == -1; });
   }
   void signal_running(int signal_number) const {
     for (size_t r = 0; r < pids.size(); ++r) {
