@@ -106,7 +106,8 @@ TEST(PluginsAndSet, AnIdThatIsNeitherASectionNorAPluginIsRefused) {
   ConfigOverrides overrides;
   overrides.set = {"ewc.lambda=5"};  // quick.toml has only l2
   EXPECT_NE(error_of(kQuick, overrides)
-                .find("--set ewc.lambda: 'ewc' is neither a config section (run, distributed, data, model, "),
+                .find("--set ewc.lambda: 'ewc' is neither a config section (run, distributed, "
+                      "data, model, "),
             std::string::npos);
   overrides.plugins = std::vector<std::string>{"l2", "l2"};
   overrides.set = {"l2.lambda=5"};

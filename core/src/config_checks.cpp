@@ -107,10 +107,18 @@ void flatten(const nlohmann::json& value, const std::string& prefix,
 
 const std::vector<std::string>& resume_safe_keys() {
   static const std::vector<std::string> keys = {
-      "run.name",        "run.output_dir",    "run.log_every", "run.checkpoint_every",
-      "run.plugin_path", "data.stream_cache", "data.dir",      "data.max_resident",
+      "run.name",
+      "run.output_dir",
+      "run.log_every",
+      "run.checkpoint_every",
+      "run.plugin_path",
+      "data.stream_cache",
+      "data.dir",
+      "data.max_resident",
       // How processes talk, not what they compute (the world size may change too).
-      "distributed.backend", "distributed.timeout", "distributed.bucket_size",
+      "distributed.backend",
+      "distributed.timeout",
+      "distributed.bucket_size",
   };
   return keys;
 }

@@ -105,13 +105,12 @@ std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunCo
   for (size_t j = 0; j < sequence.tasks.size(); ++j) {
     const TaskData& task = sequence.tasks[j];
     const int64_t batch = config.train.eval_batch_size;
-    const Tally tally =
-        sequence.next_byte
-            ? count_nats(model, task, batch, test_shard(task, collective))
-            : count_correct(model, task,
-                            make_class_view(evaluation_classes(config, sequence, j),
-                                            sequence.num_classes),
-                            batch, test_shard(task, collective));
+    const Tally tally = sequence.next_byte
+                            ? count_nats(model, task, batch, test_shard(task, collective))
+                            : count_correct(model, task,
+                                            make_class_view(evaluation_classes(config, sequence, j),
+                                                            sequence.num_classes),
+                                            batch, test_shard(task, collective));
     tallies.push_back(tally.sum);
     tallies.push_back(tally.count);
   }

@@ -333,9 +333,8 @@ int32_t collective_world_size(const clhost_host_t* host) {
 }
 clhost_status_t collective_all_reduce_sum(const clhost_host_t* host, DLTensor* tensor,
                                           clhost_error_t* error) {
-  return collective_call("collective.all_reduce_sum", error, [&] {
-    runtime_of(host).collective->sum({collective_tensor(tensor)});
-  });
+  return collective_call("collective.all_reduce_sum", error,
+                         [&] { runtime_of(host).collective->sum({collective_tensor(tensor)}); });
 }
 clhost_status_t collective_broadcast(const clhost_host_t* host, DLTensor* tensor, int32_t root,
                                      clhost_error_t* error) {

@@ -28,6 +28,16 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// A stop request as two counts the ranks can add up: (SIGINT, SIGTERM).
+std::vector<double> stop_request_flags(int signal_number) {
+  return {signal_number == SIGINT ? 1.0 : 0.0, signal_number == SIGTERM ? 1.0 : 0.0};
+}
+
+// The signal the ranks stop for, from their summed flags (SIGINT wins).
+int stop_signal_of(double sigint_count, double sigterm_count) {
+  return sigint_count > 0.0 ? SIGINT : sigterm_count > 0.0 ? SIGTERM : 0;
+}
+
 }  // namespace
 
 Trainer::Trainer(const TrainerParts& parts, TrainerState& state, const ResumePoint& resume)
@@ -266,8 +276,9 @@ std::vector<double> Trainer::step_status(double local_loss) const {
   // The loss, the stop requests, and which gradients exist (a rank whose shard is empty has none;
   // it adds zeros where the others have some).
   const int signal_number = requested_stop_signal();
-  std::vector<double> status{local_loss, signal_number == SIGINT ? 1.0 : 0.0,
-                             signal_number == SIGTERM ? 1.0 : 0.0};
+  std::vector<double> status{local_loss};
+  const std::vector<double> stop = stop_request_flags(signal_number);
+  status.insert(status.end(), stop.begin(), stop.end());
   for (const auto& parameter : parts_.runtime.parameters) {
     status.push_back(parameter.grad().defined() ? 1.0 : 0.0);
   }
@@ -276,7 +287,7 @@ std::vector<double> Trainer::step_status(double local_loss) const {
 
 double Trainer::reduce_step(const MicroBatcher::Gradients& step, int& stop_signal) {
   const std::vector<double>& agreed = step.status;  // already summed over the ranks
-  stop_signal = agreed[1] > 0.0 ? SIGINT : agreed[2] > 0.0 ? SIGTERM : 0;
+  stop_signal = stop_signal_of(agreed[1], agreed[2]);
   Collective& collective = *parts_.runtime.collective;
   if (!collective.distributed()) return step.loss;
   std::vector<torch::Tensor> gradients;
@@ -443,9 +454,8 @@ int Trainer::agreed_stop_signal() const {
   Collective& collective = *parts_.runtime.collective;
   const int local = requested_stop_signal();
   if (!collective.distributed()) return local;
-  const std::vector<double> agreed = collective.sum(
-      std::vector<double>{local == SIGINT ? 1.0 : 0.0, local == SIGTERM ? 1.0 : 0.0});
-  return agreed[0] > 0.0 ? SIGINT : agreed[1] > 0.0 ? SIGTERM : 0;
+  const std::vector<double> agreed = collective.sum(stop_request_flags(local));
+  return stop_signal_of(agreed[0], agreed[1]);
 }
 
 void Trainer::stop_if_asked(size_t task, int64_t step, int signal_number) const {

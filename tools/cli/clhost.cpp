@@ -1,7 +1,7 @@
 // clhost — the command-line entry point. Every command is documented in docs/cli.md.
 // Exit codes: 0 success, 1 run failed, 2 bad configuration or usage, 3 plug-in problem.
-#include <boost/program_options.hpp>
 #include <algorithm>
+#include <boost/program_options.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -187,8 +187,9 @@ int command_run(const std::vector<std::string>& args) {
     const int nproc = vm["nproc"].as<int>();
     if (nproc < 1 || nproc > 256) throw po::error("--nproc must be between 1 and 256");
     if (std::getenv("WORLD_SIZE") != nullptr) {
-      throw po::error("--nproc inside a launched rank (WORLD_SIZE is set, e.g. by torchrun): use "
-                      "one launcher");
+      throw po::error(
+          "--nproc inside a launched rank (WORLD_SIZE is set, e.g. by torchrun): use "
+          "one launcher");
     }
     if (nproc > 1) {
       return clhost::tools::run_local_ranks(nproc, without_option(args, "--nproc"),
