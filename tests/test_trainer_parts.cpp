@@ -101,7 +101,8 @@ TEST(MicroBatcherRetries, ShrinksWithThePolicyUntilTheStepFitsAndCountsEverySamp
   PluginsUnderTest run("[[pipeline]]\nplugin = \"dynamic\"\n");
   clhost::EventBus events(*run.plugins, run.runtime, run.dir.path(),
                           std::chrono::steady_clock::now());
-  clhost::MetricsLog log(run.dir.path("metrics.csv"), -1, true);
+  clhost::EventJournal journal(run.dir.path("events.jsonl"));
+  clhost::MetricsLog log(run.dir.path("metrics.csv"), -1, true, journal);
   clhost::TrainerState state;
   clhost::MicroBatcher batcher(run.plugins->batch_policy(), state, events, log, -1);
   log.begin_task(0);
@@ -132,7 +133,8 @@ TEST(MicroBatcherRetries, WithoutAPolicyOrBelowOneSampleTheStepFailsWithWhatToDo
   PluginsUnderTest run("");
   clhost::EventBus events(*run.plugins, run.runtime, run.dir.path(),
                           std::chrono::steady_clock::now());
-  clhost::MetricsLog log(run.dir.path("metrics.csv"), -1, true);
+  clhost::EventJournal journal(run.dir.path("events.jsonl"));
+  clhost::MetricsLog log(run.dir.path("metrics.csv"), -1, true, journal);
   clhost::TrainerState state;
   clhost::MicroBatcher batcher(nullptr, state, events, log, -1);
   batcher.begin_task(0, "task0", 8, false);

@@ -27,6 +27,7 @@
 #include "event_bus.hpp"
 #include "host_services.hpp"
 #include "io.hpp"
+#include "event_journal.hpp"
 #include "metrics_log.hpp"
 #include "model.hpp"
 #include "plugin_set.hpp"
@@ -292,7 +293,7 @@ void create_run_directory(const std::string& run_dir) {
 // checkpoint), and the Fisher store's groups kept from the checkpoint.
 std::unique_ptr<MetricsLog> open_run_files(const RunConfig& config, const RunOptions& options,
                                            const ResumePlan& plan, const std::string& run_dir,
-                                           Runtime& runtime) {
+                                           Runtime& runtime, EventJournal& journal) {
   const std::string metrics_path = (fs::path(run_dir) / "metrics.csv").string();
   int64_t keep_bytes = -1;
   if (plan.checkpoint) {
@@ -304,7 +305,7 @@ std::unique_ptr<MetricsLog> open_run_files(const RunConfig& config, const RunOpt
   }
   // The configuration now in force (it may differ in safe keys) is what a later resume reads.
   write_file_atomic((fs::path(run_dir) / "config.toml").string(), config.resolved_toml);
-  return std::make_unique<MetricsLog>(metrics_path, keep_bytes, options.quiet);
+  return std::make_unique<MetricsLog>(metrics_path, keep_bytes, options.quiet, journal);
 }
 
 TrainerState initial_state(const ResumePlan& plan, const RunOptions& options) {
@@ -637,14 +638,15 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_opti
   // 2. The run directory, then training.
   create_run_directory(output.path());
   if (collective->writes_outputs()) created_run_dir = run_dir;
+  EventJournal journal(collective->writes_outputs() ? journal_path(run_dir) : "");
   const std::unique_ptr<MetricsLog> log =
-      open_run_files(config, options, plan, output.path(), runtime);
+      open_run_files(config, options, plan, output.path(), runtime, journal);
   CheckpointDirectory checkpoints(run_dir);
   TrainerState state = initial_state(plan, options);
   EventBus events(plugins, runtime, output.path(), wall_start);
   const TrainerParts parts{
       config,  options, run_dir, plan.cli_plugin_path, sequence,  runtime, scripted, *optimizer,
-      plugins, events,  *log,    checkpoints,          wall_start};
+      plugins, events,  *log,    journal,              checkpoints, wall_start};
   Trainer trainer(parts, state,
                   ResumePoint{plan.checkpoint ? &*plan.checkpoint : nullptr, &plan.saved});
   trainer.run();
@@ -675,8 +677,13 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_opti
   return summary;
 }
 
+// status.json, and the journal's last word on this attempt (its run_end event).
 void write_status(const std::string& run_dir, const json& status) {
   write_file_atomic((fs::path(run_dir) / "status.json").string(), status.dump(2) + "\n");
+  json run_end = status;
+  run_end["event"] = "run_end";
+  if (run_end.contains("error")) run_end["message"] = run_end["error"];
+  EventJournal(journal_path(run_dir)).append(run_end);
 }
 
 }  // namespace
@@ -709,10 +716,7 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   try {
     RunSummary summary = run_pipeline_in(config, options, run_dir);
     // Empty: a rank other than 0 of a data-parallel run, which writes no run directory.
-    if (!run_dir.empty()) {
-      write_file_atomic((fs::path(run_dir) / "status.json").string(),
-                        json{{"status", "complete"}}.dump() + "\n");
-    }
+    if (!run_dir.empty()) write_status(run_dir, json{{"status", "complete"}});
     return summary;
   } catch (const Interrupted& e) {
     if (run_dir.empty()) throw;

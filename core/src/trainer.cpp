@@ -1,6 +1,7 @@
 #include "trainer.hpp"
 
 #include <malloc.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <csignal>
@@ -11,6 +12,7 @@
 #include "clhost/memory_budget.hpp"
 #include "distributed.hpp"
 #include "event_bus.hpp"
+#include "event_journal.hpp"
 #include "host_services.hpp"
 #include "io.hpp"
 #include "metrics_log.hpp"
@@ -79,6 +81,7 @@ void Trainer::start_run() {
       " resident, set up in " + format_double(parts_.sequence.setup_seconds, 2) + " s)";
   parts_.events.emit(CLHOST_EVENT_RUN_BEGIN, -1,
                      (resumed ? "run resumed" : "run begin") + data_note);
+  journal_run_begin(resumed);
   if (resumed) {
     if (!parts_.options.quiet) {
       std::fprintf(stderr, "resuming %s from task %zu step %lld (checkpoint %s)\n",
@@ -92,6 +95,8 @@ void Trainer::start_run() {
   state_.random_init_accuracy = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
                                                    *parts_.runtime.collective);
   parts_.events.emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
+  parts_.journal.append(
+      json{{"event", "evaluation"}, {"after_task", -1}, {"row", state_.random_init_accuracy}});
   write_checkpoint(TaskPosition{}, nullptr, -1);  // every later crash can go back to it
   if (parts_.options.resume && !parts_.options.quiet) {
     std::fprintf(stderr,
@@ -103,6 +108,44 @@ void Trainer::start_run() {
 
 // --- one task ----------------------------------------------------------------------------------
 
+void Trainer::journal_run_begin(bool resumed) const {
+  json tasks = json::array();
+  for (size_t t = 0; t < parts_.sequence.tasks.size(); ++t) {
+    const TaskShape shape = task_shape(t);
+    tasks.push_back(json{{"name", parts_.sequence.tasks[t].name},
+                         {"steps", shape.steps},
+                         {"batch_size", shape.batch_size}});
+  }
+  json plugins = json::array();
+  for (const PluginSpec& spec : config_.pipeline) plugins.push_back(spec.id);
+  const bool bits = parts_.sequence.next_byte;
+  parts_.journal.append(json{{"event", "run_begin"},
+                             {"schema", kEventJournalSchema},
+                             {"pid", ::getpid()},
+                             {"pid_start", process_start_ticks(::getpid())},
+                             {"resumed", resumed},
+                             {"task", first_task_},
+                             {"step", first_step_},
+                             {"global_step", state_.global_step},
+                             {"tasks", tasks},
+                             {"metric", bits ? "bits_per_byte" : "accuracy"},
+                             {"better", bits ? "lower" : "higher"},
+                             {"plugins", plugins},
+                             {"world_size", parts_.runtime.collective->world_size()}});
+}
+
+Trainer::TaskShape Trainer::task_shape(size_t index) const {
+  TaskShape shape;
+  shape.batch_size = index < config_.tasks.size() && config_.tasks[index].batch_size
+                         ? *config_.tasks[index].batch_size
+                         : config_.train.batch_size;
+  const int64_t samples = parts_.sequence.tasks[index].train_size();
+  shape.steps = config_.train.epochs > 0
+                    ? config_.train.epochs * ((samples + shape.batch_size - 1) / shape.batch_size)
+                    : config_.train.iterations;
+  return shape;
+}
+
 Trainer::TaskPlan Trainer::plan_task(size_t index) const {
   TaskPlan plan;
   plan.index = index;
@@ -110,13 +153,9 @@ Trainer::TaskPlan Trainer::plan_task(size_t index) const {
   plan.train_samples = plan.task->train_size();
   if (plan.train_samples == 0)
     throw RunError("task " + plan.task->name + " has no training samples");
-  plan.batch_size = index < config_.tasks.size() && config_.tasks[index].batch_size
-                        ? *config_.tasks[index].batch_size
-                        : config_.train.batch_size;
-  plan.steps =
-      config_.train.epochs > 0
-          ? config_.train.epochs * ((plan.train_samples + plan.batch_size - 1) / plan.batch_size)
-          : config_.train.iterations;
+  const TaskShape shape = task_shape(index);
+  plan.batch_size = shape.batch_size;
+  plan.steps = shape.steps;
   plan.first_step = resume_.checkpoint != nullptr && index == first_task_ ? first_step_ : 0;
   plan.view = training_view(config_, parts_.sequence, index);
   plan.info = clhost_task_info_t{sizeof(clhost_task_info_t),
@@ -143,6 +182,13 @@ bool Trainer::begin_task(const TaskPlan& plan) {
                        "task " + plan.task->name + " begin");
     parts_.plugins.task_begin(plan.info);
   }
+  parts_.journal.append(json{{"event", "task_begin"},
+                             {"task", plan.index},
+                             {"name", plan.task->name},
+                             {"steps", plan.steps},
+                             {"batch_size", plan.batch_size},
+                             {"global_step", state_.global_step - plan.first_step},
+                             {"resumed", resumed_in_task}});
   // A rank's micro-batches split its shard of the step: at most ceil(batch / ranks) samples.
   const int64_t ranks = parts_.runtime.collective->world_size();
   batcher_.begin_task(plan.index, plan.task->name, (plan.batch_size + ranks - 1) / ranks,
@@ -353,6 +399,10 @@ double Trainer::consolidate(const TaskPlan& plan) {
 void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
   const auto task = static_cast<int32_t>(plan.index);
   const std::string& name = plan.task->name;
+  parts_.journal.append(json{{"event", "task_end"},
+                             {"task", plan.index},
+                             {"train_seconds", totals.train_seconds},
+                             {"consolidate_seconds", totals.consolidate_seconds}});
   parts_.events.emit(CLHOST_EVENT_EVAL_BEGIN, task, "evaluate after " + name);
   const std::vector<double> row = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
                                                      *parts_.runtime.collective);
@@ -363,6 +413,7 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
     save_scripted_model(*parts_.scripted.module,
                         (std::filesystem::path(parts_.run_dir) / file).string());
   }
+  parts_.journal.append(json{{"event", "evaluation"}, {"after_task", plan.index}, {"row", row}});
   state_.accuracy_matrix.push_back(row);
   state_.optimizer_steps += plan.steps;
   const ProcessMemory memory = read_process_memory();
@@ -448,6 +499,12 @@ void Trainer::write_checkpoint(const TaskPosition& position, const DataOrder* or
                          std::to_string(position.step) + ": " +
                          memory::format_bytes(checkpoint_bytes_) + " in " +
                          format_double(seconds, 3) + " s");
+  parts_.journal.append(json{{"event", "checkpoint"},
+                             {"task", position.task},
+                             {"step", position.step},
+                             {"global_step", state_.global_step},
+                             {"bytes", checkpoint_bytes_},
+                             {"seconds", seconds}});
 }
 
 int Trainer::agreed_stop_signal() const {

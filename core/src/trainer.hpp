@@ -27,6 +27,7 @@
 namespace clhost {
 
 class EventBus;
+class EventJournal;
 class MetricsLog;
 class PluginSet;
 class Runtime;
@@ -44,6 +45,7 @@ struct TrainerParts {
   PluginSet& plugins;
   EventBus& events;
   MetricsLog& log;
+  EventJournal& journal;  // events.jsonl (rank 0; a no-op elsewhere)
   CheckpointDirectory& checkpoints;
   std::chrono::steady_clock::time_point wall_start;
 };
@@ -92,6 +94,14 @@ class Trainer {
   };
 
   [[nodiscard]] TaskPlan plan_task(size_t index) const;
+  // A task's batch size and optimizer steps (train.*, tasks[i].batch_size).
+  struct TaskShape {
+    int64_t batch_size = 0;
+    int64_t steps = 0;
+  };
+  [[nodiscard]] TaskShape task_shape(size_t index) const;
+  // events.jsonl: the run (or its resume) begins; what a reader needs to follow it.
+  void journal_run_begin(bool resumed) const;
   void start_run();
   // Returns whether the peak-RSS counter could be reset for this task.
   bool begin_task(const TaskPlan& plan);

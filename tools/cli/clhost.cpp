@@ -22,6 +22,7 @@
 #include "new_plugin/plugin_templates.hpp"
 #include "report/compare.hpp"
 #include "report/report.hpp"
+#include "serve.hpp"
 
 namespace po = boost::program_options;
 
@@ -45,6 +46,8 @@ commands:
   compare    A/B: two arms over paired seeds, with statistics:
              clhost compare --config C.toml --a 'plugins=' --b 'plugins=ewc' --seeds 5
   report     a self-contained HTML report of one run: clhost report RUN_DIR
+  serve      the web UI to launch, watch, stop, resume and compare runs:
+             clhost serve [--port 8080] [--runs runs] (docs/web-ui.md)
   new-plugin   write a plug-in project that builds against the installed SDK:
              clhost new-plugin --kind regularizer --name my_reg [--lang c|cxx] [--dir DIR]
 
@@ -586,6 +589,43 @@ int command_report(const std::vector<std::string>& args) {
   return 0;
 }
 
+int command_serve(const std::vector<std::string>& args) {
+  clhost::serve::ServeOptions serve;
+  po::options_description options("options");
+  options.add_options()("help,h", "show this help")(
+      "host", po::value<std::string>(&serve.host)->default_value(serve.host),
+      "address to listen on; off loopback every request needs the token (--token, or one is "
+      "generated and printed)")("port", po::value<int>(&serve.port)->default_value(serve.port),
+                                "port; 0: any free port (printed)")(
+      "token", po::value<std::string>(&serve.token),
+      "access token (at least 16 letters, digits, '-' or '_'); required off loopback")(
+      "runs", po::value<std::string>(&serve.runs_dir)->default_value(serve.runs_dir),
+      "directory of the run directories to show; launched runs go there")(
+      "configs", po::value<std::string>(&serve.configs_dir)->default_value(serve.configs_dir),
+      "directory of the configs the launch form offers")(
+      "plugin-path", po::value<std::vector<std::string>>(&serve.plugin_path)->composing(),
+      "plug-in directory the runs it launches may use (repeatable); a config naming another "
+      "run.plugin_path is refused")(
+      "max-streams", po::value<size_t>(&serve.max_streams)->default_value(serve.max_streams),
+      "live run pages at once")(
+      "max-request-bytes",
+      po::value<size_t>(&serve.max_request_bytes)->default_value(serve.max_request_bytes),
+      "largest request body (a pasted config)")("quiet,q", po::bool_switch(&serve.quiet),
+                                                "no request log");
+  po::variables_map vm;
+  if (!parse(args, options, "usage: clhost serve [options]", vm)) return 0;
+  if (serve.port < 0 || serve.port > 65535) throw po::error("--port must be 0..65535");
+  if (serve.max_streams < 1 || serve.max_streams > 1024)
+    throw po::error("--max-streams must be 1..1024");
+  if (!serve.token.empty() &&
+      (serve.token.size() < 16 ||
+       serve.token.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                     "0123456789-_") != std::string::npos)) {
+    throw po::error("--token must be at least 16 letters, digits, '-' or '_'");
+  }
+  return clhost::serve::run_server(serve);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -616,6 +656,7 @@ int main(int argc, char** argv) {
     if (command == "new-plugin") return command_new_plugin(args);
     if (command == "compare") return command_compare(args);
     if (command == "report") return command_report(args);
+    if (command == "serve") return command_serve(args);
     std::fprintf(stderr, "clhost: unknown command '%s'\n\n%s", command.c_str(), kTopHelp);
     return kExitUsage;
   } catch (const po::error& e) {
