@@ -64,13 +64,20 @@ def make_driver():
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
+# The run page re-renders as events arrive: read it in one script, never through stale elements.
 def filled_cells(driver):
-    return len(driver.find_elements(By.CSS_SELECTOR, "#heatmap rect.cell.filled"))
+    return driver.execute_script(
+        "return document.querySelectorAll('#heatmap rect.cell.filled').length")
 
 
 def status_of(driver):
-    badges = driver.find_elements(By.CSS_SELECTOR, "h1 .status")
-    return badges[0].get_attribute("data-status") if badges else ""
+    return driver.execute_script(
+        "const b = document.querySelector('h1 .status'); return b ? b.dataset.status : ''")
+
+
+def button_enabled(driver, element_id):
+    return driver.execute_script(
+        "const b = document.getElementById(arguments[0]); return !!b && !b.disabled", element_id)
 
 
 def wait(driver, seconds, condition, what):
@@ -88,7 +95,7 @@ def launch_from_form(driver, url, name):
     driver.find_element(By.ID, "run-name").send_keys(name)
     # Long enough to stop it in the middle; checkpoints often, so the resume has little to redo.
     driver.find_element(By.ID, "overrides").send_keys(
-        "train.iterations=600\nrun.checkpoint_every=100")
+        "train.iterations=2000\nrun.checkpoint_every=500")
     wait(driver, 60, lambda d: d.find_elements(By.CSS_SELECTOR, "#validation .ok"),
          "the form to validate")
     # A typo shows clhost validate's located error, then goes away when fixed.
@@ -99,9 +106,9 @@ def launch_from_form(driver, url, name):
     error = driver.find_element(By.CSS_SELECTOR, "#validation .errors li").text
     assert "lrr" in error, error
     overrides.clear()
-    overrides.send_keys("train.iterations=600\nrun.checkpoint_every=100")
+    overrides.send_keys("train.iterations=2000\nrun.checkpoint_every=500")
     wait(driver, 60, lambda d: d.find_elements(By.CSS_SELECTOR, "#validation .ok")
-         and d.find_element(By.ID, "start").is_enabled(), "the form to validate again")
+         and button_enabled(d, "start"), "the form to validate again")
     driver.find_element(By.ID, "start").click()
     wait(driver, 30, lambda d: d.current_url.endswith("#/run/" + name), "the run page")
 
@@ -122,14 +129,16 @@ def main():
         # The first rows fill in; stop it with tasks still to come.
         wait(driver, 120, lambda d: filled_cells(d) >= 5, "the first matrix row")
         assert filled_cells(driver) < 25, "the run ended before it could be stopped"
-        driver.find_element(By.ID, "stop").click()
+        driver.execute_script("document.getElementById('stop').click()")
         wait(driver, 60, lambda d: status_of(d) == "interrupted", "the run to stop")
         assert filled_cells(driver) < 25
-        wait(driver, 10, lambda d: d.find_element(By.ID, "resume").is_enabled(), "Resume")
-        driver.find_element(By.ID, "resume").click()
+        if args.screenshot:  # the matrix part-filled, as a stopped run shows it
+            driver.save_screenshot(args.screenshot.replace(".png", "_stopped.png"))
+        wait(driver, 10, lambda d: button_enabled(d, "resume"), "Resume")
+        driver.execute_script("document.getElementById('resume').click()")
         wait(driver, 180, lambda d: filled_cells(d) == 25 and status_of(d) == "complete",
              "all 5 x 5 cells and the run's end")
-        figures = driver.find_element(By.ID, "fig-average").text
+        figures = driver.execute_script("return document.getElementById('fig-average').textContent")
         assert re.match(r"0\.\d{4}", figures), figures
         if args.screenshot:
             time.sleep(0.5)  # the last chart update

@@ -39,6 +39,16 @@ int64_t integer_or(const json& event, const char* key, int64_t fallback) {
   return it != event.end() && it->is_number() ? it->get<int64_t>() : fallback;
 }
 
+// A memory_profile_*.json under logs/memory_profile/ (the memory_profiler plug-in's).
+bool has_memory_profile(const fs::path& dir) {
+  std::error_code error;
+  for (const auto& item : fs::directory_iterator(dir / "logs" / "memory_profile", error)) {
+    const std::string file = item.path().filename().string();
+    if (file.rfind("memory_profile_", 0) == 0 && item.path().extension() == ".json") return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 // --- curves ------------------------------------------------------------------------------------
@@ -369,6 +379,7 @@ json RunView::snapshot() const {
   snapshot["has_results"] = results_.is_object();
   snapshot["journal"] = fs::exists(dir_ / kEventJournalFile);
   snapshot["launched"] = launch_.is_object();
+  snapshot["has_memory_profile"] = has_memory_profile(dir_);
   if (launch_.is_object()) snapshot["command"] = launch_.value("command", json::array());
   if (results_.is_object() && matrix_.empty()) {
     // A run from before the journal: its matrix from results.json.

@@ -55,6 +55,9 @@ void add_static_routes(httplib::Server& server, const AccessPolicy& policy) {
       }
     });
   }
+  // Browsers ask for it on every page (the report's too); there is none.
+  server.Get("/favicon.ico",
+             [](const httplib::Request&, httplib::Response& response) { response.status = 204; });
   const std::string chart = read_file(kChartJs);
   if (chart.empty()) {
     std::fprintf(stderr,

@@ -301,26 +301,21 @@ class RunPage {
     this.source.onopen = () => { connection.textContent = 'live'; };
     this.source.onerror = () => {
       // EventSource reconnects by itself; the server then sends a fresh snapshot.
-      connection.textContent = this.source.readyState === EventSource.CLOSED ? '' : 'reconnecting…';
       if (this.run && !['running', 'starting'].includes(this.run.status)) this.source.close();
+      connection.textContent = this.source.readyState === EventSource.CLOSED ? '' : 'reconnecting…';
     };
     const on = (kind, handler) => this.source.addEventListener(kind, (e) => handler(JSON.parse(e.data)));
     on('snapshot', (snapshot) => { this.run = snapshot; this.renderAll(); });
     on('progress', (events) => events.forEach((e) => this.applyProgress(e)));
-    on('run_begin', (e) => this.applyRunBegin(e));
+    on('run_begin', () => this.refresh());
     on('task_begin', (e) => { this.run.progress.task = e.task; this.run.task_first_step[e.task] = e.global_step; this.renderChart(); this.renderFigures(); });
     on('evaluation', (e) => this.applyEvaluation(e));
     on('batch', (e) => { this.run.batch_events.push(e); this.run.batch_event_count += 1; if (e.kind === 'out_of_memory') this.run.out_of_memory_retries += 1; this.renderBatches(); });
     on('checkpoint', (e) => { this.run.checkpoints += 1; this.run.last_checkpoint = e; this.renderFigures(); });
     on('task_end', (e) => { const t = this.run.tasks[e.task]; if (t) Object.assign(t, e); });
     on('run_end', () => {});
-    on('status', (e) => {
-      Object.assign(this.run, e);
-      this.renderStatus();
-      this.renderFigures();
-      if (!['running', 'starting'].includes(e.status)) this.loadExtras();
-    });
-    on('end', () => this.source.close());
+    on('status', (e) => { this.run.status = e.status; this.refresh(); });
+    on('end', () => { this.source.close(); connection.textContent = ''; });
   }
 
   leave() {
@@ -330,17 +325,12 @@ class RunPage {
     document.getElementById('connection').textContent = '';
   }
 
-  applyRunBegin(e) {
-    this.run.status = 'running';
-    this.run.tasks = e.tasks || this.run.tasks;
-    if (e.resumed) {
-      const keep = (step) => step <= e.global_step;
-      const c = this.run.curves;
-      const n = c.step.filter(keep).length;
-      ['step', 'loss', 'loss_min', 'loss_max', 'penalty'].forEach((k) => { c[k] = c[k].slice(0, n); });
-      this.run.matrix = this.run.matrix.slice(0, e.task);
-    }
-    this.renderAll();
+  // A (re)start or an end changes much at once: take the server's whole state again.
+  async refresh() {
+    try {
+      this.run = await api('/api/runs/' + encodeURIComponent(this.name));
+      this.renderAll();
+    } catch (error) { this.message.textContent = error.message; }
   }
 
   applyProgress(e) {
@@ -491,23 +481,27 @@ class RunPage {
 
   renderBatches() {
     const events = (this.run.batch_events || []).slice(-50).reverse();
-    this.batchBox.replaceChildren(
+    this.batchBox.replaceChildren(...[
       h('p', { class: 'muted' }, `${this.run.batch_event_count || 0} batch event(s), ${this.run.out_of_memory_retries || 0} out-of-memory retr${this.run.out_of_memory_retries === 1 ? 'y' : 'ies'}`),
       events.length ? h('table', {}, h('thead', {}, h('tr', {}, ['task', 'step', 'batch', 'micro-batch', 'what'].map((c) => h('th', {}, c)))),
-        h('tbody', {}, events.map((e) => h('tr', {}, h('td', {}, e.task + 1), h('td', {}, e.step), h('td', {}, e.batch_size), h('td', {}, e.micro_batch), h('td', {}, e.what))))) : null);
+        h('tbody', {}, events.map((e) => h('tr', {}, h('td', {}, e.task + 1), h('td', {}, e.step), h('td', {}, e.batch_size), h('td', {}, e.micro_batch), h('td', {}, e.what))))) : null].filter(Boolean));
   }
 
   async loadLog() {
     if (!this.run.launched) return;
     try {
       const response = await fetch('/api/runs/' + encodeURIComponent(this.name) + '/log');
-      if (response.ok) { this.log.textContent = (await response.text()).split('\r').pop(); this.log.hidden = false; }
+      if (response.ok) {
+        this.log.textContent = await response.text();
+        this.log.hidden = false;
+        this.log.scrollTop = this.log.scrollHeight;  // the latest lines
+      }
     } catch (error) { /* the log is optional */ }
   }
 
   async loadExtras() {
     this.loadLog();
-    if (this.memoryLoaded || typeof Chart === 'undefined') return;
+    if (this.memoryLoaded || !this.run.has_memory_profile || typeof Chart === 'undefined') return;
     const response = await fetch('/api/runs/' + encodeURIComponent(this.name) + '/memory');
     if (!response.ok) return;
     this.memoryLoaded = true;
