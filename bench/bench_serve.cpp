@@ -27,8 +27,7 @@ using Clock = std::chrono::steady_clock;
 constexpr int kRuns = 1000;
 
 double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 // One finished quick run, copied `kRuns` times under distinct names (their journals, results
@@ -75,7 +74,8 @@ json stream_latency(const clhost::test::ServerProcess& server, const fs::path& r
                       {"pid", ::getpid()},
                       {"pid_start", clhost::process_start_ticks(::getpid())},
                       {"tasks", json::array({json{{"name", "t"}, {"steps", 100000}}})}});
-  std::vector<double> checkpoint_ms, progress_ms;
+  std::vector<double> checkpoint_ms;
+  std::vector<double> progress_ms;
   std::atomic<bool> done{false};
   std::thread reader([&] {
     auto client = server.client();
@@ -102,9 +102,8 @@ json stream_latency(const clhost::test::ServerProcess& server, const fs::path& r
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the snapshot first
   for (int i = 0; i < 40; ++i) {
-    journal.append(json{{"event", i % 2 == 0 ? "checkpoint" : "progress"},
-                        {"global_step", i + 1},
-                        {"loss", 1.0}});
+    journal.append(json{
+        {"event", i % 2 == 0 ? "checkpoint" : "progress"}, {"global_step", i + 1}, {"loss", 1.0}});
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
   }
   done = true;
@@ -125,7 +124,7 @@ json stream_latency(const clhost::test::ServerProcess& server, const fs::path& r
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   clhost::test::TempDir dir;
   const fs::path runs = dir.path("runs");
   make_runs(runs);
@@ -138,4 +137,7 @@ int main(int argc, char** argv) {
   std::printf("%s\n", text.c_str());
   if (argc > 1) std::ofstream(argv[1]) << text << '\n';
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "bench_serve: %s\n", e.what());
+  return 1;
 }

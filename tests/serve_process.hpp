@@ -20,8 +20,8 @@ class ServerProcess {
                 const std::string& binary = CLHOST_BINARY,
                 const std::string& source_dir = CLHOST_SOURCE_DIR,
                 const std::string& plugin_dir = CLHOST_PLUGIN_DIR) {
-    std::vector<std::string> args{binary,          "serve",   "--port", "0", "--runs", runs_dir,
-                                  "--configs",     source_dir + "/configs",
+    std::vector<std::string> args{binary,          "serve",    "--port",    "0",
+                                  "--runs",        runs_dir,   "--configs", source_dir + "/configs",
                                   "--plugin-path", plugin_dir, "--quiet"};
     args.insert(args.end(), extra.begin(), extra.end());
     int out[2];

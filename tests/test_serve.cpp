@@ -36,8 +36,7 @@ json get_json(httplib::Client& client, const std::string& path, int expected = 2
   return json::parse(response->body, nullptr, false);
 }
 
-json post_json(httplib::Client& client, const std::string& path, const json& body,
-               int expected) {
+json post_json(httplib::Client& client, const std::string& path, const json& body, int expected) {
   const auto response = client.Post(path, kPageHeaders, body.dump(), "application/json");
   EXPECT_TRUE(response) << path;
   if (!response) return json();
@@ -126,8 +125,8 @@ TEST(ServeParts, RunNamesNeverBecomePaths) {
 TEST(ServeApi, ListsAndShowsARunStartedFromTheCommandLine) {
   TempDir dir;
   const std::string run_dir = dir.path("runs/cli_run");
-  const auto run = clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " + kQuick +
-                                             " --output " + run_dir + " --quiet");
+  const auto run = clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " +
+                                             kQuick + " --output " + run_dir + " --quiet");
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const json results = json::parse(read_file(run_dir + "/results.json"));
   ServerProcess server(dir.path("runs"));
@@ -192,7 +191,7 @@ TEST(ServeApi, StreamsALaunchedRunFromStartToEnd) {
   }
   ASSERT_FALSE(statuses.empty());
   EXPECT_EQ(statuses.back(), "complete");  // after "running" (and "starting") as it went
-  EXPECT_EQ(last_step, 300);  // 5 tasks x 60 steps, every one logged (log_every = 10)
+  EXPECT_EQ(last_step, 300);               // 5 tasks x 60 steps, every one logged (log_every = 10)
   const json results = json::parse(read_file(dir.path("runs/streamed/results.json")));
   EXPECT_EQ(matrix, results["accuracy_matrix"]);
 }
@@ -247,11 +246,9 @@ TEST(ServeApi, ValidationShowsLocatedErrors) {
   EXPECT_EQ(error["column"], 1);
   EXPECT_NE(error["message"].get<std::string>().find("lrr"), std::string::npos) << error.dump();
 
-  const json bad_set =
-      post_json(client, "/api/validate", launch_form("", {"train.lr=-1"}), 200);
+  const json bad_set = post_json(client, "/api/validate", launch_form("", {"train.lr=-1"}), 200);
   EXPECT_FALSE(bad_set["valid"].get<bool>());
-  EXPECT_NE(bad_set["errors"][0]["message"].get<std::string>().find("train.lr"),
-            std::string::npos)
+  EXPECT_NE(bad_set["errors"][0]["message"].get<std::string>().find("train.lr"), std::string::npos)
       << bad_set.dump();
 
   // A plug-in the pipeline names but nobody has: clhost validate's plug-in error.
@@ -262,15 +259,14 @@ TEST(ServeApi, ValidationShowsLocatedErrors) {
   EXPECT_EQ(missing["errors"][0]["class"], "plug-in error") << missing.dump();
 
   // Plug-ins load from the server's plug-in path only.
-  const json foreign = post_json(client, "/api/validate",
-                                 launch_form("", {"run.plugin_path=[\"/tmp\"]"}), 200);
+  const json foreign =
+      post_json(client, "/api/validate", launch_form("", {"run.plugin_path=[\"/tmp\"]"}), 200);
   EXPECT_FALSE(foreign["valid"].get<bool>());
   EXPECT_EQ(foreign["errors"][0]["key"], "run.plugin_path") << foreign.dump();
   // A launch of a bad config starts nothing.
   post_json(client, "/api/launch", json{{"name", "bad"}, {"config", config}}, 400);
   EXPECT_FALSE(fs::exists(dir.path("runs/bad")));
-  post_json(client, "/api/launch", json{{"name", "../escape"}, {"config", read_file(kQuick)}},
-            400);
+  post_json(client, "/api/launch", json{{"name", "../escape"}, {"config", read_file(kQuick)}}, 400);
   post_json(client, "/api/validate", json{{"set", json::array()}}, 400);  // no config
 }
 
@@ -292,13 +288,13 @@ TEST(ServeApi, RefusesTraversalOversizeAndForeignRequests) {
   auto plain = client.Post("/api/runs/x/stop", "", "application/json");
   ASSERT_TRUE(plain);
   EXPECT_EQ(plain->status, 403);
-  auto foreign = client.Post("/api/validate",
-                             {{"X-Clhost-Request", "1"}, {"Origin", "http://evil.example"}},
-                             "{}", "application/json");
+  auto foreign =
+      client.Post("/api/validate", {{"X-Clhost-Request", "1"}, {"Origin", "http://evil.example"}},
+                  "{}", "application/json");
   ASSERT_TRUE(foreign);
   EXPECT_EQ(foreign->status, 403);
-  auto large = client.Post("/api/validate", kPageHeaders, std::string(10000, ' '),
-                           "application/json");
+  auto large =
+      client.Post("/api/validate", kPageHeaders, std::string(10000, ' '), "application/json");
   ASSERT_TRUE(large);
   EXPECT_EQ(large->status, 413);
   // DNS rebinding: a Host that is not the loopback address.
@@ -323,7 +319,8 @@ TEST(ServeApi, StreamLimitIsReported) {
     });
   });
   const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (!opened && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  while (!opened && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   const json refused = get_json(client, "/api/runs/long/stream", 503);
   EXPECT_NE(refused["error"].get<std::string>().find("--max-streams"), std::string::npos);
   release = true;
@@ -351,8 +348,7 @@ TEST(ServeApi, TokenRequiredOffLoopback) {
   ASSERT_TRUE(opened);
   EXPECT_EQ(opened->status, 200);
   EXPECT_NE(opened->get_header_value("Set-Cookie").find("HttpOnly"), std::string::npos);
-  const auto with_cookie =
-      client.Get("/api/runs", {{"Cookie", "clhost_token=" + server.token()}});
+  const auto with_cookie = client.Get("/api/runs", {{"Cookie", "clhost_token=" + server.token()}});
   ASSERT_TRUE(with_cookie);
   EXPECT_EQ(with_cookie->status, 200);
 }

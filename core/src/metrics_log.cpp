@@ -18,7 +18,10 @@ std::string format_double(double value, int digits) {
 
 MetricsLog::MetricsLog(const std::string& path, int64_t keep_bytes, bool quiet,
                        EventJournal& events)
-    : journal_(path, keep_bytes), events_(events), quiet_(quiet), terminal_(isatty(fileno(stderr)) != 0) {
+    : journal_(path, keep_bytes),
+      events_(events),
+      quiet_(quiet),
+      terminal_(isatty(fileno(stderr)) != 0) {
   if (keep_bytes < 0) {
     journal_.append(
         "task,step,global_step,loss,penalty,batch_size,micro_batch,samples_per_second,"

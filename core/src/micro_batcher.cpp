@@ -116,7 +116,8 @@ void MicroBatcher::ask_policy(int64_t peak_bytes, bool out_of_memory) {
   const std::string label = "micro-batch " + std::to_string(state_.micro_batch) + " -> " +
                             std::to_string(chosen) + (reason.empty() ? "" : " (" + reason + ")");
   events_.emit(CLHOST_EVENT_BATCH_SIZE_CHANGE, static_cast<int32_t>(task_), label);
-  const int64_t event_step = log_.event(task_, state_.global_step, batch_size_, chosen, "batch_size_change", label);
+  const int64_t event_step =
+      log_.event(task_, state_.global_step, batch_size_, chosen, "batch_size_change", label);
   state_.batch_changes.push_back(nlohmann::json{{"task", task_},
                                                 {"step", event_step},
                                                 {"global_step", state_.global_step + 1},

@@ -25,9 +25,9 @@
 #include "data.hpp"
 #include "distributed.hpp"
 #include "event_bus.hpp"
+#include "event_journal.hpp"
 #include "host_services.hpp"
 #include "io.hpp"
-#include "event_journal.hpp"
 #include "metrics_log.hpp"
 #include "model.hpp"
 #include "plugin_set.hpp"
@@ -644,9 +644,10 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_opti
   CheckpointDirectory checkpoints(run_dir);
   TrainerState state = initial_state(plan, options);
   EventBus events(plugins, runtime, output.path(), wall_start);
-  const TrainerParts parts{
-      config,  options, run_dir, plan.cli_plugin_path, sequence,  runtime, scripted, *optimizer,
-      plugins, events,  *log,    journal,              checkpoints, wall_start};
+  const TrainerParts parts{config,      options,   run_dir,  plan.cli_plugin_path,
+                           sequence,    runtime,   scripted, *optimizer,
+                           plugins,     events,    *log,     journal,
+                           checkpoints, wall_start};
   Trainer trainer(parts, state,
                   ResumePoint{plan.checkpoint ? &*plan.checkpoint : nullptr, &plan.saved});
   trainer.run();

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <stdexcept>
@@ -56,15 +57,15 @@ std::string random_token() {
 bool valid_run_name(const std::string& name) {
   if (name.empty() || name.size() > 128) return false;
   if (std::isalnum(static_cast<unsigned char>(name[0])) == 0) return false;
-  for (const char c : name) {
-    if (std::isalnum(static_cast<unsigned char>(c)) == 0 && c != '.' && c != '_' && c != '-')
-      return false;
-  }
-  return true;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '.' || c == '_' || c == '-';
+  });
 }
 
 AccessPolicy::AccessPolicy(std::string host, int port, std::string token)
-    : host_(std::move(host)), port_(port), token_(std::move(token)),
+    : host_(std::move(host)),
+      port_(port),
+      token_(std::move(token)),
       loopback_(is_loopback_host(host_)) {}
 
 bool AccessPolicy::host_header_allowed(const std::string& host_header) const {
@@ -93,8 +94,9 @@ std::optional<Refusal> AccessPolicy::check(const httplib::Request& request) cons
   }
   if (request.method != "GET" && request.method != "HEAD") {
     if (request.get_header_value("X-Clhost-Request").empty()) {
-      return Refusal{403, "refused: a state-changing request must come from the clhost page "
-                          "(header X-Clhost-Request missing)"};
+      return Refusal{403,
+                     "refused: a state-changing request must come from the clhost page "
+                     "(header X-Clhost-Request missing)"};
     }
     const std::string origin = request.get_header_value("Origin");
     if (!origin.empty() && origin != "http://" + host_header) {

@@ -167,16 +167,18 @@ class Launcher {
       } else if (!line.empty()) {
         // "config error: ...", "plug-in error: ...": the class, then where and what.
         const size_t colon = line.find(": ");
-        const bool classed = line.find(" error: ") != std::string::npos && colon != std::string::npos;
+        const bool classed =
+            line.find(" error: ") != std::string::npos && colon != std::string::npos;
         json item = located_error(classed ? line.substr(colon + 2) : line, config_path_.string());
         if (classed) item["class"] = line.substr(0, colon);
         reply["errors"].push_back(item);
       }
     }
     if (result.timed_out) {
-      reply["errors"].push_back(json{{"message", "clhost validate took longer than " +
-                                                     std::to_string(static_cast<int>(kValidateSeconds)) +
-                                                     " s and was stopped"}});
+      reply["errors"].push_back(
+          json{{"message", "clhost validate took longer than " +
+                               std::to_string(static_cast<int>(kValidateSeconds)) +
+                               " s and was stopped"}});
     }
     reply["valid"] = result.exit_code == 0 && !result.timed_out;
     return reply;
@@ -210,7 +212,8 @@ void start_and_record(ServeContext& context, const std::string& name,
   write_file_atomic(record.string(), entry.dump(1) + "\n");
 }
 
-void list_configs(ServeContext& context, const httplib::Request&, httplib::Response& response) {
+void list_configs(ServeContext& context, const httplib::Request& /*request*/,
+                  httplib::Response& response) {
   json configs = json::array();
   std::error_code error;
   std::vector<fs::path> files;
@@ -224,16 +227,18 @@ void list_configs(ServeContext& context, const httplib::Request&, httplib::Respo
   send_json(response, json{{"directory", context.configs_dir.string()}, {"configs", configs}});
 }
 
-void list_plugins(ServeContext& context, const httplib::Request&, httplib::Response& response) {
+void list_plugins(ServeContext& context, const httplib::Request& /*request*/,
+                  httplib::Response& response) {
   PluginLoader loader(PluginLoader::search_path_for(context.plugin_path, {}));
   json plugins = json::array();
   for (const auto& candidate : loader.discover()) {
     if (candidate.plugin == nullptr || candidate.shadowed) continue;
     const auto* descriptor = candidate.plugin->descriptor;
-    plugins.push_back(json{{"id", candidate.id},
-                           {"kind", kind_name(descriptor->kind)},
-                           {"version", descriptor->version},
-                           {"description", descriptor->description ? descriptor->description : ""}});
+    plugins.push_back(
+        json{{"id", candidate.id},
+             {"kind", kind_name(descriptor->kind)},
+             {"version", descriptor->version},
+             {"description", descriptor->description ? descriptor->description : ""}});
   }
   send_json(response, json{{"plugins", plugins}});
 }
@@ -298,8 +303,7 @@ void launch_run(ServeContext& context, const httplib::Request& request,
   send_json(response, json{{"name", name}, {"command", argv}}, 201);
 }
 
-void stop_run(ServeContext& context, const httplib::Request& request,
-              httplib::Response& response) {
+void stop_run(ServeContext& context, const httplib::Request& request, httplib::Response& response) {
   const std::string name = run_name_of(request, response);
   if (name.empty()) return;
   pid_t pid = 0;

@@ -99,7 +99,8 @@ CapturedProcess run_captured(const std::vector<std::string>& argv, double timeou
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;  // every writer closed: the process ended (or closed its output)
     if (result.output.size() < max_output) {
-      result.output.append(buffer, std::min(static_cast<size_t>(n), max_output - result.output.size()));
+      result.output.append(buffer,
+                           std::min(static_cast<size_t>(n), max_output - result.output.size()));
     }
   }
   ::close(pipe_fds[0]);

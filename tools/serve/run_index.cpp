@@ -41,7 +41,8 @@ double start_time(const RunView& view) {
   for (const char* file : {"results.json", "status.json", "config.toml"}) {
     struct stat info {};
     if (::stat((view.dir() / file).c_str(), &info) == 0) {
-      return static_cast<double>(info.st_mtim.tv_sec) + 1e-9 * static_cast<double>(info.st_mtim.tv_nsec);
+      return static_cast<double>(info.st_mtim.tv_sec) +
+             1e-9 * static_cast<double>(info.st_mtim.tv_nsec);
     }
   }
   return 0;

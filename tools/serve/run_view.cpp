@@ -3,8 +3,8 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cerrno>
+#include <cmath>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -42,11 +42,11 @@ int64_t integer_or(const json& event, const char* key, int64_t fallback) {
 // A memory_profile_*.json under logs/memory_profile/ (the memory_profiler plug-in's).
 bool has_memory_profile(const fs::path& dir) {
   std::error_code error;
-  for (const auto& item : fs::directory_iterator(dir / "logs" / "memory_profile", error)) {
-    const std::string file = item.path().filename().string();
-    if (file.rfind("memory_profile_", 0) == 0 && item.path().extension() == ".json") return true;
-  }
-  return false;
+  const fs::directory_iterator files(dir / "logs" / "memory_profile", error);
+  return std::any_of(begin(files), end(files), [](const fs::directory_entry& item) {
+    return item.path().filename().string().rfind("memory_profile_", 0) == 0 &&
+           item.path().extension() == ".json";
+  });
 }
 
 }  // namespace
@@ -93,8 +93,11 @@ void CurveDownsampler::drop_after(int64_t global_step) {
 }
 
 json CurveDownsampler::to_json() const {
-  json steps = json::array(), loss = json::array(), loss_min = json::array(),
-       loss_max = json::array(), penalty = json::array();
+  json steps = json::array();
+  json loss = json::array();
+  json loss_min = json::array();
+  json loss_max = json::array();
+  json penalty = json::array();
   for (const Bucket& bucket : buckets_) {
     const auto count = static_cast<double>(bucket.count);
     steps.push_back(bucket.last_step);
@@ -103,7 +106,7 @@ json CurveDownsampler::to_json() const {
     loss_max.push_back(bucket.loss_max);
     penalty.push_back(bucket.penalty_sum / count);
   }
-  return json{{"width", width_}, {"step", steps},         {"loss", loss},
+  return json{{"width", width_},      {"step", steps},        {"loss", loss},
               {"loss_min", loss_min}, {"loss_max", loss_max}, {"penalty", penalty}};
 }
 
@@ -298,12 +301,8 @@ std::string RunView::status_message() const {
 }
 
 json RunView::progress_json() const {
-  int64_t total_steps = 0, steps_before_task = 0;
-  for (size_t t = 0; t < tasks_.size(); ++t) {
-    const int64_t steps = tasks_[t].value("steps", int64_t{0});
-    total_steps += steps;
-    if (static_cast<int64_t>(t) < task_) steps_before_task += steps;
-  }
+  int64_t total_steps = 0;
+  for (const auto& task : tasks_) total_steps += task.value("steps", int64_t{0});
   json progress{{"task", task_}, {"tasks", tasks_.size()}, {"total_steps", total_steps}};
   int64_t done = 0;
   if (last_progress_.is_object()) {
@@ -324,8 +323,9 @@ json RunView::progress_json() const {
 json RunView::results_summary() const {
   if (!results_.is_object()) return json();
   const json metrics = results_.value("metrics", json::object());
-  const std::string average = "average_" + results_.value("evaluation", json::object())
-                                               .value("metric", std::string("accuracy"));
+  const std::string average =
+      "average_" +
+      results_.value("evaluation", json::object()).value("metric", std::string("accuracy"));
   return json{{"average", metrics.value(average, json())},
               {"forgetting", metrics.value("forgetting", json())},
               {"backward_transfer", metrics.value("backward_transfer", json())},
@@ -383,7 +383,8 @@ json RunView::snapshot() const {
   if (launch_.is_object()) snapshot["command"] = launch_.value("command", json::array());
   if (results_.is_object() && matrix_.empty()) {
     // A run from before the journal: its matrix from results.json.
-    const std::string metric = results_.value("evaluation", json::object()).value("metric", metric_);
+    const std::string metric =
+        results_.value("evaluation", json::object()).value("metric", metric_);
     snapshot["matrix"] = results_.value(metric + "_matrix", json::array());
     snapshot["baseline"] = results_.value("random_init_" + metric, json::array());
   }

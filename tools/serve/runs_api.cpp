@@ -52,8 +52,8 @@ std::string read_file(const fs::path& path) {
 std::string sse(const std::string& event, const json& data, int64_t id = -1) {
   std::string message;
   if (id >= 0) message += "id: " + std::to_string(id) + "\n";
-  message += "event: " + event + "\ndata: " +
-             data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+  message += "event: " + event +
+             "\ndata: " + data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
   return message;
 }
 
@@ -61,8 +61,11 @@ std::string sse(const std::string& event, const json& data, int64_t id = -1) {
 class RunStream {
  public:
   RunStream(ServeContext& context, std::string name, int64_t offset, std::string status)
-      : context_(context), name_(std::move(name)), dir_(context.runs_dir / name_),
-        offset_(offset), status_(std::move(status)) {
+      : context_(context),
+        name_(std::move(name)),
+        dir_(context.runs_dir / name_),
+        offset_(offset),
+        status_(std::move(status)) {
     notify_fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     watch_directory();
   }
@@ -160,10 +163,11 @@ class RunStream {
     });
     if (status.empty() || status == status_) return false;
     status_ = status;
-    out += sse("status", json{{"status", status},
-                              {"status_message", snapshot.value("status_message", "")},
-                              {"results", snapshot.value("results", json())},
-                              {"has_results", snapshot.value("has_results", false)}},
+    out += sse("status",
+               json{{"status", status},
+                    {"status_message", snapshot.value("status_message", "")},
+                    {"results", snapshot.value("results", json())},
+                    {"has_results", snapshot.value("has_results", false)}},
                offset_);
     return status != "running" && status != "starting";
   }
@@ -250,7 +254,7 @@ void run_log(ServeContext& context, const httplib::Request& request, httplib::Re
     return;
   }
   std::string text = read_file(log);
-  constexpr size_t kLogBytes = 64 * 1024;
+  constexpr size_t kLogBytes = size_t{64} * 1024;
   if (text.size() > kLogBytes) text = text.substr(text.size() - kLogBytes);
   response.set_content(text, "text/plain; charset=utf-8");
 }
@@ -344,14 +348,15 @@ void compare_runs(ServeContext& context, const httplib::Request& request,
   }
   const tools::Evaluation evaluation = tools::evaluation_of(runs[0].results);
   if (tools::evaluation_of(runs[1].results).name != evaluation.name) {
-    send_error(response, 409, "the runs measure different things (" + evaluation.name + " and " +
-                                  tools::evaluation_of(runs[1].results).name + ")");
+    send_error(response, 409,
+               "the runs measure different things (" + evaluation.name + " and " +
+                   tools::evaluation_of(runs[1].results).name + ")");
     return;
   }
   const std::string key = evaluation.name + "_matrix";
-  const json statistics = tools::compare_json(
-      names, names, {{runs[0]}, {runs[1]}},
-      {runs[0].results.at("config").at("run").value("seed", int64_t{0})});
+  const json statistics =
+      tools::compare_json(names, names, {{runs[0]}, {runs[1]}},
+                          {runs[0].results.at("config").at("run").value("seed", int64_t{0})});
   send_json(response, json{{"a", names[0]},
                            {"b", names[1]},
                            {"metric", evaluation.name},
@@ -379,7 +384,7 @@ void send_error(httplib::Response& response, int status, const std::string& mess
 }
 
 std::string run_name_of(const httplib::Request& request, httplib::Response& response) {
-  const std::string name = request.matches.size() > 1 ? request.matches[1].str() : "";
+  std::string name = request.matches.size() > 1 ? request.matches[1].str() : "";
   if (!valid_run_name(name)) {
     send_error(response, 400,
                "'" + name + "' is not a run name (letters, digits, '.', '_', '-'; no path)");
@@ -391,10 +396,10 @@ std::string run_name_of(const httplib::Request& request, httplib::Response& resp
 void add_run_routes(httplib::Server& server, ServeContext& context) {
   using Handler = void (*)(ServeContext&, const httplib::Request&, httplib::Response&);
   const auto route = [&](const std::string& pattern, Handler handler) {
-    server.Get(pattern, [&context, handler](const httplib::Request& request,
-                                            httplib::Response& response) {
-      handler(context, request, response);
-    });
+    server.Get(pattern,
+               [&context, handler](const httplib::Request& request, httplib::Response& response) {
+                 handler(context, request, response);
+               });
   };
   route("/api/runs", list_runs);
   route(R"(/api/runs/([^/]+))", run_details);

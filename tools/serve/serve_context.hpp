@@ -30,8 +30,8 @@ struct ServeContext {
         index(runs_dir) {}
 
   ServeOptions options;
-  std::filesystem::path runs_dir;     // absolute
-  std::filesystem::path configs_dir;  // absolute
+  std::filesystem::path runs_dir;        // absolute
+  std::filesystem::path configs_dir;     // absolute
   std::vector<std::string> plugin_path;  // absolute; passed to every launched run
   std::string executable;                // this clhost, for the runs it starts
   RunIndex index;

@@ -44,16 +44,16 @@ void add_static_routes(httplib::Server& server, const AccessPolicy& policy) {
     const std::string route = file == "index.html" ? "/" : "/" + file;
     const std::string type = content_type_of(file);
     const char* text = asset.text;
-    server.Get(route, [&policy, type, text](const httplib::Request& request,
-                                            httplib::Response& response) {
-      response.set_content(text, type);
-      response.set_header("Cache-Control", "no-cache");
-      // Opened with ?token=: the page's own requests then carry it as a cookie.
-      if (!policy.token().empty() && request.has_param("token")) {
-        response.set_header("Set-Cookie", "clhost_token=" + policy.token() +
-                                              "; Path=/; HttpOnly; SameSite=Strict");
-      }
-    });
+    server.Get(route,
+               [&policy, type, text](const httplib::Request& request, httplib::Response& response) {
+                 response.set_content(text, type);
+                 response.set_header("Cache-Control", "no-cache");
+                 // Opened with ?token=: the page's own requests then carry it as a cookie.
+                 if (!policy.token().empty() && request.has_param("token")) {
+                   response.set_header("Set-Cookie", "clhost_token=" + policy.token() +
+                                                         "; Path=/; HttpOnly; SameSite=Strict");
+                 }
+               });
   }
   // Browsers ask for it on every page (the report's too); there is none.
   server.Get("/favicon.ico",
@@ -82,24 +82,24 @@ void configure(httplib::Server& server, const ServeContext& context, const Acces
   server.set_default_headers({{"X-Content-Type-Options", "nosniff"},
                               {"X-Frame-Options", "SAMEORIGIN"},
                               {"Referrer-Policy", "no-referrer"}});
-  server.set_pre_routing_handler([&policy](const httplib::Request& request,
-                                           httplib::Response& response) {
-    const auto refusal = policy.check(request);
-    if (!refusal) return httplib::Server::HandlerResponse::Unhandled;
-    send_error(response, refusal->status, refusal->message);
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  server.set_exception_handler(
-      [](const httplib::Request&, httplib::Response& response, std::exception_ptr error) {
-        std::string message = "internal error";
-        try {
-          std::rethrow_exception(error);
-        } catch (const std::exception& e) {
-          message = e.what();
-        } catch (...) {  // NOLINT(bugprone-empty-catch): the generic message stands
-        }
-        send_error(response, 500, message);
+  server.set_pre_routing_handler(
+      [&policy](const httplib::Request& request, httplib::Response& response) {
+        const auto refusal = policy.check(request);
+        if (!refusal) return httplib::Server::HandlerResponse::Unhandled;
+        send_error(response, refusal->status, refusal->message);
+        return httplib::Server::HandlerResponse::Handled;
       });
+  server.set_exception_handler([](const httplib::Request& /*request*/, httplib::Response& response,
+                                  const std::exception_ptr& error) {
+    std::string message = "internal error";
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      message = e.what();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the generic message stands
+    }
+    send_error(response, 500, message);
+  });
   server.set_error_handler([](const httplib::Request& request, httplib::Response& response) {
     if (!response.body.empty()) return;
     if (response.status == 413) {
@@ -180,9 +180,8 @@ int run_server(ServeOptions options) {
                              " (in use? pick another with --port, or --port 0 for any)");
   }
   policy.set_port(port);
-  const std::string shown_host = options.host.find(':') != std::string::npos
-                                     ? "[" + options.host + "]"
-                                     : options.host;
+  const std::string shown_host =
+      options.host.find(':') != std::string::npos ? "[" + options.host + "]" : options.host;
   std::printf("clhost serve: runs in %s, configs in %s\n", context.runs_dir.c_str(),
               context.configs_dir.c_str());
   std::printf("open http://%s:%d/%s\n", shown_host.c_str(), port,
