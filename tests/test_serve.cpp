@@ -226,6 +226,45 @@ TEST(ServeApi, LaunchStopResumeComplete) {
   post_json(client, "/api/launch", launch_form("stopped"), 409);
 }
 
+TEST(ServeApi, LaunchesAnABComparisonOverSeeds) {
+  TempDir dir;
+  ServerProcess server(dir.path("runs"));
+  auto client = server.client();
+  json form = launch_form("ab", {"train.iterations=20"});
+  form["a"] = "plugins=";
+  form["b"] = "plugins=l2";
+  form["seeds"] = 2;
+  form["jobs"] = 2;
+  post_json(client, "/api/compare", form, 201);
+  const json done = wait_for_status(client, "ab", {"complete", "failed"});
+  ASSERT_EQ(done["status"], "complete") << done.dump();
+  EXPECT_EQ(done["kind"], "compare");
+  EXPECT_EQ(done["progress"]["finished_runs"], 4);
+  const json comparison = json::parse(read_file(dir.path("runs/ab/compare.json")));
+  EXPECT_EQ(done["statistics"], comparison);
+  // The form's override reached both arms' runs.
+  for (const char* arm : {"a", "b"}) {
+    const json results =
+        json::parse(read_file(dir.path(std::string("runs/ab/") + arm + "/seed_0/results.json")));
+    EXPECT_EQ(results["config"]["train"]["iterations"], 20) << arm;
+  }
+  ASSERT_EQ(done["a_matrix"].size(), 5U);
+  const double a00 = done["a_matrix"][0][0];
+  const double b00 = done["b_matrix"][0][0];
+  EXPECT_DOUBLE_EQ(done["difference_b_minus_a"][0][0].get<double>(), b00 - a00);
+  const auto page = client.Get("/api/runs/ab/compare_page");
+  ASSERT_TRUE(page);
+  EXPECT_EQ(page->status, 200);
+  const json list = get_json(client, "/api/runs");
+  EXPECT_EQ(list["total"], 1);  // the arms' runs are inside it, not beside it
+  // Arms are overrides only: no file of their own, no plug-in directory.
+  form["name"] = "ab2";
+  form["b"] = "/etc/passwd.toml";
+  post_json(client, "/api/compare", form, 400);
+  form["b"] = "run.plugin_path=[\"/tmp\"]";
+  post_json(client, "/api/compare", form, 400);
+}
+
 TEST(ServeApi, ValidationShowsLocatedErrors) {
   TempDir dir;
   ServerProcess server(dir.path("runs"));

@@ -14,6 +14,7 @@
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/plugin_loader.hpp"
+#include "comparison.hpp"
 #include "event_journal.hpp"
 #include "io.hpp"
 #include "processes.hpp"
@@ -199,16 +200,18 @@ std::string timestamp_now() {
   return stamp;
 }
 
-// Starts `argv` for run `name` and records it (run_index.hpp: the launch record).
+// Starts `argv` for run `name` and records it (run_index.hpp: the launch record); `extra`
+// keys (a comparison's kind, seeds, arms) go into the record too.
 void start_and_record(ServeContext& context, const std::string& name,
-                      const std::vector<std::string>& argv) {
+                      const std::vector<std::string>& argv, const json& extra = json::object()) {
   const fs::path record = launch_record(context.runs_dir, name);
   fs::create_directories(record.parent_path());
   const pid_t pid = start_detached(argv, launch_log(context.runs_dir, name));
-  json entry{{"pid", pid},
-             {"pid_start", process_start_ticks(pid)},
-             {"command", argv},
-             {"time", static_cast<double>(std::time(nullptr))}};
+  json entry = extra;
+  entry["pid"] = pid;
+  entry["pid_start"] = process_start_ticks(pid);
+  entry["command"] = argv;
+  entry["time"] = static_cast<double>(std::time(nullptr));
   write_file_atomic(record.string(), entry.dump(1) + "\n");
 }
 
@@ -307,10 +310,12 @@ void stop_run(ServeContext& context, const httplib::Request& request, httplib::R
   const std::string name = run_name_of(request, response);
   if (name.empty()) return;
   pid_t pid = 0;
+  bool comparison = false;
   std::string status;
   if (!context.index.with_view(name, [&](RunView& view) {
         status = view.status();
         pid = view.signal_target();
+        comparison = view.comparison();
       })) {
     send_error(response, 404, "no run named '" + name + "'");
     return;
@@ -319,7 +324,9 @@ void stop_run(ServeContext& context, const httplib::Request& request, httplib::R
     send_error(response, 409, "'" + name + "' is not running (" + status + ")");
     return;
   }
-  if (::kill(pid, SIGINT) != 0) {
+  // A comparison's runs are its children, in its process group: each checkpoints and stops.
+  const pid_t group = comparison ? ::getpgid(pid) : -1;
+  if ((group > 0 ? ::kill(-group, SIGINT) : ::kill(pid, SIGINT)) != 0) {
     send_error(response, 409, "cannot signal process " + std::to_string(pid));
     return;
   }
@@ -335,12 +342,25 @@ void resume_run(ServeContext& context, const httplib::Request& request,
   if (name.empty()) return;
   const std::lock_guard lock(context.launch_mutex);
   std::string status;
-  if (!context.index.with_view(name, [&](RunView& view) { status = view.status(); })) {
+  json launch;
+  if (!context.index.with_view(name, [&](RunView& view) {
+        status = view.status();
+        launch = view.launch();
+      })) {
     send_error(response, 404, "no run named '" + name + "'");
     return;
   }
   if (status != "interrupted" && status != "failed") {
     send_error(response, 409, "'" + name + "' is " + status + ": only a stopped run resumes");
+    return;
+  }
+  if (is_comparison(launch)) {
+    // `clhost compare` again: it reuses the finished runs and reruns the others.
+    start_and_record(context, name, launch.at("command").get<std::vector<std::string>>(),
+                     json{{"kind", "compare"},
+                          {"seeds", launch.value("seeds", 1)},
+                          {"arms", launch.value("arms", json::array())}});
+    send_json(response, json{{"name", name}, {"command", launch.at("command")}}, 202);
     return;
   }
   if (!fs::exists(context.runs_dir / name / "config.toml")) {
@@ -352,6 +372,116 @@ void resume_run(ServeContext& context, const httplib::Request& request,
   for (const auto& dir : context.plugin_path) argv.insert(argv.end(), {"--plugin-path", dir});
   start_and_record(context, name, argv);
   send_json(response, json{{"name", name}, {"command", argv}}, 202);
+}
+
+// An arm is ';'-separated overrides of the base config (`plugins=ewc;train.lr=1e-3`), as for
+// `clhost compare`; a file of its own (any path) is not accepted from the page.
+std::string check_arm(const json& form, const char* key) {
+  const std::string spec = form.value(key, "");
+  if (spec.find(".toml") != std::string::npos || spec.find('/') != std::string::npos)
+    throw std::invalid_argument(std::string("arm ") + key + ": overrides of the config only");
+  if (spec.find("plugin_path") != std::string::npos)
+    throw std::invalid_argument(std::string("arm ") + key + ": run.plugin_path cannot be set");
+  return spec;
+}
+
+// What POST /api/compare asks beyond the launch form.
+struct ComparisonForm {
+  std::string arm_a, arm_b, name_a, name_b;
+  int64_t seeds = 3;
+  int64_t jobs = 1;
+};
+
+ComparisonForm parse_comparison(const std::string& body) {
+  const json form = json::parse(body, nullptr, false);
+  ComparisonForm parsed;
+  try {
+    parsed.arm_a = check_arm(form, "a");
+    parsed.arm_b = check_arm(form, "b");
+    parsed.name_a = form.value("a_name", "");
+    parsed.name_b = form.value("b_name", "");
+    parsed.seeds = form.value("seeds", int64_t{3});
+    parsed.jobs = form.value("jobs", int64_t{1});
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(std::string("the comparison's fields: ") + e.what());
+  }
+  if (parsed.seeds < 1 || parsed.seeds > 100 || parsed.jobs < 1 || parsed.jobs > 64)
+    throw std::invalid_argument("seeds must be 1..100 and jobs 1..64");
+  return parsed;
+}
+
+// POST /api/compare: `clhost compare` over paired seeds, in the background (RUNS/NAME holds
+// the arms' runs, compare.json and compare.html).
+void launch_comparison(ServeContext& context, const httplib::Request& request,
+                       httplib::Response& response) {
+  LaunchForm form;
+  ComparisonForm comparison;
+  try {
+    form = parse_form(request.body);
+    comparison = parse_comparison(request.body);
+  } catch (const std::invalid_argument& e) {
+    send_error(response, 400, e.what());
+    return;
+  }
+  if (form.plugins) {
+    send_error(response, 400,
+               "a comparison chooses its plug-ins per arm (plugins=... in A and in B), not with "
+               "the pipeline replacement");
+    return;
+  }
+  // The form's overrides hold for both arms.
+  for (const std::string& item : form.set) {
+    comparison.arm_a += (comparison.arm_a.empty() ? "" : ";") + item;
+    comparison.arm_b += (comparison.arm_b.empty() ? "" : ";") + item;
+  }
+  form.set.clear();
+  Launcher launcher(context);
+  launcher.write_config(form, "compare_" + random_token());
+  RunConfig config;
+  const json config_error = launcher.check_config(form, &config);
+  if (!config_error.is_null()) {
+    send_error(response, 400, "the base config is not valid", json{{"errors", {config_error}}});
+    return;
+  }
+  const std::string name =
+      form.name.empty() ? "compare_" + config.run.name + "_" + timestamp_now() : form.name;
+  if (!valid_run_name(name)) {
+    send_error(response, 400, "'" + name + "' is not a name (letters, digits, '.', '_', '-')");
+    return;
+  }
+  const std::lock_guard lock(context.launch_mutex);
+  std::error_code error;
+  if (fs::exists(context.runs_dir / name, error) ||
+      fs::exists(launch_record(context.runs_dir, name), error)) {
+    send_error(response, 409, "'" + name + "' exists; choose another name");
+    return;
+  }
+  Launcher kept(context);
+  const fs::path base = kept.write_config(form, name);
+  kept.keep_config();
+  std::vector<std::string> argv{context.executable,
+                                "compare",
+                                "--config",
+                                base.string(),
+                                "--a",
+                                comparison.arm_a,
+                                "--b",
+                                comparison.arm_b,
+                                "--seeds",
+                                std::to_string(comparison.seeds),
+                                "--jobs",
+                                std::to_string(comparison.jobs),
+                                "--output",
+                                (context.runs_dir / name).string(),
+                                "--quiet"};
+  if (!comparison.name_a.empty()) argv.insert(argv.end(), {"--a-name", comparison.name_a});
+  if (!comparison.name_b.empty()) argv.insert(argv.end(), {"--b-name", comparison.name_b});
+  for (const auto& dir : context.plugin_path) argv.insert(argv.end(), {"--plugin-path", dir});
+  start_and_record(context, name, argv,
+                   json{{"kind", "compare"},
+                        {"seeds", comparison.seeds},
+                        {"arms", {comparison.arm_a, comparison.arm_b}}});
+  send_json(response, json{{"name", name}, {"command", argv}}, 201);
 }
 
 }  // namespace
@@ -367,6 +497,7 @@ void add_launch_routes(httplib::Server& server, ServeContext& context) {
   server.Get("/api/plugins", bind(list_plugins));
   server.Post("/api/validate", bind(validate_form));
   server.Post("/api/launch", bind(launch_run));
+  server.Post("/api/compare", bind(launch_comparison));
   server.Post(R"(/api/runs/([^/]+)/stop)", bind(stop_run));
   server.Post(R"(/api/runs/([^/]+)/resume)", bind(resume_run));
 }

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <utility>
 
+#include "comparison.hpp"
 #include "event_journal.hpp"
 
 namespace clhost::serve {
@@ -270,7 +271,16 @@ pid_t RunView::signal_target() const {
   return launch_alive() ? static_cast<pid_t>(integer_or(launch_, "pid", 0)) : 0;
 }
 
+double RunView::started() const {
+  return started_ > 0 ? started_ : number_or(launch_, "time", 0.0);
+}
+
+bool RunView::comparison() const {
+  return is_comparison(launch_);
+}
+
 std::string RunView::status() const {
+  if (comparison()) return comparison_status(dir_, launch_alive());
   if (running()) return "running";
   // Launched, and the process has not begun its journal yet (setting up, or resuming).
   if (launch_alive()) return "starting";
@@ -288,7 +298,12 @@ std::string RunView::status() const {
 std::string RunView::status_message() const {
   if (running()) return "";
   const std::string state = status();
-  if (state == "starting") return "";
+  if (state == "starting" || state == "running") return "";
+  if (comparison()) {
+    return state == "failed"
+               ? "clhost compare stopped before it finished; the end of its output:\n" + log_tail()
+               : "";
+  }
   const json status = read_json_file(dir_ / "status.json");
   if (launch_never_began()) {
     return "the process stopped before the run began; the end of its output:\n" + log_tail();
@@ -335,6 +350,7 @@ json RunView::results_summary() const {
 }
 
 json RunView::summary() const {
+  if (comparison()) return comparison_summary(dir_, launch_, launch_alive());
   json plugins = plugins_;
   if (results_.is_object() && results_.contains("plugins")) {
     plugins = json::array();
@@ -361,6 +377,12 @@ json RunView::summary() const {
 }
 
 json RunView::snapshot() const {
+  if (comparison()) {
+    json details = comparison_details(dir_, launch_, launch_alive());
+    details["status_message"] = status_message();
+    details["launched"] = true;
+    return details;
+  }
   json snapshot = summary();
   snapshot["status_message"] = status_message();
   snapshot["pid"] = running() ? json(pid_) : json();

@@ -72,7 +72,11 @@ class RunView {
   // The process a stop signals: the running run, or a launch still starting (0: none).
   [[nodiscard]] pid_t signal_target() const;
   // Seconds since the Unix epoch when the run began (0 when unknown).
-  [[nodiscard]] double started() const { return started_; }
+  [[nodiscard]] double started() const;
+  // A comparison (`clhost compare`) launched here rather than a run (comparison.hpp).
+  [[nodiscard]] bool comparison() const;
+  // The launch record (empty when the run was not started by clhost serve).
+  [[nodiscard]] const nlohmann::json& launch() const { return launch_; }
   [[nodiscard]] const std::filesystem::path& dir() const { return dir_; }
 
  private:

@@ -315,6 +315,19 @@ void run_report(ServeContext& context, const httplib::Request& request,
   response.set_content(read_file(report), "text/html; charset=utf-8");
 }
 
+// compare.html of a comparison launched here.
+void comparison_page(ServeContext& context, const httplib::Request& request,
+                     httplib::Response& response) {
+  const std::string name = run_name_of(request, response);
+  if (name.empty()) return;
+  const fs::path page = context.runs_dir / name / "compare.html";
+  if (!fs::exists(page)) {
+    send_error(response, 404, "no compare.html in '" + name + "' (not finished?)");
+    return;
+  }
+  response.set_content(read_file(page), "text/html; charset=utf-8");
+}
+
 json matrix_difference(const json& a, const json& b) {
   json difference = json::array();
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
@@ -407,6 +420,7 @@ void add_run_routes(httplib::Server& server, ServeContext& context) {
   route(R"(/api/runs/([^/]+)/log)", run_log);
   route(R"(/api/runs/([^/]+)/memory)", run_memory);
   route(R"(/api/runs/([^/]+)/report)", run_report);
+  route(R"(/api/runs/([^/]+)/compare_page)", comparison_page);
   route("/api/compare", compare_runs);
 }
 

@@ -221,19 +221,22 @@ function runsPage() {
           compare.disabled = state.selected.size !== 2;
         } });
       const average = r.average !== null && r.average !== undefined ? fmt.number(r.average)
-        : (r.average_so_far !== undefined ? fmt.number(r.average_so_far) + ' so far' : '–');
+        : (r.average_so_far !== undefined ? fmt.number(r.average_so_far) + ' so far' : (r.verdict || '–'));
+      const comparison = run.kind === 'compare';
+      const where = comparison ? `${run.progress.finished_runs}/${run.progress.runs} runs`
+        : (run.progress.tasks ? `task ${Math.min(run.progress.task + 1, run.progress.tasks)}/${run.progress.tasks}` : '');
       return h('tr', { 'data-run': run.name },
-        h('td', {}, box),
-        h('td', {}, h('a', { href: '#/run/' + encodeURIComponent(run.name) }, run.name)),
+        h('td', {}, comparison ? '' : box),
+        h('td', {}, h('a', { href: (comparison ? '#/comparison/' : '#/run/') + encodeURIComponent(run.name) }, run.name),
+          comparison ? h('span', { class: 'muted' }, ' (A/B: ' + (run.arms || []).join(' vs ') + ')') : null),
         h('td', {}, statusBadge(run.status)),
-        h('td', {}, progressBar(run.progress.fraction), ' ',
-          run.progress.tasks ? `task ${Math.min(run.progress.task + 1, run.progress.tasks)}/${run.progress.tasks}` : ''),
+        h('td', {}, progressBar(run.progress.fraction), ' ', where),
         h('td', { class: 'num' }, average),
         h('td', { class: 'num' }, fmt.number(r.forgetting)),
         h('td', { class: 'num' }, fmt.signed(r.backward_transfer)),
         h('td', { class: 'num' }, fmt.bytes(r.peak_rss_bytes)),
         h('td', { class: 'num' }, fmt.seconds(r.wall_seconds)),
-        h('td', {}, (run.plugins || []).join(', ') || 'none'),
+        h('td', {}, comparison ? '–' : (run.plugins || []).join(', ') || 'none'),
         h('td', { class: 'muted' }, fmt.date(run.started)));
     }));
     pager.replaceChildren(
@@ -553,6 +556,11 @@ async function launchPage() {
   const name = h('input', { id: 'run-name', placeholder: 'run name (default: run.name + time)', size: 36 });
   const verdict = h('div', { id: 'validation' });
   const start = h('button', { id: 'start', disabled: true }, 'Start');
+  const armA = h('input', { id: 'arm-a', size: 30, value: 'plugins=', 'aria-label': 'arm A overrides' });
+  const armB = h('input', { id: 'arm-b', size: 30, value: 'plugins=ewc', 'aria-label': 'arm B overrides' });
+  const seeds = h('input', { id: 'seeds', type: 'number', min: 1, max: 100, value: 3, style: 'width:5em' });
+  const jobs = h('input', { id: 'jobs', type: 'number', min: 1, max: 64, value: 1, style: 'width:5em' });
+  const compareStart = h('button', { id: 'start-compare', class: 'secondary', disabled: true }, 'Start comparison');
   main.replaceChildren(h('h1', {}, 'Launch a run'),
     h('div', { class: 'grid' },
       h('div', { class: 'card' }, h('div', { class: 'row' }, 'config ', configSelect), h('p'), editor),
@@ -560,7 +568,11 @@ async function launchPage() {
         h('h2', {}, 'Plug-ins'), h('label', {}, replace, ' replace the config\'s pipeline with:'), pluginBoxes,
         h('h2', { style: 'margin-top:14px' }, 'Overrides (--set)'), overrides,
         h('h2', { style: 'margin-top:14px' }, 'Run'), h('div', { class: 'row' }, name, start),
-        h('h2', { style: 'margin-top:14px' }, 'Validation'), verdict)));
+        h('h2', { style: 'margin-top:14px' }, 'Validation'), verdict,
+        h('h2', { style: 'margin-top:14px' }, 'Or: an A/B comparison over paired seeds'),
+        h('p', { class: 'muted' }, 'each arm: ";"-separated overrides of this config, e.g. plugins=ewc;train.lr=5e-4 (clhost compare)'),
+        h('div', { class: 'row' }, 'A ', armA, ' B ', armB),
+        h('div', { class: 'row', style: 'margin-top:6px' }, 'seeds ', seeds, ' jobs ', jobs, compareStart))));
 
   const [configs, plugins] = await Promise.all([api('/api/configs'), api('/api/plugins')]);
   configs.configs.forEach((c) => configSelect.append(h('option', { value: c.name }, c.name)));
@@ -589,6 +601,7 @@ async function launchPage() {
       reply.errors.length ? h('ul', { class: 'errors' }, reply.errors.map((e) => h('li', { 'data-line': e.line || '' }, where(e) + e.message))) : null,
       reply.warnings.length ? h('ul', { class: 'warn' }, reply.warnings.map((w) => h('li', {}, w))) : null);
     start.disabled = !reply.valid;
+    compareStart.disabled = !reply.valid;
   }
   let typing;
   const changed = () => { clearTimeout(typing); typing = setTimeout(validate, 500); };
@@ -599,6 +612,17 @@ async function launchPage() {
     const chosen = configs.configs.find((c) => c.name === configSelect.value);
     if (chosen) editor.value = chosen.text;
     changed();
+  });
+  compareStart.addEventListener('click', async () => {
+    compareStart.disabled = true;
+    try {
+      const body = Object.assign(form(), { a: armA.value, b: armB.value, seeds: Number(seeds.value), jobs: Number(jobs.value) });
+      const reply = await api('/api/compare', { body });
+      location.hash = '#/comparison/' + encodeURIComponent(reply.name);
+    } catch (error) {
+      verdict.replaceChildren(h('p', { class: 'error-box' }, error.message));
+      compareStart.disabled = false;
+    }
   });
   start.addEventListener('click', async () => {
     start.disabled = true;
@@ -633,17 +657,76 @@ async function comparePage(params) {
     return;
   }
   const stats = c.statistics;
-  const rows = Object.entries(stats.metrics).map(([, m]) => h('tr', {},
-    h('td', {}, m.label), h('td', { class: 'num' }, fmt.number(m.a.mean)), h('td', { class: 'num' }, fmt.number(m.b.mean)),
-    h('td', { class: 'num' }, fmt.signed(m.b.mean - m.a.mean)), h('td', {}, m.verdict)));
   const names = c.a_matrix.map((_, i) => 'task ' + (i + 1));
   main.replaceChildren(h('h1', {}, 'Compare ', h('a', { href: '#/run/' + encodeURIComponent(a) }, a), ' (A) and ', h('a', { href: '#/run/' + encodeURIComponent(b) }, b), ' (B)'),
-    h('div', { class: 'card' }, h('table', { id: 'compare-table' }, h('thead', {}, h('tr', {}, ['metric', 'A', 'B', 'B − A', 'verdict'].map((x) => h('th', {}, x)))), h('tbody', {}, rows)),
-      h('p', { class: 'muted' }, stats.method)),
+    h('div', { class: 'card' }, statisticsTable(stats), h('p', { class: 'muted' }, stats.method)),
     h('div', { class: 'grid' },
       h('div', { class: 'card' }, h('h2', {}, 'A: ' + a), heatmap(names, c.a_matrix, { higherIsBetter: c.higher_is_better })),
       h('div', { class: 'card' }, h('h2', {}, 'B: ' + b), heatmap(names, c.b_matrix, { higherIsBetter: c.higher_is_better }))),
     h('div', { class: 'card' }, h('h2', {}, 'B − A (' + c.metric + ')'), heatmap(names, c.difference_b_minus_a, { diverging: true, metrics: false, label: 'difference B minus A' })));
+}
+
+// --- an A/B comparison over seeds (clhost compare, launched here) -------------------------------
+
+// compare.json's metrics table, each figure in its own unit.
+function statisticsTable(statistics) {
+  const format = (key, v, signed) => {
+    if (v === null || v === undefined) return '–';
+    if (key === 'peak_rss_bytes') return (signed && v >= 0 ? '+' : '') + (v < 0 ? '−' + fmt.bytes(-v) : fmt.bytes(v));
+    const digits = key === 'samples_per_second' ? 0 : key === 'wall_seconds' ? 2 : 4;
+    return signed ? fmt.signed(v, digits) : fmt.number(v, digits);
+  };
+  const cell = (key, m, signed) => {
+    if (!m) return '–';
+    const interval = m.low !== null && m.low !== undefined ? ` [${format(key, m.low, signed)}, ${format(key, m.high, signed)}]` : '';
+    return format(key, m.mean, signed) + interval;
+  };
+  return h('table', { id: 'compare-table' },
+    h('thead', {}, h('tr', {}, ['metric', 'A (95% interval)', 'B', 'B − A (paired)', 'verdict'].map((x) => h('th', {}, x)))),
+    h('tbody', {}, Object.entries(statistics.metrics).map(([key, m]) => h('tr', {},
+      h('td', {}, m.label), h('td', {}, cell(key, m.a)), h('td', {}, cell(key, m.b)),
+      h('td', {}, cell(key, m.difference_b_minus_a, true)), h('td', {}, m.verdict)))));
+}
+
+function comparisonPage(name) {
+  const title = h('h1', {}, name, ' ');
+  const body = h('div');
+  const message = h('div', { class: 'error-box' });
+  const stop = h('button', { id: 'stop' }, 'Stop');
+  const resume = h('button', { id: 'resume', class: 'secondary' }, 'Resume');
+  main.replaceChildren(title, h('div', { class: 'card' }, h('div', { class: 'row' }, stop, resume,
+    h('a', { href: '/api/runs/' + encodeURIComponent(name) + '/compare_page', target: '_blank', id: 'compare-page' }, 'compare.html')), message), body);
+  let timer;
+  async function load() {
+    let c;
+    try { c = await api('/api/runs/' + encodeURIComponent(name)); } catch (error) { message.textContent = error.message; return; }
+    title.replaceChildren(name, ' ', statusBadge(c.status));
+    stop.disabled = c.status !== 'running';
+    resume.disabled = c.status !== 'failed';
+    message.textContent = c.status_message || '';
+    const parts = [h('div', { class: 'card' }, h('h2', {}, 'Progress'), progressBar(c.progress.fraction),
+      ` ${c.progress.finished_runs} of ${c.progress.runs} runs finished (arms: ${(c.arms || []).join(' vs ')})`)];
+    if (c.statistics) {
+      parts.push(h('div', { class: 'card' }, statisticsTable(c.statistics), h('p', { class: 'muted' }, c.statistics.method)));
+      const names = (c.a_matrix || []).map((_, i) => 'task ' + (i + 1));
+      const better = c.metric !== 'bits_per_byte';
+      parts.push(h('div', { class: 'grid' },
+        h('div', { class: 'card' }, h('h2', {}, 'A, mean over seeds'), heatmap(names, c.a_matrix, { higherIsBetter: better })),
+        h('div', { class: 'card' }, h('h2', {}, 'B, mean over seeds'), heatmap(names, c.b_matrix, { higherIsBetter: better }))));
+      parts.push(h('div', { class: 'card' }, h('h2', {}, 'B − A'), heatmap(names, c.difference_b_minus_a, { diverging: true, metrics: false, label: 'difference B minus A' })));
+    }
+    body.replaceChildren(...parts);
+    if (c.status !== 'running') clearInterval(timer);
+  }
+  stop.addEventListener('click', async () => {
+    try { message.textContent = (await api('/api/runs/' + encodeURIComponent(name) + '/stop', { method: 'POST' })).message; } catch (error) { message.textContent = error.message; }
+  });
+  resume.addEventListener('click', async () => {
+    try { await api('/api/runs/' + encodeURIComponent(name) + '/resume', { method: 'POST' }); clearInterval(timer); timer = setInterval(load, 2000); load(); } catch (error) { message.textContent = error.message; }
+  });
+  load();
+  timer = setInterval(load, 2000);
+  leavePage = () => clearInterval(timer);
 }
 
 // --- routing ----------------------------------------------------------------------------------
@@ -653,7 +736,9 @@ function route() {
   leavePage = () => {};
   const hash = location.hash || '#/';
   const [path, query] = hash.slice(1).split('?');
-  if (path.startsWith('/run/')) {
+  if (path.startsWith('/comparison/')) {
+    comparisonPage(decodeURIComponent(path.slice(12)));
+  } else if (path.startsWith('/run/')) {
     const page = new RunPage(decodeURIComponent(path.slice(5)));
     leavePage = () => page.leave();
   } else if (path === '/launch') {
