@@ -125,8 +125,9 @@ TEST(ServeParts, RunNamesNeverBecomePaths) {
 TEST(ServeApi, ListsAndShowsARunStartedFromTheCommandLine) {
   TempDir dir;
   const std::string run_dir = dir.path("runs/cli_run");
-  const auto run = clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " +
-                                             kQuick + " --output " + run_dir + " --quiet");
+  const auto run =
+      clhost::test::run_command(std::string(CLHOST_BINARY) + " run --config " + kQuick +
+                                " --output " + run_dir + " --quiet --profile-memory");
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const json results = json::parse(read_file(run_dir + "/results.json"));
   ServerProcess server(dir.path("runs"));
@@ -139,7 +140,7 @@ TEST(ServeApi, ListsAndShowsARunStartedFromTheCommandLine) {
   EXPECT_EQ(row["status"], "complete");
   EXPECT_EQ(row["results"]["average"], results["metrics"]["average_accuracy"]);
   EXPECT_EQ(row["results"]["forgetting"], results["metrics"]["forgetting"]);
-  EXPECT_EQ(row["plugins"], json::array({"l2"}));
+  EXPECT_EQ(row["plugins"], json::array({"l2", "memory_profiler"}));
   EXPECT_DOUBLE_EQ(row["progress"]["fraction"].get<double>(), 1.0);
 
   const json details = get_json(client, "/api/runs/cli_run");
@@ -149,6 +150,12 @@ TEST(ServeApi, ListsAndShowsARunStartedFromTheCommandLine) {
   EXPECT_FALSE(details["curves"]["step"].empty());
   EXPECT_NE(details["config_toml"].get<std::string>().find("[train]"), std::string::npos);
 
+  ASSERT_TRUE(details["has_memory_profile"].get<bool>());
+  const json memory = get_json(client, "/api/runs/cli_run/memory");
+  EXPECT_FALSE(memory["samples"]["rss_bytes"].empty());
+  EXPECT_EQ(memory["samples"]["rss_bytes"].size(), memory["samples"]["t_s"].size());
+  EXPECT_FALSE(memory["events"].empty());
+
   const auto report = client.Get("/api/runs/cli_run/report");
   ASSERT_TRUE(report);
   EXPECT_EQ(report->status, 200);
@@ -156,7 +163,8 @@ TEST(ServeApi, ListsAndShowsARunStartedFromTheCommandLine) {
   EXPECT_TRUE(fs::exists(run_dir + "/report.html"));
 
   EXPECT_EQ(get_json(client, "/api/runs?status=failed")["total"], 0);
-  EXPECT_EQ(get_json(client, "/api/runs?plugin=l2")["total"], 1);
+  EXPECT_EQ(get_json(client, "/api/runs?plugin=memory_profiler")["total"], 1);
+  EXPECT_EQ(get_json(client, "/api/runs?plugin=ewc")["total"], 0);
   EXPECT_EQ(get_json(client, "/api/runs?q=CLI_")["total"], 1);
   EXPECT_EQ(get_json(client, "/api/runs?q=nothing")["total"], 0);
   get_json(client, "/api/runs/missing_run", 404);
@@ -194,6 +202,7 @@ TEST(ServeApi, StreamsALaunchedRunFromStartToEnd) {
   EXPECT_EQ(last_step, 300);               // 5 tasks x 60 steps, every one logged (log_every = 10)
   const json results = json::parse(read_file(dir.path("runs/streamed/results.json")));
   EXPECT_EQ(matrix, results["accuracy_matrix"]);
+  EXPECT_TRUE(fs::exists(dir.path("runs/streamed/report.html")));  // written as the run ended
 }
 
 TEST(ServeApi, LaunchStopResumeComplete) {

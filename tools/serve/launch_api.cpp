@@ -377,7 +377,7 @@ void resume_run(ServeContext& context, const httplib::Request& request,
 // An arm is ';'-separated overrides of the base config (`plugins=ewc;train.lr=1e-3`), as for
 // `clhost compare`; a file of its own (any path) is not accepted from the page.
 std::string check_arm(const json& form, const char* key) {
-  const std::string spec = form.value(key, "");
+  std::string spec = form.value(key, "");
   if (spec.find(".toml") != std::string::npos || spec.find('/') != std::string::npos)
     throw std::invalid_argument(std::string("arm ") + key + ": overrides of the config only");
   if (spec.find("plugin_path") != std::string::npos)

@@ -163,6 +163,7 @@ class RunStream {
     });
     if (status.empty() || status == status_) return false;
     status_ = status;
+    if (status == "complete") write_report_quietly();
     out += sse("status",
                json{{"status", status},
                     {"status_message", snapshot.value("status_message", "")},
@@ -170,6 +171,15 @@ class RunStream {
                     {"has_results", snapshot.value("has_results", false)}},
                offset_);
     return status != "running" && status != "starting";
+  }
+
+  // The run's HTML report, produced as the run ends (a failure leaves it to the first request,
+  // which says why).
+  void write_report_quietly() const {
+    try {
+      if (fs::exists(dir_ / "results.json")) tools::write_run_report(dir_.string());
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): GET .../report retries
+    }
   }
 
   ServeContext& context_;
