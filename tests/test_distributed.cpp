@@ -412,7 +412,8 @@ TEST_F(DataParallel, OutOfMemoryInAStepShrinksEveryRanksMicroBatchAndLosesNothin
   // with the smallest micro-batch any rank's policy chose.
   const std::string set =
       "--dynamic-batch-size --set train.batch_size=480 --set model.hidden=[2048] "
-      "--set train.iterations=5 --set ewc.fisher_batch_size=8 --memory-budget 23MiB ";
+      "--set train.iterations=5 --set ewc.fisher_batch_size=8 --set ewc.fisher_samples=16 "
+      "--memory-budget 23MiB ";
   const std::string one = run("one", set);
   const std::string two = run("two", set + "--nproc 2");
   const json b = results_of(two);

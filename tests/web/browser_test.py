@@ -95,7 +95,7 @@ def launch_from_form(driver, url, name):
     driver.find_element(By.ID, "run-name").send_keys(name)
     # Long enough to stop it in the middle; checkpoints often, so the resume has little to redo.
     driver.find_element(By.ID, "overrides").send_keys(
-        "train.iterations=2000\nrun.checkpoint_every=500")
+        "train.iterations=1000\nrun.checkpoint_every=250")
     wait(driver, 60, lambda d: d.find_elements(By.CSS_SELECTOR, "#validation .ok"),
          "the form to validate")
     # A typo shows clhost validate's located error, then goes away when fixed.
@@ -106,7 +106,7 @@ def launch_from_form(driver, url, name):
     error = driver.find_element(By.CSS_SELECTOR, "#validation .errors li").text
     assert "lrr" in error, error
     overrides.clear()
-    overrides.send_keys("train.iterations=2000\nrun.checkpoint_every=500")
+    overrides.send_keys("train.iterations=1000\nrun.checkpoint_every=250")
     wait(driver, 60, lambda d: d.find_elements(By.CSS_SELECTOR, "#validation .ok")
          and button_enabled(d, "start"), "the form to validate again")
     driver.find_element(By.ID, "start").click()
