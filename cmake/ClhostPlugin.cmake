@@ -1,6 +1,8 @@
 # clhost_add_plugin(NAME SOURCES src... [TORCH] [OUTPUT_DIRECTORY dir])
 #
-# Builds a plug-in as the MODULE library clhost_<NAME>.so, the file name the host looks for:
+# Builds a plug-in as the MODULE library clhost_<NAME>.so, the file name the host looks for, from
+# the target clhost_plugin_<NAME> (add your own compile options, definitions or libraries to it:
+# target_compile_options(clhost_plugin_my_reg PRIVATE -O3)):
 #   - hidden visibility and a version script exporting only clhost_plugin_entry, so Boost,
 #     LibTorch or your own inline code never clash with the host's copies;
 #   - -Wl,-z,defs, so a missing symbol fails at link time, not when clhost loads the file;
@@ -38,6 +40,9 @@ function(clhost_add_plugin name)
     CXX_VISIBILITY_PRESET hidden
     VISIBILITY_INLINES_HIDDEN ON)
   if(ARG_TORCH)
+    if(NOT TARGET clhost::sdk_torch AND COMMAND clhost_find_torch)
+      clhost_find_torch()  # the installed package looks for LibTorch only now
+    endif()
     if(NOT TARGET clhost::sdk_torch)
       message(FATAL_ERROR "clhost_add_plugin(${name} TORCH): LibTorch was not found "
                           "(install libtorch-dev, or set Torch_DIR)")

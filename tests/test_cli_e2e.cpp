@@ -163,6 +163,11 @@ TEST(CliEndToEnd, PluginsListAndShow) {
   EXPECT_EQ(show.exit_code, 0) << show.output;
   EXPECT_NE(show.output.find("lambda"), std::string::npos);
   EXPECT_NE(show.output.find("[range 0 .."), std::string::npos) << show.output;
+  EXPECT_NE(show.output.find("resumable    yes"), std::string::npos) << show.output;
+  const Result old = clhost(std::string("plugins show abi_1_2_regularizer --plugin-path ") +
+                            CLHOST_TEST_PLUGIN_DIR);
+  EXPECT_EQ(old.exit_code, 0) << old.output;
+  EXPECT_NE(old.output.find("resumable    no"), std::string::npos) << old.output;
 }
 
 TEST(CliEndToEnd, VersionAndHelp) {
@@ -182,10 +187,12 @@ TEST(CliEndToEndEwc, QuickRunStoresTheFisherAndForgetsLessThanFineTuning) {
   const Result plain =
       clhost("run --config " + kQuick + " --plugins '' --output " + dir.path("plain") + " -q");
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
-  const Result ewc =
-      clhost("run --config " + kQuick + " --plugins ewc --use-memory-efficient --output " +
-             dir.path("ewc") + " -q");
+  const Result ewc = clhost("run --config " + kQuick +
+                            " --plugins ewc --use-memory-efficient --output " + dir.path("ewc"));
   ASSERT_EQ(ewc.exit_code, 0) << ewc.output;
+  // The plug-in numbers tasks as the host does on the console: from 1, out of the count.
+  EXPECT_NE(ewc.output.find("task 1/5: Fisher consolidated"), std::string::npos) << ewc.output;
+  EXPECT_NE(ewc.output.find("task 5/5: Fisher consolidated"), std::string::npos) << ewc.output;
   const auto results = results_of(dir.path("ewc"));
   EXPECT_EQ(results["plugins"][0]["id"], "ewc");
   const std::string variant = results["plugins"][0]["variant"];

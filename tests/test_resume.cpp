@@ -337,6 +337,52 @@ TEST_F(Resume, PluginWithoutStateIsNotResumableUnlessResumeAnyway) {
   EXPECT_EQ(results_of(run_dir)["resumes"][0]["plugins_restarted"][0]["id"], "abi_1_2_regularizer");
 }
 
+TEST_F(Resume, ARelativePluginPathIsStoredAbsoluteSoAResumeFromElsewhereFindsIt) {
+  const std::filesystem::path test_plugins(CLHOST_TEST_PLUGIN_DIR);
+  const std::string run_dir = dir_.path("relative");
+  Outcome run =
+      clhost("run -q --config " + config_ + " --plugins ewc,abi_1_5_regularizer " +
+                 "--plugin-path " + test_plugins.filename().string() + " --output " + run_dir,
+             "cd " + test_plugins.parent_path().string() + " && CLHOST_TEST_KILL_AT=step:30");
+  ASSERT_EQ(run.signal, SIGKILL) << run.output;
+  const json trainer =
+      json::parse(clhost::CheckpointDirectory(run_dir).load_latest().file("trainer.json"));
+  EXPECT_EQ(trainer["cli_plugin_path"], json::array({test_plugins.string()}));
+  run = clhost("run -q --resume " + run_dir, "cd / &&");
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+}
+
+TEST_F(Resume, KilledInsideTheFirstCheckpointSaysWhyAPluginIsNotFound) {
+  const std::string run_dir = dir_.path("first");
+  Outcome run = clhost("run -q --config " + config_ + plugin_path() +
+                           " --plugins ewc,abi_1_5_regularizer --output " + run_dir,
+                       "CLHOST_TEST_KILL_AT=checkpoint:1");
+  ASSERT_EQ(run.signal, SIGKILL) << run.output;
+  ASSERT_FALSE(clhost::CheckpointDirectory(run_dir).has_checkpoints());
+  run = clhost("run -q --resume " + run_dir);
+  EXPECT_EQ(run.exit_code, 3) << run.output;
+  EXPECT_NE(run.output.find("stopped before its first checkpoint was complete"), std::string::npos)
+      << run.output;
+  EXPECT_NE(run.output.find("abi_1_5_regularizer"), std::string::npos) << run.output;
+  run = clhost("run -q --resume " + run_dir + plugin_path());  // with it, it starts over
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+}
+
+TEST_F(Resume, AStateThePluginRefusesCannotResumeExit3) {
+  const std::string run_dir = dir_.path("refused");
+  const std::string args = "run -q --config " + config_ + plugin_path() +
+                           " --plugins ewc,refuses_restore --output " + run_dir;
+  Outcome run = clhost(args, "CLHOST_TEST_KILL_AT=step:30");
+  ASSERT_EQ(run.signal, SIGKILL) << run.output;
+  const std::string status_before = read_file(run_dir + "/status.json");
+  run = clhost("run -q --resume " + run_dir + plugin_path());
+  EXPECT_EQ(run.exit_code, 3) << run.output;
+  EXPECT_NE(run.output.find("cannot resume"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("refuses_restore: 2 bytes of an older format"), std::string::npos)
+      << run.output;
+  EXPECT_EQ(read_file(run_dir + "/status.json"), status_before) << "nothing is written";
+}
+
 TEST_F(Resume, NanPenaltyStopsAndLeavesTheLastGoodCheckpoint) {
   const std::string run_dir = dir_.path("nan");
   std::string config = kConfig;

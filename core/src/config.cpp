@@ -1096,7 +1096,10 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   check_conditional_keys(in, config);
   config.profile_memory = overrides.profile_memory;
   config.dynamic_batch_size = overrides.dynamic_batch_size;
-  config.cli_plugin_path = overrides.plugin_path;
+  // Absolute, as trainer.json records them: a --resume from another directory finds them.
+  for (const auto& dir : overrides.plugin_path) {
+    config.cli_plugin_path.push_back(std::filesystem::absolute(dir).lexically_normal().string());
+  }
   write_resolved(root, config);
   return config;
 }

@@ -166,10 +166,17 @@ void PluginSet::restore_states(const json& saved_plugins, const LoadedCheckpoint
         entry.at("version") != instance.plugin->descriptor->version) {
       continue;  // accepted with --resume-anyway
     }
-    const std::string& bytes = checkpoint.file(entry.at("file").get<std::string>());
+    const std::string file = entry.at("file").get<std::string>();
+    const std::string& bytes = checkpoint.file(file);
     clhost_error_t error{};
-    instance.check(state->restore(instance.instance, bytes.data(), bytes.size(), &error), error,
-                   "restore (clhost.state/1)");
+    // A state the plug-in refuses means this run cannot resume (exit 3), not that it failed.
+    try {
+      instance.check(state->restore(instance.instance, bytes.data(), bytes.size(), &error), error,
+                     "restore (clhost.state/1)");
+    } catch (const RunError& e) {
+      throw PluginError("cannot resume " + checkpoint.directory + ": " + e.what() +
+                        " (its state: " + file + ", " + std::to_string(bytes.size()) + " bytes)");
+    }
   }
 }
 

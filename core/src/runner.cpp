@@ -446,6 +446,22 @@ LoadedPipeline load_pipeline_and_warn(PluginLoader& loader, const RunConfig& con
   return pipeline;
 }
 
+// The pipeline; a plug-in a resume cannot find is explained when the run has no complete
+// checkpoint, the only record of the --plugin-path it was started with.
+LoadedPipeline load_resumed_pipeline(PluginLoader& loader, const RunConfig& config,
+                                     const ResumePlan& plan, const RunOptions& options,
+                                     const Collective& collective) {
+  try {
+    return load_pipeline_and_warn(loader, config, collective, options.quiet);
+  } catch (const PluginError& e) {
+    if (!options.resume || plan.checkpoint) throw;
+    throw PluginError("--resume " + options.run_dir +
+                      ": the run stopped before its first checkpoint was complete, so the "
+                      "--plugin-path it was started with is not recorded; pass it again. " +
+                      e.what());
+  }
+}
+
 // --- outputs ---------------------------------------------------------------------------------
 
 // <metric>_matrix.csv: accuracy_matrix.csv, or bits_per_byte_matrix.csv for text tasks.
@@ -603,7 +619,7 @@ RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_opti
   check_same_config(*collective, config);
   ResumePlan plan = plan_resume(config, options);
   PluginLoader loader(PluginLoader::search_path_for(plan.cli_plugin_path, config.run.plugin_path));
-  LoadedPipeline pipeline = load_pipeline_and_warn(loader, config, *collective, options.quiet);
+  LoadedPipeline pipeline = load_resumed_pipeline(loader, config, plan, options, *collective);
   // Rank 0 names a new run's directory; every rank learns it.
   const std::string run_dir = collective->share(
       "run_dir", options.resume || !collective->writes_outputs() ? options.run_dir

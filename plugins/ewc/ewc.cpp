@@ -223,8 +223,8 @@ class Ewc : public clhost::sdk::Regularizer {
     ++tasks_;
     fisher_seconds_.push_back(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) +
-                                    ": Fisher consolidated in " +
+    host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index + 1) + "/" +
+                                    std::to_string(task.task_count) + ": Fisher consolidated in " +
                                     std::to_string(fisher_seconds_.back()) + " s; state " +
                                     std::to_string(state_bytes()) + " bytes");
   }

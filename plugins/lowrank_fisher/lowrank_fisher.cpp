@@ -191,9 +191,9 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     const double fisher_seconds = seconds_since(start);
     const auto values = parameter_views(false);
     if (store_) {
-      host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index) +
-                                      ": factors ready in " + format(fisher_seconds, 1) +
-                                      " s; saving them to the store");
+      host().log(CLHOST_LOG_INFO, "task " + std::to_string(task.task_index + 1) + "/" +
+                                      std::to_string(task.task_count) + ": factors ready in " +
+                                      format(fisher_seconds, 1) + " s; saving them to the store");
       save(task.task_index, pass_factors_);
     }
     fold_in(values.first);
@@ -204,8 +204,9 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     consolidate_seconds_.push_back(seconds_since(start));
     fisher_seconds_.push_back(fisher_seconds);
     host().log(CLHOST_LOG_INFO,
-               "task " + std::to_string(task.task_index) + ": rank " + std::to_string(rank_) +
-                   " of " + std::to_string(rows_) + " gradient rows per block, " +
+               "task " + std::to_string(task.task_index + 1) + "/" +
+                   std::to_string(task.task_count) + ": rank " + std::to_string(rank_) + " of " +
+                   std::to_string(rows_) + " gradient rows per block, " +
                    std::to_string(blocks_.size()) + " block(s), state " +
                    std::to_string(state_bytes()) + " bytes (" + format(bytes_per_parameter(), 2) +
                    " bytes/parameter), " + format(consolidate_seconds_.back(), 2) + " s");

@@ -27,8 +27,17 @@ for kind in regularizer batch_policy profiler; do
   for lang in c cxx; do
     name="made_${kind}_${lang}"
     echo "== new-plugin --kind $kind --lang $lang"
-    (cd "$work" && "$clhost" new-plugin --kind "$kind" --name "$name" --lang "$lang" >/dev/null)
+    (cd "$work" && "$clhost" new-plugin --kind "$kind" --name "$name" --lang "$lang" \
+      >"$work/$name.out")
+    # The installed clhost knows its own prefix and says it.
+    grep -q -- "-DCMAKE_PREFIX_PATH=$prefix\$" "$work/$name.out"
+    grep -q -- "-DCMAKE_PREFIX_PATH=$prefix " "$work/$name/CMakeLists.txt"
     configure "$work/$name" "$work/$name/build"
+    # A C or C++ project that builds no LibTorch plug-in never looks for LibTorch.
+    if grep -q "Torch_DIR\|TORCH_" "$work/$name/build/CMakeCache.txt"; then
+      echo "a project without TORCH plug-ins looked for LibTorch" >&2
+      exit 1
+    fi
     cmake --build "$work/$name/build"
     ctest --test-dir "$work/$name/build" --output-on-failure
   done

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -300,6 +301,12 @@ int command_plugins(const std::vector<std::string>& args) {
         plugin.entry->abi_version.minor, plugin.path.c_str(),
         plugin.entry->fingerprint ? "yes" : "no",
         descriptor->description ? descriptor->description : "");
+    const bool resumable = plugin.entry->abi_version.minor >= 3 &&
+                           plugin.entry->get_interface(CLHOST_INTERFACE_STATE_V1) != nullptr;
+    std::printf("resumable    %s\n",
+                resumable ? "yes (clhost.state/1: --resume continues its state)"
+                          : "no (no clhost.state/1: --resume refuses unless --resume-anyway, "
+                            "which restarts it fresh)");
     std::printf("\nconfig keys (in its [[pipeline]] table):\n");
     if (descriptor->config_schema_count == 0) std::printf("  (none)\n");
     for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
@@ -455,6 +462,23 @@ int command_memory_plan(const std::vector<std::string>& args) {
   return 0;
 }
 
+// The prefix this clhost is installed under (PREFIX/bin/clhost next to
+// PREFIX/lib[/<arch>]/cmake/clhost), or empty when it runs from a build tree.
+std::string installed_prefix() {
+  std::error_code error;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) return "";
+  const std::filesystem::path prefix = exe.parent_path().parent_path();
+  const auto has_package = [&](const std::filesystem::path& lib) {
+    return std::filesystem::exists(lib / "cmake" / "clhost" / "clhostConfig.cmake", error);
+  };
+  if (has_package(prefix / "lib") || has_package(prefix / "lib64")) return prefix.string();
+  for (const auto& item : std::filesystem::directory_iterator(prefix / "lib", error)) {
+    if (has_package(item.path())) return prefix.string();  // lib/<multiarch triplet>
+  }
+  return "";
+}
+
 int command_new_plugin(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("help,h", "show this help")("kind", po::value<std::string>()->required(),
@@ -473,19 +497,26 @@ int command_new_plugin(const std::vector<std::string>& args) {
     return 0;
   }
   po::notify(vm);
+  const std::string prefix = installed_prefix();
   const clhost::tools::NewPluginRequest request{
       vm["kind"].as<std::string>(), vm["name"].as<std::string>(), vm["lang"].as<std::string>(),
-      vm["dir"].as<std::string>()};
+      vm["dir"].as<std::string>(), prefix};
   const auto files = clhost::tools::write_plugin_project(request);
   for (const auto& file : files) std::printf("wrote %s\n", file.c_str());
   const std::string directory = files.front().substr(0, files.front().rfind('/'));
   std::printf(
       "\nbuild and test it against this clhost (installed under its prefix):\n"
-      "  cmake -S %s -B %s/build -DCMAKE_PREFIX_PATH=<clhost prefix>\n"
+      "  cmake -S %s -B %s/build -DCMAKE_PREFIX_PATH=%s\n"
       "  cmake --build %s/build && ctest --test-dir %s/build\n"
       "then: clhost run --config <your.toml> --plugin-path %s/build --plugins %s\n",
-      directory.c_str(), directory.c_str(), directory.c_str(), directory.c_str(), directory.c_str(),
-      request.name.c_str());
+      directory.c_str(), directory.c_str(),
+      prefix.empty() ? "<where clhost is installed>" : prefix.c_str(), directory.c_str(),
+      directory.c_str(), directory.c_str(), request.name.c_str());
+  if (prefix.empty()) {
+    std::printf(
+        "(this clhost runs from its build tree: install it first, cmake --install BUILD "
+        "--prefix DIR, and use DIR)\n");
+  }
   return 0;
 }
 

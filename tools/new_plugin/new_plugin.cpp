@@ -70,6 +70,9 @@ std::vector<std::string> write_plugin_project(const NewPluginRequest& request) {
     out = replace_all(out, "@KIND@", request.kind);
     out = replace_all(out, "@SOURCE@", source);
     out = replace_all(out, "@LANGUAGE@", request.language == "c" ? "C11" : "C++17");
+    out = replace_all(out, "@PROJECT_LANGUAGE@", request.language == "c" ? "C" : "CXX");
+    out = replace_all(out, "@PREFIX@",
+                      request.prefix.empty() ? "<where clhost is installed>" : request.prefix);
     out = replace_all(out, "MyPlugin", camel_case(request.name));
     return replace_all(out, "my_plugin", request.name);
   };

@@ -18,6 +18,7 @@ struct NewPluginRequest {
   std::string name;       // the plug-in id, [a-z0-9_]+
   std::string language;   // c | cxx
   std::string directory;  // created; must not exist or be empty
+  std::string prefix;     // the installed clhost's prefix for CMAKE_PREFIX_PATH; empty: unknown
 };
 
 // Writes the project; returns the files written (relative to the directory). Throws
