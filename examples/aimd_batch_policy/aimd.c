@@ -121,7 +121,35 @@ static size_t write_json(void* instance, char* buffer, size_t size) {
   return needed < 0 ? 0 : (size_t)needed;
 }
 
+/* Checkpoints (clhost.state/1): what the policy learnt — the task it is in, that task's
+ * ceiling, the last size and the cuts so far — so a resumed run continues with the same sizes.
+ * Format: five int64 (task, ceiling, last, cuts, reserved 0). */
+static clhost_status_t save(void* instance, clhost_state_write_fn write, void* writer_data,
+                            clhost_error_t* error) {
+  const aimd_t* self = (const aimd_t*)instance;
+  const int64_t values[5] = {self->task, self->ceiling, self->last, self->cuts, 0};
+  return write(writer_data, values, sizeof(values), error);
+}
+
+static clhost_status_t restore(void* instance, const void* bytes, size_t size,
+                               clhost_error_t* error) {
+  aimd_t* self = (aimd_t*)instance;
+  int64_t values[5];
+  if (size != sizeof(values)) {
+    snprintf(error->message, sizeof(error->message),
+             "aimd: saved state has %zu bytes, this version saves %zu", size, sizeof(values));
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  memcpy(values, bytes, sizeof(values));
+  self->task = (int32_t)values[0];
+  self->ceiling = values[1];
+  self->last = values[2];
+  self->cuts = values[3];
+  return CLHOST_STATUS_OK;
+}
+
 static const clhost_report_v1_t report = {sizeof(clhost_report_v1_t), write_json};
+static const clhost_state_v1_t state_table = {sizeof(clhost_state_v1_t), save, restore};
 
 static const clhost_batch_policy_v1_t policy = {sizeof(clhost_batch_policy_v1_t), choose,
                                                 last_reason};
@@ -129,6 +157,7 @@ static const clhost_batch_policy_v1_t policy = {sizeof(clhost_batch_policy_v1_t)
 static const void* get_interface(const char* id) {
   if (strcmp(id, CLHOST_INTERFACE_BATCH_POLICY_V1) == 0) return &policy;
   if (strcmp(id, CLHOST_INTERFACE_REPORT_V1) == 0) return &report;
+  if (strcmp(id, CLHOST_INTERFACE_STATE_V1) == 0) return &state_table;
   return NULL;
 }
 

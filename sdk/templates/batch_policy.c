@@ -75,8 +75,30 @@ static const char* last_reason(void* instance) {
 static const clhost_batch_policy_v1_t policy = {sizeof(clhost_batch_policy_v1_t),
                                                 choose_micro_batch, last_reason};
 
+/* Checkpoints (clhost.state/1): this policy keeps nothing between steps (the host passes the
+ * current micro-batch back), so its state is zero bytes; save what yours keeps, or a resume
+ * refuses it. */
+static clhost_status_t save(void* instance, clhost_state_write_fn write, void* writer_data,
+                            clhost_error_t* error) {
+  (void)instance, (void)write, (void)writer_data, (void)error;
+  return CLHOST_STATUS_OK;
+}
+
+static clhost_status_t restore(void* instance, const void* bytes, size_t size,
+                               clhost_error_t* error) {
+  (void)instance, (void)bytes;
+  if (size == 0) return CLHOST_STATUS_OK;
+  snprintf(error->message, sizeof(error->message),
+           "my_plugin: saved state has %zu bytes, this version saves none", size);
+  return CLHOST_STATUS_INVALID_ARGUMENT;
+}
+
+static const clhost_state_v1_t state_table = {sizeof(clhost_state_v1_t), save, restore};
+
 static const void* get_interface(const char* id) {
-  return strcmp(id, CLHOST_INTERFACE_BATCH_POLICY_V1) == 0 ? &policy : NULL;
+  if (strcmp(id, CLHOST_INTERFACE_BATCH_POLICY_V1) == 0) return &policy;
+  if (strcmp(id, CLHOST_INTERFACE_STATE_V1) == 0) return &state_table;
+  return NULL;
 }
 
 static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),

@@ -67,12 +67,42 @@ static size_t write_json(void* instance, char* buffer, size_t size) {
   return needed < 0 ? 0 : (size_t)needed;
 }
 
+/* Checkpoints (clhost.state/1): the counts so far, so a resumed run reports the whole run.
+ * Format: events, tasks (int64 each), task_seconds_total (double). */
+static clhost_status_t save(void* instance, clhost_state_write_fn write, void* writer_data,
+                            clhost_error_t* error) {
+  const state_t* self = (const state_t*)instance;
+  const int64_t counts[2] = {self->events, self->tasks};
+  const clhost_status_t status = write(writer_data, counts, sizeof(counts), error);
+  if (status != CLHOST_STATUS_OK) return status;
+  return write(writer_data, &self->task_seconds_total, sizeof(double), error);
+}
+
+static clhost_status_t restore(void* instance, const void* bytes, size_t size,
+                               clhost_error_t* error) {
+  state_t* self = (state_t*)instance;
+  int64_t counts[2];
+  if (size != sizeof(counts) + sizeof(double)) {
+    snprintf(error->message, sizeof(error->message),
+             "my_plugin: saved state has %zu bytes, this version saves %zu", size,
+             sizeof(counts) + sizeof(double));
+    return CLHOST_STATUS_INVALID_ARGUMENT;
+  }
+  memcpy(counts, bytes, sizeof(counts));
+  memcpy(&self->task_seconds_total, (const char*)bytes + sizeof(counts), sizeof(double));
+  self->events = (long)counts[0];
+  self->tasks = (long)counts[1];
+  return CLHOST_STATUS_OK;
+}
+
 static const clhost_profiler_v1_t profiler = {sizeof(clhost_profiler_v1_t), on_event};
 static const clhost_report_v1_t report = {sizeof(clhost_report_v1_t), write_json};
+static const clhost_state_v1_t state_table = {sizeof(clhost_state_v1_t), save, restore};
 
 static const void* get_interface(const char* id) {
   if (strcmp(id, CLHOST_INTERFACE_PROFILER_V1) == 0) return &profiler;
   if (strcmp(id, CLHOST_INTERFACE_REPORT_V1) == 0) return &report;
+  if (strcmp(id, CLHOST_INTERFACE_STATE_V1) == 0) return &state_table;
   return NULL;
 }
 

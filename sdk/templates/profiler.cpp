@@ -36,6 +36,19 @@ class MyPlugin : public clhost::sdk::Profiler {
     }
   }
 
+  // Checkpoints (clhost.state/1): the counts so far, so a resumed run reports the whole run.
+  void save_state(clhost::sdk::StateWriter& out) const {
+    out.value(events_);
+    out.value(tasks_);
+    out.value(task_seconds_);
+  }
+  void restore_state(clhost::sdk::StateReader& in) {
+    events_ = in.value<long>();
+    tasks_ = in.value<long>();
+    task_seconds_ = in.value<double>();
+    in.finish();
+  }
+
   [[nodiscard]] std::string report_json() const override {
     return "{\"events\": " + std::to_string(events_) + ", \"tasks\": " + std::to_string(tasks_) +
            ", \"task_seconds\": " + std::to_string(task_seconds_) + "}";

@@ -29,19 +29,49 @@ typedef struct state {
   const clhost_params_service_v1_t* params;
   double lambda;
   uint32_t count;
-  float** anchors; /* one flat copy per parameter; NULL until the first task ends */
+  float** anchors;       /* one flat copy per parameter; NULL until the first task ends */
+  int64_t* anchor_numel; /* elements of each anchor */
 } state_t;
 
+/* Every non-OK status goes back with a message: what went wrong and where. */
 static clhost_status_t fail(clhost_error_t* error, clhost_status_t status, const char* what,
                             const char* name) {
-  snprintf(error->message, sizeof(error->message), "my_plugin: %s (parameter '%s')", what, name);
+  snprintf(error->message, sizeof(error->message), "my_plugin: %s%s%s%s", what,
+           name != NULL ? " (parameter '" : "", name != NULL ? name : "", name != NULL ? "')" : "");
   return status;
 }
 
-/* Only float32 tensors in host memory are handled here. */
+/* Only contiguous float32 tensors in host memory are handled here: one lane, no gaps between
+ * elements (strides NULL, or those of a compact row-major layout). */
 static int usable(const DLTensor* tensor) {
-  return tensor->data != NULL && tensor->device.device_type == kDLCPU &&
-         tensor->dtype.code == kDLFloat && tensor->dtype.bits == 32;
+  int32_t dim;
+  int64_t expected = 1;
+  if (tensor->data == NULL || tensor->device.device_type != kDLCPU ||
+      tensor->dtype.code != kDLFloat || tensor->dtype.bits != 32 || tensor->dtype.lanes != 1) {
+    return 0;
+  }
+  if (tensor->strides == NULL) return 1;
+  for (dim = tensor->ndim - 1; dim >= 0; --dim) {
+    if (tensor->shape[dim] != 1 && tensor->strides[dim] != expected) return 0;
+    expected *= tensor->shape[dim];
+  }
+  return 1;
+}
+
+/* The first element: DLPack's data pointer plus its byte offset. */
+static float* floats(const DLTensor* tensor) {
+  return (float*)((char*)tensor->data + tensor->byte_offset);
+}
+
+/* The table of anchors, allocated when the first task ends (or a checkpoint is restored). */
+static clhost_status_t allocate_anchors(state_t* self, uint32_t count, clhost_error_t* error) {
+  self->anchors = (float**)calloc(count, sizeof(float*));
+  self->anchor_numel = (int64_t*)calloc(count, sizeof(int64_t));
+  if (self->anchors == NULL || self->anchor_numel == NULL) {
+    return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for the anchor table", NULL);
+  }
+  self->count = count;
+  return CLHOST_STATUS_OK;
 }
 
 static clhost_status_t create(const clhost_host_t* host, const clhost_config_t* config,
@@ -55,7 +85,7 @@ static clhost_status_t create(const clhost_host_t* host, const clhost_config_t* 
     return CLHOST_STATUS_UNSUPPORTED;
   }
   self = (state_t*)calloc(1, sizeof(state_t));
-  if (self == NULL) return CLHOST_STATUS_OUT_OF_MEMORY;
+  if (self == NULL) return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory", NULL);
   self->host = host;
   self->params = params;
   self->lambda = clhost_config_find(config, "lambda")->float_value;
@@ -68,6 +98,7 @@ static void destroy(void* instance) {
   uint32_t i;
   for (i = 0; self->anchors != NULL && i < self->count; ++i) free(self->anchors[i]);
   free((void*)self->anchors);
+  free(self->anchor_numel);
   free(self);
 }
 
@@ -87,10 +118,14 @@ static clhost_status_t after_backward(void* instance, const clhost_step_info_t* 
     if (status != CLHOST_STATUS_OK) return status;
     if (parameter.grad.data == NULL) continue; /* not trained in this step */
     if (!usable(&parameter.value) || !usable(&parameter.grad)) {
-      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs float32 CPU tensors", parameter.name);
+      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs contiguous float32 CPU tensors", parameter.name);
     }
-    value = (const float*)parameter.value.data;
-    grad = (float*)parameter.grad.data;
+    if (parameter.numel != self->anchor_numel[i]) {
+      return fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "the parameter changed size",
+                  parameter.name);
+    }
+    value = floats(&parameter.value);
+    grad = floats(&parameter.grad);
     for (k = 0; k < parameter.numel; ++k) {
       const float difference = value[k] - self->anchors[i][k];
       const float sign = (float)((difference > 0.0f) - (difference < 0.0f));
@@ -107,22 +142,25 @@ static clhost_status_t on_task_end(void* instance, const clhost_task_info_t* tas
   uint32_t i;
   (void)task;
   if (self->anchors == NULL) {
-    self->count = self->params->count(self->host);
-    self->anchors = (float**)calloc(self->count, sizeof(float*));
-    if (self->anchors == NULL) return CLHOST_STATUS_OUT_OF_MEMORY;
+    const clhost_status_t status = allocate_anchors(self, self->params->count(self->host), error);
+    if (status != CLHOST_STATUS_OK) return status;
   }
   for (i = 0; i < self->count; ++i) {
     clhost_parameter_t parameter;
     clhost_status_t status = self->params->get(self->host, i, &parameter, error);
     if (status != CLHOST_STATUS_OK) return status;
     if (!usable(&parameter.value)) {
-      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs float32 CPU tensors", parameter.name);
+      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs contiguous float32 CPU tensors", parameter.name);
     }
     if (self->anchors[i] == NULL) {
-      self->anchors[i] = (float*)malloc((size_t)parameter.numel * sizeof(float));
-      if (self->anchors[i] == NULL) return CLHOST_STATUS_OUT_OF_MEMORY;
+      self->anchors[i] = (float*)malloc((size_t)parameter.numel * sizeof(float) + 1);
+      if (self->anchors[i] == NULL) {
+        return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for the anchor",
+                    parameter.name);
+      }
+      self->anchor_numel[i] = parameter.numel;
     }
-    memcpy(self->anchors[i], parameter.value.data, (size_t)parameter.numel * sizeof(float));
+    memcpy(self->anchors[i], floats(&parameter.value), (size_t)parameter.numel * sizeof(float));
   }
   return CLHOST_STATUS_OK;
 }
@@ -132,11 +170,79 @@ static void describe(void* instance, char* buffer, size_t size) {
            ((state_t*)instance)->lambda);
 }
 
+/* Checkpoints (clhost.state/1), so `clhost run --resume` continues with the same anchors.
+ * Format: [count: uint32] then per parameter [numel: int64][numel floats]; count 0 before the
+ * first task ends. Bump the descriptor's version when you change it. */
+static clhost_status_t save(void* instance, clhost_state_write_fn write, void* writer_data,
+                            clhost_error_t* error) {
+  const state_t* self = (const state_t*)instance;
+  const uint32_t count = self->anchors != NULL ? self->count : 0;
+  uint32_t i;
+  clhost_status_t status = write(writer_data, &count, sizeof(count), error);
+  for (i = 0; i < count && status == CLHOST_STATUS_OK; ++i) {
+    status = write(writer_data, &self->anchor_numel[i], sizeof(int64_t), error);
+    if (status == CLHOST_STATUS_OK) {
+      status = write(writer_data, self->anchors[i], (size_t)self->anchor_numel[i] * sizeof(float),
+                     error);
+    }
+  }
+  return status;
+}
+
+/* Every size is checked against the bytes left before it is used. */
+static clhost_status_t restore(void* instance, const void* bytes, size_t size,
+                               clhost_error_t* error) {
+  state_t* self = (state_t*)instance;
+  const char* cursor = (const char*)bytes;
+  const char* end = cursor + size;
+  uint32_t count;
+  uint32_t i;
+  clhost_status_t status;
+  if (size < sizeof(count)) {
+    return fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved state is too short", NULL);
+  }
+  memcpy(&count, cursor, sizeof(count));
+  cursor += sizeof(count);
+  if (count == 0) {
+    return cursor == end ? CLHOST_STATUS_OK
+                         : fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved state is malformed",
+                                NULL);
+  }
+  if (count != self->params->count(self->host)) {
+    return fail(error, CLHOST_STATUS_INVALID_ARGUMENT,
+                "saved state is for a model with another number of parameters", NULL);
+  }
+  status = allocate_anchors(self, count, error);
+  if (status != CLHOST_STATUS_OK) return status;
+  for (i = 0; i < count; ++i) {
+    int64_t numel;
+    if ((size_t)(end - cursor) < sizeof(numel)) break;
+    memcpy(&numel, cursor, sizeof(numel));
+    cursor += sizeof(numel);
+    if (numel < 0 || (size_t)numel > (size_t)(end - cursor) / sizeof(float)) break;
+    self->anchors[i] = (float*)malloc((size_t)numel * sizeof(float) + 1);
+    if (self->anchors[i] == NULL) {
+      return fail(error, CLHOST_STATUS_OUT_OF_MEMORY, "out of memory for an anchor", NULL);
+    }
+    memcpy(self->anchors[i], cursor, (size_t)numel * sizeof(float));
+    self->anchor_numel[i] = numel;
+    cursor += (size_t)numel * sizeof(float);
+  }
+  if (i != count || cursor != end) {
+    return fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved state is truncated or malformed",
+                NULL);
+  }
+  return CLHOST_STATUS_OK;
+}
+
 static const clhost_regularizer_v1_t regularizer = {sizeof(clhost_regularizer_v1_t), NULL,
                                                     after_backward, on_task_end, describe};
+static const clhost_state_v1_t state_table = {sizeof(clhost_state_v1_t), save, restore};
 
 static const void* get_interface(const char* id) {
-  return strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0 ? &regularizer : NULL;
+  if (strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0) return &regularizer;
+  if (strcmp(id, CLHOST_INTERFACE_STATE_V1) == 0) return &state_table;
+  return NULL;
 }
 
 static const clhost_plugin_entry_t entry = {sizeof(clhost_plugin_entry_t),

@@ -40,6 +40,18 @@ for kind in regularizer batch_policy profiler; do
     fi
     cmake --build "$work/$name/build"
     ctest --test-dir "$work/$name/build" --output-on-failure
+    # Every template is resumable; the C regularizer's anchors survive a kill and a resume.
+    "$clhost" plugins show "$name" --plugin-path "$work/$name/build" | grep -q "resumable    yes"
+    if [[ $kind == regularizer && $lang == c ]]; then
+      run="$work/$name/killed_run"
+      if CLHOST_TEST_KILL_AT=step:70 "$clhost" run -q --config "$work/$name/test_run.toml" \
+          --plugin-path "$work/$name/build" --output "$run" 2>/dev/null; then
+        echo "the run was to be killed at step 70" >&2
+        exit 1
+      fi
+      "$clhost" run -q --resume "$run" >/dev/null
+      grep -q '"complete"' "$run/status.json"
+    fi
   done
 done
 
