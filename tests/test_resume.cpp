@@ -368,6 +368,24 @@ TEST_F(Resume, KilledInsideTheFirstCheckpointSaysWhyAPluginIsNotFound) {
   EXPECT_EQ(run.exit_code, 0) << run.output;
 }
 
+TEST_F(Resume, AResumedRunKeepsTheKeysTheUserGaveAndItsWarnings) {
+  // No Fisher-computing plug-in: the config's [fisher_computation] key has no effect (a warning).
+  const std::string args = "run -q --config " + config_ + plugin_path() + " --plugins l2";
+  Outcome run = clhost(args + " --output " + dir_.path("whole"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const std::string run_dir = dir_.path("resumed");
+  run = clhost(args + " --output " + run_dir, "CLHOST_TEST_KILL_AT=step:70");
+  ASSERT_EQ(run.signal, SIGKILL) << run.output;
+  run = clhost("run -q --resume " + run_dir + plugin_path());
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const json whole = results_of(dir_.path("whole"));
+  const json resumed = results_of(run_dir);
+  // config.toml holds every key; the resume still counts only what the user gave.
+  EXPECT_EQ(resumed["given_keys"], whole["given_keys"]);
+  EXPECT_EQ(resumed["warnings"], whole["warnings"]);
+  EXPECT_EQ(whole["warnings"].size(), 1U) << whole["warnings"].dump();
+}
+
 TEST_F(Resume, AStateThePluginRefusesCannotResumeExit3) {
   const std::string run_dir = dir_.path("refused");
   const std::string args = "run -q --config " + config_ + plugin_path() +

@@ -1082,6 +1082,9 @@ RunConfig load_config(const std::string& path, const ConfigOverrides& overrides)
   RunConfig config;
   config.source = path;
   config.given_keys = given_keys(root);
+  for (const auto& key : config.given_keys) {
+    if (overridden.count(key) != 0) config.command_line_keys.push_back(key);
+  }
   SectionReader top(&root, "", path, overridden);
   read_run(top, in, config.run);
   read_distributed(top, in, config.distributed);

@@ -606,18 +606,37 @@ TaskSequence prepare_data(const RunConfig& config) {
   return sequence;
 }
 
-RunSummary run_pipeline_in(const RunConfig& config, const RunOptions& given_options,
+// A resume reads the run's own config.toml, where every key is written out: the keys the user
+// gave are those the run started with (trainer.json) plus those set on the resume's command line,
+// so results.json's given_keys and the warnings stay those of the run.
+RunConfig with_original_given_keys(const RunConfig& config, const RunOptions& options,
+                                   const ResumePlan& plan) {
+  RunConfig resumed = config;
+  if (!plan.checkpoint || !plan.saved.contains("given_keys") ||  // older checkpoints lack it
+      config.source != (fs::path(options.run_dir) / "config.toml").string()) {
+    return resumed;
+  }
+  std::vector<std::string> given = plan.saved.at("given_keys").get<std::vector<std::string>>();
+  for (const auto& key : config.command_line_keys) {
+    if (std::find(given.begin(), given.end(), key) == given.end()) given.push_back(key);
+  }
+  resumed.given_keys = given;
+  return resumed;
+}
+
+RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& given_options,
                            std::string& created_run_dir) {
   const auto wall_start = Clock::now();
   // SIGINT/SIGTERM from here on: during start-up the run stops before it writes anything; once
   // it trains, at the next step, with a checkpoint.
   const StopSignals stop_signals;
   // 1. Everything that can fail because of the user's input happens before any file is written.
-  const std::unique_ptr<Collective> collective = join_ranks(config);
+  const std::unique_ptr<Collective> collective = join_ranks(given_config);
   RunOptions options = given_options;
   options.quiet = options.quiet || !collective->writes_outputs();  // rank 0 speaks for all
-  check_same_config(*collective, config);
-  ResumePlan plan = plan_resume(config, options);
+  check_same_config(*collective, given_config);
+  ResumePlan plan = plan_resume(given_config, options);
+  const RunConfig config = with_original_given_keys(given_config, options, plan);
   PluginLoader loader(PluginLoader::search_path_for(plan.cli_plugin_path, config.run.plugin_path));
   LoadedPipeline pipeline = load_resumed_pipeline(loader, config, plan, options, *collective);
   // Rank 0 names a new run's directory; every rank learns it.

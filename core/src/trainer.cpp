@@ -465,6 +465,7 @@ void Trainer::write_checkpoint(const TaskPosition& position, const DataOrder* or
   now.tensor_peak_bytes = std::max(now.tensor_peak_bytes, memory::peak_bytes());
   json trainer{{"config", json::parse(config_.resolved_json)},
                {"cli_plugin_path", parts_.cli_plugin_path},
+               {"given_keys", config_.given_keys},
                {"plugins", plugin_entries},
                {"task", position.task},
                {"step", position.step},

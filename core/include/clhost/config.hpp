@@ -158,6 +158,9 @@ struct RunConfig {
   std::vector<std::string> cli_plugin_path;  // --plugin-path, searched before everything else
   // Host keys the user gave (file or --set) as dotted paths, "train.lr"; the rest are defaults.
   std::vector<std::string> given_keys;
+  // The host keys this command line set (--set, the switches), a subset of given_keys: a resume
+  // of the run's own config.toml counts only these and the original run's given keys as given.
+  std::vector<std::string> command_line_keys;
   // Settings that were given but change nothing in this run where that is harmless (e.g. a
   // fisher_computation key with no plug-in that computes a Fisher); printed and recorded.
   std::vector<std::string> warnings;
