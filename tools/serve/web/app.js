@@ -182,6 +182,35 @@ function heatmap(tasks, matrix, options) {
 
 // --- runs list --------------------------------------------------------------------------------
 
+// One row of the runs list; ticking a run's box adds it to `selected` and calls `onSelect`.
+function runRow(run, selected, onSelect) {
+  const r = run.results || {};
+  const comparison = run.kind === 'compare';
+  const box = comparison ? '' : h('input', { type: 'checkbox', 'aria-label': 'select ' + run.name,
+    checked: selected.has(run.name),
+    onchange: (e) => {
+      if (e.target.checked) selected.add(run.name); else selected.delete(run.name);
+      onSelect();
+    } });
+  const average = r.average !== null && r.average !== undefined ? fmt.number(r.average)
+    : (r.average_so_far !== undefined ? fmt.number(r.average_so_far) + ' so far' : (r.verdict || '–'));
+  const where = comparison ? `${run.progress.finished_runs}/${run.progress.runs} runs`
+    : (run.progress.tasks ? `task ${Math.min(run.progress.task + 1, run.progress.tasks)}/${run.progress.tasks}` : '');
+  return h('tr', { 'data-run': run.name },
+    h('td', {}, box),
+    h('td', {}, h('a', { href: (comparison ? '#/comparison/' : '#/run/') + encodeURIComponent(run.name) }, run.name),
+      comparison ? h('span', { class: 'muted' }, ' (A/B: ' + (run.arms || []).join(' vs ') + ')') : null),
+    h('td', {}, statusBadge(run.status)),
+    h('td', {}, progressBar(run.progress.fraction), ' ', where),
+    h('td', { class: 'num' }, average),
+    h('td', { class: 'num' }, fmt.number(r.forgetting)),
+    h('td', { class: 'num' }, fmt.signed(r.backward_transfer)),
+    h('td', { class: 'num' }, fmt.bytes(r.peak_rss_bytes)),
+    h('td', { class: 'num' }, fmt.seconds(r.wall_seconds)),
+    h('td', {}, comparison ? '–' : (run.plugins || []).join(', ') || 'none'),
+    h('td', { class: 'muted' }, fmt.date(run.started)));
+}
+
 function runsPage() {
   const state = { offset: 0, limit: 50, selected: new Set() };
   const text = h('input', { placeholder: 'name contains', 'aria-label': 'filter by name' });
@@ -213,32 +242,9 @@ function runsPage() {
       return;
     }
     count.textContent = page.total + ' run' + (page.total === 1 ? '' : 's');
-    body.replaceChildren(...page.runs.map((run) => {
-      const r = run.results || {};
-      const box = h('input', { type: 'checkbox', 'aria-label': 'select ' + run.name, checked: state.selected.has(run.name),
-        onchange: (e) => {
-          if (e.target.checked) state.selected.add(run.name); else state.selected.delete(run.name);
-          compare.disabled = state.selected.size !== 2;
-        } });
-      const average = r.average !== null && r.average !== undefined ? fmt.number(r.average)
-        : (r.average_so_far !== undefined ? fmt.number(r.average_so_far) + ' so far' : (r.verdict || '–'));
-      const comparison = run.kind === 'compare';
-      const where = comparison ? `${run.progress.finished_runs}/${run.progress.runs} runs`
-        : (run.progress.tasks ? `task ${Math.min(run.progress.task + 1, run.progress.tasks)}/${run.progress.tasks}` : '');
-      return h('tr', { 'data-run': run.name },
-        h('td', {}, comparison ? '' : box),
-        h('td', {}, h('a', { href: (comparison ? '#/comparison/' : '#/run/') + encodeURIComponent(run.name) }, run.name),
-          comparison ? h('span', { class: 'muted' }, ' (A/B: ' + (run.arms || []).join(' vs ') + ')') : null),
-        h('td', {}, statusBadge(run.status)),
-        h('td', {}, progressBar(run.progress.fraction), ' ', where),
-        h('td', { class: 'num' }, average),
-        h('td', { class: 'num' }, fmt.number(r.forgetting)),
-        h('td', { class: 'num' }, fmt.signed(r.backward_transfer)),
-        h('td', { class: 'num' }, fmt.bytes(r.peak_rss_bytes)),
-        h('td', { class: 'num' }, fmt.seconds(r.wall_seconds)),
-        h('td', {}, comparison ? '–' : (run.plugins || []).join(', ') || 'none'),
-        h('td', { class: 'muted' }, fmt.date(run.started)));
-    }));
+    body.replaceChildren(...page.runs.map((run) => runRow(run, state.selected, () => {
+      compare.disabled = state.selected.size !== 2;
+    })));
     pager.replaceChildren(
       h('button', { class: 'secondary', disabled: state.offset === 0, onclick: () => { state.offset = Math.max(0, state.offset - state.limit); load(); } }, '← newer'),
       h('span', { class: 'muted' }, `${page.total ? state.offset + 1 : 0}–${state.offset + page.runs.length} of ${page.total}`),
@@ -547,95 +553,117 @@ class RunPage {
 
 // --- launch -----------------------------------------------------------------------------------
 
-async function launchPage() {
-  const configSelect = h('select', { id: 'config-file', 'aria-label': 'config from the configs directory' }, h('option', { value: '' }, '(paste your own)'));
-  const editor = h('textarea', { id: 'config-text', rows: 22, spellcheck: 'false', 'aria-label': 'config (TOML)' });
-  const overrides = h('textarea', { id: 'overrides', rows: 4, spellcheck: 'false', placeholder: 'train.lr=5e-4\nrun.seed=3', 'aria-label': 'overrides, one KEY=VALUE per line' });
-  const replace = h('input', { type: 'checkbox', id: 'replace-plugins' });
-  const pluginBoxes = h('div', { class: 'row' });
-  const name = h('input', { id: 'run-name', placeholder: 'run name (default: run.name + time)', size: 36 });
-  const verdict = h('div', { id: 'validation' });
-  const start = h('button', { id: 'start', disabled: true }, 'Start');
-  const armA = h('input', { id: 'arm-a', size: 30, value: 'plugins=', 'aria-label': 'arm A overrides' });
-  const armB = h('input', { id: 'arm-b', size: 30, value: 'plugins=ewc', 'aria-label': 'arm B overrides' });
-  const seeds = h('input', { id: 'seeds', type: 'number', min: 1, max: 100, value: 3, style: 'width:5em' });
-  const jobs = h('input', { id: 'jobs', type: 'number', min: 1, max: 64, value: 1, style: 'width:5em' });
-  const compareStart = h('button', { id: 'start-compare', class: 'secondary', disabled: true }, 'Start comparison');
+// The launch form's inputs, laid out on the page.
+function buildLaunchForm() {
+  const f = {
+    configSelect: h('select', { id: 'config-file', 'aria-label': 'config from the configs directory' }, h('option', { value: '' }, '(paste your own)')),
+    editor: h('textarea', { id: 'config-text', rows: 22, spellcheck: 'false', 'aria-label': 'config (TOML)' }),
+    overrides: h('textarea', { id: 'overrides', rows: 4, spellcheck: 'false', placeholder: 'train.lr=5e-4\nrun.seed=3', 'aria-label': 'overrides, one KEY=VALUE per line' }),
+    replace: h('input', { type: 'checkbox', id: 'replace-plugins' }),
+    pluginBoxes: h('div', { class: 'row' }),
+    name: h('input', { id: 'run-name', placeholder: 'run name (default: run.name + time)', size: 36 }),
+    verdict: h('div', { id: 'validation' }),
+    start: h('button', { id: 'start', disabled: true }, 'Start'),
+    armA: h('input', { id: 'arm-a', size: 30, value: 'plugins=', 'aria-label': 'arm A overrides' }),
+    armB: h('input', { id: 'arm-b', size: 30, value: 'plugins=ewc', 'aria-label': 'arm B overrides' }),
+    seeds: h('input', { id: 'seeds', type: 'number', min: 1, max: 100, value: 3, style: 'width:5em' }),
+    jobs: h('input', { id: 'jobs', type: 'number', min: 1, max: 64, value: 1, style: 'width:5em' }),
+    compareStart: h('button', { id: 'start-compare', class: 'secondary', disabled: true }, 'Start comparison'),
+  };
+  const heading = (text) => h('h2', { style: 'margin-top:14px' }, text);
   main.replaceChildren(h('h1', {}, 'Launch a run'),
     h('div', { class: 'grid' },
-      h('div', { class: 'card' }, h('div', { class: 'row' }, 'config ', configSelect), h('p'), editor),
+      h('div', { class: 'card' }, h('div', { class: 'row' }, 'config ', f.configSelect), h('p'), f.editor),
       h('div', { class: 'card' },
-        h('h2', {}, 'Plug-ins'), h('label', {}, replace, ' replace the config\'s pipeline with:'), pluginBoxes,
-        h('h2', { style: 'margin-top:14px' }, 'Overrides (--set)'), overrides,
-        h('h2', { style: 'margin-top:14px' }, 'Run'), h('div', { class: 'row' }, name, start),
-        h('h2', { style: 'margin-top:14px' }, 'Validation'), verdict,
-        h('h2', { style: 'margin-top:14px' }, 'Or: an A/B comparison over paired seeds'),
+        h('h2', {}, 'Plug-ins'), h('label', {}, f.replace, ' replace the config\'s pipeline with:'), f.pluginBoxes,
+        heading('Overrides (--set)'), f.overrides,
+        heading('Run'), h('div', { class: 'row' }, f.name, f.start),
+        heading('Validation'), f.verdict,
+        heading('Or: an A/B comparison over paired seeds'),
         h('p', { class: 'muted' }, 'each arm: ";"-separated overrides of this config, e.g. plugins=ewc;train.lr=5e-4 (clhost compare)'),
-        h('div', { class: 'row' }, 'A ', armA, ' B ', armB),
-        h('div', { class: 'row', style: 'margin-top:6px' }, 'seeds ', seeds, ' jobs ', jobs, compareStart))));
+        h('div', { class: 'row' }, 'A ', f.armA, ' B ', f.armB),
+        h('div', { class: 'row', style: 'margin-top:6px' }, 'seeds ', f.seeds, ' jobs ', f.jobs, f.compareStart))));
+  return f;
+}
 
-  const [configs, plugins] = await Promise.all([api('/api/configs'), api('/api/plugins')]);
-  configs.configs.forEach((c) => configSelect.append(h('option', { value: c.name }, c.name)));
-  plugins.plugins.forEach((p) => pluginBoxes.append(h('label', { title: p.description },
-    h('input', { type: 'checkbox', value: p.id, class: 'plugin' }), ' ' + p.id + ' ', h('span', { class: 'muted' }, '(' + p.kind + ')'))));
-  const preferred = configs.configs.find((c) => c.name === 'quick.toml') || configs.configs[0];
-  if (preferred) { configSelect.value = preferred.name; editor.value = preferred.text; }
+// What the form asks for, as POST /api/validate and /api/launch take it.
+function launchFormValues(f) {
+  return {
+    name: f.name.value.trim(),
+    config: f.editor.value,
+    set: f.overrides.value.split('\n').map((s) => s.trim()).filter((s) => s && !s.startsWith('#')),
+    plugins: f.replace.checked ? [...f.pluginBoxes.querySelectorAll('input.plugin:checked')].map((b) => b.value) : null,
+  };
+}
 
-  const form = () => ({
-    name: name.value.trim(),
-    config: editor.value,
-    set: overrides.value.split('\n').map((s) => s.trim()).filter((s) => s && !s.startsWith('#')),
-    plugins: replace.checked ? [...pluginBoxes.querySelectorAll('input.plugin:checked')].map((b) => b.value) : null,
-  });
-  let generation = 0;
-  async function validate() {
-    const mine = ++generation;
-    verdict.replaceChildren(h('span', { class: 'muted' }, 'checking…'));
-    start.disabled = true;
-    let reply;
-    try { reply = await api('/api/validate', { body: form() }); } catch (error) { reply = { valid: false, errors: [{ message: error.message }], warnings: [] }; }
-    if (mine !== generation) return;  // a newer edit is being checked
-    const where = (e) => (e.line ? `line ${e.line}, column ${e.column}: ` : '') + (e.key && !e.message.startsWith(e.key) ? e.key + ': ' : '');
-    verdict.replaceChildren(
-      reply.valid ? h('p', { class: 'ok' }, '✓ ' + (reply.message || 'valid')) : null,
-      reply.errors.length ? h('ul', { class: 'errors' }, reply.errors.map((e) => h('li', { 'data-line': e.line || '' }, where(e) + e.message))) : null,
-      reply.warnings.length ? h('ul', { class: 'warn' }, reply.warnings.map((w) => h('li', {}, w))) : null);
-    start.disabled = !reply.valid;
-    compareStart.disabled = !reply.valid;
-  }
-  let typing;
-  const changed = () => { clearTimeout(typing); typing = setTimeout(validate, 500); };
-  [editor, overrides, name].forEach((input) => input.addEventListener('input', changed));
-  replace.addEventListener('change', changed);
-  pluginBoxes.addEventListener('change', changed);
-  configSelect.addEventListener('change', () => {
-    const chosen = configs.configs.find((c) => c.name === configSelect.value);
-    if (chosen) editor.value = chosen.text;
-    changed();
-  });
-  compareStart.addEventListener('click', async () => {
-    compareStart.disabled = true;
+// clhost validate's answer: errors with their line, column and key, then warnings.
+function showValidation(verdict, reply) {
+  const where = (e) => (e.line ? `line ${e.line}, column ${e.column}: ` : '') + (e.key && !e.message.startsWith(e.key) ? e.key + ': ' : '');
+  verdict.replaceChildren(...[
+    reply.valid ? h('p', { class: 'ok' }, '✓ ' + (reply.message || 'valid')) : null,
+    reply.errors.length ? h('ul', { class: 'errors' }, reply.errors.map((e) => h('li', { 'data-line': e.line || '' }, where(e) + e.message))) : null,
+    reply.warnings.length ? h('ul', { class: 'warn' }, reply.warnings.map((w) => h('li', {}, w))) : null].filter(Boolean));
+}
+
+// Start (a run) and Start comparison: on success the page of what started, else the errors.
+function wireLaunchButtons(f) {
+  f.compareStart.addEventListener('click', async () => {
+    f.compareStart.disabled = true;
     try {
-      const body = Object.assign(form(), { a: armA.value, b: armB.value, seeds: Number(seeds.value), jobs: Number(jobs.value) });
+      const body = Object.assign(launchFormValues(f), { a: f.armA.value, b: f.armB.value, seeds: Number(f.seeds.value), jobs: Number(f.jobs.value) });
       const reply = await api('/api/compare', { body });
       location.hash = '#/comparison/' + encodeURIComponent(reply.name);
     } catch (error) {
-      verdict.replaceChildren(h('p', { class: 'error-box' }, error.message));
-      compareStart.disabled = false;
+      f.verdict.replaceChildren(h('p', { class: 'error-box' }, error.message));
+      f.compareStart.disabled = false;
     }
   });
-  start.addEventListener('click', async () => {
-    start.disabled = true;
+  f.start.addEventListener('click', async () => {
+    f.start.disabled = true;
     try {
-      const reply = await api('/api/launch', { body: form() });
+      const reply = await api('/api/launch', { body: launchFormValues(f) });
       location.hash = '#/run/' + encodeURIComponent(reply.name);
     } catch (error) {
       const errors = (error.body && error.body.errors) || [];
-      verdict.replaceChildren(h('p', { class: 'error-box' }, error.message),
+      f.verdict.replaceChildren(h('p', { class: 'error-box' }, error.message),
         h('ul', { class: 'errors' }, errors.map((e) => h('li', {}, (e.line ? `line ${e.line}: ` : '') + e.message))));
-      start.disabled = false;
+      f.start.disabled = false;
     }
   });
+}
+
+async function launchPage() {
+  const f = buildLaunchForm();
+  const [configs, plugins] = await Promise.all([api('/api/configs'), api('/api/plugins')]);
+  configs.configs.forEach((c) => f.configSelect.append(h('option', { value: c.name }, c.name)));
+  plugins.plugins.forEach((p) => f.pluginBoxes.append(h('label', { title: p.description },
+    h('input', { type: 'checkbox', value: p.id, class: 'plugin' }), ' ' + p.id + ' ', h('span', { class: 'muted' }, '(' + p.kind + ')'))));
+  const preferred = configs.configs.find((c) => c.name === 'quick.toml') || configs.configs[0];
+  if (preferred) { f.configSelect.value = preferred.name; f.editor.value = preferred.text; }
+
+  let generation = 0;
+  async function validate() {
+    const mine = ++generation;
+    f.verdict.replaceChildren(h('span', { class: 'muted' }, 'checking…'));
+    f.start.disabled = true;
+    let reply;
+    try { reply = await api('/api/validate', { body: launchFormValues(f) }); } catch (error) { reply = { valid: false, errors: [{ message: error.message }], warnings: [] }; }
+    if (mine !== generation) return;  // a newer edit is being checked
+    showValidation(f.verdict, reply);
+    f.start.disabled = !reply.valid;
+    f.compareStart.disabled = !reply.valid;
+  }
+  let typing;
+  const changed = () => { clearTimeout(typing); typing = setTimeout(validate, 500); };
+  [f.editor, f.overrides, f.name].forEach((input) => input.addEventListener('input', changed));
+  f.replace.addEventListener('change', changed);
+  f.pluginBoxes.addEventListener('change', changed);
+  f.configSelect.addEventListener('change', () => {
+    const chosen = configs.configs.find((c) => c.name === f.configSelect.value);
+    if (chosen) f.editor.value = chosen.text;
+    changed();
+  });
+  wireLaunchButtons(f);
   validate();
 }
 
