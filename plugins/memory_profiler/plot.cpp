@@ -95,51 +95,50 @@ bool needs_gib(const Samples& samples) {
   return static_cast<double>(largest) > 8.0 * 1024.0 * kMiB;
 }
 
-void draw(const Timeline& timeline, const PlotOptions& options) {
+// The timeline's columns in the plot's unit (MiB, or GiB past 8 GiB) and the axes' ranges.
+struct Series {
+  std::vector<PLFLT> times, rss;
+  std::vector<PLFLT> tensor_times, tensor;
+  std::vector<PLFLT> device_times, device_allocated, device_reserved;
+  bool gib = false;
+  double unit = kMiB;
+  double x_min = 0.0, x_max = 1e-3, y_max = 1.0;
+};
+
+Series series_of(const Timeline& timeline) {
   const auto& samples = timeline.samples();
-  double x_min = samples.empty() ? 0.0 : samples.front().time_seconds;
-  double x_max = x_min + 1e-3;
-  double y_max = 1.0;
-  std::vector<PLFLT> times;
-  std::vector<PLFLT> rss;
-  std::vector<PLFLT> tensor;
-  std::vector<PLFLT> tensor_times;
-  std::vector<PLFLT> device_allocated;
-  std::vector<PLFLT> device_reserved;
-  std::vector<PLFLT> device_times;
-  const bool gib = needs_gib(samples);
-  const double unit = gib ? 1024.0 * kMiB : kMiB;
+  Series s;
+  s.x_min = samples.empty() ? 0.0 : samples.front().time_seconds;
+  s.x_max = s.x_min + 1e-3;
+  s.gib = needs_gib(samples);
+  s.unit = s.gib ? 1024.0 * kMiB : kMiB;
   for (const Sample& sample : samples) {
-    times.push_back(sample.time_seconds);
-    rss.push_back(static_cast<double>(sample.rss_bytes) / unit);
+    s.times.push_back(sample.time_seconds);
+    s.rss.push_back(static_cast<double>(sample.rss_bytes) / s.unit);
     if (sample.tensor_bytes >= 0) {
-      tensor_times.push_back(sample.time_seconds);
-      tensor.push_back(static_cast<double>(sample.tensor_bytes) / unit);
+      s.tensor_times.push_back(sample.time_seconds);
+      s.tensor.push_back(static_cast<double>(sample.tensor_bytes) / s.unit);
     }
     if (sample.device_allocated_bytes >= 0) {
-      device_times.push_back(sample.time_seconds);
-      device_allocated.push_back(static_cast<double>(sample.device_allocated_bytes) / unit);
-      device_reserved.push_back(static_cast<double>(sample.device_reserved_bytes) / unit);
+      s.device_times.push_back(sample.time_seconds);
+      s.device_allocated.push_back(static_cast<double>(sample.device_allocated_bytes) / s.unit);
+      s.device_reserved.push_back(static_cast<double>(sample.device_reserved_bytes) / s.unit);
     }
-    x_max = std::max(x_max, sample.time_seconds);
-    y_max = std::max({y_max, rss.back(), tensor.empty() ? 0.0 : tensor.back(),
-                      device_reserved.empty() ? 0.0 : device_reserved.back()});
+    s.x_max = std::max(s.x_max, sample.time_seconds);
+    s.y_max = std::max({s.y_max, s.rss.back(), s.tensor.empty() ? 0.0 : s.tensor.back(),
+                        s.device_reserved.empty() ? 0.0 : s.device_reserved.back()});
   }
   for (const EventRecord& event : timeline.events()) {
-    x_min = std::min(x_min, event.time_seconds);
-    x_max = std::max(x_max, event.time_seconds);
+    s.x_min = std::min(s.x_min, event.time_seconds);
+    s.x_max = std::max(s.x_max, event.time_seconds);
   }
-  y_max *= 1.15;  // room for the task labels and the peak note
+  s.y_max *= 1.15;  // room for the task labels and the peak note
+  return s;
+}
 
-  for (PLINT i = 0; i < kColourCount; ++i) plscol0(i, kPalette[i].r, kPalette[i].g, kPalette[i].b);
-  plinit();
-  pladv(0);
-  plvpor(0.09, 0.78, 0.11, 0.92);
-  plwind(x_min, x_max, 0.0, y_max);
-
-  // Phase spans first, under everything else.
-  std::vector<LegendEntry> legend;
-  bool shaded[3] = {false, false, false};
+// Phase spans (train, consolidate, evaluate), under everything else; training spans labelled
+// with their task. Sets shaded[slot] for each kind drawn.
+void shade_phases(const Timeline& timeline, double y_max, bool shaded[3]) {
   for (const Phase& phase : timeline.phases()) {
     int slot = -1;
     if (phase.kind == "train") slot = 0;
@@ -159,7 +158,9 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
              ("task " + std::to_string(phase.task_index + 1)).c_str());
     }
   }
+}
 
+void draw_axes(const PlotOptions& options, bool gib) {
   plschr(0.0, 0.9);
   plwidth(1.0);
   pllsty(kSolid);
@@ -169,7 +170,10 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
   plbox("bcnst", 0.0, 0, "bcnstv", 0.0, 0);
   pllab("time since the run began (s)", gib ? "memory (GiB)" : "memory (MiB)",
         options.title.c_str());
+}
 
+// A vertical line per out-of-memory retry, batch-size change, checkpoint and named event.
+void draw_point_events(const Timeline& timeline, double y_max, std::vector<LegendEntry>& legend) {
   for (const PointEventStyle& style : kPointEvents) {
     bool seen = false;
     for (const EventRecord& event : timeline.events()) {
@@ -184,16 +188,19 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
     }
     if (seen) legend.push_back({style.legend, PL_LEGEND_LINE, style.colour, style.style});
   }
+}
 
-  draw_line(times, rss, kRss, kSolid, 2.0);
+// The memory curves; RSS and tensors lead the legend, the phase shades close it.
+void draw_series(const Series& s, const bool shaded[3], std::vector<LegendEntry>& legend) {
+  draw_line(s.times, s.rss, kRss, kSolid, 2.0);
   legend.insert(legend.begin(), {"process RSS", PL_LEGEND_LINE, kRss, kSolid});
-  if (!tensor.empty()) {
-    draw_line(tensor_times, tensor, kTensor, kSolid, 2.0);
+  if (!s.tensor.empty()) {
+    draw_line(s.tensor_times, s.tensor, kTensor, kSolid, 2.0);
     legend.insert(legend.begin() + 1, {"LibTorch tensors", PL_LEGEND_LINE, kTensor, kSolid});
   }
-  if (!device_times.empty()) {
-    draw_line(device_times, device_allocated, kDeviceAllocated, kSolid, 2.0);
-    draw_line(device_times, device_reserved, kDeviceReserved, kDashed, 1.5);
+  if (!s.device_times.empty()) {
+    draw_line(s.device_times, s.device_allocated, kDeviceAllocated, kSolid, 2.0);
+    draw_line(s.device_times, s.device_reserved, kDeviceReserved, kDashed, 1.5);
     legend.push_back({"GPU allocated", PL_LEGEND_LINE, kDeviceAllocated, kSolid});
     legend.push_back({"GPU reserved", PL_LEGEND_LINE, kDeviceReserved, kDashed});
   }
@@ -203,29 +210,34 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
       legend.push_back({shade_names[slot], PL_LEGEND_COLOR_BOX, kTrainShade + slot, kSolid});
     }
   }
+}
 
-  if (const Sample* peak = timeline.peak_rss_sample()) {
-    const PLFLT px = peak->time_seconds;
-    const PLFLT py = static_cast<double>(peak->rss_bytes) / unit;
-    // A cross drawn in data units: font-glyph markers sit off-centre in the cairo drivers.
-    const PLFLT dx = (x_max - x_min) * 0.008;
-    const PLFLT dy = y_max * 0.016;
-    const PLFLT cross_x[2][2] = {{px - dx, px + dx}, {px - dx, px + dx}};
-    const PLFLT cross_y[2][2] = {{py - dy, py + dy}, {py + dy, py - dy}};
-    plcol0(kOutOfMemory);
-    pllsty(kSolid);
-    plwidth(2.5);
-    plline(2, cross_x[0], cross_y[0]);
-    plline(2, cross_x[1], cross_y[1]);
-    plcol0(kInk);
-    plschr(0.0, 0.8);
-    char note[128];
-    std::snprintf(note, sizeof(note), "peak RSS %s at %.1f s",
-                  format_mib(static_cast<double>(peak->rss_bytes)).c_str(), peak->time_seconds);
-    const double where = (px - x_min) / (x_max - x_min);
-    plptex(px, py + y_max * 0.035, 1.0, 0.0, where > 0.75 ? 1.0 : where < 0.25 ? 0.0 : 0.5, note);
-  }
+// A cross at the RSS peak with its value and time.
+void mark_peak(const Timeline& timeline, const Series& s) {
+  const Sample* peak = timeline.peak_rss_sample();
+  if (peak == nullptr) return;
+  const PLFLT px = peak->time_seconds;
+  const PLFLT py = static_cast<double>(peak->rss_bytes) / s.unit;
+  // A cross drawn in data units: font-glyph markers sit off-centre in the cairo drivers.
+  const PLFLT dx = (s.x_max - s.x_min) * 0.008;
+  const PLFLT dy = s.y_max * 0.016;
+  const PLFLT cross_x[2][2] = {{px - dx, px + dx}, {px - dx, px + dx}};
+  const PLFLT cross_y[2][2] = {{py - dy, py + dy}, {py + dy, py - dy}};
+  plcol0(kOutOfMemory);
+  pllsty(kSolid);
+  plwidth(2.5);
+  plline(2, cross_x[0], cross_y[0]);
+  plline(2, cross_x[1], cross_y[1]);
+  plcol0(kInk);
+  plschr(0.0, 0.8);
+  char note[128];
+  std::snprintf(note, sizeof(note), "peak RSS %s at %.1f s",
+                format_mib(static_cast<double>(peak->rss_bytes)).c_str(), peak->time_seconds);
+  const double where = (px - s.x_min) / (s.x_max - s.x_min);
+  plptex(px, py + s.y_max * 0.035, 1.0, 0.0, where > 0.75 ? 1.0 : where < 0.25 ? 0.0 : 0.5, note);
+}
 
+void draw_legend(const std::vector<LegendEntry>& legend) {
   const auto count = static_cast<PLINT>(legend.size());
   std::vector<PLINT> options_array;
   std::vector<const char*> texts;
@@ -251,6 +263,23 @@ void draw(const Timeline& timeline, const PlotOptions& options) {
            0, count, options_array.data(), 0.8, 0.75, 1.8, 0.0, text_colours.data(), texts.data(),
            colours.data(), patterns.data(), box_scales.data(), box_widths.data(), colours.data(),
            styles.data(), line_widths.data(), nullptr, nullptr, nullptr, nullptr);
+}
+
+void draw(const Timeline& timeline, const PlotOptions& options) {
+  const Series series = series_of(timeline);
+  for (PLINT i = 0; i < kColourCount; ++i) plscol0(i, kPalette[i].r, kPalette[i].g, kPalette[i].b);
+  plinit();
+  pladv(0);
+  plvpor(0.09, 0.78, 0.11, 0.92);
+  plwind(series.x_min, series.x_max, 0.0, series.y_max);
+  std::vector<LegendEntry> legend;
+  bool shaded[3] = {false, false, false};
+  shade_phases(timeline, series.y_max, shaded);
+  draw_axes(options, series.gib);
+  draw_point_events(timeline, series.y_max, legend);
+  draw_series(series, shaded, legend);
+  mark_peak(timeline, series);
+  draw_legend(legend);
   plend();
 }
 
