@@ -120,6 +120,30 @@ TEST(ServeParts, RunNamesNeverBecomePaths) {
   EXPECT_FALSE(valid_run_name(std::string(129, 'a')));
 }
 
+TEST(ServeCli, BadOptionsAreRefusedWithWhatWasWrong) {
+  const std::string serve = std::string(CLHOST_BINARY) + " serve ";
+  auto result = clhost::test::run_command(serve + "--port 70000");
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("--port must be 0..65535"), std::string::npos) << result.output;
+  result = clhost::test::run_command(serve + "--token short");
+  EXPECT_EQ(result.exit_code, 2) << result.output;
+  EXPECT_NE(result.output.find("--token must be at least 16"), std::string::npos);
+  result = clhost::test::run_command(serve + "--port 0 --configs /nonexistent/configs");
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("--configs /nonexistent/configs: not a directory"),
+            std::string::npos)
+      << result.output;
+  // A port already taken: said so, exit 1.
+  TempDir dir;
+  ServerProcess first(dir.path("runs"));
+  result = clhost::test::run_command(serve + "--runs " + dir.path("runs") + " --port " +
+                                     std::to_string(first.port()));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("cannot listen on 127.0.0.1:" + std::to_string(first.port())),
+            std::string::npos)
+      << result.output;
+}
+
 // --- the real server ---------------------------------------------------------------------------
 
 TEST(ServeApi, ListsAndShowsARunStartedFromTheCommandLine) {

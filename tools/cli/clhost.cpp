@@ -632,8 +632,8 @@ int command_serve(const std::vector<std::string>& args) {
       "access token (at least 16 letters, digits, '-' or '_'); required off loopback")(
       "runs", po::value<std::string>(&serve.runs_dir)->default_value(serve.runs_dir),
       "directory of the run directories to show; launched runs go there")(
-      "configs", po::value<std::string>(&serve.configs_dir)->default_value(serve.configs_dir),
-      "directory of the configs the launch form offers")(
+      "configs", po::value<std::string>(&serve.configs_dir),
+      "directory of the configs the launch form offers (default: ./configs when it exists)")(
       "plugin-path", po::value<std::vector<std::string>>(&serve.plugin_path)->composing(),
       "plug-in directory the runs it launches may use (repeatable); a config naming another "
       "run.plugin_path is refused")(

@@ -220,6 +220,10 @@ void list_configs(ServeContext& context, const httplib::Request& /*request*/,
   json configs = json::array();
   std::error_code error;
   std::vector<fs::path> files;
+  if (context.configs_dir.empty()) {
+    send_json(response, json{{"directory", nullptr}, {"configs", configs}});
+    return;
+  }
   for (const auto& item : fs::directory_iterator(context.configs_dir, error)) {
     if (item.path().extension() == ".toml") files.push_back(item.path());
   }

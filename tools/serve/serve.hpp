@@ -13,7 +13,7 @@ struct ServeOptions {
   // Required off loopback; generated (and printed in the URL) when not given there.
   std::string token;
   std::string runs_dir = "runs";
-  std::string configs_dir = "configs";
+  std::string configs_dir;  // empty: ./configs when there is one, else none (paste a config)
   std::vector<std::string> plugin_path;  // the only plug-in directories a launch may use
   size_t max_streams = 32;               // live run pages at once
   size_t max_request_bytes = 1 << 20;

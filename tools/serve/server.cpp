@@ -1,5 +1,6 @@
 #include <httplib.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <cstdio>
 #include <fstream>
@@ -79,6 +80,12 @@ void configure(httplib::Server& server, const ServeContext& context, const Acces
   const size_t workers = context.options.max_streams + kWorkersBesideStreams;
   server.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
   server.set_payload_max_length(context.options.max_request_bytes);
+  // SO_REUSEADDR (restart at once) but not httplib's default SO_REUSEPORT, with which a second
+  // server would silently share the port and take half the requests.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   server.set_default_headers({{"X-Content-Type-Options", "nosniff"},
                               {"X-Frame-Options", "SAMEORIGIN"},
                               {"Referrer-Policy", "no-referrer"}});
@@ -158,9 +165,18 @@ int run_server(ServeOptions options) {
   std::vector<std::string> plugin_path;
   for (const auto& dir : options.plugin_path)
     plugin_path.push_back(absolute_directory(dir, "--plugin-path", false).string());
-  ServeContext context(options, absolute_directory(options.runs_dir, "--runs", true),
-                       absolute_directory(options.configs_dir, "--configs", false), plugin_path,
-                       self_executable());
+  fs::path configs;
+  if (!options.configs_dir.empty()) {
+    configs = absolute_directory(options.configs_dir, "--configs", false);
+  } else if (fs::is_directory("configs")) {
+    configs = fs::canonical("configs");
+  } else {
+    std::fprintf(stderr,
+                 "note: no configs/ directory here: the launch form offers none (paste a config, "
+                 "or pass --configs DIR)\n");
+  }
+  ServeContext context(options, absolute_directory(options.runs_dir, "--runs", true), configs,
+                       plugin_path, self_executable());
   AccessPolicy policy(options.host, options.port, options.token);
   httplib::Server server;
   configure(server, context, policy);
@@ -183,7 +199,7 @@ int run_server(ServeOptions options) {
   const std::string shown_host =
       options.host.find(':') != std::string::npos ? "[" + options.host + "]" : options.host;
   std::printf("clhost serve: runs in %s, configs in %s\n", context.runs_dir.c_str(),
-              context.configs_dir.c_str());
+              context.configs_dir.empty() ? "(none)" : context.configs_dir.c_str());
   std::printf("open http://%s:%d/%s\n", shown_host.c_str(), port,
               options.token.empty() ? "" : ("?token=" + options.token).c_str());
   std::fflush(stdout);
