@@ -248,6 +248,35 @@ int command_validate(const std::vector<std::string>& args) {
   return 0;
 }
 
+// `clhost plugins show ID`: the descriptor, whether it resumes, its config keys.
+void show_plugin(const clhost::LoadedPlugin& plugin) {
+  const auto* descriptor = plugin.descriptor;
+  std::printf(
+      "id           %s\nkind         %s\nversion      %s\nvendor       %s\n"
+      "abi          %u.%u\npath         %s\nuses LibTorch %s\ndescription  %s\n",
+      descriptor->id, clhost::kind_name(descriptor->kind), descriptor->version,
+      descriptor->vendor ? descriptor->vendor : "-", plugin.entry->abi_version.major,
+      plugin.entry->abi_version.minor, plugin.path.c_str(),
+      plugin.entry->fingerprint ? "yes" : "no",
+      descriptor->description ? descriptor->description : "");
+  const bool resumable = plugin.entry->abi_version.minor >= 3 &&
+                         plugin.entry->get_interface(CLHOST_INTERFACE_STATE_V1) != nullptr;
+  std::printf("resumable    %s\n",
+              resumable ? "yes (clhost.state/1: --resume continues its state)"
+                        : "no (no clhost.state/1: --resume refuses unless --resume-anyway, "
+                          "which restarts it fresh)");
+  std::printf("\nconfig keys (in its [[pipeline]] table):\n");
+  if (descriptor->config_schema_count == 0) std::printf("  (none)\n");
+  for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
+    const auto& key = descriptor->config_schema[i];
+    std::printf("  %-18s %-7s default %-12s %s", key.key, clhost::config_type_name(key.type),
+                key.default_value ? key.default_value : "-", key.doc ? key.doc : "");
+    if (key.has_range) std::printf(" [range %g .. %g]", key.min_value, key.max_value);
+    if (key.choices) std::printf(" [one of %s]", key.choices);
+    std::printf("\n");
+  }
+}
+
 int command_plugins(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("help,h", "show this help")(
@@ -291,32 +320,7 @@ int command_plugins(const std::vector<std::string>& args) {
       std::fprintf(stderr, "clhost plugins show: missing plug-in id\n");
       return kExitUsage;
     }
-    const auto& plugin = loader.load(vm["id"].as<std::string>());
-    const auto* descriptor = plugin.descriptor;
-    std::printf(
-        "id           %s\nkind         %s\nversion      %s\nvendor       %s\n"
-        "abi          %u.%u\npath         %s\nuses LibTorch %s\ndescription  %s\n",
-        descriptor->id, clhost::kind_name(descriptor->kind), descriptor->version,
-        descriptor->vendor ? descriptor->vendor : "-", plugin.entry->abi_version.major,
-        plugin.entry->abi_version.minor, plugin.path.c_str(),
-        plugin.entry->fingerprint ? "yes" : "no",
-        descriptor->description ? descriptor->description : "");
-    const bool resumable = plugin.entry->abi_version.minor >= 3 &&
-                           plugin.entry->get_interface(CLHOST_INTERFACE_STATE_V1) != nullptr;
-    std::printf("resumable    %s\n",
-                resumable ? "yes (clhost.state/1: --resume continues its state)"
-                          : "no (no clhost.state/1: --resume refuses unless --resume-anyway, "
-                            "which restarts it fresh)");
-    std::printf("\nconfig keys (in its [[pipeline]] table):\n");
-    if (descriptor->config_schema_count == 0) std::printf("  (none)\n");
-    for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
-      const auto& key = descriptor->config_schema[i];
-      std::printf("  %-18s %-7s default %-12s %s", key.key, clhost::config_type_name(key.type),
-                  key.default_value ? key.default_value : "-", key.doc ? key.doc : "");
-      if (key.has_range) std::printf(" [range %g .. %g]", key.min_value, key.max_value);
-      if (key.choices) std::printf(" [one of %s]", key.choices);
-      std::printf("\n");
-    }
+    show_plugin(loader.load(vm["id"].as<std::string>()));
     return 0;
   }
   std::fprintf(stderr, "clhost plugins: unknown action '%s' (list | show ID)\n", action.c_str());

@@ -414,6 +414,31 @@ ComparisonForm parse_comparison(const std::string& body) {
   return parsed;
 }
 
+// `clhost compare` with the arms over the base config, its runs in RUNS/NAME.
+std::vector<std::string> comparison_command(const ServeContext& context, const fs::path& base,
+                                            const std::string& name,
+                                            const ComparisonForm& comparison) {
+  std::vector<std::string> argv{context.executable,
+                                "compare",
+                                "--config",
+                                base.string(),
+                                "--a",
+                                comparison.arm_a,
+                                "--b",
+                                comparison.arm_b,
+                                "--seeds",
+                                std::to_string(comparison.seeds),
+                                "--jobs",
+                                std::to_string(comparison.jobs),
+                                "--output",
+                                (context.runs_dir / name).string(),
+                                "--quiet"};
+  if (!comparison.name_a.empty()) argv.insert(argv.end(), {"--a-name", comparison.name_a});
+  if (!comparison.name_b.empty()) argv.insert(argv.end(), {"--b-name", comparison.name_b});
+  for (const auto& dir : context.plugin_path) argv.insert(argv.end(), {"--plugin-path", dir});
+  return argv;
+}
+
 // POST /api/compare: `clhost compare` over paired seeds, in the background (RUNS/NAME holds
 // the arms' runs, compare.json and compare.html).
 void launch_comparison(ServeContext& context, const httplib::Request& request,
@@ -463,24 +488,7 @@ void launch_comparison(ServeContext& context, const httplib::Request& request,
   Launcher kept(context);
   const fs::path base = kept.write_config(form, name);
   kept.keep_config();
-  std::vector<std::string> argv{context.executable,
-                                "compare",
-                                "--config",
-                                base.string(),
-                                "--a",
-                                comparison.arm_a,
-                                "--b",
-                                comparison.arm_b,
-                                "--seeds",
-                                std::to_string(comparison.seeds),
-                                "--jobs",
-                                std::to_string(comparison.jobs),
-                                "--output",
-                                (context.runs_dir / name).string(),
-                                "--quiet"};
-  if (!comparison.name_a.empty()) argv.insert(argv.end(), {"--a-name", comparison.name_a});
-  if (!comparison.name_b.empty()) argv.insert(argv.end(), {"--b-name", comparison.name_b});
-  for (const auto& dir : context.plugin_path) argv.insert(argv.end(), {"--plugin-path", dir});
+  const std::vector<std::string> argv = comparison_command(context, base, name, comparison);
   start_and_record(context, name, argv,
                    json{{"kind", "compare"},
                         {"seeds", comparison.seeds},
