@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <set>
+#include <thread>
 
 #include "event_journal.hpp"
 
@@ -15,6 +16,7 @@ using json = nlohmann::json;
 namespace {
 
 constexpr const char* kServeDir = ".serve";
+constexpr size_t kMaxReaders = 4;  // threads reading run directories for one listing
 
 std::string lower(std::string text) {
   std::transform(text.begin(), text.end(), text.begin(),
@@ -97,13 +99,28 @@ json RunIndex::list(const RunFilter& filter) {
   for (const auto& item : fs::directory_iterator(runs_dir_ / kServeDir, error)) {
     if (item.path().extension() == ".json") names.insert(item.path().stem().string());
   }
+  // The first listing reads every run (journal, results.json): on every core, each thread its
+  // share of the names; later listings read only what changed.
+  const std::vector<std::string> ordered(names.begin(), names.end());
+  const size_t workers =
+      std::clamp<size_t>(std::thread::hardware_concurrency(), 1, std::max<size_t>(1, kMaxReaders));
+  std::vector<std::vector<std::pair<double, json>>> shares(workers);
+  std::vector<std::thread> threads;
+  for (size_t w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      for (size_t i = w; i < ordered.size(); i += workers) {
+        with_view(ordered[i], [&](RunView& view) {
+          json row = view.summary();
+          if (matches(row, filter)) shares[w].emplace_back(start_time(view), std::move(row));
+        });
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
   std::vector<std::pair<double, json>> rows;
   rows.reserve(names.size());
-  for (const std::string& name : names) {
-    with_view(name, [&](RunView& view) {
-      json row = view.summary();
-      if (matches(row, filter)) rows.emplace_back(start_time(view), std::move(row));
-    });
+  for (auto& share : shares) {
+    for (auto& row : share) rows.push_back(std::move(row));
   }
   std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first > b.first
