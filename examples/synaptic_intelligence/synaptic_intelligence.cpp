@@ -110,6 +110,46 @@ class SynapticIntelligence : public clhost::sdk::Regularizer {
     host().log(CLHOST_LOG_INFO, line.str());
   }
 
+  // Checkpoints (clhost.state/1): the tasks done and every parameter's six tensors, so a run
+  // resumed mid-task continues its path integrals exactly where they were.
+  void save_state(clhost::sdk::StateWriter& out) const {
+    out.value<int32_t>(tasks_done_);
+    out.value<uint64_t>(state_.size());
+    for (const ParameterState& state : state_) {
+      for (const torch::Tensor* tensor : {&state.importance, &state.anchor, &state.path,
+                                          &state.task_start, &state.previous,
+                                          &state.previous_grad}) {
+        clhost::sdk::write_tensor(out, *tensor);
+      }
+    }
+  }
+  void restore_state(clhost::sdk::StateReader& in) {
+    tasks_done_ = in.value<int32_t>();
+    const auto count = in.value<uint64_t>();
+    if (count != 0 && count != host().parameter_count()) {
+      throw clhost::sdk::Error("saved state is for a model with " + std::to_string(count) +
+                                   " parameters; this one has " +
+                                   std::to_string(host().parameter_count()),
+                               CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    state_.clear();
+    for (uint32_t i = 0; i < count; ++i) {
+      ParameterState state;
+      for (torch::Tensor* tensor : {&state.importance, &state.anchor, &state.path,
+                                    &state.task_start, &state.previous, &state.previous_grad}) {
+        *tensor = clhost::sdk::read_tensor(in);
+        const torch::Tensor value = clhost::sdk::tensor_view(host().parameter(i).value);
+        if (!tensor->defined() || tensor->sizes() != value.sizes() ||
+            tensor->scalar_type() != value.scalar_type()) {
+          throw clhost::sdk::Error("saved state does not fit parameter " + std::to_string(i),
+                                   CLHOST_STATUS_INVALID_ARGUMENT);
+        }
+      }
+      state_.push_back(std::move(state));
+    }
+    in.finish();
+  }
+
   [[nodiscard]] std::string describe() const override {
     std::ostringstream text;
     text << "penalty c*sum(Omega*(theta-theta*)^2), Omega = sum over tasks of "

@@ -60,6 +60,18 @@ configure "$source/examples" "$work/examples"
 cmake --build "$work/examples"
 ctest --test-dir "$work/examples" --output-on-failure
 
+echo "== a resumed Synaptic Intelligence run equals an uninterrupted one"
+si=(--config "$source/examples/quick.toml" --plugin-path "$work/examples" --plugins synaptic_intelligence
+  --set run.checkpoint_every=25)
+"$clhost" run -q "${si[@]}" --output "$work/si_whole" >/dev/null
+if CLHOST_TEST_KILL_AT=step:130 "$clhost" run -q "${si[@]}" --output "$work/si_killed" 2>/dev/null; then
+  echo "the run was to be killed at step 130" >&2
+  exit 1
+fi
+"$clhost" run -q --resume "$work/si_killed" >/dev/null
+matrix() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accuracy_matrix"])' "$1"; }
+test "$(matrix "$work/si_whole/results.json")" = "$(matrix "$work/si_killed/results.json")"
+
 echo "== pkg-config"
 mkdir -p "$work/pkgconfig_build"
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
