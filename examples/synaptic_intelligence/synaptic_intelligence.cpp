@@ -116,9 +116,9 @@ class SynapticIntelligence : public clhost::sdk::Regularizer {
     out.value<int32_t>(tasks_done_);
     out.value<uint64_t>(state_.size());
     for (const ParameterState& state : state_) {
-      for (const torch::Tensor* tensor : {&state.importance, &state.anchor, &state.path,
-                                          &state.task_start, &state.previous,
-                                          &state.previous_grad}) {
+      for (const torch::Tensor* tensor :
+           {&state.importance, &state.anchor, &state.path, &state.task_start, &state.previous,
+            &state.previous_grad}) {
         clhost::sdk::write_tensor(out, *tensor);
       }
     }

@@ -118,7 +118,8 @@ static clhost_status_t after_backward(void* instance, const clhost_step_info_t* 
     if (status != CLHOST_STATUS_OK) return status;
     if (parameter.grad.data == NULL) continue; /* not trained in this step */
     if (!usable(&parameter.value) || !usable(&parameter.grad)) {
-      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs contiguous float32 CPU tensors", parameter.name);
+      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs contiguous float32 CPU tensors",
+                  parameter.name);
     }
     if (parameter.numel != self->anchor_numel[i]) {
       return fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "the parameter changed size",
@@ -150,7 +151,8 @@ static clhost_status_t on_task_end(void* instance, const clhost_task_info_t* tas
     clhost_status_t status = self->params->get(self->host, i, &parameter, error);
     if (status != CLHOST_STATUS_OK) return status;
     if (!usable(&parameter.value)) {
-      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs contiguous float32 CPU tensors", parameter.name);
+      return fail(error, CLHOST_STATUS_UNSUPPORTED, "needs contiguous float32 CPU tensors",
+                  parameter.name);
     }
     if (self->anchors[i] == NULL) {
       self->anchors[i] = (float*)malloc((size_t)parameter.numel * sizeof(float) + 1);
@@ -204,9 +206,9 @@ static clhost_status_t restore(void* instance, const void* bytes, size_t size,
   memcpy(&count, cursor, sizeof(count));
   cursor += sizeof(count);
   if (count == 0) {
-    return cursor == end ? CLHOST_STATUS_OK
-                         : fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved state is malformed",
-                                NULL);
+    return cursor == end
+               ? CLHOST_STATUS_OK
+               : fail(error, CLHOST_STATUS_INVALID_ARGUMENT, "saved state is malformed", NULL);
   }
   if (count != self->params->count(self->host)) {
     return fail(error, CLHOST_STATUS_INVALID_ARGUMENT,

@@ -49,8 +49,8 @@ static clhost_status_t restore(void* instance, const void* bytes, size_t size,
                                clhost_error_t* error) {
   (void)instance;
   (void)bytes;
-  snprintf(error->message, sizeof(error->message),
-           "refuses_restore: %zu bytes of an older format", size);
+  snprintf(error->message, sizeof(error->message), "refuses_restore: %zu bytes of an older format",
+           size);
   return CLHOST_STATUS_INVALID_ARGUMENT;
 }
 

@@ -1,5 +1,7 @@
 #include "comparison.hpp"
 
+#include "files.hpp"
+
 #include <fstream>
 #include <sstream>
 
@@ -8,15 +10,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) return json();
-  std::stringstream text;
-  text << in.rdbuf();
-  json parsed = json::parse(text.str(), nullptr, false);
-  return parsed.is_discarded() ? json() : parsed;
-}
 
 // The element-wise mean of the arm's runs' evaluation matrices (runs not finished are left out).
 json mean_matrix(const json& run_dirs, std::string& metric) {
@@ -96,17 +89,10 @@ json comparison_details(const fs::path& dir, const json& launch, bool alive) {
   const json& arms = comparison.at("arms");
   const json a = mean_matrix(arms.at(0).at("runs"), metric);
   const json b = mean_matrix(arms.at(1).at("runs"), metric);
-  json difference = json::array();
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    json row = json::array();
-    for (size_t j = 0; j < std::min(a[i].size(), b[i].size()); ++j)
-      row.push_back(b[i][j].get<double>() - a[i][j].get<double>());
-    difference.push_back(row);
-  }
   details["metric"] = metric;
   details["a_matrix"] = a;
   details["b_matrix"] = b;
-  details["difference_b_minus_a"] = difference;
+  details["difference_b_minus_a"] = matrix_difference(a, b);
   return details;
 }
 

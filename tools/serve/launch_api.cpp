@@ -16,6 +16,7 @@
 #include "clhost/plugin_loader.hpp"
 #include "comparison.hpp"
 #include "event_journal.hpp"
+#include "files.hpp"
 #include "io.hpp"
 #include "processes.hpp"
 #include "serve_context.hpp"
@@ -36,13 +37,6 @@ struct LaunchForm {
   std::vector<std::string> set;
   std::optional<std::vector<std::string>> plugins;  // replaces the pipeline when given
 };
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // Throws std::invalid_argument naming the field when the body is not the form.
 LaunchForm parse_form(const std::string& body) {
@@ -229,7 +223,7 @@ void list_configs(ServeContext& context, const httplib::Request& /*request*/,
   }
   std::sort(files.begin(), files.end());
   for (const auto& file : files) {
-    configs.push_back(json{{"name", file.filename().string()}, {"text", read_file(file)}});
+    configs.push_back(json{{"name", file.filename().string()}, {"text", read_text(file)}});
   }
   send_json(response, json{{"directory", context.configs_dir.string()}, {"configs", configs}});
 }
@@ -250,15 +244,22 @@ void list_plugins(ServeContext& context, const httplib::Request& /*request*/,
   send_json(response, json{{"plugins", plugins}});
 }
 
+// The request's form, or a 400 naming what is wrong with it (false).
+bool parse_or_refuse(const httplib::Request& request, httplib::Response& response,
+                     LaunchForm& form) {
+  try {
+    form = parse_form(request.body);
+    return true;
+  } catch (const std::invalid_argument& e) {
+    send_error(response, 400, e.what());
+    return false;
+  }
+}
+
 void validate_form(ServeContext& context, const httplib::Request& request,
                    httplib::Response& response) {
   LaunchForm form;
-  try {
-    form = parse_form(request.body);
-  } catch (const std::invalid_argument& e) {
-    send_error(response, 400, e.what());
-    return;
-  }
+  if (!parse_or_refuse(request, response, form)) return;
   Launcher launcher(context);
   launcher.write_config(form, "validate_" + random_token());
   send_json(response, launcher.validate(form));
@@ -267,12 +268,7 @@ void validate_form(ServeContext& context, const httplib::Request& request,
 void launch_run(ServeContext& context, const httplib::Request& request,
                 httplib::Response& response) {
   LaunchForm form;
-  try {
-    form = parse_form(request.body);
-  } catch (const std::invalid_argument& e) {
-    send_error(response, 400, e.what());
-    return;
-  }
+  if (!parse_or_refuse(request, response, form)) return;
   Launcher launcher(context);
   launcher.write_config(form, "launch_" + random_token());
   RunConfig config;

@@ -12,6 +12,7 @@
 
 #include "comparison.hpp"
 #include "event_journal.hpp"
+#include "files.hpp"
 
 namespace clhost::serve {
 namespace fs = std::filesystem;
@@ -20,15 +21,6 @@ using json = nlohmann::json;
 namespace {
 
 constexpr size_t kMaxBatchEvents = 500;  // the run page lists the latest ones
-
-json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) return json();
-  std::stringstream text;
-  text << in.rdbuf();
-  json parsed = json::parse(text.str(), nullptr, false);
-  return parsed.is_discarded() ? json() : parsed;
-}
 
 double number_or(const json& event, const char* key, double fallback) {
   const auto it = event.find(key);
@@ -151,7 +143,7 @@ std::string RunView::log_tail() const {
 }
 
 int64_t RunView::advance() {
-  launch_ = read_json_file(launch_path_);  // a resume replaces it
+  launch_ = read_json(launch_path_);  // a resume replaces it
   std::ifstream in(dir_ / kEventJournalFile, std::ios::binary);
   if (in) {
     in.seekg(offset_);
@@ -172,7 +164,7 @@ void RunView::read_results_if_new() {
   const fs::path path = dir_ / "results.json";
   const auto time = fs::last_write_time(path, error);
   if (error || time == results_time_) return;
-  json results = read_json_file(path);
+  json results = read_json(path);
   if (!results.is_object()) return;  // being replaced: read it next time
   results_ = std::move(results);
   results_time_ = time;
@@ -285,7 +277,7 @@ std::string RunView::status() const {
   // Launched, and the process has not begun its journal yet (setting up, or resuming).
   if (launch_alive()) return "starting";
   if (launch_never_began() && pid_ == 0) return "failed";
-  const json status = read_json_file(dir_ / "status.json");
+  const json status = read_json(dir_ / "status.json");
   if (status.is_object() && status.contains("status")) {
     // status.json of an earlier attempt stays until the resumed run ends.
     if (!ended_ && pid_ != 0 && status.value("status", "") != "complete") return "failed";
@@ -304,7 +296,7 @@ std::string RunView::status_message() const {
                ? "clhost compare stopped before it finished; the end of its output:\n" + log_tail()
                : "";
   }
-  const json status = read_json_file(dir_ / "status.json");
+  const json status = read_json(dir_ / "status.json");
   if (launch_never_began()) {
     return "the process stopped before the run began; the end of its output:\n" + log_tail();
   }

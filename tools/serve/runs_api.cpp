@@ -13,6 +13,7 @@
 
 #include "access.hpp"
 #include "event_journal.hpp"
+#include "files.hpp"
 #include "report/report.hpp"
 #include "serve_context.hpp"
 
@@ -39,13 +40,6 @@ size_t parameter_or(const httplib::Request& request, const char* name, size_t fa
   } catch (const std::exception&) {
     return fallback;
   }
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
 }
 
 // One Server-Sent Event.
@@ -213,7 +207,7 @@ void run_details(ServeContext& context, const httplib::Request& request,
     send_error(response, 404, "no run named '" + name + "' in " + context.runs_dir.string());
     return;
   }
-  snapshot["config_toml"] = read_file(context.runs_dir / name / "config.toml");
+  snapshot["config_toml"] = read_text(context.runs_dir / name / "config.toml");
   send_json(response, snapshot);
 }
 
@@ -237,7 +231,7 @@ void run_stream(ServeContext& context, const httplib::Request& request,
                    ", clhost serve --max-streams): close one and reload");
     return;
   }
-  snapshot["config_toml"] = read_file(context.runs_dir / name / "config.toml");
+  snapshot["config_toml"] = read_text(context.runs_dir / name / "config.toml");
   auto stream = std::make_shared<RunStream>(context, name, offset, snapshot.value("status", ""));
   auto first = std::make_shared<std::string>("retry: 2000\n\n" + sse("snapshot", snapshot, offset));
   response.set_header("Cache-Control", "no-cache");
@@ -263,7 +257,7 @@ void run_log(ServeContext& context, const httplib::Request& request, httplib::Re
     send_error(response, 404, "no console log for '" + name + "' (it was not started here)");
     return;
   }
-  std::string text = read_file(log);
+  std::string text = read_text(log);
   constexpr size_t kLogBytes = size_t{64} * 1024;
   if (text.size() > kLogBytes) text = text.substr(text.size() - kLogBytes);
   response.set_content(text, "text/plain; charset=utf-8");
@@ -284,7 +278,7 @@ void run_memory(ServeContext& context, const httplib::Request& request,
       newest = item.path();
     }
   }
-  const json profile = newest.empty() ? json() : json::parse(read_file(newest), nullptr, false);
+  const json profile = newest.empty() ? json() : json::parse(read_text(newest), nullptr, false);
   if (!profile.is_object()) {
     send_error(response, 404, "no memory profile in this run (run it with --profile-memory)");
     return;
@@ -322,7 +316,7 @@ void run_report(ServeContext& context, const httplib::Request& request,
       return;
     }
   }
-  response.set_content(read_file(report), "text/html; charset=utf-8");
+  response.set_content(read_text(report), "text/html; charset=utf-8");
 }
 
 // compare.html of a comparison launched here.
@@ -335,18 +329,7 @@ void comparison_page(ServeContext& context, const httplib::Request& request,
     send_error(response, 404, "no compare.html in '" + name + "' (not finished?)");
     return;
   }
-  response.set_content(read_file(page), "text/html; charset=utf-8");
-}
-
-json matrix_difference(const json& a, const json& b) {
-  json difference = json::array();
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    json row = json::array();
-    for (size_t j = 0; j < std::min(a[i].size(), b[i].size()); ++j)
-      row.push_back(b[i][j].get<double>() - a[i][j].get<double>());
-    difference.push_back(row);
-  }
-  return difference;
+  response.set_content(read_text(page), "text/html; charset=utf-8");
 }
 
 // Two finished runs side by side: `clhost compare`'s statistics over them (one run per arm:

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "access.hpp"
+#include "files.hpp"
 #include "processes.hpp"
 #include "serve_context.hpp"
 #include "web_assets.hpp"
@@ -24,13 +25,6 @@ constexpr const char* kChartJs = "/usr/share/javascript/chart.js/chart.min.js";
 
 // Handlers run on a pool; each live run page holds one worker for its stream.
 constexpr size_t kWorkersBesideStreams = 8;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 std::string content_type_of(const std::string& file) {
   if (file.size() > 5 && file.substr(file.size() - 5) == ".html") return "text/html; charset=utf-8";
@@ -59,7 +53,7 @@ void add_static_routes(httplib::Server& server, const AccessPolicy& policy) {
   // Browsers ask for it on every page (the report's too); there is none.
   server.Get("/favicon.ico",
              [](const httplib::Request&, httplib::Response& response) { response.status = 204; });
-  const std::string chart = read_file(kChartJs);
+  const std::string chart = read_text(kChartJs);
   if (chart.empty()) {
     std::fprintf(stderr,
                  "warning: %s not found (Debian package libjs-chart.js): the run pages show no "
