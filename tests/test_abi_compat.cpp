@@ -1,5 +1,5 @@
-// ABI compatibility kept by tests: plug-ins built against the previous minors (the frozen 1.0,
-// 1.1, 1.2 and 1.3 headers in tests/abi/) load and run; struct-size growth is handled in both
+// ABI compatibility kept by tests: plug-ins built against the previous minors (the frozen 1.0 to
+// 1.6 headers in tests/abi/) load and run; struct-size growth is handled in both
 // directions; a plug-in directory full of junk is listed, entry by entry, without crashing.
 #include <gtest/gtest.h>
 
@@ -120,6 +120,23 @@ TEST(AbiCompat, APluginBuiltAgainstAbi15RunsAndIsPlanned) {
   const auto& plan = results["memory_plan"];
   EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_5_regularizer");
   EXPECT_EQ(plan["plugins"][0]["state_bytes"], 4 * results["model"]["parameters"].get<int64_t>());
+}
+
+TEST(AbiCompat, APluginBuiltAgainstAbi16RunsBesideOneThatUsesAbi17) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 7, "1.6 is a previous minor");
+  clhost::test::TempDir dir;
+  clhost::ConfigOverrides overrides;
+  overrides.plugins = std::vector<std::string>{"abi_1_6_regularizer", "lwf"};
+  overrides.plugin_path = {CLHOST_TEST_PLUGIN_DIR, CLHOST_PLUGIN_DIR};
+  clhost::RunOptions options;
+  options.run_dir = dir.path("run");
+  options.quiet = true;
+  clhost::run_pipeline(clhost::load_config(kQuick, overrides), options);
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  EXPECT_EQ(results["plugins"][0]["id"], "abi_1_6_regularizer");
+  EXPECT_EQ(results["plugins"][1]["id"], "lwf");
+  EXPECT_GT(results["plugins"][1]["held_by_host"]["snapshot_bytes"].get<int64_t>(), 0);
 }
 
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {

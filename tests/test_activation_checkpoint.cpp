@@ -53,8 +53,12 @@ TEST(MicroBatches, AccumulatedGradientsEqualTheWholeBatch) {
   auto grads_with = [&](int64_t micro, int64_t segments, double* loss) {
     model->zero_grad();
     int64_t processed = 0;
-    *loss = clhost::accumulate_batch_gradients(model, x, labels, label_map, active, rows,
-                                               rows.size(0), micro, segments, &processed);
+    clhost::StepModel step;
+    step.model = &model;
+    step.view = clhost::ClassView{active, label_map};
+    step.checkpoint_segments = segments;
+    const clhost::StepBatch batch{x, labels, rows, {}, rows.size(0)};
+    *loss = clhost::accumulate_batch_gradients(step, batch, micro, &processed);
     EXPECT_EQ(processed, rows.size(0)) << "every sample exactly once";
     std::vector<torch::Tensor> out;
     for (const auto& parameter : model->parameters()) out.push_back(parameter.grad().clone());
@@ -72,6 +76,45 @@ TEST(MicroBatches, AccumulatedGradientsEqualTheWholeBatch) {
       EXPECT_LE((split[p] - whole[p]).abs().max().item<double>(), 1e-6 * scale)
           << "micro " << micro << " parameter " << p;
     }
+  }
+}
+
+// Replayed samples in task-incremental learning: each is scored on its own task's head, the loss
+// is the mean over every sample of the step, and micro-batching does not change it.
+TEST(MicroBatches, ReplayedSamplesAreScoredOnTheirOwnTasksHead) {
+  torch::manual_seed(12);
+  clhost::ModelSection section;
+  section.hidden = {16};
+  auto model = clhost::make_model(section, 784, 28, 10);
+  auto view_of = [](std::vector<int64_t> classes) {
+    clhost::ClassView view{torch::tensor(classes), torch::full({10}, -1, torch::kInt64)};
+    for (size_t i = 0; i < classes.size(); ++i)
+      view.label_map[classes[i]] = static_cast<int64_t>(i);
+    return view;
+  };
+  clhost::StepModel step;
+  step.model = &model;
+  step.task_views = {view_of({0, 1}), view_of({2, 3}), view_of({4, 5})};
+  step.view = step.task_views[2];
+  const torch::Tensor x = torch::rand({7, 784});
+  const torch::Tensor y = torch::tensor(std::vector<int64_t>{4, 5, 4, 0, 3, 1, 2});
+  const torch::Tensor tasks = torch::tensor(std::vector<int32_t>{2, 2, 2, 0, 1, 0, 1});
+  const clhost::StepBatch batch{x, y, torch::arange(7), tasks, 7};
+  double expected = 0.0;
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor logits = model->forward(x);
+    for (int64_t i = 0; i < 7; ++i) {
+      const auto& view = step.task_views[static_cast<size_t>(tasks[i].item<int32_t>())];
+      const torch::Tensor own = logits[i].index_select(0, view.active);
+      const int64_t column = view.label_map[y[i].item<int64_t>()].item<int64_t>();
+      expected += (torch::logsumexp(own, 0) - own[column]).item<double>() / 7.0;
+    }
+  }
+  for (const int64_t micro : {7, 3, 1}) {
+    model->zero_grad();
+    const double loss = clhost::accumulate_batch_gradients(step, batch, micro, nullptr);
+    EXPECT_NEAR(loss, expected, 1e-5) << "micro-batch " << micro;
   }
 }
 

@@ -300,3 +300,66 @@ TEST(FisherBlocks, OutOfMemoryStartsTheBlockOverWithSmallerPasses) {
 }
 
 }  // namespace
+
+namespace {
+
+// clhost.output_grads/1 with MAS's f = ||scores||^2 (df/dscores = 2 scores): the mean over samples
+// of |g_i| or g_i^2, against one autograd pass per sample.
+std::vector<torch::Tensor> output_gradients_by_loop(const Fixture& fixture, int64_t samples,
+                                                    bool absolute) {
+  const auto parameters = fixture.model->parameters();
+  std::vector<torch::Tensor> sums;
+  for (const auto& parameter : parameters) sums.push_back(torch::zeros({parameter.numel()}));
+  fixture.model->eval();
+  for (int64_t i = 0; i < samples; ++i) {
+    const torch::Tensor scores = fixture.model->forward(fixture.task.train_x.slice(0, i, i + 1))
+                                     .index_select(1, fixture.context.active_classes);
+    const auto grads = torch::autograd::grad({scores.square().sum()}, parameters);
+    for (size_t p = 0; p < grads.size(); ++p) {
+      const torch::Tensor flat = grads[p].reshape({-1});
+      sums[p] += absolute ? flat.abs() : flat.square();
+    }
+  }
+  fixture.model->train();
+  for (auto& sum : sums) sum /= static_cast<double>(samples);
+  return sums;
+}
+
+class OutputGradients : public ::testing::TestWithParam<std::tuple<clhost::ModelKind, bool>> {};
+
+TEST_P(OutputGradients, MeanAbsoluteOrSquaredPerSampleGradientsOfTheOutputFunction) {
+  const auto [kind, absolute] = GetParam();
+  Fixture fixture = make_fixture(kind, torch::kFloat32, 37);
+  fixture.context.active_classes = torch::tensor(std::vector<int64_t>{2, 3, 7});
+  fixture.context.label_map = torch::zeros({10}, torch::kInt64);
+  clhost::OutputFunction function;
+  function.absolute = absolute;
+  int64_t calls = 0;
+  function.gradient = [&](const torch::Tensor& scores, const torch::Tensor&) {
+    ++calls;
+    EXPECT_EQ(scores.size(1), 3) << "the active classes' logits only";
+    return 2 * scores;
+  };
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.batch_size = 8;
+  const auto parameters = fixture.model->parameters();
+  std::vector<torch::Tensor> got;
+  for (const auto& parameter : parameters) got.push_back(torch::full({parameter.numel()}, -1.0));
+  // Small blocks: several per layer, so rows of one parameter come in pieces.
+  clhost::diagonal_output_gradients(
+      fixture.context, request, 700, function,
+      [&](size_t p, int64_t offset, const torch::Tensor& values) {
+        got[p].slice(0, offset, offset + values.numel()).copy_(values);
+      });
+  EXPECT_GT(calls, 0);
+  const auto expected = output_gradients_by_loop(fixture, 37, absolute);
+  EXPECT_LT(max_relative_error(got, expected), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(MlpAndCnn, OutputGradients,
+                         ::testing::Combine(::testing::Values(clhost::ModelKind::kMlp,
+                                                              clhost::ModelKind::kCnn),
+                                            ::testing::Bool()));
+
+}  // namespace

@@ -21,20 +21,27 @@ struct LabelPass {
 
 // The model's log-probabilities and the label passes a request asks for. Sequence outputs
 // ([N, T, V]) are scored at every position: a sample's log-likelihood is the sum over them.
+// With an OutputFunction (clhost.output_grads/1) the "log-probabilities" are the active classes'
+// logits themselves and the one pass's "labels" are the plug-in's df/dscores.
 class Labels {
  public:
   Labels(const FisherContext& context, const clhost_fisher_request_t& request,
-         torch::Generator generator)
-      : context_(context), request_(request), generator_(std::move(generator)) {}
+         const OutputFunction* function, torch::Generator generator)
+      : context_(context),
+        request_(request),
+        function_(function),
+        generator_(std::move(generator)) {}
 
   torch::Tensor log_probs(const torch::Tensor& output) const {
     if (output.dim() == 3) return torch::log_softmax(output, 2);
-    return torch::log_softmax(output.index_select(1, context_.active_classes), 1);
+    const torch::Tensor scores = output.index_select(1, context_.active_classes);
+    return function_ != nullptr ? scores : torch::log_softmax(scores, 1);
   }
 
   std::vector<LabelPass> passes(const torch::Tensor& log_probs, const torch::Tensor& y) {
     const torch::Tensor ones =
         torch::ones({log_probs.size(0)}, log_probs.options().requires_grad(false));
+    if (function_ != nullptr) return {{output_gradient(log_probs, y), ones}};
     if (request_.labels == CLHOST_FISHER_LABELS_TRUE) return {{y, ones}};
     if (request_.labels == CLHOST_FISHER_LABELS_SAMPLE) return {{sample(log_probs), ones}};
     std::vector<LabelPass> out;
@@ -53,10 +60,14 @@ class Labels {
         .view(probs.sizes().slice(0, probs.dim() - 1));
   }
 
-  // Summed (not averaged) negative log-likelihood: each sample's output gradient is its own.
-  static torch::Tensor summed_loss(const torch::Tensor& log_probs, const torch::Tensor& labels) {
+  // Summed (not averaged) negative log-likelihood, or f's linearisation sum_i <scores_i, d_i>:
+  // either way each sample's output gradient is its own.
+  torch::Tensor summed_loss(const torch::Tensor& log_probs, const torch::Tensor& labels) const {
+    if (function_ != nullptr) return (log_probs * labels).sum();
     return -log_probs.gather(-1, labels.unsqueeze(-1)).sum();
   }
+
+  bool absolute() const { return function_ != nullptr && function_->absolute; }
 
   bool expectation() const { return request_.labels == CLHOST_FISHER_LABELS_EXPECTATION; }
 
@@ -69,8 +80,18 @@ class Labels {
   }
 
  private:
+  torch::Tensor output_gradient(const torch::Tensor& scores, const torch::Tensor& y) const {
+    torch::Tensor d = function_->gradient(scores.detach(), y);
+    if (!d.defined() || d.sizes() != scores.sizes()) {
+      throw RunError(
+          "output gradients: the plug-in's df/dscores has another shape than the scores");
+    }
+    return d.to(scores.scalar_type());
+  }
+
   const FisherContext& context_;
   const clhost_fisher_request_t& request_;
+  const OutputFunction* function_;
   torch::Generator generator_;
 };
 
@@ -82,8 +103,9 @@ class BlockGradients {
   BlockGradients(const FisherContext& context, const clhost_fisher_request_t& request,
                  FisherMethod method, torch::nn::Sequential model,
                  const std::vector<torch::Tensor>& parameters, const ModelMap& map,
-                 const FisherBlock& block, torch::Generator generator)
-      : labels_(context, request, std::move(generator)),
+                 const FisherBlock& block, const OutputFunction* function,
+                 torch::Generator generator)
+      : labels_(context, request, function, std::move(generator)),
         method_(method),
         model_(std::move(model)),
         parameters_(parameters),
@@ -134,7 +156,7 @@ class BlockGradients {
     const std::vector<LabelPass> passes = labels_.passes(log_probs, y);
     for (size_t k = 0; k < passes.size(); ++k) {
       const auto grads =
-          torch::autograd::grad({Labels::summed_loss(log_probs, passes[k].labels)},
+          torch::autograd::grad({labels_.summed_loss(log_probs, passes[k].labels)},
                                 capture.outputs(), {}, k + 1 < passes.size(), false, true);
       visit(Pass{&capture, grads, passes[k].weight, k});
     }
@@ -148,13 +170,13 @@ class BlockGradients {
                               pass.capture->input(pass.capture->slot_of(uses[0])));
   }
 
-  // sum_i w_i g_i^2 of segment s where direct_squares(s, pass) holds.
+  // sum_i w_i g_i^2 (or |g_i|) of segment s where direct_squares(s, pass) holds.
   torch::Tensor squares(size_t s, const Pass& pass) const {
     const size_t id = map_.uses[block_[s].parameter][0];
     const size_t slot = pass.capture->slot_of(id);
     if (!pass.deltas[slot].defined()) return {};
-    return direct_weighted_squares(pass.capture->input(slot), pass.deltas[slot], pass.weight,
-                                   block_[s].row_begin, block_[s].row_end);
+    return direct_weighted_sums(pass.capture->input(slot), pass.deltas[slot], pass.weight,
+                                block_[s].row_begin, block_[s].row_end, labels_.absolute());
   }
 
   // Per-sample gradients [count, elements] of segment s for samples [begin, begin + count): the
@@ -187,7 +209,7 @@ class BlockGradients {
       const torch::Tensor log_probs = labels_.log_probs(model_->forward(x.slice(0, i, i + 1)));
       const std::vector<LabelPass> passes = labels_.passes(log_probs, y.slice(0, i, i + 1));
       for (size_t k = 0; k < passes.size(); ++k) {
-        auto grads = torch::autograd::grad({Labels::summed_loss(log_probs, passes[k].labels)},
+        auto grads = torch::autograd::grad({labels_.summed_loss(log_probs, passes[k].labels)},
                                            targets, {}, k + 1 < passes.size(), false, true);
         size_t t = 0;
         for (const auto& segment : block_) {
@@ -285,7 +307,7 @@ class DiagonalAccumulator {
           if (producer.labels().expectation()) {
             g.mul_(pass.weight.narrow(0, begin, count).sqrt().view({-1, 1}));
           }
-          flat.add_(g.square_().sum(0));
+          flat.add_((producer.labels().absolute() ? g.abs_() : g.square_()).sum(0));
         }
       }
     });
@@ -301,7 +323,8 @@ class DiagonalAccumulator {
           for (size_t s = 0; s < block.size(); ++s) {
             if (producer.uses_layer_path(block[s].parameter)) continue;
             const torch::Tensor& row = rows[t++];
-            if (row.defined()) sums_[s].view({-1}).add_(row.square(), w);
+            if (!row.defined()) continue;
+            sums_[s].view({-1}).add_(producer.labels().absolute() ? row.abs() : row.square(), w);
           }
         });
   }
@@ -592,7 +615,8 @@ std::pair<torch::Tensor, torch::Tensor> prepare_chunk(const FisherContext& conte
 // plan, each walked by `walk_block`. A block whose walk throws BlockOutOfMemory starts over with
 // half the samples per chunk (the sums are the same).
 void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
-                 int64_t block_size, FisherMethod method, const BlockWalk& walk_block) {
+                 int64_t block_size, FisherMethod method, const OutputFunction* function,
+                 const BlockWalk& walk_block) {
   check_request(context, request);
   torch::nn::Sequential model = context.model;
   const std::vector<torch::Tensor> parameters = model->parameters();
@@ -611,7 +635,7 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
     for (size_t b = 0; b < blocks.size(); ++b) {
       while (true) {
         BlockGradients producer(context, request, method, context.model, parameters, map, blocks[b],
-                                at::detail::createCPUGenerator(context.seed));
+                                function, at::detail::createCPUGenerator(context.seed));
         try {
           walk_block(producer, b, blocks.size(), chunks);
           break;
@@ -654,12 +678,16 @@ bool add_my_chunks(const FisherContext& context, BlockGradients& producer,
 
 }  // namespace
 
-void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
-                     int64_t block_size, FisherMethod method, const FisherSink& sink) {
+namespace {
+
+// The diagonal of either pass: the Fisher, or (with `function`) |g| or g^2 of an output function.
+void accumulate_diagonal(const FisherContext& context, const clhost_fisher_request_t& request,
+                         int64_t block_size, FisherMethod method, const OutputFunction* function,
+                         const FisherSink& sink) {
   const bool batched = request.batched != 0;
   std::unique_ptr<PassProgress> progress;
   walk_blocks(
-      context, request, block_size, method,
+      context, request, block_size, method, function,
       [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
         if (!progress) {
           progress = std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);
@@ -681,6 +709,25 @@ void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t
       });
 }
 
+}  // namespace
+
+void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
+                     int64_t block_size, FisherMethod method, const FisherSink& sink) {
+  accumulate_diagonal(context, request, block_size, method, nullptr, sink);
+}
+
+void diagonal_output_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
+                               int64_t block_size, const OutputFunction& function,
+                               const FisherSink& sink) {
+  if (context.task->next_byte) {
+    throw RunError("output gradients: text tasks have no class scores; only classification tasks");
+  }
+  clhost_fisher_request_t plain = request;
+  plain.labels = CLHOST_FISHER_LABELS_TRUE;
+  plain.batched = 0;
+  accumulate_diagonal(context, plain, block_size, FisherMethod::kAuto, &function, sink);
+}
+
 void per_sample_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
                           int64_t block_size, FisherMethod method, const SampleGradientSink& sink) {
   if (request.batched != 0) {
@@ -690,7 +737,7 @@ void per_sample_gradients(const FisherContext& context, const clhost_fisher_requ
   }
   std::unique_ptr<PassProgress> progress;
   walk_blocks(
-      context, request, block_size, method,
+      context, request, block_size, method, nullptr,
       [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
         if (!progress) {
           progress = std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);

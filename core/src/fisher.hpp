@@ -65,6 +65,21 @@ using FisherSink =
 void diagonal_fisher(const FisherContext& context, const clhost_fisher_request_t& request,
                      int64_t block_size, FisherMethod method, const FisherSink& sink);
 
+// In place of the log-likelihood (clhost.output_grads/1): a function f of the scores (the active
+// classes' logits) given by its gradient df/dscores [N, classes] for scores [N, classes] and
+// targets [N] (indices into the scores); accumulated as |g_i| (absolute) or g_i^2.
+struct OutputFunction {
+  std::function<torch::Tensor(const torch::Tensor& scores, const torch::Tensor& targets)> gradient;
+  bool absolute = false;
+};
+
+// Mean over samples of |g_i| or g_i^2, g_i the gradient of f on sample i, exactly as
+// diagonal_fisher walks samples and blocks (request.labels and .batched are ignored).
+// Classification tasks only.
+void diagonal_output_gradients(const FisherContext& context, const clhost_fisher_request_t& request,
+                               int64_t block_size, const OutputFunction& function,
+                               const FisherSink& sink);
+
 // Receives, block after block, the per-sample gradient rows R of a chunk of samples: the
 // block's Fisher is (1/samples) * sum over the block's chunks of R^T R. R: [rows, block elements],
 // columns in segment order; `last` marks the block's final chunk.

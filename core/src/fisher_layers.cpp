@@ -187,10 +187,13 @@ bool has_direct_squares(const KnownLayer& layer, bool is_weight, const torch::Te
   return layer.kind == LayerKind::kLinear && is_weight && input.dim() == 2;
 }
 
-torch::Tensor direct_weighted_squares(const torch::Tensor& input, const torch::Tensor& delta,
-                                      const torch::Tensor& weight, int64_t row_begin,
-                                      int64_t row_end) {
+torch::Tensor direct_weighted_sums(const torch::Tensor& input, const torch::Tensor& delta,
+                                   const torch::Tensor& weight, int64_t row_begin, int64_t row_end,
+                                   bool absolute) {
   const torch::Tensor d = delta.narrow(1, row_begin, row_end - row_begin);
+  // A Linear weight's per-sample gradient is the outer product d_i a_i^T: its squares are
+  // d_i^2 (a_i^2)^T and its absolute values |d_i| |a_i|^T, so both sums are one product.
+  if (absolute) return (d.abs() * weight.view({-1, 1})).t().mm(input.abs()).reshape({-1});
   return (d.square() * weight.view({-1, 1})).t().mm(input.square()).reshape({-1});
 }
 

@@ -72,9 +72,10 @@ torch::Tensor layer_sample_gradients(const KnownLayer& layer, bool is_weight,
 // Whether layer_weighted_squares can skip the per-sample gradients (a Linear weight over [N, in]
 // inputs, where sum_i w_i g_i^2 = (w * delta^2)^T x^2).
 bool has_direct_squares(const KnownLayer& layer, bool is_weight, const torch::Tensor& input);
-// sum_i weight_i * g_i^2 for those rows, [rows * row_numel]; only where has_direct_squares.
-torch::Tensor direct_weighted_squares(const torch::Tensor& input, const torch::Tensor& delta,
-                                      const torch::Tensor& weight, int64_t row_begin,
-                                      int64_t row_end);
+// sum_i weight_i * g_i^2 (absolute: weight_i * |g_i|) for those rows, [rows * row_numel]; only
+// where has_direct_squares.
+torch::Tensor direct_weighted_sums(const torch::Tensor& input, const torch::Tensor& delta,
+                                   const torch::Tensor& weight, int64_t row_begin, int64_t row_end,
+                                   bool absolute);
 
 }  // namespace clhost

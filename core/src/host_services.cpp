@@ -32,23 +32,6 @@ void host_log(const clhost_host_t* host, clhost_log_level_t level, const char* m
   std::fprintf(stderr, "[%s] %s: %s\n", context->id.c_str(), kLevels[index], message);
 }
 
-Runtime& runtime_of(const clhost_host_t* host) {
-  return *static_cast<const PluginContext*>(host->host_data)->runtime;
-}
-
-DLTensor as_dltensor(const torch::Tensor& tensor, std::vector<int64_t>& shape) {
-  DLTensor out{};
-  out.data = tensor.data_ptr();
-  out.device = {tensor.is_cuda() ? kDLCUDA : kDLCPU,
-                static_cast<int32_t>(tensor.is_cuda() ? tensor.get_device() : 0)};
-  out.ndim = static_cast<int32_t>(tensor.dim());
-  out.dtype = at::getDLDataType(tensor);
-  out.shape = shape.data();
-  out.strides = nullptr;  // contiguous (checked by the caller)
-  out.byte_offset = 0;
-  return out;
-}
-
 uint32_t params_count(const clhost_host_t* host) {
   return static_cast<uint32_t>(runtime_of(host).parameters.size());
 }
@@ -77,26 +60,6 @@ clhost_status_t params_get(const clhost_host_t* host, uint32_t index, clhost_par
   }
   return CLHOST_STATUS_OK;
 }
-
-// Converts a host exception into the ABI's status + message.
-clhost_status_t report_exception(const std::exception& e, const char* what, clhost_error_t* error) {
-  std::snprintf(error->message, sizeof(error->message), "%s: %s", what, e.what());
-  return std::strstr(e.what(), "out of memory") ? CLHOST_STATUS_OUT_OF_MEMORY
-                                                : CLHOST_STATUS_INTERNAL;
-}
-
-// The run's Fisher context, with progress lines logged under the calling plug-in's name.
-FisherContext context_with_progress(const clhost_host_t* host) {
-  FisherContext context = runtime_of(host).fisher_context;
-  context.progress = [host](const std::string& line) {
-    host_log(host, CLHOST_LOG_INFO, line.c_str());
-  };
-  return context;
-}
-
-struct SinkFailure {
-  clhost_status_t status;
-};
 
 clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
                                           const clhost_fisher_request_t* request,
@@ -392,6 +355,37 @@ const clhost_fisher_store_v1_t kFisherStoreService{sizeof(clhost_fisher_store_v1
 
 }  // namespace
 
+Runtime& runtime_of(const clhost_host_t* host) {
+  return *static_cast<const PluginContext*>(host->host_data)->runtime;
+}
+
+DLTensor as_dltensor(const torch::Tensor& tensor, std::vector<int64_t>& shape) {
+  DLTensor out{};
+  out.data = tensor.data_ptr();
+  out.device = {tensor.is_cuda() ? kDLCUDA : kDLCPU,
+                static_cast<int32_t>(tensor.is_cuda() ? tensor.get_device() : 0)};
+  out.ndim = static_cast<int32_t>(tensor.dim());
+  out.dtype = at::getDLDataType(tensor);
+  out.shape = shape.data();
+  out.strides = nullptr;  // contiguous (checked by the caller)
+  out.byte_offset = 0;
+  return out;
+}
+
+clhost_status_t report_exception(const std::exception& e, const char* what, clhost_error_t* error) {
+  std::snprintf(error->message, sizeof(error->message), "%s: %s", what, e.what());
+  return std::strstr(e.what(), "out of memory") ? CLHOST_STATUS_OUT_OF_MEMORY
+                                                : CLHOST_STATUS_INTERNAL;
+}
+
+FisherContext context_with_progress(const clhost_host_t* host) {
+  FisherContext context = runtime_of(host).fisher_context;
+  context.progress = [host](const std::string& line) {
+    host_log(host, CLHOST_LOG_INFO, line.c_str());
+  };
+  return context;
+}
+
 const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (id == nullptr) return nullptr;
   if (std::strcmp(id, CLHOST_SERVICE_SETTINGS_V1) == 0) return &RuntimeSettings::table;
@@ -403,7 +397,7 @@ const void* host_get_service(const clhost_host_t* /*host*/, const char* id) {
   if (std::strcmp(id, CLHOST_SERVICE_MEMORY_V1) == 0) return &kMemoryService;
   if (std::strcmp(id, CLHOST_SERVICE_EVENTS_V1) == 0) return &kEventsService;
   if (std::strcmp(id, CLHOST_SERVICE_COLLECTIVE_V1) == 0) return &kCollectiveService;
-  return nullptr;
+  return output_service(id);
 }
 
 }  // namespace clhost

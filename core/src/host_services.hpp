@@ -18,11 +18,23 @@ namespace clhost {
 
 class Runtime;
 
-// What a plug-in's host pointer leads to: the runtime, and who is calling (for log prefixes).
+// The samples a replay plug-in holds (kind REPLAY, ABI 1.7): inputs and labels as the model takes
+// them, and the task each came from; undefined while empty.
+struct ReplayBuffer {
+  torch::Tensor x;
+  torch::Tensor y;
+  torch::Tensor tasks;  // int32
+  [[nodiscard]] int64_t size() const { return x.defined() ? x.size(0) : 0; }
+};
+
+// What a plug-in's host pointer leads to: the runtime, who is calling (for log prefixes), and
+// what the host holds for that plug-in (written into checkpoints with it).
 struct PluginContext {
   Runtime* runtime = nullptr;
   std::string id;
   bool quiet = false;
+  std::vector<torch::Tensor> snapshot;  // clhost.snapshot/1: parameters, then buffers; or empty
+  ReplayBuffer replay;
 };
 
 // The live state that host services read. One per run; plug-ins reach it through host_data.
@@ -56,5 +68,20 @@ class Runtime {
 
 // The `get_service` of every plug-in's host: the clhost.* service tables, or NULL.
 const void* host_get_service(const clhost_host_t* host, const char* id);
+// The services of plug-ins that see outputs (output_services.cpp): snapshot, output_grads.
+const void* output_service(const char* id);
+
+// Shared by the service implementations.
+Runtime& runtime_of(const clhost_host_t* host);
+// A DLTensor over a contiguous tensor; `shape` must outlive it.
+DLTensor as_dltensor(const torch::Tensor& tensor, std::vector<int64_t>& shape);
+// Converts a host exception into the ABI's status + message.
+clhost_status_t report_exception(const std::exception& e, const char* what, clhost_error_t* error);
+// The run's Fisher context, with progress lines logged under the calling plug-in's name.
+FisherContext context_with_progress(const clhost_host_t* host);
+// Thrown out of a pass when a plug-in's callback returned non-OK (its message is in *error).
+struct SinkFailure {
+  clhost_status_t status;
+};
 
 }  // namespace clhost

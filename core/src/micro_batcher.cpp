@@ -9,6 +9,7 @@
 #include "distributed.hpp"
 #include "event_bus.hpp"
 #include "metrics_log.hpp"
+#include "output_terms.hpp"
 #include "plugin_set.hpp"
 #include "trainer_state.hpp"
 
@@ -38,23 +39,66 @@ torch::Tensor mean_loss(const torch::Tensor& output, const torch::Tensor& labels
                                               label_map.index_select(0, labels));
 }
 
+// A classification micro-batch's mean loss and each sample's label column.
+struct Scored {
+  torch::Tensor loss;
+  torch::Tensor targets;
+};
+
+// Samples replayed from earlier tasks in task-incremental learning are scored on their own task's
+// head: the loss is summed group by group over the tasks present, then averaged.
+Scored score_by_task(const StepModel& step, const torch::Tensor& output,
+                     const torch::Tensor& labels, const torch::Tensor& tasks) {
+  torch::Tensor total = torch::zeros({}, output.options());
+  torch::Tensor targets = torch::empty_like(labels, torch::kInt64);
+  const torch::Tensor present = std::get<0>(at::_unique(tasks));
+  for (int64_t i = 0; i < present.size(0); ++i) {
+    const int64_t task = present[i].item<int64_t>();
+    const ClassView& view = step.task_views.at(static_cast<size_t>(task));
+    const torch::Tensor rows = tasks.eq(task).nonzero().squeeze(1);
+    const torch::Tensor columns = view.label_map.index_select(0, labels.index_select(0, rows));
+    total = total + torch::nn::functional::cross_entropy(
+                        output.index_select(0, rows).index_select(1, view.active), columns,
+                        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    targets.index_copy_(0, rows, view.active.index_select(0, columns));
+  }
+  return {total / static_cast<double>(labels.size(0)), targets};
+}
+
+Scored score(const StepModel& step, const torch::Tensor& output, const torch::Tensor& labels,
+             const torch::Tensor& tasks) {
+  if (output.dim() == 3 || step.task_views.empty() || !tasks.defined()) {
+    const torch::Tensor loss = mean_loss(output, labels, step.view.label_map, step.view.active);
+    if (output.dim() == 3 || step.terms == nullptr) return {loss, {}};
+    return {loss, step.view.active.index_select(0, step.view.label_map.index_select(0, labels))};
+  }
+  return score_by_task(step, output, labels, tasks);
+}
+
 }  // namespace
 
-double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
-                                  const torch::Tensor& labels, const torch::Tensor& label_map,
-                                  const torch::Tensor& active, const torch::Tensor& rows,
-                                  int64_t batch_samples, int64_t micro_batch,
-                                  int64_t checkpoint_segments, int64_t* samples_processed) {
-  const int64_t samples = rows.size(0);
+double accumulate_batch_gradients(const StepModel& step, const StepBatch& batch,
+                                  int64_t micro_batch, int64_t* samples_processed) {
+  const int64_t samples = batch.rows.size(0);
+  const bool with_terms = step.terms != nullptr && !step.terms->empty();
   double loss_value = 0.0;
   for (int64_t start = 0; start < samples; start += micro_batch) {
-    const torch::Tensor part = rows.slice(0, start, std::min(samples, start + micro_batch));
+    const torch::Tensor part = batch.rows.slice(0, start, std::min(samples, start + micro_batch));
     // Counted when the forward starts, so a micro-batch that runs out of memory counts too.
     if (samples_processed != nullptr) *samples_processed += part.size(0);
-    const torch::Tensor output =
-        checkpointed_forward(model, x.index_select(0, part), checkpoint_segments);
-    const double share = static_cast<double>(part.size(0)) / static_cast<double>(batch_samples);
-    torch::Tensor loss = mean_loss(output, labels.index_select(0, part), label_map, active) * share;
+    const torch::Tensor x = batch.x.index_select(0, part);
+    const torch::Tensor tasks =
+        batch.tasks.defined() ? batch.tasks.index_select(0, part) : torch::Tensor();
+    if (with_terms) step.terms->before_forward(x);
+    const torch::Tensor output = checkpointed_forward(*step.model, x, step.checkpoint_segments);
+    const double share = static_cast<double>(part.size(0)) / static_cast<double>(batch.samples);
+    const Scored scored = score(step, output, batch.y.index_select(0, part), tasks);
+    torch::Tensor loss = scored.loss * share;
+    if (with_terms && output.dim() == 2) {
+      loss_value += loss.item<double>();
+      (loss + step.terms->after_forward(output, scored.targets, tasks, share)).backward();
+      continue;
+    }
     loss.backward();
     loss_value += loss.item<double>();
   }

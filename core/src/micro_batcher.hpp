@@ -18,32 +18,43 @@ namespace clhost {
 class Collective;
 class EventBus;
 class MetricsLog;
+class OutputTerms;
 struct PluginInstance;
 struct TrainerState;
 
-// One optimizer step's forward/backward: the samples `rows` of (x, labels) in micro-batches of
-// `micro_batch`, each micro-batch's mean loss weighted by its share of the `batch_samples` the
-// step averages over, so the accumulated gradients equal the whole batch's mean-loss gradient
-// (in a data-parallel run `rows` is this rank's shard, and the ranks' sums add up to it). Labels
-// are mapped to output columns by `label_map`; logits are restricted to `active`. Adds the samples
-// it pushed through to *samples_processed as each forward starts (so a micro-batch that then fails
-// counts) and returns the batch's loss. Throws LibTorch's errors, out-of-memory included; the
-// caller zeroes gradients and retries.
-double accumulate_batch_gradients(torch::nn::Sequential& model, const torch::Tensor& x,
-                                  const torch::Tensor& labels, const torch::Tensor& label_map,
-                                  const torch::Tensor& active, const torch::Tensor& rows,
-                                  int64_t batch_samples, int64_t micro_batch,
-                                  int64_t checkpoint_segments, int64_t* samples_processed);
-
 // The samples of one optimizer step on this rank: rows of (x, y), or x/y read for this batch
-// alone when the task's samples come from a source (then rows = 0..local-1). `samples` is the
-// whole step's batch over every rank, `rows` this rank's shard of it.
+// alone when the task's samples come from a source or replayed ones were appended (then rows =
+// 0..local-1). `samples` is the whole step's batch over every rank, `rows` this rank's shard.
 struct StepBatch {
   torch::Tensor x;
   torch::Tensor y;
   torch::Tensor rows;
+  torch::Tensor tasks;  // int32, like x: each sample's task; undefined: all the current task's
   int64_t samples = 0;
 };
+
+// What a step's forward/backward needs besides its samples.
+struct StepModel {
+  torch::nn::Sequential* model = nullptr;
+  ClassView view;  // the current task's output columns and label map
+  // By task: the classes a replayed sample is scored on (task-incremental: its own task's head);
+  // empty: `view` for every sample.
+  std::vector<ClassView> task_views;
+  int64_t checkpoint_segments = 0;
+  OutputTerms* terms = nullptr;  // the plug-ins' loss terms on the outputs, or null
+};
+
+// One optimizer step's forward/backward: the samples `batch.rows` in micro-batches of
+// `micro_batch`, each micro-batch's mean loss weighted by its share of the `batch.samples` the
+// step averages over, so the accumulated gradients equal the whole batch's mean-loss gradient (in
+// a data-parallel run `rows` is this rank's shard, and the ranks' sums add up to it). Labels are
+// mapped to output columns by the view's label_map; logits are restricted to its active columns.
+// Output terms (if any) are added to each micro-batch's loss before its backward. Adds the
+// samples it pushed through to *samples_processed as each forward starts (so a micro-batch that
+// then fails counts) and returns the batch's data loss. Throws LibTorch's errors, out-of-memory
+// included; the caller zeroes gradients and retries.
+double accumulate_batch_gradients(const StepModel& step, const StepBatch& batch,
+                                  int64_t micro_batch, int64_t* samples_processed);
 
 // In a data-parallel run every rank has a MicroBatcher and they agree: the micro-batch is the
 // smallest any rank's policy chose, and when one rank runs out of memory every rank drops its

@@ -24,6 +24,7 @@ const char* kind_name(clhost_plugin_kind_t kind) {
     case CLHOST_PLUGIN_KIND_REGULARIZER: return "regularizer";
     case CLHOST_PLUGIN_KIND_BATCH_POLICY: return "batch_policy";
     case CLHOST_PLUGIN_KIND_PROFILER: return "profiler";
+    case CLHOST_PLUGIN_KIND_REPLAY: return "replay";
   }
   return "unknown";
 }
@@ -33,6 +34,7 @@ const char* kind_interface_id(clhost_plugin_kind_t kind) {
     case CLHOST_PLUGIN_KIND_REGULARIZER: return CLHOST_INTERFACE_REGULARIZER_V1;
     case CLHOST_PLUGIN_KIND_BATCH_POLICY: return CLHOST_INTERFACE_BATCH_POLICY_V1;
     case CLHOST_PLUGIN_KIND_PROFILER: return CLHOST_INTERFACE_PROFILER_V1;
+    case CLHOST_PLUGIN_KIND_REPLAY: return CLHOST_INTERFACE_REPLAY_V1;
   }
   return nullptr;
 }
@@ -398,15 +400,18 @@ std::vector<UnusedKey> check_config_use(const LoadedPlugin& plugin, const Plugin
   return unused;
 }
 
-void check_one_batch_policy(const LoadedPipeline& pipeline, const RunConfig& config) {
+// One batch policy chooses the micro-batch and one replay plug-in fills the buffer: two of a kind
+// would overrule each other.
+void check_one_of_kind(const LoadedPipeline& pipeline, const RunConfig& config,
+                       clhost_plugin_kind_t kind, const char* what, const char* why) {
   std::string first;
   for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
-    if (pipeline.plugins[i]->descriptor->kind != CLHOST_PLUGIN_KIND_BATCH_POLICY) continue;
+    if (pipeline.plugins[i]->descriptor->kind != kind) continue;
     const std::string here = "pipeline[" + std::to_string(i) + "] (" + pipeline.plugins[i]->id +
                              ", " + config.pipeline[i].location + ")";
     if (!first.empty()) {
-      throw ConfigError(config.pipeline[i].location + ": two batch policies, " + first + " and " +
-                        here + ": one chooses the micro-batch; keep one");
+      throw ConfigError(config.pipeline[i].location + ": two " + what + ", " + first + " and " +
+                        here + ": " + why + "; keep one");
     }
     first = here;
   }
@@ -420,18 +425,20 @@ bool has_plugin(const LoadedPipeline& pipeline, const std::string& id) {
 // fisher_computation keys act through the plug-ins that compute a Fisher; given without one,
 // they change nothing. Harmless (nothing else is computed differently), so a named warning.
 std::vector<std::string> fisher_warnings(const RunConfig& config, const LoadedPipeline& pipeline) {
-  // l2 is the built-in regularizer known to need no Fisher; any other may compute one.
+  // l2 and lwf are the built-in regularizers known to need no Fisher pass; any other may run
+  // one (mas's importance pass uses the same blocks).
   const bool any_regularizer =
       std::any_of(pipeline.plugins.begin(), pipeline.plugins.end(), [](const LoadedPlugin* p) {
-        return p->descriptor->kind == CLHOST_PLUGIN_KIND_REGULARIZER && p->id != "l2";
+        return p->descriptor->kind == CLHOST_PLUGIN_KIND_REGULARIZER && p->id != "l2" &&
+               p->id != "lwf";
       });
   std::vector<std::string> warnings;
   for (const auto& key : config.given_keys) {
     if (key.rfind("fisher_computation.", 0) != 0) continue;
     if (!any_regularizer) {
       warnings.push_back(key +
-                         " has no effect: no plug-in in the pipeline computes a Fisher (ewc and "
-                         "lowrank_fisher do)");
+                         " has no effect: no plug-in in the pipeline computes a Fisher (ewc, "
+                         "lowrank_fisher and mas do)");
     } else if (key == "fisher_computation.use_memory_efficient" && !has_plugin(pipeline, "ewc")) {
       warnings.push_back(key +
                          " has no effect unless a plug-in reads it (of the built-in ones, "
@@ -476,7 +483,10 @@ LoadedPipeline load_pipeline(PluginLoader& loader, const RunConfig& config) {
         reports ? check_config_use(plugin, spec, i, pipeline.configs.back(), host)
                 : std::vector<UnusedKey>{});
   }
-  check_one_batch_policy(pipeline, config);
+  check_one_of_kind(pipeline, config, CLHOST_PLUGIN_KIND_BATCH_POLICY, "batch policies",
+                    "one chooses the micro-batch");
+  check_one_of_kind(pipeline, config, CLHOST_PLUGIN_KIND_REPLAY, "replay plug-ins",
+                    "one holds the buffer of earlier tasks' samples");
   pipeline.warnings = config.warnings;
   for (auto& warning : fisher_warnings(config, pipeline)) pipeline.warnings.push_back(warning);
   return pipeline;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "clhost/plugin_torch.hpp"
 #include "run_state.hpp"
 
 namespace clhost {
@@ -53,6 +54,61 @@ const clhost_state_v1_t* state_interface(const PluginInstance& instance) {
       instance.plugin->entry->get_interface(CLHOST_INTERFACE_STATE_V1));
 }
 
+bool holds_anything(const PluginContext& context) {
+  return !context.snapshot.empty() || context.replay.size() > 0;
+}
+
+int64_t tensor_bytes(const std::vector<torch::Tensor>& tensors) {
+  int64_t bytes = 0;
+  for (const auto& tensor : tensors) bytes += static_cast<int64_t>(tensor.nbytes());
+  return bytes;
+}
+
+// What the host holds for a plug-in (its snapshot, its replay buffer) as checkpoint bytes.
+void save_held(const PluginContext& context, const ByteSink& sink) {
+  sdk::StateWriter out(&write_to_sink, const_cast<ByteSink*>(&sink));
+  out.value(static_cast<uint64_t>(context.snapshot.size()));
+  for (const auto& tensor : context.snapshot) sdk::write_tensor(out, tensor);
+  sdk::write_tensor(out, context.replay.x);
+  sdk::write_tensor(out, context.replay.y);
+  sdk::write_tensor(out, context.replay.tasks);
+}
+
+// The inverse of save_held, checked against this run's model: a snapshot of another model or a
+// buffer whose parts disagree is refused.
+void restore_held(PluginContext& context, const std::string& bytes, const std::string& file) {
+  sdk::StateReader in(bytes.data(), bytes.size());
+  std::vector<torch::Tensor> model_tensors;
+  for (const auto& parameter : context.runtime->model->parameters())
+    model_tensors.push_back(parameter);
+  for (const auto& buffer : context.runtime->model->buffers()) model_tensors.push_back(buffer);
+  const auto count = in.value<uint64_t>();
+  if (count != 0 && count != model_tensors.size()) {
+    throw RunError(file + ": the snapshot has " + std::to_string(count) +
+                   " tensors; this model has " + std::to_string(model_tensors.size()));
+  }
+  std::vector<torch::Tensor> snapshot;
+  for (uint64_t i = 0; i < count; ++i) {
+    torch::Tensor tensor = sdk::read_tensor(in);
+    if (!tensor.defined() || tensor.sizes() != model_tensors[i].sizes() ||
+        tensor.scalar_type() != model_tensors[i].scalar_type()) {
+      throw RunError(file + ": snapshot tensor " + std::to_string(i) +
+                     " does not match this model's");
+    }
+    snapshot.push_back(tensor.to(model_tensors[i].device()));
+  }
+  ReplayBuffer replay{sdk::read_tensor(in), sdk::read_tensor(in), sdk::read_tensor(in)};
+  in.finish();
+  const bool whole =
+      replay.x.defined() && replay.y.defined() && replay.tasks.defined() && replay.x.dim() >= 1 &&
+      replay.y.dim() >= 1 && replay.tasks.dim() == 1 && replay.y.size(0) == replay.x.size(0) &&
+      replay.tasks.size(0) == replay.x.size(0) && replay.tasks.scalar_type() == torch::kInt32;
+  const bool none = !replay.x.defined() && !replay.y.defined() && !replay.tasks.defined();
+  if (!whole && !none) throw RunError(file + ": the replay buffer's parts do not fit together");
+  context.snapshot = std::move(snapshot);
+  context.replay = std::move(replay);
+}
+
 }  // namespace
 
 PluginSet::PluginSet(LoadedPipeline& pipeline, const RunConfig& config, Runtime& runtime,
@@ -62,7 +118,7 @@ PluginSet::PluginSet(LoadedPipeline& pipeline, const RunConfig& config, Runtime&
     auto instance = std::make_unique<PluginInstance>();
     instance->plugin = plugin;
     instance->config = std::move(pipeline.configs[i]);
-    instance->context = PluginContext{&runtime, plugin->id, quiet};
+    instance->context = PluginContext{&runtime, plugin->id, quiet, {}, {}};
     instance->host = clhost_host_t{sizeof(clhost_host_t),
                                    {CLHOST_ABI_VERSION_MAJOR, CLHOST_ABI_VERSION_MINOR},
                                    CLHOST_VERSION,
@@ -78,6 +134,7 @@ PluginSet::PluginSet(LoadedPipeline& pipeline, const RunConfig& config, Runtime&
                         "): " + error.message);
     }
     if (instance->kind() == CLHOST_PLUGIN_KIND_BATCH_POLICY) batch_policy_ = instance.get();
+    if (instance->kind() == CLHOST_PLUGIN_KIND_REPLAY) replay_ = instance.get();
     instances_.push_back(std::move(instance));
   }
 }
@@ -152,6 +209,12 @@ json PluginSet::add_state_files(std::vector<CheckpointFile>& files) {
       entry["resumable"] = true;
       entry["file"] = name;
     }
+    if (holds_anything(instance.context)) {
+      const std::string name = "plugin_" + std::to_string(i) + "_" + instance.plugin->id + ".held";
+      files.push_back(
+          {name, [&instance](const ByteSink& sink) { save_held(instance.context, sink); }});
+      entry["held"] = name;
+    }
     entries.push_back(entry);
   }
   return entries;
@@ -161,6 +224,10 @@ void PluginSet::restore_states(const json& saved_plugins, const LoadedCheckpoint
   for (size_t i = 0; i < instances_.size(); ++i) {
     PluginInstance& instance = *instances_[i];
     const json& entry = saved_plugins.at(i);
+    if (entry.contains("held")) {
+      const std::string held = entry.at("held").get<std::string>();
+      restore_held(instance.context, checkpoint.file(held), checkpoint.directory + "/" + held);
+    }
     const auto* state = state_interface(instance);
     if (state == nullptr || !entry.value("resumable", false) ||
         entry.at("version") != instance.plugin->descriptor->version) {
@@ -197,6 +264,14 @@ json PluginSet::reports(const LoadedPipeline& pipeline) const {
         table.describe(instance.instance, buffer, sizeof(buffer));
         report["variant"] = buffer;
       }
+    }
+    if (!instance.context.snapshot.empty() || instance.kind() == CLHOST_PLUGIN_KIND_REPLAY) {
+      const ReplayBuffer& replay = instance.context.replay;
+      report["held_by_host"] =
+          json{{"snapshot_bytes", tensor_bytes(instance.context.snapshot)},
+               {"replay_samples", replay.size()},
+               {"replay_bytes",
+                replay.size() > 0 ? tensor_bytes({replay.x, replay.y, replay.tasks}) : 0}};
     }
     json own = plugin_report(instance);
     if (!own.is_null()) report["report"] = own;

@@ -56,6 +56,8 @@ class PluginSet {
   [[nodiscard]] PluginInstance& at(size_t index) { return *instances_.at(index); }
   // The batch policy (load_pipeline allows one at most), or null.
   [[nodiscard]] PluginInstance* batch_policy() const { return batch_policy_; }
+  // The replay plug-in (one at most), or null.
+  [[nodiscard]] PluginInstance* replay() const { return replay_; }
 
   // Regularizer hooks, in pipeline order.
   void task_begin(const clhost_task_info_t& task);
@@ -65,8 +67,9 @@ class PluginSet {
   // Profiler hook.
   void on_event(const clhost_event_t& event);
 
-  // Checkpoints: one file per plug-in with clhost.state/1 (added to `files`), and the list
-  // trainer.json keeps ({id, version, resumable, file}).
+  // Checkpoints: one file per plug-in with clhost.state/1 and one per plug-in for which the host
+  // holds a snapshot or a replay buffer (added to `files`), and the list trainer.json keeps
+  // ({id, version, resumable, file, held}).
   nlohmann::json add_state_files(std::vector<CheckpointFile>& files);
   // Gives each plug-in its saved state when it has one (others were accepted to restart).
   void restore_states(const nlohmann::json& saved_plugins, const LoadedCheckpoint& checkpoint);
@@ -79,6 +82,7 @@ class PluginSet {
 
   std::vector<std::unique_ptr<PluginInstance>> instances_;
   PluginInstance* batch_policy_ = nullptr;
+  PluginInstance* replay_ = nullptr;
 };
 
 }  // namespace clhost

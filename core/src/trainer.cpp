@@ -49,6 +49,8 @@ Trainer::Trainer(const TrainerParts& parts, TrainerState& state, const ResumePoi
       resume_(resume),
       batcher_(parts.plugins.batch_policy(), state, parts.events, parts.log,
                parts.runtime.budget_bytes, *parts.runtime.collective),
+      output_terms_(parts.plugins, parts.runtime.model),
+      replay_(parts.plugins.replay()),
       progress_(stderr, !parts.options.quiet) {
   if (resume_.checkpoint != nullptr) {
     first_task_ = resume_.saved->at("task").get<size_t>();
@@ -146,7 +148,7 @@ Trainer::TaskShape Trainer::task_shape(size_t index) const {
   return shape;
 }
 
-Trainer::TaskPlan Trainer::plan_task(size_t index) const {
+Trainer::TaskPlan Trainer::plan_task(size_t index) {
   TaskPlan plan;
   plan.index = index;
   plan.task = &parts_.sequence.tasks[index];
@@ -157,7 +159,17 @@ Trainer::TaskPlan Trainer::plan_task(size_t index) const {
   plan.batch_size = shape.batch_size;
   plan.steps = shape.steps;
   plan.first_step = resume_.checkpoint != nullptr && index == first_task_ ? first_step_ : 0;
-  plan.view = training_view(config_, parts_.sequence, index);
+  plan.forward.model = &parts_.runtime.model;
+  plan.forward.view = training_view(config_, parts_.sequence, index);
+  // Replayed samples of earlier tasks keep their own head in task-incremental learning.
+  if (parts_.plugins.replay() != nullptr && config_.data.incremental == Incremental::kTask &&
+      !parts_.sequence.next_byte) {
+    for (size_t j = 0; j <= index; ++j) {
+      plan.forward.task_views.push_back(training_view(config_, parts_.sequence, j));
+    }
+  }
+  plan.forward.checkpoint_segments = config_.train.checkpoint_segments;
+  plan.forward.terms = output_terms_.empty() ? nullptr : &output_terms_;
   plan.info = clhost_task_info_t{sizeof(clhost_task_info_t),
                                  static_cast<uint32_t>(index),
                                  static_cast<uint32_t>(parts_.sequence.tasks.size()),
@@ -172,8 +184,11 @@ bool Trainer::begin_task(const TaskPlan& plan) {
   parts_.log.begin_task(state_.global_step - plan.first_step);
   FisherContext& fisher = parts_.runtime.fisher_context;
   fisher.task = plan.task;
-  fisher.active_classes = plan.view.active;
-  fisher.label_map = plan.view.label_map;
+  fisher.active_classes = plan.forward.view.active;
+  fisher.label_map = plan.forward.view.label_map;
+  torch::Tensor active_columns = torch::zeros({parts_.sequence.num_classes}, torch::kUInt8);
+  active_columns.index_fill_(0, plan.forward.view.active, 1);
+  output_terms_.begin_task(static_cast<uint32_t>(plan.index), active_columns);
   const bool peak_reset = reset_peak_rss();
   // A task resumed in its middle had its beginning before the checkpoint: the plug-ins'
   // restored state already holds what on_task_begin and the policy's first answer did.
@@ -233,22 +248,22 @@ double Trainer::train_task(const TaskPlan& plan) {
   double samples_per_second = 0.0;
   const double communication_before = parts_.runtime.collective->seconds();
   for (int64_t step = plan.first_step; step < plan.steps; ++step) {
-    const StepBatch batch = next_batch(plan, order);
-    const MicroBatcher::Attempt attempt{[this] { parts_.optimizer.zero_grad(); },
+    const StepBatch batch = next_batch(plan, order, step);
+    const MicroBatcher::Attempt attempt{[this, step] {
+                                          parts_.optimizer.zero_grad();
+                                          output_terms_.begin_step(step);
+                                        },
                                         [&](int64_t micro_batch, int64_t* samples_processed) {
                                           return accumulate_batch_gradients(
-                                              parts_.runtime.model, batch.x, batch.y,
-                                              plan.view.label_map, plan.view.active, batch.rows,
-                                              batch.samples, micro_batch,
-                                              config_.train.checkpoint_segments, samples_processed);
+                                              plan.forward, batch, micro_batch, samples_processed);
                                         },
                                         [this](double loss) { return step_status(loss); },
                                         kStatusFields + parts_.runtime.parameters.size()};
-    MicroBatcher::Gradients gradients = batcher_.gradients(attempt, batch.samples, step, task_ooms);
-    int stop_signal = 0;
-    gradients.loss = reduce_step(gradients, stop_signal);
+    const MicroBatcher::Gradients gradients =
+        batcher_.gradients(attempt, batch.samples, step, task_ooms);
+    const StepTotals totals = reduce_step(gradients);
     rank_tally_.samples += batch.rows.size(0);
-    const double penalty = apply_step(plan, step, batch.samples, gradients.loss);
+    const double penalty = apply_step(plan, step, batch.samples, totals);
     const int64_t step_peak = std::max(gradients.peak_bytes, memory::peak_bytes());
     window_samples += batch.samples;
     task_samples += batch.samples;
@@ -258,7 +273,7 @@ double Trainer::train_task(const TaskPlan& plan) {
       samples_per_second = seconds > 0 ? static_cast<double>(window_samples) / seconds : 0.0;
       window_start = now;
       window_samples = 0;
-      parts_.log.step_row(plan.index, step + 1, state_.global_step, gradients.loss, penalty,
+      parts_.log.step_row(plan.index, step + 1, state_.global_step, totals.loss, penalty,
                           batch.samples, state_.micro_batch, samples_per_second, step_peak);
     }
     // Until the first logging window closes (slow steps, large log_every), the rate so far.
@@ -266,9 +281,10 @@ double Trainer::train_task(const TaskPlan& plan) {
     const double shown_rate = samples_per_second > 0.0 || elapsed <= 0.0
                                   ? samples_per_second
                                   : static_cast<double>(task_samples) / elapsed;
-    progress_.update(step + 1, gradients.loss, shown_rate);
+    progress_.update(step + 1, totals.loss, shown_rate);
     batcher_.after_step(step_peak);
     // Checkpoints count global steps, so a resumed run keeps the same schedule.
+    const int stop_signal = totals.stop_signal;
     const bool stop_requested = stop_signal != 0;
     const int64_t every = config_.run.checkpoint_every;
     if (stop_requested || (every > 0 && step + 1 < plan.steps && state_.global_step % every == 0)) {
@@ -284,7 +300,7 @@ double Trainer::train_task(const TaskPlan& plan) {
   return train_seconds_before + seconds_since(task_start);
 }
 
-StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) const {
+StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order, int64_t step) const {
   std::vector<int64_t> indices;
   indices.reserve(static_cast<size_t>(plan.batch_size));
   while (static_cast<int64_t>(indices.size()) < std::min(plan.batch_size, plan.train_samples)) {
@@ -315,6 +331,8 @@ StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order) const {
     batch.y = std::move(samples.y);
     batch.rows = torch::arange(shard_end - shard_begin, torch::kInt64);
   }
+  replay_.append(batch, static_cast<uint32_t>(plan.index), step, state_.global_step, total, rank,
+                 ranks);
   return batch;
 }
 
@@ -322,7 +340,7 @@ std::vector<double> Trainer::step_status(double local_loss) const {
   // The loss, the stop requests, and which gradients exist (a rank whose shard is empty has none;
   // it adds zeros where the others have some).
   const int signal_number = requested_stop_signal();
-  std::vector<double> status{local_loss};
+  std::vector<double> status{local_loss, output_terms_.step_penalty()};
   const std::vector<double> stop = stop_request_flags(signal_number);
   status.insert(status.end(), stop.begin(), stop.end());
   for (const auto& parameter : parts_.runtime.parameters) {
@@ -331,11 +349,14 @@ std::vector<double> Trainer::step_status(double local_loss) const {
   return status;
 }
 
-double Trainer::reduce_step(const MicroBatcher::Gradients& step, int& stop_signal) {
+Trainer::StepTotals Trainer::reduce_step(const MicroBatcher::Gradients& step) {
   const std::vector<double>& agreed = step.status;  // already summed over the ranks
-  stop_signal = stop_signal_of(agreed[1], agreed[2]);
+  StepTotals totals{agreed[0], agreed[1], stop_signal_of(agreed[2], agreed[3])};
   Collective& collective = *parts_.runtime.collective;
-  if (!collective.distributed()) return step.loss;
+  if (!collective.distributed()) {
+    totals.loss = step.loss;
+    return totals;
+  }
   std::vector<torch::Tensor> gradients;
   for (size_t p = 0; p < parts_.runtime.parameters.size(); ++p) {
     torch::Tensor& parameter = parts_.runtime.parameters[p];
@@ -344,19 +365,27 @@ double Trainer::reduce_step(const MicroBatcher::Gradients& step, int& stop_signa
     gradients.push_back(parameter.grad());
   }
   collective.sum(gradients);
-  return agreed[0];
+  return totals;
 }
 
-double Trainer::apply_step(const TaskPlan& plan, int64_t step, int64_t samples, double loss) {
+double Trainer::apply_step(const TaskPlan& plan, int64_t step, int64_t samples,
+                           const StepTotals& totals) {
+  const double loss = totals.loss;
   std::string non_finite;  // the first term that is NaN or infinite, named for the user
   if (!std::isfinite(loss)) non_finite = "the data loss is " + std::to_string(loss);
+  if (non_finite.empty() && !std::isfinite(totals.output_penalty)) {
+    non_finite = output_terms_.non_finite().empty()
+                     ? "the output loss terms sum to " + std::to_string(totals.output_penalty)
+                     : output_terms_.non_finite();
+  }
   const clhost_step_info_t step_info{sizeof(clhost_step_info_t),
                                      static_cast<uint32_t>(plan.index),
                                      step,
                                      state_.global_step,
                                      samples,
                                      loss};
-  const double penalty = parts_.plugins.after_backward(step_info, non_finite);
+  const double penalty =
+      parts_.plugins.after_backward(step_info, non_finite) + totals.output_penalty;
   if (!non_finite.empty()) {
     // Stop before the optimizer step: the parameters stay those of the last good step.
     throw RunError("task " + std::to_string(plan.index + 1) + " (" + plan.task->name + ") step " +
@@ -387,6 +416,7 @@ double Trainer::consolidate(const TaskPlan& plan) {
   parts_.events.emit(CLHOST_EVENT_CONSOLIDATE_BEGIN, task, "consolidate " + name);
   const auto start = Clock::now();
   parts_.runtime.in_task_end = true;
+  replay_.update(*plan.task, static_cast<uint32_t>(plan.index), parts_.sequence.streamed);
   parts_.plugins.task_end(plan.info);
   parts_.runtime.in_task_end = false;
   const double seconds = seconds_since(start);

@@ -19,7 +19,9 @@
 #include "data.hpp"
 #include "evaluation.hpp"
 #include "micro_batcher.hpp"
+#include "output_terms.hpp"
 #include "progress.hpp"
+#include "replay.hpp"
 #include "scripted_model.hpp"
 #include "trainer_state.hpp"
 #include "training_checkpoint.hpp"
@@ -84,7 +86,7 @@ class Trainer {
     int64_t batch_size = 0;
     int64_t steps = 0;
     int64_t first_step = 0;  // > 0 when resumed in its middle
-    ClassView view;
+    StepModel forward;       // the model, the task's classes, the output terms
     clhost_task_info_t info{};
   };
   struct TaskTotals {
@@ -93,7 +95,8 @@ class Trainer {
     bool peak_reset = false;
   };
 
-  [[nodiscard]] TaskPlan plan_task(size_t index) const;
+  // Not const: the plan points at the trainer's output terms.
+  [[nodiscard]] TaskPlan plan_task(size_t index);
   // A task's batch size and optimizer steps (train.*, tasks[i].batch_size).
   struct TaskShape {
     int64_t batch_size = 0;
@@ -107,17 +110,24 @@ class Trainer {
   bool begin_task(const TaskPlan& plan);
   DataOrder data_order(const TaskPlan& plan, double& train_seconds_before) const;
   double train_task(const TaskPlan& plan);
-  // The step's samples (drawn in the same order on every rank) and this rank's shard of them.
-  [[nodiscard]] StepBatch next_batch(const TaskPlan& plan, DataOrder& order) const;
+  // The step's samples (drawn in the same order on every rank), with the samples a replay
+  // plug-in adds, and this rank's shard of them.
+  [[nodiscard]] StepBatch next_batch(const TaskPlan& plan, DataOrder& order, int64_t step) const;
   // What every rank adds up after its share of a step (MicroBatcher's step_status): the loss,
-  // SIGINT and SIGTERM requests, then one flag per parameter whose gradient exists.
-  static constexpr size_t kStatusFields = 3;
+  // the output terms' penalty, SIGINT and SIGTERM requests, then one flag per parameter whose
+  // gradient exists.
+  static constexpr size_t kStatusFields = 4;
   [[nodiscard]] std::vector<double> step_status(double local_loss) const;
-  // Data-parallel: every rank's gradients added up; whether any rank was asked to stop
-  // (SIGINT/SIGTERM); returns the whole batch's loss.
-  double reduce_step(const MicroBatcher::Gradients& step, int& stop_signal);
+  // A step's totals over every rank.
+  struct StepTotals {
+    double loss = 0.0;            // the whole batch's data loss
+    double output_penalty = 0.0;  // the plug-ins' output loss terms
+    int stop_signal = 0;          // SIGINT/SIGTERM if any rank was asked to stop
+  };
+  // Data-parallel: every rank's gradients added up, and the step's totals.
+  StepTotals reduce_step(const MicroBatcher::Gradients& step);
   // Plug-in penalties, the non-finite guard and the optimizer's update; returns the penalty.
-  double apply_step(const TaskPlan& plan, int64_t step, int64_t samples, double loss);
+  double apply_step(const TaskPlan& plan, int64_t step, int64_t samples, const StepTotals& totals);
   double consolidate(const TaskPlan& plan);
   void end_task(const TaskPlan& plan, const TaskTotals& totals);
   // `event_task`: the task the checkpoint event belongs to (-1 before the first).
@@ -132,6 +142,8 @@ class Trainer {
   TrainerState& state_;
   ResumePoint resume_;
   MicroBatcher batcher_;
+  OutputTerms output_terms_;
+  Replay replay_;
   ProgressReporter progress_;
   size_t first_task_ = 0;
   int64_t first_step_ = 0;

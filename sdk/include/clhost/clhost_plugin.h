@@ -44,14 +44,18 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 6
+#define CLHOST_ABI_VERSION_MINOR 7
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
  * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group.
  * 1.3: interface "clhost.state/1" (checkpoint and resume).
  * 1.4: interface "clhost.config_use/1" (which configured keys take effect).
  * 1.5: interface "clhost.memory_plan/1" (the memory an instance will hold, before it exists).
- * 1.6: service "clhost.collective/1" (the ranks of a data-parallel run). */
+ * 1.6: service "clhost.collective/1" (the ranks of a data-parallel run).
+ * 1.7: plug-ins that see outputs and data: interface "clhost.output_loss/1" (a loss term on the
+ *      outputs), services "clhost.snapshot/1" (a frozen copy of the model) and
+ *      "clhost.output_grads/1" (per-sample gradients of a function of the outputs), kind REPLAY
+ *      with interface "clhost.replay/1" (samples of earlier tasks in later batches). */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -99,7 +103,9 @@ typedef enum clhost_plugin_kind {
   CLHOST_PLUGIN_KIND_REGULARIZER =
       1, /* adds a penalty gradient; interface "clhost.regularizer/1" */
   CLHOST_PLUGIN_KIND_BATCH_POLICY = 2, /* chooses micro-batch sizes; "clhost.batch_policy/1" */
-  CLHOST_PLUGIN_KIND_PROFILER = 3      /* observes events and memory; "clhost.profiler/1" */
+  CLHOST_PLUGIN_KIND_PROFILER = 3,     /* observes events and memory; "clhost.profiler/1" */
+  CLHOST_PLUGIN_KIND_REPLAY = 4        /* ABI 1.7: keeps samples of earlier tasks and adds them
+                                          to later batches; "clhost.replay/1" */
 } clhost_plugin_kind_t;
 
 typedef enum clhost_config_type {
@@ -420,6 +426,63 @@ typedef struct clhost_collective_service_v1 {
                                clhost_error_t* error);
 } clhost_collective_service_v1_t;
 
+/* "clhost.snapshot/1" (ABI 1.7): a frozen copy of the model for the calling plug-in, e.g. the
+ * model of the previous task that LwF distils from. While a plug-in holds one, every
+ * clhost_output_batch_t it receives carries the snapshot's logits on the same samples (one more
+ * forward pass per micro-batch, in evaluation mode, without gradients). A snapshot holds the
+ * model's parameter and buffer bytes: counted as tensor bytes by run.memory_budget, written into
+ * every checkpoint and restored by --resume. Thread rule: trainer thread only, from a hook. */
+#define CLHOST_SERVICE_SNAPSHOT_V1 "clhost.snapshot/1"
+typedef struct clhost_snapshot_service_v1 {
+  uint32_t struct_size;
+  /* Freezes the model's parameters and buffers as they are now, replacing the caller's previous
+   * snapshot. Only from on_task_end (the model that finished the task, before its evaluation). */
+  clhost_status_t (*take)(const clhost_host_t* host, clhost_error_t* error);
+  /* Drops the caller's snapshot and frees its memory; nothing when it holds none. */
+  void (*release)(const clhost_host_t* host);
+} clhost_snapshot_service_v1_t;
+
+/* "clhost.output_grads/1" (ABI 1.7): per-sample parameter gradients of a function f of the
+ * outputs that the plug-in chooses, e.g. MAS's squared L2 norm of the logits. The plug-in gives
+ * df/dscores per sample; the host back-propagates it (g_i = J_i^T d_i) and accumulates |g_i| or
+ * g_i^2 exactly as clhost.gradstats/1 accumulates the Fisher (same samples, blocks, layer closed
+ * forms, memory bound and data-parallel reduction). */
+typedef enum clhost_gradient_reduction {
+  CLHOST_GRADIENTS_ABSOLUTE = 1, /* mean over samples of |g_i| (MAS, Aljundi et al. 2018) */
+  CLHOST_GRADIENTS_SQUARED = 2   /* mean over samples of g_i^2 */
+} clhost_gradient_reduction_t;
+
+/* Writes df_i/dscores_i for the n samples of a pass into `gradient`. `scores`: [n, classes]
+ * float32, the logits of the ended task's active classes (its head; class-incremental: every
+ * class seen so far), read-only; `targets`: [n] int64, each sample's label as an index into
+ * them; `gradient`: [n, classes] float32, zero-filled. All contiguous CPU, lifetime: call.
+ * Called any number of times per request, with any n >= 1; must give the same rows for the same
+ * samples each time. A non-OK status stops the pass and is returned with its message. */
+typedef clhost_status_t (*clhost_output_function_fn)(void* function_data, const DLTensor* scores,
+                                                     const DLTensor* targets, DLTensor* gradient,
+                                                     clhost_error_t* error);
+
+typedef struct clhost_output_grads_request {
+  uint32_t struct_size;
+  clhost_gradient_reduction_t reduction;
+  int64_t max_samples; /* <= 0: every training sample of the task */
+  int64_t batch_size;  /* samples per forward/backward pass; bounds activation memory */
+  int64_t block_size;  /* parameters per block; <= 0: fisher_computation.block_size */
+  clhost_output_function_fn output_gradient;
+  void* function_data; /* handed to output_gradient; lifetime: the accumulate call */
+} clhost_output_grads_request_t;
+
+#define CLHOST_SERVICE_OUTPUT_GRADS_V1 "clhost.output_grads/1"
+typedef struct clhost_output_grads_service_v1 {
+  uint32_t struct_size;
+  /* Only from on_task_end, on the trainer thread, for the task that just ended (classification
+   * tasks; UNSUPPORTED on text). Delivers the mean over samples of |g_i| or g_i^2 through `sink`
+   * in blocks, as diagonal_fisher delivers the Fisher (same order, shapes and lifetimes). */
+  clhost_status_t (*accumulate)(const clhost_host_t* host,
+                                const clhost_output_grads_request_t* request,
+                                clhost_fisher_sink_fn sink, void* sink_data, clhost_error_t* error);
+} clhost_output_grads_service_v1_t;
+
 /* ---------------------------------------------------------------------------------------------
  * Hook arguments
  * ------------------------------------------------------------------------------------------ */
@@ -615,6 +678,93 @@ typedef struct clhost_memory_plan_v1 {
                           const clhost_memory_plan_request_t* request,
                           clhost_memory_plan_answer_t* out, clhost_error_t* error);
 } clhost_memory_plan_v1_t;
+
+/* "clhost.output_loss/1" (ABI 1.7, optional for regularizers): a loss term on the model's
+ * outputs, added to the data loss of every training micro-batch (LwF's distillation, a margin, a
+ * logit penalty). The plug-in returns the term and its gradient with respect to the logits; the
+ * host back-propagates that gradient together with the data loss, so a C plug-in needs no
+ * autograd. Classification tasks only: the host does not call it on text (next-byte) tasks. */
+typedef struct clhost_output_batch {
+  uint32_t struct_size;
+  uint32_t task_index; /* the task being trained */
+  int64_t step;        /* optimizer step within the task, 0-based */
+  int64_t samples;     /* n: samples in this micro-batch */
+  /* Every DLTensor below: contiguous, CPU, read-only, lifetime: call. */
+  DLTensor logits;       /* [n, columns] float32: every output column (every task's head) */
+  DLTensor targets;      /* [n] int64: the column of each sample's label */
+  DLTensor sample_tasks; /* [n] int32: the task each sample comes from (replayed: an earlier one) */
+  /* [columns] uint8: 1 where the current task trains — its head (task-incremental), every class
+   * seen so far (class-incremental), every column (domain-incremental). */
+  DLTensor active;
+  /* [n, columns] float32: the logits of the caller's snapshot (clhost.snapshot/1) on the same
+   * samples; data == NULL while the caller holds no snapshot. */
+  DLTensor snapshot_logits;
+} clhost_output_batch_t;
+
+#define CLHOST_INTERFACE_OUTPUT_LOSS_V1 "clhost.output_loss/1"
+typedef struct clhost_output_loss_v1 {
+  uint32_t struct_size;
+  /* Writes the term's mean over the micro-batch's n samples into *value and its gradient with
+   * respect to batch->logits into `gradient` ([n, columns] float32, contiguous CPU, zero-filled
+   * by the host; lifetime: call). The host weights both by n / the step's samples (as it weights
+   * the data loss), adds the value to the step's penalty (metrics.csv, after_backward's step)
+   * and back-propagates the gradient with the data loss. Called on the trainer thread after each
+   * micro-batch's forward pass, before the step's after_backward; called again for the same
+   * samples when a step is redone after out-of-memory. */
+  clhost_status_t (*output_loss)(void* instance, const clhost_output_batch_t* batch, double* value,
+                                 DLTensor* gradient, clhost_error_t* error);
+} clhost_output_loss_v1_t;
+
+/* "clhost.replay/1" (ABI 1.7): the interface of kind REPLAY. The host holds the buffer — each
+ * stored sample's input and label as the model takes them, and its task — in tensors counted by
+ * run.memory_budget, written into checkpoints and restored by --resume; the plug-in decides what
+ * the buffer holds and what is replayed. Replayed samples are appended to a step's batch: the
+ * step's loss is the mean over its batch_size + count samples, each scored on its own task's
+ * classes (task-incremental: its head; otherwise the current task's), and the batch policy's
+ * micro-batches split that whole batch (docs/plugins.md, "Replay"). At most one replay plug-in
+ * per pipeline. In a data-parallel run every rank makes the same calls with the same arguments:
+ * the answers must depend on them and on the instance's state only (seed from run.seed). */
+typedef struct clhost_replay_candidates {
+  uint32_t struct_size;
+  uint32_t task_index; /* the task that just ended */
+  /* Every DLTensor below: contiguous, CPU, read-only, lifetime: call. */
+  int64_t stored;            /* samples in the buffer now */
+  DLTensor stored_labels;    /* [stored] int64 dataset labels; data == NULL on text tasks */
+  DLTensor stored_tasks;     /* [stored] int32 */
+  int64_t candidates;        /* the ended task's training samples */
+  DLTensor candidate_labels; /* [candidates] int64 dataset labels; data == NULL on text tasks */
+  /* [candidates, ...] float32, the inputs as the model takes them (e.g. for herding); data ==
+   * NULL on text tasks and when the run streams its data (data.max_resident). */
+  DLTensor candidate_inputs;
+} clhost_replay_candidates_t;
+
+typedef struct clhost_replay_draw {
+  uint32_t struct_size;
+  uint32_t task_index;
+  int64_t step; /* optimizer step within the task, 0-based */
+  int64_t global_step;
+  int64_t batch_size; /* the step's samples of the current task */
+  int64_t stored;     /* samples in the buffer (>= 1) */
+  /* [stored] int64, contiguous CPU, read-only, lifetime: call; data == NULL on text tasks. */
+  DLTensor stored_labels;
+  DLTensor stored_tasks; /* [stored] int32, likewise (never NULL) */
+} clhost_replay_draw_t;
+
+#define CLHOST_INTERFACE_REPLAY_V1 "clhost.replay/1"
+typedef struct clhost_replay_v1 {
+  uint32_t struct_size;
+  /* At the end of every task, before the regularizers' on_task_end: the buffer's new content.
+   * Writes one entry per sample to hold, in slot order, into keep[0 .. *kept): k >= 0 keeps
+   * stored sample k, k < 0 stores candidate -k - 1. `keep` has room for stored + candidates
+   * entries; each stored sample and candidate at most once. */
+  clhost_status_t (*select)(void* instance, const clhost_replay_candidates_t* candidates,
+                            int64_t* keep, int64_t* kept, clhost_error_t* error);
+  /* Before every training step while the buffer is not empty: the stored samples to append to
+   * this step's batch, written into slots[0 .. *count), *count <= max_count (= stored); a slot
+   * may repeat. *count = 0 replays nothing this step. */
+  clhost_status_t (*draw)(void* instance, const clhost_replay_draw_t* draw, int64_t* slots,
+                          int64_t max_count, int64_t* count, clhost_error_t* error);
+} clhost_replay_v1_t;
 
 /* ---------------------------------------------------------------------------------------------
  * The entry point

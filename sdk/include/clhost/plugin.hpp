@@ -1,6 +1,6 @@
 // plugin.hpp — header-only C++17 helper over clhost_plugin.h.
 //
-// A plug-in author writes one class deriving from clhost::sdk::Regularizer, BatchPolicy or
+// A plug-in author writes one class deriving from clhost::sdk::Regularizer, BatchPolicy, Replay or
 // Profiler, overrides the hooks it needs, and adds one line:
 //
 //   CLHOST_DEFINE_PLUGIN(MyRegularizer, kMyDescriptor, nullptr);
@@ -13,6 +13,7 @@
 
 #include <clhost/clhost_plugin.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -169,6 +170,14 @@ class Host {
   // The ranks of a data-parallel run (clhost.collective/1; ABI 1.6).
   [[nodiscard]] const clhost_collective_service_v1_t& collective() const {
     return service<clhost_collective_service_v1_t>(CLHOST_SERVICE_COLLECTIVE_V1);
+  }
+  // A frozen copy of the model for this plug-in (clhost.snapshot/1; ABI 1.7).
+  [[nodiscard]] const clhost_snapshot_service_v1_t& snapshot() const {
+    return service<clhost_snapshot_service_v1_t>(CLHOST_SERVICE_SNAPSHOT_V1);
+  }
+  // Per-sample gradients of a function of the outputs (clhost.output_grads/1; ABI 1.7).
+  [[nodiscard]] const clhost_output_grads_service_v1_t& output_grads() const {
+    return service<clhost_output_grads_service_v1_t>(CLHOST_SERVICE_OUTPUT_GRADS_V1);
   }
   // The run's resolved configuration (clhost.settings/1); missing keys give the fallback.
   [[nodiscard]] Settings settings() const { return Settings(host_); }
@@ -359,6 +368,17 @@ struct HasState<
     std::void_t<decltype(std::declval<const Plugin&>().save_state(std::declval<StateWriter&>())),
                 decltype(std::declval<Plugin&>().restore_state(std::declval<StateReader&>()))>>
     : std::true_type {};
+
+// A regularizer adds a loss term on the outputs (clhost.output_loss/1) by defining
+//   double output_loss(const clhost_output_batch_t& batch, DLTensor& gradient);
+// returning the term's mean over the micro-batch and writing its gradient into `gradient`.
+template <class Plugin, class = void>
+struct HasOutputLoss : std::false_type {};
+template <class Plugin>
+struct HasOutputLoss<Plugin,
+                     std::void_t<decltype(std::declval<Plugin&>().output_loss(
+                         std::declval<const clhost_output_batch_t&>(), std::declval<DLTensor&>()))>>
+    : std::true_type {};
 }  // namespace detail
 
 class PluginBase {
@@ -402,6 +422,18 @@ class BatchPolicy : public PluginBase {
 
  private:
   std::string reason_;
+};
+
+// Kind REPLAY (clhost.replay/1; ABI 1.7): which samples the host's buffer holds and which are
+// replayed. Both answers are index lists in the ABI's terms (docs/plugins.md, "Replay").
+class Replay : public PluginBase {
+ public:
+  using PluginBase::PluginBase;
+  // The buffer's new content in slot order: k >= 0 keeps stored sample k, k < 0 stores candidate
+  // -k - 1; at most candidates.stored + candidates.candidates entries.
+  virtual std::vector<int64_t> select(const clhost_replay_candidates_t& candidates) = 0;
+  // The stored samples to append to this step's batch (at most draw.stored).
+  virtual std::vector<int64_t> draw(const clhost_replay_draw_t& draw) = 0;
 };
 
 class Profiler : public PluginBase {
@@ -471,6 +503,35 @@ struct Trampolines {
   static clhost_status_t event(void* instance, const clhost_event_t* event,
                                clhost_error_t* error) noexcept {
     return guarded_call(error, [&] { self(instance).on_event(*event); });
+  }
+  static clhost_status_t output_loss(void* instance, const clhost_output_batch_t* batch,
+                                     double* value, DLTensor* gradient,
+                                     clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] { *value = self(instance).output_loss(*batch, *gradient); });
+  }
+  static void copy_indices(const std::vector<int64_t>& from, int64_t capacity, int64_t* to,
+                           int64_t* count, const char* what) {
+    if (static_cast<int64_t>(from.size()) > capacity) {
+      throw Error(std::string(what) + " returned " + std::to_string(from.size()) +
+                      " entries; there is room for " + std::to_string(capacity),
+                  CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    std::copy(from.begin(), from.end(), to);
+    *count = static_cast<int64_t>(from.size());
+  }
+  static clhost_status_t replay_select(void* instance, const clhost_replay_candidates_t* offer,
+                                       int64_t* keep, int64_t* kept,
+                                       clhost_error_t* error) noexcept {
+    return guarded_call(error, [&] {
+      copy_indices(self(instance).select(*offer), offer->stored + offer->candidates, keep, kept,
+                   "select");
+    });
+  }
+  static clhost_status_t replay_draw(void* instance, const clhost_replay_draw_t* draw,
+                                     int64_t* slots, int64_t max_count, int64_t* count,
+                                     clhost_error_t* error) noexcept {
+    return guarded_call(
+        error, [&] { copy_indices(self(instance).draw(*draw), max_count, slots, count, "draw"); });
   }
 
   static size_t report(void* instance, char* buffer, size_t size) noexcept {
@@ -546,13 +607,22 @@ struct Trampolines {
       static const clhost_regularizer_v1_t table{sizeof(clhost_regularizer_v1_t), &task_begin,
                                                  &after_backward, &task_end, &describe};
       if (std::strcmp(id, CLHOST_INTERFACE_REGULARIZER_V1) == 0) return &table;
+      if constexpr (HasOutputLoss<Plugin>::value) {
+        static const clhost_output_loss_v1_t loss_table{sizeof(clhost_output_loss_v1_t),
+                                                        &output_loss};
+        if (std::strcmp(id, CLHOST_INTERFACE_OUTPUT_LOSS_V1) == 0) return &loss_table;
+      }
+    } else if constexpr (std::is_base_of_v<Replay, Plugin>) {
+      static const clhost_replay_v1_t table{sizeof(clhost_replay_v1_t), &replay_select,
+                                            &replay_draw};
+      if (std::strcmp(id, CLHOST_INTERFACE_REPLAY_V1) == 0) return &table;
     } else if constexpr (std::is_base_of_v<BatchPolicy, Plugin>) {
       static const clhost_batch_policy_v1_t table{sizeof(clhost_batch_policy_v1_t), &choose,
                                                   &last_reason};
       if (std::strcmp(id, CLHOST_INTERFACE_BATCH_POLICY_V1) == 0) return &table;
     } else {
       static_assert(std::is_base_of_v<Profiler, Plugin>,
-                    "a plug-in class derives from Regularizer, BatchPolicy or Profiler");
+                    "a plug-in class derives from Regularizer, BatchPolicy, Replay or Profiler");
       static const clhost_profiler_v1_t table{sizeof(clhost_profiler_v1_t), &event};
       if (std::strcmp(id, CLHOST_INTERFACE_PROFILER_V1) == 0) return &table;
     }
