@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "test_helpers.hpp"
 
@@ -365,3 +368,71 @@ TEST(CliEndToEndBatch, BudgetAndDynamicBatchSizeFromTheCommandLine) {
 }
 
 }  // namespace
+
+namespace {
+
+// The penalty column of metrics.csv, by task.
+std::vector<std::vector<double>> penalties_by_task(const std::string& run_dir) {
+  std::vector<std::vector<double>> out;
+  std::istringstream csv(clhost::test::read_file(run_dir + "/metrics.csv"));
+  std::string line;
+  std::getline(csv, line);  // header: task,step,global_step,loss,penalty,...
+  while (std::getline(csv, line)) {
+    std::istringstream row(line);
+    std::string task;
+    std::string skip;
+    std::string penalty;
+    std::getline(row, task, ',');
+    std::getline(row, skip, ',');
+    std::getline(row, skip, ',');
+    std::getline(row, skip, ',');
+    std::getline(row, penalty, ',');
+    const auto index = static_cast<size_t>(std::stoi(task));
+    out.resize(std::max(out.size(), index + 1));
+    out[index].push_back(std::stod(penalty));
+  }
+  return out;
+}
+
+}  // namespace
+
+// Class-incremental split Fashion-MNIST: fine-tuning predicts only the last task's classes;
+// replaying a buffer of earlier samples keeps the others. The buffer is the host's, measured.
+TEST(CliEndToEndOutputs, ReplayRemembersTheClassesFineTuningForgets) {
+  clhost::test::TempDir dir;
+  const std::string common =
+      "run -q --config " + kQuick + " --set data.incremental='\"class\"' --output ";
+  Result run = clhost(common + dir.path("none") + " --plugins ''");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  run = clhost(common + dir.path("replay") + " --plugins replay --set pipeline.0.capacity=500");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const double none = results_of(dir.path("none"))["metrics"]["average_accuracy"];
+  const auto replay = results_of(dir.path("replay"));
+  EXPECT_GT(replay["metrics"]["average_accuracy"].get<double>(), none + 0.2)
+      << "fine-tuning " << none;
+  const auto& held = replay["plugins"][0]["held_by_host"];
+  EXPECT_EQ(held["replay_samples"], 500);
+  // 784 float32 inputs, an int64 label and an int32 task per sample.
+  EXPECT_EQ(held["replay_bytes"], 500 * (784 * 4 + 8 + 4));
+  EXPECT_EQ(replay["plugins"][0]["report"]["samples_seen"], 5000);
+}
+
+// LwF's distillation and MAS's penalty are zero in the first task and present after it; LwF's
+// snapshot is one copy of the parameters.
+TEST(CliEndToEndOutputs, LwfAndMasAddTheirTermsFromTheSecondTask) {
+  clhost::test::TempDir dir;
+  const Result run = clhost("run -q --config " + kQuick + " --plugins lwf,mas --output " +
+                            dir.path("run") + " --set data.num_tasks=3");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto penalties = penalties_by_task(dir.path("run"));
+  ASSERT_EQ(penalties.size(), 3U);
+  for (const double penalty : penalties[0]) EXPECT_EQ(penalty, 0.0);
+  for (size_t task = 1; task < 3; ++task) {
+    for (const double penalty : penalties[task]) EXPECT_GT(penalty, 0.0) << "task " << task;
+  }
+  const auto results = results_of(dir.path("run"));
+  EXPECT_EQ(results["plugins"][0]["held_by_host"]["snapshot_bytes"],
+            4 * results["model"]["parameters"].get<int64_t>());
+  EXPECT_EQ(results["plugins"][1]["report"]["state_bytes"],
+            8 * results["model"]["parameters"].get<int64_t>());
+}

@@ -488,6 +488,27 @@ micro_batch = 8
                           "step:140");
 }
 
+// The plug-ins that see outputs and data (ABI 1.7), task-incremental so that replayed samples
+// keep their own heads, in micro-batches: the host's snapshot and replay buffer are checkpointed
+// with the plug-ins' own state.
+TEST(ResumeOtherPlugins, LwfMasAndReplayInMicroBatches) {
+  expect_resume_identical(R"([[pipeline]]
+plugin = "lwf"
+[[pipeline]]
+plugin = "mas"
+lambda = 10.0
+samples = 60
+[[pipeline]]
+plugin = "replay"
+capacity = 150
+batch_size = 16
+[[pipeline]]
+plugin = "fixed"
+micro_batch = 12
+)",
+                          "step:140");
+}
+
 // The transformer on two languages with dropout, checkpointed blocks, EWC on the exact sequence
 // Fisher (stored) and the dynamic policy: killed in the second task, resumed bit-identically.
 TEST(ResumeSequenceModel, TransformerWithEwcResumesIdentically) {
