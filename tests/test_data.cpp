@@ -96,6 +96,31 @@ TEST(Data, ExplicitClassListsBuildTheTasks) {
   EXPECT_NEAR(fives.max().item<double>(), 50.0 / 255.0, 1e-6);
 }
 
+// Domain-incremental split (van de Ven et al.): one output per position within the task, the same
+// problem in every task; resident and streamed samples carry the same relabelled targets.
+TEST(Data, DomainIncrementalSplitLabelsEachSampleByItsPositionInTheTask) {
+  clhost::test::TempDir dir;
+  write_dataset(dir, 60, 30);
+  const auto config =
+      config_for(dir, "task_classes = [[0, 5], [3, 1]]\nincremental = \"domain\"\n");
+  const auto sequence = clhost::build_task_sequence(config.data, config.tasks, 1);
+  EXPECT_EQ(sequence.num_classes, 2);
+  for (const auto& task : sequence.tasks) {
+    EXPECT_EQ(task.classes, (std::vector<int64_t>{0, 1}));
+    EXPECT_TRUE(task.train_y.ge(0).logical_and(task.train_y.le(1)).all().item<bool>());
+    const torch::Tensor rows = torch::arange(task.train_size());
+    EXPECT_TRUE(torch::equal(task.train_rows(rows).y, task.train_y));
+    EXPECT_TRUE(torch::equal(task.test_range(0, task.test_size()).y, task.test_y));
+  }
+  // Class 5 is task 1's second class, class 3 task 2's first: pixels of class 5 are 50/255.
+  const auto seconds = train_inputs(sequence.tasks[0]).index({sequence.tasks[0].train_y == 1});
+  EXPECT_NEAR(seconds.max().item<double>(), 50.0 / 255.0, 1e-6);
+  EXPECT_THROW((void)config_for(dir,
+                                "task_classes = [[0, 5], [1, 2, 3]]\nincremental = "
+                                "\"domain\"\n"),
+               clhost::ConfigError);
+}
+
 TEST(Data, ShuffledClassOrderIsSeededAndCoversEveryClassOnce) {
   clhost::test::TempDir dir;
   write_dataset(dir, 60, 30);

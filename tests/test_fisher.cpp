@@ -305,7 +305,7 @@ namespace {
 
 // clhost.output_grads/1 with MAS's f = ||scores||^2 (df/dscores = 2 scores): the mean over samples
 // of |g_i| or g_i^2, against one autograd pass per sample.
-std::vector<torch::Tensor> output_gradients_by_loop(const Fixture& fixture, int64_t samples,
+std::vector<torch::Tensor> output_gradients_by_loop(Fixture& fixture, int64_t samples,
                                                     bool absolute) {
   const auto parameters = fixture.model->parameters();
   std::vector<torch::Tensor> sums;

@@ -740,6 +740,15 @@ void read_split_tasks(SectionReader& data, const ConfigInput& in, DataSection& o
               std::to_string(out.num_tasks) + " tasks but data.task_classes lists " +
                   std::to_string(out.task_classes.size()));
   }
+  if (split && listed && out.incremental == Incremental::kDomain) {
+    for (const auto& list : out.task_classes) {
+      if (list.size() != out.task_classes.front().size()) {
+        data.fail(*in.root["data"]["task_classes"].node(), "task_classes",
+                  "domain-incremental split tasks share one output per position within the task: "
+                  "every task needs the same number of classes");
+      }
+    }
+  }
   if (split && !listed && classes % out.num_tasks != 0) {
     std::string divisors;
     for (int64_t d = 1; d <= classes; ++d) {

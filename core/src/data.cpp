@@ -714,6 +714,11 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
   }
   const std::vector<TaskSource> sources = task_sources(data, splits, classes, sequence, seed);
   const std::map<const Split*, UsedSamples> resident = resident_samples(sources);
+  // Domain-incremental split (van de Ven et al.): every task is the same problem, "which of the
+  // task's classes", one output per position within the task.
+  const bool by_position = data.scenario == Scenario::kSplit &&
+                           data.incremental == Incremental::kDomain && !classes.empty();
+  if (by_position) sequence.num_classes = static_cast<int64_t>(classes.front().size());
   for (int64_t task = 0; task < data.num_tasks; ++task) {
     const auto index = static_cast<size_t>(task);
     const TaskSource& source = sources[index];
@@ -730,6 +735,15 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
                      scaling, input_size, data.stream_cache_bytes);
     TaskSamples test = take_samples(*source.test, resident_of(source.test), source.test_rows,
                                     source.transform, scaling, input_size, data.stream_cache_bytes);
+    if (by_position) {
+      torch::Tensor position = torch::full({data.num_classes}, -1, torch::kInt64);
+      for (size_t i = 0; i < source.classes.size(); ++i) {
+        position[source.classes[i]] = static_cast<int64_t>(i);
+      }
+      train.y = position.index_select(0, train.y);
+      test.y = position.index_select(0, test.y);
+      entry.classes = iota_rows(sequence.num_classes);
+    }
     entry.train_y = std::move(train.y);
     entry.train_source = std::move(train.source);
     entry.test_y = std::move(test.y);
