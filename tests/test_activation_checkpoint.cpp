@@ -57,7 +57,11 @@ TEST(MicroBatches, AccumulatedGradientsEqualTheWholeBatch) {
     step.model = &model;
     step.view = clhost::ClassView{active, label_map};
     step.checkpoint_segments = segments;
-    const clhost::StepBatch batch{x, labels, rows, {}, rows.size(0)};
+    clhost::StepBatch batch;
+    batch.x = x;
+    batch.y = labels;
+    batch.rows = rows;
+    batch.samples = rows.size(0);
     *loss = clhost::accumulate_batch_gradients(step, batch, micro, &processed);
     EXPECT_EQ(processed, rows.size(0)) << "every sample exactly once";
     std::vector<torch::Tensor> out;
@@ -96,10 +100,19 @@ TEST(MicroBatches, ReplayedSamplesAreScoredOnTheirOwnTasksHead) {
   step.model = &model;
   step.task_views = {view_of({0, 1}), view_of({2, 3}), view_of({4, 5})};
   step.view = step.task_views[2];
+  // Three samples of the current task (2), then four replayed from tasks 0 and 1.
   const torch::Tensor x = torch::rand({7, 784});
   const torch::Tensor y = torch::tensor(std::vector<int64_t>{4, 5, 4, 0, 3, 1, 2});
   const torch::Tensor tasks = torch::tensor(std::vector<int32_t>{2, 2, 2, 0, 1, 0, 1});
-  const clhost::StepBatch batch{x, y, torch::arange(7), tasks, 7};
+  clhost::StepBatch batch;
+  batch.x = x.slice(0, 0, 3);
+  batch.y = y.slice(0, 0, 3);
+  batch.rows = torch::arange(3);
+  batch.samples = 7;
+  batch.task = 2;
+  batch.replay_x = x.slice(0, 3, 7);
+  batch.replay_y = y.slice(0, 3, 7);
+  batch.replay_tasks = tasks.slice(0, 3, 7);
   double expected = 0.0;
   {
     torch::NoGradGuard no_grad;
@@ -111,7 +124,7 @@ TEST(MicroBatches, ReplayedSamplesAreScoredOnTheirOwnTasksHead) {
       expected += (torch::logsumexp(own, 0) - own[column]).item<double>() / 7.0;
     }
   }
-  for (const int64_t micro : {7, 3, 1}) {
+  for (const int64_t micro : {7, 3, 2, 1}) {
     model->zero_grad();
     const double loss = clhost::accumulate_batch_gradients(step, batch, micro, nullptr);
     EXPECT_NEAR(loss, expected, 1e-5) << "micro-batch " << micro;

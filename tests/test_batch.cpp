@@ -225,6 +225,39 @@ TEST(OutOfMemory, RecoveredWithoutLosingOrRepeatingASample) {
   }
 }
 
+// Replay under a budget: the replayed samples join every step of task 2; an out-of-memory retry
+// redoes the same samples (own and replayed) in smaller micro-batches, so the losses are the
+// unconstrained run's and every sample reaches the optimizer once.
+TEST(OutOfMemory, ReplayedSamplesAreRedoneLikeTheStepsOwn) {
+  clhost::test::TempDir dir;
+  const std::string replay =
+      "[[pipeline]]\nplugin = \"replay\"\ncapacity = 600\nbatch_size = 512\n";
+  (void)run(wide_config(dir, "full.toml", replay + "[[pipeline]]\nplugin = \"fixed\"\n"),
+            dir.path("full"));
+  (void)run(wide_config(dir, "small.toml",
+                        replay + "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"),
+            dir.path("small"));
+  const auto [full_peak, full_losses] = steps_of(dir.path("full"));
+  const auto [small_peak, small_losses] = steps_of(dir.path("small"));
+  const int64_t budget = (full_peak + small_peak) / 2;
+  const auto results =
+      run(wide_config(dir, "dynamic.toml",
+                      replay + "[[pipeline]]\nplugin = \"dynamic\"\nstart = 2048\n"),
+          dir.path("dynamic"), {"run.memory_budget=" + std::to_string(budget)});
+  const auto& memory = results["memory"];
+  EXPECT_GE(memory["out_of_memory_retries"].get<int64_t>(), 1);
+  // Task 1: 4 steps of 2048; task 2: 4 steps of 2048 own and 512 replayed samples.
+  EXPECT_EQ(memory["samples_in_optimizer_steps"].get<int64_t>(), 4 * 2048 + 4 * (2048 + 512));
+  EXPECT_EQ(results["plugins"][0]["held_by_host"]["replay_samples"], 600);
+  const auto [dynamic_peak, dynamic_losses] = steps_of(dir.path("dynamic"));
+  EXPECT_LE(dynamic_peak, budget);
+  ASSERT_EQ(dynamic_losses.size(), full_losses.size());
+  for (size_t i = 0; i < full_losses.size(); ++i) {
+    EXPECT_NEAR(dynamic_losses[i], full_losses[i], 1e-4 * std::abs(full_losses[i]) + 1e-6)
+        << "step " << i;
+  }
+}
+
 TEST(OutOfMemory, WithoutAPolicyOrRoomForOneSampleTheRunStopsCleanly) {
   clhost::test::TempDir dir;
   (void)run(wide_config(dir, "full.toml", "[[pipeline]]\nplugin = \"fixed\"\n"), dir.path("full"));

@@ -73,8 +73,13 @@ const void* output_service(const char* id);
 
 // Shared by the service implementations.
 Runtime& runtime_of(const clhost_host_t* host);
-// A DLTensor over a contiguous tensor; `shape` must outlive it.
+// A DLTensor over a contiguous tensor; `shape` (its sizes) must outlive it.
 DLTensor as_dltensor(const torch::Tensor& tensor, std::vector<int64_t>& shape);
+// The same, with `shape` filled from the tensor's sizes first.
+inline DLTensor dltensor_of(const torch::Tensor& tensor, std::vector<int64_t>& shape) {
+  shape = tensor.sizes().vec();
+  return as_dltensor(tensor, shape);
+}
 // Converts a host exception into the ABI's status + message.
 clhost_status_t report_exception(const std::exception& e, const char* what, clhost_error_t* error);
 // The run's Fisher context, with progress lines logged under the calling plug-in's name.

@@ -77,26 +77,63 @@ Scored score(const StepModel& step, const torch::Tensor& output, const torch::Te
 
 }  // namespace
 
+namespace {
+
+// Samples [begin, end) of the batch's local samples: own rows first, then replayed ones. Only
+// the micro-batch is gathered, so a step with replay holds its own samples once.
+struct MicroBatch {
+  torch::Tensor x;
+  torch::Tensor y;
+  torch::Tensor tasks;  // undefined when nothing is replayed
+};
+
+MicroBatch micro_batch_of(const StepBatch& batch, int64_t begin, int64_t end) {
+  const int64_t own = batch.rows.size(0);
+  const bool replayed = batch.replay_x.defined();
+  std::vector<torch::Tensor> xs;
+  std::vector<torch::Tensor> ys;
+  std::vector<torch::Tensor> tasks;
+  if (begin < own) {
+    const torch::Tensor part = batch.rows.slice(0, begin, std::min(end, own));
+    xs.push_back(batch.x.index_select(0, part));
+    ys.push_back(batch.y.index_select(0, part));
+    if (replayed) {
+      tasks.push_back(torch::full({part.size(0)}, static_cast<int64_t>(batch.task), torch::kInt32));
+    }
+  }
+  if (replayed && end > own) {
+    const int64_t from = std::max(begin, own) - own;
+    xs.push_back(batch.replay_x.slice(0, from, end - own));
+    ys.push_back(batch.replay_y.slice(0, from, end - own));
+    tasks.push_back(batch.replay_tasks.slice(0, from, end - own));
+  }
+  auto joined = [](const std::vector<torch::Tensor>& parts) {
+    return parts.empty() ? torch::Tensor() : parts.size() == 1 ? parts[0] : torch::cat(parts);
+  };
+  return {joined(xs), joined(ys), joined(tasks)};
+}
+
+}  // namespace
+
 double accumulate_batch_gradients(const StepModel& step, const StepBatch& batch,
                                   int64_t micro_batch, int64_t* samples_processed) {
-  const int64_t samples = batch.rows.size(0);
+  const int64_t samples = batch.local_samples();
   const bool with_terms = step.terms != nullptr && !step.terms->empty();
   double loss_value = 0.0;
   for (int64_t start = 0; start < samples; start += micro_batch) {
-    const torch::Tensor part = batch.rows.slice(0, start, std::min(samples, start + micro_batch));
+    const int64_t end = std::min(samples, start + micro_batch);
     // Counted when the forward starts, so a micro-batch that runs out of memory counts too.
-    if (samples_processed != nullptr) *samples_processed += part.size(0);
-    const torch::Tensor x = batch.x.index_select(0, part);
-    const torch::Tensor tasks =
-        batch.tasks.defined() ? batch.tasks.index_select(0, part) : torch::Tensor();
-    if (with_terms) step.terms->before_forward(x);
-    const torch::Tensor output = checkpointed_forward(*step.model, x, step.checkpoint_segments);
-    const double share = static_cast<double>(part.size(0)) / static_cast<double>(batch.samples);
-    const Scored scored = score(step, output, batch.y.index_select(0, part), tasks);
+    if (samples_processed != nullptr) *samples_processed += end - start;
+    const MicroBatch part = micro_batch_of(batch, start, end);
+    if (with_terms) step.terms->before_forward(part.x);
+    const torch::Tensor output =
+        checkpointed_forward(*step.model, part.x, step.checkpoint_segments);
+    const double share = static_cast<double>(end - start) / static_cast<double>(batch.samples);
+    const Scored scored = score(step, output, part.y, part.tasks);
     torch::Tensor loss = scored.loss * share;
     if (with_terms && output.dim() == 2) {
       loss_value += loss.item<double>();
-      (loss + step.terms->after_forward(output, scored.targets, tasks, share)).backward();
+      (loss + step.terms->after_forward(output, scored.targets, part.tasks, share)).backward();
       continue;
     }
     loss.backward();

@@ -23,14 +23,22 @@ struct PluginInstance;
 struct TrainerState;
 
 // The samples of one optimizer step on this rank: rows of (x, y), or x/y read for this batch
-// alone when the task's samples come from a source or replayed ones were appended (then rows =
-// 0..local-1). `samples` is the whole step's batch over every rank, `rows` this rank's shard.
+// alone when the task's samples come from a source (then rows = 0..local-1), then the samples a
+// replay plug-in appended. `samples` is the whole step's batch over every rank (replayed ones
+// included); `rows` and the replay tensors are this rank's shares.
 struct StepBatch {
   torch::Tensor x;
   torch::Tensor y;
   torch::Tensor rows;
-  torch::Tensor tasks;  // int32, like x: each sample's task; undefined: all the current task's
   int64_t samples = 0;
+  uint32_t task = 0;       // the task being trained: the own samples' task
+  torch::Tensor replay_x;  // replayed inputs, labels and tasks (int32); undefined: none
+  torch::Tensor replay_y;
+  torch::Tensor replay_tasks;
+  // This rank's samples: its own rows, then its replayed ones.
+  [[nodiscard]] int64_t local_samples() const {
+    return rows.size(0) + (replay_x.defined() ? replay_x.size(0) : 0);
+  }
 };
 
 // What a step's forward/backward needs besides its samples.
@@ -44,7 +52,8 @@ struct StepModel {
   OutputTerms* terms = nullptr;  // the plug-ins' loss terms on the outputs, or null
 };
 
-// One optimizer step's forward/backward: the samples `batch.rows` in micro-batches of
+// One optimizer step's forward/backward: the batch's local samples (own rows, then replayed) in
+// micro-batches of
 // `micro_batch`, each micro-batch's mean loss weighted by its share of the `batch.samples` the
 // step averages over, so the accumulated gradients equal the whole batch's mean-loss gradient (in
 // a data-parallel run `rows` is this rank's shard, and the ranks' sums add up to it). Labels are

@@ -45,12 +45,12 @@ torch::Tensor call_output_function(const clhost_output_grads_request_t& request,
   const torch::Tensor in = scores.to(torch::kFloat32).contiguous();
   const torch::Tensor labels = targets.to(torch::kInt64).contiguous();
   torch::Tensor gradient = torch::zeros_like(in);
-  std::vector<int64_t> score_shape = in.sizes().vec();
-  std::vector<int64_t> label_shape = labels.sizes().vec();
-  std::vector<int64_t> gradient_shape = gradient.sizes().vec();
-  const DLTensor score_view = as_dltensor(in, score_shape);
-  const DLTensor label_view = as_dltensor(labels, label_shape);
-  DLTensor gradient_view = as_dltensor(gradient, gradient_shape);
+  std::vector<int64_t> score_shape;
+  std::vector<int64_t> label_shape;
+  std::vector<int64_t> gradient_shape;
+  const DLTensor score_view = dltensor_of(in, score_shape);
+  const DLTensor label_view = dltensor_of(labels, label_shape);
+  DLTensor gradient_view = dltensor_of(gradient, gradient_shape);
   const clhost_status_t status = request.output_gradient(request.function_data, &score_view,
                                                          &label_view, &gradient_view, error);
   if (status != CLHOST_STATUS_OK) throw SinkFailure{status};

@@ -43,11 +43,6 @@ class SnapshotSwap {
   std::vector<torch::Tensor> live_;
 };
 
-DLTensor view_of(const torch::Tensor& tensor, std::vector<int64_t>& shape) {
-  shape = tensor.sizes().vec();
-  return as_dltensor(tensor, shape);
-}
-
 }  // namespace
 
 OutputTerms::OutputTerms(PluginSet& plugins, torch::nn::Sequential model)
@@ -106,18 +101,18 @@ torch::Tensor OutputTerms::after_forward(const torch::Tensor& output, const torc
   batch.task_index = task_;
   batch.step = step_;
   batch.samples = logits.size(0);
-  batch.logits = view_of(logits, logit_shape);
-  batch.targets = view_of(target_columns, target_shape);
-  batch.sample_tasks = view_of(sample_tasks, task_shape);
-  batch.active = view_of(active_, active_shape);
+  batch.logits = dltensor_of(logits, logit_shape);
+  batch.targets = dltensor_of(target_columns, target_shape);
+  batch.sample_tasks = dltensor_of(sample_tasks, task_shape);
+  batch.active = dltensor_of(active_, active_shape);
   torch::Tensor total = torch::zeros_like(logits);
   for (Entry& entry : plugins_) {
     batch.snapshot_logits = DLTensor{};
     if (entry.snapshot_logits.defined()) {
-      batch.snapshot_logits = view_of(entry.snapshot_logits, snapshot_shape);
+      batch.snapshot_logits = dltensor_of(entry.snapshot_logits, snapshot_shape);
     }
     torch::Tensor gradient = torch::zeros_like(logits);
-    DLTensor gradient_view = view_of(gradient, gradient_shape);
+    DLTensor gradient_view = dltensor_of(gradient, gradient_shape);
     double value = 0.0;
     clhost_error_t error{};
     entry.instance->check(

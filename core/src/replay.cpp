@@ -1,5 +1,6 @@
 #include "replay.hpp"
 
+#include <array>
 #include <string>
 
 #include "clhost/errors.hpp"
@@ -9,14 +10,9 @@
 namespace clhost {
 namespace {
 
-DLTensor view_of(const torch::Tensor& tensor, std::vector<int64_t>& shape) {
-  shape = tensor.sizes().vec();
-  return as_dltensor(tensor, shape);
-}
-
 // A DLTensor the plug-in must not read: data NULL, the rest describing what it would be.
 DLTensor absent(const torch::Tensor& like, std::vector<int64_t>& shape) {
-  DLTensor out = view_of(like, shape);
+  DLTensor out = dltensor_of(like, shape);
   out.data = nullptr;
   return out;
 }
@@ -49,28 +45,28 @@ std::vector<int64_t> Replay::select(const TaskData& task, uint32_t task_index,
       stored > 0 ? held.tasks.contiguous() : torch::empty({0}, torch::kInt32);
   const torch::Tensor candidate_labels =
       task.next_byte ? torch::Tensor() : class_labels(task.train_y);
+  const auto& table = plugin_->table<clhost_replay_v1_t>();
   torch::Tensor inputs;
-  if (!task.next_byte && !streamed) {
+  if (table.wants_candidate_inputs != 0 && !task.next_byte && !streamed) {
     inputs = task.train_range(0, candidates).x.to(torch::kFloat32).contiguous();
   }
-  std::vector<int64_t> shapes[5];
+  std::array<std::vector<int64_t>, 4> shapes;
   const torch::Tensor placeholder = torch::empty({0}, torch::kInt64);
   clhost_replay_candidates_t offer{};
   offer.struct_size = sizeof(offer);
   offer.task_index = task_index;
   offer.stored = stored;
-  offer.stored_labels =
-      stored_labels.defined() ? view_of(stored_labels, shapes[0]) : absent(placeholder, shapes[0]);
-  offer.stored_tasks = view_of(stored_tasks, shapes[1]);
+  offer.stored_labels = stored_labels.defined() ? dltensor_of(stored_labels, shapes[0])
+                                                : absent(placeholder, shapes[0]);
+  offer.stored_tasks = dltensor_of(stored_tasks, shapes[1]);
   offer.candidates = candidates;
-  offer.candidate_labels = candidate_labels.defined() ? view_of(candidate_labels, shapes[2])
+  offer.candidate_labels = candidate_labels.defined() ? dltensor_of(candidate_labels, shapes[2])
                                                       : absent(placeholder, shapes[2]);
   offer.candidate_inputs =
-      inputs.defined() ? view_of(inputs, shapes[3]) : absent(placeholder, shapes[3]);
+      inputs.defined() ? dltensor_of(inputs, shapes[3]) : absent(placeholder, shapes[3]);
   std::vector<int64_t> keep(static_cast<size_t>(stored + candidates), 0);
   int64_t kept = 0;
   clhost_error_t error{};
-  const auto& table = plugin_->table<clhost_replay_v1_t>();
   plugin_->check(table.select(plugin_->instance, &offer, keep.data(), &kept, &error), error,
                  "select (clhost.replay/1)");
   if (kept < 0 || kept > stored + candidates) {
@@ -142,7 +138,7 @@ int64_t Replay::append(StepBatch& batch, uint32_t task_index, int64_t step, int6
   const int64_t stored = held.size();
   const torch::Tensor labels = class_labels(held.y);
   const torch::Tensor tasks = held.tasks.contiguous();
-  std::vector<int64_t> shapes[2];
+  std::array<std::vector<int64_t>, 2> shapes;
   const torch::Tensor placeholder = torch::empty({0}, torch::kInt64);
   clhost_replay_draw_t draw{};
   draw.struct_size = sizeof(draw);
@@ -152,8 +148,8 @@ int64_t Replay::append(StepBatch& batch, uint32_t task_index, int64_t step, int6
   draw.batch_size = batch_size;
   draw.stored = stored;
   draw.stored_labels =
-      labels.defined() ? view_of(labels, shapes[0]) : absent(placeholder, shapes[0]);
-  draw.stored_tasks = view_of(tasks, shapes[1]);
+      labels.defined() ? dltensor_of(labels, shapes[0]) : absent(placeholder, shapes[0]);
+  draw.stored_tasks = dltensor_of(tasks, shapes[1]);
   std::vector<int64_t> slots(static_cast<size_t>(stored), 0);
   int64_t count = 0;
   clhost_error_t error{};
@@ -172,17 +168,13 @@ int64_t Replay::append(StepBatch& batch, uint32_t task_index, int64_t step, int6
     }
   }
   if (count == 0) return 0;
-  // This rank's contiguous share of the replayed samples, after its share of the task's own.
+  // This rank's contiguous share of the replayed samples; the micro-batches gather them after
+  // the step's own samples (accumulate_batch_gradients).
   const torch::Tensor mine = torch::tensor(std::vector<int64_t>(
       slots.begin() + count * rank / ranks, slots.begin() + count * (rank + 1) / ranks));
-  const torch::Tensor own_x = batch.x.index_select(0, batch.rows);
-  const torch::Tensor own_y = batch.y.index_select(0, batch.rows);
-  batch.tasks =
-      torch::cat({torch::full({own_x.size(0)}, static_cast<int64_t>(task_index), torch::kInt32),
-                  held.tasks.index_select(0, mine)});
-  batch.x = torch::cat({own_x, held.x.index_select(0, mine)});
-  batch.y = torch::cat({own_y, held.y.index_select(0, mine).to(own_y.scalar_type())});
-  batch.rows = torch::arange(batch.x.size(0), torch::kInt64);
+  batch.replay_x = held.x.index_select(0, mine);
+  batch.replay_y = held.y.index_select(0, mine).to(batch.y.scalar_type());
+  batch.replay_tasks = held.tasks.index_select(0, mine);
   batch.samples += count;
   return count;
 }

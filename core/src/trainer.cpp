@@ -262,7 +262,7 @@ double Trainer::train_task(const TaskPlan& plan) {
     const MicroBatcher::Gradients gradients =
         batcher_.gradients(attempt, batch.samples, step, task_ooms);
     const StepTotals totals = reduce_step(gradients);
-    rank_tally_.samples += batch.rows.size(0);
+    rank_tally_.samples += batch.local_samples();
     const double penalty = apply_step(plan, step, batch.samples, totals);
     const int64_t step_peak = std::max(gradients.peak_bytes, memory::peak_bytes());
     window_samples += batch.samples;
@@ -317,6 +317,7 @@ StepBatch Trainer::next_batch(const TaskPlan& plan, DataOrder& order, int64_t st
   const int64_t shard_begin = total * rank / ranks;
   const int64_t shard_end = total * (rank + 1) / ranks;
   StepBatch batch;
+  batch.task = static_cast<uint32_t>(plan.index);
   batch.rows = torch::tensor(
       std::vector<int64_t>(indices.begin() + shard_begin, indices.begin() + shard_end),
       torch::kInt64);

@@ -64,6 +64,22 @@ clhost_status_t squared_norm_gradient(void* /*data*/, const DLTensor* scores,
 
 class Mas : public clhost::sdk::Regularizer {
  public:
+  // clhost.memory_plan/1: Omega and theta* in float32, 8 bytes per parameter between tasks, and
+  // the task's importance (4 bytes per parameter) while it is blended in.
+  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& /*config*/,
+                                             const clhost::sdk::Settings& /*host*/,
+                                             const clhost::sdk::MemoryPlanRequest& request) {
+    int64_t elements = 0;
+    for (const int64_t numel : request.parameter_numels) elements += numel;
+    clhost::sdk::MemoryPlan plan;
+    plan.state_bytes = 8 * elements;
+    plan.consolidation_bytes = 4 * elements;
+    plan.advice =
+        "mas keeps two float32 copies of the parameters; nothing in its settings shrinks "
+        "them";
+    return plan;
+  }
+
   Mas(const clhost_host_t* host, const clhost::sdk::Config& config)
       : Regularizer(host),
         lambda_(config.get_float("lambda")),

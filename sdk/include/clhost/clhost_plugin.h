@@ -733,8 +733,10 @@ typedef struct clhost_replay_candidates {
   DLTensor stored_tasks;     /* [stored] int32 */
   int64_t candidates;        /* the ended task's training samples */
   DLTensor candidate_labels; /* [candidates] int64 dataset labels; data == NULL on text tasks */
-  /* [candidates, ...] float32, the inputs as the model takes them (e.g. for herding); data ==
-   * NULL on text tasks and when the run streams its data (data.max_resident). */
+  /* [candidates, ...] float32, the inputs as the model takes them (e.g. for herding): one copy
+   * of the task's training inputs, made only for a plug-in whose table sets
+   * wants_candidate_inputs; data == NULL otherwise, on text tasks and when the run streams its
+   * data (data.max_resident). */
   DLTensor candidate_inputs;
 } clhost_replay_candidates_t;
 
@@ -764,6 +766,9 @@ typedef struct clhost_replay_v1 {
    * may repeat. *count = 0 replays nothing this step. */
   clhost_status_t (*draw)(void* instance, const clhost_replay_draw_t* draw, int64_t* slots,
                           int64_t max_count, int64_t* count, clhost_error_t* error);
+  /* Non-zero: select reads candidate_inputs (the host then copies the task's training inputs
+   * for the call, counted by run.memory_budget); zero: it reads labels and tasks only. */
+  int32_t wants_candidate_inputs;
 } clhost_replay_v1_t;
 
 /* ---------------------------------------------------------------------------------------------

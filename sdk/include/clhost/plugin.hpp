@@ -429,6 +429,9 @@ class BatchPolicy : public PluginBase {
 class Replay : public PluginBase {
  public:
   using PluginBase::PluginBase;
+  // A derived class that reads candidates.candidate_inputs in select (herding) redefines this as
+  // true; otherwise the host does not copy the task's inputs for it.
+  static constexpr bool kWantsCandidateInputs = false;
   // The buffer's new content in slot order: k >= 0 keeps stored sample k, k < 0 stores candidate
   // -k - 1; at most candidates.stored + candidates.candidates entries.
   virtual std::vector<int64_t> select(const clhost_replay_candidates_t& candidates) = 0;
@@ -614,7 +617,7 @@ struct Trampolines {
       }
     } else if constexpr (std::is_base_of_v<Replay, Plugin>) {
       static const clhost_replay_v1_t table{sizeof(clhost_replay_v1_t), &replay_select,
-                                            &replay_draw};
+                                            &replay_draw, Plugin::kWantsCandidateInputs ? 1 : 0};
       if (std::strcmp(id, CLHOST_INTERFACE_REPLAY_V1) == 0) return &table;
     } else if constexpr (std::is_base_of_v<BatchPolicy, Plugin>) {
       static const clhost_batch_policy_v1_t table{sizeof(clhost_batch_policy_v1_t), &choose,
