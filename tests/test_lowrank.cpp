@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "clhost/plugin_torch.hpp"
 #include "lowrank.hpp"
 #include "run_helpers.hpp"
 #include "test_helpers.hpp"
@@ -172,6 +173,41 @@ TEST(LowRankFisher, AByteBudgetWithoutRoomForRankOneIsRefused) {
   EXPECT_NE(run.output.find("max_bytes_per_parameter = 8.00 leaves no room for rank 1"),
             std::string::npos)
       << run.output;
+}
+
+// The tensors of checkpointed state (model.bin, a plug-in's .held file, lowrank_fisher's factors):
+// a forged dtype or shape is refused before anything is allocated for it.
+TEST(StateTensors, ForgedDtypesAndShapesAreRefusedBeforeAllocating) {
+  auto forged = [](int32_t dtype, const std::vector<int64_t>& sizes, size_t payload) {
+    std::string bytes(1, '\1');
+    bytes.append(reinterpret_cast<const char*>(&dtype), sizeof(dtype));
+    const uint64_t count = sizes.size();
+    bytes.append(reinterpret_cast<const char*>(&count), sizeof(count));
+    bytes.append(reinterpret_cast<const char*>(sizes.data()), sizes.size() * sizeof(int64_t));
+    bytes.append(payload, '\0');
+    return bytes;
+  };
+  auto read = [](const std::string& bytes) {
+    clhost::sdk::StateReader in(bytes.data(), bytes.size());
+    return clhost::sdk::read_tensor(in);
+  };
+  const auto kFloat = static_cast<int32_t>(torch::kFloat32);
+  EXPECT_EQ(read(forged(kFloat, {2, 3}, 24)).sizes(), (std::vector<int64_t>{2, 3}));
+  const auto message = [&](const std::string& bytes) {
+    try {
+      (void)read(bytes);
+    } catch (const clhost::sdk::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  // 2^62 elements would be 16 EiB: refused from the shape, not by the allocator.
+  EXPECT_NE(message(forged(kFloat, {int64_t{1} << 31, int64_t{1} << 31}, 24)).find("does not fit"),
+            std::string::npos);
+  EXPECT_NE(message(forged(kFloat, {4, -1}, 24)).find("does not fit"), std::string::npos);
+  EXPECT_NE(message(forged(kFloat, {2, 4}, 24)).find("does not fit"), std::string::npos);
+  EXPECT_NE(message(forged(99, {2}, 8)).find("dtype code 99"), std::string::npos);
+  EXPECT_NE(message(forged(-1, {2}, 8)).find("dtype code -1"), std::string::npos);
 }
 
 }  // namespace

@@ -296,6 +296,9 @@ class StateReader {
     const auto chars = vector<char>();
     return {chars.begin(), chars.end()};
   }
+  // Bytes not read yet: a reader checks a count read from the state against it before
+  // allocating for it.
+  [[nodiscard]] size_t remaining() const { return size_ - position_; }
   // Call after reading everything: leftover bytes mean the writer and reader disagree.
   void finish() const {
     if (position_ != size_) {

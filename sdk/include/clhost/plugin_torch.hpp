@@ -9,6 +9,9 @@
 #include <torch/types.h>
 #include <torch/version.h>
 
+#include <algorithm>
+#include <iterator>
+#include <string>
 #include <vector>
 
 namespace clhost::sdk {
@@ -51,11 +54,41 @@ inline void write_tensor(StateWriter& out, const torch::Tensor& tensor) {
   out.bytes(plain.data_ptr(), static_cast<size_t>(plain.nbytes()));
 }
 
+// Reads what write_tensor wrote. The dtype, the shape and the bytes it needs are checked against
+// the bytes left before anything is allocated: forged or truncated state is an Error naming
+// what is wrong, never an unknown dtype or a huge allocation.
 inline torch::Tensor read_tensor(StateReader& in) {
   if (in.value<int8_t>() == 0) return {};
-  const auto dtype = static_cast<c10::ScalarType>(in.value<int32_t>());
+  const auto code = in.value<int32_t>();
+  static constexpr c10::ScalarType kWritten[] = {c10::ScalarType::Float, c10::ScalarType::Double,
+                                                 c10::ScalarType::Half,  c10::ScalarType::BFloat16,
+                                                 c10::ScalarType::Byte,  c10::ScalarType::Char,
+                                                 c10::ScalarType::Short, c10::ScalarType::Int,
+                                                 c10::ScalarType::Long,  c10::ScalarType::Bool};
+  const auto* known =
+      std::find_if(std::begin(kWritten), std::end(kWritten),
+                   [code](c10::ScalarType type) { return static_cast<int32_t>(type) == code; });
+  if (known == std::end(kWritten)) {
+    throw Error("saved state: tensor dtype code " + std::to_string(code) +
+                    " is not one a clhost state holds",
+                CLHOST_STATUS_INVALID_ARGUMENT);
+  }
   const std::vector<int64_t> sizes = in.vector<int64_t>();
-  torch::Tensor tensor = torch::empty(sizes, torch::TensorOptions().dtype(dtype));
+  const size_t element_bytes = c10::elementSize(*known);
+  uint64_t elements = 1;
+  for (const int64_t size : sizes) {
+    if (size < 0 ||
+        (size > 0 && elements > in.remaining() / element_bytes / static_cast<uint64_t>(size))) {
+      std::string shape;
+      for (const int64_t each : sizes) shape += (shape.empty() ? "" : " x ") + std::to_string(each);
+      throw Error("saved state: a tensor of shape [" + shape + "] does not fit in the " +
+                      std::to_string(in.remaining()) +
+                      " bytes left (truncated or not a clhost state)",
+                  CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    elements *= static_cast<uint64_t>(size);
+  }
+  torch::Tensor tensor = torch::empty(sizes, torch::TensorOptions().dtype(*known));
   in.bytes(tensor.data_ptr(), static_cast<size_t>(tensor.nbytes()));
   return tensor;
 }
