@@ -224,6 +224,9 @@ TEST(CliEndToEndEwc, MemoryPlanMatchesTheMeasuredState) {
                               dir.path(mode) + " -q");
     ASSERT_EQ(run.exit_code, 0) << run.output;
     const auto report = results_of(dir.path(mode))["plugins"][0]["report"];
+    if (report["state_bytes_measured"].is_null()) {
+      GTEST_SKIP() << "no glibc malloc counters in this build (a sanitizer's allocator)";
+    }
     const double measured = report["state_bytes_measured"];
     const int64_t parameters = report["parameters"];
     const Result plan = clhost("memory-plan --params " + std::to_string(parameters) + " --tasks 5");
@@ -257,8 +260,11 @@ TEST(CliEndToEndEwc, AConfigsMemoryPlanMatchesItsRun) {
   EXPECT_EQ(plan["data_bytes"], results["scenario"]["resident_data_bytes"]);
   ASSERT_EQ(plan["plugins"].size(), 2U);
   const double planned_state = plan["plugins"][0]["state_bytes"];
-  const double measured_state = results["plugins"][0]["report"]["state_bytes_measured"];
-  EXPECT_NEAR(measured_state, planned_state, 0.05 * planned_state);
+  // null in a sanitizer build (no glibc malloc counters to measure with).
+  const auto& measured_state = results["plugins"][0]["report"]["state_bytes_measured"];
+  if (!measured_state.is_null()) {
+    EXPECT_NEAR(measured_state.get<double>(), planned_state, 0.05 * planned_state);
+  }
   EXPECT_EQ(plan["plugins"][1]["state_bytes"], 4 * parameters);  // l2: one fp32 anchor
   EXPECT_TRUE(plan["complete"]);
   const Result printed = clhost("memory-plan --config " + kQuick + " --plugins ewc,l2");

@@ -155,6 +155,9 @@ TEST(LowRankFisher, ByteBudgetCapsTheRankAndStateIsMeasuredAfterTheMerge) {
   EXPECT_EQ(report["rank_limited_by"], "max_bytes_per_parameter");
   EXPECT_NEAR(report["state_bytes_per_parameter"].get<double>(), 16.0, 1e-9);
   const auto state = report["state_bytes"].get<double>();
+  if (report["state_bytes_measured"].is_null()) {
+    GTEST_SKIP() << "no glibc malloc counters in this build (a sanitizer's allocator)";
+  }
   const auto measured = report["state_bytes_measured"].get<double>();
   EXPECT_GT(measured, 0.8 * state);
   EXPECT_LT(measured, 1.5 * state) << "three tasks merged online hold one factor, not three";

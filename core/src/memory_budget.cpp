@@ -110,6 +110,12 @@ void keep_freed_memory(int64_t bytes) {
                                 std::to_string(INT32_MAX) + " bytes, not " + format_bytes(bytes));
   }
   const int value = static_cast<int>(threshold);
+#if defined(__SANITIZE_ADDRESS__)
+  // A sanitizer build: AddressSanitizer's malloc replaces glibc's and has no such thresholds
+  // (mallopt refuses every one); freed memory is its quarantine's, not ours, to keep.
+  (void)value;
+  return;
+#endif
   if (mallopt(M_MMAP_THRESHOLD, value) != 1 || mallopt(M_TRIM_THRESHOLD, value) != 1) {
     throw std::invalid_argument("glibc's mallopt refused " + format_bytes(bytes));
   }

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <sstream>
 
 #include "clhost/errors.hpp"
@@ -144,12 +145,15 @@ const LoadedPlugin& PluginLoader::load_file(const std::string& path,
   for (const auto& plugin : loaded_) {
     if (plugin->path == absolute) return *plugin;
   }
-  // Intentionally leaked: plug-ins stay loaded until the process exits (no dlclose).
-  auto* library = new boost::dll::shared_library();
+  // Plug-ins stay loaded until the process exits (no dlclose: their code may still run from
+  // static destructors); the handles stay reachable from a static list, never destroyed.
+  static auto* const kept_loaded = new std::vector<std::unique_ptr<boost::dll::shared_library>>();
+  auto owned = std::make_unique<boost::dll::shared_library>();
+  boost::dll::shared_library* library = owned.get();
   try {
     library->load(absolute, boost::dll::load_mode::rtld_local | boost::dll::load_mode::rtld_now);
+    kept_loaded->push_back(std::move(owned));
   } catch (const std::exception& e) {
-    delete library;
     // Boost wraps the dynamic loader's message ("... (dlerror system message: X): <errno>");
     // X is the useful part (missing dependency, invalid ELF header, file too short...).
     std::string reason = e.what();

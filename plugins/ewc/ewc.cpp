@@ -194,7 +194,12 @@ class Ewc : public clhost::sdk::Regularizer {
     // Resident state is measured with the allocator's own counters around the allocation.
     const int64_t heap_before = heap_bytes();
     prepare_for_new_task();
-    measured_state_bytes_ += heap_bytes() - heap_before;
+    const int64_t heap_after = heap_bytes();
+    if (heap_before < 0 || heap_after < 0) {
+      measured_state_bytes_ = -1;  // not glibc's malloc: nothing to measure with
+    } else if (measured_state_bytes_ >= 0) {
+      measured_state_bytes_ += heap_after - heap_before;
+    }
 
     store_service_ = store_ ? host().fisher_store() : nullptr;
     clhost_error_t error{};
@@ -298,7 +303,8 @@ class Ewc : public clhost::sdk::Regularizer {
         {"tasks_consolidated", tasks_},
         {"parameters", parameters},
         {"state_bytes", state_bytes()},
-        {"state_bytes_measured", measured_state_bytes_},
+        {"state_bytes_measured", measured_state_bytes_ >= 0 ? nlohmann::json(measured_state_bytes_)
+                                                            : nlohmann::json(nullptr)},
         {"state_bytes_per_parameter",
          parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters)
                         : 0.0},
@@ -319,8 +325,11 @@ class Ewc : public clhost::sdk::Regularizer {
                                 : std::string("all task samples"));
   }
 
+  // glibc's counters of bytes in use, or -1 under another malloc (a sanitizer build's reports
+  // all zeros: in a running process glibc never has an empty arena).
   static int64_t heap_bytes() {
     const struct mallinfo2 info = mallinfo2();
+    if (info.arena == 0 && info.hblkhd == 0) return -1;
     return static_cast<int64_t>(info.uordblks + info.hblkhd);
   }
 

@@ -199,7 +199,12 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     fold_in(values.first);
     // Measured after the task's own factors are gone (merged or moved): only what stays resident.
     ::malloc_trim(0);
-    measured_bytes_ += heap_bytes() - heap_before;
+    const int64_t heap_after = heap_bytes();
+    if (heap_before < 0 || heap_after < 0) {
+      measured_bytes_ = -1;  // not glibc's malloc: nothing to measure with
+    } else if (measured_bytes_ >= 0) {
+      measured_bytes_ += heap_after - heap_before;
+    }
     ++tasks_;
     consolidate_seconds_.push_back(seconds_since(start));
     fisher_seconds_.push_back(fisher_seconds);
@@ -334,19 +339,21 @@ class LowRankFisher : public clhost::sdk::Regularizer {
       }
       blocks.push_back({{"elements", blocks_[b].elements}, {"rank", rank}, {"bytes", bytes}});
     }
-    return nlohmann::json{{"compression_ratio", ratio_},
-                          {"rank", rank_},
-                          {"rank_limited_by", rank_limited_by_},
-                          {"gradient_rows", rows_},
-                          {"mode", online_ ? "online" : "separate"},
-                          {"tasks_consolidated", tasks_},
-                          {"parameters", parameter_total()},
-                          {"state_bytes", state_bytes()},
-                          {"state_bytes_measured", measured_bytes_},
-                          {"state_bytes_per_parameter", bytes_per_parameter()},
-                          {"blocks", blocks},
-                          {"fisher_seconds", fisher_seconds_},
-                          {"consolidate_seconds", consolidate_seconds_}}
+    return nlohmann::json{
+        {"compression_ratio", ratio_},
+        {"rank", rank_},
+        {"rank_limited_by", rank_limited_by_},
+        {"gradient_rows", rows_},
+        {"mode", online_ ? "online" : "separate"},
+        {"tasks_consolidated", tasks_},
+        {"parameters", parameter_total()},
+        {"state_bytes", state_bytes()},
+        {"state_bytes_measured",
+         measured_bytes_ >= 0 ? nlohmann::json(measured_bytes_) : nlohmann::json(nullptr)},
+        {"state_bytes_per_parameter", bytes_per_parameter()},
+        {"blocks", blocks},
+        {"fisher_seconds", fisher_seconds_},
+        {"consolidate_seconds", consolidate_seconds_}}
         .dump();
   }
 
@@ -541,8 +548,11 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     return parameters > 0 ? static_cast<double>(state_bytes()) / static_cast<double>(parameters)
                           : 0.0;
   }
+  // glibc's counters of bytes in use, or -1 under another malloc (a sanitizer build's reports
+  // all zeros: in a running process glibc never has an empty arena).
   static int64_t heap_bytes() {
     const struct mallinfo2 info = mallinfo2();
+    if (info.arena == 0 && info.hblkhd == 0) return -1;
     return static_cast<int64_t>(info.uordblks + info.hblkhd);
   }
   static double seconds_since(std::chrono::steady_clock::time_point start) {
