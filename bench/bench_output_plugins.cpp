@@ -103,12 +103,12 @@ int main(int argc, char** argv) {
   // Forward and backward of a Linear layer: about 6 FLOP per weight and sample.
   const double flop_per_sample = 6.0 * static_cast<double>(parameters);
   const double none = median(step_seconds["none"]);
-  json report = {{"protocol",
-                  "split Fashion-MNIST, 2 tasks x 300 steps, MLP 784-400-400-10 (" +
-                      std::to_string(parameters) +
-                      " parameters), Adam, batch 128, 1 thread; medians of " +
-                      std::to_string(kRepetitions) + " alternating runs; task 2's steps"},
-                 {"arms", json::array()}};
+  json report = {
+      {"protocol", "split Fashion-MNIST, 2 tasks x 300 steps, MLP 784-400-400-10 (" +
+                       std::to_string(parameters) +
+                       " parameters), Adam, batch 128, 1 thread; medians of " +
+                       std::to_string(kRepetitions) + " alternating runs; task 2's steps"},
+      {"arms", json::array()}};
   for (const Arm& arm : kArms) {
     const double step = median(step_seconds[arm.name]);
     const json& plugin =
