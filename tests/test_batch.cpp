@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
@@ -184,15 +185,39 @@ std::pair<int64_t, std::vector<double>> steps_of(const std::string& run_dir) {
   return {peak, losses};
 }
 
+// Runs `pipeline` (prepended to a batch policy) with the whole batch and with micro-batches of 16:
+// their step peaks and the whole batch's per-step losses, for a budget between the two.
+struct BudgetProbe {
+  int64_t full_peak = 0;
+  int64_t small_peak = 0;
+  std::vector<double> full_losses;
+  [[nodiscard]] int64_t midpoint() const { return (full_peak + small_peak) / 2; }
+};
+
+BudgetProbe probe_budget(const clhost::test::TempDir& dir, const std::string& pipeline) {
+  (void)run(wide_config(dir, "full.toml", pipeline + "[[pipeline]]\nplugin = \"fixed\"\n"),
+            dir.path("full"));
+  (void)run(wide_config(dir, "small.toml",
+                        pipeline + "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"),
+            dir.path("small"));
+  BudgetProbe probe;
+  std::tie(probe.full_peak, probe.full_losses) = steps_of(dir.path("full"));
+  probe.small_peak = steps_of(dir.path("small")).first;
+  return probe;
+}
+
+void expect_same_losses(const std::vector<double>& got, const std::vector<double>& expected) {
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_NEAR(got[i], expected[i], 1e-4 * std::abs(expected[i]) + 1e-6) << "step " << i;
+  }
+}
+
 TEST(OutOfMemory, RecoveredWithoutLosingOrRepeatingASample) {
   clhost::test::TempDir dir;
-  (void)run(wide_config(dir, "full.toml", "[[pipeline]]\nplugin = \"fixed\"\n"), dir.path("full"));
-  (void)run(wide_config(dir, "small.toml", "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"),
-            dir.path("small"));
-  const auto [full_peak, full_losses] = steps_of(dir.path("full"));
-  const auto [small_peak, small_losses] = steps_of(dir.path("small"));
-  ASSERT_GT(full_peak, small_peak) << "a smaller micro-batch must need less memory";
-  const int64_t budget = (full_peak + small_peak) / 2;
+  const BudgetProbe probe = probe_budget(dir, "");
+  ASSERT_GT(probe.full_peak, probe.small_peak) << "a smaller micro-batch must need less memory";
+  const int64_t budget = probe.midpoint();
 
   const auto results =
       run(wide_config(dir, "dynamic.toml", "[[pipeline]]\nplugin = \"dynamic\"\nstart = 2048\n"),
@@ -209,11 +234,7 @@ TEST(OutOfMemory, RecoveredWithoutLosingOrRepeatingASample) {
             memory["samples_redone_after_out_of_memory"].get<int64_t>());
   const auto [dynamic_peak, dynamic_losses] = steps_of(dir.path("dynamic"));
   EXPECT_LE(dynamic_peak, budget);
-  ASSERT_EQ(dynamic_losses.size(), full_losses.size());
-  for (size_t i = 0; i < full_losses.size(); ++i) {
-    EXPECT_NEAR(dynamic_losses[i], full_losses[i], 1e-4 * std::abs(full_losses[i]) + 1e-6)
-        << "step " << i;
-  }
+  expect_same_losses(dynamic_losses, probe.full_losses);
   EXPECT_FALSE(memory["batch_size_changes"].empty());
   const auto full =
       nlohmann::json::parse(clhost::test::read_file(dir.path("full") + "/results.json"));
@@ -232,14 +253,8 @@ TEST(OutOfMemory, ReplayedSamplesAreRedoneLikeTheStepsOwn) {
   clhost::test::TempDir dir;
   const std::string replay =
       "[[pipeline]]\nplugin = \"replay\"\ncapacity = 600\nbatch_size = 512\n";
-  (void)run(wide_config(dir, "full.toml", replay + "[[pipeline]]\nplugin = \"fixed\"\n"),
-            dir.path("full"));
-  (void)run(wide_config(dir, "small.toml",
-                        replay + "[[pipeline]]\nplugin = \"fixed\"\nmicro_batch = 16\n"),
-            dir.path("small"));
-  const auto [full_peak, full_losses] = steps_of(dir.path("full"));
-  const auto [small_peak, small_losses] = steps_of(dir.path("small"));
-  const int64_t budget = (full_peak + small_peak) / 2;
+  const BudgetProbe probe = probe_budget(dir, replay);
+  const int64_t budget = probe.midpoint();
   const auto results =
       run(wide_config(dir, "dynamic.toml",
                       replay + "[[pipeline]]\nplugin = \"dynamic\"\nstart = 2048\n"),
@@ -251,11 +266,7 @@ TEST(OutOfMemory, ReplayedSamplesAreRedoneLikeTheStepsOwn) {
   EXPECT_EQ(results["plugins"][0]["held_by_host"]["replay_samples"], 600);
   const auto [dynamic_peak, dynamic_losses] = steps_of(dir.path("dynamic"));
   EXPECT_LE(dynamic_peak, budget);
-  ASSERT_EQ(dynamic_losses.size(), full_losses.size());
-  for (size_t i = 0; i < full_losses.size(); ++i) {
-    EXPECT_NEAR(dynamic_losses[i], full_losses[i], 1e-4 * std::abs(full_losses[i]) + 1e-6)
-        << "step " << i;
-  }
+  expect_same_losses(dynamic_losses, probe.full_losses);
 }
 
 TEST(OutOfMemory, WithoutAPolicyOrRoomForOneSampleTheRunStopsCleanly) {

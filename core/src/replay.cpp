@@ -10,10 +10,16 @@
 namespace clhost {
 namespace {
 
-// A DLTensor the plug-in must not read: data NULL, the rest describing what it would be.
-DLTensor absent(const torch::Tensor& like, std::vector<int64_t>& shape) {
-  DLTensor out = dltensor_of(like, shape);
-  out.data = nullptr;
+// The tensor's view, or, for an undefined one, a DLTensor the plug-in must not read: data NULL
+// (an empty int64 vector otherwise).
+DLTensor view_or_absent(const torch::Tensor& tensor, std::vector<int64_t>& shape) {
+  if (tensor.defined()) return dltensor_of(tensor, shape);
+  shape = {0};
+  DLTensor out{};
+  out.device = {kDLCPU, 0};
+  out.ndim = 1;
+  out.dtype = {kDLInt, 64, 1};
+  out.shape = shape.data();
   return out;
 }
 
@@ -26,12 +32,6 @@ torch::Tensor class_labels(const torch::Tensor& y) {
 
 ReplayBuffer& Replay::buffer() const {
   return plugin_->context.replay;
-}
-
-int64_t Replay::stored_bytes() const {
-  if (plugin_ == nullptr || buffer().size() == 0) return 0;
-  const ReplayBuffer& held = buffer();
-  return static_cast<int64_t>(held.x.nbytes() + held.y.nbytes() + held.tasks.nbytes());
 }
 
 std::vector<int64_t> Replay::select(const TaskData& task, uint32_t task_index,
@@ -51,19 +51,15 @@ std::vector<int64_t> Replay::select(const TaskData& task, uint32_t task_index,
     inputs = task.train_range(0, candidates).x.to(torch::kFloat32).contiguous();
   }
   std::array<std::vector<int64_t>, 4> shapes;
-  const torch::Tensor placeholder = torch::empty({0}, torch::kInt64);
   clhost_replay_candidates_t offer{};
   offer.struct_size = sizeof(offer);
   offer.task_index = task_index;
   offer.stored = stored;
-  offer.stored_labels = stored_labels.defined() ? dltensor_of(stored_labels, shapes[0])
-                                                : absent(placeholder, shapes[0]);
+  offer.stored_labels = view_or_absent(stored_labels, shapes[0]);
   offer.stored_tasks = dltensor_of(stored_tasks, shapes[1]);
   offer.candidates = candidates;
-  offer.candidate_labels = candidate_labels.defined() ? dltensor_of(candidate_labels, shapes[2])
-                                                      : absent(placeholder, shapes[2]);
-  offer.candidate_inputs =
-      inputs.defined() ? dltensor_of(inputs, shapes[3]) : absent(placeholder, shapes[3]);
+  offer.candidate_labels = view_or_absent(candidate_labels, shapes[2]);
+  offer.candidate_inputs = view_or_absent(inputs, shapes[3]);
   std::vector<int64_t> keep(static_cast<size_t>(stored + candidates), 0);
   int64_t kept = 0;
   clhost_error_t error{};
@@ -139,7 +135,6 @@ int64_t Replay::append(StepBatch& batch, uint32_t task_index, int64_t step, int6
   const torch::Tensor labels = class_labels(held.y);
   const torch::Tensor tasks = held.tasks.contiguous();
   std::array<std::vector<int64_t>, 2> shapes;
-  const torch::Tensor placeholder = torch::empty({0}, torch::kInt64);
   clhost_replay_draw_t draw{};
   draw.struct_size = sizeof(draw);
   draw.task_index = task_index;
@@ -147,8 +142,7 @@ int64_t Replay::append(StepBatch& batch, uint32_t task_index, int64_t step, int6
   draw.global_step = global_step;
   draw.batch_size = batch_size;
   draw.stored = stored;
-  draw.stored_labels =
-      labels.defined() ? dltensor_of(labels, shapes[0]) : absent(placeholder, shapes[0]);
+  draw.stored_labels = view_or_absent(labels, shapes[0]);
   draw.stored_tasks = dltensor_of(tasks, shapes[1]);
   std::vector<int64_t> slots(static_cast<size_t>(stored), 0);
   int64_t count = 0;

@@ -29,9 +29,6 @@ class Replay {
   int64_t append(StepBatch& batch, uint32_t task_index, int64_t step, int64_t global_step,
                  int64_t batch_size, int64_t rank, int64_t ranks) const;
 
-  [[nodiscard]] int64_t stored() const { return plugin_ ? buffer().size() : 0; }
-  [[nodiscard]] int64_t stored_bytes() const;
-
  private:
   [[nodiscard]] ReplayBuffer& buffer() const;
   // The plug-in's keep list, checked: each stored sample and candidate at most once.
