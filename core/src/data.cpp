@@ -59,15 +59,14 @@ torch::Tensor rotate(const torch::Tensor& flat, int64_t side, double degrees) {
 }  // namespace
 
 torch::Tensor read_idx(const std::string& path) {
-  gzFile file = gzopen(path.c_str(), "rb");  // reads plain files too
+  const std::unique_ptr<gzFile_s, int (*)(gzFile)> file(gzopen(path.c_str(), "rb"), &gzclose);
   if (file == nullptr) throw RunError(path + ": cannot open");
   auto read_exact = [&](void* buffer, size_t bytes) {
     size_t done = 0;
     while (done < bytes) {
-      const int got = gzread(file, static_cast<char*>(buffer) + done,
+      const int got = gzread(file.get(), static_cast<char*>(buffer) + done,
                              static_cast<unsigned>(std::min<size_t>(bytes - done, 1U << 30U)));
       if (got <= 0) {
-        gzclose(file);
         throw RunError(path + ": truncated or corrupt IDX file (wanted " + std::to_string(bytes) +
                        " bytes at offset " + std::to_string(done) + ")");
       }
@@ -77,20 +76,30 @@ torch::Tensor read_idx(const std::string& path) {
   unsigned char header[4];
   read_exact(header, 4);
   if (header[0] != 0 || header[1] != 0 || header[2] != 0x08 || header[3] == 0 || header[3] > 4) {
-    gzclose(file);
     throw RunError(path + ": not an unsigned-byte IDX file (bad magic number)");
   }
+  // The header's sizes are checked against what the file can hold before anything that large is
+  // allocated: its size when stored plainly, deflate's best ratio (1032:1) when compressed.
+  std::error_code size_error;
+  const auto file_bytes = static_cast<uint64_t>(std::filesystem::file_size(path, size_error));
+  const uint64_t can_hold = size_error                  ? 0
+                            : gzdirect(file.get()) != 0 ? file_bytes
+                                                        : file_bytes * 1032;
   std::vector<int64_t> shape(header[3]);
-  int64_t total = 1;
+  uint64_t total = 1;
   for (auto& dim : shape) {
     unsigned char bytes[4];
     read_exact(bytes, 4);
     dim = read_big_endian(bytes);
-    total *= dim;
+    total = dim == 0 || total <= can_hold / static_cast<uint64_t>(dim)
+                ? total * static_cast<uint64_t>(dim)
+                : can_hold + 1;
+  }
+  if (total > can_hold) {
+    throw RunError(path + ": the IDX header declares more data than the file holds");
   }
   torch::Tensor out = torch::empty(shape, torch::kUInt8);
   read_exact(out.data_ptr<uint8_t>(), static_cast<size_t>(total));
-  gzclose(file);
   return out;
 }
 

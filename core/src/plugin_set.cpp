@@ -74,9 +74,9 @@ void save_held(const PluginContext& context, const ByteSink& sink) {
   sdk::write_tensor(out, context.replay.tasks);
 }
 
-// The inverse of save_held, checked against this run's model: a snapshot of another model or a
-// buffer whose parts disagree is refused.
-void restore_held(PluginContext& context, const std::string& bytes, const std::string& file) {
+// restore_held's reading; the SDK reader's errors (a truncated file) are turned into RunError
+// there.
+void read_held(PluginContext& context, const std::string& bytes, const std::string& file) {
   sdk::StateReader in(bytes.data(), bytes.size());
   std::vector<torch::Tensor> model_tensors;
   for (const auto& parameter : context.runtime->model->parameters())
@@ -104,12 +104,25 @@ void restore_held(PluginContext& context, const std::string& bytes, const std::s
       replay.y.dim() >= 1 && replay.tasks.dim() == 1 && replay.y.size(0) == replay.x.size(0) &&
       replay.tasks.size(0) == replay.x.size(0) && replay.tasks.scalar_type() == torch::kInt32;
   const bool none = !replay.x.defined() && !replay.y.defined() && !replay.tasks.defined();
+  if (whole && (replay.y.scalar_type() != torch::kInt64 ||
+                (replay.x.size(0) > 0 &&
+                 (replay.y.min().item<int64_t>() < 0 || replay.tasks.min().item<int32_t>() < 0)))) {
+    throw RunError(file + ": the replay buffer's labels or tasks are not non-negative indices");
+  }
   if (!whole && !none) throw RunError(file + ": the replay buffer's parts do not fit together");
   context.snapshot = std::move(snapshot);
   context.replay = std::move(replay);
 }
 
 }  // namespace
+
+void restore_held(PluginContext& context, const std::string& bytes, const std::string& file) {
+  try {
+    read_held(context, bytes, file);
+  } catch (const sdk::Error& e) {
+    throw RunError(file + ": " + e.what());
+  }
+}
 
 PluginSet::PluginSet(LoadedPipeline& pipeline, const RunConfig& config, Runtime& runtime,
                      bool quiet) {

@@ -45,6 +45,11 @@ struct PluginInstance {
   }
 };
 
+// The inverse of what a checkpoint keeps for a plug-in the host holds data for (its snapshot, its
+// replay buffer), checked against this run's model: a snapshot of another model or a buffer whose
+// parts disagree is refused with a RunError naming `file`.
+void restore_held(PluginContext& context, const std::string& bytes, const std::string& file);
+
 // The created plug-ins of a run, in pipeline order, with one typed dispatch per hook.
 class PluginSet {
  public:

@@ -2,12 +2,16 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
 
+#include <nlohmann/json.hpp>
+
 #include "clhost/errors.hpp"
 #include "clhost/plugin_torch.hpp"
+#include "trainer_state.hpp"
 
 namespace clhost {
 
@@ -38,26 +42,30 @@ void save_model_tensors(torch::nn::Sequential& model, const ByteSink& sink) {
 }
 
 void restore_model_tensors(torch::nn::Sequential& model, const std::string& bytes) {
-  sdk::StateReader in(bytes.data(), bytes.size());
   const auto parameters = model->named_parameters();
   const auto buffers = model->named_buffers();
-  if (in.value<uint64_t>() != parameters.size() + buffers.size()) {
-    throw RunError("the checkpoint's model has another number of tensors than this model");
-  }
-  torch::NoGradGuard no_grad;
-  for (const auto* items : {&parameters, &buffers}) {
-    for (const auto& item : *items) {
-      const std::string name = in.string();
-      const torch::Tensor saved = sdk::read_tensor(in);
-      if (name != item.key() || !saved.defined() || saved.sizes() != item.value().sizes()) {
-        throw RunError("the checkpoint's model tensor '" + name + "' does not match '" +
-                       item.key() + "' of this model");
-      }
-      // In place: the optimizer, the plug-ins and a TorchScript module hold these tensors.
-      item.value().copy_(saved);
+  try {
+    sdk::StateReader in(bytes.data(), bytes.size());
+    if (in.value<uint64_t>() != parameters.size() + buffers.size()) {
+      throw RunError("the checkpoint's model has another number of tensors than this model");
     }
+    torch::NoGradGuard no_grad;
+    for (const auto* items : {&parameters, &buffers}) {
+      for (const auto& item : *items) {
+        const std::string name = in.string();
+        const torch::Tensor saved = sdk::read_tensor(in);
+        if (name != item.key() || !saved.defined() || saved.sizes() != item.value().sizes()) {
+          throw RunError("the checkpoint's model tensor '" + name + "' does not match '" +
+                         item.key() + "' of this model");
+        }
+        // In place: the optimizer, the plug-ins and a TorchScript module hold these tensors.
+        item.value().copy_(saved);
+      }
+    }
+    in.finish();
+  } catch (const sdk::Error& e) {
+    throw RunError(e.what());
   }
-  in.finish();
 }
 
 void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink) {
@@ -69,10 +77,47 @@ void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink) {
   });
 }
 
+namespace {
+
+// What Adam and SGD keep for each parameter must have its shape and type: a state from another
+// model would otherwise load and fail (or broadcast) in the first step.
+void check_optimizer_state(torch::optim::Optimizer& optimizer) {
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& parameter : group.params()) {
+      const auto found =
+          optimizer.state().find(c10::guts::to_string(parameter.unsafeGetTensorImpl()));
+      if (found == optimizer.state().end()) continue;  // no step yet: nothing kept
+      std::vector<torch::Tensor> kept;
+      if (const auto* adam = dynamic_cast<torch::optim::AdamParamState*>(found->second.get())) {
+        kept = {adam->exp_avg(), adam->exp_avg_sq(), adam->max_exp_avg_sq()};
+      } else if (const auto* sgd =
+                     dynamic_cast<torch::optim::SGDParamState*>(found->second.get())) {
+        kept = {sgd->momentum_buffer()};
+      }
+      for (const auto& tensor : kept) {
+        if (tensor.defined() && (tensor.sizes() != parameter.sizes() ||
+                                 tensor.scalar_type() != parameter.scalar_type())) {
+          throw RunError("the optimizer state holds a tensor of shape " + c10::str(tensor.sizes()) +
+                         " for a parameter of shape " + c10::str(parameter.sizes()) +
+                         " (another model's state)");
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
-  torch::serialize::InputArchive archive;
-  archive.load_from(bytes.data(), bytes.size());
-  optimizer.load(archive);
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(bytes.data(), bytes.size());
+    optimizer.load(archive);
+  } catch (const c10::Error& e) {
+    throw RunError(std::string("not an optimizer state for this model and optimizer: ") +
+                   e.what_without_backtrace());
+  }
+  check_optimizer_state(optimizer);
 }
 
 std::string save_generator() {
@@ -87,17 +132,129 @@ void restore_generator(const std::string& bytes) {
   const std::lock_guard<std::mutex> lock(generator.mutex());
   torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
   std::memcpy(state.data_ptr(), bytes.data(), bytes.size());
-  generator.set_state(state);
+  try {
+    generator.set_state(state);
+  } catch (const c10::Error& e) {
+    throw RunError(std::string("not a LibTorch CPU generator state: ") +
+                   e.what_without_backtrace());
+  }
 }
 
 std::string int64_bytes(const std::vector<int64_t>& values) {
   return {reinterpret_cast<const char*>(values.data()), values.size() * sizeof(int64_t)};
 }
 
-std::vector<int64_t> int64_values(const std::string& bytes) {
-  std::vector<int64_t> values(bytes.size() / sizeof(int64_t));
-  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(int64_t));
-  return values;
+std::vector<int64_t> sample_order(const std::string& bytes, int64_t samples) {
+  if (bytes.size() != static_cast<size_t>(samples) * sizeof(int64_t)) {
+    throw RunError("holds " + std::to_string(bytes.size()) + " bytes, not the order of " +
+                   std::to_string(samples) + " samples (" +
+                   std::to_string(static_cast<size_t>(samples) * sizeof(int64_t)) + " bytes)");
+  }
+  std::vector<int64_t> order(static_cast<size_t>(samples));
+  std::memcpy(order.data(), bytes.data(), bytes.size());
+  std::vector<bool> seen(order.size(), false);
+  for (const int64_t index : order) {
+    if (index < 0 || index >= samples || seen[static_cast<size_t>(index)]) {
+      throw RunError("is not a permutation of the task's " + std::to_string(samples) +
+                     " samples (sample index " + std::to_string(index) + ")");
+    }
+    seen[static_cast<size_t>(index)] = true;
+  }
+  return order;
+}
+
+namespace {
+
+enum class Saved { kObject, kString, kBool, kCount, kNumber, kStrings, kObjects };
+
+struct SavedKey {
+  const char* name;
+  Saved kind;
+  bool required;
+};
+
+// trainer.json's keys besides TrainerState's (checked by reading one), as Trainer writes them.
+constexpr SavedKey kTrainerKeys[] = {{"config", Saved::kObject, true},
+                                     {"cli_plugin_path", Saved::kStrings, false},
+                                     {"given_keys", Saved::kStrings, false},
+                                     {"plugins", Saved::kObjects, true},
+                                     {"task", Saved::kCount, true},
+                                     {"step", Saved::kCount, true},
+                                     {"task_train_seconds", Saved::kNumber, true},
+                                     {"task_out_of_memory_retries", Saved::kCount, true},
+                                     {"fisher_groups", Saved::kStrings, true},
+                                     {"metrics_csv_bytes", Saved::kCount, true},
+                                     {"order_rng", Saved::kString, false},
+                                     {"cursor", Saved::kCount, false}};
+// Each plugins[] entry (PluginSet::add_state_files).
+constexpr SavedKey kPluginKeys[] = {{"id", Saved::kString, true},
+                                    {"version", Saved::kString, true},
+                                    {"resumable", Saved::kBool, false},
+                                    {"file", Saved::kString, false},
+                                    {"held", Saved::kString, false}};
+
+bool all_of_type(const nlohmann::json& array, nlohmann::json::value_t type) {
+  return std::all_of(array.begin(), array.end(),
+                     [type](const nlohmann::json& item) { return item.type() == type; });
+}
+
+bool has_kind(const nlohmann::json& value, Saved kind) {
+  using value_t = nlohmann::json::value_t;
+  switch (kind) {
+    case Saved::kObject: return value.is_object();
+    case Saved::kString: return value.is_string();
+    case Saved::kBool: return value.is_boolean();
+    case Saved::kCount:
+      return value.is_number_unsigned() || (value.is_number_integer() && value >= 0);
+    case Saved::kNumber: return value.is_number();
+    case Saved::kStrings: return value.is_array() && all_of_type(value, value_t::string);
+    case Saved::kObjects: return value.is_array() && all_of_type(value, value_t::object);
+  }
+  return false;
+}
+
+const char* kind_name(Saved kind) {
+  switch (kind) {
+    case Saved::kObject: return "an object";
+    case Saved::kString: return "a string";
+    case Saved::kBool: return "true or false";
+    case Saved::kCount: return "a non-negative integer";
+    case Saved::kNumber: return "a number";
+    case Saved::kStrings: return "an array of strings";
+    case Saved::kObjects: return "an array of objects";
+  }
+  return "?";
+}
+
+template <size_t N>
+void check_keys(const nlohmann::json& object, const SavedKey (&keys)[N], const std::string& where) {
+  for (const SavedKey& key : keys) {
+    if (!object.contains(key.name)) {
+      if (key.required) throw RunError(where + key.name + ": missing");
+      continue;
+    }
+    if (!has_kind(object.at(key.name), key.kind)) {
+      const std::string value = object.at(key.name).dump();
+      throw RunError(where + key.name + ": should be " + kind_name(key.kind) + ", is " +
+                     (value.size() > 60 ? value.substr(0, 57) + "..." : value));
+    }
+  }
+}
+
+}  // namespace
+
+void check_trainer_json(const nlohmann::json& saved) {
+  if (!saved.is_object()) throw RunError("not a JSON object");
+  check_keys(saved, kTrainerKeys, "");
+  for (size_t i = 0; i < saved.at("plugins").size(); ++i) {
+    check_keys(saved.at("plugins").at(i), kPluginKeys, "plugins[" + std::to_string(i) + "].");
+  }
+  try {
+    TrainerState counters;
+    counters.read(saved);
+  } catch (const nlohmann::json::exception& e) {
+    throw RunError(e.what());
+  }
 }
 
 }  // namespace clhost

@@ -119,7 +119,14 @@ ResumePlan plan_resume(const RunConfig& config, const RunOptions& options) {
   json started_with;
   if (directory.has_checkpoints()) {
     plan.checkpoint = directory.load_latest();
-    plan.saved = json::parse(plan.checkpoint->file("trainer.json"));
+    const std::string trainer_json = plan.checkpoint->directory + "/trainer.json";
+    plan.saved = json::parse(plan.checkpoint->file("trainer.json"), nullptr, false);
+    if (plan.saved.is_discarded()) throw RunError(trainer_json + ": not JSON");
+    try {
+      check_trainer_json(plan.saved);
+    } catch (const RunError& e) {
+      throw RunError(trainer_json + ": " + e.what() + " (written by another clhost version?)");
+    }
     started_with = plan.saved.at("config");
     for (const auto& dir : plan.saved.value("cli_plugin_path", std::vector<std::string>{})) {
       if (std::find(plan.cli_plugin_path.begin(), plan.cli_plugin_path.end(), dir) ==
@@ -148,6 +155,11 @@ ResumePlan plan_resume(const RunConfig& config, const RunOptions& options) {
 void check_plugins_resumable(const LoadedPipeline& pipeline, ResumePlan& plan,
                              const RunOptions& options) {
   const json& saved_plugins = plan.saved.at("plugins");
+  if (saved_plugins.size() != pipeline.plugins.size()) {
+    throw RunError(plan.checkpoint->directory +
+                   "/trainer.json: plugins: " + std::to_string(saved_plugins.size()) +
+                   " entries for a pipeline of " + std::to_string(pipeline.plugins.size()));
+  }
   std::string not_resumable;
   for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
     const LoadedPlugin& plugin = *pipeline.plugins[i];
@@ -261,7 +273,17 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const RunConfig& config,
 void restore_checkpoint(const ResumePlan& plan, PluginSet& plugins, Runtime& runtime,
                         torch::optim::Optimizer& optimizer) {
   plugins.restore_states(plan.saved.at("plugins"), *plan.checkpoint);
-  restore_model_tensors(runtime.model, plan.checkpoint->file("model.bin"));
+  const LoadedCheckpoint& checkpoint = *plan.checkpoint;
+  // Each reader says what does not fit; the file it was reading goes in front.
+  const auto restore = [&checkpoint](const char* file, const auto& read) {
+    try {
+      read(checkpoint.file(file));
+    } catch (const RunError& e) {
+      throw RunError(checkpoint.directory + "/" + file + ": " + e.what());
+    }
+  };
+  restore("model.bin",
+          [&](const std::string& bytes) { restore_model_tensors(runtime.model, bytes); });
   // An uninterrupted run enters its next step with gradient tensors from the last one, which
   // zero_grad() zeroes; backward then adds into zeros. Recreate them so the sums match.
   if (plan.saved.at("global_step").get<int64_t>() > 0) {
@@ -269,8 +291,8 @@ void restore_checkpoint(const ResumePlan& plan, PluginSet& plugins, Runtime& run
       parameter.mutable_grad() = torch::zeros_like(parameter);
     }
   }
-  restore_optimizer(optimizer, plan.checkpoint->file("optimizer.pt"));
-  restore_generator(plan.checkpoint->file("generator.bin"));
+  restore("optimizer.pt", [&](const std::string& bytes) { restore_optimizer(optimizer, bytes); });
+  restore("generator.bin", [](const std::string& bytes) { restore_generator(bytes); });
 }
 
 void stop_if_interrupted_during_startup(const RunOptions& options) {

@@ -220,13 +220,21 @@ Trainer::DataOrder Trainer::data_order(const TaskPlan& plan, double& train_secon
     return data;
   }
   const json& saved = *resume_.saved;
-  data.order = int64_values(resume_.checkpoint->file("data_order.bin"));
-  std::istringstream(saved.at("order_rng").get<std::string>()) >> data.rng;
+  const std::string where = resume_.checkpoint->directory + "/";
+  try {
+    data.order = sample_order(resume_.checkpoint->file("data_order.bin"), plan.train_samples);
+  } catch (const RunError& e) {
+    throw RunError(where + "data_order.bin: " + e.what() + " (task " + plan.task->name + ")");
+  }
+  if (!saved.contains("order_rng") || !saved.contains("cursor")) {
+    throw RunError(where + "trainer.json: order_rng and cursor missing inside a task");
+  }
+  std::istringstream rng_state(saved.at("order_rng").get<std::string>());
+  rng_state >> data.rng;
   data.cursor = saved.at("cursor").get<size_t>();
   train_seconds_before = saved.at("task_train_seconds").get<double>();
-  if (data.order.size() != static_cast<size_t>(plan.train_samples) ||
-      data.cursor > data.order.size()) {
-    throw RunError(resume_.checkpoint->directory + ": the data order does not fit task " +
+  if (rng_state.fail() || data.cursor > data.order.size()) {
+    throw RunError(where + "trainer.json: order_rng or cursor does not fit task " +
                    plan.task->name + " (" + std::to_string(plan.train_samples) + " samples)");
   }
   return data;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "clhost/errors.hpp"
@@ -49,6 +50,28 @@ std::string read_all(const std::string& path) {
   return buffer.str();
 }
 
+// The manifest's file list: plain names inside the checkpoint directory (a crafted "../x" or
+// "/etc/x" would read outside it), each once, with a size and a CRC-32.
+void check_file_list(const json& manifest, const std::string& manifest_path) {
+  const json& files = manifest.value("files", json());
+  if (!files.is_array()) throw RunError(manifest_path + ": files: should be an array");
+  std::set<std::string> names;
+  for (const json& entry : files) {
+    const std::string where = manifest_path + ": files[" + std::to_string(names.size()) + "]";
+    if (!entry.is_object() || !entry.value("name", json()).is_string() ||
+        !entry.value("bytes", json()).is_number_unsigned() ||
+        !entry.value("crc32", json()).is_number_unsigned() ||
+        entry.at("crc32").get<uint64_t>() > 0xffffffffU) {
+      throw RunError(where + ": should be {\"name\": string, \"bytes\": size, \"crc32\": CRC}");
+    }
+    const auto name = entry.at("name").get<std::string>();
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+        name.find('\0') != std::string::npos || !names.insert(name).second) {
+      throw RunError(where + ": name '" + name + "' is not a plain file name, or not unique");
+    }
+  }
+}
+
 // Checks every file of one checkpoint against its manifest, reading it in pieces; throws
 // RunError saying what is off.
 LoadedCheckpoint load(const std::string& directory) {
@@ -58,9 +81,10 @@ LoadedCheckpoint load(const std::string& directory) {
   if (!fs::exists(manifest_path)) throw RunError(directory + ": no manifest.json (incomplete)");
   out.manifest = json::parse(read_all(manifest_path), nullptr, false);
   if (out.manifest.is_discarded() || !out.manifest.is_object() ||
-      out.manifest.value("format", "") != kFormat || !out.manifest.contains("files")) {
+      out.manifest.value("format", json()) != kFormat) {
     throw RunError(manifest_path + ": not a " + kFormat + " manifest");
   }
+  check_file_list(out.manifest, manifest_path);
   std::vector<char> buffer(size_t{1} << 20);
   for (const auto& entry : out.manifest["files"]) {
     const std::string path = (fs::path(directory) / entry.at("name").get<std::string>()).string();
