@@ -201,6 +201,7 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
                    {"generic_kernel_ms", median(generic_s) * 1e3},
                    {"generic_over_floor", median(generic_ratio)}});
   }
+#if defined(__GNUC__) && !defined(__clang__)  // clang before 15 has no _Float16 on x86-64
   // What the default layout cost before the fused kernels: _Float16 decoded by a library call per
   // value into a scratch block, then the fp32 loop.
   std::vector<float> decoded_fisher(static_cast<size_t>(std::min(n, ewc::kQuantBlock)));
@@ -218,6 +219,7 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
     });
   });
   out[1]["before_fused_kernels_ms"] = previous_s * 1e3;
+#endif
   return out;
 }
 

@@ -56,8 +56,12 @@ function(clhost_add_plugin name)
   else()
     target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
   endif()
-  target_link_options(${target} PRIVATE
-    -Wl,--version-script=${CLHOST_PLUGIN_MAP} -Wl,-z,defs)
+  target_link_options(${target} PRIVATE -Wl,--version-script=${CLHOST_PLUGIN_MAP})
+  # clang links its sanitizer runtimes into the executable only, so a sanitized plug-in has
+  # undefined __asan_* symbols until clhost loads it.
+  if(NOT (CLHOST_SANITIZE AND CMAKE_CXX_COMPILER_ID STREQUAL "Clang"))
+    target_link_options(${target} PRIVATE -Wl,-z,defs)
+  endif()
   set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS ${CLHOST_PLUGIN_MAP})
   include(GNUInstallDirs)
   install(TARGETS ${target} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/clhost/plugins)

@@ -1,6 +1,6 @@
 // The EWC penalty kernels (plugins/ewc/ewc_penalty.cpp): every implementation this CPU runs
 // against a double-precision reference, with and without gradients, at lengths with and without
-// vector tails; the fp16 decoder against the compiler's _Float16 for all 65,536 bit patterns.
+// vector tails; the fp16 decoder against LibTorch's c10::Half for all 65,536 bit patterns.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,9 +18,7 @@ using clhost::ewc::PenaltyKernels;
 TEST(HalfToFloat, MatchesFloat16ForEveryBitPattern) {
   for (uint32_t bits = 0; bits <= 0xffffU; ++bits) {
     const auto half_bits = static_cast<uint16_t>(bits);
-    _Float16 half;
-    std::memcpy(&half, &half_bits, sizeof(half));
-    const auto expected = static_cast<float>(half);
+    const auto expected = static_cast<float>(c10::Half(half_bits, c10::Half::from_bits()));
     const float decoded = clhost::ewc::half_to_float(half_bits);
     if (std::isnan(expected)) {
       ASSERT_TRUE(std::isnan(decoded)) << "bits " << bits;

@@ -1,6 +1,7 @@
 #include "clhost/fisher_store.hpp"
 
 #include <fcntl.h>
+#include <c10/util/Half.h>
 #include <hdf5.h>
 #include <unistd.h>
 
@@ -105,8 +106,7 @@ void narrow_block(const float* values, int64_t count, float limit, bool bf16, ui
   if (!bf16) {
     for (int64_t i = 0; i < count; ++i) {
       const float value = std::isnan(values[i]) ? values[i] : std::clamp(values[i], -limit, limit);
-      const auto half = static_cast<_Float16>(value);  // round to nearest even
-      std::memcpy(&out[i], &half, sizeof(uint16_t));
+      out[i] = c10::Half(value).x;  // round to nearest even
     }
     return;
   }
@@ -124,9 +124,7 @@ void narrow_block(const float* values, int64_t count, float limit, bool bf16, ui
 void widen_block(const uint16_t* narrow, int64_t count, bool bf16, float* out) {
   if (!bf16) {
     for (int64_t i = 0; i < count; ++i) {
-      _Float16 half;
-      std::memcpy(&half, &narrow[i], sizeof(half));
-      out[i] = static_cast<float>(half);
+      out[i] = static_cast<float>(c10::Half(narrow[i], c10::Half::from_bits()));
     }
     return;
   }

@@ -2,6 +2,8 @@
 // with the very code the plug-in allocates it with. No LibTorch: plain float/uint8 arrays.
 #pragma once
 
+#include <c10/util/Half.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -175,14 +177,9 @@ inline uint8_t fisher4_code(const uint8_t* nibbles, int64_t i) {
   return static_cast<uint8_t>((nibbles[i / 2] >> ((i & 1) * 4)) & 0x0F);
 }
 
-// fp16 anchors (round to nearest even; GCC's _Float16 on x86-64). Runs at consolidation only;
-// the penalty decodes with ewc_penalty.hpp.
-inline uint16_t to_half_bits(float value) {
-  const auto half = static_cast<_Float16>(value);
-  uint16_t bits = 0;
-  __builtin_memcpy(&bits, &half, sizeof(bits));
-  return bits;
-}
+// fp16 anchors (round to nearest even; c10::Half, as clang before 15 has no _Float16 on
+// x86-64). Runs at consolidation only; the penalty decodes with ewc_penalty.hpp.
+inline uint16_t to_half_bits(float value) { return c10::Half(value).x; }
 
 // Anchors in groups of kAnchorGroup: each group's fp16 scale is its largest magnitude / 127 and
 // each code round(anchor / scale) in [-127, 127], computed with the scale as stored.
