@@ -1,5 +1,6 @@
 // The command line on top of a config file: --plugins, --set and the switches.
 #include <algorithm>
+#include <cstdint>
 #include <sstream>
 
 #include "clhost/errors.hpp"
@@ -141,12 +142,39 @@ toml::table& parent_table(toml::table& root, const std::vector<std::string>& seg
   throw ConfigError(source + ": " + walked + " is a value, not a table");
 }
 
+// Whether `text` is UTF-8 (shortest forms, no surrogates), as TOML requires of every string.
+bool valid_utf8(const std::string& text) {
+  constexpr uint32_t kShortest[] = {0, 0, 0x80, 0x800, 0x10000};  // by sequence length
+  for (size_t i = 0; i < text.size();) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    const size_t length = lead < 0x80U            ? 1
+                          : (lead >> 5U) == 0x6U  ? 2
+                          : (lead >> 4U) == 0xEU  ? 3
+                          : (lead >> 3U) == 0x1EU ? 4
+                                                  : 0;
+    if (length == 0 || i + length > text.size()) return false;
+    uint32_t code = length == 1 ? lead : lead & (0x7FU >> length);
+    for (size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next >> 6U) != 0x2U) return false;
+      code = (code << 6U) | (next & 0x3FU);
+    }
+    if (code < kShortest[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) {
+      return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
 // The value of a --set: TOML ("5", "1e-3", "true", "[1,2]", "\"x\""), or else a bare string,
 // so --set run.name=demo works.
 toml::table parse_value(const std::string& text, const std::string& source) {
   try {
     return toml::parse("value = " + text, source);
   } catch (const toml::parse_error&) {
+    // Written into the run's config.toml, it must read back as given.
+    if (!valid_utf8(text)) throw ConfigError(source + ": the value is neither TOML nor UTF-8 text");
     toml::table parsed = toml::parse("value = \"\"", source);
     parsed.insert_or_assign("value", text);
     return parsed;
@@ -162,6 +190,7 @@ std::string apply_override(toml::table& root, const std::string& assignment) {
   }
   const std::string key_path = assignment.substr(0, equals);
   const std::string source = "--set " + key_path;
+  if (!valid_utf8(key_path)) throw ConfigError(source + ": the key is not UTF-8 text");
   const toml::table parsed = parse_value(assignment.substr(equals + 1), source);
   const std::vector<std::string> segments = override_segments(root, key_path, source);
   parent_table(root, segments, source).insert_or_assign(segments.back(), *parsed.get("value"));

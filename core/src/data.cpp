@@ -87,15 +87,18 @@ torch::Tensor read_idx(const std::string& path) {
                                                         : file_bytes * 1032;
   std::vector<int64_t> shape(header[3]);
   uint64_t total = 1;
+  uint64_t nonzero = 1;  // the product without zero sizes: LibTorch refuses it past int64
   for (auto& dim : shape) {
     unsigned char bytes[4];
     read_exact(bytes, 4);
     dim = read_big_endian(bytes);
-    total = dim == 0 || total <= can_hold / static_cast<uint64_t>(dim)
-                ? total * static_cast<uint64_t>(dim)
-                : can_hold + 1;
+    const auto size = static_cast<uint64_t>(dim);
+    total = size == 0 || total <= can_hold / size ? total * size : can_hold + 1;
+    nonzero = size == 0 || nonzero <= (uint64_t{1} << 62U) / size
+                  ? nonzero * std::max<uint64_t>(size, 1)
+                  : (uint64_t{1} << 62U) + 1;
   }
-  if (total > can_hold) {
+  if (total > can_hold || nonzero > (uint64_t{1} << 62U)) {
     throw RunError(path + ": the IDX header declares more data than the file holds");
   }
   torch::Tensor out = torch::empty(shape, torch::kUInt8);
@@ -170,6 +173,13 @@ std::unique_ptr<Hdf5Dataset> open_dataset(const std::string& file, const std::st
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
   H5Sget_simple_extent_dims(space, dims.data(), nullptr);
   H5Sclose(space);
+  // Sizes are counted in int64 (and as bytes, up to 8 per value) from here on.
+  constexpr hsize_t kMaxValues = hsize_t{1} << 59U;
+  hsize_t values = 1;
+  for (const hsize_t dim : dims) {
+    values = dim == 0 || values <= kMaxValues / dim ? values * dim : kMaxValues + 1;
+  }
+  if (values > kMaxValues) throw RunError(out->where + ": the dataset's shape is too large");
   out->shape.assign(dims.begin(), dims.end());
   return out;
 }

@@ -1,7 +1,7 @@
 #include "clhost/fisher_store.hpp"
 
-#include <fcntl.h>
 #include <c10/util/Half.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <unistd.h>
 

@@ -116,6 +116,9 @@ void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& by
   } catch (const c10::Error& e) {
     throw RunError(std::string("not an optimizer state for this model and optimizer: ") +
                    e.what_without_backtrace());
+  } catch (const std::exception& e) {  // LibTorch's archive reader also throws plain ones
+    throw RunError(std::string("not an optimizer state for this model and optimizer: ") +
+                   e.what());
   }
   check_optimizer_state(optimizer);
 }

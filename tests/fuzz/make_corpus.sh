@@ -117,4 +117,13 @@ seed "$work/order16" 6 "$checkpoint/data_order"
 report="$here/corpus/report"
 rm -rf "$report" && mkdir -p "$report"
 { cat "$work/replay/results.json"; printf '\0'; cat "$work/replay/metrics.csv"; } > "$report/replay_run"
-ls -l "$state" "$checkpoint" "$report" | awk '{s+=$5} END {print "corpus bytes:", s}'
+hdf5="$here/corpus/hdf5"
+rm -rf "$hdf5" && mkdir -p "$hdf5"
+seed "$work/regularizers/fisher.h5" 1 "$hdf5/fisher_store_index"
+/usr/bin/python3 -c 'import h5py, numpy, sys
+with h5py.File(sys.argv[1], "w") as f:
+    for split, n in (("train", 8), ("test", 4)):
+        f[split + "/x"] = numpy.arange(n * 4, dtype=numpy.uint8).reshape(n, 2, 2)
+        f[split + "/y"] = numpy.arange(n, dtype=numpy.int64) % 4' "$work/dataset.h5"
+seed "$work/dataset.h5" 0 "$hdf5/dataset"
+ls -l "$state" "$checkpoint" "$report" "$hdf5" | awk '{s+=$5} END {print "corpus bytes:", s}'

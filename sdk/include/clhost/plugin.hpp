@@ -277,9 +277,20 @@ class StateReader {
   template <class T>
   T value() {
     static_assert(std::is_trivially_copyable_v<T>, "value() reads plain bytes");
-    T item{};
-    bytes(&item, sizeof(T));
-    return item;
+    if constexpr (std::is_same_v<T, bool>) {
+      // Any byte but 0 and 1 is not a bool: copying it into one is undefined behaviour.
+      const auto byte = value<unsigned char>();
+      if (byte > 1) {
+        throw Error("saved state has a flag byte " + std::to_string(byte) + " (not 0 or 1) at " +
+                        std::to_string(position_ - 1),
+                    CLHOST_STATUS_INVALID_ARGUMENT);
+      }
+      return byte == 1;
+    } else {
+      T item{};
+      bytes(&item, sizeof(T));
+      return item;
+    }
   }
   template <class T>
   std::vector<T> vector() {

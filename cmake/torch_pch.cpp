@@ -1,0 +1,1 @@
+// The translation unit that carries clhost_torch_pch (cmake/ClhostTorchPch.cmake).
