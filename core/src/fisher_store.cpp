@@ -168,8 +168,15 @@ std::string read_string_attribute(hid_t object, const char* name) {
   if (H5Aexists(object, name) <= 0) return "";
   const hid_t attribute = H5Aopen(object, name, H5P_DEFAULT);
   const hid_t type = H5Aget_type(attribute);
-  std::string value(H5Tget_size(type), '\0');
-  H5Aread(attribute, type, value.data());
+  const hid_t space = H5Aget_space(attribute);
+  // Only what write_string_attribute writes: one fixed-length string (of a sane size). H5Aread
+  // fills one element per point of the attribute's space, so anything else would overrun.
+  const bool one_string = H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) == 0 &&
+                          H5Sget_simple_extent_npoints(space) == 1 &&
+                          H5Tget_size(type) <= (size_t{64} << 20);
+  std::string value(one_string ? H5Tget_size(type) : 0, '\0');
+  if (one_string) H5Aread(attribute, type, value.data());
+  H5Sclose(space);
   H5Tclose(type);
   H5Aclose(attribute);
   while (!value.empty() && value.back() == '\0') value.pop_back();
@@ -190,8 +197,12 @@ std::vector<int64_t> read_shape_attribute(hid_t object) {
   if (H5Aexists(object, "shape") <= 0) return {};
   const hid_t attribute = H5Aopen(object, "shape", H5P_DEFAULT);
   const hid_t space = H5Aget_space(attribute);
-  std::vector<int64_t> shape(static_cast<size_t>(H5Sget_simple_extent_npoints(space)));
-  H5Aread(attribute, H5T_NATIVE_INT64, shape.data());
+  // A shape has at most a few dimensions; anything else is not a clhost store's attribute.
+  const hssize_t points = H5Sget_simple_extent_npoints(space);
+  std::vector<int64_t> shape(static_cast<size_t>(std::clamp<hssize_t>(points, 0, 64)));
+  if (points == static_cast<hssize_t>(shape.size())) {
+    H5Aread(attribute, H5T_NATIVE_INT64, shape.data());
+  }
   H5Sclose(space);
   H5Aclose(attribute);
   return shape;
@@ -204,14 +215,29 @@ std::string model_json(const std::vector<ParameterInfo>& model) {
   return out.dump();
 }
 
-std::vector<ParameterInfo> parse_model(const std::string& text) {
+// The "model" attribute (model_json's text); `file` names the store in the error.
+std::vector<ParameterInfo> parse_model(const std::string& text, const std::string& file) {
   std::vector<ParameterInfo> model;
   if (text.empty()) return model;
-  for (const auto& item : nlohmann::json::parse(text)) {
-    model.push_back(
-        {item.at("name").get<std::string>(), item.at("shape").get<std::vector<int64_t>>()});
+  try {
+    for (const auto& item : nlohmann::json::parse(text)) {
+      model.push_back(
+          {item.at("name").get<std::string>(), item.at("shape").get<std::vector<int64_t>>()});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw RunError(file + ": its model fingerprint is not a clhost store's (" + e.what() + ")");
   }
   return model;
+}
+
+// The open store's "model" attribute, parsed; `file` is closed before anything is thrown.
+std::vector<ParameterInfo> stored_model(hid_t file, const std::string& path) {
+  try {
+    return parse_model(read_string_attribute(file, "model"), path);
+  } catch (...) {
+    H5Fclose(file);
+    throw;
+  }
 }
 
 std::string shape_text(const std::vector<int64_t>& shape) {
@@ -513,7 +539,7 @@ void FisherStore::link_group(const std::string& group) {
 // Before a group is written: the index is this model's and does not hold the group yet.
 void FisherStore::check_index_accepts(const std::string& group) const {
   const hid_t index = open_existing(path_, H5F_ACC_RDONLY);
-  const auto stored = parse_model(read_string_attribute(index, "model"));
+  const auto stored = stored_model(index, path_);
   const bool present = H5Lexists(index, group.c_str(), H5P_DEFAULT) > 0;
   H5Fclose(index);
   if (model_json(stored) != model_json(model_)) {
@@ -549,7 +575,7 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
                              int64_t count) const {
   if (parameter >= model_.size()) throw RunError(path_ + ": parameter index out of range");
   const hid_t file = open_existing(path_, H5F_ACC_RDONLY);
-  const auto stored = parse_model(read_string_attribute(file, "model"));
+  const auto stored = stored_model(file, path_);
   for (size_t p = 0; p < std::max(stored.size(), model_.size()); ++p) {
     if (p >= stored.size() || p >= model_.size() || stored[p].name != model_[p].name ||
         stored[p].shape != model_[p].shape) {
@@ -685,7 +711,7 @@ StoreSummary FisherStore::inspect(const std::string& path) {
                    "')");
   }
   summary.clhost_version = read_string_attribute(file, "clhost_version");
-  summary.model = parse_model(read_string_attribute(file, "model"));
+  summary.model = stored_model(file, path);
   summary.file_bytes = static_cast<int64_t>(fs::file_size(path));
   hsize_t count = 0;
   H5Gget_num_objs(file, &count);

@@ -9,6 +9,7 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -266,12 +267,13 @@ class Ewc : public clhost::sdk::Regularizer {
     tasks_ = in.value<int64_t>();
     measured_state_bytes_ = in.value<int64_t>();
     fisher_seconds_ = in.vector<double>();
-    states_.resize(static_cast<size_t>(in.value<uint64_t>()));
+    // Each state and each vector starts with an 8-byte count or size.
+    states_.resize(static_cast<size_t>(in.count(8)));
     for (auto& state : states_) {
       state.numel = in.value<int64_t>();
-      state.fisher.resize(static_cast<size_t>(in.value<uint64_t>()));
+      state.fisher.resize(static_cast<size_t>(in.count(8)));
       for (auto& values : state.fisher) values = in.vector<float>();
-      state.anchor.resize(static_cast<size_t>(in.value<uint64_t>()));
+      state.anchor.resize(static_cast<size_t>(in.count(8)));
       for (auto& values : state.anchor) values = in.vector<float>();
       state.fisher_codes = in.vector<uint8_t>();
       state.anchor_codes = in.vector<uint8_t>();
@@ -281,6 +283,62 @@ class Ewc : public clhost::sdk::Regularizer {
       state.anchor_group_scales = in.vector<uint16_t>();
       state.scales = in.vector<clhost::ewc::QuantBlockScale>();
     }
+    check_restored_state();
+  }
+
+  // A restored state must fit this model and layout before a penalty reads it: another model's
+  // state, or a crafted one, would otherwise be read past its end.
+  void check_restored_state() const {
+    if (tasks_ < 0 || (tasks_ > 0 && states_.empty())) {
+      throw clhost::sdk::Error("the checkpoint's EWC state has no state for its tasks",
+                               CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    if (states_.empty()) return;
+    const auto parameters = current_parameters(false);
+    if (states_.size() != parameters.size()) {
+      throw clhost::sdk::Error("the checkpoint's EWC state covers " +
+                                   std::to_string(states_.size()) + " tensors; this model has " +
+                                   std::to_string(parameters.size()),
+                               CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    for (size_t p = 0; p < states_.size(); ++p) {
+      if (!state_fits(states_[p], parameters[p].numel)) {
+        throw clhost::sdk::Error("the checkpoint's EWC state of tensor " + std::to_string(p) +
+                                     " does not fit its " + std::to_string(parameters[p].numel) +
+                                     " elements in layout " + clhost::ewc::layout_name(layout_),
+                                 CLHOST_STATUS_INVALID_ARGUMENT);
+      }
+    }
+  }
+
+  // The sizes prepare_for_new_task gives a tensor's state in this layout.
+  [[nodiscard]] bool state_fits(const TensorState& state, int64_t numel) const {
+    const auto n = static_cast<size_t>(numel);
+    const size_t blocks = (n + clhost::ewc::kQuantBlock - 1) / clhost::ewc::kQuantBlock;
+    const size_t groups = (n + clhost::ewc::kAnchorGroup - 1) / clhost::ewc::kAnchorGroup;
+    const auto all_of_size = [n](const std::vector<std::vector<float>>& vectors) {
+      return std::all_of(vectors.begin(), vectors.end(),
+                         [n](const std::vector<float>& values) { return values.size() == n; });
+    };
+    if (state.numel != numel || !all_of_size(state.fisher) || !all_of_size(state.anchor)) {
+      return false;
+    }
+    switch (layout_) {
+      case StateLayout::kSeparate:
+        return state.fisher.size() == state.anchor.size() && !state.fisher.empty();
+      case StateLayout::kOnline:
+      case StateLayout::kMergedFp32: return state.fisher.size() == 1 && state.anchor.size() == 1;
+      case StateLayout::kMergedInt8:
+        return state.fisher_codes.size() == n && state.anchor_codes.size() == n &&
+               state.scales.size() == blocks;
+      case StateLayout::kMergedInt8Fp16:
+        return state.fisher_codes.size() == n && state.anchor_half.size() == n &&
+               state.scales.size() == blocks;
+      case StateLayout::kMergedInt4Int8:
+        return state.fisher_nibbles.size() == (n + 1) / 2 && state.anchor_q8.size() == n &&
+               state.anchor_group_scales.size() == groups && state.scales.size() == blocks;
+    }
+    return false;
   }
 
   [[nodiscard]] std::string describe() const override {

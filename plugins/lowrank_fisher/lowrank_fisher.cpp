@@ -301,12 +301,14 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     fisher_seconds_ = in.vector<double>();
     consolidate_seconds_ = in.vector<double>();
     parameter_numel_ = in.vector<int64_t>();
-    blocks_.resize(static_cast<size_t>(in.value<uint64_t>()));
+    blocks_.resize(static_cast<size_t>(in.count(16)));  // a segment count and an element count
     for (auto& block : blocks_) {
       block.segments = in.vector<clhost_block_segment_t>();
       block.elements = in.value<int64_t>();
     }
-    quadratics_.resize(static_cast<size_t>(in.value<uint64_t>()));
+    check_restored_blocks();
+    // Each quadratic holds three tensors per block (at least a byte each).
+    quadratics_.resize(static_cast<size_t>(in.count(3 * std::max<size_t>(blocks_.size(), 1))));
     for (auto& quadratic : quadratics_) {
       quadratic.factors.resize(blocks_.size());
       for (auto& factor : quadratic.factors) {
@@ -315,6 +317,33 @@ class LowRankFisher : public clhost::sdk::Regularizer {
       }
       quadratic.anchors.resize(blocks_.size());
       for (auto& anchor : quadratic.anchors) anchor = clhost::sdk::read_tensor(in);
+    }
+  }
+
+  // The restored block plan must address this model's parameters: segments inside them, each
+  // block's element count their sum (the store offsets and the penalty's slices follow it).
+  void check_restored_blocks() const {
+    const auto refuse = [](const std::string& what) {
+      throw clhost::sdk::Error("the checkpoint's low-rank state " + what,
+                               CLHOST_STATUS_INVALID_ARGUMENT);
+    };
+    const uint32_t count = host().parameter_count();
+    if (!parameter_numel_.empty() && parameter_numel_.size() != count) {
+      refuse("is of a model with " + std::to_string(parameter_numel_.size()) + " parameters");
+    }
+    for (uint32_t i = 0; i < parameter_numel_.size(); ++i) {
+      if (parameter_numel_[i] != host().parameter(i).numel) refuse("is of another model");
+    }
+    for (const auto& block : blocks_) {
+      int64_t elements = 0;
+      for (const auto& segment : block.segments) {
+        if (segment.param_index >= count || segment.offset < 0 || segment.count < 0 ||
+            segment.count > host().parameter(segment.param_index).numel - segment.offset) {
+          refuse("has a block outside this model's parameters");
+        }
+        elements += segment.count;
+      }
+      if (elements != block.elements) refuse("has a block whose size is not its segments'");
     }
   }
 

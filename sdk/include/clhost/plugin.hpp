@@ -310,6 +310,18 @@ class StateReader {
   // Bytes not read yet: a reader checks a count read from the state against it before
   // allocating for it.
   [[nodiscard]] size_t remaining() const { return size_ - position_; }
+  // A count of items that follow, each at least `min_item_bytes` long: more than the bytes left
+  // can hold is refused before the caller allocates for them.
+  uint64_t count(size_t min_item_bytes) {
+    const auto items = value<uint64_t>();
+    if (min_item_bytes > 0 && items > remaining() / min_item_bytes) {
+      throw Error("saved state is truncated (" + std::to_string(items) + " items of at least " +
+                      std::to_string(min_item_bytes) + " bytes, " + std::to_string(remaining()) +
+                      " bytes left)",
+                  CLHOST_STATUS_INVALID_ARGUMENT);
+    }
+    return items;
+  }
   // Call after reading everything: leftover bytes mean the writer and reader disagree.
   void finish() const {
     if (position_ != size_) {
