@@ -170,7 +170,7 @@ TEST(HostileInputs, AnOptimizerOrGeneratorStateThatDoesNotFitIsRefused) {
             std::string::npos);
   EXPECT_NE(error_of<clhost::RunError>([&] {
               clhost::restore_optimizer(adam, "not a zip");
-            }).find("not an optimizer state"),
+            }).find("not a clhost optimizer state"),
             std::string::npos);
   EXPECT_NE(error_of<clhost::RunError>([] {
               clhost::restore_generator("abc");

@@ -58,7 +58,7 @@ for target in "${targets[@]}"; do
   "$build/bin/fuzz_$target" "$work/corpus" -max_total_time="$seconds" -timeout=20 \
     -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$work/crashes/" > "$log" 2>&1 || status=$?
   executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  edges=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  edges=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
   corpus=$(find "$work/corpus" -type f | wc -l)
   crashes=$(find "$work/crashes" -type f | wc -l)
   if [[ $status -ne 0 || $crashes -gt 0 ]]; then

@@ -240,6 +240,30 @@ std::vector<ParameterInfo> stored_model(hid_t file, const std::string& path) {
   }
 }
 
+// Groups are external links to "<index>.groups/<group>.h5", object "/" (link_group). Anything
+// else in an index — a soft or hard link, a link to another file — was not written by clhost, and
+// HDF5's own link traversal is not safe on crafted ones (a fuzzed index crashed it in
+// H5G__traverse_special), so such a link is never followed.
+bool is_group_link(hid_t index, const char* group, const std::string& index_path) {
+  H5L_info_t info{};
+  if (H5Lget_info(index, group, &info, H5P_DEFAULT) < 0 || info.type != H5L_TYPE_EXTERNAL ||
+      info.u.val_size > 4096) {
+    return false;
+  }
+  std::vector<char> value(info.u.val_size);
+  unsigned flags = 0;
+  const char* file = nullptr;
+  const char* object = nullptr;
+  if (H5Lget_val(index, group, value.data(), value.size(), H5P_DEFAULT) < 0 ||
+      H5Lunpack_elink_val(value.data(), value.size(), &flags, &file, &object) < 0 ||
+      file == nullptr || object == nullptr) {
+    return false;
+  }
+  const std::string expected =
+      fs::path(index_path).filename().string() + ".groups/" + group + ".h5";
+  return expected == file && std::string(object) == "/";
+}
+
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
@@ -589,9 +613,10 @@ void FisherStore::read_block(const std::string& group, size_t parameter, int64_t
     }
   }
   const std::string name = group + "/" + model_[parameter].name;
-  const hid_t dataset = H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0
-                            ? H5Dopen2(file, name.c_str(), H5P_DEFAULT)
-                            : -1;
+  const hid_t dataset =
+      H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0 && is_group_link(file, group.c_str(), path_)
+          ? H5Dopen2(file, name.c_str(), H5P_DEFAULT)
+          : -1;
   if (dataset < 0) {
     H5Fclose(file);
     throw RunError(path_ + ": no dataset " + name + " (or its group file " + group_file(group) +
@@ -638,6 +663,10 @@ std::vector<std::string> FisherStore::committed_groups() const {
   for (hsize_t i = 0; i < count; ++i) {
     char name[256] = {};
     H5Gget_objname_by_idx(file, i, name, sizeof(name));
+    if (!is_group_link(file, name, path_)) {
+      H5Fclose(file);
+      throw RunError(path_ + ": '" + name + "' is not a link to one of its group files");
+    }
     names.emplace_back(name);
   }
   H5Fclose(file);
@@ -718,6 +747,10 @@ StoreSummary FisherStore::inspect(const std::string& path) {
   for (hsize_t i = 0; i < count; ++i) {
     char name[256] = {};
     H5Gget_objname_by_idx(file, i, name, sizeof(name));
+    if (!is_group_link(file, name, path)) {
+      H5Fclose(file);
+      throw RunError(path + ": '" + name + "' is not a link to one of its group files");
+    }
     const hid_t group = H5Gopen2(file, name, H5P_DEFAULT);
     if (group < 0) {
       const std::string reason = hdf5_reason();

@@ -68,59 +68,111 @@ void restore_model_tensors(torch::nn::Sequential& model, const std::string& byte
   }
 }
 
-void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink) {
-  torch::serialize::OutputArchive archive;
-  optimizer.save(archive);
-  archive.save_to([&](const void* data, size_t size) {
-    sink(data, size);
-    return size;
-  });
-}
-
 namespace {
 
-// What Adam and SGD keep for each parameter must have its shape and type: a state from another
-// model would otherwise load and fail (or broadcast) in the first step.
-void check_optimizer_state(torch::optim::Optimizer& optimizer) {
-  for (const auto& group : optimizer.param_groups()) {
-    for (const auto& parameter : group.params()) {
-      const auto found =
-          optimizer.state().find(c10::guts::to_string(parameter.unsafeGetTensorImpl()));
-      if (found == optimizer.state().end()) continue;  // no step yet: nothing kept
-      std::vector<torch::Tensor> kept;
-      if (const auto* adam = dynamic_cast<torch::optim::AdamParamState*>(found->second.get())) {
-        kept = {adam->exp_avg(), adam->exp_avg_sq(), adam->max_exp_avg_sq()};
-      } else if (const auto* sgd =
-                     dynamic_cast<torch::optim::SGDParamState*>(found->second.get())) {
-        kept = {sgd->momentum_buffer()};
-      }
-      for (const auto& tensor : kept) {
-        if (tensor.defined() && (tensor.sizes() != parameter.sizes() ||
-                                 tensor.scalar_type() != parameter.scalar_type())) {
-          throw RunError("the optimizer state holds a tensor of shape " + c10::str(tensor.sizes()) +
-                         " for a parameter of shape " + c10::str(parameter.sizes()) +
-                         " (another model's state)");
-        }
-      }
-    }
+// optimizer.bin: clhost's own format, read without LibTorch's archive parser (which a damaged
+// file can crash): a format tag, the parameter count, then per parameter what the optimizer keeps.
+constexpr uint32_t kOptimizerFormat = 0x4f505431;  // "OPT1"
+enum class KeptState : uint8_t { kNone = 0, kAdam = 1, kSgd = 2 };
+
+std::vector<torch::Tensor> optimized_parameters(torch::optim::Optimizer& optimizer) {
+  std::vector<torch::Tensor> out;
+  for (auto& group : optimizer.param_groups()) {
+    for (const auto& parameter : group.params()) out.push_back(parameter);
   }
+  return out;
+}
+
+// How LibTorch's optimizers key their per-parameter state.
+std::string state_key(const torch::Tensor& parameter) {
+  return c10::guts::to_string(parameter.unsafeGetTensorImpl());
+}
+
+// A saved tensor of `parameter`'s state: its shape and type, on its device; `optional` ones may
+// be absent (Adam's max_exp_avg_sq without amsgrad).
+torch::Tensor read_kept(sdk::StateReader& in, const torch::Tensor& parameter, bool optional) {
+  const torch::Tensor saved = sdk::read_tensor(in);
+  if (!saved.defined() && optional) return saved;
+  if (!saved.defined() || saved.sizes() != parameter.sizes() ||
+      saved.scalar_type() != parameter.scalar_type()) {
+    throw RunError("the optimizer state holds a tensor of shape " +
+                   (saved.defined() ? c10::str(saved.sizes()) : std::string("(none)")) +
+                   " for a parameter of shape " + c10::str(parameter.sizes()) +
+                   " (another model's state)");
+  }
+  return saved.to(parameter.device());
+}
+
+std::unique_ptr<torch::optim::OptimizerParamState> read_state(sdk::StateReader& in, KeptState kind,
+                                                              bool adam,
+                                                              const torch::Tensor& parameter) {
+  if (kind == KeptState::kAdam && adam) {
+    auto state = std::make_unique<torch::optim::AdamParamState>();
+    state->step(in.value<int64_t>());
+    state->exp_avg(read_kept(in, parameter, false));
+    state->exp_avg_sq(read_kept(in, parameter, false));
+    state->max_exp_avg_sq(read_kept(in, parameter, true));
+    return state;
+  }
+  if (kind == KeptState::kSgd && !adam) {
+    auto state = std::make_unique<torch::optim::SGDParamState>();
+    state->momentum_buffer(read_kept(in, parameter, false));
+    return state;
+  }
+  throw RunError("holds the state of another optimizer (train.optimizer differs?)");
 }
 
 }  // namespace
 
+void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink) {
+  sdk::StateWriter out(&write_to_sink, const_cast<ByteSink*>(&sink));
+  out.value(kOptimizerFormat);
+  const auto parameters = optimized_parameters(optimizer);
+  out.value(static_cast<uint64_t>(parameters.size()));
+  for (const auto& parameter : parameters) {
+    const auto found = optimizer.state().find(state_key(parameter));
+    const auto* kept = found == optimizer.state().end() ? nullptr : found->second.get();
+    if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(kept)) {
+      out.value(KeptState::kAdam);
+      out.value(adam->step());
+      sdk::write_tensor(out, adam->exp_avg());
+      sdk::write_tensor(out, adam->exp_avg_sq());
+      sdk::write_tensor(out, adam->max_exp_avg_sq());
+    } else if (const auto* sgd = dynamic_cast<const torch::optim::SGDParamState*>(kept)) {
+      out.value(KeptState::kSgd);
+      sdk::write_tensor(out, sgd->momentum_buffer());
+    } else if (kept == nullptr) {
+      out.value(KeptState::kNone);  // no step yet
+    } else {
+      throw RunError("cannot checkpoint this optimizer's state (Adam and SGD only)");
+    }
+  }
+}
+
 void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes) {
   try {
-    torch::serialize::InputArchive archive;
-    archive.load_from(bytes.data(), bytes.size());
-    optimizer.load(archive);
-  } catch (const c10::Error& e) {
-    throw RunError(std::string("not an optimizer state for this model and optimizer: ") +
-                   e.what_without_backtrace());
-  } catch (const std::exception& e) {  // LibTorch's archive reader also throws plain ones
-    throw RunError(std::string("not an optimizer state for this model and optimizer: ") +
-                   e.what());
+    sdk::StateReader in(bytes.data(), bytes.size());
+    if (in.value<uint32_t>() != kOptimizerFormat) throw RunError("not a clhost optimizer state");
+    const auto parameters = optimized_parameters(optimizer);
+    const auto count = in.value<uint64_t>();
+    if (count != parameters.size()) {
+      throw RunError("holds the state of " + std::to_string(count) +
+                     " parameters; this optimizer has " + std::to_string(parameters.size()));
+    }
+    const bool adam = dynamic_cast<torch::optim::Adam*>(&optimizer) != nullptr;
+    std::vector<std::pair<std::string, std::unique_ptr<torch::optim::OptimizerParamState>>> read;
+    for (const auto& parameter : parameters) {
+      const auto kind = in.value<KeptState>();
+      if (kind == KeptState::kNone) continue;
+      read.emplace_back(state_key(parameter), read_state(in, kind, adam, parameter));
+    }
+    in.finish();
+    // Only a state read whole replaces the optimizer's.
+    optimizer.state().clear();
+    for (auto& [key, state] : read) optimizer.state()[key] = std::move(state);
+  } catch (const sdk::Error& e) {
+    throw RunError(e.what());
   }
-  check_optimizer_state(optimizer);
 }
 
 std::string save_generator() {

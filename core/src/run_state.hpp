@@ -33,8 +33,9 @@ void save_model_tensors(torch::nn::Sequential& model, const ByteSink& sink);
 void restore_model_tensors(torch::nn::Sequential& model, const std::string& bytes);
 
 void save_optimizer(torch::optim::Optimizer& optimizer, const ByteSink& sink);
-// Throws RunError unless the archive is an optimizer state whose every tensor has its parameter's
-// shape (what Adam and SGD keep per parameter).
+// optimizer.bin, clhost's own format (not a LibTorch archive: its parser can crash on a damaged
+// file): what Adam or SGD keeps per parameter. Throws RunError unless every tensor has its
+// parameter's shape and type and the state is of this optimizer.
 void restore_optimizer(torch::optim::Optimizer& optimizer, const std::string& bytes);
 
 // LibTorch's default CPU generator.

@@ -291,7 +291,13 @@ void restore_checkpoint(const ResumePlan& plan, PluginSet& plugins, Runtime& run
       parameter.mutable_grad() = torch::zeros_like(parameter);
     }
   }
-  restore("optimizer.pt", [&](const std::string& bytes) { restore_optimizer(optimizer, bytes); });
+  if (!checkpoint.has("optimizer.bin") && checkpoint.has("optimizer.pt")) {
+    throw RunError(checkpoint.directory +
+                   "/optimizer.pt: a LibTorch archive of an older clhost, which this one no longer "
+                   "reads (LibTorch's archive parser can crash on a damaged file); start the run "
+                   "again");
+  }
+  restore("optimizer.bin", [&](const std::string& bytes) { restore_optimizer(optimizer, bytes); });
   restore("generator.bin", [](const std::string& bytes) { restore_generator(bytes); });
 }
 

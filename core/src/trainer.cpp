@@ -496,7 +496,7 @@ void Trainer::write_checkpoint(const TaskPosition& position, const DataOrder* or
                      save_model_tensors(parts_.runtime.model, sink);
                    }});
   files.push_back(
-      {"optimizer.pt", [this](const ByteSink& sink) { save_optimizer(parts_.optimizer, sink); }});
+      {"optimizer.bin", [this](const ByteSink& sink) { save_optimizer(parts_.optimizer, sink); }});
   files.push_back(file_from_bytes("generator.bin", save_generator()));
   // The counters as of now: wall time so far, the tensor peak including this step's.
   TrainerState now = state_;

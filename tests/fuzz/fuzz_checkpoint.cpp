@@ -1,5 +1,5 @@
 // The checkpoint loader, one file at a time (the first byte picks which; the rest is the file):
-// manifest.json, model.bin, optimizer.pt, generator.bin, trainer.json, data_order.bin. The
+// manifest.json, model.bin, optimizer.bin, generator.bin, trainer.json, data_order.bin. The
 // manifest's CRC-32s guard against damage, not against a crafted file, so each reader must check
 // what it reads on its own.
 #include <torch/torch.h>

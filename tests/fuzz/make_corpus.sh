@@ -55,7 +55,9 @@ plugin = "lwf"
 [[pipeline]]
 plugin = "fixed"
 '
-run separate '[fisher_computation]
+run separate 'optimizer = "sgd"
+momentum = 0.9
+[fisher_computation]
 use_memory_efficient = false
 [[pipeline]]
 plugin = "ewc"
@@ -106,7 +108,8 @@ manifest["files"] = [{"name": "model.bin", "bytes": 3, "crc32": zlib.crc32(b"abc
 sys.stdout.write(json.dumps(manifest, indent=1))' "$r/manifest.json" > "$work/manifest"
 seed "$work/manifest" 0 "$checkpoint/manifest"
 seed "$r/model.bin" 1 "$checkpoint/model"
-seed "$r/optimizer.pt" 2 "$checkpoint/optimizer_adam"
+seed "$r/optimizer.bin" 2 "$checkpoint/optimizer_adam"
+seed "$s/optimizer.bin" 3 "$checkpoint/optimizer_sgd"
 seed "$r/generator.bin" 4 "$checkpoint/generator"
 seed "$r/trainer.json" 5 "$checkpoint/trainer"
 /usr/bin/python3 -c 'import random, struct, sys
