@@ -31,8 +31,9 @@ for target in "${targets[@]}"; do
 done
 
 if [[ ! -f "$build/CMakeCache.txt" ]]; then
+  mkdir -p "$build"
   CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCLHOST_FUZZ=ON \
-    -DCLHOST_SANITIZE=address,undefined > "$build.configure.log"
+    -DCLHOST_SANITIZE=address,undefined -DCLHOST_BUILD_BENCHMARKS=OFF > "$build/configure.log"
 fi
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}" fuzz_replay > "$build/fuzz-build.log" \
   || { tail -30 "$build/fuzz-build.log"; exit 1; }

@@ -102,6 +102,15 @@ void install_counting_allocator() {
   c10::SetCPUAllocator(instance(), /*priority=*/100);
 }
 
+// GCC says AddressSanitizer is on with __SANITIZE_ADDRESS__, clang with __has_feature.
+#if defined(__SANITIZE_ADDRESS__)
+#define CLHOST_ADDRESS_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CLHOST_ADDRESS_SANITIZER 1
+#endif
+#endif
+
 void keep_freed_memory(int64_t bytes) {
   constexpr int64_t kGlibcDefault = int64_t{128} * 1024;
   const int64_t threshold = bytes > 0 ? bytes : kGlibcDefault;
@@ -110,7 +119,7 @@ void keep_freed_memory(int64_t bytes) {
                                 std::to_string(INT32_MAX) + " bytes, not " + format_bytes(bytes));
   }
   const int value = static_cast<int>(threshold);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CLHOST_ADDRESS_SANITIZER)
   // A sanitizer build: AddressSanitizer's malloc replaces glibc's and has no such thresholds
   // (mallopt refuses every one); freed memory is its quarantine's, not ours, to keep.
   (void)value;

@@ -197,12 +197,14 @@ void ScriptedLayer::train(bool on) {
 }
 
 torch::Tensor ScriptedLayer::weight() const {
-  const auto* found = named_parameters(false).find("weight");
+  const auto parameters = named_parameters(false);  // find() points into it: keep it alive
+  const auto* found = parameters.find("weight");
   return found != nullptr ? *found : torch::Tensor();
 }
 
 torch::Tensor ScriptedLayer::bias() const {
-  const auto* found = named_parameters(false).find("bias");
+  const auto parameters = named_parameters(false);  // find() points into it: keep it alive
+  const auto* found = parameters.find("bias");
   return found != nullptr ? *found : torch::Tensor();
 }
 
