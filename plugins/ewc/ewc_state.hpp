@@ -179,7 +179,9 @@ inline uint8_t fisher4_code(const uint8_t* nibbles, int64_t i) {
 
 // fp16 anchors (round to nearest even; c10::Half, as clang before 15 has no _Float16 on
 // x86-64). Runs at consolidation only; the penalty decodes with ewc_penalty.hpp.
-inline uint16_t to_half_bits(float value) { return c10::Half(value).x; }
+inline uint16_t to_half_bits(float value) {
+  return c10::Half(value).x;
+}
 
 // Anchors in groups of kAnchorGroup: each group's fp16 scale is its largest magnitude / 127 and
 // each code round(anchor / scale) in [-127, 127], computed with the scale as stored.
