@@ -91,7 +91,7 @@ std::string state_key(const torch::Tensor& parameter) {
 // A saved tensor of `parameter`'s state: its shape and type, on its device; `optional` ones may
 // be absent (Adam's max_exp_avg_sq without amsgrad).
 torch::Tensor read_kept(sdk::StateReader& in, const torch::Tensor& parameter, bool optional) {
-  const torch::Tensor saved = sdk::read_tensor(in);
+  torch::Tensor saved = sdk::read_tensor(in);
   if (!saved.defined() && optional) return saved;
   if (!saved.defined() || saved.sizes() != parameter.sizes() ||
       saved.scalar_type() != parameter.scalar_type()) {

@@ -36,6 +36,8 @@ struct ScratchDir {
   }
   ScratchDir(const ScratchDir&) = delete;
   ScratchDir& operator=(const ScratchDir&) = delete;
+  ScratchDir(ScratchDir&&) = delete;
+  ScratchDir& operator=(ScratchDir&&) = delete;
 };
 
 [[noreturn]] void finding(const char* kind, const char* what) {
@@ -61,7 +63,7 @@ const std::string& scratch_dir() {
 }
 
 std::string write_scratch(const std::string& name, const void* data, size_t size) {
-  const std::string path = (fs::path(scratch_dir()) / name).string();
+  std::string path = (fs::path(scratch_dir()) / name).string();
   fs::create_directories(fs::path(path).parent_path());
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
