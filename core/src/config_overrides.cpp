@@ -142,23 +142,33 @@ toml::table& parent_table(toml::table& root, const std::vector<std::string>& seg
   throw ConfigError(source + ": " + walked + " is a value, not a table");
 }
 
+// Bytes in the UTF-8 sequence a lead byte starts; 0 for a byte that cannot start one.
+size_t utf8_length(unsigned char lead) {
+  if (lead < 0x80U) return 1;
+  if ((lead >> 5U) == 0x6U) return 2;
+  if ((lead >> 4U) == 0xEU) return 3;
+  if ((lead >> 3U) == 0x1EU) return 4;
+  return 0;
+}
+
+// The code point of the `length`-byte sequence at `bytes`; -1 when a continuation byte is not one.
+int64_t utf8_code(const unsigned char* bytes, size_t length) {
+  uint32_t code = length == 1 ? bytes[0] : bytes[0] & (0x7FU >> length);
+  for (size_t k = 1; k < length; ++k) {
+    if ((bytes[k] >> 6U) != 0x2U) return -1;
+    code = (code << 6U) | (bytes[k] & 0x3FU);
+  }
+  return code;
+}
+
 // Whether `text` is UTF-8 (shortest forms, no surrogates), as TOML requires of every string.
 bool valid_utf8(const std::string& text) {
-  constexpr uint32_t kShortest[] = {0, 0, 0x80, 0x800, 0x10000};  // by sequence length
+  constexpr int64_t kShortest[] = {0, 0, 0x80, 0x800, 0x10000};  // by sequence length
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
   for (size_t i = 0; i < text.size();) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    const size_t length = lead < 0x80U            ? 1
-                          : (lead >> 5U) == 0x6U  ? 2
-                          : (lead >> 4U) == 0xEU  ? 3
-                          : (lead >> 3U) == 0x1EU ? 4
-                                                  : 0;
+    const size_t length = utf8_length(bytes[i]);
     if (length == 0 || i + length > text.size()) return false;
-    uint32_t code = length == 1 ? lead : lead & (0x7FU >> length);
-    for (size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next >> 6U) != 0x2U) return false;
-      code = (code << 6U) | (next & 0x3FU);
-    }
+    const int64_t code = utf8_code(bytes + i, length);
     if (code < kShortest[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) {
       return false;
     }

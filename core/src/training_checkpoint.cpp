@@ -67,7 +67,9 @@ void check_file_list(const json& manifest, const std::string& manifest_path) {
     const auto name = entry.at("name").get<std::string>();
     if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
         name.find('\0') != std::string::npos || !names.insert(name).second) {
-      throw RunError(where + ": name '" + name + "' is not a plain file name, or not unique");
+      std::string message = where;
+      message.append(": name '").append(name).append("' is not a plain file name, or not unique");
+      throw RunError(message);
     }
   }
 }
