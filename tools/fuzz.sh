@@ -73,10 +73,10 @@ for target in "${targets[@]}"; do
   crashes=$(find "$work/crashes" -type f | wc -l)
   # The first frame of the sanitizer's report says whose fault a crash is.
   # (The sanitizer's interceptors — malloc, memcpy, operator new... — are frames of the fuzz
-  # binary without a source line: skipped.)
+  # binary without a source line, and glibc's own string functions sit under them: skipped.)
   first_frame=$(sed -n '/^==[0-9]*==ERROR: \(AddressSanitizer\|UndefinedBehaviorSanitizer\)/,$p' "$log" \
     | grep -a -E '^ +#[0-9]+ ' | grep -a -v -E '\(/[^ ]*/bin/fuzz_[a-z_0-9]+\+0x[0-9a-f]+\)' \
-    | head -1 || true)
+    | grep -a -v -E 'sysdeps/|/libc\.so' | head -1 || true)
   if [[ $crashes -gt 0 && $first_frame =~ lib(hdf5_serial|torch_cpu|c10)\.so ]] \
      && ! grep -aq 'fuzz finding' "$log"; then
     mkdir -p "$root/tests/fuzz/library_faults"
