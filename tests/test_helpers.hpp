@@ -12,21 +12,6 @@
 
 namespace clhost::test {
 
-// AddressSanitizer replaces glibc's malloc: its counters (mallinfo2) read zero, its thresholds do
-// not apply and RSS follows the sanitizer's quarantine and shadow memory. GCC says so with
-// __SANITIZE_ADDRESS__, clang with __has_feature.
-#if defined(__SANITIZE_ADDRESS__)
-inline constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-inline constexpr bool kAddressSanitizer = true;
-#else
-inline constexpr bool kAddressSanitizer = false;
-#endif
-#else
-inline constexpr bool kAddressSanitizer = false;
-#endif
-
 class TempDir {
  public:
   TempDir() {

@@ -102,14 +102,20 @@ void install_counting_allocator() {
   c10::SetCPUAllocator(instance(), /*priority=*/100);
 }
 
-// GCC says AddressSanitizer is on with __SANITIZE_ADDRESS__, clang with __has_feature.
+bool glibc_allocator() {
+  // GCC says AddressSanitizer is on with __SANITIZE_ADDRESS__, clang with __has_feature.
 #if defined(__SANITIZE_ADDRESS__)
-#define CLHOST_ADDRESS_SANITIZER 1
+  return false;
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-#define CLHOST_ADDRESS_SANITIZER 1
+  return false;
+#else
+  return true;
 #endif
+#else
+  return true;
 #endif
+}
 
 void keep_freed_memory(int64_t bytes) {
   constexpr int64_t kGlibcDefault = int64_t{128} * 1024;
@@ -119,12 +125,9 @@ void keep_freed_memory(int64_t bytes) {
                                 std::to_string(INT32_MAX) + " bytes, not " + format_bytes(bytes));
   }
   const int value = static_cast<int>(threshold);
-#if defined(CLHOST_ADDRESS_SANITIZER)
-  // A sanitizer build: AddressSanitizer's malloc replaces glibc's and has no such thresholds
-  // (mallopt refuses every one); freed memory is its quarantine's, not ours, to keep.
-  (void)value;
-  return;
-#endif
+  // A sanitizer build: its malloc has no such thresholds (mallopt refuses every one); freed
+  // memory is its quarantine's, not ours, to keep.
+  if (!glibc_allocator()) return;
   if (mallopt(M_MMAP_THRESHOLD, value) != 1 || mallopt(M_TRIM_THRESHOLD, value) != 1) {
     throw std::invalid_argument("glibc's mallopt refused " + format_bytes(bytes));
   }

@@ -22,6 +22,10 @@ void install_counting_allocator();
 // the value.
 void keep_freed_memory(int64_t bytes);
 
+// False in a sanitizer build, whose allocator replaces glibc's malloc: no mallopt thresholds, no
+// mallinfo2 counters, RSS that follows the sanitizer's quarantine and shadow memory.
+[[nodiscard]] bool glibc_allocator();
+
 // Bytes; -1 removes the budget.
 void set_budget(int64_t bytes);
 [[nodiscard]] int64_t budget();

@@ -294,12 +294,7 @@ class StateReader {
   }
   template <class T>
   std::vector<T> vector() {
-    const auto count = value<uint64_t>();
-    if (count > (size_ - position_) / (sizeof(T) == 0 ? 1 : sizeof(T))) {
-      throw Error("saved state is truncated (a vector of " + std::to_string(count) + " items)",
-                  CLHOST_STATUS_INVALID_ARGUMENT);
-    }
-    std::vector<T> items(static_cast<size_t>(count));
+    std::vector<T> items(static_cast<size_t>(count(sizeof(T))));
     bytes(items.data(), items.size() * sizeof(T));
     return items;
   }
