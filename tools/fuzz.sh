@@ -87,8 +87,16 @@ for target in "${targets[@]}"; do
     failed=1
     mkdir -p "$root/tests/fuzz/regressions/$target"
     cp "$work"/crashes/* "$root/tests/fuzz/regressions/$target/" 2>/dev/null || true
-    echo "fuzz.sh: $target found a problem (exit $status); the end of its log ($log):" >&2
-    tail -40 "$log" >&2
+    echo "fuzz.sh: $target found a problem (exit $status); its report ($log):" >&2
+    # The report starts at the finding's own message (or the sanitizer's); a CI log is all
+    # there is of a clean clone's run, so the input itself is printed too, to replay it here.
+    sed -n '/fuzz finding\|ERROR: \(AddressSanitizer\|LeakSanitizer\|libFuzzer\)\|runtime error:/,$p' "$log" \
+      | head -80 >&2
+    for crash in "$work"/crashes/*; do
+      [[ -f $crash ]] || continue
+      echo "fuzz.sh: input $(basename "$crash") ($(stat -c %s "$crash") bytes), base64:" >&2
+      head -c 8192 "$crash" | base64 >&2
+    done
   fi
   printf '%-14s %10s %8s %8s %8s\n' "$target" "${executions:-?}" "${edges:-?}" "$corpus" "$crashes"
   printf '%s{"target": "%s", "seconds": %s, "executions": %s, "edges": %s, "corpus": %s, "crashes": %s, "exit": %s}\n' \

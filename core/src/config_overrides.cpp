@@ -1,5 +1,6 @@
 // The command line on top of a config file: --plugins, --set and the switches.
 #include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <sstream>
 
@@ -113,8 +114,11 @@ toml::node* descend(toml::node* current, const std::string& segment, const std::
     if (!is_index(segment)) {
       throw ConfigError(source + ": '" + segment + "' is not an array index (0, 1, ...)");
     }
-    const size_t index = std::stoul(segment);
-    if (index >= array->size()) {
+    // An index too large for size_t is past the end of any array as well.
+    size_t index = 0;
+    const auto [end, error] =
+        std::from_chars(segment.data(), segment.data() + segment.size(), index);
+    if (error != std::errc() || index >= array->size()) {
       throw ConfigError(source + ": index " + segment + " is past the end (the array has " +
                         std::to_string(array->size()) + " entr" +
                         (array->size() == 1 ? "y" : "ies") + ")");

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -32,11 +33,14 @@ std::vector<int64_t> sequences_in(const std::string& root) {
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(root, error)) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.empty() ||
-        name.find_first_not_of("0123456789") != std::string::npos) {
+    int64_t sequence = 0;
+    const auto [end, parsed] = std::from_chars(name.data(), name.data() + name.size(), sequence);
+    // Only clhost's own names count: digits that fit, nothing after them.
+    if (!entry.is_directory() || name.empty() || parsed != std::errc() ||
+        end != name.data() + name.size() || name[0] == '-') {
       continue;
     }
-    out.push_back(std::stoll(name));
+    out.push_back(sequence);
   }
   std::sort(out.rbegin(), out.rend());
   return out;
