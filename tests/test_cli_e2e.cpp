@@ -38,6 +38,37 @@ TEST(CliEndToEnd, QuickRunWithTheCL2PluginWritesResults) {
             std::string::npos);
   EXPECT_TRUE(results["metrics"]["forgetting"].is_number());
   EXPECT_TRUE(std::filesystem::exists(dir.path("l2") + "/accuracy_matrix.csv"));
+  EXPECT_FALSE(results.contains("validation")) << "without data.validation nothing is held out";
+  EXPECT_EQ(results["tasks"][0]["train_samples"], 1000);
+}
+
+// data.validation: each task trains on the rest of its samples and is also scored on the held-out
+// ones after every task, the test set untouched.
+TEST(CliEndToEnd, ValidationSamplesAreHeldOutAndScoredAfterEveryTask) {
+  clhost::test::TempDir dir;
+  const Result run = clhost("run --config " + kQuick + " --output " + dir.path("v") +
+                            " --quiet --set data.validation=200");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const auto results = results_of(dir.path("v"));
+  const auto& validation = results["validation"];
+  EXPECT_EQ(validation["samples"], nlohmann::json::array({200, 200, 200, 200, 200}));
+  ASSERT_EQ(validation["accuracy_matrix"].size(), 5U);
+  EXPECT_EQ(validation["accuracy_matrix"][4].size(), 5U);
+  EXPECT_EQ(validation["random_init_accuracy"].size(), 5U);
+  ASSERT_EQ(validation["average_accuracy_seen"].size(), 5U);
+  // Two-class tasks: a trained model is far above chance on held-out samples of its own task.
+  EXPECT_GT(validation["accuracy_matrix"][0][0].get<double>(), 0.8);
+  EXPECT_DOUBLE_EQ(validation["average_accuracy_seen"][0].get<double>(),
+                   validation["accuracy_matrix"][0][0].get<double>());
+  EXPECT_NEAR(validation["metrics"]["average_accuracy"].get<double>(),
+              results["metrics"]["average_accuracy"].get<double>(), 0.1);
+  for (const auto& task : results["tasks"]) {
+    EXPECT_EQ(task["train_samples"], 800);
+    EXPECT_EQ(task["validation_samples"], 200);
+    EXPECT_EQ(task["test_samples"], 400);
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir.path("v") + "/validation_accuracy_matrix.csv"));
+  EXPECT_EQ(results["config"]["data"]["validation"], 200);
 }
 
 // Progress lines show a rate before the first logging window closes (slow steps, large

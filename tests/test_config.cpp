@@ -62,7 +62,14 @@ INSTANTIATE_TEST_SUITE_P(
                  ":3:1:", "tasks[0].batch: unknown key"},
         BadInput{"section_not_table", "run = 5\n", ":1:7:", "run: expected a table"},
         BadInput{"bool_as_string", "[fisher_computation]\nuse_compression = \"yes\"\n",
-                 ":2:19:", "fisher_computation.use_compression: expected a boolean"}),
+                 ":2:19:", "fisher_computation.use_compression: expected a boolean"},
+        BadInput{"validation_fraction_one", "[data]\nvalidation = 1.0\n", ":2:14:",
+                 "data.validation: a fraction must be in [0, 1) (give a number of samples"},
+        BadInput{"validation_negative", "[data]\nvalidation = -3\n",
+                 ":2:14:", "data.validation: a count must not be negative"},
+        BadInput{"validation_string", "[data]\nvalidation = \"10%\"\n", ":2:14:",
+                 "data.validation: expected a fraction (0.1) or a count of samples (1000), got "
+                 "a string"}),
     [](const ::testing::TestParamInfo<BadInput>& param_info) {
       return std::string(param_info.param.name);
     });
@@ -117,6 +124,23 @@ TEST(Config, PluginsFlagReplacesThePipelineAndKeepsSettings) {
   EXPECT_EQ(config.pipeline[1].id, "fresh");
   EXPECT_EQ(config.pipeline[2].id, "memory_profiler");
   EXPECT_EQ(config.pipeline[2].location, "--profile-memory");
+}
+
+TEST(Config, ValidationIsAFractionOrACountWrittenBackAsGiven) {
+  clhost::test::TempDir dir;
+  const auto none = load_config(dir.file("none.toml", "[data]\n"));
+  EXPECT_FALSE(none.data.validation.enabled());
+  const auto fraction = load_config(dir.file("f.toml", "[data]\nvalidation = 0.1\n"));
+  EXPECT_DOUBLE_EQ(fraction.data.validation.fraction, 0.1);
+  EXPECT_EQ(fraction.data.validation.samples_of(1000), 100);
+  EXPECT_EQ(fraction.data.validation.samples_of(3), 1) << "at least one";
+  EXPECT_NE(fraction.resolved_toml.find("validation = 0.1"), std::string::npos);
+  const auto count = load_config(dir.file("c.toml", "[data]\nvalidation = 500\n"));
+  EXPECT_EQ(count.data.validation.count, 500);
+  EXPECT_EQ(count.data.validation.samples_of(12000), 500);
+  EXPECT_NE(count.resolved_toml.find("validation = 500"), std::string::npos);
+  const auto again = load_config(dir.file("again.toml", count.resolved_toml));
+  EXPECT_EQ(again.resolved_json, count.resolved_json);
 }
 
 TEST(Config, MissingFileIsAConfigError) {

@@ -1,9 +1,11 @@
 // Task sequences from IDX files: any MNIST-family file set (gzip or not), explicit or shuffled
 // class splits, normalisation, and errors that name the file and the key.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -405,6 +407,88 @@ TEST(DataStreaming, StreamedSamplesEqualResidentOnesInEveryScenario) {
                                     b.test_range(3, b.test_size()).x, 0.0, tolerance));
       }
     }
+  }
+}
+
+// Which sample of write_distinct_hdf5 each row is (pixel 0 is 7 i mod 256; 183 = 7^-1 mod 256),
+// read with normalize = "none".
+std::vector<int64_t> sample_ids(const torch::Tensor& x) {
+  std::vector<int64_t> ids;
+  for (int64_t row = 0; row < x.size(0); ++row) {
+    ids.push_back((x[row][0].item<int64_t>() * 183) % 256);
+  }
+  return ids;
+}
+
+TEST(DataValidation, HeldOutSamplesLeaveTheTrainingSetSeededPerTaskResidentOrStreamed) {
+  clhost::test::TempDir dir;
+  write_distinct_hdf5(dir.path("data.h5"), "", 200, 30);
+  const std::string keys = "scenario = \"permuted\"\nnum_tasks = 2\nnormalize = \"none\"\n";
+  for (const std::string cap : {"", "max_resident = \"1KiB\"\n"}) {
+    SCOPED_TRACE(cap.empty() ? "resident" : "streamed");
+    const auto plain = clhost::build_task_sequence(hdf5_config(dir, keys + cap).data, {}, 4);
+    const auto config = hdf5_config(dir, keys + cap + "validation = 0.25\n");
+    const auto held = clhost::build_task_sequence(config.data, {}, 4);
+    std::vector<std::vector<int64_t>> validation_ids;
+    for (size_t t = 0; t < held.tasks.size(); ++t) {
+      const auto& task = held.tasks[t];
+      EXPECT_EQ(plain.tasks[t].validation_size(), 0);
+      ASSERT_EQ(task.validation_size(), 50);
+      ASSERT_EQ(task.train_size(), 150);
+      EXPECT_EQ(task.test_size(), plain.tasks[t].test_size());
+      const auto train = task.train_range(0, task.train_size());
+      const auto validation = task.validation_range(0, task.validation_size());
+      if (t == 0) {
+        std::vector<int64_t> train_ids = sample_ids(train.x);
+        std::vector<int64_t> ids = sample_ids(validation.x);
+        validation_ids.push_back(ids);
+        EXPECT_TRUE(std::is_sorted(train_ids.begin(), train_ids.end())) << "original order kept";
+        EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+        std::vector<int64_t> all = train_ids;
+        all.insert(all.end(), ids.begin(), ids.end());
+        std::sort(all.begin(), all.end());
+        EXPECT_EQ(std::adjacent_find(all.begin(), all.end()), all.end()) << "disjoint";
+        EXPECT_EQ(all.size(), 200U);
+        // Labels travel with their samples (label = id % 3).
+        for (size_t i = 0; i < ids.size(); ++i) {
+          EXPECT_EQ(validation.y[static_cast<int64_t>(i)].item<int64_t>(), ids[i] % 3);
+        }
+      } else {
+        // Task 1's pixels are permuted (pixel 0 is another pixel): its labels show its own draw.
+        EXPECT_FALSE(torch::equal(validation.y, held.tasks[0].validation_range(0, 50).y));
+      }
+    }
+    // The same seed draws the same split; another seed another.
+    const auto again = clhost::build_task_sequence(config.data, {}, 4);
+    EXPECT_EQ(sample_ids(again.tasks[0].validation_range(0, 50).x), validation_ids[0]);
+    const auto other = clhost::build_task_sequence(config.data, {}, 5);
+    EXPECT_NE(sample_ids(other.tasks[0].validation_range(0, 50).x), validation_ids[0]);
+    // Without data.validation the training set is untouched.
+    EXPECT_TRUE(torch::equal(plain.tasks[0].train_range(0, 200).x,
+                             clhost::build_task_sequence(hdf5_config(dir, keys + cap).data, {}, 4)
+                                 .tasks[0]
+                                 .train_range(0, 200)
+                                 .x));
+  }
+}
+
+TEST(DataValidation, ACountPerTaskAndATaskLeftWithoutTrainingSamples) {
+  clhost::test::TempDir dir;
+  write_distinct_hdf5(dir.path("data.h5"), "", 60, 30);
+  const auto counted = clhost::build_task_sequence(
+      hdf5_config(dir, "task_classes = [[0, 1], [2]]\nvalidation = 7\n").data, {}, 1);
+  ASSERT_EQ(counted.tasks.size(), 2U);
+  EXPECT_EQ(counted.tasks[0].validation_size(), 7);
+  EXPECT_EQ(counted.tasks[0].train_size(), 40 - 7);
+  EXPECT_EQ(counted.tasks[1].validation_size(), 7);
+  EXPECT_EQ(counted.tasks[1].train_size(), 20 - 7);
+  const auto config = hdf5_config(dir, "task_classes = [[0, 1], [2]]\nvalidation = 20\n");
+  try {
+    (void)clhost::build_task_sequence(config.data, {}, 1);
+    FAIL() << "a task without training samples was accepted";
+  } catch (const clhost::RunError& e) {
+    EXPECT_THAT(e.what(), testing::HasSubstr("data.validation: task 2 (task1) has 20 training "
+                                             "samples; holding out 20 samples leaves none"));
   }
 }
 

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
 
 #include "activation_checkpoint.hpp"
 #include "clhost/errors.hpp"
@@ -422,6 +424,60 @@ TEST_F(TextTasks, DocumentsAreCutAsTheWholeTextWouldBe) {
     const std::vector<std::string> expected = reference_documents(text);
     EXPECT_EQ(clhost::text_file_documents(path, int64_t{1} << 30), expected) << name;
     EXPECT_EQ(clhost::text_file_documents(path, 100), expected) << name << ", spilled";
+  }
+}
+
+// The document numbers ("number N says") whose whole number appears in the windows' bytes.
+std::set<int> document_numbers(const torch::Tensor& windows) {
+  std::set<int> numbers;
+  const torch::Tensor bytes = windows.contiguous();
+  for (int64_t row = 0; row < bytes.size(0); ++row) {
+    const auto* data = bytes[row].data_ptr<uint8_t>();
+    const std::string text(reinterpret_cast<const char*>(data), static_cast<size_t>(bytes.size(1)));
+    static const std::regex kNumber("number ([0-9]+) says");
+    for (std::sregex_iterator it(text.begin(), text.end(), kNumber), end; it != end; ++it) {
+      numbers.insert(std::stoi((*it)[1]));
+    }
+  }
+  return numbers;
+}
+
+// data.validation holds out whole documents of the training side: no validation text is in a
+// training window; without it the training windows are what they were.
+TEST_F(TextTasks, ValidationHoldsOutWholeTrainingDocuments) {
+  const std::string text = write("v.txt", fortunes(200, "zeta"));
+  clhost::DataSection data;
+  data.kind = clhost::DataKind::kText;
+  data.num_tasks = 1;
+  data.train_samples_per_task = 300;
+  std::vector<clhost::TaskOverride> tasks(1);
+  tasks[0].text_paths = {text};
+  const auto plain = clhost::build_text_tasks(data, 60, tasks, 2);
+  data.validation.fraction = 0.2;
+  const auto held = clhost::build_text_tasks(data, 60, tasks, 2);
+  const clhost::TaskData& task = held.tasks[0];
+  ASSERT_GT(task.validation_size(), 0);
+  EXPECT_EQ(plain.tasks[0].validation_size(), 0);
+  const std::set<int> train = document_numbers(task.train_x);
+  const std::set<int> validation = document_numbers(task.validation_x);
+  const std::set<int> test = document_numbers(task.test_x);
+  EXPECT_GE(validation.size(), 20U);  // of the 36 held-out documents (0.2 of 180)
+  for (int number : validation) {
+    EXPECT_EQ(train.count(number), 0U) << "document " << number << " is in both";
+    EXPECT_EQ(test.count(number), 0U) << "document " << number << " is in both";
+  }
+  EXPECT_TRUE(torch::equal(task.test_x, plain.tasks[0].test_x)) << "the test side is unchanged";
+  EXPECT_TRUE(torch::equal(task.validation_x.narrow(1, 1, 59), task.validation_y.narrow(1, 0, 59)));
+  // A count is a number of documents; one that takes every training document is refused.
+  data.validation = clhost::ValidationSplit{0.0, 180};
+  try {
+    (void)clhost::build_text_tasks(data, 60, tasks, 2);
+    FAIL() << "a task without training documents was accepted";
+  } catch (const clhost::RunError& e) {
+    EXPECT_NE(std::string(e.what()).find("data.validation holds out 180 of the 180 training "
+                                         "documents, leaving none to train on"),
+              std::string::npos)
+        << e.what();
   }
 }
 

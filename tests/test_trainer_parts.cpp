@@ -39,6 +39,8 @@ TEST(TrainerStateFields, EveryFieldRoundTripsThroughTrainerJson) {
   state.task_reports = json::array({json{{"name", "task0"}}});
   state.accuracy_matrix = {{0.5, 0.25}};
   state.random_init_accuracy = {0.1, 0.2};
+  state.validation_matrix = {{0.75, 0.5}};
+  state.random_init_validation = {0.125, 0.25};
   state.wall_seconds = 4.5;
   state.checkpoint_seconds = {0.01, 0.02};
   state.resumes = json::array({json{{"task", 1}}});

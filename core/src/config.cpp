@@ -585,6 +585,44 @@ Key<Section> bytes_key(const char* name, int64_t Section::*member, int64_t minim
           [=](toml::table& table, const Section& in) { table.insert_or_assign(name, in.*member); }};
 }
 
+// data.validation: a fraction of each task's training samples (a float below 1) or a count (an
+// integer); 0 holds nothing out. Written back in the form it was given.
+template <class Section>
+Key<Section> validation_key(const char* name, ValidationSplit Section::*member) {
+  return {name,
+          [=](SectionReader& reader, Section& out) {
+            const toml::node* node = reader.take(name);
+            if (node == nullptr) return;
+            ValidationSplit split;
+            if (const auto* count = node->as_integer()) {
+              if (count->get() < 0) reader.fail(*node, name, "a count must not be negative");
+              split.count = count->get();
+            } else if (const auto* fraction = node->as_floating_point()) {
+              const double value = fraction->get();
+              if (!(value >= 0.0 && value < 1.0)) {
+                reader.fail(*node, name,
+                            "a fraction must be in [0, 1) (give a number of samples per task as "
+                            "an integer, e.g. 1000)");
+              }
+              split.fraction = value;
+            } else {
+              reader.fail(*node, name,
+                          std::string("expected a fraction (0.1) or a count of samples (1000), "
+                                      "got ") +
+                              type_name(*node));
+            }
+            out.*member = split;
+          },
+          [=](toml::table& table, const Section& in) {
+            const ValidationSplit& split = in.*member;
+            if (split.count > 0) {
+              table.insert_or_assign(name, split.count);
+            } else {
+              table.insert_or_assign(name, split.fraction);
+            }
+          }};
+}
+
 const std::vector<Key<RunSection>>& run_keys() {
   using S = RunSection;
   static const std::vector<Key<S>> keys = {
@@ -636,6 +674,7 @@ const std::vector<Key<DataSection>>& data_keys() {
       int_key<S>("test_samples_per_task", &S::test_samples_per_task, 0, INT64_MAX),
       text_key<S>("fortunes_dir", &S::fortunes_dir),
       float_key<S>("test_fraction", &S::test_fraction, 0.01, 0.9),
+      validation_key<S>("validation", &S::validation),
       enum_key<S>("kind", &S::kind, kDataKindNames),
       bytes_key<S>("max_resident", &S::max_resident_bytes, 0),
       bytes_key<S>("stream_cache", &S::stream_cache_bytes, 0),

@@ -389,9 +389,10 @@ int64_t resident_data_bytes(const TaskSequence& sequence) {
       total += static_cast<int64_t>(tensor.storage().nbytes());
   };
   for (const TaskData& task : sequence.tasks) {
-    for (const torch::Tensor& tensor : {task.train_x, task.train_y, task.test_x, task.test_y})
+    for (const torch::Tensor& tensor : {task.train_x, task.train_y, task.test_x, task.test_y,
+                                        task.validation_x, task.validation_y})
       count(tensor);
-    for (const auto& source : {task.train_source, task.test_source}) {
+    for (const auto& source : {task.train_source, task.test_source, task.validation_source}) {
       if (!source) continue;
       for (const torch::Tensor& tensor : source->resident_tensors()) count(tensor);
     }
@@ -495,6 +496,10 @@ Samples TaskData::train_range(int64_t begin, int64_t end) const {
 
 Samples TaskData::test_range(int64_t begin, int64_t end) const {
   return read_range(test_source.get(), test_x, test_y, begin, end);
+}
+
+Samples TaskData::validation_range(int64_t begin, int64_t end) const {
+  return read_range(validation_source.get(), validation_x, validation_y, begin, end);
 }
 
 namespace {
@@ -777,6 +782,7 @@ TaskSequence build_task_sequence(const DataSection& data, const std::vector<Task
     }
     sequence.tasks.push_back(std::move(entry));
   }
+  hold_out_validation(sequence, data.validation, seed);
   return sequence;
 }
 

@@ -117,6 +117,11 @@ struct TaskData {
   // Set instead of train_x: samples converted or read batch by batch (every image task).
   std::shared_ptr<const SampleSource> train_source;
   std::shared_ptr<const SampleSource> test_source;
+  // data.validation: samples held out of the training data, kept as the training samples are
+  // (validation_x/_y, or a source with labels in validation_y); empty without data.validation.
+  torch::Tensor validation_x;
+  torch::Tensor validation_y;
+  std::shared_ptr<const SampleSource> validation_source;
 
   [[nodiscard]] int64_t train_size() const {
     return train_source ? train_source->size() : train_x.size(0);
@@ -124,9 +129,14 @@ struct TaskData {
   [[nodiscard]] int64_t test_size() const {
     return test_source ? test_source->size() : test_x.size(0);
   }
+  [[nodiscard]] int64_t validation_size() const {
+    if (validation_source) return validation_source->size();
+    return validation_y.defined() ? validation_y.size(0) : 0;
+  }
   [[nodiscard]] Samples train_rows(const torch::Tensor& indices) const;
   [[nodiscard]] Samples train_range(int64_t begin, int64_t end) const;
   [[nodiscard]] Samples test_range(int64_t begin, int64_t end) const;
+  [[nodiscard]] Samples validation_range(int64_t begin, int64_t end) const;
 };
 
 struct TaskSequence {
@@ -143,6 +153,11 @@ struct TaskSequence {
 
 // Bytes of memory the sequence's samples and labels hold, each shared tensor counted once.
 int64_t resident_data_bytes(const TaskSequence& sequence);
+
+// data.validation: moves each task's held-out share of its training samples into its validation
+// samples — drawn by a shuffle seeded by `seed` and the task, both parts kept in their original
+// order. Throws RunError naming a task that would keep no training or no validation samples.
+void hold_out_validation(TaskSequence& sequence, const ValidationSplit& split, uint64_t seed);
 
 // Reads an IDX file (gzip-compressed or not) into a uint8 tensor of its shape.
 // Throws RunError naming the file and what is wrong.

@@ -44,9 +44,20 @@ std::vector<int64_t> evaluation_classes(const RunConfig& config, const TaskSeque
   return all_classes(sequence);
 }
 
-// The test rows [begin, end) this rank scores: its contiguous share of the task's test set.
-std::pair<int64_t, int64_t> test_shard(const TaskData& task, const Collective& collective) {
-  const int64_t total = task.test_size();
+int64_t split_size(const TaskData& task, EvalSplit split) {
+  return split == EvalSplit::kTest ? task.test_size() : task.validation_size();
+}
+
+Samples split_range(const TaskData& task, EvalSplit split, int64_t begin, int64_t end) {
+  return split == EvalSplit::kTest ? task.test_range(begin, end)
+                                   : task.validation_range(begin, end);
+}
+
+// The rows [begin, end) this rank scores: its contiguous share of the task's test (or
+// validation) samples.
+std::pair<int64_t, int64_t> rank_shard(const TaskData& task, EvalSplit split,
+                                       const Collective& collective) {
+  const int64_t total = split_size(task, split);
   const int64_t ranks = collective.world_size();
   return {total * collective.rank() / ranks, total * (collective.rank() + 1) / ranks};
 }
@@ -57,12 +68,12 @@ struct Tally {
   double count = 0.0;
 };
 
-Tally count_correct(torch::nn::Sequential& model, const TaskData& task, const ClassView& view,
-                    int64_t batch_size, std::pair<int64_t, int64_t> shard) {
+Tally count_correct(torch::nn::Sequential& model, const TaskData& task, EvalSplit split,
+                    const ClassView& view, int64_t batch_size, std::pair<int64_t, int64_t> shard) {
   Tally tally;
   for (int64_t start = shard.first; start < shard.second; start += batch_size) {
     const int64_t end = std::min(shard.second, start + batch_size);
-    const Samples samples = task.test_range(start, end);
+    const Samples samples = split_range(task, split, start, end);
     torch::Tensor logits = model->forward(samples.x).index_select(1, view.active);
     torch::Tensor predicted = view.active.index_select(0, logits.argmax(1));
     tally.sum += static_cast<double>(predicted.eq(samples.y).sum().item<int64_t>());
@@ -72,12 +83,12 @@ Tally count_correct(torch::nn::Sequential& model, const TaskData& task, const Cl
 }
 
 // Nats of the next-byte predictions over every position of the held-out windows.
-Tally count_nats(torch::nn::Sequential& model, const TaskData& task, int64_t batch_size,
-                 std::pair<int64_t, int64_t> shard) {
+Tally count_nats(torch::nn::Sequential& model, const TaskData& task, EvalSplit split,
+                 int64_t batch_size, std::pair<int64_t, int64_t> shard) {
   Tally tally;
   for (int64_t start = shard.first; start < shard.second; start += batch_size) {
     const int64_t end = std::min(shard.second, start + batch_size);
-    const Samples samples = task.test_range(start, end);
+    const Samples samples = split_range(task, split, start, end);
     const torch::Tensor logits = model->forward(samples.x);
     const torch::Tensor targets = samples.y.reshape({-1}).to(torch::kInt64);
     tally.sum += torch::nn::functional::cross_entropy(
@@ -97,7 +108,8 @@ ClassView training_view(const RunConfig& config, const TaskSequence& sequence, s
 }
 
 std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunConfig& config,
-                                       const TaskSequence& sequence, Collective& collective) {
+                                       const TaskSequence& sequence, Collective& collective,
+                                       EvalSplit split) {
   torch::NoGradGuard no_grad;
   model->eval();
   // Every rank scores its share of each test set; one all-reduce adds up the tallies.
@@ -105,12 +117,13 @@ std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunCo
   for (size_t j = 0; j < sequence.tasks.size(); ++j) {
     const TaskData& task = sequence.tasks[j];
     const int64_t batch = config.train.eval_batch_size;
+    const auto shard = rank_shard(task, split, collective);
     const Tally tally = sequence.next_byte
-                            ? count_nats(model, task, batch, test_shard(task, collective))
-                            : count_correct(model, task,
+                            ? count_nats(model, task, split, batch, shard)
+                            : count_correct(model, task, split,
                                             make_class_view(evaluation_classes(config, sequence, j),
                                                             sequence.num_classes),
-                                            batch, test_shard(task, collective));
+                                            batch, shard);
     tallies.push_back(tally.sum);
     tallies.push_back(tally.count);
   }

@@ -23,11 +23,15 @@ struct ClassView {
 // The view task `task` trains on (class-incremental: every class seen so far; text: every byte).
 ClassView training_view(const RunConfig& config, const TaskSequence& sequence, size_t task);
 
-// Accuracy (text: bits per byte) on every task's test set, in task order (the model is left in
-// training mode). In a data-parallel run each rank scores a share of every test set and the
-// counts are added up: every rank gets the same result.
+// The samples an evaluation scores: each task's test set, or its data.validation samples.
+enum class EvalSplit { kTest, kValidation };
+
+// Accuracy (text: bits per byte) on every task's test (or validation) samples, in task order
+// (the model is left in training mode). In a data-parallel run each rank scores a share of every
+// task's samples and the counts are added up: every rank gets the same result.
 std::vector<double> evaluate_all_tasks(torch::nn::Sequential& model, const RunConfig& config,
                                        const TaskSequence& sequence,
-                                       Collective& collective = single_process());
+                                       Collective& collective = single_process(),
+                                       EvalSplit split = EvalSplit::kTest);
 
 }  // namespace clhost

@@ -492,10 +492,10 @@ LoadedPipeline load_resumed_pipeline(PluginLoader& loader, const RunConfig& conf
 
 // --- outputs ---------------------------------------------------------------------------------
 
-// <metric>_matrix.csv: accuracy_matrix.csv, or bits_per_byte_matrix.csv for text tasks.
+// `file`: <metric>_matrix.csv (accuracy_matrix.csv, or bits_per_byte_matrix.csv for text
+// tasks), validation_<metric>_matrix.csv for data.validation's evaluations.
 void write_evaluation_matrix(const std::string& run_dir, const TaskSequence& sequence,
-                             const RunSummary& summary) {
-  const AccuracyMatrix& accuracy = summary.accuracy;
+                             const AccuracyMatrix& accuracy, const std::string& file) {
   std::ostringstream csv;
   csv << "after_task";
   for (const auto& task : sequence.tasks) csv << ',' << task.name;
@@ -505,8 +505,7 @@ void write_evaluation_matrix(const std::string& run_dir, const TaskSequence& seq
     for (double value : accuracy[i]) csv << ',' << format_double(value, 6);
     csv << '\n';
   }
-  write_file_atomic(
-      (fs::path(run_dir) / (std::string(summary.metric.name) + "_matrix.csv")).string(), csv.str());
+  write_file_atomic((fs::path(run_dir) / file).string(), csv.str());
 }
 
 int64_t streamed_bytes_read(const TaskSequence& sequence) {
@@ -514,6 +513,7 @@ int64_t streamed_bytes_read(const TaskSequence& sequence) {
   for (const auto& task : sequence.tasks) {
     if (task.train_source) total += task.train_source->bytes_read();
     if (task.test_source) total += task.test_source->bytes_read();
+    if (task.validation_source) total += task.validation_source->bytes_read();
   }
   return total;
 }
@@ -554,6 +554,39 @@ json memory_json(const RunRecord& run) {
               {"batch_size_changes", run.state.batch_changes}};
 }
 
+json metrics_json(const ContinualMetrics& metrics, const std::string& name) {
+  return json{{"average_" + name, metrics.average_accuracy},
+              {"forgetting", optional_json(metrics.forgetting)},
+              {"backward_transfer", optional_json(metrics.backward_transfer)},
+              {"forward_transfer", optional_json(metrics.forward_transfer)}};
+}
+
+// data.validation: the same evaluations on the samples held out of each task's training data,
+// and after each task the mean over the tasks seen so far (what clhost sweep compares).
+json validation_json(const RunRecord& run) {
+  const TrainerState& state = run.state;
+  const std::string name = run.summary.metric.name;
+  json samples = json::array();
+  for (const auto& task : run.sequence.tasks) samples.push_back(task.validation_size());
+  json seen = json::array();
+  for (size_t i = 0; i < state.validation_matrix.size(); ++i) {
+    double sum = 0.0;
+    for (size_t j = 0; j <= i; ++j) sum += state.validation_matrix[i][j];
+    seen.push_back(sum / static_cast<double>(i + 1));
+  }
+  json out{{"samples", samples},
+           {name + "_matrix", state.validation_matrix},
+           {"random_init_" + name, state.random_init_validation},
+           {"average_" + name + "_seen", seen}};
+  if (state.validation_matrix.size() == run.sequence.tasks.size()) {
+    out["metrics"] =
+        metrics_json(compute_metrics(state.validation_matrix, state.random_init_validation,
+                                     run.summary.metric.higher_is_better),
+                     name);
+  }
+  return out;
+}
+
 json results_json(const RunRecord& run) {
   const RunConfig& config = run.config;
   const ContinualMetrics& metrics = run.summary.metrics;
@@ -581,11 +614,7 @@ json results_json(const RunRecord& run) {
        {{"metric", name}, {"better", run.summary.metric.higher_is_better ? "higher" : "lower"}}},
       {name + "_matrix", run.summary.accuracy},
       {"random_init_" + name, run.summary.random_init_accuracy},
-      {"metrics",
-       {{"average_" + name, metrics.average_accuracy},
-        {"forgetting", optional_json(metrics.forgetting)},
-        {"backward_transfer", optional_json(metrics.backward_transfer)},
-        {"forward_transfer", optional_json(metrics.forward_transfer)}}},
+      {"metrics", metrics_json(metrics, name)},
       {"tasks", run.state.task_reports},
       {"optimizer_steps", run.summary.optimizer_steps},
       {"memory", memory_json(run)},
@@ -723,7 +752,12 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
                                                   runtime.fisher_samples_computed)
                                : json(nullptr);
   if (!collective->writes_outputs()) return summary;
-  write_evaluation_matrix(run_dir, sequence, summary);
+  const std::string matrix_file = std::string(summary.metric.name) + "_matrix.csv";
+  write_evaluation_matrix(run_dir, sequence, summary.accuracy, matrix_file);
+  if (config.data.validation.enabled()) {
+    write_evaluation_matrix(run_dir, sequence, state.validation_matrix,
+                            "validation_" + matrix_file);
+  }
   const RunRecord record{config,
                          sequence,
                          pipeline,
@@ -736,8 +770,9 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
                          runtime.budget_bytes,
                          trainer.last_checkpoint_bytes(),
                          checkpoints.root()};
-  write_file_atomic((fs::path(run_dir) / "results.json").string(),
-                    results_json(record).dump(2) + "\n");
+  json results = results_json(record);
+  if (config.data.validation.enabled()) results["validation"] = validation_json(record);
+  write_file_atomic((fs::path(run_dir) / "results.json").string(), results.dump(2) + "\n");
   return summary;
 }
 

@@ -500,6 +500,20 @@ void take_windows(const SideText& text, std::vector<int64_t> offsets, int64_t wi
   y = all.narrow(1, 1, width - 1);
 }
 
+// data.validation for text: whole documents of the training side (windows cut from the same text
+// would overlap the training windows); a count is a number of documents.
+int64_t validation_documents(const DataSection& data, int64_t training_documents,
+                             const std::string& where) {
+  const int64_t held_out = data.validation.samples_of(training_documents);
+  if (held_out >= training_documents) {
+    throw RunError(where + ": data.validation holds out " + std::to_string(held_out) + " of the " +
+                   std::to_string(training_documents) +
+                   " training documents, leaving none to train on; give a smaller "
+                   "data.validation");
+  }
+  return held_out;
+}
+
 TaskData text_task(const DataSection& data, const TextSource& source, int64_t context,
                    uint64_t seed) {
   auto store = std::make_shared<TextStore>(source.name, data.max_resident_bytes);
@@ -525,14 +539,19 @@ TaskData text_task(const DataSection& data, const TextSource& source, int64_t co
       static_cast<size_t>(std::ceil(data.test_fraction * static_cast<double>(documents.size()))), 1,
       documents.size() - 1);
   const auto split = documents.begin() + static_cast<std::ptrdiff_t>(held_out);
+  const auto train_begin = split + static_cast<std::ptrdiff_t>(
+                                       validation_documents(data, documents.end() - split, where));
   const SideText test_text(store, std::vector<Document>(documents.begin(), split));
-  const SideText train_text(store, std::vector<Document>(split, documents.end()));
+  const SideText validation_text(store, std::vector<Document>(split, train_begin));
+  const SideText train_text(store, std::vector<Document>(train_begin, documents.end()));
   const int64_t width = context + 1;
-  for (const auto& [side, text] :
-       {std::pair<const char*, const SideText&>{"training", train_text}, {"held-out", test_text}}) {
-    if (text.size() < width) {
+  std::vector<std::pair<const char*, const SideText*>> sides = {{"training", &train_text},
+                                                                {"held-out", &test_text}};
+  if (split != train_begin) sides.emplace_back("validation", &validation_text);
+  for (const auto& [side, text] : sides) {
+    if (text->size() < width) {
       throw RunError(
-          where + ": the " + std::string(side) + " text has " + std::to_string(text.size()) +
+          where + ": the " + std::string(side) + " text has " + std::to_string(text->size()) +
           " bytes, less than one window of model.context + 1 = " + std::to_string(width) +
           "; give more text or a smaller model.context");
     }
@@ -547,6 +566,10 @@ TaskData text_task(const DataSection& data, const TextSource& source, int64_t co
                task.train_y, task.train_source);
   take_windows(test_text, tiled_offsets(test_text, width, data.test_samples_per_task), width,
                task.test_x, task.test_y, task.test_source);
+  if (split != train_begin) {
+    take_windows(validation_text, tiled_offsets(validation_text, width, data.test_samples_per_task),
+                 width, task.validation_x, task.validation_y, task.validation_source);
+  }
   return task;
 }
 

@@ -93,12 +93,10 @@ void Trainer::start_run() {
     return;
   }
   // Accuracy of the untrained model: the baseline for forward transfer.
-  parts_.events.emit(CLHOST_EVENT_EVAL_BEGIN, -1, "evaluate the untrained model");
-  state_.random_init_accuracy = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
-                                                   *parts_.runtime.collective);
-  parts_.events.emit(CLHOST_EVENT_EVAL_END, -1, "evaluate the untrained model end");
-  parts_.journal.append(
-      json{{"event", "evaluation"}, {"after_task", -1}, {"row", state_.random_init_accuracy}});
+  const Evaluation untrained = evaluate(-1, "evaluate the untrained model");
+  state_.random_init_accuracy = untrained.test;
+  state_.random_init_validation = untrained.validation;
+  journal_evaluation(-1, untrained);
   write_checkpoint(TaskPosition{}, nullptr, -1);  // every later crash can go back to it
   if (parts_.options.resume && !parts_.options.quiet) {
     std::fprintf(stderr,
@@ -435,6 +433,25 @@ double Trainer::consolidate(const TaskPlan& plan) {
   return seconds;
 }
 
+Trainer::Evaluation Trainer::evaluate(int32_t event_task, const std::string& what) {
+  parts_.events.emit(CLHOST_EVENT_EVAL_BEGIN, event_task, what);
+  Evaluation evaluation;
+  evaluation.test = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
+                                       *parts_.runtime.collective);
+  if (config_.data.validation.enabled()) {
+    evaluation.validation = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
+                                               *parts_.runtime.collective, EvalSplit::kValidation);
+  }
+  parts_.events.emit(CLHOST_EVENT_EVAL_END, event_task, what + " end");
+  return evaluation;
+}
+
+void Trainer::journal_evaluation(int64_t after_task, const Evaluation& evaluation) const {
+  json event{{"event", "evaluation"}, {"after_task", after_task}, {"row", evaluation.test}};
+  if (!evaluation.validation.empty()) event["validation_row"] = evaluation.validation;
+  parts_.journal.append(event);
+}
+
 void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
   const auto task = static_cast<int32_t>(plan.index);
   const std::string& name = plan.task->name;
@@ -442,18 +459,17 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
                              {"task", plan.index},
                              {"train_seconds", totals.train_seconds},
                              {"consolidate_seconds", totals.consolidate_seconds}});
-  parts_.events.emit(CLHOST_EVENT_EVAL_BEGIN, task, "evaluate after " + name);
-  const std::vector<double> row = evaluate_all_tasks(parts_.runtime.model, config_, parts_.sequence,
-                                                     *parts_.runtime.collective);
-  parts_.events.emit(CLHOST_EVENT_EVAL_END, task, "evaluate after " + name + " end");
+  const Evaluation evaluation = evaluate(task, "evaluate after " + name);
+  const std::vector<double>& row = evaluation.test;
   if (parts_.scripted.module && parts_.runtime.collective->writes_outputs()) {
     // The trained module after every task, for torch.jit.load in Python.
     const std::string file = "model_task_" + std::to_string(plan.index + 1) + ".pt";
     save_scripted_model(*parts_.scripted.module,
                         (std::filesystem::path(parts_.run_dir) / file).string());
   }
-  parts_.journal.append(json{{"event", "evaluation"}, {"after_task", plan.index}, {"row", row}});
+  journal_evaluation(static_cast<int64_t>(plan.index), evaluation);
   state_.accuracy_matrix.push_back(row);
+  if (!evaluation.validation.empty()) state_.validation_matrix.push_back(evaluation.validation);
   state_.optimizer_steps += plan.steps;
   const ProcessMemory memory = read_process_memory();
   double seen_sum = 0.0;
@@ -472,6 +488,9 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
             static_cast<double>(plan.steps * plan.batch_size) / totals.train_seconds},
            {"peak_rss_bytes", memory.peak_rss_bytes},
            {"peak_rss_scope", totals.peak_reset ? "this task" : "process lifetime"}});
+  if (config_.data.validation.enabled()) {
+    state_.task_reports.back()["validation_samples"] = plan.task->validation_size();
+  }
   const size_t task_count = parts_.sequence.tasks.size();
   progress_.end_task(
       "task " + std::to_string(plan.index + 1) + "/" + std::to_string(task_count) + " done in " +

@@ -129,6 +129,15 @@ class Trainer {
   // Plug-in penalties, the non-finite guard and the optimizer's update; returns the penalty.
   double apply_step(const TaskPlan& plan, int64_t step, int64_t samples, const StepTotals& totals);
   double consolidate(const TaskPlan& plan);
+  // The model's evaluation on every task: its test row, and its validation row with
+  // data.validation (else empty); `event_task` and `what` name it on the event bus.
+  struct Evaluation {
+    std::vector<double> test;
+    std::vector<double> validation;
+  };
+  Evaluation evaluate(int32_t event_task, const std::string& what);
+  // The evaluation event of events.jsonl (after_task -1: the untrained model).
+  void journal_evaluation(int64_t after_task, const Evaluation& evaluation) const;
   void end_task(const TaskPlan& plan, const TaskTotals& totals);
   // `event_task`: the task the checkpoint event belongs to (-1 before the first).
   void write_checkpoint(const TaskPosition& position, const DataOrder* order, int32_t event_task);

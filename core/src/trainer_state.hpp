@@ -27,6 +27,9 @@ struct TrainerState {
   nlohmann::json task_reports = nlohmann::json::array();
   AccuracyMatrix accuracy_matrix;
   std::vector<double> random_init_accuracy;
+  // data.validation: the same evaluations on the validation samples (empty without it).
+  AccuracyMatrix validation_matrix;
+  std::vector<double> random_init_validation;
   double wall_seconds = 0.0;  // of the earlier processes of this run (before a resume)
   std::vector<double> checkpoint_seconds;
   nlohmann::json resumes = nlohmann::json::array();
@@ -47,6 +50,8 @@ struct TrainerState {
     visit("task_reports", state.task_reports);
     visit("accuracy_matrix", state.accuracy_matrix);
     visit("random_init_accuracy", state.random_init_accuracy);
+    visit("validation_matrix", state.validation_matrix);
+    visit("random_init_validation", state.random_init_validation);
     visit("wall_seconds", state.wall_seconds);
     visit("checkpoint_seconds", state.checkpoint_seconds);
     visit("resumes", state.resumes);

@@ -57,6 +57,16 @@ struct RunSection {
 enum class Normalize { kUnit, kStandard, kNone };
 enum class DataKind { kIdx, kHdf5, kText };
 
+// data.validation: samples held out of each task's training data, to tune settings on (clhost
+// sweep) without seeing the test set. A fraction or a count; neither: nothing held out.
+struct ValidationSplit {
+  double fraction = 0.0;  // of each task's training samples, in (0, 1)
+  int64_t count = 0;      // samples per task
+  [[nodiscard]] bool enabled() const { return fraction > 0.0 || count > 0; }
+  // How many of a task's `train_size` samples are held out (at least one when enabled).
+  [[nodiscard]] int64_t samples_of(int64_t train_size) const;
+};
+
 struct DataSection {
   DataKind kind = DataKind::kIdx;
   std::string dir = "/usr/share/datasets/fashion-mnist";
@@ -90,6 +100,7 @@ struct DataSection {
   std::vector<std::string> languages;
   std::string fortunes_dir = "/usr/share/games/fortunes";
   double test_fraction = 0.1;
+  ValidationSplit validation;
 };
 
 struct ModelSection {
