@@ -8,10 +8,12 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "clhost/config.hpp"
 #include "clhost/errors.hpp"
 #include "report/compare.hpp"
 #include "report/report.hpp"
 #include "report/stats.hpp"
+#include "report/sweep.hpp"
 #include "run_helpers.hpp"
 #include "test_helpers.hpp"
 
@@ -170,6 +172,107 @@ TEST_F(CompareRun, RerunningReusesFinishedRuns) {
   EXPECT_TRUE(fs::exists(dir_->path("cmp/b/seed_7/status.json")));
 }
 
+// Headless chromium's switches for loading a page from a file, with its profile in `profile`.
+std::string chromium_flags(const std::string& profile) {
+  return " --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking"
+         " --disable-component-update --disable-sync --hide-scrollbars --enable-logging=stderr"
+         " --v=0 --user-data-dir=" +
+         profile;
+}
+
+TEST(SweepGrid, ListsAndRangesOfValues) {
+  using clhost::tools::parse_grid;
+  const auto listed = parse_grid("pipeline.0.lambda=[1, 10, 1e2]");
+  EXPECT_EQ(listed.key, "pipeline.0.lambda");
+  EXPECT_EQ(listed.values, (std::vector<std::string>{"1", "10", "100.0"}));
+  EXPECT_EQ(parse_grid("ewc.mode=[\"separate\", \"online\"]").values,
+            (std::vector<std::string>{"'separate'", "'online'"}));  // TOML literal strings
+  EXPECT_EQ(parse_grid("ewc.lambda=logspace(1, 1000, 4)").values,
+            (std::vector<std::string>{"1", "10", "100", "1000"}));
+  EXPECT_EQ(parse_grid("train.lr=logspace(1e-4, 1e-2, 3)").values,
+            (std::vector<std::string>{"0.0001", "0.001", "0.01"}));
+  EXPECT_EQ(parse_grid("ewc.gamma=linspace(0.0, 1, 3)").values,
+            (std::vector<std::string>{"0.0", "0.5", "1.0"}));
+  EXPECT_EQ(parse_grid("lowrank_fisher.rank=linspace(0, 8, 5)").values,
+            (std::vector<std::string>{"0", "2", "4", "6", "8"}));
+  // Random search: drawn inside the ranges (log-uniform), from the lists, seeded.
+  clhost::tools::SweepOptions random;
+  random.axes = {parse_grid("ewc.lambda=logspace(1, 1e4, 2)"), parse_grid("train.lr=[1e-3, 1e-4]"),
+                 parse_grid("ewc.gamma=linspace(0.5, 1.0, 2)")};
+  random.samples = 40;
+  const auto drawn = clhost::tools::sweep_combinations(random);
+  EXPECT_GT(drawn.size(), 30U);
+  size_t small = 0;
+  for (const auto& values : drawn) {
+    const double lambda = std::stod(values[0]);
+    EXPECT_GE(lambda, 1.0);
+    EXPECT_LE(lambda, 1e4);
+    small += lambda < 100.0 ? 1 : 0;  // log-uniform: about half below the geometric middle
+    EXPECT_TRUE(values[1] == "0.001" || values[1] == "0.0001") << values[1];
+    EXPECT_GE(std::stod(values[2]), 0.5);
+    EXPECT_LE(std::stod(values[2]), 1.0);
+  }
+  EXPECT_GT(small, drawn.size() / 4);
+  EXPECT_LT(small, drawn.size() * 3 / 4);
+  EXPECT_EQ(clhost::tools::sweep_combinations(random), drawn) << "seeded";
+  random.samples = 0;
+  EXPECT_EQ(clhost::tools::sweep_combinations(random).size(), 2U * 2U * 2U) << "the grid";
+  for (const char* bad : {"lambda", "=[1]", "ewc.lambda=[]", "ewc.lambda=[1,",
+                          "x=logspace(0, 10, 3)", "x=linspace(a, 1, 3)", "x=linspace(0, 1, 1)"}) {
+    EXPECT_THROW((void)parse_grid(bad), clhost::ConfigError) << bad;
+  }
+}
+
+// A real sweep on the quick config: two values, held-out validation samples added, the best
+// chosen on them; bad grids are refused before anything runs.
+TEST(SweepRun, ScoresEveryValueOnValidationSamplesAndWritesTheBest) {
+  clhost::test::TempDir dir;
+  const Output bad = clhost("sweep --config " + kQuick +
+                            " --grid 'train.lrr=[1,2]' --seeds 1 --output " + dir.path("bad"));
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("train.lrr"), std::string::npos) << bad.output;
+  EXPECT_FALSE(fs::exists(dir.path("bad")));
+  const Output run = clhost("sweep --config " + kQuick +
+                            " --grid 'pipeline.0.lambda=[0.0, 1e3]' --set train.iterations=30"
+                            " --seed-list 4 --jobs 2 --output " +
+                            dir.path("sw"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("data.validation = 0.1"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("best: "), std::string::npos) << run.output;
+  const json sweep = json::parse(clhost::test::read_file(dir.path("sw/sweep.json")));
+  ASSERT_EQ(sweep["points"].size(), 2U);
+  EXPECT_EQ(sweep["metric"], "average_accuracy");
+  std::vector<double> means;
+  for (const auto& point : sweep["points"]) {
+    ASSERT_EQ(point["runs"].size(), 1U);
+    const auto results = clhost::tools::load_run(point["runs"][0]).results;
+    EXPECT_EQ(results["config"]["run"]["seed"], 4);
+    EXPECT_DOUBLE_EQ(results["config"]["data"]["validation"].get<double>(), 0.1);
+    EXPECT_EQ(point["validation_scores"][0], results["validation"]["metrics"]["average_accuracy"]);
+    means.push_back(point["validation"]["mean"].get<double>());
+  }
+  const size_t best = means[1] > means[0] ? 1 : 0;
+  EXPECT_EQ(sweep["best"]["index"], best);
+  const auto best_run = clhost::tools::load_run(sweep["points"][best]["runs"][0]).results;
+  EXPECT_EQ(sweep["best"]["test_scores"][0], best_run["metrics"]["average_accuracy"]);
+  const clhost::RunConfig chosen = clhost::load_config(dir.path("sw/best.toml"));
+  ASSERT_EQ(chosen.pipeline.at(0).settings.at(0).key, "lambda");
+  EXPECT_EQ(std::get<double>(chosen.pipeline.at(0).settings.at(0).value), best == 1 ? 1e3 : 0.0);
+  const std::string html = clhost::test::read_file(dir.path("sw/sweep.html"));
+  EXPECT_NE(html.find("<svg"), std::string::npos);
+  EXPECT_EQ(html.find("<script"), std::string::npos) << "self-contained, no scripts";
+  if (!fs::exists("/usr/bin/chromium")) {
+    GTEST_SKIP() << "chromium is not installed (tools/setup.sh installs it): browser check "
+                    "skipped";
+  }
+  const Output dom = shell("timeout 120 /usr/bin/chromium" + chromium_flags(dir.path("profile")) +
+                           " --dump-dom file://" + dir.path("sw/sweep.html"));
+  ASSERT_EQ(dom.exit_code, 0) << dom.output.substr(0, 2000);
+  EXPECT_NE(dom.output.find("<svg"), std::string::npos);
+  EXPECT_NE(dom.output.find("<b>best</b>"), std::string::npos);
+  EXPECT_EQ(dom.output.find(":CONSOLE("), std::string::npos) << dom.output;
+}
+
 TEST(Report, FromAStoredRunDirectoryWithoutRerunning) {
   clhost::test::TempDir dir;
   clhost::test::run_quietly(kQuick, dir.path("run"));
@@ -198,11 +301,7 @@ TEST(Report, PagesRenderInAHeadlessBrowser) {
   clhost::test::TempDir dir;
   clhost::test::run_quietly(kQuick, dir.path("run"), {"pipeline.0.lambda=1.0"});
   ASSERT_EQ(clhost("report " + dir.path("run")).exit_code, 0);
-  const std::string flags =
-      " --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking"
-      " --disable-component-update --disable-sync --hide-scrollbars --enable-logging=stderr"
-      " --v=0 --user-data-dir=" +
-      dir.path("profile");
+  const std::string flags = chromium_flags(dir.path("profile"));
   const std::string url = "file://" + dir.path("run") + "/report.html";
   const Output dom = shell("timeout 120 /usr/bin/chromium" + flags + " --dump-dom " + url);
   ASSERT_EQ(dom.exit_code, 0) << dom.output.substr(0, 2000);

@@ -23,6 +23,7 @@
 #include "new_plugin/plugin_templates.hpp"
 #include "report/compare.hpp"
 #include "report/report.hpp"
+#include "report/sweep.hpp"
 #include "serve.hpp"
 
 namespace po = boost::program_options;
@@ -47,6 +48,8 @@ commands:
   compare    A/B: two arms over paired seeds, with statistics:
              clhost compare --config C.toml --a 'plugins=' --b 'plugins=ewc' --seeds 5
   report     a self-contained HTML report of one run: clhost report RUN_DIR
+  sweep      tune settings on validation samples held out of the training data:
+             clhost sweep --config C.toml --grid 'pipeline.0.lambda=[1,10,100]' --seeds 3
   serve      the web UI to launch, watch, stop, resume and compare runs:
              clhost serve [--port 8080] [--runs runs] (docs/web-ui.md)
   new-plugin   write a plug-in project that builds against the installed SDK:
@@ -524,6 +527,40 @@ int command_new_plugin(const std::vector<std::string>& args) {
   return 0;
 }
 
+// A directory under runs/ named after the command and the time, for --output's default.
+std::string timestamped_dir(const std::string& command) {
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &local);
+  return "runs/" + command + "_" + stamp;
+}
+
+// --seeds N (0..N-1) or --seed-list.
+std::vector<int64_t> seeds_of(const po::variables_map& vm) {
+  if (vm.count("seed-list")) return vm["seed-list"].as<std::vector<int64_t>>();
+  const int64_t count = vm["seeds"].as<int64_t>();
+  if (count < 1 || count > 1000) throw clhost::ConfigError("--seeds: between 1 and 1000");
+  std::vector<int64_t> seeds;
+  for (int64_t seed = 0; seed < count; ++seed) seeds.push_back(seed);
+  return seeds;
+}
+
+// --jobs, checked against the machine.
+int jobs_of(const po::variables_map& vm) {
+  const int jobs = vm["jobs"].as<int>();
+  if (jobs < 1) throw clhost::ConfigError("--jobs: at least 1");
+  const unsigned cores = std::thread::hardware_concurrency();
+  if (cores > 0 && static_cast<unsigned>(jobs) > cores) {
+    std::fprintf(stderr,
+                 "warning: --jobs %d is more than the %u hardware threads: the runs compete for "
+                 "cores, so the wall-time and samples/s rows measure that contention\n",
+                 jobs, cores);
+  }
+  return jobs;
+}
+
 int command_compare(const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("help,h", "show this help")(
@@ -564,24 +601,9 @@ int command_compare(const std::vector<std::string>& args) {
                                                        vm["a-name"].as<std::string>()));
   compare.arms.push_back(clhost::tools::parse_arm_spec(vm["b"].as<std::string>(), base,
                                                        vm["b-name"].as<std::string>()));
-  if (vm.count("seed-list")) {
-    compare.seeds = vm["seed-list"].as<std::vector<int64_t>>();
-  } else {
-    const int64_t count = vm["seeds"].as<int64_t>();
-    if (count < 1 || count > 1000) throw clhost::ConfigError("--seeds: between 1 and 1000");
-    for (int64_t seed = 0; seed < count; ++seed) compare.seeds.push_back(seed);
-  }
-  compare.jobs = vm["jobs"].as<int>();
-  if (compare.jobs < 1) throw clhost::ConfigError("--jobs: at least 1");
+  compare.seeds = seeds_of(vm);
   compare.output_dir = vm["output"].as<std::string>();
-  if (compare.output_dir.empty()) {
-    char stamp[32];
-    const std::time_t now = std::time(nullptr);
-    std::tm local{};
-    localtime_r(&now, &local);
-    std::strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &local);
-    compare.output_dir = std::string("runs/compare_") + stamp;
-  }
+  if (compare.output_dir.empty()) compare.output_dir = timestamped_dir("compare");
   if (vm.count("plugin-path"))
     compare.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
   compare.quiet = vm["quiet"].as<bool>();
@@ -590,17 +612,70 @@ int command_compare(const std::vector<std::string>& args) {
   clhost::tools::validate_arm(compare.arms[0], "A", compare.plugin_path);
   clhost::tools::validate_arm(compare.arms[1], "B", compare.plugin_path);
   compare.force = vm["force"].as<bool>();
-  const unsigned cores = std::thread::hardware_concurrency();
-  if (cores > 0 && static_cast<unsigned>(compare.jobs) > cores) {
-    std::fprintf(stderr,
-                 "warning: --jobs %d is more than the %u hardware threads: the runs compete for "
-                 "cores, so the wall-time and samples/s rows measure that contention\n",
-                 compare.jobs, cores);
-  }
+  compare.jobs = jobs_of(vm);
   if (compare.seeds.size() == 1) {
     std::fprintf(stderr, "note: one seed gives no interval: the table shows means only\n");
   }
   return clhost::tools::run_compare(compare);
+}
+
+int command_sweep(const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("help,h", "show this help")(
+      "config,c", po::value<std::string>()->required(), "the base TOML config")(
+      "grid,g", po::value<std::vector<std::string>>()->required()->composing(),
+      "a swept key: KEY=[v1,v2,...], KEY=logspace(LOW,HIGH,N) or KEY=linspace(LOW,HIGH,N); "
+      "several --grid: every combination")("set,s",
+                                           po::value<std::vector<std::string>>()->composing(),
+                                           "KEY=VALUE for every run, as clhost run --set")(
+      "seeds", po::value<int64_t>()->default_value(3),
+      "seeds per combination (run.seed = 0..N-1, the same for every combination)")(
+      "seed-list", po::value<std::vector<int64_t>>()->multitoken(),
+      "explicit seeds instead of --seeds")(
+      "samples", po::value<int64_t>()->default_value(0),
+      "random search: this many combinations drawn from the --grid ranges and lists instead of "
+      "every combination")("sample-seed", po::value<uint64_t>()->default_value(0),
+                           "the seed of the random search's draws")(
+      "validation", po::value<std::string>()->default_value("0.1"),
+      "data.validation for every run when the config holds nothing out (a fraction or a count)")(
+      "jobs,j", po::value<int>()->default_value(1), "runs in parallel (processes)")(
+      "output,o", po::value<std::string>()->default_value(""),
+      "directory for the runs, sweep.json, sweep.html and best.toml (default "
+      "runs/sweep_<time>); rerunning with the same directory reuses finished runs that ran the "
+      "same settings")("plugin-path", po::value<std::vector<std::string>>()->composing(),
+                       "extra plug-in directory for every run")("quiet,q", po::bool_switch(),
+                                                                "no progress lines")(
+      "force", po::bool_switch(),
+      "rerun finished runs in --output whose settings differ (default: refuse)");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(options).run(), vm);
+  if (vm.count("help")) {
+    std::cout << "usage: clhost sweep --config C.toml --grid 'KEY=[v1,v2,...]' [--grid ...] "
+                 "[--seeds N] [--jobs J]\n\n"
+              << options << '\n';
+    return 0;
+  }
+  po::notify(vm);
+  clhost::tools::SweepOptions sweep;
+  sweep.config = vm["config"].as<std::string>();
+  if (vm.count("set")) sweep.set = vm["set"].as<std::vector<std::string>>();
+  for (const auto& spec : vm["grid"].as<std::vector<std::string>>()) {
+    sweep.axes.push_back(clhost::tools::parse_grid(spec));
+  }
+  sweep.seeds = seeds_of(vm);
+  sweep.samples = vm["samples"].as<int64_t>();
+  if (sweep.samples < 0 || sweep.samples > 100000) {
+    throw clhost::ConfigError("--samples: between 0 (every combination) and 100000");
+  }
+  sweep.sample_seed = vm["sample-seed"].as<uint64_t>();
+  sweep.validation = vm["validation"].as<std::string>();
+  sweep.output_dir = vm["output"].as<std::string>();
+  if (sweep.output_dir.empty()) sweep.output_dir = timestamped_dir("sweep");
+  if (vm.count("plugin-path")) sweep.plugin_path = vm["plugin-path"].as<std::vector<std::string>>();
+  sweep.quiet = vm["quiet"].as<bool>();
+  sweep.force = vm["force"].as<bool>();
+  sweep.jobs = jobs_of(vm);
+  return clhost::tools::run_sweep(sweep);
 }
 
 int command_report(const std::vector<std::string>& args) {
@@ -690,6 +765,7 @@ int main(int argc, char** argv) {
     if (command == "memory-plan") return command_memory_plan(args);
     if (command == "new-plugin") return command_new_plugin(args);
     if (command == "compare") return command_compare(args);
+    if (command == "sweep") return command_sweep(args);
     if (command == "report") return command_report(args);
     if (command == "serve") return command_serve(args);
     std::fprintf(stderr, "clhost: unknown command '%s'\n\n%s", command.c_str(), kTopHelp);

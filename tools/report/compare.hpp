@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "clhost/config.hpp"
+
 namespace clhost::tools {
 
 // An arm: the base config (or its own), an optional replacement plug-in list, and overrides.
@@ -18,6 +20,9 @@ struct ArmSpec {
   // reused only when it ran the same ones.
   std::vector<std::string> plugin_versions;
 };
+
+// The --plugins, --set and --plugin-path a run of this arm gets.
+ConfigOverrides arm_overrides(const ArmSpec& arm, const std::vector<std::string>& plugin_path);
 
 // Loads the arm's configuration and plug-ins as `clhost validate` would, fills
 // arm.plugin_versions and prints the arm's warnings. Errors name the arm:

@@ -147,6 +147,10 @@ Evaluation evaluation_of(const json& results) {
   return evaluation;
 }
 
+std::string html_page(const std::string& title, const std::string& body) {
+  return page(title, body);
+}
+
 std::string html_escape(const std::string& text) {
   std::string out;
   for (char c : text) {

@@ -53,5 +53,7 @@ std::string compare_html(const nlohmann::json& comparison,
                          const std::vector<std::vector<RunRecord>>& runs);
 
 std::string html_escape(const std::string& text);
+// A self-contained page in the reports' style: TITLE as its heading, then BODY (HTML).
+std::string html_page(const std::string& title, const std::string& body);
 
 }  // namespace clhost::tools

@@ -1,0 +1,217 @@
+#include "run_jobs.hpp"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "clhost/config.hpp"
+#include "clhost/errors.hpp"
+#include "report.hpp"
+
+namespace clhost::tools {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string self_executable() {
+  std::error_code error;
+  const fs::path self = fs::read_symlink("/proc/self/exe", error);
+  if (error) throw RunError("cannot find the clhost executable (/proc/self/exe)");
+  return self.string();
+}
+
+bool finished(const std::string& dir) {
+  std::ifstream status(fs::path(dir) / "status.json");
+  std::string text{std::istreambuf_iterator<char>(status), std::istreambuf_iterator<char>()};
+  return text.find("\"complete\"") != std::string::npos &&
+         fs::exists(fs::path(dir) / "results.json");
+}
+
+std::string tail_of(const std::string& path, size_t lines) {
+  std::ifstream in(path);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(in, line);) all.push_back(line);
+  std::string out;
+  for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) {
+    out += "    " + all[i] + "\n";
+  }
+  return out;
+}
+
+pid_t launch(const std::string& dir, const std::vector<std::string>& args) {
+  const std::string log = dir + ".log";
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  if (child != 0) return child;
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd >= 0) {
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+  }
+  std::vector<char*> argv;
+  for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  execv(argv[0], argv.data());
+  std::perror("execv");
+  _exit(127);
+}
+
+// The resolved configuration a run of this arm with this seed uses (as in its results.json).
+json expected_config(const ArmSpec& arm, int64_t seed,
+                     const std::vector<std::string>& plugin_path) {
+  ConfigOverrides overrides = arm_overrides(arm, plugin_path);
+  overrides.set.push_back("run.seed=" + std::to_string(seed));
+  return json::parse(load_config(arm.config, overrides).resolved_json);
+}
+
+// Why the finished run in `dir` cannot stand for this arm and seed; empty when it can.
+std::string reuse_mismatch(const std::string& dir, const json& expected, const ArmSpec& arm) {
+  std::ifstream in(fs::path(dir) / "results.json");
+  const json results = json::parse(in, nullptr, false);
+  if (!results.is_object() || !results.contains("config") || !results.contains("plugins")) {
+    return "its results.json is unreadable";
+  }
+  std::string why;
+  size_t listed = 0;
+  const auto changes = config_changes(results["config"].dump(), expected.dump());
+  for (const auto& change : changes) {
+    if (listed++ == 4) {
+      why += "\n      ... and " + std::to_string(changes.size() - 4) + " more";
+      break;
+    }
+    why +=
+        "\n      " + change.key + ": ran with " + change.before + ", the arm asks " + change.after;
+  }
+  std::vector<std::string> ran;
+  for (const auto& plugin : results["plugins"]) {
+    ran.push_back(plugin.value("id", "?") + " " + plugin.value("version", "?"));
+  }
+  if (ran != arm.plugin_versions) {
+    auto joined = [](const std::vector<std::string>& items) {
+      std::string out;
+      for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+      return out.empty() ? std::string("none") : out;
+    };
+    why += "\n      plug-ins: ran " + joined(ran) + ", the arm has " + joined(arm.plugin_versions);
+  }
+  return why;
+}
+
+// A finished run is reused when it matches; a mismatch is refused, or with --force rerun.
+bool reuse_finished(const RunJob& job, const RunJobsOptions& options) {
+  if (!finished(job.dir)) return false;
+  const std::string why =
+      reuse_mismatch(job.dir, expected_config(*job.arm, job.seed, options.plugin_path), *job.arm);
+  const char* tool = options.tool.c_str();
+  if (why.empty()) {
+    if (!options.quiet) {
+      std::fprintf(stderr, "[%s] %s: finished earlier with the same settings, reused (%s)\n", tool,
+                   job.label.c_str(), job.dir.c_str());
+    }
+    return true;
+  }
+  if (!options.force) {
+    throw ConfigError(job.label + " ('" + job.arm->spec + "'): " + job.dir +
+                      " holds a finished run with other settings:" + why +
+                      "\n  Use another --output, or pass --force to rerun it.");
+  }
+  std::fprintf(stderr, "[%s] %s: finished earlier with other settings, rerun (--force)\n", tool,
+               job.label.c_str());
+  return false;
+}
+
+// The command line of a job's run.
+std::vector<std::string> run_arguments(const RunJob& job, const std::string& exe,
+                                       const std::vector<std::string>& plugin_path) {
+  const ArmSpec& arm = *job.arm;
+  std::vector<std::string> args = {exe,        "run",      "--config",
+                                   arm.config, "--output", job.dir,
+                                   "--quiet",  "--set",    "run.seed=" + std::to_string(job.seed)};
+  if (arm.plugins) {
+    std::string joined;
+    for (const auto& id : *arm.plugins) joined += (joined.empty() ? "" : ",") + id;
+    args.push_back("--plugins");
+    args.push_back(joined);
+  }
+  for (const auto& item : arm.set) {
+    args.push_back("--set");
+    args.push_back(item);
+  }
+  for (const auto& dir : plugin_path) {
+    args.push_back("--plugin-path");
+    args.push_back(dir);
+  }
+  return args;
+}
+
+// The jobs that need a run (the others finished earlier with the same settings).
+std::vector<const RunJob*> jobs_to_run(const std::vector<RunJob>& jobs,
+                                       const RunJobsOptions& options) {
+  std::vector<const RunJob*> pending;
+  for (const RunJob& job : jobs) {
+    if (reuse_finished(job, options)) continue;
+    fs::remove_all(job.dir);  // an interrupted run starts again
+    fs::create_directories(fs::path(job.dir).parent_path());
+    pending.push_back(&job);
+  }
+  return pending;
+}
+
+}  // namespace
+
+std::vector<std::string> run_jobs(const std::vector<RunJob>& jobs, const RunJobsOptions& options) {
+  const std::vector<const RunJob*> pending = jobs_to_run(jobs, options);
+  const std::string exe = self_executable();
+  const char* tool = options.tool.c_str();
+  std::map<pid_t, const RunJob*> running;
+  std::vector<std::string> failures;
+  size_t next = 0;
+  size_t done = 0;
+  while (next < pending.size() || !running.empty()) {
+    while (next < pending.size() &&
+           running.size() < static_cast<size_t>(std::max(1, options.jobs))) {
+      const RunJob& job = *pending[next++];
+      if (!options.quiet) {
+        std::fprintf(stderr, "[%s] start %s -> %s\n", tool, job.label.c_str(), job.dir.c_str());
+      }
+      const pid_t pid = launch(job.dir, run_arguments(job, exe, options.plugin_path));
+      if (pid < 0) throw RunError(options.tool + ": fork failed");
+      running.emplace(pid, &job);
+    }
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) continue;
+    const auto found = running.find(pid);
+    if (found == running.end()) continue;
+    const RunJob& job = *found->second;
+    running.erase(found);
+    ++done;
+    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && finished(job.dir);
+    if (!options.quiet || !ok) {
+      std::fprintf(stderr, "[%s] %zu/%zu %s %s\n", tool, done, pending.size(), job.label.c_str(),
+                   ok ? "done" : "FAILED");
+    }
+    if (!ok)
+      failures.push_back(job.label + " (" + job.dir + ".log):\n" + tail_of(job.dir + ".log", 6));
+  }
+  return failures;
+}
+
+int report_failures(const std::vector<std::string>& failures, const std::string& tool) {
+  if (failures.empty()) return 0;
+  std::fprintf(stderr,
+               "%s: %zu run(s) failed; fix the cause and rerun the same command (finished runs "
+               "are reused):\n",
+               tool.c_str(), failures.size());
+  for (const auto& failure : failures) std::fprintf(stderr, "  %s", failure.c_str());
+  return 1;
+}
+
+}  // namespace clhost::tools
