@@ -472,6 +472,7 @@ const KeyCase kCases[] = {
     {"model.tied_head", "true", "true", kText, ""},
     {"data.train_samples_per_task", "5", "5", "", nullptr},
     {"data.test_samples_per_task", "5", "5", "", nullptr},
+    {"data.validation", "0.25", "0.25", "", nullptr},
     {"model.kind", "\"cnn\"", "\"cnn\"", "", nullptr},
     {"model.hidden", "[8]", "[8]", "", "model.kind=\"torchscript\";model.path=\"m.pt\""},
     {"model.path", "\"m.pt\"", "\"m.pt\"", "model.kind=\"torchscript\"", ""},

@@ -115,13 +115,12 @@ int run_compare(const CompareOptions& options) {
   std::vector<std::vector<std::string>> dirs(2);
   for (const int64_t seed : options.seeds) {
     for (size_t a = 0; a < 2; ++a) {
-      const char* label = a == 0 ? "A" : "B";
+      const char* label = a == 0 ? "arm A" : "arm B";
       const std::string dir =
           (fs::path(options.output_dir) / (a == 0 ? "a" : "b") / ("seed_" + std::to_string(seed)))
               .string();
       dirs[a].push_back(dir);
-      jobs.push_back(
-          {&options.arms[a], seed, dir, std::string(label) + " seed " + std::to_string(seed)});
+      jobs.push_back({&options.arms[a], seed, dir, label});
     }
   }
   const int failed = report_failures(

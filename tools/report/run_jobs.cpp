@@ -118,12 +118,13 @@ bool reuse_finished(const RunJob& job, const RunJobsOptions& options) {
     return true;
   }
   if (!options.force) {
-    throw ConfigError(job.label + " ('" + job.arm->spec + "'): " + job.dir +
+    const std::string spec = job.arm->spec == job.label ? "" : " ('" + job.arm->spec + "')";
+    throw ConfigError(job.label + spec + " seed " + std::to_string(job.seed) + ": " + job.dir +
                       " holds a finished run with other settings:" + why +
                       "\n  Use another --output, or pass --force to rerun it.");
   }
-  std::fprintf(stderr, "[%s] %s: finished earlier with other settings, rerun (--force)\n", tool,
-               job.label.c_str());
+  std::fprintf(stderr, "[%s] %s seed %lld: finished earlier with other settings, rerun (--force)\n",
+               tool, job.label.c_str(), static_cast<long long>(job.seed));
   return false;
 }
 
@@ -179,7 +180,8 @@ std::vector<std::string> run_jobs(const std::vector<RunJob>& jobs, const RunJobs
            running.size() < static_cast<size_t>(std::max(1, options.jobs))) {
       const RunJob& job = *pending[next++];
       if (!options.quiet) {
-        std::fprintf(stderr, "[%s] start %s -> %s\n", tool, job.label.c_str(), job.dir.c_str());
+        std::fprintf(stderr, "[%s] start %s seed %lld -> %s\n", tool, job.label.c_str(),
+                     static_cast<long long>(job.seed), job.dir.c_str());
       }
       const pid_t pid = launch(job.dir, run_arguments(job, exe, options.plugin_path));
       if (pid < 0) throw RunError(options.tool + ": fork failed");
@@ -195,8 +197,8 @@ std::vector<std::string> run_jobs(const std::vector<RunJob>& jobs, const RunJobs
     ++done;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && finished(job.dir);
     if (!options.quiet || !ok) {
-      std::fprintf(stderr, "[%s] %zu/%zu %s %s\n", tool, done, pending.size(), job.label.c_str(),
-                   ok ? "done" : "FAILED");
+      std::fprintf(stderr, "[%s] %zu/%zu %s seed %lld %s\n", tool, done, pending.size(),
+                   job.label.c_str(), static_cast<long long>(job.seed), ok ? "done" : "FAILED");
     }
     if (!ok)
       failures.push_back(job.label + " (" + job.dir + ".log):\n" + tail_of(job.dir + ".log", 6));

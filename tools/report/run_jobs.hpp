@@ -15,7 +15,7 @@ struct RunJob {
   const ArmSpec* arm = nullptr;  // what it runs; must outlive run_jobs
   int64_t seed = 0;
   std::string dir;    // the run directory; its log is dir + ".log"
-  std::string label;  // for messages: "A seed 3", "lambda=100 seed 1"
+  std::string label;  // for messages, before " seed N": "arm A", "pipeline.0.lambda=100"
 };
 
 struct RunJobsOptions {

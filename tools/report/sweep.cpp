@@ -516,8 +516,7 @@ int run_sweep(const SweepOptions& options) {
                                point_dir(p, points[p].values) / ("seed_" + std::to_string(seed)))
                                   .string();
       dirs[p].push_back(dir);
-      jobs.push_back(
-          {&points[p].arm, seed, dir, points[p].arm.name + " seed " + std::to_string(seed)});
+      jobs.push_back({&points[p].arm, seed, dir, points[p].arm.name});
     }
   }
   fs::create_directories(options.output_dir);
