@@ -42,6 +42,32 @@ TEST(CliEndToEnd, QuickRunWithTheCL2PluginWritesResults) {
   EXPECT_EQ(results["tasks"][0]["train_samples"], 1000);
 }
 
+// --stop-after-task stops after a task's checkpoint (exit 0); --resume ends where the run that
+// never stopped ends.
+TEST(CliEndToEnd, StopAfterTaskThenResumeEqualsTheRunThatNeverStopped) {
+  clhost::test::TempDir dir;
+  const Result straight = clhost("run --config " + kQuick + " --output " + dir.path("straight") +
+                                 " --quiet --set data.validation=0.1");
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  const Result stopped = clhost("run --config " + kQuick + " --output " + dir.path("halves") +
+                                " --quiet --set data.validation=0.1 --stop-after-task 2");
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+  EXPECT_NE(stopped.output.find("stopped after task 2 as asked"), std::string::npos)
+      << stopped.output;
+  const auto status =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("halves") + "/status.json"));
+  EXPECT_EQ(status["status"], "interrupted");
+  EXPECT_EQ(status["stopped_after_task"], 2);
+  EXPECT_FALSE(std::filesystem::exists(dir.path("halves") + "/results.json"));
+  const Result resumed = clhost("run --resume " + dir.path("halves") + " --quiet");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto a = results_of(dir.path("straight"));
+  const auto b = results_of(dir.path("halves"));
+  EXPECT_EQ(a["accuracy_matrix"], b["accuracy_matrix"]);
+  EXPECT_EQ(a["validation"]["accuracy_matrix"], b["validation"]["accuracy_matrix"]);
+  EXPECT_EQ(clhost("run --config " + kQuick + " --stop-after-task 0").exit_code, 2);
+}
+
 // data.validation: each task trains on the rest of its samples and is also scored on the held-out
 // ones after every task, the test set untouched.
 TEST(CliEndToEnd, ValidationSamplesAreHeldOutAndScoredAfterEveryTask) {

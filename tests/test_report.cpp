@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "clhost/config.hpp"
@@ -271,6 +272,48 @@ TEST(SweepRun, ScoresEveryValueOnValidationSamplesAndWritesTheBest) {
   EXPECT_NE(dom.output.find("<svg"), std::string::npos);
   EXPECT_NE(dom.output.find("<b>best</b>"), std::string::npos);
   EXPECT_EQ(dom.output.find(":CONSOLE("), std::string::npos) << dom.output;
+}
+
+// Successive halving: four values, half stopped after each round; every run continues from where
+// it stopped; a rerun reuses everything.
+TEST(SweepRun, SuccessiveHalvingStopsTheWeakerHalfEachRound) {
+  clhost::test::TempDir dir;
+  const std::string command = "sweep --config " + kQuick +
+                              " --grid 'pipeline.0.lambda=[0.0, 0.1, 10.0, 1e3]'"
+                              " --set train.iterations=30 --seed-list 5 --jobs 2 --halving 2"
+                              " --output " +
+                              dir.path("sh");
+  const Output run = clhost(command);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const json sweep = json::parse(clhost::test::read_file(dir.path("sh/sweep.json")));
+  // Five tasks, ETA 2: rounds after tasks 2 and 3, then all five.
+  std::map<int64_t, int> stopped;
+  for (const auto& point : sweep["points"]) ++stopped[point["stopped_after_task"].get<int64_t>()];
+  EXPECT_EQ(stopped, (std::map<int64_t, int>{{0, 1}, {2, 2}, {3, 1}}));
+  EXPECT_EQ(sweep["tasks_trained"], 2 * 2 + 1 * 3 + 1 * 5);
+  EXPECT_EQ(sweep["tasks_without_halving"], 4 * 5);
+  const size_t best = sweep["best"]["index"];
+  EXPECT_EQ(sweep["points"][best]["stopped_after_task"], 0);
+  ASSERT_EQ(sweep["points"][best]["rungs"].size(), 2U);
+  // The survivor ran in three pieces and says so; every combination stopped after the first
+  // round scored no better there than every one that went on.
+  const auto survivor = clhost::tools::load_run(sweep["points"][best]["runs"][0]).results;
+  EXPECT_EQ(survivor["resumes"].size(), 2U);
+  double worst_kept = 1.0;
+  double best_stopped = 0.0;
+  for (const auto& point : sweep["points"]) {
+    const double score = point["rungs"][0]["score"];
+    if (point["stopped_after_task"] == 2) {
+      best_stopped = std::max(best_stopped, score);
+    } else {
+      worst_kept = std::min(worst_kept, score);
+    }
+  }
+  EXPECT_LE(best_stopped, worst_kept);
+  const Output again = clhost(command);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(again.output.find("] start "), std::string::npos) << again.output;
+  EXPECT_EQ(again.output.find("] continue "), std::string::npos) << again.output;
 }
 
 TEST(Report, FromAStoredRunDirectoryWithoutRerunning) {

@@ -820,7 +820,9 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
   } catch (const Interrupted& e) {
     if (run_dir.empty()) throw;
     try {
-      write_status(run_dir, json{{"status", "interrupted"}, {"message", e.what()}});
+      json status{{"status", "interrupted"}, {"message", e.what()}};
+      if (e.signal_number() == 0) status["stopped_after_task"] = options.stop_after_task;
+      write_status(run_dir, status);
     } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): the checkpoint counts
     }
     throw;

@@ -500,6 +500,7 @@ void Trainer::end_task(const TaskPlan& plan, const TaskTotals& totals) {
   write_checkpoint(TaskPosition{plan.index + 1, 0, 0, 0.0}, nullptr,
                    static_cast<int32_t>(plan.index));
   stop_if_asked(plan.index + 1, 0, agreed_stop_signal());
+  stop_if_planned(plan.index);
 }
 
 // --- checkpoints and stopping ------------------------------------------------------------------
@@ -572,6 +573,19 @@ int Trainer::agreed_stop_signal() const {
   if (!collective.distributed()) return local;
   const std::vector<double> agreed = collective.sum(stop_request_flags(local));
   return stop_signal_of(agreed[0], agreed[1]);
+}
+
+void Trainer::stop_if_planned(size_t task) const {
+  const int64_t stop = parts_.options.stop_after_task;
+  if (stop <= 0 || static_cast<int64_t>(task) + 1 != stop ||
+      task + 1 == parts_.sequence.tasks.size()) {
+    return;
+  }
+  throw Interrupted("stopped after task " + std::to_string(stop) +
+                        " as asked (--stop-after-task), after writing a checkpoint. Continue "
+                        "with: clhost run --resume " +
+                        parts_.run_dir,
+                    0);
 }
 
 void Trainer::stop_if_asked(size_t task, int64_t step, int signal_number) const {

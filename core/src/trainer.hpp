@@ -143,6 +143,8 @@ class Trainer {
   void write_checkpoint(const TaskPosition& position, const DataOrder* order, int32_t event_task);
   // Stops the run (Interrupted) when `signal_number` is not 0; every rank calls it alike.
   void stop_if_asked(size_t task, int64_t step, int signal_number) const;
+  // --stop-after-task: stops (Interrupted, signal 0) when `task` (0-based) is the one asked for.
+  void stop_if_planned(size_t task) const;
   // The stop signal any rank received (0: none): the ranks stop at the same step.
   [[nodiscard]] int agreed_stop_signal() const;
 

@@ -159,7 +159,10 @@ int command_run(const std::vector<std::string>& args) {
       "resume-anyway", po::bool_switch(),
       "with --resume: continue even if a plug-in's state was not saved (it restarts fresh)")(
       "nproc", po::value<int>(),
-      "data-parallel: run N processes on this machine (docs/distributed.md)");
+      "data-parallel: run N processes on this machine (docs/distributed.md)")(
+      "stop-after-task", po::value<int64_t>(),
+      "stop once task K (1-based) has ended and its checkpoint is written; continue with "
+      "--resume (exit 0)");
   po::variables_map vm;
   if (!parse(args, options,
              "usage: clhost run --config FILE [options]\n       clhost run --resume RUN_DIR "
@@ -169,6 +172,10 @@ int command_run(const std::vector<std::string>& args) {
   }
   clhost::RunOptions run_options;
   run_options.quiet = vm["quiet"].as<bool>();
+  if (vm.count("stop-after-task")) {
+    run_options.stop_after_task = vm["stop-after-task"].as<int64_t>();
+    if (run_options.stop_after_task < 1) throw po::error("--stop-after-task: a task, 1 or more");
+  }
   clhost::RunConfig config;
   if (vm.count("resume")) {
     if (vm.count("output")) throw po::error("--output cannot be combined with --resume");
@@ -636,6 +643,9 @@ int command_sweep(const std::vector<std::string>& args) {
       "random search: this many combinations drawn from the --grid ranges and lists instead of "
       "every combination")("sample-seed", po::value<uint64_t>()->default_value(0),
                            "the seed of the random search's draws")(
+      "halving", po::value<int>()->default_value(0),
+      "successive halving with this ETA (2, 3, ...): all combinations train a few tasks, the best "
+      "1/ETA on the validation samples of the tasks seen continue, ... (default 0: off)")(
       "validation", po::value<std::string>()->default_value("0.1"),
       "data.validation for every run when the config holds nothing out (a fraction or a count)")(
       "jobs,j", po::value<int>()->default_value(1), "runs in parallel (processes)")(
@@ -668,6 +678,10 @@ int command_sweep(const std::vector<std::string>& args) {
     throw clhost::ConfigError("--samples: between 0 (every combination) and 100000");
   }
   sweep.sample_seed = vm["sample-seed"].as<uint64_t>();
+  sweep.halving = vm["halving"].as<int>();
+  if (sweep.halving == 1 || sweep.halving < 0 || sweep.halving > 100) {
+    throw clhost::ConfigError("--halving: 0 (off) or an ETA from 2 to 100");
+  }
   sweep.validation = vm["validation"].as<std::string>();
   sweep.output_dir = vm["output"].as<std::string>();
   if (sweep.output_dir.empty()) sweep.output_dir = timestamped_dir("sweep");
@@ -781,9 +795,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%splug-in error: %s\n", who.c_str(), e.what());
     return kExitPlugin;
   } catch (const clhost::Interrupted& e) {
+    const bool planned = e.signal_number() == 0;  // --stop-after-task: done as asked
     if (who.empty() || std::string(rank) == "0")
-      std::fprintf(stderr, "\ninterrupted: %s\n", e.what());
-    return 128 + e.signal_number();
+      std::fprintf(stderr, "\n%s: %s\n", planned ? "stopped" : "interrupted", e.what());
+    return planned ? 0 : 128 + e.signal_number();
   } catch (const std::exception& e) {
     // RunError and anything else: "run failed" for a run, the command's name for the others.
     const std::string prefix = command == "run" ? "run failed" : "clhost " + command;

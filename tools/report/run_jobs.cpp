@@ -34,6 +34,22 @@ bool finished(const std::string& dir) {
          fs::exists(fs::path(dir) / "results.json");
 }
 
+// The task a run stopped after as asked (--stop-after-task), with its checkpoint; 0 for any
+// other state.
+int64_t stopped_after(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "status.json");
+  const json status = json::parse(in, nullptr, false);
+  if (!status.is_object() || status.value("status", "") != "interrupted") return 0;
+  const json& task = status.value("stopped_after_task", json());
+  return task.is_number_integer() ? task.get<int64_t>() : 0;
+}
+
+// Whether the run has done what the job asks: finished, or stopped at the job's task or later.
+bool job_done(const RunJob& job) {
+  return finished(job.dir) ||
+         (job.stop_after_task > 0 && stopped_after(job.dir) >= job.stop_after_task);
+}
+
 std::string tail_of(const std::string& path, size_t lines) {
   std::ifstream in(path);
   std::vector<std::string> all;
@@ -45,12 +61,14 @@ std::string tail_of(const std::string& path, size_t lines) {
   return out;
 }
 
-pid_t launch(const std::string& dir, const std::vector<std::string>& args) {
+// A child running `args`, its output in DIR.log (appended to when it continues a run).
+pid_t launch(const std::string& dir, const std::vector<std::string>& args, bool append) {
   const std::string log = dir + ".log";
   std::fflush(nullptr);
   const pid_t child = fork();
   if (child != 0) return child;
-  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int fd =
+      ::open(log.c_str(), O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC, 0644);
   if (fd >= 0) {
     dup2(fd, STDOUT_FILENO);
     dup2(fd, STDERR_FILENO);
@@ -104,11 +122,30 @@ std::string reuse_mismatch(const std::string& dir, const json& expected, const A
   return why;
 }
 
-// A finished run is reused when it matches; a mismatch is refused, or with --force rerun.
+// Why the run stopped in `dir` (its config.toml) cannot be continued for this arm and seed.
+std::string continue_mismatch(const std::string& dir, const json& expected) {
+  std::string why;
+  try {
+    const std::string saved = (fs::path(dir) / "config.toml").string();
+    const json ran = json::parse(load_config(saved).resolved_json);
+    for (const auto& change : config_changes(ran.dump(), expected.dump())) {
+      why += "\n      " + change.key + ": ran with " + change.before + ", the arm asks " +
+             change.after;
+    }
+  } catch (const std::exception& e) {
+    why = std::string("\n      its config.toml: ") + e.what();
+  }
+  return why;
+}
+
+// A finished run (or one stopped at or after the job's task) is reused when it matches; a
+// mismatch is refused, or with --force rerun.
 bool reuse_finished(const RunJob& job, const RunJobsOptions& options) {
-  if (!finished(job.dir)) return false;
+  const bool complete = finished(job.dir);
+  if (!complete && !job_done(job)) return false;
+  const json expected = expected_config(*job.arm, job.seed, options.plugin_path);
   const std::string why =
-      reuse_mismatch(job.dir, expected_config(*job.arm, job.seed, options.plugin_path), *job.arm);
+      complete ? reuse_mismatch(job.dir, expected, *job.arm) : continue_mismatch(job.dir, expected);
   const char* tool = options.tool.c_str();
   if (why.empty()) {
     if (!options.quiet) {
@@ -128,47 +165,58 @@ bool reuse_finished(const RunJob& job, const RunJobsOptions& options) {
   return false;
 }
 
-// The command line of a job's run.
+// The command line of a job's run: a new one, or --resume of one it stopped earlier.
 std::vector<std::string> run_arguments(const RunJob& job, const std::string& exe,
-                                       const std::vector<std::string>& plugin_path) {
+                                       const std::vector<std::string>& plugin_path, bool resume) {
   const ArmSpec& arm = *job.arm;
-  std::vector<std::string> args = {exe,        "run",      "--config",
-                                   arm.config, "--output", job.dir,
-                                   "--quiet",  "--set",    "run.seed=" + std::to_string(job.seed)};
-  if (arm.plugins) {
-    std::string joined;
-    for (const auto& id : *arm.plugins) joined += (joined.empty() ? "" : ",") + id;
-    args.push_back("--plugins");
-    args.push_back(joined);
+  std::vector<std::string> args = {exe, "run", "--quiet"};
+  if (resume) {
+    args.insert(args.end(), {"--resume", job.dir});
+  } else {
+    args.insert(args.end(), {"--config", arm.config, "--output", job.dir, "--set",
+                             "run.seed=" + std::to_string(job.seed)});
+    if (arm.plugins) {
+      std::string joined;
+      for (const auto& id : *arm.plugins) joined += (joined.empty() ? "" : ",") + id;
+      args.insert(args.end(), {"--plugins", joined});
+    }
+    for (const auto& item : arm.set) args.insert(args.end(), {"--set", item});
   }
-  for (const auto& item : arm.set) {
-    args.push_back("--set");
-    args.push_back(item);
+  if (job.stop_after_task > 0) {
+    args.insert(args.end(), {"--stop-after-task", std::to_string(job.stop_after_task)});
   }
-  for (const auto& dir : plugin_path) {
-    args.push_back("--plugin-path");
-    args.push_back(dir);
-  }
+  for (const auto& dir : plugin_path) args.insert(args.end(), {"--plugin-path", dir});
   return args;
 }
 
+// A job to run: resumed when its run stopped earlier as asked with the same settings.
+struct PendingJob {
+  const RunJob* job;
+  bool resume;
+};
+
 // The jobs that need a run (the others finished earlier with the same settings).
-std::vector<const RunJob*> jobs_to_run(const std::vector<RunJob>& jobs,
-                                       const RunJobsOptions& options) {
-  std::vector<const RunJob*> pending;
+std::vector<PendingJob> jobs_to_run(const std::vector<RunJob>& jobs,
+                                    const RunJobsOptions& options) {
+  std::vector<PendingJob> pending;
   for (const RunJob& job : jobs) {
     if (reuse_finished(job, options)) continue;
+    if (stopped_after(job.dir) > 0 &&
+        continue_mismatch(job.dir, expected_config(*job.arm, job.seed, options.plugin_path))
+            .empty()) {
+      pending.push_back({&job, true});
+      continue;
+    }
     fs::remove_all(job.dir);  // an interrupted run starts again
     fs::create_directories(fs::path(job.dir).parent_path());
-    pending.push_back(&job);
+    pending.push_back({&job, false});
   }
   return pending;
 }
-
 }  // namespace
 
 std::vector<std::string> run_jobs(const std::vector<RunJob>& jobs, const RunJobsOptions& options) {
-  const std::vector<const RunJob*> pending = jobs_to_run(jobs, options);
+  const std::vector<PendingJob> pending = jobs_to_run(jobs, options);
   const std::string exe = self_executable();
   const char* tool = options.tool.c_str();
   std::map<pid_t, const RunJob*> running;
@@ -178,12 +226,14 @@ std::vector<std::string> run_jobs(const std::vector<RunJob>& jobs, const RunJobs
   while (next < pending.size() || !running.empty()) {
     while (next < pending.size() &&
            running.size() < static_cast<size_t>(std::max(1, options.jobs))) {
-      const RunJob& job = *pending[next++];
+      const auto [job_to_run, resume] = pending[next++];
+      const RunJob& job = *job_to_run;
       if (!options.quiet) {
-        std::fprintf(stderr, "[%s] start %s seed %lld -> %s\n", tool, job.label.c_str(),
-                     static_cast<long long>(job.seed), job.dir.c_str());
+        std::fprintf(stderr, "[%s] %s %s seed %lld -> %s\n", tool, resume ? "continue" : "start",
+                     job.label.c_str(), static_cast<long long>(job.seed), job.dir.c_str());
       }
-      const pid_t pid = launch(job.dir, run_arguments(job, exe, options.plugin_path));
+      const pid_t pid =
+          launch(job.dir, run_arguments(job, exe, options.plugin_path, resume), resume);
       if (pid < 0) throw RunError(options.tool + ": fork failed");
       running.emplace(pid, &job);
     }
@@ -195,13 +245,15 @@ std::vector<std::string> run_jobs(const std::vector<RunJob>& jobs, const RunJobs
     const RunJob& job = *found->second;
     running.erase(found);
     ++done;
-    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && finished(job.dir);
+    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && job_done(job);
     if (!options.quiet || !ok) {
       std::fprintf(stderr, "[%s] %zu/%zu %s seed %lld %s\n", tool, done, pending.size(),
                    job.label.c_str(), static_cast<long long>(job.seed), ok ? "done" : "FAILED");
     }
-    if (!ok)
-      failures.push_back(job.label + " (" + job.dir + ".log):\n" + tail_of(job.dir + ".log", 6));
+    if (!ok) {
+      failures.push_back(job.label + " seed " + std::to_string(job.seed) + " (" + job.dir +
+                         ".log):\n" + tail_of(job.dir + ".log", 6));
+    }
   }
   return failures;
 }

@@ -16,6 +16,9 @@ struct RunJob {
   int64_t seed = 0;
   std::string dir;    // the run directory; its log is dir + ".log"
   std::string label;  // for messages, before " seed N": "arm A", "pipeline.0.lambda=100"
+  // > 0: the run stops after this task (clhost run --stop-after-task) and counts as done there;
+  // a run stopped earlier with the same settings is continued (--resume) instead of restarted.
+  int64_t stop_after_task = 0;
 };
 
 struct RunJobsOptions {
@@ -29,8 +32,9 @@ struct RunJobsOptions {
   bool force = false;
 };
 
-// Runs every job that has not finished with the same settings. Returns one description per
-// failed run (label, log file and the end of its log); empty when all finished.
+// Runs every job that has not finished (or reached its stop_after_task) with the same settings.
+// Returns one description per failed run (label, log file and the end of its log); empty when all
+// finished.
 std::vector<std::string> run_jobs(const std::vector<RunJob>& jobs, const RunJobsOptions& options);
 
 // Prints the failures of run_jobs with what to do next; returns the exit code (0 when none).

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <numeric>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -259,8 +260,12 @@ std::string interval_text(const json& interval) {
 
 struct Scores {
   Evaluation evaluation;
-  std::vector<std::vector<double>> validation;  // [point][seed]
+  std::vector<std::vector<double>> validation;  // [point][seed]; empty for a point stopped early
   std::vector<std::vector<double>> test;
+  std::vector<json> rungs;  // [point]: successive halving's scores, {"tasks", "score"} each
+  std::vector<int64_t> stopped_after;  // [point]: the task it was stopped after (0: it ran all)
+  int64_t tasks_trained = 0;           // over every run: what the sweep cost
+  int64_t tasks_without_halving = 0;   // every combination x seed x task
 };
 
 double average_of(const json& results, const std::string& section, const std::string& name,
@@ -272,30 +277,33 @@ double average_of(const json& results, const std::string& section, const std::st
   return value.get<double>();
 }
 
-Scores read_scores(const std::vector<std::vector<std::string>>& dirs) {
-  Scores scores;
-  for (const auto& point_dirs : dirs) {
-    scores.validation.emplace_back();
-    scores.test.emplace_back();
-    for (const auto& dir : point_dirs) {
+// The final scores of the points that ran every task (the others keep empty ones).
+void read_scores(const std::vector<std::vector<std::string>>& dirs, Scores& scores) {
+  scores.validation.assign(dirs.size(), {});
+  scores.test.assign(dirs.size(), {});
+  for (size_t p = 0; p < dirs.size(); ++p) {
+    if (scores.stopped_after[p] > 0) continue;
+    for (const auto& dir : dirs[p]) {
       const RunRecord run = load_run(dir);
       scores.evaluation = evaluation_of(run.results);
       if (!run.results.contains("validation")) {
         throw RunError(dir + "/results.json: no validation section (data.validation)");
       }
       const std::string& name = scores.evaluation.name;
-      scores.validation.back().push_back(average_of(run.results, "validation", name, dir));
-      scores.test.back().push_back(average_of(run.results, "", name, dir));
+      scores.validation[p].push_back(average_of(run.results, "validation", name, dir));
+      scores.test[p].push_back(average_of(run.results, "", name, dir));
     }
   }
-  return scores;
 }
 
+// The best of the points that ran every task (count > 0).
 size_t best_point(const std::vector<Interval>& validation, bool higher_is_better) {
-  size_t best = 0;
-  for (size_t p = 1; p < validation.size(); ++p) {
-    const bool better = higher_is_better ? validation[p].mean > validation[best].mean
-                                         : validation[p].mean < validation[best].mean;
+  size_t best = validation.size();
+  for (size_t p = 0; p < validation.size(); ++p) {
+    if (validation[p].count == 0) continue;
+    const bool better = best == validation.size() ||
+                        (higher_is_better ? validation[p].mean > validation[best].mean
+                                          : validation[p].mean < validation[best].mean);
     if (better) best = p;
   }
   return best;
@@ -312,15 +320,19 @@ json sweep_json(const SweepOptions& options, const std::vector<Point>& points,
   std::vector<Interval> validation;
   json point_list = json::array();
   for (size_t p = 0; p < points.size(); ++p) {
-    validation.push_back(mean_interval(scores.validation[p]));
+    const bool stopped = scores.stopped_after[p] > 0;
+    validation.push_back(stopped ? Interval{} : mean_interval(scores.validation[p]));
     json values = json::object();
     for (size_t a = 0; a < options.axes.size(); ++a)
       values[options.axes[a].key] = points[p].values[a];
-    point_list.push_back({{"index", p},
-                          {"values", values},
-                          {"runs", dirs[p]},
-                          {"validation_scores", scores.validation[p]},
-                          {"validation", interval_json(validation.back())}});
+    point_list.push_back(
+        {{"index", p},
+         {"values", values},
+         {"runs", dirs[p]},
+         {"validation_scores", scores.validation[p]},
+         {"validation", stopped ? json(nullptr) : interval_json(validation.back())},
+         {"rungs", scores.rungs[p]},
+         {"stopped_after_task", scores.stopped_after[p]}});
   }
   const size_t best = best_point(validation, scores.evaluation.higher_is_better);
   return json{{"config", options.config},
@@ -330,6 +342,9 @@ json sweep_json(const SweepOptions& options, const std::vector<Point>& points,
               {"metric", "average_" + scores.evaluation.name},
               {"better", scores.evaluation.higher_is_better ? "higher" : "lower"},
               {"points", point_list},
+              {"halving", options.halving},
+              {"tasks_trained", scores.tasks_trained},
+              {"tasks_without_halving", scores.tasks_without_halving},
               {"best",
                {{"index", best},
                 {"values", point_list[best]["values"]},
@@ -356,11 +371,27 @@ std::string sweep_table(const json& sweep) {
       << sweep["better"].get<std::string>() << " is better; mean [95% interval])\n";
   const size_t best = sweep["best"]["index"].get<size_t>();
   for (const auto& point : sweep["points"]) {
+    std::string score;
+    if (point["validation"].is_null()) {
+      const json& last = point["rungs"].back();
+      char text[96];
+      std::snprintf(text, sizeof(text), "stopped after task %lld (%.4f on the tasks seen)",
+                    static_cast<long long>(last["tasks"].get<int64_t>()),
+                    last["score"].get<double>());
+      score = text;
+    } else {
+      score = interval_text(point["validation"]);
+    }
     char line[512];
     std::snprintf(line, sizeof(line), "%s %-44s %s\n",
                   point["index"].get<size_t>() == best ? "*" : " ",
-                  values_text(point["values"]).c_str(), interval_text(point["validation"]).c_str());
+                  values_text(point["values"]).c_str(), score.c_str());
     out << line;
+  }
+  if (sweep["halving"].get<int>() > 0) {
+    out << "successive halving (eta " << sweep["halving"].get<int>()
+        << "): " << sweep["tasks_trained"].get<int64_t>() << " tasks trained instead of "
+        << sweep["tasks_without_halving"].get<int64_t>() << "\n";
   }
   out << "best: " << values_text(sweep["points"][best]["values"]) << ": validation "
       << interval_text(sweep["best"]["validation"]) << "; test-set " << metric << " "
@@ -415,6 +446,7 @@ std::string sweep_chart(const SweepOptions& options, const json& sweep) {
   std::map<std::string, std::vector<std::pair<double, double>>> lines;
   for (size_t p = 0; p < sweep["points"].size(); ++p) {
     const json& point = sweep["points"][p];
+    if (point["validation"].is_null()) continue;  // stopped early: no final score
     std::string rest;
     for (size_t a = 1; a < options.axes.size(); ++a) {
       rest += (rest.empty() ? "" : ", ") + options.axes[a].key + "=" +
@@ -452,7 +484,9 @@ std::string sweep_html(const SweepOptions& options, const json& sweep) {
       "interval</th><th class=\"l\">runs</th></tr>\n";
   const size_t best = sweep["best"]["index"].get<size_t>();
   for (const auto& point : sweep["points"]) {
-    const json& interval = point["validation"];
+    const json interval = point["validation"].is_null()
+                              ? json{{"mean", nullptr}, {"low", nullptr}, {"high", nullptr}}
+                              : point["validation"];
     auto number = [](const json& value) {
       if (value.is_null()) return std::string("–");
       char text[32];
@@ -485,6 +519,97 @@ void write_best_toml(const std::string& path, const Point& point, const json& sw
   write_file_atomic(path, header + toml.substr(first_line));
 }
 
+// --- successive halving -----------------------------------------------------------------------
+
+// The tasks each round trains to (the last: every task) and which way the metric is better.
+struct SweepPlan {
+  int64_t tasks = 0;
+  std::vector<int64_t> rungs;
+  bool higher_is_better = true;
+};
+
+int64_t task_count(const RunConfig& config) {
+  if (config.data.kind != DataKind::kText) return config.data.num_tasks;
+  return static_cast<int64_t>(config.data.languages.empty() ? config.tasks.size()
+                                                            : config.data.languages.size());
+}
+
+// Without --halving one round of every task. With ETA: rounds after ceil(T / ETA^k) tasks, as
+// many as it takes to keep one of every ETA combinations each round down to one.
+SweepPlan plan_of(const SweepOptions& options, const std::vector<Point>& points) {
+  const RunConfig config = load_config(points.front().arm.config,
+                                       arm_overrides(points.front().arm, options.plugin_path));
+  SweepPlan plan;
+  plan.tasks = task_count(config);
+  plan.higher_is_better = config.data.kind != DataKind::kText;  // text: bits per byte
+  plan.rungs = {plan.tasks};
+  if (options.halving < 2) return plan;
+  const auto eta = static_cast<int64_t>(options.halving);
+  while (plan.rungs.front() > 1)
+    plan.rungs.insert(plan.rungs.begin(), (plan.rungs.front() + eta - 1) / eta);
+  size_t rounds = 1;
+  for (size_t live = points.size(); live > 1;
+       live = (live + options.halving - 1) / options.halving) {
+    ++rounds;
+  }
+  if (plan.rungs.size() > rounds)
+    plan.rungs.erase(plan.rungs.begin(), plan.rungs.end() - static_cast<std::ptrdiff_t>(rounds));
+  return plan;
+}
+
+// A stopped run's validation metric after `tasks` tasks, averaged over those tasks (events.jsonl).
+double score_after(const std::string& dir, int64_t tasks) {
+  std::ifstream in(fs::path(dir) / "events.jsonl");
+  double score = std::nan("");
+  for (std::string line; std::getline(in, line);) {
+    const json event = json::parse(line, nullptr, false);
+    if (!event.is_object() || event.value("event", "") != "evaluation" ||
+        event.value("after_task", int64_t{-2}) != tasks - 1 || !event.contains("validation_row")) {
+      continue;
+    }
+    const std::vector<double> row = event["validation_row"].get<std::vector<double>>();
+    if (static_cast<int64_t>(row.size()) < tasks) break;
+    score = std::accumulate(row.begin(), row.begin() + tasks, 0.0) / static_cast<double>(tasks);
+  }
+  if (std::isnan(score)) {
+    throw RunError(dir + "/events.jsonl: no validation evaluation after task " +
+                   std::to_string(tasks));
+  }
+  return score;
+}
+
+// One round of successive halving: every live combination's mean score after `rung` tasks;
+// the best 1/ETA go on, the others are stopped there.
+std::vector<size_t> keep_best(const std::vector<size_t>& live, int64_t rung,
+                              const std::vector<std::vector<std::string>>& dirs,
+                              const SweepPlan& plan, const SweepOptions& options, Scores& scores) {
+  std::vector<std::pair<double, size_t>> ranked;
+  for (const size_t p : live) {
+    double sum = 0.0;
+    for (const auto& dir : dirs[p]) sum += score_after(dir, rung);
+    const double mean = sum / static_cast<double>(dirs[p].size());
+    scores.rungs[p].push_back({{"tasks", rung}, {"score", mean}});
+    ranked.emplace_back(plan.higher_is_better ? -mean : mean, p);
+  }
+  std::stable_sort(ranked.begin(), ranked.end());
+  const size_t keep = (live.size() + static_cast<size_t>(options.halving) - 1) /
+                      static_cast<size_t>(options.halving);
+  std::vector<size_t> kept;
+  for (size_t i = 0; i < ranked.size(); ++i) {
+    if (i < keep) {
+      kept.push_back(ranked[i].second);
+    } else {
+      scores.stopped_after[ranked[i].second] = rung;
+    }
+  }
+  std::sort(kept.begin(), kept.end());
+  if (!options.quiet) {
+    std::fprintf(stderr, "[sweep] after task %lld: %zu of %zu combinations go on\n",
+                 static_cast<long long>(rung), kept.size(), live.size());
+  }
+  return kept;
+}
+
 }  // namespace
 
 SweepAxis parse_grid(const std::string& spec) {
@@ -508,23 +633,44 @@ int run_sweep(const SweepOptions& options) {
   const std::vector<std::string> set = run_overrides(options);
   std::vector<Point> points = sweep_points(options, set);
   validate_points(points, options.plugin_path);
-  std::vector<RunJob> jobs;
   std::vector<std::vector<std::string>> dirs(points.size());
   for (size_t p = 0; p < points.size(); ++p) {
     for (const int64_t seed : options.seeds) {
-      const std::string dir = (fs::path(options.output_dir) / "runs" /
-                               point_dir(p, points[p].values) / ("seed_" + std::to_string(seed)))
-                                  .string();
-      dirs[p].push_back(dir);
-      jobs.push_back({&points[p].arm, seed, dir, points[p].arm.name});
+      dirs[p].push_back((fs::path(options.output_dir) / "runs" / point_dir(p, points[p].values) /
+                         ("seed_" + std::to_string(seed)))
+                            .string());
     }
   }
   fs::create_directories(options.output_dir);
-  const int failed = report_failures(
-      run_jobs(jobs, {"sweep", options.jobs, options.plugin_path, options.quiet, options.force}),
-      "sweep");
-  if (failed != 0) return failed;
-  const json sweep = sweep_json(options, points, dirs, read_scores(dirs), set);
+  const SweepPlan plan = plan_of(options, points);
+  Scores scores;
+  scores.rungs.assign(points.size(), json::array());
+  scores.stopped_after.assign(points.size(), 0);
+  scores.tasks_without_halving =
+      static_cast<int64_t>(points.size() * options.seeds.size()) * plan.tasks;
+  std::vector<size_t> live(points.size());
+  std::iota(live.begin(), live.end(), size_t{0});
+  for (const int64_t rung : plan.rungs) {
+    const bool last = rung == plan.tasks;
+    std::vector<RunJob> jobs;
+    for (const size_t p : live) {
+      for (size_t s = 0; s < options.seeds.size(); ++s) {
+        jobs.push_back(
+            {&points[p].arm, options.seeds[s], dirs[p][s], points[p].arm.name, last ? 0 : rung});
+      }
+    }
+    const int failed = report_failures(
+        run_jobs(jobs, {"sweep", options.jobs, options.plugin_path, options.quiet, options.force}),
+        "sweep");
+    if (failed != 0) return failed;
+    if (!last) live = keep_best(live, rung, dirs, plan, options, scores);
+  }
+  for (size_t p = 0; p < points.size(); ++p) {
+    scores.tasks_trained += static_cast<int64_t>(options.seeds.size()) *
+                            (scores.stopped_after[p] > 0 ? scores.stopped_after[p] : plan.tasks);
+  }
+  read_scores(dirs, scores);
+  const json sweep = sweep_json(options, points, dirs, scores, set);
   const fs::path out(options.output_dir);
   write_best_toml((out / "best.toml").string(), points[sweep["best"]["index"].get<size_t>()], sweep,
                   options.plugin_path);

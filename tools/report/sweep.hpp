@@ -36,6 +36,10 @@ struct SweepOptions {
   // a range axis draws anywhere in its range (log-uniform for logspace), a list one of its values.
   int64_t samples = 0;
   uint64_t sample_seed = 0;
+  // Successive halving with this ETA (>= 2; 0: off): every combination trains to the first
+  // round's task, is scored on the validation samples of the tasks seen, the best 1/ETA
+  // continue (--resume) to the next round, until the last trains every task.
+  int halving = 0;
   std::string validation = "0.1";  // data.validation when the config holds none out
   std::string output_dir;
   int jobs = 1;

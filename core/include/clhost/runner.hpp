@@ -16,6 +16,10 @@ struct RunOptions {
   bool resume = false;
   bool allow_config_change = false;  // accept changes to the keys that are safe to change
   bool resume_anyway = false;        // continue even if some plug-in's state was not saved
+  // --stop-after-task K: once task K (1-based) has ended and its checkpoint is written, the run
+  // stops as SIGTERM would stop it, to be continued with --resume (clhost sweep's successive
+  // halving); 0, or K = the last task: it runs to the end.
+  int64_t stop_after_task = 0;
 };
 
 struct RunSummary {
@@ -31,7 +35,8 @@ struct RunSummary {
 };
 
 // Throws ConfigError / PluginError before anything is written, RunError after, Interrupted
-// when SIGINT/SIGTERM stopped the run (after writing a checkpoint).
+// when SIGINT/SIGTERM (signal_number() > 0) or --stop-after-task (0) stopped the run after
+// writing a checkpoint.
 RunSummary run_pipeline(const RunConfig& config, const RunOptions& options);
 
 // The configuration a resumed run continues with: RUN_DIR/config.toml (the resolved
