@@ -63,6 +63,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadInput{"section_not_table", "run = 5\n", ":1:7:", "run: expected a table"},
         BadInput{"bool_as_string", "[fisher_computation]\nuse_compression = \"yes\"\n",
                  ":2:19:", "fisher_computation.use_compression: expected a boolean"},
+        BadInput{"setting_name_control", "[[pipeline]]\nplugin = \"l2\"\n\"a\\nb\" = 1\n",
+                 ":3:10:", "pipeline[0]: a setting's name holds a control character (0x0a)"},
         BadInput{"validation_fraction_one", "[data]\nvalidation = 1.0\n", ":2:14:",
                  "data.validation: a fraction must be in [0, 1) (give a number of samples"},
         BadInput{"validation_negative", "[data]\nvalidation = -3\n",
@@ -108,6 +110,19 @@ TEST(Config, SetOverridesAreTypedAndLocated) {
   EXPECT_THROW((void)load_config(path, overrides), ConfigError);
   overrides.set = {"pipeline.3.lambda=1"};
   EXPECT_THROW((void)load_config(path, overrides), ConfigError);
+  // An index past size_t is past the end too; a key with a control character cannot be written
+  // back into the run's config.toml.
+  overrides.set = {"pipeline.99999999999999999999999.lambda=1"};
+  EXPECT_THROW((void)load_config(path, overrides), ConfigError);
+  overrides.set = {"l2.\nx=1"};
+  try {
+    (void)load_config(path, overrides);
+    FAIL() << "a key with a newline was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("the key holds a control character (0x0a)"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Config, PluginsFlagReplacesThePipelineAndKeepsSettings) {

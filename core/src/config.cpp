@@ -241,6 +241,11 @@ PluginSpec read_plugin(const toml::node& node, const std::string& file, size_t i
   for (const auto& [key, value] : table) {
     const std::string name(key.str());
     if (name == "plugin") continue;
+    if (const std::string control = config_detail::control_character(name); !control.empty()) {
+      throw ConfigError(location_of(value.source(), file) + ": " + prefix +
+                        ": a setting's name holds a control character (" + control +
+                        "); names are plain text");
+    }
     PluginSetting setting;
     setting.key = name;
     setting.location = location_or_override(

@@ -25,6 +25,11 @@ std::string join(const std::vector<std::string>& items, const char* separator);
 // The table `name` of `root`, created empty when absent (it must not hold another type).
 toml::table& section(toml::table& root, const char* name);
 
+// The first control character (U+0000..U+001F, U+007F) of a key as "0x0a", or empty: TOML's
+// writer cannot give such a key back as it was read (a run's config.toml would not read back),
+// so keys with one are refused.
+std::string control_character(const std::string& key);
+
 // Applies the command line to the parsed file, in this order: --plugins and the switches that
 // add a plug-in shape [[pipeline]] (`added_by` gets the switch that added each new entry), then
 // every --set (ID.KEY names a plug-in's entry), then the switches that set a key. Returns where

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
+#include <cstdio>
 #include <sstream>
 
 #include "clhost/errors.hpp"
@@ -205,6 +206,10 @@ std::string apply_override(toml::table& root, const std::string& assignment) {
   const std::string key_path = assignment.substr(0, equals);
   const std::string source = "--set " + key_path;
   if (!valid_utf8(key_path)) throw ConfigError(source + ": the key is not UTF-8 text");
+  if (const std::string control = control_character(key_path); !control.empty()) {
+    throw ConfigError(source + ": the key holds a control character (" + control +
+                      "); keys are plain text");
+  }
   const toml::table parsed = parse_value(assignment.substr(equals + 1), source);
   const std::vector<std::string> segments = override_segments(root, key_path, source);
   parent_table(root, segments, source).insert_or_assign(segments.back(), *parsed.get("value"));
@@ -283,6 +288,18 @@ void apply_switches(toml::table& root, const ConfigOverrides& overrides, Overrid
 }
 
 }  // namespace
+
+std::string control_character(const std::string& key) {
+  for (const char c : key) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7F) {
+      char text[8];
+      std::snprintf(text, sizeof(text), "0x%02x", byte);
+      return text;
+    }
+  }
+  return "";
+}
 
 Overridden apply_command_line(toml::table& root, const ConfigOverrides& overrides,
                               std::map<size_t, std::string>& added_by) {
