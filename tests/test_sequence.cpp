@@ -261,12 +261,25 @@ class TextTasks : public ::testing::Test {
     return text;
   }
 
-  clhost::TaskSequence build(const std::vector<std::vector<std::string>>& paths,
-                             int64_t context = 16) {
+  // Text tasks drawing `train_samples` training windows each.
+  static clhost::DataSection text_data(int64_t tasks, int64_t train_samples) {
     clhost::DataSection data;
     data.kind = clhost::DataKind::kText;
-    data.num_tasks = static_cast<int64_t>(paths.size());
-    data.train_samples_per_task = 50;
+    data.num_tasks = tasks;
+    data.train_samples_per_task = train_samples;
+    return data;
+  }
+
+  // One task over `paths`.
+  static std::vector<clhost::TaskOverride> one_task(std::vector<std::string> paths) {
+    std::vector<clhost::TaskOverride> tasks(1);
+    tasks[0].text_paths = std::move(paths);
+    return tasks;
+  }
+
+  clhost::TaskSequence build(const std::vector<std::vector<std::string>>& paths,
+                             int64_t context = 16) {
+    clhost::DataSection data = text_data(static_cast<int64_t>(paths.size()), 50);
     std::vector<clhost::TaskOverride> tasks(paths.size());
     for (size_t k = 0; k < paths.size(); ++k) tasks[k].text_paths = paths[k];
     return clhost::build_text_tasks(data, context, tasks, 3);
@@ -446,12 +459,8 @@ std::set<int> document_numbers(const torch::Tensor& windows) {
 // training window; without it the training windows are what they were.
 TEST_F(TextTasks, ValidationHoldsOutWholeTrainingDocuments) {
   const std::string text = write("v.txt", fortunes(200, "zeta"));
-  clhost::DataSection data;
-  data.kind = clhost::DataKind::kText;
-  data.num_tasks = 1;
-  data.train_samples_per_task = 300;
-  std::vector<clhost::TaskOverride> tasks(1);
-  tasks[0].text_paths = {text};
+  clhost::DataSection data = text_data(1, 300);
+  std::vector<clhost::TaskOverride> tasks = one_task({text});
   const auto plain = clhost::build_text_tasks(data, 60, tasks, 2);
   data.validation.fraction = 0.2;
   const auto held = clhost::build_text_tasks(data, 60, tasks, 2);
@@ -490,12 +499,8 @@ TEST_F(TextTasks, SpilledTextGivesTheResidentWindows) {
   gzwrite(out, plain.data(), static_cast<unsigned>(plain.size()));
   gzclose(out);
   const std::string other = write("e.txt", fortunes(200, "epsilon"));
-  clhost::DataSection data;
-  data.kind = clhost::DataKind::kText;
-  data.num_tasks = 1;
-  data.train_samples_per_task = 200;
-  std::vector<clhost::TaskOverride> tasks(1);
-  tasks[0].text_paths = {gz, other};
+  clhost::DataSection data = text_data(1, 200);
+  std::vector<clhost::TaskOverride> tasks = one_task({gz, other});
   const auto resident = clhost::build_text_tasks(data, 24, tasks, 9);
   data.max_resident_bytes = 4096;
   const auto spilled = clhost::build_text_tasks(data, 24, tasks, 9);
@@ -543,12 +548,8 @@ TEST_F(TextTasks, HdfTokenIdsAreATasksText) {
   std::vector<int32_t> ids(text.begin(), text.end());
   const std::string h5 = (dir_ / "tokens.h5").string();
   write_token_file(h5, "/corpus/en", ids, H5T_STD_U16LE);
-  clhost::DataSection data;
-  data.kind = clhost::DataKind::kText;
-  data.num_tasks = 1;
-  data.train_samples_per_task = 40;
-  std::vector<clhost::TaskOverride> tasks(1);
-  tasks[0].text_paths = {file};
+  clhost::DataSection data = text_data(1, 40);
+  std::vector<clhost::TaskOverride> tasks = one_task({file});
   const auto from_text = clhost::build_text_tasks(data, 16, tasks, 4);
   tasks[0].text_paths = {h5};
   tasks[0].tokens = "/corpus/en";

@@ -534,6 +534,24 @@ int command_new_plugin(const std::vector<std::string>& args) {
   return 0;
 }
 
+// The options of the commands that run child clhost runs (compare, sweep), after --seeds:
+// explicit seeds, jobs, the output directory (holding `outputs`), plug-in path, quiet, force.
+void add_child_run_options(po::options_description& options, const std::string& outputs,
+                           const std::string& command) {
+  options.add_options()("seed-list", po::value<std::vector<int64_t>>()->multitoken(),
+                        "explicit seeds instead of --seeds")(
+      "jobs,j", po::value<int>()->default_value(1), "runs in parallel (processes)")(
+      "output,o", po::value<std::string>()->default_value(""),
+      ("directory for " + outputs + " (default runs/" + command +
+       "_<time>); rerunning with the same directory reuses finished runs that ran the same "
+       "settings")
+          .c_str())("plugin-path", po::value<std::vector<std::string>>()->composing(),
+                    "extra plug-in directory for every run")("quiet,q", po::bool_switch(),
+                                                             "no progress lines")(
+      "force", po::bool_switch(),
+      "rerun finished runs in --output whose settings differ (default: refuse)");
+}
+
 // A directory under runs/ named after the command and the time, for --output's default.
 std::string timestamped_dir(const std::string& command) {
   char stamp[32];
@@ -580,27 +598,14 @@ int command_compare(const std::vector<std::string>& args) {
       "a-name", po::value<std::string>()->default_value(""), "label of arm A (default: its spec)")(
       "b-name", po::value<std::string>()->default_value(""), "label of arm B")(
       "seeds", po::value<int64_t>()->default_value(5),
-      "number of paired seeds (run.seed = 0..N-1 in both arms)")(
-      "seed-list", po::value<std::vector<int64_t>>()->multitoken(),
-      "explicit seeds instead of --seeds")("jobs,j", po::value<int>()->default_value(1),
-                                           "runs in parallel (processes)")(
-      "output,o", po::value<std::string>()->default_value(""),
-      "directory for the arms' runs, compare.json and compare.html (default "
-      "runs/compare_<time>); rerunning with the same directory reuses finished runs that ran "
-      "the same settings")("plugin-path", po::value<std::vector<std::string>>()->composing(),
-                           "extra plug-in directory for every run")("quiet,q", po::bool_switch(),
-                                                                    "no progress lines")(
-      "force", po::bool_switch(),
-      "rerun finished runs in --output whose settings differ from the arm's (default: refuse)");
+      "number of paired seeds (run.seed = 0..N-1 in both arms)");
+  add_child_run_options(options, "the arms' runs, compare.json and compare.html", "compare");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(options).run(), vm);
-  if (vm.count("help")) {
-    std::cout << "usage: clhost compare --config BASE.toml --a SPEC --b SPEC [--seeds N] [--jobs J]"
-                 "\n\n"
-              << options << '\n';
+  if (!parse(args, options,
+             "usage: clhost compare --config BASE.toml --a SPEC --b SPEC [--seeds N] [--jobs J]",
+             vm)) {
     return 0;
   }
-  po::notify(vm);
   clhost::tools::CompareOptions compare;
   const std::string base = vm["config"].as<std::string>();
   if (!base.empty()) (void)clhost::load_config(base);  // a broken base fails here, once
@@ -637,8 +642,6 @@ int command_sweep(const std::vector<std::string>& args) {
                                            "KEY=VALUE for every run, as clhost run --set")(
       "seeds", po::value<int64_t>()->default_value(3),
       "seeds per combination (run.seed = 0..N-1, the same for every combination)")(
-      "seed-list", po::value<std::vector<int64_t>>()->multitoken(),
-      "explicit seeds instead of --seeds")(
       "samples", po::value<int64_t>()->default_value(0),
       "random search: this many combinations drawn from the --grid ranges and lists instead of "
       "every combination")("sample-seed", po::value<uint64_t>()->default_value(0),
@@ -647,25 +650,15 @@ int command_sweep(const std::vector<std::string>& args) {
       "successive halving with this ETA (2, 3, ...): all combinations train a few tasks, the best "
       "1/ETA on the validation samples of the tasks seen continue, ... (default 0: off)")(
       "validation", po::value<std::string>()->default_value("0.1"),
-      "data.validation for every run when the config holds nothing out (a fraction or a count)")(
-      "jobs,j", po::value<int>()->default_value(1), "runs in parallel (processes)")(
-      "output,o", po::value<std::string>()->default_value(""),
-      "directory for the runs, sweep.json, sweep.html and best.toml (default "
-      "runs/sweep_<time>); rerunning with the same directory reuses finished runs that ran the "
-      "same settings")("plugin-path", po::value<std::vector<std::string>>()->composing(),
-                       "extra plug-in directory for every run")("quiet,q", po::bool_switch(),
-                                                                "no progress lines")(
-      "force", po::bool_switch(),
-      "rerun finished runs in --output whose settings differ (default: refuse)");
+      "data.validation for every run when the config holds nothing out (a fraction or a count)");
+  add_child_run_options(options, "the runs, sweep.json, sweep.html and best.toml", "sweep");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(options).run(), vm);
-  if (vm.count("help")) {
-    std::cout << "usage: clhost sweep --config C.toml --grid 'KEY=[v1,v2,...]' [--grid ...] "
-                 "[--seeds N] [--jobs J]\n\n"
-              << options << '\n';
+  if (!parse(args, options,
+             "usage: clhost sweep --config C.toml --grid 'KEY=[v1,v2,...]' [--grid ...] "
+             "[--seeds N] [--jobs J]",
+             vm)) {
     return 0;
   }
-  po::notify(vm);
   clhost::tools::SweepOptions sweep;
   sweep.config = vm["config"].as<std::string>();
   if (vm.count("set")) sweep.set = vm["set"].as<std::vector<std::string>>();
