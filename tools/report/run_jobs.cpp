@@ -74,6 +74,7 @@ pid_t launch(const std::string& dir, const std::vector<std::string>& args, bool 
     dup2(fd, STDERR_FILENO);
   }
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
   execv(argv[0], argv.data());
