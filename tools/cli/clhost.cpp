@@ -146,6 +146,30 @@ bool parse(const std::vector<std::string>& args, const po::options_description& 
   return true;
 }
 
+// What `clhost run` prints at the end: the evaluation matrix and the continual-learning metrics.
+void print_run_summary(const clhost::RunSummary& summary) {
+  const char* metric = summary.metric.label;
+  std::printf("\n%s matrix (row: after training task i; column: task j; %s is better)\n", metric,
+              summary.metric.higher_is_better ? "higher" : "lower");
+  for (const auto& row : summary.accuracy) {
+    for (double value : row) std::printf(" %.4f", value);
+    std::printf("\n");
+  }
+  const auto& metrics = summary.metrics;
+  std::string average = std::string("average ") + metric;
+  average.resize(std::max<size_t>(average.size() + 1, 19), ' ');
+  std::printf("%s%.4f\n", average.c_str(), metrics.average_accuracy);
+  if (metrics.forgetting) std::printf("forgetting         %.4f\n", *metrics.forgetting);
+  if (metrics.backward_transfer)
+    std::printf("backward transfer  %+.4f\n", *metrics.backward_transfer);
+  if (metrics.forward_transfer)
+    std::printf("forward transfer   %+.4f\n", *metrics.forward_transfer);
+  std::printf("wall time          %.1f s (%lld optimizer steps, %.1f steps/s)\n",
+              summary.wall_seconds, static_cast<long long>(summary.optimizer_steps),
+              static_cast<double>(summary.optimizer_steps) / summary.wall_seconds);
+  std::printf("results            %s/results.json\n", summary.run_dir.c_str());
+}
+
 int command_run(const std::vector<std::string>& args) {
   po::options_description options = config_options(false);
   add_checkpoint_option(options);
@@ -213,26 +237,7 @@ int command_run(const std::vector<std::string>& args) {
   const clhost::RunSummary summary = clhost::run_pipeline(config, run_options);
   if (summary.rank != 0) return 0;  // rank 0 reports for the run
 
-  const char* metric = summary.metric.label;
-  std::printf("\n%s matrix (row: after training task i; column: task j; %s is better)\n", metric,
-              summary.metric.higher_is_better ? "higher" : "lower");
-  for (const auto& row : summary.accuracy) {
-    for (double value : row) std::printf(" %.4f", value);
-    std::printf("\n");
-  }
-  const auto& metrics = summary.metrics;
-  std::string average = std::string("average ") + metric;
-  average.resize(std::max<size_t>(average.size() + 1, 19), ' ');
-  std::printf("%s%.4f\n", average.c_str(), metrics.average_accuracy);
-  if (metrics.forgetting) std::printf("forgetting         %.4f\n", *metrics.forgetting);
-  if (metrics.backward_transfer)
-    std::printf("backward transfer  %+.4f\n", *metrics.backward_transfer);
-  if (metrics.forward_transfer)
-    std::printf("forward transfer   %+.4f\n", *metrics.forward_transfer);
-  std::printf("wall time          %.1f s (%lld optimizer steps, %.1f steps/s)\n",
-              summary.wall_seconds, static_cast<long long>(summary.optimizer_steps),
-              static_cast<double>(summary.optimizer_steps) / summary.wall_seconds);
-  std::printf("results            %s/results.json\n", summary.run_dir.c_str());
+  print_run_summary(summary);
   return 0;
 }
 
