@@ -286,11 +286,14 @@ TEST(SweepRun, SuccessiveHalvingStopsTheWeakerHalfEachRound) {
   const Output run = clhost(command);
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const json sweep = json::parse(clhost::test::read_file(dir.path("sh/sweep.json")));
-  // Five tasks, ETA 2: rounds after tasks 2 and 3, then all five.
+  // Five tasks, ETA 2: rounds after tasks 2 and 3, then all five; two go on after task 2, one
+  // after task 3 (both if they tie there).
   std::map<int64_t, int> stopped;
   for (const auto& point : sweep["points"]) ++stopped[point["stopped_after_task"].get<int64_t>()];
-  EXPECT_EQ(stopped, (std::map<int64_t, int>{{0, 1}, {2, 2}, {3, 1}}));
-  EXPECT_EQ(sweep["tasks_trained"], 2 * 2 + 1 * 3 + 1 * 5);
+  EXPECT_EQ(stopped[2], 2);
+  EXPECT_EQ(stopped[3] + stopped[0], 2);
+  EXPECT_GE(stopped[0], 1);
+  EXPECT_EQ(sweep["tasks_trained"], 2 * 2 + stopped[3] * 3 + stopped[0] * 5);
   EXPECT_EQ(sweep["tasks_without_halving"], 4 * 5);
   const size_t best = sweep["best"]["index"];
   EXPECT_EQ(sweep["points"][best]["stopped_after_task"], 0);

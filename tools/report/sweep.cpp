@@ -535,7 +535,9 @@ int64_t task_count(const RunConfig& config) {
 }
 
 // Without --halving one round of every task. With ETA: rounds after ceil(T / ETA^k) tasks, as
-// many as it takes to keep one of every ETA combinations each round down to one.
+// many as it takes to keep one of every ETA combinations each round down to one, but none
+// before task 2: a regulariser acts from the second task on, so after the first every value of
+// it has trained the same model and a ranking there would be chance.
 SweepPlan plan_of(const SweepOptions& options, const std::vector<Point>& points) {
   const RunConfig config = load_config(points.front().arm.config,
                                        arm_overrides(points.front().arm, options.plugin_path));
@@ -545,8 +547,10 @@ SweepPlan plan_of(const SweepOptions& options, const std::vector<Point>& points)
   plan.rungs = {plan.tasks};
   if (options.halving < 2) return plan;
   const auto eta = static_cast<int64_t>(options.halving);
-  while (plan.rungs.front() > 1)
+  while (plan.rungs.front() > 2) {
     plan.rungs.insert(plan.rungs.begin(), (plan.rungs.front() + eta - 1) / eta);
+  }
+  if (plan.rungs.size() > 1 && plan.rungs.front() < 2) plan.rungs.erase(plan.rungs.begin());
   size_t rounds = 1;
   for (size_t live = points.size(); live > 1;
        live = (live + options.halving - 1) / options.halving) {
@@ -596,7 +600,8 @@ std::vector<size_t> keep_best(const std::vector<size_t>& live, int64_t rung,
                       static_cast<size_t>(options.halving);
   std::vector<size_t> kept;
   for (size_t i = 0; i < ranked.size(); ++i) {
-    if (i < keep) {
+    // A combination that ties the last one kept goes on too: equal scores give no ranking.
+    if (i < keep || ranked[i].first == ranked[keep - 1].first) {
       kept.push_back(ranked[i].second);
     } else {
       scores.stopped_after[ranked[i].second] = rung;
