@@ -75,6 +75,7 @@ TEST(CliEndToEnd, ValidationSamplesAreHeldOutAndScoredAfterEveryTask) {
   const Result run = clhost("run --config " + kQuick + " --output " + dir.path("v") +
                             " --quiet --set data.validation=200");
   ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("  on validation    0."), std::string::npos) << run.output;
   const auto results = results_of(dir.path("v"));
   const auto& validation = results["validation"];
   EXPECT_EQ(validation["samples"], nlohmann::json::array({200, 200, 200, 200, 200}));

@@ -646,6 +646,10 @@ RunSummary summarize(const TrainerState& state, const TaskSequence& sequence,
   summary.optimizer_steps = state.optimizer_steps;
   summary.metrics = compute_metrics(summary.accuracy, summary.random_init_accuracy,
                                     summary.metric.higher_is_better);
+  if (state.validation_matrix.size() == sequence.tasks.size()) {
+    summary.validation = compute_metrics(state.validation_matrix, state.random_init_validation,
+                                         summary.metric.higher_is_better);
+  }
   summary.wall_seconds =
       state.wall_seconds + std::chrono::duration<double>(Clock::now() - wall_start).count();
   return summary;

@@ -159,6 +159,10 @@ void print_run_summary(const clhost::RunSummary& summary) {
   std::string average = std::string("average ") + metric;
   average.resize(std::max<size_t>(average.size() + 1, 19), ' ');
   std::printf("%s%.4f\n", average.c_str(), metrics.average_accuracy);
+  if (summary.validation) {
+    std::printf("  on validation    %.4f (data.validation, held out of the training data)\n",
+                summary.validation->average_accuracy);
+  }
   if (metrics.forgetting) std::printf("forgetting         %.4f\n", *metrics.forgetting);
   if (metrics.backward_transfer)
     std::printf("backward transfer  %+.4f\n", *metrics.backward_transfer);

@@ -2,6 +2,7 @@
 // evaluates, and writes the run directory (docs/outputs.md).
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "clhost/config.hpp"
@@ -28,6 +29,8 @@ struct RunSummary {
   AccuracyMatrix accuracy;
   std::vector<double> random_init_accuracy;
   ContinualMetrics metrics;
+  // With data.validation: the same metrics over the validation samples (results.json validation).
+  std::optional<ContinualMetrics> validation;
   double wall_seconds = 0.0;
   int64_t optimizer_steps = 0;
   // In a data-parallel run, this process's rank: only rank 0 writes outputs and reports.
