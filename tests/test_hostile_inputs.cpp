@@ -174,7 +174,12 @@ TEST(HostileInputs, AnOptimizerOrGeneratorStateThatDoesNotFitIsRefused) {
             std::string::npos);
   EXPECT_NE(error_of<clhost::RunError>([] {
               clhost::restore_generator("abc");
-            }).find("not a LibTorch CPU generator state"),
+            }).find("not a LibTorch CPU generator state: 3 bytes"),
+            std::string::npos);
+  // An empty file: no copy into an empty tensor's null data (UBSan, found by fuzzing).
+  EXPECT_NE(error_of<clhost::RunError>([] {
+              clhost::restore_generator("");
+            }).find("not a LibTorch CPU generator state: 0 bytes"),
             std::string::npos);
 }
 

@@ -185,6 +185,13 @@ std::string save_generator() {
 void restore_generator(const std::string& bytes) {
   auto generator = at::detail::getDefaultCPUGenerator();
   const std::lock_guard<std::mutex> lock(generator.mutex());
+  // A state is always the size of the one this LibTorch writes (an empty file was a memcpy into
+  // a null pointer, found by fuzzing).
+  const int64_t expected = generator.get_state().nbytes();
+  if (static_cast<int64_t>(bytes.size()) != expected) {
+    throw RunError("not a LibTorch CPU generator state: " + std::to_string(bytes.size()) +
+                   " bytes, where one has " + std::to_string(expected));
+  }
   torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
   std::memcpy(state.data_ptr(), bytes.data(), bytes.size());
   try {
