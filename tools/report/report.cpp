@@ -147,6 +147,14 @@ Evaluation evaluation_of(const json& results) {
   return evaluation;
 }
 
+json interval_json(const Interval& interval) {
+  auto finite = [](double value) { return std::isfinite(value) ? json(value) : json(nullptr); };
+  return json{{"mean", finite(interval.mean)},
+              {"low", finite(interval.low)},
+              {"high", finite(interval.high)},
+              {"n", interval.count}};
+}
+
 std::string html_page(const std::string& title, const std::string& body) {
   return page(title, body);
 }
@@ -349,13 +357,6 @@ json compare_json(const std::vector<std::string>& arm_names,
     arms.push_back({{"name", arm_names[a]}, {"spec", arm_specs[a]}, {"runs", dirs}});
   }
   json metrics = json::object();
-  auto interval_json = [](const Interval& interval) {
-    auto finite = [](double value) { return std::isfinite(value) ? json(value) : json(nullptr); };
-    return json{{"mean", finite(interval.mean)},
-                {"low", finite(interval.low)},
-                {"high", finite(interval.high)},
-                {"n", interval.count}};
-  };
   const Evaluation evaluation = evaluation_of(runs[0].front().results);
   for (const auto& arm : runs) {
     for (const RunRecord& run : arm) {

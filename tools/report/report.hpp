@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "stats.hpp"
+
 namespace clhost::tools {
 
 // One finished run directory, read back.
@@ -53,6 +55,8 @@ std::string compare_html(const nlohmann::json& comparison,
                          const std::vector<std::vector<RunRecord>>& runs);
 
 std::string html_escape(const std::string& text);
+// {"mean", "low", "high", "n"}: null where not finite (no interval with fewer than two values).
+nlohmann::json interval_json(const Interval& interval);
 // A self-contained page in the reports' style: TITLE as its heading, then BODY (HTML).
 std::string html_page(const std::string& title, const std::string& body);
 

@@ -139,31 +139,36 @@ std::string continue_mismatch(const std::string& dir, const json& expected) {
   return why;
 }
 
-// A finished run (or one stopped at or after the job's task) is reused when it matches; a
-// mismatch is refused, or with --force rerun.
-bool reuse_finished(const RunJob& job, const RunJobsOptions& options) {
-  const bool complete = finished(job.dir);
-  if (!complete && !job_done(job)) return false;
-  const json expected = expected_config(*job.arm, job.seed, options.plugin_path);
-  const std::string why =
-      complete ? reuse_mismatch(job.dir, expected, *job.arm) : continue_mismatch(job.dir, expected);
-  const char* tool = options.tool.c_str();
-  if (why.empty()) {
-    if (!options.quiet) {
-      std::fprintf(stderr, "[%s] %s: finished earlier with the same settings, reused (%s)\n", tool,
-                   job.label.c_str(), job.dir.c_str());
-    }
-    return true;
-  }
+// A run in the job's directory with other settings than the job's is refused (ConfigError
+// naming the differences), or with --force run again.
+void refuse_unless_forced(const RunJob& job, const std::string& why,
+                          const RunJobsOptions& options) {
   if (!options.force) {
     const std::string spec = job.arm->spec == job.label ? "" : " ('" + job.arm->spec + "')";
     throw ConfigError(job.label + spec + " seed " + std::to_string(job.seed) + ": " + job.dir +
-                      " holds a finished run with other settings:" + why +
+                      " holds a run with other settings:" + why +
                       "\n  Use another --output, or pass --force to rerun it.");
   }
-  std::fprintf(stderr, "[%s] %s seed %lld: finished earlier with other settings, rerun (--force)\n",
-               tool, job.label.c_str(), static_cast<long long>(job.seed));
-  return false;
+  std::fprintf(stderr, "[%s] %s seed %lld: ran earlier with other settings, rerun (--force)\n",
+               options.tool.c_str(), job.label.c_str(), static_cast<long long>(job.seed));
+}
+
+// A finished run (or one stopped at or after the job's task) is reused when it ran `expected`.
+bool reuse_finished(const RunJob& job, const json& expected, const RunJobsOptions& options) {
+  const bool complete = finished(job.dir);
+  if (!complete && !job_done(job)) return false;
+  const std::string why =
+      complete ? reuse_mismatch(job.dir, expected, *job.arm) : continue_mismatch(job.dir, expected);
+  if (!why.empty()) {
+    refuse_unless_forced(job, why, options);
+    return false;
+  }
+  if (!options.quiet) {
+    std::fprintf(
+        stderr, "[%s] %s seed %lld: finished earlier with the same settings, reused (%s)\n",
+        options.tool.c_str(), job.label.c_str(), static_cast<long long>(job.seed), job.dir.c_str());
+  }
+  return true;
 }
 
 // The command line of a job's run: a new one, or --resume of one it stopped earlier.
@@ -201,12 +206,17 @@ std::vector<PendingJob> jobs_to_run(const std::vector<RunJob>& jobs,
                                     const RunJobsOptions& options) {
   std::vector<PendingJob> pending;
   for (const RunJob& job : jobs) {
-    if (reuse_finished(job, options)) continue;
-    if (stopped_after(job.dir) > 0 &&
-        continue_mismatch(job.dir, expected_config(*job.arm, job.seed, options.plugin_path))
-            .empty()) {
-      pending.push_back({&job, true});
-      continue;
+    if (fs::exists(job.dir)) {
+      const json expected = expected_config(*job.arm, job.seed, options.plugin_path);
+      if (reuse_finished(job, expected, options)) continue;
+      if (stopped_after(job.dir) > 0 && !job_done(job)) {
+        const std::string why = continue_mismatch(job.dir, expected);
+        if (why.empty()) {
+          pending.push_back({&job, true});
+          continue;
+        }
+        refuse_unless_forced(job, why, options);
+      }
     }
     fs::remove_all(job.dir);  // an interrupted run starts again
     fs::create_directories(fs::path(job.dir).parent_path());

@@ -239,14 +239,6 @@ void validate_points(std::vector<Point>& points, const std::vector<std::string>&
 
 // --- scores ----------------------------------------------------------------------------------
 
-json interval_json(const Interval& interval) {
-  auto number = [](double value) { return std::isfinite(value) ? json(value) : json(nullptr); };
-  return json{{"mean", interval.mean},
-              {"low", number(interval.low)},
-              {"high", number(interval.high)},
-              {"count", interval.count}};
-}
-
 std::string interval_text(const json& interval) {
   char text[96];
   if (interval["low"].is_null()) {
