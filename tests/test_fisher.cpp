@@ -20,12 +20,13 @@ struct Fixture {
   FisherContext context;
 };
 
-Fixture make_fixture(clhost::ModelKind kind, torch::Dtype dtype, int64_t samples) {
+Fixture make_fixture(clhost::ModelKind kind, torch::Dtype dtype, int64_t samples,
+                     std::vector<int64_t> hidden = {24, 12}) {
   torch::manual_seed(3);
   Fixture fixture;
   clhost::ModelSection section;
   section.kind = kind;
-  section.hidden = {24, 12};
+  section.hidden = std::move(hidden);
   fixture.model = clhost::make_model(section, 784, 28, 10);
   fixture.model->to(dtype);
   fixture.task.train_x = torch::rand({samples, 784}, dtype);
@@ -300,6 +301,69 @@ TEST(FisherBlocks, OutOfMemoryStartsTheBlockOverWithSmallerPasses) {
                                "over with 128 samples per pass"),
             std::string::npos)
       << lines.front();
+}
+
+// When one sample per pass does not fit either, the block starts over as two blocks, halved
+// again until they fit; the Fisher is the same.
+TEST(FisherBlocks, OutOfMemoryWithOneSamplePerPassSplitsTheBlock) {
+  namespace memory = clhost::memory;
+  memory::install_counting_allocator();
+  Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 32, {512});
+  auto peak_of = [&](int64_t block_size) {
+    memory::reset_peak();
+    const int64_t before = memory::current_bytes();
+    (void)fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, block_size, FisherMethod::kAuto, 1);
+    return memory::peak_bytes() - before;
+  };
+  const int64_t whole = peak_of(1 << 30);   // one block of 407,050 elements
+  const int64_t quarter = peak_of(100000);  // blocks of at most 100,000
+  ASSERT_GT(whole, 2 * quarter) << "the pass's memory must grow with the block for this test";
+  const auto reference =
+      fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 4);
+
+  std::vector<std::string> lines;
+  fixture.context.progress = [&](const std::string& line) { lines.push_back(line); };
+  memory::set_budget(memory::current_bytes() + (whole + quarter) / 2);
+  std::vector<torch::Tensor> fisher;
+  try {
+    fisher = fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 4);
+  } catch (...) {
+    memory::set_budget(-1);
+    throw;
+  }
+  memory::set_budget(-1);
+  EXPECT_LE(max_relative_error(fisher, reference), 1e-5);
+  std::string log;
+  for (const auto& line : lines) log += line + "\n";
+  EXPECT_NE(log.find("(block 1/1): the block starts over with 1 samples per pass"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("(block 1/1): the block starts over as two blocks of 401408 and 5642 "
+                     "parameters"),
+            std::string::npos)
+      << log;
+}
+
+// Nothing smaller than one row of a parameter: then the pass stops with what to change.
+TEST(FisherBlocks, OutOfMemoryInOneRowStopsWithAdvice) {
+  namespace memory = clhost::memory;
+  memory::install_counting_allocator();
+  Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 8, {512});
+  int64_t output_bytes = 0;  // fisher_of's own result tensors
+  for (const auto& parameter : fixture.model->parameters()) output_bytes += 4 * parameter.numel();
+  memory::set_budget(memory::current_bytes() + output_bytes + 1024);
+  std::string error;
+  try {
+    (void)fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 2);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  memory::set_budget(-1);
+  EXPECT_NE(error.find("out of memory in the Fisher pass (block 1/"), std::string::npos) << error;
+  EXPECT_NE(error.find("one row of parameters (784 elements) with 2 samples per pass does not "
+                       "fit; raise run.memory_budget"),
+            std::string::npos)
+      << error;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <optional>
 #include <sstream>
 
 #include "clhost/errors.hpp"
@@ -548,7 +549,9 @@ class PassProgress {
                int64_t samples)
       : report_(report), blocks_(blocks), samples_(samples) {}
 
-  void update(size_t block, int64_t samples_done) {
+  // `blocks` can grow during the pass: a block that ran out of memory is split in two.
+  void update(size_t block, size_t blocks, int64_t samples_done) {
+    blocks_ = blocks;
     if (!report_) return;
     const auto now = std::chrono::steady_clock::now();
     if (now - last_ < std::chrono::seconds(10)) return;
@@ -589,8 +592,47 @@ struct ChunkPlan {
 };
 
 // Thrown by a block's walk when some rank ran out of memory before anything of the block left:
-// every rank restarts the block with smaller chunks.
-struct BlockOutOfMemory {};
+// every rank restarts the block with smaller chunks, or as two smaller blocks when the block's own
+// buffers did not fit or one sample per chunk did not (`in_chunk` says where it happened).
+struct BlockOutOfMemory {
+  bool in_chunk = true;
+};
+
+// The block as two blocks of about half its elements each — its segments shared between them, or
+// one segment's rows — or nothing when it is a single row.
+std::optional<std::pair<FisherBlock, FisherBlock>> split_block(
+    const FisherBlock& block, const std::vector<torch::Tensor>& parameters) {
+  auto elements = [&](const FisherSegment& segment) {
+    return (segment.row_end - segment.row_begin) * row_numel(parameters[segment.parameter]);
+  };
+  if (block.size() == 1) {
+    const FisherSegment& only = block.front();
+    if (only.row_end - only.row_begin < 2) return std::nullopt;
+    const int64_t middle = only.row_begin + (only.row_end - only.row_begin) / 2;
+    return std::make_pair(FisherBlock{{only.parameter, only.row_begin, middle}},
+                          FisherBlock{{only.parameter, middle, only.row_end}});
+  }
+  int64_t total = 0;
+  for (const auto& segment : block) total += elements(segment);
+  FisherBlock first;
+  int64_t taken = 0;
+  size_t s = 0;
+  // At least one segment on each side; the first side stops at half of the elements.
+  do {
+    taken += elements(block[s]);
+    first.push_back(block[s++]);
+  } while (s + 1 < block.size() && taken + elements(block[s]) <= total / 2);
+  return std::make_pair(std::move(first),
+                        FisherBlock(block.begin() + static_cast<ptrdiff_t>(s), block.end()));
+}
+
+int64_t block_elements(const FisherBlock& block, const std::vector<torch::Tensor>& parameters) {
+  int64_t total = 0;
+  for (const auto& segment : block) {
+    total += (segment.row_end - segment.row_begin) * row_numel(parameters[segment.parameter]);
+  }
+  return total;
+}
 
 // What the walk of one block does with the producer and its chunks (a consumer's whole pass).
 using BlockWalk = std::function<void(BlockGradients& producer, size_t block_index,
@@ -613,7 +655,7 @@ std::pair<torch::Tensor, torch::Tensor> prepare_chunk(const FisherContext& conte
 
 // The walk both passes share: the model in eval mode (restored on every exit), every block of the
 // plan, each walked by `walk_block`. A block whose walk throws BlockOutOfMemory starts over with
-// half the samples per chunk (the sums are the same).
+// half the samples per chunk while chunks can shrink, else as two halves (the sums are the same).
 void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& request,
                  int64_t block_size, FisherMethod method, const OutputFunction* function,
                  const BlockWalk& walk_block) {
@@ -628,7 +670,7 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
   chunks.rank = context.collective->rank();
   chunks.ranks = context.collective->world_size();
   const ModelMap map = map_model(model, parameters);
-  const auto blocks = plan_fisher_blocks(parameters, block_size);
+  std::vector<FisherBlock> blocks = plan_fisher_blocks(parameters, block_size);
   const bool was_training = model->is_training();
   model->eval();
   try {
@@ -639,13 +681,33 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
         try {
           walk_block(producer, b, blocks.size(), chunks);
           break;
-        } catch (const BlockOutOfMemory&) {
-          chunks.size /= 2;
+        } catch (const BlockOutOfMemory& failure) {
+          const std::string where = "out of memory in the Fisher pass (block " +
+                                    std::to_string(b + 1) + "/" + std::to_string(blocks.size()) +
+                                    "): ";
+          if (failure.in_chunk && chunks.size > 1 && request.batched == 0) {
+            chunks.size /= 2;
+            if (context.progress) {
+              context.progress(where + "the block starts over with " + std::to_string(chunks.size) +
+                               " samples per pass");
+            }
+            continue;
+          }
+          auto halves = split_block(blocks[b], parameters);
+          if (!halves) {
+            throw RunError(where + "one row of parameters (" +
+                           std::to_string(block_elements(blocks[b], parameters)) +
+                           " elements) with " + std::to_string(chunks.size) +
+                           " samples per pass does not fit; raise run.memory_budget" +
+                           (chunks.size > 1 ? " or lower the plug-in's fisher batch size" : ""));
+          }
+          blocks[b] = std::move(halves->first);
+          blocks.insert(blocks.begin() + static_cast<ptrdiff_t>(b) + 1, std::move(halves->second));
           if (context.progress) {
-            context.progress("out of memory in the Fisher pass (block " + std::to_string(b + 1) +
-                             "/" + std::to_string(blocks.size()) +
-                             "): the block starts over with " + std::to_string(chunks.size) +
-                             " samples per pass");
+            context.progress(where + "the block starts over as two blocks of " +
+                             std::to_string(block_elements(blocks[b], parameters)) + " and " +
+                             std::to_string(block_elements(blocks[b + 1], parameters)) +
+                             " parameters");
           }
         }
       }
@@ -661,7 +723,7 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
 // stopped early, and the sums are incomplete).
 bool add_my_chunks(const FisherContext& context, BlockGradients& producer,
                    DiagonalAccumulator& sums, const ChunkPlan& chunks, bool batched,
-                   PassProgress& progress, size_t block_index) {
+                   PassProgress& progress, size_t block_index, size_t block_count) {
   for (int64_t k = 0; k < chunks.count(); ++k) {
     if (!chunks.mine(k)) continue;
     try {
@@ -671,7 +733,7 @@ bool add_my_chunks(const FisherContext& context, BlockGradients& producer,
       if (!memory::is_out_of_memory(e)) throw;
       return true;
     }
-    progress.update(block_index, chunks.end(k));
+    progress.update(block_index, block_count, chunks.end(k));
   }
   return false;
 }
@@ -686,27 +748,34 @@ void accumulate_diagonal(const FisherContext& context, const clhost_fisher_reque
                          const FisherSink& sink) {
   const bool batched = request.batched != 0;
   std::unique_ptr<PassProgress> progress;
-  walk_blocks(
-      context, request, block_size, method, function,
-      [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
-        if (!progress) {
-          progress = std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);
-        }
-        DiagonalAccumulator sums(producer);
-        const bool out_of_memory =
-            add_my_chunks(context, producer, sums, chunks, batched, *progress, b);
-        // Every rank learns whether any ran out of memory before the sums are reduced.
-        if (context.collective->sum(out_of_memory ? 1.0 : 0.0) > 0.0) {
-          // Squared mini-batch gradients depend on the chunk: those cannot start over.
-          if (!batched && chunks.size > 1) throw BlockOutOfMemory{};
-          throw RunError("out of memory in the Fisher pass" +
-                         std::string(batched ? " (batched = true: the mini-batches cannot shrink)"
-                                             : " with one sample per pass") +
-                         "; raise run.memory_budget or lower the plug-in's fisher batch size");
-        }
-        sums.reduce(*context.collective);
-        sums.emit(producer, sink);
-      });
+  walk_blocks(context, request, block_size, method, function,
+              [&](BlockGradients& producer, size_t b, size_t block_count, const ChunkPlan& chunks) {
+                if (!progress) {
+                  progress =
+                      std::make_unique<PassProgress>(context.progress, block_count, chunks.samples);
+                }
+                std::optional<DiagonalAccumulator> sums;
+                bool buffers_failed = false;
+                bool chunk_failed = false;
+                try {
+                  sums.emplace(producer);
+                } catch (const std::exception& e) {
+                  if (!memory::is_out_of_memory(e)) throw;
+                  buffers_failed = true;
+                }
+                if (sums) {
+                  chunk_failed = add_my_chunks(context, producer, *sums, chunks, batched, *progress,
+                                               b, block_count);
+                }
+                // Every rank learns whether any ran out of memory, and where, before the sums are
+                // reduced.
+                const std::vector<double> failed = context.collective->sum(
+                    std::vector<double>{buffers_failed ? 1.0 : 0.0, chunk_failed ? 1.0 : 0.0});
+                if (failed[0] > 0.0) throw BlockOutOfMemory{false};
+                if (failed[1] > 0.0) throw BlockOutOfMemory{true};
+                sums->reduce(*context.collective);
+                sums->emit(producer, sink);
+              });
 }
 
 }  // namespace
@@ -761,7 +830,8 @@ void per_sample_gradients(const FisherContext& context, const clhost_fisher_requ
             sink(b, block_count, producer.block(), gathered[static_cast<size_t>(r)], chunks.samples,
                  last);
           }
-          progress->update(b, chunks.end(std::min(chunks.count(), first + chunks.ranks) - 1));
+          progress->update(b, block_count,
+                           chunks.end(std::min(chunks.count(), first + chunks.ranks) - 1));
         }
       });
 }

@@ -832,8 +832,8 @@ RunSummary run_pipeline(const RunConfig& config, const RunOptions& options) {
     throw;
   } catch (const std::exception& e) {
     if (memory::is_out_of_memory(e) && dynamic_cast<const RunError*>(&e) == nullptr) {
-      // Outside a training step nothing is retried, except the exact diagonal Fisher pass, which
-      // halves its samples per pass (fisher.cpp) before an error gets here.
+      // Outside a training step nothing is retried, except the diagonal Fisher pass, which halves
+      // its samples per pass, then its blocks (fisher.cpp), before an error gets here.
       const std::string message =
           std::string("out of memory outside a training step (evaluation, ") +
           "consolidation or setup) under run.memory_budget; raise the budget or lower " +
