@@ -11,6 +11,8 @@
 // 4. run.keep_freed_memory: training steps and the batched Fisher pass with glibc's own
 //    thresholds, with 0 and with the default 1 GiB, one after the other in this process; the
 //    benchmarks 1-3 then run with the default, as clhost run does.
+// With --fisher-block-memory CONFIG [out.json] it only measures the Fisher pass's temporary memory
+// per block size on CONFIG's model (bench/results/fisher_block_memory_billion.json).
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -222,10 +224,74 @@ json bench_allocator(torch::nn::Sequential& model, const clhost::TaskSequence& s
   return out;
 }
 
+// Stops a Fisher pass once enough of it has been measured.
+struct EnoughMeasured {};
+
+// Peak temporary memory of the Fisher pass on the model of a config (the billion-parameter
+// transformer) per block size: LibTorch tensor bytes above the weights, by clhost's counting
+// allocator, over the pass's first blocks — those of the first layers, whose backward runs through
+// the whole model, so the pass's largest transient — with the run's own samples per pass. The
+// first two blocks' worth of elements is measured at every size (a whole pass at 0.5M-parameter
+// blocks would run about 2,000 forward passes of the model).
+json bench_fisher_block_memory(const std::string& config_path) {
+  const clhost::RunConfig config = clhost::load_config(config_path);
+  clhost::memory::install_counting_allocator();
+  torch::manual_seed(0);
+  auto model = clhost::make_model(config.model, config.model.context, 0, 256);
+  const int64_t parameters = parameter_count(model);
+  const int64_t samples = 32;  // the config's fisher_samples, all in one pass (its batch is 256)
+  const clhost::TaskSequence sequence = english(samples, config.model.context);
+  const clhost::FisherContext context = byte_fisher_context(model, sequence);
+  clhost_fisher_request_t request{};
+  request.struct_size = sizeof(request);
+  request.labels = CLHOST_FISHER_LABELS_TRUE;
+  request.batch_size = samples;
+  request.max_samples = samples;
+  json rows = json::array();
+  for (const int64_t block :
+       {int64_t{500000}, int64_t{1000000}, int64_t{10000000}, int64_t{100000000}}) {
+    clhost::memory::reset_peak();
+    const int64_t before = clhost::memory::current_bytes();
+    int64_t emitted = 0;
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      clhost::diagonal_fisher(context, request, block, clhost::FisherMethod::kAuto,
+                              [&](size_t, int64_t, const torch::Tensor& values) {
+                                emitted += values.numel();
+                                if (emitted >= 2 * block) throw EnoughMeasured{};
+                              });
+    } catch (const EnoughMeasured&) {
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const int64_t peak = clhost::memory::peak_bytes() - before;
+    rows.push_back({{"block_size", block},
+                    {"parameters_measured", emitted},
+                    {"peak_temporary_bytes", peak},
+                    {"seconds", seconds}});
+    std::cerr << "block " << block << ": peak " << peak << " bytes over " << emitted
+              << " parameters, " << seconds << " s\n";
+  }
+  return {{"config", config_path},
+          {"parameters", parameters},
+          {"model_fp32_bytes", parameters * 4},
+          {"samples_per_pass", samples},
+          {"blocks", rows}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   at::set_num_threads(1);
+  if (argc > 2 && std::string(argv[1]) == "--fisher-block-memory") {
+    // bench_sequence --fisher-block-memory configs/billion_transformer.toml [out.json]
+    at::set_num_threads(2);
+    const std::string text =
+        json{{"fisher_pass_temporary_memory", bench_fisher_block_memory(argv[2])}}.dump(2);
+    std::cout << text << '\n';
+    if (argc > 3) std::ofstream(argv[3]) << text << '\n';
+    return 0;
+  }
   torch::manual_seed(0);
   auto model = clhost::make_model(ten_million(), 128, 0, 256);
   const clhost::TaskSequence sequence = english(512, 128);

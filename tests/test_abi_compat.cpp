@@ -1,5 +1,5 @@
 // ABI compatibility kept by tests: plug-ins built against the previous minors (the frozen 1.0 to
-// 1.6 headers in tests/abi/) load and run; struct-size growth is handled in both
+// 1.7 headers in tests/abi/) load and run; struct-size growth is handled in both
 // directions; a plug-in directory full of junk is listed, entry by entry, without crashing.
 #include <gtest/gtest.h>
 
@@ -137,6 +137,24 @@ TEST(AbiCompat, APluginBuiltAgainstAbi16RunsBesideOneThatUsesAbi17) {
   EXPECT_EQ(results["plugins"][0]["id"], "abi_1_6_regularizer");
   EXPECT_EQ(results["plugins"][1]["id"], "lwf");
   EXPECT_GT(results["plugins"][1]["held_by_host"]["snapshot_bytes"].get<int64_t>(), 0);
+}
+
+// A 1.7 plug-in's plan answer has no fisher_samples_per_pass: its state is planned, and the Fisher
+// pass from its block alone, named as not planned, never from a member it did not write.
+TEST(AbiCompat, APluginBuiltAgainstAbi17IsPlannedWithoutFisherActivations) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 8, "1.7 is a previous minor");
+  clhost::test::TempDir dir;
+  run_with("abi_1_7_regularizer", dir.path("run"));
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto& plan = results["memory_plan"];
+  const int64_t parameters = results["model"]["parameters"];
+  EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_7_regularizer");
+  EXPECT_EQ(plan["plugins"][0]["state_bytes"], 4 * parameters);
+  EXPECT_EQ(plan["fisher_not_said"], nlohmann::json::array({"abi_1_7_regularizer"}));
+  EXPECT_EQ(plan["fisher_pass_bytes"], 8 * plan["fisher_block_elements"].get<int64_t>());
+  EXPECT_TRUE(plan["activations_planned"]);
+  EXPECT_GT(plan["train_activation_bytes"].get<int64_t>(), 0);
 }
 
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {

@@ -325,10 +325,22 @@ TEST(CliEndToEndEwc, AConfigsMemoryPlanMatchesItsRun) {
   }
   EXPECT_EQ(plan["plugins"][1]["state_bytes"], 4 * parameters);  // l2: one fp32 anchor
   EXPECT_TRUE(plan["complete"]);
+  // LibTorch's tensors at their peak against the planned peak: weights, gradients, optimizer
+  // state, data, ewc's state (LibTorch tensors) and the larger of a training step's activations and
+  // a consolidation (the Fisher pass and ewc's buffers) — less l2's anchor, which that C plug-in
+  // keeps in its own malloc'd memory.
+  EXPECT_TRUE(plan["activations_planned"]);
+  EXPECT_EQ(plan["fisher_samples_per_pass"], 256);  // ewc: fisher_batch_size, all samples
+  EXPECT_GT(plan["fisher_pass_bytes"].get<int64_t>(), 8 * parameters) << "activations included";
+  const double planned_tensors =
+      plan["peak_bytes"].get<double>() - plan["plugins"][1]["state_bytes"].get<double>();
+  EXPECT_NEAR(results["memory"]["tensor_peak_bytes"].get<double>(), planned_tensors,
+              0.05 * planned_tensors);
   const Result printed = clhost("memory-plan --config " + kQuick + " --plugins ewc,l2");
   ASSERT_EQ(printed.exit_code, 0) << printed.output;
-  for (const std::string part : {"weights (fp32)", "ewc state after", "l2 state after",
-                                 "peak during a consolidation", "activations"}) {
+  for (const std::string part :
+       {"weights (fp32)", "ewc state after", "l2 state after",
+        "training step activations (64 samples)", "Fisher pass (block", "= peak"}) {
     EXPECT_NE(printed.output.find(part), std::string::npos) << part << " in " << printed.output;
   }
   EXPECT_NE(printed.output.find(std::to_string(parameters) + " parameters"), std::string::npos);

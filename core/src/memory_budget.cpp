@@ -150,6 +150,11 @@ int64_t peak_bytes() {
 void reset_peak() {
   if (instance() != nullptr) instance()->peak_.store(instance()->current_.load());
 }
+void restore_peak(int64_t bytes) {
+  if (instance() != nullptr) {
+    instance()->peak_.store(std::max(bytes, instance()->current_.load()));
+  }
+}
 
 bool is_out_of_memory(const std::exception& error) {
   if (dynamic_cast<const c10::OutOfMemoryError*>(&error) != nullptr) return true;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "activation_probe.hpp"
 #include "clhost/errors.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
@@ -94,7 +95,8 @@ int64_t MemoryPlan::peak_bytes() const {
   int64_t consolidation = 0;
   for (const auto& plugin : plugins)
     consolidation = std::max(consolidation, plugin.consolidation_bytes);
-  return between_tasks_bytes() + fisher_pass_bytes + consolidation;
+  return between_tasks_bytes() +
+         std::max(train_activation_bytes, fisher_pass_bytes + consolidation);
 }
 
 bool MemoryPlan::complete() const {
@@ -102,38 +104,76 @@ bool MemoryPlan::complete() const {
                      [](const Plugin& plugin) { return plugin.state_bytes.has_value(); });
 }
 
+namespace {
+
+// The plug-ins' answers, and the largest samples per Fisher pass any said.
+void plan_plugins(const RunConfig& config, const LoadedPipeline& pipeline,
+                  const std::vector<int64_t>& numels, MemoryPlan& plan) {
+  for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
+    MemoryPlan::Plugin entry;
+    entry.id = pipeline.plugins[i]->id;
+    if (const auto planned = plan_plugin_memory(pipeline, i, config, numels, plan.tasks)) {
+      entry.state_bytes = planned->state_bytes;
+      entry.consolidation_bytes = planned->consolidation_bytes;
+      entry.advice = planned->advice;
+      if (planned->fisher_samples_per_pass) {
+        plan.fisher_samples_per_pass =
+            std::max(plan.fisher_samples_per_pass, *planned->fisher_samples_per_pass);
+      } else {
+        plan.fisher_not_said.push_back(entry.id);
+      }
+    } else {
+      plan.fisher_not_said.push_back(entry.id);
+    }
+    plan.plugins.push_back(std::move(entry));
+  }
+}
+
+// The Fisher pass and a training step, measured on a probe model. Without a probe (TorchScript)
+// or when a plug-in did not say its samples per pass, the pass is planned from its block alone:
+// the per-block sums and squared per-sample gradients added into them (bench_ewc: 2.0 x 4 bytes
+// x block, measured at blocks of 0.5M to 100M elements on an MLP, whose activations are small).
+void plan_activations(const RunConfig& config, const TaskSequence& sequence, MemoryPlan& plan) {
+  const int64_t block_only = 2 * kFloatBytes * plan.fisher_block_elements;
+  const bool pass_known = plan.fisher_not_said.empty();
+  const std::optional<ActivationPlan> probe =
+      probe_activations(config, sequence, pass_known ? plan.fisher_samples_per_pass : 0);
+  if (probe) {
+    plan.activations_planned = true;
+    plan.activations_method = probe->method;
+    plan.train_samples = probe->train_samples;
+    plan.train_activation_bytes = probe->train_step_bytes;
+  }
+  if (!pass_known) {
+    plan.fisher_pass_bytes = block_only;
+  } else if (plan.fisher_samples_per_pass > 0) {
+    plan.fisher_pass_bytes = probe ? probe->fisher_pass_bytes : block_only;
+  }
+}
+
+}  // namespace
+
 MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
-                       const std::vector<std::vector<int64_t>>& shapes, int64_t data_bytes,
-                       int64_t tasks) {
+                       const std::vector<std::vector<int64_t>>& shapes,
+                       const TaskSequence& sequence) {
   MemoryPlan plan;
   std::vector<int64_t> numels;
   numels.reserve(shapes.size());
   for (const auto& shape : shapes) numels.push_back(numel_of(shape));
   for (const int64_t numel : numels) plan.parameters += numel;
-  plan.tasks = tasks;
+  plan.tasks = static_cast<int64_t>(sequence.tasks.size());
   plan.weight_bytes = kFloatBytes * plan.parameters;
   plan.gradient_bytes = kFloatBytes * plan.parameters;
   plan.optimizer_bytes = optimizer_bytes(config.train, plan.parameters);
   plan.optimizer = optimizer_words(config.train);
-  plan.data_bytes = data_bytes;
+  plan.data_bytes = resident_data_bytes(sequence);
   if (!shapes.empty()) {
     plan.fisher_block_elements =
         largest_block_elements(plan_fisher_blocks(shapes, config.fisher.block_size), shapes);
   }
-  // The pass's per-block sums plus the squared per-sample gradients added into them
-  // (bench_ewc: 2.0 x 4 bytes x block, measured at blocks of 0.5M to 100M elements).
-  plan.fisher_pass_bytes = 2 * kFloatBytes * plan.fisher_block_elements;
-  plan.store_bytes = store_value_bytes(config.fisher.store_dtype) * plan.parameters * tasks;
-  for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
-    MemoryPlan::Plugin entry;
-    entry.id = pipeline.plugins[i]->id;
-    if (const auto planned = plan_plugin_memory(pipeline, i, config, numels, tasks)) {
-      entry.state_bytes = planned->state_bytes;
-      entry.consolidation_bytes = planned->consolidation_bytes;
-      entry.advice = planned->advice;
-    }
-    plan.plugins.push_back(std::move(entry));
-  }
+  plan.store_bytes = store_value_bytes(config.fisher.store_dtype) * plan.parameters * plan.tasks;
+  plan_plugins(config, pipeline, numels, plan);
+  plan_activations(config, sequence, plan);
   return plan;
 }
 
@@ -142,8 +182,7 @@ MemoryPlan plan_memory_for_config(const RunConfig& config, const LoadedPipeline&
       config.data.kind == DataKind::kText
           ? build_text_tasks(config.data, config.model.context, config.tasks, config.run.seed)
           : build_task_sequence(config.data, config.tasks, config.run.seed);
-  return plan_memory(config, pipeline, config_model_shapes(config, sequence),
-                     resident_data_bytes(sequence), static_cast<int64_t>(sequence.tasks.size()));
+  return plan_memory(config, pipeline, config_model_shapes(config, sequence), sequence);
 }
 
 std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters) {
@@ -184,8 +223,17 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
     }
   }
   row("= between tasks", plan.between_tasks_bytes(), true);
-  row("Fisher pass (largest block " + std::to_string(plan.fisher_block_elements) + " elements)",
-      plan.fisher_pass_bytes, false);
+  if (plan.activations_planned) {
+    row("training step activations (" + std::to_string(plan.train_samples) + " samples)",
+        plan.train_activation_bytes, false);
+  }
+  if (plan.fisher_pass_bytes > 0) {
+    row("Fisher pass (block " + std::to_string(plan.fisher_block_elements) +
+            (plan.activations_planned && plan.fisher_not_said.empty()
+                 ? ", " + std::to_string(plan.fisher_samples_per_pass) + " samples per pass)"
+                 : ", without activations)"),
+        plan.fisher_pass_bytes, false);
+  }
   for (const auto& plugin : plan.plugins) {
     if (plugin.consolidation_bytes > 0)
       row(plugin.id + " consolidation buffers", plugin.consolidation_bytes, false);
@@ -193,7 +241,7 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
   const int64_t growing = plan.between_tasks_bytes() - plan.data_bytes;
   const int64_t fixed = plan.peak_bytes() - growing;
   std::snprintf(
-      line, sizeof(line), "  %-52s %12s %8.2f %14s\n", "= peak during a consolidation",
+      line, sizeof(line), "  %-52s %12s %8.2f %14s\n", "= peak",
       decimal_bytes(static_cast<double>(plan.peak_bytes())).c_str(),
       static_cast<double>(plan.peak_bytes()) / parameters,
       scale > 0.0
@@ -201,7 +249,18 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
           : "");
   out += line;
   row("fisher.h5, every task stored (before compression)", plan.store_bytes, true);
-  out += "  not planned: activations and LibTorch's own memory (they grow with the batch)\n";
+  if (plan.activations_planned) {
+    out += "  activations " + plan.activations_method + "; they do not scale with --params\n";
+  }
+  if (!plan.fisher_not_said.empty()) {
+    std::string names;
+    for (const auto& id : plan.fisher_not_said) names += (names.empty() ? "" : ", ") + id;
+    out += "  not planned: the Fisher pass's activations (" + names +
+           " did not say its samples per pass: built before ABI 1.8)\n";
+  }
+  out += std::string("  not planned: ") +
+         (plan.activations_planned ? "" : "activations (a TorchScript model), ") +
+         "LibTorch's own memory (code, threads, allocator caches), a batch policy's changes\n";
   return out;
 }
 
@@ -223,6 +282,12 @@ std::string memory_plan_json(const MemoryPlan& plan) {
                         {"between_tasks_bytes", plan.between_tasks_bytes()},
                         {"fisher_block_elements", plan.fisher_block_elements},
                         {"fisher_pass_bytes", plan.fisher_pass_bytes},
+                        {"fisher_samples_per_pass", plan.fisher_samples_per_pass},
+                        {"fisher_not_said", plan.fisher_not_said},
+                        {"activations_planned", plan.activations_planned},
+                        {"activations_method", plan.activations_method},
+                        {"train_samples", plan.train_samples},
+                        {"train_activation_bytes", plan.train_activation_bytes},
                         {"peak_bytes", plan.peak_bytes()},
                         {"store_bytes_uncompressed", plan.store_bytes},
                         {"complete", plan.complete()}}
@@ -249,7 +314,7 @@ void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit) {
   }
   std::string message =
       "memory plan: this run needs " + decimal_bytes(static_cast<double>(plan.peak_bytes())) +
-      " of tensors before activations, more than " + limit.name + " (" +
+      " of tensors at its peak, more than " + limit.name + " (" +
       decimal_bytes(static_cast<double>(limit.bytes)) + "):\n" + format_memory_plan(plan);
   if (largest != nullptr && !largest->advice.empty()) {
     message += "the largest plug-in state is " + largest->id + "'s (" +

@@ -27,18 +27,6 @@ int64_t available_system_memory() {
   return -1;
 }
 
-// Mean cross-entropy of a micro-batch: over the active classes of each sample, or over the next
-// byte at every position (logits [N, T, 256], targets [N, T] bytes).
-torch::Tensor mean_loss(const torch::Tensor& output, const torch::Tensor& labels,
-                        const torch::Tensor& label_map, const torch::Tensor& active) {
-  if (output.dim() == 3) {
-    return torch::nn::functional::cross_entropy(output.reshape({-1, output.size(2)}),
-                                                labels.reshape({-1}).to(torch::kInt64));
-  }
-  return torch::nn::functional::cross_entropy(output.index_select(1, active),
-                                              label_map.index_select(0, labels));
-}
-
 // A classification micro-batch's mean loss and each sample's label column.
 struct Scored {
   torch::Tensor loss;
@@ -76,6 +64,18 @@ Scored score(const StepModel& step, const torch::Tensor& output, const torch::Te
 }
 
 }  // namespace
+
+// Mean cross-entropy of a micro-batch: over the active classes of each sample, or over the next
+// byte at every position (logits [N, T, 256], targets [N, T] bytes).
+torch::Tensor mean_loss(const torch::Tensor& output, const torch::Tensor& labels,
+                        const torch::Tensor& label_map, const torch::Tensor& active) {
+  if (output.dim() == 3) {
+    return torch::nn::functional::cross_entropy(output.reshape({-1, output.size(2)}),
+                                                labels.reshape({-1}).to(torch::kInt64));
+  }
+  return torch::nn::functional::cross_entropy(output.index_select(1, active),
+                                              label_map.index_select(0, labels));
+}
 
 namespace {
 

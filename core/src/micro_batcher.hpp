@@ -22,6 +22,11 @@ class OutputTerms;
 struct PluginInstance;
 struct TrainerState;
 
+// Mean cross-entropy of a micro-batch: over the active classes of each sample, or over the next
+// byte at every position (logits [N, T, 256], targets [N, T] bytes).
+torch::Tensor mean_loss(const torch::Tensor& output, const torch::Tensor& labels,
+                        const torch::Tensor& label_map, const torch::Tensor& active);
+
 // The samples of one optimizer step on this rank: rows of (x, y), or x/y read for this batch
 // alone when the task's samples come from a source (then rows = 0..local-1), then the samples a
 // replay plug-in appended. `samples` is the whole step's batch over every rank (replayed ones

@@ -518,6 +518,7 @@ std::optional<PluginMemoryPlan> plan_plugin_memory(const LoadedPipeline& pipelin
                                              config.fisher.block_size};
   clhost_memory_plan_answer_t answer{};
   answer.struct_size = sizeof(answer);
+  answer.fisher_samples_per_pass = -1;  // a plug-in built before ABI 1.8 leaves it
   clhost_error_t error{};
   if (table->plan(&host, pipeline.configs.at(index).abi(), &request, &answer, &error) !=
       CLHOST_STATUS_OK) {
@@ -527,6 +528,9 @@ std::optional<PluginMemoryPlan> plan_plugin_memory(const LoadedPipeline& pipelin
   plan.state_bytes = answer.state_bytes;
   plan.consolidation_bytes = answer.consolidation_bytes;
   if (answer.advice != nullptr) plan.advice = answer.advice;
+  if (answer.fisher_samples_per_pass >= 0) {
+    plan.fisher_samples_per_pass = answer.fisher_samples_per_pass;
+  }
   return plan;
 }
 

@@ -719,8 +719,7 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
   ScriptedModel scripted;
   const json model_report = bind_model(config, options, sequence, runtime, scripted);
   const MemoryPlan memory_plan =
-      plan_memory(config, pipeline, runtime.parameter_shapes, resident_data_bytes(sequence),
-                  static_cast<int64_t>(sequence.tasks.size()));
+      plan_memory(config, pipeline, runtime.parameter_shapes, sequence);
   check_memory_plan(memory_plan, memory_limit(config));
   enforce_budget(config);
   const RankDirectory output(*collective, run_dir, plan.checkpoint.has_value());

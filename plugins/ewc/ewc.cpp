@@ -139,6 +139,8 @@ class Ewc : public clhost::sdk::Regularizer {
                                              const clhost::sdk::MemoryPlanRequest& request) {
     const StateLayout layout = layout_for(config, host);
     clhost::sdk::MemoryPlan plan;
+    plan.fisher_samples_per_pass = clhost::sdk::samples_per_pass(
+        config.get_int("fisher_batch_size"), config.get_int("fisher_samples"));
     int64_t largest = 0;
     for (const int64_t numel : request.parameter_numels) {
       plan.state_bytes += clhost::ewc::state_bytes_for_tensor(numel, request.tasks, layout);

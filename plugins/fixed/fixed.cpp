@@ -25,7 +25,9 @@ class Fixed : public clhost::sdk::BatchPolicy {
   static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& /*config*/,
                                              const clhost::sdk::Settings& /*host*/,
                                              const clhost::sdk::MemoryPlanRequest& /*request*/) {
-    return {};
+    clhost::sdk::MemoryPlan plan;
+    plan.fisher_samples_per_pass = 0;
+    return plan;
   }
 
   Fixed(const clhost_host_t* host, const clhost::sdk::Config& config)

@@ -270,6 +270,9 @@ static clhost_status_t l2_plan_memory(const clhost_host_t* host, const clhost_co
   out->state_bytes = 0;
   out->consolidation_bytes = 0;
   out->advice = NULL;
+  if (CLHOST_HAS_MEMBER(out, clhost_memory_plan_answer_t, fisher_samples_per_pass)) {
+    out->fisher_samples_per_pass = 0;
+  }
   if (request->tasks < 1) return CLHOST_STATUS_OK;
   for (i = 0; i < request->parameter_count; ++i) {
     out->state_bytes += request->parameter_numels[i] * (int64_t)sizeof(float);

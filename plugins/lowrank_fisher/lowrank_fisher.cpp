@@ -122,6 +122,8 @@ class LowRankFisher : public clhost::sdk::Regularizer {
     const int64_t quadratic = 4 * (rank + 2) * parameters;
     const bool separate = config.get_string("mode") == "separate";
     clhost::sdk::MemoryPlan plan;
+    plan.fisher_samples_per_pass = clhost::sdk::samples_per_pass(
+        config.get_int("fisher_batch_size"), config.get_int("fisher_samples"));
     plan.state_bytes = request.tasks < 1 ? 0 : quadratic * (separate ? request.tasks : 1);
     const int64_t block = std::min(parameters, request.fisher_block_size);
     const int64_t columns = std::min({rows, block, std::max<int64_t>(2 * rank, rank + 4)});

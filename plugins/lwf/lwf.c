@@ -366,6 +366,9 @@ static clhost_status_t lwf_plan(const clhost_host_t* host, const clhost_config_t
   }
   out->state_bytes = elements * (int64_t)sizeof(float);
   out->consolidation_bytes = 0;
+  if (CLHOST_HAS_MEMBER(out, clhost_memory_plan_answer_t, fisher_samples_per_pass)) {
+    out->fisher_samples_per_pass = 0;
+  }
   out->advice = "the snapshot is one copy of the model; nothing in lwf's settings shrinks it";
   return CLHOST_STATUS_OK;
 }

@@ -66,7 +66,7 @@ class Mas : public clhost::sdk::Regularizer {
  public:
   // clhost.memory_plan/1: Omega and theta* in float32, 8 bytes per parameter between tasks, and
   // the task's importance (4 bytes per parameter) while it is blended in.
-  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& /*config*/,
+  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& config,
                                              const clhost::sdk::Settings& /*host*/,
                                              const clhost::sdk::MemoryPlanRequest& request) {
     int64_t elements = 0;
@@ -74,6 +74,8 @@ class Mas : public clhost::sdk::Regularizer {
     clhost::sdk::MemoryPlan plan;
     plan.state_bytes = 8 * elements;
     plan.consolidation_bytes = 4 * elements;
+    plan.fisher_samples_per_pass =
+        clhost::sdk::samples_per_pass(config.get_int("batch_size"), config.get_int("samples"));
     plan.advice =
         "mas keeps two float32 copies of the parameters; nothing in its settings shrinks "
         "them";

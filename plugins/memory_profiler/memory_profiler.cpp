@@ -117,6 +117,7 @@ class MemoryProfiler : public clhost::sdk::Profiler {
                                              const clhost::sdk::MemoryPlanRequest& /*request*/) {
     clhost::sdk::MemoryPlan plan;
     plan.state_bytes = config.get_int("max_samples") * static_cast<int64_t>(sizeof(Sample));
+    plan.fisher_samples_per_pass = 0;
     return plan;
   }
 

@@ -34,6 +34,9 @@ void set_budget(int64_t bytes);
 [[nodiscard]] int64_t peak_bytes();
 // Sets the peak to the current value (start of a measured phase).
 void reset_peak();
+// Sets the peak back to `bytes` (or the current value, if higher) after a measurement that must
+// not count in the run's peak (the memory plan's probe).
+void restore_peak(int64_t bytes);
 
 // True for LibTorch's OutOfMemoryError and errors whose message says the allocator failed
 // ("out of memory", "DefaultCPUAllocator: can't allocate memory").

@@ -2,8 +2,9 @@
 // gradients and optimizer state, the resident data, each plug-in's state (clhost.memory_plan/1),
 // the host's Fisher pass and the Fisher store's size. `clhost memory-plan --config` prints it;
 // `clhost run` refuses, before training, a run whose plan does not fit, and records the plan in
-// results.json. Activations are not planned: they depend on the batch, which the batch policy
-// and out-of-memory recovery adapt during the run.
+// results.json. Activations are measured on a probe model of the run's shape (one training step
+// at train.batch_size, one Fisher pass at the plug-ins' samples per pass); a batch policy or
+// out-of-memory recovery that changes the batch during the run changes them.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,8 @@
 #include "clhost/plugin_loader.hpp"
 
 namespace clhost {
+
+struct TaskSequence;
 
 struct MemoryPlan {
   struct Plugin {
@@ -31,7 +34,16 @@ struct MemoryPlan {
   std::string optimizer;  // what the optimizer keeps, in words
   int64_t data_bytes = 0;
   int64_t fisher_block_elements = 0;  // the largest block of the host's Fisher pass
-  int64_t fisher_pass_bytes = 0;      // its accumulators and squared gradients
+  // The pass's peak above the weights: its block's sums and, when activations are planned, the
+  // model's activations at fisher_samples_per_pass samples; 0 when no plug-in asks for a pass.
+  int64_t fisher_pass_bytes = 0;
+  int64_t fisher_samples_per_pass = 0;       // the most any plug-in said (ABI 1.8)
+  std::vector<std::string> fisher_not_said;  // plug-ins that did not say theirs (before 1.8)
+  // Activations, measured before the run (activation_probe.hpp); not for TorchScript models.
+  bool activations_planned = false;
+  std::string activations_method;
+  int64_t train_samples = 0;           // train.batch_size
+  int64_t train_activation_bytes = 0;  // one training step above weights and gradients
   int64_t store_bytes = 0;  // fisher.h5 after every task, before compression (an upper bound)
   std::vector<Plugin> plugins;
 
@@ -39,17 +51,18 @@ struct MemoryPlan {
   // Held between tasks after the last consolidation: weights, gradients, optimizer, data and
   // every plug-in's state.
   [[nodiscard]] int64_t between_tasks_bytes() const;
-  // The most held during a consolidation: the above, the Fisher pass and the largest plug-in
-  // consolidation buffer.
+  // The most held: between tasks plus the larger of a training step's activations and a
+  // consolidation (the Fisher pass and the largest plug-in consolidation buffer).
   [[nodiscard]] int64_t peak_bytes() const;
   [[nodiscard]] bool complete() const;  // every plug-in planned its state
 };
 
-// Plans a run of `config` with its loaded pipeline for a model with parameters of `shapes` and
-// `tasks` tasks, whose data hold `data_bytes`. Throws PluginError when a plug-in refuses.
+// Plans a run of `config` with its loaded pipeline for a model with parameters of `shapes` on
+// `sequence` (its tasks, resident data, and the samples the activation probe takes). Throws
+// PluginError when a plug-in refuses.
 MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
-                       const std::vector<std::vector<int64_t>>& shapes, int64_t data_bytes,
-                       int64_t tasks);
+                       const std::vector<std::vector<int64_t>>& shapes,
+                       const TaskSequence& sequence);
 
 // The whole plan of a config file's run with its loaded pipeline: reads its data and sizes its
 // model (built-in kinds by their shapes, without allocating them; a TorchScript archive by

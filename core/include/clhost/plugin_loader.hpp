@@ -107,6 +107,8 @@ struct PluginMemoryPlan {
   int64_t state_bytes = 0;
   int64_t consolidation_bytes = 0;
   std::string advice;
+  // Samples per pass of the host's Fisher services (0: none); nullopt: not said (before ABI 1.8).
+  std::optional<int64_t> fisher_samples_per_pass;
 };
 // Asks pipeline plug-in `index` for its plan, for a model with tensors of `numels` and `tasks`
 // tasks; nullopt when the plug-in has no clhost.memory_plan/1 (built before ABI 1.5, or holding

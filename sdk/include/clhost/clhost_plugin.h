@@ -44,7 +44,7 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 7
+#define CLHOST_ABI_VERSION_MINOR 8
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
  * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group.
@@ -55,7 +55,9 @@ extern "C" {
  * 1.7: plug-ins that see outputs and data: interface "clhost.output_loss/1" (a loss term on the
  *      outputs), services "clhost.snapshot/1" (a frozen copy of the model) and
  *      "clhost.output_grads/1" (per-sample gradients of a function of the outputs), kind REPLAY
- *      with interface "clhost.replay/1" (samples of earlier tasks in later batches). */
+ *      with interface "clhost.replay/1" (samples of earlier tasks in later batches).
+ * 1.8: clhost_memory_plan_answer_t.fisher_samples_per_pass (so the host plans the activations of
+ *      its Fisher pass). */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -667,6 +669,12 @@ typedef struct clhost_memory_plan_answer {
   /* What would shrink state_bytes, in words a user can act on, printed when the run does not
    * fit; NULL for nothing. Lifetime: static. */
   const char* advice;
+  /* ABI 1.8: the most samples one pass of the host's "clhost.fisher/1", "clhost.sample_grads/1"
+   * or "clhost.output_grads/1" service will take in a consolidation (the request's batch_size, or
+   * max_samples when that is smaller); 0: the plug-in asks for none. The host plans the model's
+   * activations at that many samples. The host sets -1 before the call: a plug-in built before
+   * 1.8 leaves it, and its passes' activations are reported as not planned. */
+  int64_t fisher_samples_per_pass;
 } clhost_memory_plan_answer_t;
 typedef struct clhost_memory_plan_v1 {
   uint32_t struct_size;

@@ -364,7 +364,14 @@ struct MemoryPlan {
   int64_t state_bytes = 0;          // held after the last consolidation
   int64_t consolidation_bytes = 0;  // beyond state_bytes at the peak of one consolidation
   const char* advice = nullptr;     // static text: what would shrink state_bytes
+  // Samples per pass of the host's Fisher or per-sample-gradient service in a consolidation (its
+  // batch, or its sample count when smaller); 0: none; -1: not said (ABI 1.8).
+  int64_t fisher_samples_per_pass = -1;
 };
+// fisher_samples_per_pass of a Fisher request with these batch_size and max_samples (0: all).
+inline int64_t samples_per_pass(int64_t batch_size, int64_t max_samples) {
+  return max_samples > 0 ? std::min(batch_size, max_samples) : batch_size;
+}
 
 namespace detail {
 template <class Plugin, class = void>
@@ -608,6 +615,10 @@ struct Trampolines {
       out->state_bytes = plan.state_bytes;
       out->consolidation_bytes = plan.consolidation_bytes;
       out->advice = plan.advice;
+      // A host older than 1.8 hands a shorter answer.
+      if (CLHOST_HAS_MEMBER(out, clhost_memory_plan_answer_t, fisher_samples_per_pass)) {
+        out->fisher_samples_per_pass = plan.fisher_samples_per_pass;
+      }
     });
   }
 
