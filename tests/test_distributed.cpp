@@ -407,19 +407,21 @@ TEST_F(DataParallel, TwoRanksMatchOneProcessWithLowRankFisher) {
 }
 
 TEST_F(DataParallel, OutOfMemoryInAStepShrinksEveryRanksMicroBatchAndLosesNothing) {
-  // Batch 480 (240 per rank) with a 2048-wide layer under a 23 MiB budget: the step's activations
-  // run out of memory and the dynamic policy shrinks the micro-batch; every rank redoes the step
-  // with the smallest micro-batch any rank's policy chose.
+  // Batch 1920 (960 per rank) with a 2048-wide layer under a 40 MB budget: the step's
+  // activations (about 24 KB a sample) run out of memory and the dynamic policy shrinks the
+  // micro-batch; every rank redoes the step with the smallest micro-batch any rank's policy chose.
+  // The memory plan fits the budget with one sample per micro-batch (the step's whole batch made
+  // model inputs, ewc's state), not with the whole batch.
   const std::string set =
-      "--dynamic-batch-size --set train.batch_size=480 --set model.hidden=[2048] "
-      "--set train.iterations=5 --set ewc.fisher_batch_size=8 --set ewc.fisher_samples=16 "
-      "--memory-budget 23MiB ";
+      "--dynamic-batch-size --set data.train_samples_per_task=1920 --set train.batch_size=1920 "
+      "--set model.hidden=[2048] --set train.iterations=3 --set ewc.fisher_batch_size=8 "
+      "--set ewc.fisher_samples=16 --memory-budget 40MB ";
   const std::string one = run("one", set);
   const std::string two = run("two", set + "--nproc 2");
   const json b = results_of(two);
   EXPECT_GT(b["memory"]["out_of_memory_retries"].get<int64_t>(), 0) << b["memory"].dump(1);
-  EXPECT_EQ(b["memory"]["samples_in_optimizer_steps"], 3 * 5 * 480) << "nothing lost or doubled";
-  EXPECT_GT(b["memory"]["samples_processed"].get<int64_t>(), 3 * 5 * 480) << "redone samples";
+  EXPECT_EQ(b["memory"]["samples_in_optimizer_steps"], 3 * 3 * 1920) << "nothing lost or doubled";
+  EXPECT_GT(b["memory"]["samples_processed"].get<int64_t>(), 3 * 3 * 1920) << "redone samples";
   expect_close(losses(one), losses(two), 1e-5, "per-step loss");
   expect_same_matrix(results_of(one), b);
 }

@@ -5,7 +5,9 @@
 
 #include <map>
 
+#include "activation_probe.hpp"
 #include "clhost/memory_budget.hpp"
+#include "data.hpp"
 #include "fisher.hpp"
 #include "model.hpp"
 
@@ -428,5 +430,64 @@ INSTANTIATE_TEST_SUITE_P(MlpAndCnn, OutputGradients,
                          ::testing::Combine(::testing::Values(clhost::ModelKind::kMlp,
                                                               clhost::ModelKind::kCnn),
                                             ::testing::Bool()));
+
+}  // namespace
+
+namespace {
+
+clhost::RunConfig transformer_config(int64_t layers) {
+  clhost::RunConfig config;
+  config.model.kind = clhost::ModelKind::kTransformer;
+  config.model.layers = layers;
+  config.model.heads = 4;
+  config.model.d_model = 64;
+  config.model.context = 32;
+  config.model.mlp_ratio = 4;
+  config.train.batch_size = 16;
+  config.fisher.block_size = 20000;
+  config.data.kind = clhost::DataKind::kText;
+  config.data.languages = {"en"};
+  config.data.num_tasks = 1;
+  config.data.train_samples_per_task = 64;
+  config.data.test_samples_per_task = 1;
+  return config;
+}
+
+// The probe extrapolates a transformer from one and two decoder blocks; measured on the whole
+// six-block model, the training step and the Fisher pass agree within 5%.
+TEST(ActivationProbe, ATransformersDepthIsExtrapolatedFromTwoBlocks) {
+  const clhost::RunConfig config = transformer_config(6);
+  const clhost::TaskSequence sequence =
+      clhost::build_text_tasks(config.data, config.model.context, {}, 0);
+  const auto probed = clhost::probe_activations(config, sequence, 32);
+  ASSERT_TRUE(probed.has_value());
+  EXPECT_NE(probed->method.find("extrapolated"), std::string::npos) << probed->method;
+  const clhost::ActivationPlan whole = clhost::measure_whole_model(config, sequence, 32);
+  RecordProperty("train_probed", std::to_string(probed->train_step_bytes));
+  RecordProperty("train_whole", std::to_string(whole.train_step_bytes));
+  EXPECT_NEAR(probed->train_step_bytes, whole.train_step_bytes, 0.05 * whole.train_step_bytes);
+  EXPECT_NEAR(probed->fisher_pass_bytes, whole.fisher_pass_bytes, 0.05 * whole.fisher_pass_bytes);
+  EXPECT_NEAR(probed->train_one_sample_bytes, whole.train_one_sample_bytes,
+              0.05 * whole.train_one_sample_bytes);
+  EXPECT_LT(probed->train_one_sample_bytes, probed->train_step_bytes);
+}
+
+// The probe draws from LibTorch's default generator and allocates tensors; the run's next draw
+// and its recorded peak are what they would have been without it.
+TEST(ActivationProbe, LeavesTheRunsDrawsAndPeakAsTheyWere) {
+  namespace memory = clhost::memory;
+  memory::install_counting_allocator();
+  const clhost::RunConfig config = transformer_config(3);
+  const clhost::TaskSequence sequence =
+      clhost::build_text_tasks(config.data, config.model.context, {}, 0);
+  torch::manual_seed(11);
+  const torch::Tensor expected = torch::rand({4});
+  torch::manual_seed(11);
+  memory::reset_peak();
+  const int64_t peak = memory::peak_bytes();
+  ASSERT_TRUE(clhost::probe_activations(config, sequence, 8).has_value());
+  EXPECT_EQ(memory::peak_bytes(), peak);
+  EXPECT_TRUE(torch::equal(torch::rand({4}), expected));
+}
 
 }  // namespace

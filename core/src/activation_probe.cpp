@@ -35,8 +35,9 @@ class DefaultGeneratorGuard {
   at::Tensor state_;
 };
 
-// `n` samples of the first task as the task holds them (its first ones, repeated when it has
-// fewer).
+// `n` samples of the first task (its first ones, repeated when it has fewer), held so that the
+// probe's steps and passes make model inputs of them as a run does: samples that come from a
+// source (converted batch by batch) are held as bytes, whose conversion allocates the batch.
 TaskData probe_task(const TaskSequence& sequence, int64_t n) {
   const TaskData& first = sequence.tasks.front();
   const int64_t available = std::max<int64_t>(1, std::min(first.train_size(), n));
@@ -46,6 +47,7 @@ TaskData probe_task(const TaskSequence& sequence, int64_t n) {
   task.next_byte = first.next_byte;
   task.classes = first.classes;
   task.train_x = samples.x.index_select(0, rows);
+  if (first.train_source && !first.next_byte) task.train_x = task.train_x.to(torch::kByte);
   task.train_y = (samples.y.defined() ? samples.y : first.train_y.slice(0, 0, available))
                      .index_select(0, rows);
   return task;
@@ -53,25 +55,54 @@ TaskData probe_task(const TaskSequence& sequence, int64_t n) {
 
 // Peak growth of LibTorch's tensor bytes while `work` runs.
 int64_t peak_growth(const std::function<void()>& work) {
-  memory::reset_peak();
-  const int64_t before = memory::current_bytes();
+  const memory::NestedPeak peak;
   work();
-  return memory::peak_bytes() - before;
+  return peak.growth();
 }
 
-// One training step's forward and backward, with the gradients already allocated.
-int64_t train_step_peak(torch::nn::Sequential& model, const TaskData& task, int64_t classes,
-                        int64_t checkpoint_segments) {
+// A training step's two peaks above what is held between steps: the backward's (the batch made
+// model inputs, forward, backward into the gradients — each computed apart, then added) and the
+// optimizer step's (Adam makes parameter-sized temporaries). Apart, because the first grows with
+// the model's depth and the second with its largest tensor.
+struct StepPeaks {
+  int64_t backward = 0;
+  int64_t step = 0;
+  [[nodiscard]] int64_t larger() const { return std::max(backward, step); }
+};
+
+// One step of the run's optimizer after a first one has allocated the gradients and the
+// optimizer's state, as between a run's steps: the task's samples are the step's batch, made model
+// inputs at once as a run does, and `micro_batch` of them go through one forward and backward.
+StepPeaks train_step_peaks(const RunConfig& config, torch::nn::Sequential& model,
+                           const TaskData& task, int64_t classes, int64_t micro_batch) {
   model->train();
-  for (auto& parameter : model->parameters()) {
-    parameter.mutable_grad() = torch::zeros_like(parameter);
-  }
-  const torch::Tensor x = task.next_byte ? task.train_x : task.train_x.to(torch::kFloat32);
+  const auto optimizer = make_optimizer(config, model->parameters());
   const torch::Tensor all = torch::arange(classes, torch::kInt64);
-  return peak_growth([&] {
-    const torch::Tensor output = checkpointed_forward(model, x, checkpoint_segments);
-    mean_loss(output, task.train_y, all, all).backward();
-  });
+  // The batch stays until the step is done, as a run's does.
+  const auto inputs = [&] {
+    return task.next_byte ? task.train_x : task.train_x.to(torch::kFloat32);
+  };
+  const auto backward = [&](const torch::Tensor& x) {
+    optimizer->zero_grad();
+    const torch::Tensor output =
+        checkpointed_forward(model, x.narrow(0, 0, micro_batch), config.train.checkpoint_segments);
+    mean_loss(output, task.train_y.narrow(0, 0, micro_batch), all, all).backward();
+  };
+  backward(inputs());
+  optimizer->step();
+  StepPeaks peaks;
+  const int64_t start = memory::current_bytes();
+  memory::reset_peak();
+  {
+    const torch::Tensor x = inputs();
+    backward(x);
+    peaks.backward = memory::peak_bytes() - start;
+    memory::reset_peak();
+    optimizer->step();
+    peaks.step = memory::peak_bytes() - start;
+  }
+  for (auto& parameter : model->parameters()) parameter.mutable_grad().reset();
+  return peaks;
 }
 
 // Stops a probe's Fisher pass once its first blocks are measured.
@@ -106,9 +137,11 @@ int64_t fisher_pass_peak(torch::nn::Sequential& model, const TaskData& task, int
 }
 
 struct Probe {
-  int64_t train = 0;
-  int64_t fisher_first_row = 0;  // the activations alone: a block of one row
-  int64_t fisher_blocks = 0;     // with the run's block size
+  StepPeaks train;
+  StepPeaks train_one;               // with one sample
+  int64_t fisher_first_row = 0;      // the activations alone: a block of one row
+  int64_t fisher_first_row_one = 0;  // ... with one sample
+  int64_t fisher_blocks = 0;         // with the run's block size
 };
 
 Probe probe_model(const RunConfig& config, const TaskSequence& sequence, int64_t layers,
@@ -120,11 +153,13 @@ Probe probe_model(const RunConfig& config, const TaskSequence& sequence, int64_t
   Probe probe;
   const TaskData train_task = probe_task(sequence, config.train.batch_size);
   probe.train =
-      train_step_peak(model, train_task, sequence.num_classes, config.train.checkpoint_segments);
-  for (auto& parameter : model->parameters()) parameter.mutable_grad().reset();
+      train_step_peaks(config, model, train_task, sequence.num_classes, config.train.batch_size);
+  probe.train_one = train_step_peaks(config, model, train_task, sequence.num_classes, 1);
   if (fisher_samples > 0) {
     const TaskData fisher_task = probe_task(sequence, fisher_samples);
     probe.fisher_first_row = fisher_pass_peak(model, fisher_task, sequence.num_classes, 1);
+    probe.fisher_first_row_one =
+        fisher_pass_peak(model, probe_task(sequence, 1), sequence.num_classes, 1);
     probe.fisher_blocks =
         fisher_pass_peak(model, fisher_task, sequence.num_classes, config.fisher.block_size);
   }
@@ -133,37 +168,75 @@ Probe probe_model(const RunConfig& config, const TaskSequence& sequence, int64_t
 
 }  // namespace
 
+namespace {
+
+// Leaves the run as it was: its random draws and its recorded peak (the probe's tensors are not
+// the run's).
+class ProbeScope {
+ public:
+  ProbeScope() : run_peak_((memory::install_counting_allocator(), memory::peak_bytes())) {
+    generator_.emplace();
+  }
+  ~ProbeScope() {
+    generator_.reset();  // its saved state is a tensor too
+    memory::restore_peak(run_peak_);
+  }
+  ProbeScope(const ProbeScope&) = delete;
+  ProbeScope& operator=(const ProbeScope&) = delete;
+
+ private:
+  int64_t run_peak_;
+  std::optional<DefaultGeneratorGuard> generator_;
+};
+
+ActivationPlan whole_model_plan(const RunConfig& config, const TaskSequence& sequence,
+                                int64_t fisher_samples) {
+  const Probe whole = probe_model(config, sequence, config.model.layers, fisher_samples);
+  ActivationPlan plan;
+  plan.train_samples = config.train.batch_size;
+  plan.fisher_samples = fisher_samples;
+  plan.train_step_bytes = whole.train.larger();
+  plan.train_one_sample_bytes = whole.train_one.larger();
+  plan.fisher_pass_bytes = whole.fisher_blocks;
+  plan.fisher_one_sample_bytes = whole.fisher_first_row_one;
+  plan.method = "measured on the model";
+  return plan;
+}
+
+}  // namespace
+
+ActivationPlan measure_whole_model(const RunConfig& config, const TaskSequence& sequence,
+                                   int64_t fisher_samples) {
+  const ProbeScope scope;
+  return whole_model_plan(config, sequence, fisher_samples);
+}
+
 std::optional<ActivationPlan> probe_activations(const RunConfig& config,
                                                 const TaskSequence& sequence,
                                                 int64_t fisher_samples) {
   if (config.model.kind == ModelKind::kTorchScript || sequence.tasks.empty()) return std::nullopt;
-  memory::install_counting_allocator();
-  const DefaultGeneratorGuard generator;
-  const int64_t run_peak = memory::peak_bytes();
-  struct PeakRestorer {
-    int64_t bytes;
-    ~PeakRestorer() { memory::restore_peak(bytes); }
-  } const restorer{run_peak};
-  ActivationPlan plan;
-  plan.train_samples = config.train.batch_size;
-  plan.fisher_samples = fisher_samples;
+  const ProbeScope scope;
   const int64_t depth = config.model.layers;
   if (config.model.kind != ModelKind::kTransformer || depth <= 2) {
-    const Probe whole = probe_model(config, sequence, depth, fisher_samples);
-    plan.train_step_bytes = whole.train;
-    plan.fisher_pass_bytes = whole.fisher_blocks;
-    plan.method = "measured on the model";
-    return plan;
+    return whole_model_plan(config, sequence, fisher_samples);
   }
-  // Activations grow by the same amount with every decoder block; the block's own sums and the
-  // captured layers' gradients are those of the two-block probe's largest blocks.
+  // Activations grow by the same amount with every decoder block; the optimizer step's peak
+  // follows the largest tensor, the same at any depth; the block's own sums and the captured
+  // layers' gradients are those of the two-block probe's largest blocks.
   const Probe one = probe_model(config, sequence, 1, fisher_samples);
   const Probe two = probe_model(config, sequence, 2, fisher_samples);
   auto extrapolate = [&](int64_t at_one, int64_t at_two) {
     return at_two + (depth - 2) * std::max<int64_t>(at_two - at_one, 0);
   };
-  plan.train_step_bytes = extrapolate(one.train, two.train);
+  ActivationPlan plan;
+  plan.train_samples = config.train.batch_size;
+  plan.fisher_samples = fisher_samples;
+  plan.train_step_bytes =
+      std::max(extrapolate(one.train.backward, two.train.backward), two.train.step);
+  plan.train_one_sample_bytes =
+      std::max(extrapolate(one.train_one.backward, two.train_one.backward), two.train_one.step);
   if (fisher_samples > 0) {
+    plan.fisher_one_sample_bytes = extrapolate(one.fisher_first_row_one, two.fisher_first_row_one);
     plan.fisher_pass_bytes = extrapolate(one.fisher_first_row, two.fisher_first_row) +
                              std::max<int64_t>(two.fisher_blocks - two.fisher_first_row, 0);
   }

@@ -20,7 +20,13 @@ struct ActivationPlan {
   int64_t train_step_bytes = 0;   // above weights and gradients, at its peak
   int64_t fisher_samples = 0;     // samples per Fisher pass probed; 0: none
   int64_t fisher_pass_bytes = 0;  // above the weights: the block's sums and the activations
-  std::string method;             // how they were measured, in words
+  // The least a run can get by with under run.memory_budget, where a batch policy shrinks the
+  // training step's micro-batch (the step's batch is still made model inputs at once) and the
+  // Fisher pass its samples per pass and its blocks: one sample (and, for the Fisher pass, a
+  // block of one row).
+  int64_t train_one_sample_bytes = 0;
+  int64_t fisher_one_sample_bytes = 0;
+  std::string method;  // how they were measured, in words
 };
 
 // Probes the model of `config` on the first task of `sequence`; `fisher_samples` 0 skips the
@@ -29,5 +35,9 @@ struct ActivationPlan {
 std::optional<ActivationPlan> probe_activations(const RunConfig& config,
                                                 const TaskSequence& sequence,
                                                 int64_t fisher_samples);
+
+// The same measured on the whole model, whatever its depth (what the extrapolation stands for).
+ActivationPlan measure_whole_model(const RunConfig& config, const TaskSequence& sequence,
+                                   int64_t fisher_samples);
 
 }  // namespace clhost

@@ -80,6 +80,7 @@ clhost_status_t gradstats_diagonal_fisher(const clhost_host_t* host,
   try {
     const int64_t block_size =
         request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
+    const FisherPassPeak measured(runtime);
     diagonal_fisher(context_with_progress(host), *request, block_size, FisherMethod::kAuto,
                     [&](size_t parameter, int64_t offset, const torch::Tensor& values) {
                       crash_point("fisher");
@@ -118,6 +119,7 @@ clhost_status_t sample_grads_sample_gradients(const clhost_host_t* host,
   try {
     const int64_t block_size =
         request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
+    const FisherPassPeak measured(runtime);
     per_sample_gradients(
         context_with_progress(host), *request, block_size, FisherMethod::kAuto,
         [&](size_t block_index, size_t block_count, const FisherBlock& block,

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "clhost/fisher_store.hpp"
+#include "clhost/memory_budget.hpp"
 #include "fisher.hpp"
 
 namespace clhost {
@@ -48,6 +49,9 @@ class Runtime {
   bool in_task_end = false;
   int64_t budget_bytes = -1;
   int64_t fisher_block_size = 1000000;
+  // The most any host Fisher pass (Fisher, per-sample or output gradients) held above what was
+  // live when it began, -1 before the first (results.json → memory.fisher_pass_peak_bytes).
+  int64_t fisher_pass_peak_bytes = -1;
   Collective* collective = &single_process();  // the run's ranks (one, unless data-parallel)
   int64_t fisher_samples_computed = 0;         // by this rank, in every Fisher pass so far
   nlohmann::json settings;                     // the resolved configuration, for clhost.settings/1
@@ -64,6 +68,22 @@ class Runtime {
       parameter_shapes.push_back(item.value().sizes().vec());
     }
   }
+};
+
+// Records the peak of one host Fisher pass (memory::NestedPeak) into
+// runtime.fisher_pass_peak_bytes when the pass ends, however it ends.
+class FisherPassPeak {
+ public:
+  explicit FisherPassPeak(Runtime& runtime) : runtime_(runtime) {}
+  ~FisherPassPeak() {
+    runtime_.fisher_pass_peak_bytes = std::max(runtime_.fisher_pass_peak_bytes, peak_.growth());
+  }
+  FisherPassPeak(const FisherPassPeak&) = delete;
+  FisherPassPeak& operator=(const FisherPassPeak&) = delete;
+
+ private:
+  Runtime& runtime_;
+  memory::NestedPeak peak_;
 };
 
 // The `get_service` of every plug-in's host: the clhost.* service tables, or NULL.

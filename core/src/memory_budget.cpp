@@ -150,6 +150,19 @@ int64_t peak_bytes() {
 void reset_peak() {
   if (instance() != nullptr) instance()->peak_.store(instance()->current_.load());
 }
+NestedPeak::NestedPeak() : outer_peak_(peak_bytes()) {
+  reset_peak();
+  start_ = current_bytes();
+}
+
+NestedPeak::~NestedPeak() {
+  restore_peak(std::max(outer_peak_, peak_bytes()));
+}
+
+int64_t NestedPeak::growth() const {
+  return peak_bytes() - start_;
+}
+
 void restore_peak(int64_t bytes) {
   if (instance() != nullptr) {
     instance()->peak_.store(std::max(bytes, instance()->current_.load()));

@@ -91,12 +91,23 @@ int64_t MemoryPlan::between_tasks_bytes() const {
   return weight_bytes + gradient_bytes + optimizer_bytes + data_bytes + plugin_state_bytes();
 }
 
+int64_t MemoryPlan::largest_consolidation_bytes() const {
+  int64_t largest = 0;
+  for (const auto& plugin : plugins) largest = std::max(largest, plugin.consolidation_bytes);
+  return largest;
+}
+
 int64_t MemoryPlan::peak_bytes() const {
-  int64_t consolidation = 0;
-  for (const auto& plugin : plugins)
-    consolidation = std::max(consolidation, plugin.consolidation_bytes);
   return between_tasks_bytes() +
-         std::max(train_activation_bytes, fisher_pass_bytes + consolidation);
+         std::max(train_activation_bytes, fisher_pass_bytes + largest_consolidation_bytes());
+}
+
+int64_t MemoryPlan::least_peak_bytes() const {
+  const int64_t train = batch_policy ? train_one_sample_bytes : train_activation_bytes;
+  const bool fisher_probed =
+      fisher_samples_per_pass > 0 && activations_planned && fisher_not_said.empty();
+  const int64_t fisher = fisher_probed ? fisher_one_sample_bytes : fisher_pass_bytes;
+  return between_tasks_bytes() + std::max(train, fisher + largest_consolidation_bytes());
 }
 
 bool MemoryPlan::complete() const {
@@ -112,6 +123,9 @@ void plan_plugins(const RunConfig& config, const LoadedPipeline& pipeline,
   for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
     MemoryPlan::Plugin entry;
     entry.id = pipeline.plugins[i]->id;
+    if (pipeline.plugins[i]->descriptor->kind == CLHOST_PLUGIN_KIND_BATCH_POLICY) {
+      plan.batch_policy = true;
+    }
     if (const auto planned = plan_plugin_memory(pipeline, i, config, numels, plan.tasks)) {
       entry.state_bytes = planned->state_bytes;
       entry.consolidation_bytes = planned->consolidation_bytes;
@@ -143,6 +157,8 @@ void plan_activations(const RunConfig& config, const TaskSequence& sequence, Mem
     plan.activations_method = probe->method;
     plan.train_samples = probe->train_samples;
     plan.train_activation_bytes = probe->train_step_bytes;
+    plan.train_one_sample_bytes = probe->train_one_sample_bytes;
+    plan.fisher_one_sample_bytes = probe->fisher_one_sample_bytes;
   }
   if (!pass_known) {
     plan.fisher_pass_bytes = block_only;
@@ -288,6 +304,9 @@ std::string memory_plan_json(const MemoryPlan& plan) {
                         {"activations_method", plan.activations_method},
                         {"train_samples", plan.train_samples},
                         {"train_activation_bytes", plan.train_activation_bytes},
+                        {"train_one_sample_bytes", plan.train_one_sample_bytes},
+                        {"fisher_one_sample_bytes", plan.fisher_one_sample_bytes},
+                        {"least_peak_bytes", plan.least_peak_bytes()},
                         {"peak_bytes", plan.peak_bytes()},
                         {"store_bytes_uncompressed", plan.store_bytes},
                         {"complete", plan.complete()}}
@@ -296,15 +315,20 @@ std::string memory_plan_json(const MemoryPlan& plan) {
 
 MemoryLimit memory_limit(const RunConfig& config) {
   if (config.run.memory_budget >= 0) {
-    return {config.run.memory_budget, "run.memory_budget"};
+    return {config.run.memory_budget, "run.memory_budget", true};
   }
   const int64_t ram = meminfo_bytes("MemTotal:");
   const int64_t swap = std::max<int64_t>(meminfo_bytes("SwapTotal:"), 0);
   return {ram > 0 ? ram + swap : -1, "this machine's memory (RAM + swap)"};
 }
 
+int64_t needed_bytes(const MemoryPlan& plan, const MemoryLimit& limit) {
+  return limit.budget ? plan.least_peak_bytes() : plan.peak_bytes();
+}
+
 void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit) {
-  if (limit.bytes < 0 || plan.peak_bytes() <= limit.bytes) return;
+  const int64_t needed = needed_bytes(plan, limit);
+  if (limit.bytes < 0 || needed <= limit.bytes) return;
   const MemoryPlan::Plugin* largest = nullptr;
   for (const auto& plugin : plan.plugins) {
     if (plugin.state_bytes &&
@@ -312,10 +336,14 @@ void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit) {
       largest = &plugin;
     }
   }
-  std::string message =
-      "memory plan: this run needs " + decimal_bytes(static_cast<double>(plan.peak_bytes())) +
-      " of tensors at its peak, more than " + limit.name + " (" +
-      decimal_bytes(static_cast<double>(limit.bytes)) + "):\n" + format_memory_plan(plan);
+  std::string message = "memory plan: this run needs " +
+                        decimal_bytes(static_cast<double>(needed)) + " of tensors at its peak" +
+                        (needed < plan.peak_bytes()
+                             ? " even with one sample per training micro-batch and per Fisher pass"
+                             : std::string()) +
+                        ", more than " + limit.name + " (" +
+                        decimal_bytes(static_cast<double>(limit.bytes)) + "):\n" +
+                        format_memory_plan(plan);
   if (largest != nullptr && !largest->advice.empty()) {
     message += "the largest plug-in state is " + largest->id + "'s (" +
                decimal_bytes(static_cast<double>(*largest->state_bytes)) + "): " + largest->advice;

@@ -98,4 +98,13 @@ std::vector<std::vector<int64_t>> model_parameter_shapes(const ModelSection& mod
   return shapes;
 }
 
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const RunConfig& config,
+                                                        const std::vector<torch::Tensor>& params) {
+  if (config.train.optimizer == OptimizerKind::kAdam) {
+    return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(config.train.lr));
+  }
+  return std::make_unique<torch::optim::SGD>(
+      params, torch::optim::SGDOptions(config.train.lr).momentum(config.train.momentum));
+}
+
 }  // namespace clhost

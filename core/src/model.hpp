@@ -2,6 +2,9 @@
 #pragma once
 
 #include <torch/nn/modules/container/sequential.h>
+#include <torch/optim/optimizer.h>
+
+#include <memory>
 
 #include "clhost/config.hpp"
 
@@ -13,6 +16,10 @@ namespace clhost {
 // Transformer: transformer.hpp.
 torch::nn::Sequential make_model(const ModelSection& model, int64_t input_size, int64_t image_side,
                                  int64_t num_classes);
+
+// The optimizer of train.optimizer over `params`.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const RunConfig& config,
+                                                        const std::vector<torch::Tensor>& params);
 
 // The shapes of the parameters make_model would create, in its parameters() order, without
 // allocating them (memory planning for models larger than this machine). Built-in kinds only.

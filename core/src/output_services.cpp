@@ -95,6 +95,7 @@ clhost_status_t output_grads_accumulate(const clhost_host_t* host,
     pass.batch_size = request->batch_size;
     const int64_t block_size =
         request->block_size > 0 ? request->block_size : runtime.fisher_block_size;
+    const FisherPassPeak measured(runtime);
     diagonal_output_gradients(context_with_progress(host), pass, block_size, function,
                               [&](size_t parameter, int64_t offset, const torch::Tensor& values) {
                                 std::vector<int64_t> shape{values.numel()};

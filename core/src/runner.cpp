@@ -260,15 +260,6 @@ void prepare_runtime(const RunConfig& config, const std::string& run_dir, Runtim
   }
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const RunConfig& config,
-                                                        const std::vector<torch::Tensor>& params) {
-  if (config.train.optimizer == OptimizerKind::kAdam) {
-    return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(config.train.lr));
-  }
-  return std::make_unique<torch::optim::SGD>(
-      params, torch::optim::SGDOptions(config.train.lr).momentum(config.train.momentum));
-}
-
 // The checkpoint's state replaces the fresh one: plug-ins, model, optimizer, generator.
 void restore_checkpoint(const ResumePlan& plan, PluginSet& plugins, Runtime& runtime,
                         torch::optim::Optimizer& optimizer) {
@@ -536,6 +527,7 @@ struct RunRecord {
   const PluginSet& plugins;
   const TrainerState& state;
   const RunSummary& summary;
+  const Runtime& runtime;
   const json& model_report;
   const MemoryPlan& memory_plan;
   const json& distributed;
@@ -547,6 +539,7 @@ struct RunRecord {
 json memory_json(const RunRecord& run) {
   return json{{"budget_bytes", run.budget_bytes},
               {"tensor_peak_bytes", std::max(run.state.tensor_peak_bytes, memory::peak_bytes())},
+              {"fisher_pass_peak_bytes", run.runtime.fisher_pass_peak_bytes},
               {"out_of_memory_retries", run.state.out_of_memory_retries},
               {"samples_processed", run.state.samples_processed},
               {"samples_in_optimizer_steps", run.state.samples_in_steps},
@@ -718,8 +711,7 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
   runtime.collective = collective.get();
   ScriptedModel scripted;
   const json model_report = bind_model(config, options, sequence, runtime, scripted);
-  const MemoryPlan memory_plan =
-      plan_memory(config, pipeline, runtime.parameter_shapes, sequence);
+  const MemoryPlan memory_plan = plan_memory(config, pipeline, runtime.parameter_shapes, sequence);
   check_memory_plan(memory_plan, memory_limit(config));
   enforce_budget(config);
   const RankDirectory output(*collective, run_dir, plan.checkpoint.has_value());
@@ -767,6 +759,7 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
                          plugins,
                          state,
                          summary,
+                         runtime,
                          model_report,
                          memory_plan,
                          distributed,

@@ -479,8 +479,9 @@ int command_memory_plan(const std::vector<std::string>& args) {
   if (limit.bytes >= 0) {
     std::printf("%s: %s; %s\n", limit.name.c_str(),
                 human_bytes(static_cast<double>(limit.bytes)).c_str(),
-                plan.peak_bytes() <= limit.bytes ? "the plan fits"
-                                                 : "the plan does not fit: clhost run refuses it");
+                clhost::needed_bytes(plan, limit) <= limit.bytes
+                    ? "the plan fits"
+                    : "the plan does not fit: clhost run refuses it");
   }
   return 0;
 }

@@ -38,6 +38,22 @@ void reset_peak();
 // not count in the run's peak (the memory plan's probe).
 void restore_peak(int64_t bytes);
 
+// The peak of a phase above what was live when it began (a Fisher pass), measured inside the
+// run's own: on destruction the peak is the larger of the one before and the phase's.
+class NestedPeak {
+ public:
+  NestedPeak();
+  ~NestedPeak();
+  NestedPeak(const NestedPeak&) = delete;
+  NestedPeak& operator=(const NestedPeak&) = delete;
+  // Bytes above the start, at the phase's peak so far.
+  [[nodiscard]] int64_t growth() const;
+
+ private:
+  int64_t outer_peak_;
+  int64_t start_;
+};
+
 // True for LibTorch's OutOfMemoryError and errors whose message says the allocator failed
 // ("out of memory", "DefaultCPUAllocator: can't allocate memory").
 [[nodiscard]] bool is_out_of_memory(const std::exception& error);

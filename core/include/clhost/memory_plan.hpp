@@ -44,16 +44,25 @@ struct MemoryPlan {
   std::string activations_method;
   int64_t train_samples = 0;           // train.batch_size
   int64_t train_activation_bytes = 0;  // one training step above weights and gradients
+  // Under run.memory_budget out-of-memory recovery shrinks the training step's micro-batch (when
+  // a batch policy is in the pipeline) and the Fisher pass's samples per pass and blocks: the
+  // least each can get by with is one sample.
+  bool batch_policy = false;
+  int64_t train_one_sample_bytes = 0;
+  int64_t fisher_one_sample_bytes = 0;
   int64_t store_bytes = 0;  // fisher.h5 after every task, before compression (an upper bound)
   std::vector<Plugin> plugins;
 
   [[nodiscard]] int64_t plugin_state_bytes() const;
+  [[nodiscard]] int64_t largest_consolidation_bytes() const;
   // Held between tasks after the last consolidation: weights, gradients, optimizer, data and
   // every plug-in's state.
   [[nodiscard]] int64_t between_tasks_bytes() const;
   // The most held: between tasks plus the larger of a training step's activations and a
   // consolidation (the Fisher pass and the largest plug-in consolidation buffer).
   [[nodiscard]] int64_t peak_bytes() const;
+  // The peak when recovery has shrunk what it can (above): what run.memory_budget must hold.
+  [[nodiscard]] int64_t least_peak_bytes() const;
   [[nodiscard]] bool complete() const;  // every plug-in planned its state
 };
 
@@ -81,11 +90,16 @@ std::string memory_plan_json(const MemoryPlan& plan);
 struct MemoryLimit {
   int64_t bytes = -1;
   std::string name;
+  bool budget = false;  // run.memory_budget: out-of-memory recovery works under it
 };
 MemoryLimit memory_limit(const RunConfig& config);
 
+// What the plan needs of the limit: its least peak under a budget, else its peak.
+[[nodiscard]] int64_t needed_bytes(const MemoryPlan& plan, const MemoryLimit& limit);
+
 // Throws RunError, naming the parts and what would shrink the largest, when the plan's peak
-// passes the limit.
+// passes the limit — under run.memory_budget, when its least peak does (recovery shrinks the
+// rest; without a budget nothing is retried).
 void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit);
 
 }  // namespace clhost
