@@ -426,6 +426,31 @@ TEST_F(DataParallel, OutOfMemoryInAStepShrinksEveryRanksMicroBatchAndLosesNothin
   expect_same_matrix(results_of(one), b);
 }
 
+// One rank alone runs out of memory (an allocation failure injected into rank 1's third
+// micro-batch): every rank redoes that step with the smaller micro-batch the policies agree on,
+// and the run ends as the one where nothing failed.
+TEST_F(DataParallel, OneRanksOutOfMemoryShrinksEveryRanksMicroBatch) {
+  const std::string set = "--dynamic-batch-size --set train.iterations=5 --nproc 2 ";
+  const std::string reference = run("reference", set);
+  const std::string out = dir_.path("one_rank");
+  const auto result = run_command(
+      "CLHOST_TEST_OOM_AT=micro_batch:3 CLHOST_TEST_OOM_RANK=1 " +
+      clhost_command("run --quiet --config " + config_ + " --output " + out + " " + set));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const json b = results_of(out);
+  EXPECT_EQ(b["memory"]["out_of_memory_retries"], 1) << b["memory"].dump(1);
+  EXPECT_EQ(b["memory"]["samples_in_optimizer_steps"], 3 * 5 * 32) << "nothing lost or doubled";
+  EXPECT_GT(b["memory"]["samples_processed"].get<int64_t>(), 3 * 5 * 32) << "redone samples";
+  const auto& changes = b["memory"]["batch_size_changes"];
+  ASSERT_FALSE(changes.empty()) << b["memory"].dump(1);
+  EXPECT_LT(changes[0]["to"].get<int64_t>(), changes[0]["from"].get<int64_t>());
+  std::string journal = read_file(out + "/events.jsonl");
+  // Rank 0, which writes the outputs, did not run out of memory itself: it learned of rank 1's.
+  EXPECT_NE(journal.find("\"kind\":\"out_of_memory\""), std::string::npos) << journal;
+  expect_close(losses(reference), losses(out), 1e-5, "per-step loss");
+  expect_same_matrix(results_of(reference), b);
+}
+
 TEST_F(DataParallel, AKilledRankStopsTheOthersAndTheRunResumesToTheUninterruptedResult) {
   const std::string reference = run("reference", "--nproc 2");
   const std::string killed = dir_.path("killed");

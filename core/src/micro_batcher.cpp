@@ -12,6 +12,7 @@
 #include "output_terms.hpp"
 #include "plugin_set.hpp"
 #include "trainer_state.hpp"
+#include "training_checkpoint.hpp"
 
 namespace clhost {
 namespace {
@@ -124,6 +125,7 @@ double accumulate_batch_gradients(const StepModel& step, const StepBatch& batch,
     const int64_t end = std::min(samples, start + micro_batch);
     // Counted when the forward starts, so a micro-batch that runs out of memory counts too.
     if (samples_processed != nullptr) *samples_processed += end - start;
+    out_of_memory_point("micro_batch");
     const MicroBatch part = micro_batch_of(batch, start, end);
     if (with_terms) step.terms->before_forward(part.x);
     const torch::Tensor output =

@@ -1,5 +1,6 @@
 #include "training_checkpoint.hpp"
 
+#include <c10/util/Exception.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -278,40 +279,58 @@ LoadedCheckpoint CheckpointDirectory::load_latest() const {
       (problems.empty() ? std::string(" (the run stopped before its first one)") : ":" + problems));
 }
 
-void crash_point(const char* point) {
-  struct Hook {
-    bool active = false;
-    std::string point;
-    long long at_call = 0;
-    int signal_number = SIGKILL;
-  };
-  static const Hook hook = [] {
-    Hook parsed;
-    const char* value = std::getenv("CLHOST_TEST_KILL_AT");
-    if (value == nullptr || *value == '\0') return parsed;
-    // CLHOST_TEST_KILL_RANK=R: only rank R of a data-parallel run (its RANK variable) stops.
-    const char* only_rank = std::getenv("CLHOST_TEST_KILL_RANK");
-    const char* rank = std::getenv("RANK");
-    if (only_rank != nullptr && std::string(only_rank) != (rank != nullptr ? rank : "0")) {
-      return parsed;
-    }
-    std::string text(value);
-    const std::string sigint_suffix = ":SIGINT";
-    if (text.size() > sigint_suffix.size() &&
-        text.compare(text.size() - sigint_suffix.size(), sigint_suffix.size(), sigint_suffix) ==
-            0) {
-      parsed.signal_number = SIGINT;
-      text.resize(text.size() - sigint_suffix.size());
-    }
-    const size_t colon = text.rfind(':');
-    parsed.active = true;
-    parsed.point = text.substr(0, colon);
-    parsed.at_call = colon == std::string::npos ? 1 : std::atoll(text.c_str() + colon + 1);
+namespace {
+
+// A test hook's "<point>:<n>" from `variable`, inactive when unset or when `rank_variable` names
+// another rank than this process's (its RANK variable).
+struct TestHook {
+  bool active = false;
+  std::string point;
+  long long at_call = 0;
+  int signal_number = SIGKILL;
+};
+
+TestHook parse_test_hook(const char* variable, const char* rank_variable) {
+  TestHook parsed;
+  const char* value = std::getenv(variable);
+  if (value == nullptr || *value == '\0') return parsed;
+  const char* only_rank = std::getenv(rank_variable);
+  const char* rank = std::getenv("RANK");
+  if (only_rank != nullptr && std::string(only_rank) != (rank != nullptr ? rank : "0")) {
     return parsed;
-  }();
+  }
+  std::string text(value);
+  const std::string sigint_suffix = ":SIGINT";
+  if (text.size() > sigint_suffix.size() &&
+      text.compare(text.size() - sigint_suffix.size(), sigint_suffix.size(), sigint_suffix) == 0) {
+    parsed.signal_number = SIGINT;
+    text.resize(text.size() - sigint_suffix.size());
+  }
+  const size_t colon = text.rfind(':');
+  parsed.active = true;
+  parsed.point = text.substr(0, colon);
+  parsed.at_call = colon == std::string::npos ? 1 : std::atoll(text.c_str() + colon + 1);
+  return parsed;
+}
+
+}  // namespace
+
+void crash_point(const char* point) {
+  // CLHOST_TEST_KILL_RANK=R: only rank R of a data-parallel run stops.
+  static const TestHook hook = parse_test_hook("CLHOST_TEST_KILL_AT", "CLHOST_TEST_KILL_RANK");
   if (!hook.active || hook.point != point) return;
   static std::atomic<long long> calls{0};
   if (++calls == hook.at_call) ::raise(hook.signal_number);
+}
+
+void out_of_memory_point(const char* point) {
+  static const TestHook hook = parse_test_hook("CLHOST_TEST_OOM_AT", "CLHOST_TEST_OOM_RANK");
+  if (!hook.active || hook.point != point) return;
+  static std::atomic<long long> calls{0};
+  if (++calls == hook.at_call) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, "injected by CLHOST_TEST_OOM_AT (", point, ":",
+                     hook.at_call, ")");
+  }
 }
 
 }  // namespace clhost

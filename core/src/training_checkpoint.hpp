@@ -64,4 +64,10 @@ class CheckpointDirectory {
 // every normal run — each call is one branch on a cached flag.
 void crash_point(const char* point);
 
+// Test hook: when CLHOST_TEST_OOM_AT is "<point>:<n>", the n-th call of
+// out_of_memory_point(<point>) throws LibTorch's out-of-memory error, as an allocation past
+// run.memory_budget would; with CLHOST_TEST_OOM_RANK=R only rank R of a data-parallel run does (one
+// rank's out-of-memory).
+void out_of_memory_point(const char* point);
+
 }  // namespace clhost
