@@ -266,37 +266,40 @@ TEST(FisherBlocks, TemporaryMemoryIsBoundedByTheBlock) {
   EXPECT_LT(small, whole_bytes / 4) << "blocks of 50k parameters must not hold the model's Fisher";
 }
 
+// Peak tensor growth of one exact Fisher pass with `batch` samples per pass.
+int64_t pass_peak(const FisherContext& context, int64_t block_size, int64_t batch) {
+  clhost::memory::reset_peak();
+  const int64_t before = clhost::memory::current_bytes();
+  (void)fisher_of(context, CLHOST_FISHER_LABELS_TRUE, block_size, FisherMethod::kAuto, batch);
+  return clhost::memory::peak_bytes() - before;
+}
+
+// The Fisher of one block of the whole model, `batch` samples per pass, under a memory budget of
+// `extra` bytes above what is live now (removed however the pass ends).
+std::vector<torch::Tensor> fisher_under_budget(const FisherContext& context, int64_t extra,
+                                               int64_t batch) {
+  clhost::memory::set_budget(clhost::memory::current_bytes() + extra);
+  struct Unset {
+    ~Unset() { clhost::memory::set_budget(-1); }
+  } const unset;
+  return fisher_of(context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, batch);
+}
+
 // Under a memory budget the per-sample pass that does not fit starts the block over with half
 // the samples per pass, until it fits; the Fisher is the one a small batch gives.
 TEST(FisherBlocks, OutOfMemoryStartsTheBlockOverWithSmallerPasses) {
   namespace memory = clhost::memory;
   memory::install_counting_allocator();
   Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 256);
-  auto peak_of = [&](int64_t batch) {
-    memory::reset_peak();
-    const int64_t before = memory::current_bytes();
-    (void)fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto,
-                    batch);
-    return memory::peak_bytes() - before;
-  };
-  const int64_t small = peak_of(4);
-  const int64_t large = peak_of(256);
+  const int64_t small = pass_peak(fixture.context, 1 << 30, 4);
+  const int64_t large = pass_peak(fixture.context, 1 << 30, 256);
   ASSERT_GT(large, 2 * small) << "the pass's memory must grow with the batch for this test";
   const auto reference =
       fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 4);
 
   std::vector<std::string> lines;
   fixture.context.progress = [&](const std::string& line) { lines.push_back(line); };
-  memory::set_budget(memory::current_bytes() + (small + large) / 2);
-  std::vector<torch::Tensor> fisher;
-  try {
-    fisher =
-        fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 256);
-  } catch (...) {
-    memory::set_budget(-1);
-    throw;
-  }
-  memory::set_budget(-1);
+  const auto fisher = fisher_under_budget(fixture.context, (small + large) / 2, 256);
   EXPECT_LE(max_relative_error(fisher, reference), 1e-5);
   ASSERT_FALSE(lines.empty());
   EXPECT_NE(lines.front().find("out of memory in the Fisher pass (block 1/1): the block starts "
@@ -311,29 +314,15 @@ TEST(FisherBlocks, OutOfMemoryWithOneSamplePerPassSplitsTheBlock) {
   namespace memory = clhost::memory;
   memory::install_counting_allocator();
   Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 32, {512});
-  auto peak_of = [&](int64_t block_size) {
-    memory::reset_peak();
-    const int64_t before = memory::current_bytes();
-    (void)fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, block_size, FisherMethod::kAuto, 1);
-    return memory::peak_bytes() - before;
-  };
-  const int64_t whole = peak_of(1 << 30);   // one block of 407,050 elements
-  const int64_t quarter = peak_of(100000);  // blocks of at most 100,000
+  const int64_t whole = pass_peak(fixture.context, 1 << 30, 1);   // one block of 407,050 elements
+  const int64_t quarter = pass_peak(fixture.context, 100000, 1);  // blocks of at most 100,000
   ASSERT_GT(whole, 2 * quarter) << "the pass's memory must grow with the block for this test";
   const auto reference =
       fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 4);
 
   std::vector<std::string> lines;
   fixture.context.progress = [&](const std::string& line) { lines.push_back(line); };
-  memory::set_budget(memory::current_bytes() + (whole + quarter) / 2);
-  std::vector<torch::Tensor> fisher;
-  try {
-    fisher = fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 4);
-  } catch (...) {
-    memory::set_budget(-1);
-    throw;
-  }
-  memory::set_budget(-1);
+  const auto fisher = fisher_under_budget(fixture.context, (whole + quarter) / 2, 4);
   EXPECT_LE(max_relative_error(fisher, reference), 1e-5);
   std::string log;
   for (const auto& line : lines) log += line + "\n";
@@ -353,14 +342,12 @@ TEST(FisherBlocks, OutOfMemoryInOneRowStopsWithAdvice) {
   Fixture fixture = make_fixture(clhost::ModelKind::kMlp, torch::kFloat32, 8, {512});
   int64_t output_bytes = 0;  // fisher_of's own result tensors
   for (const auto& parameter : fixture.model->parameters()) output_bytes += 4 * parameter.numel();
-  memory::set_budget(memory::current_bytes() + output_bytes + 1024);
   std::string error;
   try {
-    (void)fisher_of(fixture.context, CLHOST_FISHER_LABELS_TRUE, 1 << 30, FisherMethod::kAuto, 2);
+    (void)fisher_under_budget(fixture.context, output_bytes + 1024, 2);
   } catch (const std::exception& e) {
     error = e.what();
   }
-  memory::set_budget(-1);
   EXPECT_NE(error.find("out of memory in the Fisher pass (block 1/"), std::string::npos) << error;
   EXPECT_NE(error.find("one row of parameters (784 elements) with 2 samples per pass does not "
                        "fit; raise run.memory_budget"),

@@ -29,6 +29,8 @@ class DefaultGeneratorGuard {
   }
   DefaultGeneratorGuard(const DefaultGeneratorGuard&) = delete;
   DefaultGeneratorGuard& operator=(const DefaultGeneratorGuard&) = delete;
+  DefaultGeneratorGuard(DefaultGeneratorGuard&&) = delete;
+  DefaultGeneratorGuard& operator=(DefaultGeneratorGuard&&) = delete;
 
  private:
   at::Generator generator_;
@@ -183,6 +185,8 @@ class ProbeScope {
   }
   ProbeScope(const ProbeScope&) = delete;
   ProbeScope& operator=(const ProbeScope&) = delete;
+  ProbeScope(ProbeScope&&) = delete;
+  ProbeScope& operator=(ProbeScope&&) = delete;
 
  private:
   int64_t run_peak_;

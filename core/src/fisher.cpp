@@ -653,6 +653,41 @@ std::pair<torch::Tensor, torch::Tensor> prepare_chunk(const FisherContext& conte
                         chunks.end(k));
 }
 
+// After block b ran out of memory: fewer samples per pass while they can shrink and the failure
+// was in a chunk, else the block as two halves (blocks[b] and a new blocks[b + 1]). Throws
+// RunError when one row of a parameter does not fit.
+void shrink_after_out_of_memory(const FisherContext& context,
+                                const clhost_fisher_request_t& request,
+                                const BlockOutOfMemory& failure,
+                                const std::vector<torch::Tensor>& parameters,
+                                std::vector<FisherBlock>& blocks, size_t b, ChunkPlan& chunks) {
+  const std::string where = "out of memory in the Fisher pass (block " + std::to_string(b + 1) +
+                            "/" + std::to_string(blocks.size()) + "): ";
+  if (failure.in_chunk && chunks.size > 1 && request.batched == 0) {
+    chunks.size /= 2;
+    if (context.progress) {
+      context.progress(where + "the block starts over with " + std::to_string(chunks.size) +
+                       " samples per pass");
+    }
+    return;
+  }
+  auto halves = split_block(blocks[b], parameters);
+  if (!halves) {
+    throw RunError(where + "one row of parameters (" +
+                   std::to_string(block_elements(blocks[b], parameters)) + " elements) with " +
+                   std::to_string(chunks.size) + " samples per pass does not fit; raise " +
+                   "run.memory_budget" +
+                   (chunks.size > 1 ? " or lower the plug-in's fisher batch size" : ""));
+  }
+  blocks[b] = std::move(halves->first);
+  blocks.insert(blocks.begin() + static_cast<ptrdiff_t>(b) + 1, std::move(halves->second));
+  if (context.progress) {
+    context.progress(where + "the block starts over as two blocks of " +
+                     std::to_string(block_elements(blocks[b], parameters)) + " and " +
+                     std::to_string(block_elements(blocks[b + 1], parameters)) + " parameters");
+  }
+}
+
 // The walk both passes share: the model in eval mode (restored on every exit), every block of the
 // plan, each walked by `walk_block`. A block whose walk throws BlockOutOfMemory starts over with
 // half the samples per chunk while chunks can shrink, else as two halves (the sums are the same).
@@ -682,33 +717,7 @@ void walk_blocks(const FisherContext& context, const clhost_fisher_request_t& re
           walk_block(producer, b, blocks.size(), chunks);
           break;
         } catch (const BlockOutOfMemory& failure) {
-          const std::string where = "out of memory in the Fisher pass (block " +
-                                    std::to_string(b + 1) + "/" + std::to_string(blocks.size()) +
-                                    "): ";
-          if (failure.in_chunk && chunks.size > 1 && request.batched == 0) {
-            chunks.size /= 2;
-            if (context.progress) {
-              context.progress(where + "the block starts over with " + std::to_string(chunks.size) +
-                               " samples per pass");
-            }
-            continue;
-          }
-          auto halves = split_block(blocks[b], parameters);
-          if (!halves) {
-            throw RunError(where + "one row of parameters (" +
-                           std::to_string(block_elements(blocks[b], parameters)) +
-                           " elements) with " + std::to_string(chunks.size) +
-                           " samples per pass does not fit; raise run.memory_budget" +
-                           (chunks.size > 1 ? " or lower the plug-in's fisher batch size" : ""));
-          }
-          blocks[b] = std::move(halves->first);
-          blocks.insert(blocks.begin() + static_cast<ptrdiff_t>(b) + 1, std::move(halves->second));
-          if (context.progress) {
-            context.progress(where + "the block starts over as two blocks of " +
-                             std::to_string(block_elements(blocks[b], parameters)) + " and " +
-                             std::to_string(block_elements(blocks[b + 1], parameters)) +
-                             " parameters");
-          }
+          shrink_after_out_of_memory(context, request, failure, parameters, blocks, b, chunks);
         }
       }
     }

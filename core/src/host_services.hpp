@@ -80,6 +80,8 @@ class FisherPassPeak {
   }
   FisherPassPeak(const FisherPassPeak&) = delete;
   FisherPassPeak& operator=(const FisherPassPeak&) = delete;
+  FisherPassPeak(FisherPassPeak&&) = delete;
+  FisherPassPeak& operator=(FisherPassPeak&&) = delete;
 
  private:
   Runtime& runtime_;

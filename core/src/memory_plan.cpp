@@ -201,6 +201,36 @@ MemoryPlan plan_memory_for_config(const RunConfig& config, const LoadedPipeline&
   return plan_memory(config, pipeline, config_model_shapes(config, sequence), sequence);
 }
 
+namespace {
+
+std::string fisher_pass_label(const MemoryPlan& plan) {
+  const bool with_activations = plan.activations_planned && plan.fisher_not_said.empty();
+  return "Fisher pass (block " + std::to_string(plan.fisher_block_elements) +
+         (with_activations
+              ? ", " + std::to_string(plan.fisher_samples_per_pass) + " samples per pass)"
+              : ", without activations)");
+}
+
+// What the plan's activations are and what it leaves out, one line each.
+std::string plan_footnotes(const MemoryPlan& plan) {
+  std::string out;
+  if (plan.activations_planned) {
+    out += "  activations " + plan.activations_method + "; they do not scale with --params\n";
+  }
+  if (!plan.fisher_not_said.empty()) {
+    std::string names;
+    for (const auto& id : plan.fisher_not_said) names += (names.empty() ? "" : ", ") + id;
+    out += "  not planned: the Fisher pass's activations (" + names +
+           " did not say its samples per pass: built before ABI 1.8)\n";
+  }
+  out += std::string("  not planned: ") +
+         (plan.activations_planned ? "" : "activations (a TorchScript model), ") +
+         "LibTorch's own memory (code, threads, allocator caches), a batch policy's changes\n";
+  return out;
+}
+
+}  // namespace
+
 std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters) {
   const double parameters = static_cast<double>(std::max<int64_t>(plan.parameters, 1));
   const double scale = scaled_parameters > 0.0 ? scaled_parameters / parameters : 0.0;
@@ -243,13 +273,7 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
     row("training step activations (" + std::to_string(plan.train_samples) + " samples)",
         plan.train_activation_bytes, false);
   }
-  if (plan.fisher_pass_bytes > 0) {
-    row("Fisher pass (block " + std::to_string(plan.fisher_block_elements) +
-            (plan.activations_planned && plan.fisher_not_said.empty()
-                 ? ", " + std::to_string(plan.fisher_samples_per_pass) + " samples per pass)"
-                 : ", without activations)"),
-        plan.fisher_pass_bytes, false);
-  }
+  if (plan.fisher_pass_bytes > 0) row(fisher_pass_label(plan), plan.fisher_pass_bytes, false);
   for (const auto& plugin : plan.plugins) {
     if (plugin.consolidation_bytes > 0)
       row(plugin.id + " consolidation buffers", plugin.consolidation_bytes, false);
@@ -265,18 +289,7 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
           : "");
   out += line;
   row("fisher.h5, every task stored (before compression)", plan.store_bytes, true);
-  if (plan.activations_planned) {
-    out += "  activations " + plan.activations_method + "; they do not scale with --params\n";
-  }
-  if (!plan.fisher_not_said.empty()) {
-    std::string names;
-    for (const auto& id : plan.fisher_not_said) names += (names.empty() ? "" : ", ") + id;
-    out += "  not planned: the Fisher pass's activations (" + names +
-           " did not say its samples per pass: built before ABI 1.8)\n";
-  }
-  out += std::string("  not planned: ") +
-         (plan.activations_planned ? "" : "activations (a TorchScript model), ") +
-         "LibTorch's own memory (code, threads, allocator caches), a batch policy's changes\n";
+  out += plan_footnotes(plan);
   return out;
 }
 

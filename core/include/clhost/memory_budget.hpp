@@ -46,6 +46,8 @@ class NestedPeak {
   ~NestedPeak();
   NestedPeak(const NestedPeak&) = delete;
   NestedPeak& operator=(const NestedPeak&) = delete;
+  NestedPeak(NestedPeak&&) = delete;
+  NestedPeak& operator=(NestedPeak&&) = delete;
   // Bytes above the start, at the phase's peak so far.
   [[nodiscard]] int64_t growth() const;
 
