@@ -295,23 +295,28 @@ class DiagonalAccumulator {
           if (squares.defined()) flat.add_(squares);
           continue;
         }
-        // A slice of samples at a time keeps [samples, elements] near 64 MiB.
-        const int64_t samples = x.size(0);
-        const int64_t step =
-            std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(flat.numel(), 1));
-        for (int64_t begin = 0; begin < samples; begin += step) {
-          const int64_t count = std::min(step, samples - begin);
-          torch::Tensor g = producer.sample_gradients(s, pass, begin, count);
-          if (!g.defined()) break;
-          // g is this call's own tensor: squared and weighted in place, no [samples, elements]
-          // temporaries (the pass is bound by writing and reading them).
-          if (producer.labels().expectation()) {
-            g.mul_(pass.weight.narrow(0, begin, count).sqrt().view({-1, 1}));
-          }
-          flat.add_((producer.labels().absolute() ? g.abs_() : g.square_()).sum(0));
-        }
+        add_sample_squares(producer, pass, s, x.size(0), flat);
       }
     });
+  }
+
+  // Segment s's per-sample gradients squared (or absolute) and summed into `flat`, a slice of
+  // samples at a time, which keeps [samples, elements] near 64 MiB.
+  static void add_sample_squares(BlockGradients& producer, const BlockGradients::Pass& pass,
+                                 size_t s, int64_t samples, torch::Tensor& flat) {
+    const int64_t step =
+        std::max<int64_t>(1, (int64_t{16} << 20) / std::max<int64_t>(flat.numel(), 1));
+    for (int64_t begin = 0; begin < samples; begin += step) {
+      const int64_t count = std::min(step, samples - begin);
+      torch::Tensor g = producer.sample_gradients(s, pass, begin, count);
+      if (!g.defined()) return;
+      // g is this call's own tensor: squared and weighted in place, no [samples, elements]
+      // temporaries (the pass is bound by writing and reading them).
+      if (producer.labels().expectation()) {
+        g.mul_(pass.weight.narrow(0, begin, count).sqrt().view({-1, 1}));
+      }
+      flat.add_((producer.labels().absolute() ? g.abs_() : g.square_()).sum(0));
+    }
   }
 
   void add_loop(BlockGradients& producer, const torch::Tensor& x, const torch::Tensor& y) {
