@@ -146,8 +146,10 @@ struct Probe {
   int64_t fisher_blocks = 0;         // with the run's block size
 };
 
+// `for_extrapolation`: also the first row's pass at the full samples per pass (only the depth
+// extrapolation separates the activations from the block).
 Probe probe_model(const RunConfig& config, const TaskSequence& sequence, int64_t layers,
-                  int64_t fisher_samples) {
+                  int64_t fisher_samples, bool for_extrapolation) {
   ModelSection section = config.model;
   if (section.kind == ModelKind::kTransformer) section.layers = layers;
   torch::nn::Sequential model =
@@ -159,7 +161,9 @@ Probe probe_model(const RunConfig& config, const TaskSequence& sequence, int64_t
   probe.train_one = train_step_peaks(config, model, train_task, sequence.num_classes, 1);
   if (fisher_samples > 0) {
     const TaskData fisher_task = probe_task(sequence, fisher_samples);
-    probe.fisher_first_row = fisher_pass_peak(model, fisher_task, sequence.num_classes, 1);
+    if (for_extrapolation) {
+      probe.fisher_first_row = fisher_pass_peak(model, fisher_task, sequence.num_classes, 1);
+    }
     probe.fisher_first_row_one =
         fisher_pass_peak(model, probe_task(sequence, 1), sequence.num_classes, 1);
     probe.fisher_blocks =
@@ -195,7 +199,7 @@ class ProbeScope {
 
 ActivationPlan whole_model_plan(const RunConfig& config, const TaskSequence& sequence,
                                 int64_t fisher_samples) {
-  const Probe whole = probe_model(config, sequence, config.model.layers, fisher_samples);
+  const Probe whole = probe_model(config, sequence, config.model.layers, fisher_samples, false);
   ActivationPlan plan;
   plan.train_samples = config.train.batch_size;
   plan.fisher_samples = fisher_samples;
@@ -227,8 +231,8 @@ std::optional<ActivationPlan> probe_activations(const RunConfig& config,
   // Activations grow by the same amount with every decoder block; the optimizer step's peak
   // follows the largest tensor, the same at any depth; the block's own sums and the captured
   // layers' gradients are those of the two-block probe's largest blocks.
-  const Probe one = probe_model(config, sequence, 1, fisher_samples);
-  const Probe two = probe_model(config, sequence, 2, fisher_samples);
+  const Probe one = probe_model(config, sequence, 1, fisher_samples, true);
+  const Probe two = probe_model(config, sequence, 2, fisher_samples, true);
   auto extrapolate = [&](int64_t at_one, int64_t at_two) {
     return at_two + (depth - 2) * std::max<int64_t>(at_two - at_one, 0);
   };

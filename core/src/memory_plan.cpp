@@ -104,8 +104,7 @@ int64_t MemoryPlan::peak_bytes() const {
 
 int64_t MemoryPlan::least_peak_bytes() const {
   const int64_t train = batch_policy ? train_one_sample_bytes : train_activation_bytes;
-  const bool fisher_probed =
-      fisher_samples_per_pass > 0 && activations_planned && fisher_not_said.empty();
+  const bool fisher_probed = fisher_samples_per_pass > 0 && fisher_activations_planned();
   const int64_t fisher = fisher_probed ? fisher_one_sample_bytes : fisher_pass_bytes;
   return between_tasks_bytes() + std::max(train, fisher + largest_consolidation_bytes());
 }
@@ -204,9 +203,8 @@ MemoryPlan plan_memory_for_config(const RunConfig& config, const LoadedPipeline&
 namespace {
 
 std::string fisher_pass_label(const MemoryPlan& plan) {
-  const bool with_activations = plan.activations_planned && plan.fisher_not_said.empty();
   return "Fisher pass (block " + std::to_string(plan.fisher_block_elements) +
-         (with_activations
+         (plan.fisher_activations_planned()
               ? ", " + std::to_string(plan.fisher_samples_per_pass) + " samples per pass)"
               : ", without activations)");
 }

@@ -64,6 +64,10 @@ struct MemoryPlan {
   // The peak when recovery has shrunk what it can (above): what run.memory_budget must hold.
   [[nodiscard]] int64_t least_peak_bytes() const;
   [[nodiscard]] bool complete() const;  // every plug-in planned its state
+  // The Fisher pass includes measured activations: probed, and every plug-in said its samples.
+  [[nodiscard]] bool fisher_activations_planned() const {
+    return activations_planned && fisher_not_said.empty();
+  }
 };
 
 // Plans a run of `config` with its loaded pipeline for a model with parameters of `shapes` on
