@@ -140,8 +140,10 @@ json bench_state_and_penalty() {
        {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"fp32\""}},
       {"efficient_int8",
        {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8\""}},
-      {"efficient_int8_fp16 (default)",
-       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8_fp16\""}}};
+      {"efficient_int8_fp16",
+       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int8_fp16\""}},
+      {"efficient_int4_int8 (default)",
+       {"fisher_computation.use_memory_efficient=true", "pipeline.0.state_dtype=\"int4_int8\""}}};
   json state = json::array();
   for (const auto& [name, set] : layouts) {
     json entry = {{"layout", name}};

@@ -153,7 +153,7 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
          return traffic_floor<8, 8>(s.value.data(), s.grad.data(), s.fisher.data(), s.anchor.data(),
                                     n);
        }},
-      {"int8_fp16 (the default)", 3, int8_fp16,
+      {"int8_fp16", 3, int8_fp16,
        [&] {
          return traffic_floor<2, 4>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
                                     s.anchor_half.data(), n);
@@ -163,7 +163,7 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
          return traffic_floor<2, 2>(s.value.data(), s.grad.data(), s.fisher_codes.data(),
                                     s.anchor_codes.data(), n);
        }},
-      {"int4_int8", 1.5625, int4_int8, [&] {
+      {"int4_int8 (the default)", 1.5625, int4_int8, [&] {
          return traffic_floor<1, 2>(s.value.data(), s.grad.data(), s.fisher_nibbles.data(),
                                     s.anchor_q8.data(), n);
        }}};
@@ -202,8 +202,8 @@ inline nlohmann::json time_penalty_kernels(int64_t n, int repetitions) {
                    {"generic_over_floor", median(generic_ratio)}});
   }
 #if defined(__GNUC__) && !defined(__clang__)  // clang before 15 has no _Float16 on x86-64
-  // What the default layout cost before the fused kernels: _Float16 decoded by a library call per
-  // value into a scratch block, then the fp32 loop.
+  // What the int8_fp16 layout (the default until ewc 1.2.0) cost before the fused kernels:
+  // _Float16 decoded by a library call per value into a scratch block, then the fp32 loop.
   std::vector<float> decoded_fisher(static_cast<size_t>(std::min(n, ewc::kQuantBlock)));
   std::vector<float> decoded_anchor(decoded_fisher.size());
   const double previous_s = median_seconds(repetitions, [&] {

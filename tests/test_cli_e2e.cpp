@@ -261,7 +261,7 @@ TEST(CliEndToEndEwc, QuickRunStoresTheFisherAndForgetsLessThanFineTuning) {
   const std::string variant = results["plugins"][0]["variant"];
   EXPECT_NE(variant.find("0.5*lambda"), std::string::npos) << variant;
   EXPECT_NE(variant.find("exact per-sample"), std::string::npos) << variant;
-  EXPECT_NE(variant.find("int8"), std::string::npos) << variant;
+  EXPECT_NE(variant.find("4-bit Fisher"), std::string::npos) << variant;
   EXPECT_LT(results["metrics"]["forgetting"].get<double>(),
             results_of(dir.path("plain"))["metrics"]["forgetting"].get<double>());
 
@@ -292,7 +292,7 @@ TEST(CliEndToEndEwc, MemoryPlanMatchesTheMeasuredState) {
     const Result plan = clhost("memory-plan --params " + std::to_string(parameters) + " --tasks 5");
     ASSERT_EQ(plan.exit_code, 0) << plan.output;
     // The plan prints bytes/param per mode; pick this mode's line.
-    const std::string marker = mode == "separate" ? "separate, fp32" : "fp16 anchor (default)";
+    const std::string marker = mode == "separate" ? "separate, fp32" : "int8 anchor (default)";
     const size_t line = plan.output.find(marker);
     ASSERT_NE(line, std::string::npos) << plan.output;
     const std::string text = plan.output.substr(line, plan.output.find('\n', line) - line);

@@ -690,7 +690,9 @@ path = ")" + second + R"("
 
 INSTANTIATE_TEST_SUITE_P(
     Layouts, TransformerEwcLayout,
-    ::testing::Values(EwcLayout{"int8_fp16", "", "int8 Fisher, fp16 anchor"},
+    ::testing::Values(EwcLayout{"int4_int8", "", "4-bit Fisher, 8-bit anchor per 32"},
+                      EwcLayout{"int8_fp16", "state_dtype = \"int8_fp16\"",
+                                "int8 Fisher, fp16 anchor"},
                       EwcLayout{"int8", "state_dtype = \"int8\"", "merged quadratic, int8)"},
                       EwcLayout{"fp32_merged", "state_dtype = \"fp32\"", "merged quadratic, fp32)"},
                       EwcLayout{"separate", "[fisher_computation]\nuse_memory_efficient = false",

@@ -422,9 +422,9 @@ void print_ewc_layouts(double params_value, int64_t tasks) {
       {"separate, fp32 (use_memory_efficient=false)", StateLayout::kSeparate},
       {"online, fp32 (the seed's 'normal')", StateLayout::kOnline},
       {"efficient, fp32 merged (state_dtype=fp32)", StateLayout::kMergedFp32},
-      {"efficient, int8 Fisher + fp16 anchor (default)", StateLayout::kMergedInt8Fp16},
+      {"efficient, int8 Fisher + fp16 anchor (int8_fp16)", StateLayout::kMergedInt8Fp16},
       {"efficient, int8 merged (state_dtype=int8)", StateLayout::kMergedInt8},
-      {"efficient, 4-bit Fisher + int8 anchor (int4_int8)", StateLayout::kMergedInt4Int8}};
+      {"efficient, 4-bit Fisher + int8 anchor (default)", StateLayout::kMergedInt4Int8}};
   for (const auto& [label, layout] : rows) {
     const auto bytes = static_cast<double>(clhost::ewc::state_bytes(params, tasks, layout));
     std::printf("%-50s %14s %12.3f\n", label, human_bytes(bytes).c_str(), bytes / params_value);
