@@ -8,6 +8,7 @@
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -30,7 +31,7 @@ using clhost::test::read_file;
 using clhost::test::TempDir;
 
 // Small enough for seconds per run, with every kind of state: EWC (its default memory-efficient
-// int8 + fp16 state, each task's Fisher stored in fisher.h5), the dynamic batch policy, Adam,
+// state, a 4-bit Fisher and int8 anchors, each task's Fisher stored in fisher.h5), the dynamic batch policy, Adam,
 // mid-task checkpoints every 25 steps.
 const char* const kConfig = R"([run]
 name = "crash"
@@ -475,6 +476,57 @@ fisher_samples = 60
 plugin = "estimate"
 )",
                           "step:160");
+}
+
+// A checkpointed low-rank factor whose U^T has the block's shape turned around (the same bytes,
+// so every read succeeds) is refused at resume, naming the block, not at the first penalty.
+TEST(ResumeOtherPlugins, ALowRankFactorOfAnotherShapeIsRefused) {
+  TempDir dir;
+  std::string text = kConfig;
+  text = text.substr(0, text.find("[[pipeline]]")) +
+         "[[pipeline]]\nplugin = \"lowrank_fisher\"\nfisher_samples = 60\nstore = false\n";
+  const std::string run_dir = dir.path("killed");
+  Outcome run = clhost("run -q --config " + dir.file("lowrank.toml", text) + plugin_path() +
+                           " --output " + run_dir,
+                       "CLHOST_TEST_KILL_AT=step:80");
+  ASSERT_EQ(run.signal, SIGKILL) << run.output;
+  const fs::path checkpoint = clhost::CheckpointDirectory(run_dir).load_latest().directory;
+  const fs::path state_path = checkpoint / "plugin_0_lowrank_fisher.state";
+  std::string state = read_file(state_path.string());
+  // The first block's U^T shape as write_tensor wrote it: 2 dimensions, rank, and 19600 elements
+  // (block_size 20000 in whole rows of 784).
+  const auto int64_at = [&](size_t at) {
+    int64_t value = 0;
+    std::memcpy(&value, state.data() + at, sizeof(value));
+    return value;
+  };
+  size_t shape = std::string::npos;
+  for (size_t at = 0; at + 24 <= state.size() && shape == std::string::npos; ++at) {
+    if (int64_at(at) == 2 && int64_at(at + 8) > 0 && int64_at(at + 8) < 100 &&
+        int64_at(at + 16) == 19600) {
+      shape = at;
+    }
+  }
+  ASSERT_NE(shape, std::string::npos) << "no [rank, 19600] tensor in the state";
+  const int64_t rank = int64_at(shape + 8);
+  const int64_t elements = 19600;
+  std::memcpy(state.data() + shape + 8, &elements, sizeof(elements));
+  std::memcpy(state.data() + shape + 16, &rank, sizeof(rank));
+  clhost::write_file_synced(state_path.string(), state);
+  // The manifest's CRC follows the file, so the checkpoint itself stays valid.
+  json manifest = json::parse(read_file((checkpoint / "manifest.json").string()));
+  for (auto& file : manifest["files"]) {
+    if (file["name"] != state_path.filename().string()) continue;
+    file["crc32"] = static_cast<uint32_t>(
+        ::crc32(::crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(state.data()),
+                static_cast<uInt>(state.size())));
+  }
+  clhost::write_file_synced((checkpoint / "manifest.json").string(), manifest.dump(2) + "\n");
+  run = clhost("run -q --resume " + run_dir + plugin_path());
+  EXPECT_EQ(run.exit_code, 3) << run.output;
+  EXPECT_NE(run.output.find("block 1: U^T is not a float32 [rank, 19600] matrix"),
+            std::string::npos)
+      << run.output;
 }
 
 TEST(ResumeOtherPlugins, L2AndFixedPolicy) {

@@ -320,6 +320,39 @@ class LowRankFisher : public clhost::sdk::Regularizer {
       quadratic.anchors.resize(blocks_.size());
       for (auto& anchor : quadratic.anchors) anchor = clhost::sdk::read_tensor(in);
     }
+    check_restored_factors();
+  }
+
+  // Each block's U^T must be [rank, elements] (or absent: rank 0), D and the anchor [elements],
+  // all float32: the penalty multiplies them with the block's parameters from the first step on.
+  void check_restored_factors() const {
+    const auto refuse = [](size_t quadratic, size_t block, const std::string& what) {
+      throw clhost::sdk::Error("the checkpoint's low-rank state: quadratic " +
+                                   std::to_string(quadratic + 1) + ", block " +
+                                   std::to_string(block + 1) + ": " + what,
+                               CLHOST_STATUS_INVALID_ARGUMENT);
+    };
+    const auto is_vector = [](const torch::Tensor& tensor, int64_t elements) {
+      return tensor.defined() && tensor.scalar_type() == torch::kFloat && tensor.dim() == 1 &&
+             tensor.size(0) == elements;
+    };
+    for (size_t q = 0; q < quadratics_.size(); ++q) {
+      for (size_t b = 0; b < blocks_.size(); ++b) {
+        const int64_t elements = blocks_[b].elements;
+        const lowrank::Factor& factor = quadratics_[q].factors[b];
+        if (factor.ut.defined() && (factor.ut.scalar_type() != torch::kFloat ||
+                                    factor.ut.dim() != 2 || factor.ut.size(1) != elements)) {
+          refuse(q, b, "U^T is not a float32 [rank, " + std::to_string(elements) + "] matrix");
+        }
+        if (!is_vector(factor.diag, elements)) {
+          refuse(q, b, "D is not a float32 vector of " + std::to_string(elements) + " elements");
+        }
+        if (!is_vector(quadratics_[q].anchors[b], elements)) {
+          refuse(q, b,
+                 "the anchor is not a float32 vector of " + std::to_string(elements) + " elements");
+        }
+      }
+    }
   }
 
   // The restored block plan must address this model's parameters: segments inside them, each

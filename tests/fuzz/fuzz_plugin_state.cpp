@@ -23,7 +23,7 @@ struct Variant {
   bool held;  // the host's file for this plug-in rather than the plug-in's own
 };
 constexpr Variant kVariants[] = {
-    {"[[pipeline]]\nplugin = \"ewc\"\n", false},
+    {"[[pipeline]]\nplugin = \"ewc\"\nstate_dtype = \"int8_fp16\"\n", false},
     {"[[pipeline]]\nplugin = \"ewc\"\nstate_dtype = \"int8\"\n", false},
     {"[[pipeline]]\nplugin = \"ewc\"\nstate_dtype = \"int4_int8\"\n", false},
     {"[[pipeline]]\nplugin = \"ewc\"\nstate_dtype = \"fp32\"\n", false},

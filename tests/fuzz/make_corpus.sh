@@ -30,6 +30,7 @@ run() {  # run NAME EXTRA_TOML
 }
 run regularizers '[[pipeline]]
 plugin = "ewc"
+state_dtype = "int8_fp16"
 [[pipeline]]
 plugin = "ewc"
 state_dtype = "int8"
