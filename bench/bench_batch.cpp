@@ -13,6 +13,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_args.hpp"
 #include "clhost/config.hpp"
 #include "clhost/errors.hpp"
 #include "clhost/runner.hpp"
@@ -94,6 +95,7 @@ std::string fixed(int64_t micro) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_batch [OUT.json]");
   const Outcome full = run(fixed(2048), -1);
   const Outcome eighth = run(fixed(256), -1);
   json report = {
@@ -154,6 +156,6 @@ int main(int argc, char** argv) {
   }
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 }

@@ -10,10 +10,12 @@
 #include <nlohmann/json.hpp>
 
 #include "activation_checkpoint.hpp"
+#include "bench_args.hpp"
 #include "clhost/memory_budget.hpp"
 #include "model.hpp"
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_checkpoint [OUT.json]");
   at::set_num_threads(1);
   clhost::memory::install_counting_allocator();
   nlohmann::json report = nlohmann::json::array();
@@ -43,6 +45,6 @@ int main(int argc, char** argv) {
   }
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 }

@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench_args.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -81,6 +83,7 @@ void record(const json& results, Measure& measure) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_distributed [OUT.json [REPETITIONS]]");
   const int repetitions = argc > 2 ? std::max(1, std::atoi(argv[2])) : 3;
   const fs::path scratch =
       fs::temp_directory_path() / ("bench_distributed_" + std::to_string(getpid()));
@@ -123,7 +126,7 @@ int main(int argc, char** argv) try {
   fs::remove_all(scratch);
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "bench_distributed: " << e.what() << '\n';

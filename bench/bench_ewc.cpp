@@ -17,6 +17,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_args.hpp"
 #include "bench_timing.hpp"
 #include "clhost/memory_budget.hpp"
 #include "clhost/runner.hpp"
@@ -196,6 +197,7 @@ json bench_state_and_penalty() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_ewc [OUT.json]");
   at::set_num_threads(1);
   clhost::bench::MlpSetup setup = clhost::bench::make_mlp_setup();
   json report;
@@ -215,6 +217,6 @@ int main(int argc, char** argv) {
   report["penalty_step_time"] = state["penalty_step_time"];
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 }

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_args.hpp"
 #include "bench_timing.hpp"
 #include "clhost/config.hpp"
 #include "data.hpp"
@@ -29,6 +30,7 @@ using clhost::bench::median_seconds;
 }  // namespace
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_lowrank [OUT.json]");
   at::set_num_threads(1);
   clhost::DataSection data;
   const clhost::TaskSequence sequence = clhost::build_task_sequence(data, {}, 0);
@@ -108,6 +110,6 @@ int main(int argc, char** argv) {
               << penalty * 1e3 << " ms/step\n";
   }
   std::cout << out.dump(2) << "\n";
-  if (argc > 1) std::ofstream(argv[1]) << out.dump(2) << "\n";
+  if (argc > 1) clhost::bench::write_json(argv[1], out.dump(2));
   return 0;
 }

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "bench_args.hpp"
 #include "clhost/config.hpp"
 #include "clhost/runner.hpp"
 
@@ -85,6 +86,7 @@ double median(std::vector<double> values) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_output_plugins [OUT.json]");
   std::map<std::string, std::vector<double>> step_seconds;
   std::map<std::string, std::vector<double>> consolidate_seconds;
   std::map<std::string, json> last;
@@ -134,6 +136,6 @@ int main(int argc, char** argv) {
   }
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 }

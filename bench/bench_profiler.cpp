@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "bench_args.hpp"
 #include "clhost/config.hpp"
 #include "clhost/runner.hpp"
 
@@ -41,6 +42,7 @@ bool pin_to(int cpus) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_profiler [OUT.json [ROUNDS]]");
   const int rounds = argc > 2 ? std::stoi(argv[2]) : 5;
   const std::string config_path = std::string(CLHOST_SOURCE_DIR) + "/configs/split_fmnist.toml";
   const std::vector<Arm> arms{
@@ -113,7 +115,7 @@ int main(int argc, char** argv) try {
                     {"modes", modes}};
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "bench_profiler: " << e.what() << '\n';

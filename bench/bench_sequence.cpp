@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <tuple>
 
+#include "bench_args.hpp"
 #include "bench_timing.hpp"
 #include "clhost/config.hpp"
 #include "clhost/memory_budget.hpp"
@@ -282,14 +283,22 @@ json bench_fisher_block_memory(const std::string& config_path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv,
+                                 "usage: bench_sequence [OUT.json]\n       bench_sequence "
+                                 "--fisher-block-memory CONFIG.toml [OUT.json]",
+                                 {"--fisher-block-memory"});
   at::set_num_threads(1);
-  if (argc > 2 && std::string(argv[1]) == "--fisher-block-memory") {
+  if (argc > 1 && std::string(argv[1]) == "--fisher-block-memory") {
+    if (argc < 3) {
+      std::cerr << "bench_sequence: --fisher-block-memory needs a config (CONFIG.toml)\n";
+      return 2;
+    }
     // bench_sequence --fisher-block-memory configs/billion_transformer.toml [out.json]
     at::set_num_threads(2);
     const std::string text =
         json{{"fisher_pass_temporary_memory", bench_fisher_block_memory(argv[2])}}.dump(2);
     std::cout << text << '\n';
-    if (argc > 3) std::ofstream(argv[3]) << text << '\n';
+    if (argc > 3) clhost::bench::write_json(argv[3], text);
     return 0;
   }
   torch::manual_seed(0);
@@ -316,6 +325,6 @@ int main(int argc, char** argv) {
   }
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 }

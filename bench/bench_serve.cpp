@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_args.hpp"
 #include "bench_timing.hpp"
 #include "event_journal.hpp"
 #include "serve_process.hpp"
@@ -125,6 +126,7 @@ json stream_latency(const clhost::test::ServerProcess& server, const fs::path& r
 }  // namespace
 
 int main(int argc, char** argv) try {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_serve [OUT.json]");
   clhost::test::TempDir dir;
   const fs::path runs = dir.path("runs");
   make_runs(runs);
@@ -135,7 +137,7 @@ int main(int argc, char** argv) try {
               {"stream", stream_latency(server, runs)}};
   const std::string text = result.dump(2);
   std::printf("%s\n", text.c_str());
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_serve: %s\n", e.what());

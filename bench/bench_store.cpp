@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "bench_args.hpp"
 #include "bench_timing.hpp"
 #include "mlp_fisher.hpp"
 
@@ -157,6 +158,7 @@ json at_scale(const clhost::bench::RealFisher& fisher, double gib, const fs::pat
 }  // namespace
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_store [OUT.json [GIB]]");
   at::set_num_threads(1);
   const double gib = argc > 2 ? std::stod(argv[2]) : 1.0;
   clhost::bench::MlpSetup setup = clhost::bench::make_mlp_setup();
@@ -172,6 +174,6 @@ int main(int argc, char** argv) {
   fs::remove_all(dir);
   const std::string text = report.dump(2);
   std::cout << text << '\n';
-  if (argc > 1) std::ofstream(argv[1]) << text << '\n';
+  if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
 }

@@ -13,6 +13,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_args.hpp"
 #include "clhost/config.hpp"
 #include "data.hpp"
 #include "fisher.hpp"
@@ -43,6 +44,7 @@ double samples_per_second(const clhost::FisherContext& context, clhost_fisher_la
 }  // namespace
 
 int main(int argc, char** argv) {
+  clhost::bench::check_arguments(argc, argv, "usage: bench_torchscript_fisher MODEL.pt [OUT.json]");
   if (argc < 2) {
     std::cerr << "usage: bench_torchscript_fisher MODEL.pt [OUTPUT.json]\n";
     return 2;
@@ -79,6 +81,6 @@ int main(int argc, char** argv) {
                               {"speedup", batched / loop}});
   }
   std::cout << out.dump(2) << "\n";
-  if (argc > 2) std::ofstream(argv[2]) << out.dump(2) << "\n";
+  if (argc > 2) clhost::bench::write_json(argv[2], out.dump(2));
   return 0;
 }
