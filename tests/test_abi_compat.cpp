@@ -157,6 +157,25 @@ TEST(AbiCompat, APluginBuiltAgainstAbi17IsPlannedWithoutFisherActivations) {
   EXPECT_GT(plan["train_activation_bytes"].get<int64_t>(), 0);
 }
 
+// A 1.8 replay plug-in's plan answer has no replay_samples_per_step or replay_capacity: the run
+// is planned without its samples, which are named as not planned, and the plug-in still replays.
+TEST(AbiCompat, AReplayPluginBuiltAgainstAbi18IsPlannedWithoutItsSamples) {
+  static_assert(CLHOST_ABI_VERSION_MINOR >= 9, "1.8 is a previous minor");
+  clhost::test::TempDir dir;
+  run_with("abi_1_8_replay", dir.path("run"));
+  const auto results =
+      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto& plan = results["memory_plan"];
+  EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_8_replay");
+  EXPECT_EQ(plan["plugins"][0]["state_bytes"], 0);
+  EXPECT_TRUE(plan["plugins"][0]["replay_capacity"].is_null());
+  EXPECT_EQ(plan["replay_not_said"], nlohmann::json::array({"abi_1_8_replay"}));
+  EXPECT_EQ(plan["replay_samples_per_step"], 0);
+  EXPECT_EQ(plan["train_samples"], results["config"]["train"]["batch_size"]);
+  EXPECT_TRUE(plan["fisher_not_said"].empty()) << "it said 0 samples per pass";
+  EXPECT_EQ(results["plugins"][0]["held_by_host"]["replay_samples"], 32);
+}
+
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {
   clhost::test::TempDir dir;
   // The table's last_reason would crash the host if it were called.

@@ -507,6 +507,15 @@ TEST(CliEndToEndOutputs, ReplayRemembersTheClassesFineTuningForgets) {
   // 784 float32 inputs, an int64 label and an int32 task per sample.
   EXPECT_EQ(held["replay_bytes"], 500 * (784 * 4 + 8 + 4));
   EXPECT_EQ(replay["plugins"][0]["report"]["samples_seen"], 5000);
+  // Planned before the run (ABI 1.9): the buffer the host filled, and a step of the batch plus
+  // as many replayed samples.
+  const auto& plan = replay["memory_plan"];
+  EXPECT_EQ(plan["plugins"][0]["state_bytes"], held["replay_bytes"]);
+  EXPECT_EQ(plan["plugins"][0]["replay_capacity"], 500);
+  const int64_t batch = replay["config"]["train"]["batch_size"];
+  EXPECT_EQ(plan["replay_samples_per_step"], batch);
+  EXPECT_EQ(plan["train_samples"], 2 * batch);
+  EXPECT_TRUE(plan["replay_not_said"].empty());
 }
 
 // LwF's distillation and MAS's penalty are zero in the first task and present in the second; LwF's

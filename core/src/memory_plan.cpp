@@ -116,16 +116,44 @@ bool MemoryPlan::complete() const {
 
 namespace {
 
+// One sample as the host's replay buffer holds it: its input and label in their stored types
+// and its task index.
+int64_t replay_sample_bytes(const TaskSequence& sequence) {
+  if (sequence.tasks.empty() || sequence.tasks.front().train_size() == 0) return 0;
+  const Samples one = sequence.tasks.front().train_range(0, 1);
+  int64_t bytes = static_cast<int64_t>(sizeof(int32_t));
+  for (const torch::Tensor& tensor : {one.x, one.y}) {
+    if (tensor.defined()) bytes += static_cast<int64_t>(tensor.nbytes());
+  }
+  return bytes;
+}
+
+// A replay plug-in's buffer, which the host holds for it, and the samples its draw adds to every
+// step (ABI 1.9).
+void plan_replay(const PluginMemoryPlan& planned, int64_t sample_bytes, MemoryPlan::Plugin& entry,
+                 MemoryPlan& plan) {
+  if (!planned.replay_capacity || !planned.replay_samples_per_step) {
+    plan.replay_not_said.push_back(entry.id);
+    return;
+  }
+  entry.replay_capacity = *planned.replay_capacity;
+  const int64_t buffer = *planned.replay_capacity * sample_bytes;
+  entry.state_bytes = entry.state_bytes.value_or(0) + buffer;
+  entry.consolidation_bytes += buffer;  // the old buffer, until the new one is complete
+  plan.replay_samples_per_step += *planned.replay_samples_per_step;
+}
+
 // The plug-ins' answers, and the largest samples per Fisher pass any said.
 void plan_plugins(const RunConfig& config, const LoadedPipeline& pipeline,
-                  const std::vector<int64_t>& numels, MemoryPlan& plan) {
+                  const std::vector<int64_t>& numels, int64_t replay_sample_bytes,
+                  MemoryPlan& plan) {
   for (size_t i = 0; i < pipeline.plugins.size(); ++i) {
     MemoryPlan::Plugin entry;
     entry.id = pipeline.plugins[i]->id;
-    if (pipeline.plugins[i]->descriptor->kind == CLHOST_PLUGIN_KIND_BATCH_POLICY) {
-      plan.batch_policy = true;
-    }
-    if (const auto planned = plan_plugin_memory(pipeline, i, config, numels, plan.tasks)) {
+    const clhost_plugin_kind_t kind = pipeline.plugins[i]->descriptor->kind;
+    if (kind == CLHOST_PLUGIN_KIND_BATCH_POLICY) plan.batch_policy = true;
+    const auto planned = plan_plugin_memory(pipeline, i, config, numels, plan.tasks);
+    if (planned) {
       entry.state_bytes = planned->state_bytes;
       entry.consolidation_bytes = planned->consolidation_bytes;
       entry.advice = planned->advice;
@@ -135,8 +163,12 @@ void plan_plugins(const RunConfig& config, const LoadedPipeline& pipeline,
       } else {
         plan.fisher_not_said.push_back(entry.id);
       }
+      if (kind == CLHOST_PLUGIN_KIND_REPLAY) {
+        plan_replay(*planned, replay_sample_bytes, entry, plan);
+      }
     } else {
       plan.fisher_not_said.push_back(entry.id);
+      if (kind == CLHOST_PLUGIN_KIND_REPLAY) plan.replay_not_said.push_back(entry.id);
     }
     plan.plugins.push_back(std::move(entry));
   }
@@ -149,8 +181,11 @@ void plan_plugins(const RunConfig& config, const LoadedPipeline& pipeline,
 void plan_activations(const RunConfig& config, const TaskSequence& sequence, MemoryPlan& plan) {
   const int64_t block_only = 2 * kFloatBytes * plan.fisher_block_elements;
   const bool pass_known = plan.fisher_not_said.empty();
+  // A replay plug-in's samples join every step's batch.
+  RunConfig probed = config;
+  probed.train.batch_size += plan.replay_samples_per_step;
   const std::optional<ActivationPlan> probe =
-      probe_activations(config, sequence, pass_known ? plan.fisher_samples_per_pass : 0);
+      probe_activations(probed, sequence, pass_known ? plan.fisher_samples_per_pass : 0);
   if (probe) {
     plan.activations_planned = true;
     plan.activations_method = probe->method;
@@ -187,7 +222,7 @@ MemoryPlan plan_memory(const RunConfig& config, const LoadedPipeline& pipeline,
         largest_block_elements(plan_fisher_blocks(shapes, config.fisher.block_size), shapes);
   }
   plan.store_bytes = store_value_bytes(config.fisher.store_dtype) * plan.parameters * plan.tasks;
-  plan_plugins(config, pipeline, numels, plan);
+  plan_plugins(config, pipeline, numels, replay_sample_bytes(sequence), plan);
   plan_activations(config, sequence, plan);
   return plan;
 }
@@ -219,7 +254,14 @@ std::string plan_footnotes(const MemoryPlan& plan) {
     std::string names;
     for (const auto& id : plan.fisher_not_said) names += (names.empty() ? "" : ", ") + id;
     out += "  not planned: the Fisher pass's activations (" + names +
-           " did not say its samples per pass: built before ABI 1.8)\n";
+           " did not say its samples per pass: no clhost.memory_plan/1, or built before ABI "
+           "1.8)\n";
+  }
+  if (!plan.replay_not_said.empty()) {
+    std::string names;
+    for (const auto& id : plan.replay_not_said) names += (names.empty() ? "" : ", ") + id;
+    out += "  not planned: the replayed samples in each step and the replay buffer (" + names +
+           " did not say them: no clhost.memory_plan/1, or built before ABI 1.9)\n";
   }
   out += std::string("  not planned: ") +
          (plan.activations_planned ? "" : "activations (a TorchScript model), ") +
@@ -259,7 +301,10 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
   row("optimizer state (" + plan.optimizer + ")", plan.optimizer_bytes, true);
   row("data (resident samples and labels)", plan.data_bytes, false);
   for (const auto& plugin : plan.plugins) {
-    if (plugin.state_bytes) {
+    if (plugin.state_bytes && plugin.replay_capacity >= 0) {
+      row(plugin.id + ": buffer of " + std::to_string(plugin.replay_capacity) + " samples",
+          *plugin.state_bytes, false);
+    } else if (plugin.state_bytes) {
       row(plugin.id + " state after " + std::to_string(plan.tasks) + " tasks", *plugin.state_bytes,
           true);
     } else {
@@ -268,15 +313,27 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
   }
   row("= between tasks", plan.between_tasks_bytes(), true);
   if (plan.activations_planned) {
-    row("training step activations (" + std::to_string(plan.train_samples) + " samples)",
+    const std::string replayed =
+        plan.replay_samples_per_step > 0
+            ? ", " + std::to_string(plan.replay_samples_per_step) + " replayed"
+            : "";
+    row("training step activations (" + std::to_string(plan.train_samples) + " samples" + replayed +
+            ")",
         plan.train_activation_bytes, false);
   }
   if (plan.fisher_pass_bytes > 0) row(fisher_pass_label(plan), plan.fisher_pass_bytes, false);
   for (const auto& plugin : plan.plugins) {
-    if (plugin.consolidation_bytes > 0)
-      row(plugin.id + " consolidation buffers", plugin.consolidation_bytes, false);
+    if (plugin.consolidation_bytes > 0) {
+      row(plugin.id + (plugin.replay_capacity >= 0 ? ": the old buffer at a task's end"
+                                                   : " consolidation buffers"),
+          plugin.consolidation_bytes, false);
+    }
   }
-  const int64_t growing = plan.between_tasks_bytes() - plan.data_bytes;
+  // The data and replay buffers stay as they are on a larger model.
+  int64_t growing = plan.between_tasks_bytes() - plan.data_bytes;
+  for (const auto& plugin : plan.plugins) {
+    if (plugin.replay_capacity >= 0) growing -= plugin.state_bytes.value_or(0);
+  }
   const int64_t fixed = plan.peak_bytes() - growing;
   std::snprintf(
       line, sizeof(line), "  %-52s %12s %8.2f %14s\n", "= peak",
@@ -294,10 +351,13 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
 std::string memory_plan_json(const MemoryPlan& plan) {
   nlohmann::json plugins = nlohmann::json::array();
   for (const auto& plugin : plan.plugins) {
-    plugins.push_back({{"id", plugin.id},
-                       {"state_bytes", plugin.state_bytes ? nlohmann::json(*plugin.state_bytes)
-                                                          : nlohmann::json(nullptr)},
-                       {"consolidation_bytes", plugin.consolidation_bytes}});
+    plugins.push_back(
+        {{"id", plugin.id},
+         {"state_bytes",
+          plugin.state_bytes ? nlohmann::json(*plugin.state_bytes) : nlohmann::json(nullptr)},
+         {"consolidation_bytes", plugin.consolidation_bytes},
+         {"replay_capacity", plugin.replay_capacity >= 0 ? nlohmann::json(plugin.replay_capacity)
+                                                         : nlohmann::json(nullptr)}});
   }
   return nlohmann::json{{"parameters", plan.parameters},
                         {"tasks", plan.tasks},
@@ -311,6 +371,8 @@ std::string memory_plan_json(const MemoryPlan& plan) {
                         {"fisher_pass_bytes", plan.fisher_pass_bytes},
                         {"fisher_samples_per_pass", plan.fisher_samples_per_pass},
                         {"fisher_not_said", plan.fisher_not_said},
+                        {"replay_samples_per_step", plan.replay_samples_per_step},
+                        {"replay_not_said", plan.replay_not_said},
                         {"activations_planned", plan.activations_planned},
                         {"activations_method", plan.activations_method},
                         {"train_samples", plan.train_samples},

@@ -519,6 +519,8 @@ std::optional<PluginMemoryPlan> plan_plugin_memory(const LoadedPipeline& pipelin
   clhost_memory_plan_answer_t answer{};
   answer.struct_size = sizeof(answer);
   answer.fisher_samples_per_pass = -1;  // a plug-in built before ABI 1.8 leaves it
+  answer.replay_samples_per_step = -1;  // and before 1.9 these
+  answer.replay_capacity = -1;
   clhost_error_t error{};
   if (table->plan(&host, pipeline.configs.at(index).abi(), &request, &answer, &error) !=
       CLHOST_STATUS_OK) {
@@ -530,6 +532,10 @@ std::optional<PluginMemoryPlan> plan_plugin_memory(const LoadedPipeline& pipelin
   if (answer.advice != nullptr) plan.advice = answer.advice;
   if (answer.fisher_samples_per_pass >= 0) {
     plan.fisher_samples_per_pass = answer.fisher_samples_per_pass;
+  }
+  if (answer.replay_samples_per_step >= 0 && answer.replay_capacity >= 0) {
+    plan.replay_samples_per_step = answer.replay_samples_per_step;
+    plan.replay_capacity = answer.replay_capacity;
   }
   return plan;
 }

@@ -8,6 +8,7 @@
 // Seeded from run.seed: the same choices on every rank of a data-parallel run and after --resume.
 #include <clhost/plugin.hpp>
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <sstream>
@@ -59,6 +60,20 @@ class Replay : public clhost::sdk::Replay {
           CLHOST_STATUS_INVALID_ARGUMENT);
     }
     rng_.seed(static_cast<uint64_t>(settings.get_float("run.seed", 0.0)) * 7919ULL + 0x5e1ecULL);
+  }
+
+  // clhost.memory_plan/1: the host holds the buffer and plans it from the capacity; the draw adds
+  // up to batch_size stored samples to every step.
+  static clhost::sdk::MemoryPlan plan_memory(const clhost::sdk::Config& config,
+                                             const clhost::sdk::Settings& settings,
+                                             const clhost::sdk::MemoryPlanRequest& /*request*/) {
+    clhost::sdk::MemoryPlan plan;
+    plan.fisher_samples_per_pass = 0;
+    plan.replay_capacity = config.get_int("capacity");
+    const int64_t draw = config.get_int("batch_size");
+    const auto batch = static_cast<int64_t>(settings.get_float("train.batch_size", 128.0));
+    plan.replay_samples_per_step = std::min(draw == 0 ? batch : draw, plan.replay_capacity);
+    return plan;
   }
 
   std::vector<int64_t> select(const clhost_replay_candidates_t& offer) override {

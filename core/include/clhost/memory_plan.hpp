@@ -3,7 +3,8 @@
 // the host's Fisher pass and the Fisher store's size. `clhost memory-plan --config` prints it;
 // `clhost run` refuses, before training, a run whose plan does not fit, and records the plan in
 // results.json. Activations are measured on a probe model of the run's shape (one training step
-// at train.batch_size, one Fisher pass at the plug-ins' samples per pass); a batch policy or
+// at train.batch_size plus a replay plug-in's samples, one Fisher pass at the plug-ins' samples
+// per pass); a batch policy or
 // out-of-memory recovery that changes the batch during the run changes them.
 #pragma once
 
@@ -25,6 +26,9 @@ struct MemoryPlan {
     std::optional<int64_t> state_bytes;  // nullopt: the plug-in cannot say (no memory_plan/1)
     int64_t consolidation_bytes = 0;
     std::string advice;
+    // A replay plug-in's buffer in samples (ABI 1.9), which the host holds: state_bytes counts
+    // it, and consolidation_bytes the old buffer held beside the new one at a task's end.
+    int64_t replay_capacity = -1;
   };
   int64_t parameters = 0;
   int64_t tasks = 0;
@@ -39,10 +43,12 @@ struct MemoryPlan {
   int64_t fisher_pass_bytes = 0;
   int64_t fisher_samples_per_pass = 0;       // the most any plug-in said (ABI 1.8)
   std::vector<std::string> fisher_not_said;  // plug-ins that did not say theirs (before 1.8)
+  int64_t replay_samples_per_step = 0;       // stored samples added to every step (ABI 1.9)
+  std::vector<std::string> replay_not_said;  // replay plug-ins that did not say (before 1.9)
   // Activations, measured before the run (activation_probe.hpp); not for TorchScript models.
   bool activations_planned = false;
   std::string activations_method;
-  int64_t train_samples = 0;           // train.batch_size
+  int64_t train_samples = 0;           // train.batch_size + replay_samples_per_step
   int64_t train_activation_bytes = 0;  // one training step above weights and gradients
   // Under run.memory_budget out-of-memory recovery shrinks the training step's micro-batch (when
   // a batch policy is in the pipeline) and the Fisher pass's samples per pass and blocks: the

@@ -109,6 +109,10 @@ struct PluginMemoryPlan {
   std::string advice;
   // Samples per pass of the host's Fisher services (0: none); nullopt: not said (before ABI 1.8).
   std::optional<int64_t> fisher_samples_per_pass;
+  // A replay plug-in's stored samples in every training step and its buffer's capacity in
+  // samples; nullopt: not said (before ABI 1.9, or not a replay plug-in).
+  std::optional<int64_t> replay_samples_per_step;
+  std::optional<int64_t> replay_capacity;
 };
 // Asks pipeline plug-in `index` for its plan, for a model with tensors of `numels` and `tasks`
 // tasks; nullopt when the plug-in has no clhost.memory_plan/1 (built before ABI 1.5, or holding

@@ -44,7 +44,7 @@ extern "C" {
 /* Bump MINOR when adding interfaces, services, or members at the end of a sized struct.
  * Bump MAJOR only when an existing layout or meaning changes (never planned). */
 #define CLHOST_ABI_VERSION_MAJOR 1
-#define CLHOST_ABI_VERSION_MINOR 8
+#define CLHOST_ABI_VERSION_MINOR 9
 
 /* 1.1: service "clhost.events/1"; clhost_event_t.source.
  * 1.2: service "clhost.sample_grads/1"; clhost_fisher_store_v1_t.begin_vector_group.
@@ -57,7 +57,9 @@ extern "C" {
  *      "clhost.output_grads/1" (per-sample gradients of a function of the outputs), kind REPLAY
  *      with interface "clhost.replay/1" (samples of earlier tasks in later batches).
  * 1.8: clhost_memory_plan_answer_t.fisher_samples_per_pass (so the host plans the activations of
- *      its Fisher pass). */
+ *      its Fisher pass).
+ * 1.9: clhost_memory_plan_answer_t.replay_samples_per_step and replay_capacity (so the host plans
+ *      a replay plug-in's samples in every step and the buffer it holds for it). */
 
 /* Non-zero when the sized struct at `pointer` (of type `type`) is large enough to hold `member`,
  * i.e. its writer knew about that member. Use before reading a member added in a later minor. */
@@ -675,6 +677,13 @@ typedef struct clhost_memory_plan_answer {
    * activations at that many samples. The host sets -1 before the call: a plug-in built before
    * 1.8 leaves it, and its passes' activations are reported as not planned. */
   int64_t fisher_samples_per_pass;
+  /* ABI 1.9, for a REPLAY plug-in: the most stored samples its draw adds to one training step,
+   * and the most samples its buffer holds. The host plans the step's activations at
+   * train.batch_size plus the first and the buffer at the second times one stored sample. The
+   * host sets both to -1 before the call: a replay plug-in built before 1.9 leaves them, and its
+   * samples are reported as not planned; other kinds leave them too. */
+  int64_t replay_samples_per_step;
+  int64_t replay_capacity;
 } clhost_memory_plan_answer_t;
 typedef struct clhost_memory_plan_v1 {
   uint32_t struct_size;

@@ -367,6 +367,10 @@ struct MemoryPlan {
   // Samples per pass of the host's Fisher or per-sample-gradient service in a consolidation (its
   // batch, or its sample count when smaller); 0: none; -1: not said (ABI 1.8).
   int64_t fisher_samples_per_pass = -1;
+  // A replay plug-in's stored samples added to every training step and its buffer's capacity in
+  // samples; -1: not said (ABI 1.9).
+  int64_t replay_samples_per_step = -1;
+  int64_t replay_capacity = -1;
 };
 // fisher_samples_per_pass of a Fisher request with these batch_size and max_samples (0: all).
 inline int64_t samples_per_pass(int64_t batch_size, int64_t max_samples) {
@@ -618,6 +622,10 @@ struct Trampolines {
       // A host older than 1.8 hands a shorter answer.
       if (CLHOST_HAS_MEMBER(out, clhost_memory_plan_answer_t, fisher_samples_per_pass)) {
         out->fisher_samples_per_pass = plan.fisher_samples_per_pass;
+      }
+      if (CLHOST_HAS_MEMBER(out, clhost_memory_plan_answer_t, replay_capacity)) {
+        out->replay_samples_per_step = plan.replay_samples_per_step;
+        out->replay_capacity = plan.replay_capacity;
       }
     });
   }
