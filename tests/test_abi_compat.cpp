@@ -23,8 +23,9 @@ namespace fs = std::filesystem;
 
 const std::string kQuick = std::string(CLHOST_SOURCE_DIR) + "/configs/quick.toml";
 
-void run_with(const std::string& plugin, const std::string& run_dir,
-              const std::vector<std::string>& set = {}) {
+// Runs configs/quick.toml with `plugin` alone into `run_dir`; returns its results.json.
+nlohmann::json run_with(const std::string& plugin, const std::string& run_dir,
+                        const std::vector<std::string>& set = {}) {
   clhost::ConfigOverrides overrides;
   overrides.plugins = std::vector<std::string>{plugin};
   overrides.set = set;
@@ -33,6 +34,7 @@ void run_with(const std::string& plugin, const std::string& run_dir,
   options.run_dir = run_dir;
   options.quiet = true;
   clhost::run_pipeline(clhost::load_config(kQuick, overrides), options);
+  return nlohmann::json::parse(clhost::test::read_file(run_dir + "/results.json"));
 }
 
 std::map<std::string, long long> read_counts(const std::string& path) {
@@ -73,9 +75,8 @@ TEST(AbiCompat, APluginBuiltAgainstAbi11UsesItsServicesOnTheNewerHost) {
 TEST(AbiCompat, APluginBuiltAgainstAbi12RunsAndIsReportedNotResumable) {
   static_assert(CLHOST_ABI_VERSION_MINOR >= 3, "1.2 is a previous minor");
   clhost::test::TempDir dir;
-  run_with("abi_1_2_regularizer", dir.path("run"));  // its on_task_end checks 1.2's service
-  const auto results =
-      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  // Its on_task_end checks 1.2's service.
+  const auto results = run_with("abi_1_2_regularizer", dir.path("run"));
   EXPECT_EQ(results["plugins"][0]["id"], "abi_1_2_regularizer");
   // It has no clhost.state/1, so every checkpoint marks it as such (test_resume refuses it).
   std::string latest = clhost::test::read_file(dir.path("run") + "/checkpoints/LATEST");
@@ -90,9 +91,8 @@ TEST(AbiCompat, APluginBuiltAgainstAbi13RunsAndCannotSayWhichKeysTakeEffect) {
   clhost::test::TempDir dir;
   // `decay` has no effect in separate mode, but without clhost.config_use/1 the host cannot know:
   // it runs, and results.json says the plug-in did not report (null), not that all keys worked.
-  run_with("abi_1_3_regularizer", dir.path("run"), {"abi_1_3_regularizer.decay=0.5"});
   const auto results =
-      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+      run_with("abi_1_3_regularizer", dir.path("run"), {"abi_1_3_regularizer.decay=0.5"});
   EXPECT_EQ(results["plugins"][0]["id"], "abi_1_3_regularizer");
   EXPECT_EQ(results["plugins"][0]["config"]["decay"], 0.5);
   EXPECT_TRUE(results["plugins"][0]["not_in_effect"].is_null());
@@ -101,9 +101,7 @@ TEST(AbiCompat, APluginBuiltAgainstAbi13RunsAndCannotSayWhichKeysTakeEffect) {
 TEST(AbiCompat, APluginBuiltAgainstAbi14RunsAndIsNotPlanned) {
   static_assert(CLHOST_ABI_VERSION_MINOR >= 5, "1.4 is a previous minor");
   clhost::test::TempDir dir;
-  run_with("abi_1_4_regularizer", dir.path("run"));
-  const auto results =
-      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto results = run_with("abi_1_4_regularizer", dir.path("run"));
   const auto& plan = results["memory_plan"];
   EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_4_regularizer");
   EXPECT_TRUE(plan["plugins"][0]["state_bytes"].is_null());
@@ -114,9 +112,7 @@ TEST(AbiCompat, APluginBuiltAgainstAbi14RunsAndIsNotPlanned) {
 TEST(AbiCompat, APluginBuiltAgainstAbi15RunsAndIsPlanned) {
   static_assert(CLHOST_ABI_VERSION_MINOR >= 6, "1.5 is a previous minor");
   clhost::test::TempDir dir;
-  run_with("abi_1_5_regularizer", dir.path("run"));
-  const auto results =
-      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto results = run_with("abi_1_5_regularizer", dir.path("run"));
   const auto& plan = results["memory_plan"];
   EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_5_regularizer");
   EXPECT_EQ(plan["plugins"][0]["state_bytes"], 4 * results["model"]["parameters"].get<int64_t>());
@@ -144,9 +140,7 @@ TEST(AbiCompat, APluginBuiltAgainstAbi16RunsBesideOneThatUsesAbi17) {
 TEST(AbiCompat, APluginBuiltAgainstAbi17IsPlannedWithoutFisherActivations) {
   static_assert(CLHOST_ABI_VERSION_MINOR >= 8, "1.7 is a previous minor");
   clhost::test::TempDir dir;
-  run_with("abi_1_7_regularizer", dir.path("run"));
-  const auto results =
-      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto results = run_with("abi_1_7_regularizer", dir.path("run"));
   const auto& plan = results["memory_plan"];
   const int64_t parameters = results["model"]["parameters"];
   EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_7_regularizer");
@@ -162,9 +156,7 @@ TEST(AbiCompat, APluginBuiltAgainstAbi17IsPlannedWithoutFisherActivations) {
 TEST(AbiCompat, AReplayPluginBuiltAgainstAbi18IsPlannedWithoutItsSamples) {
   static_assert(CLHOST_ABI_VERSION_MINOR >= 9, "1.8 is a previous minor");
   clhost::test::TempDir dir;
-  run_with("abi_1_8_replay", dir.path("run"));
-  const auto results =
-      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto results = run_with("abi_1_8_replay", dir.path("run"));
   const auto& plan = results["memory_plan"];
   EXPECT_EQ(plan["plugins"][0]["id"], "abi_1_8_replay");
   EXPECT_EQ(plan["plugins"][0]["state_bytes"], 0);
@@ -179,9 +171,7 @@ TEST(AbiCompat, AReplayPluginBuiltAgainstAbi18IsPlannedWithoutItsSamples) {
 TEST(AbiCompat, AShorterInterfaceTableIsNotReadPastItsSize) {
   clhost::test::TempDir dir;
   // The table's last_reason would crash the host if it were called.
-  run_with("short_batch_table", dir.path("run"));
-  const auto results =
-      nlohmann::json::parse(clhost::test::read_file(dir.path("run") + "/results.json"));
+  const auto results = run_with("short_batch_table", dir.path("run"));
   const auto& changes = results["memory"]["batch_size_changes"];
   ASSERT_FALSE(changes.empty());
   EXPECT_EQ(changes[0]["to"], 32);
