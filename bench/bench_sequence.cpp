@@ -85,7 +85,7 @@ clhost::FisherContext byte_fisher_context(torch::nn::Sequential& model,
                                           const clhost::TaskSequence& sequence) {
   clhost::FisherContext context;
   context.model = model;
-  context.task = &sequence.tasks[0];
+  context.task = sequence.tasks.data();
   context.active_classes = torch::arange(256, torch::kInt64);
   context.label_map = torch::arange(256, torch::kInt64);
   return context;
@@ -282,7 +282,7 @@ json bench_fisher_block_memory(const std::string& config_path) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   clhost::bench::check_arguments(argc, argv,
                                  "usage: bench_sequence [OUT.json]\n       bench_sequence "
                                  "--fisher-block-memory CONFIG.toml [OUT.json]",
@@ -327,4 +327,7 @@ int main(int argc, char** argv) {
   std::cout << text << '\n';
   if (argc > 1) clhost::bench::write_json(argv[1], text);
   return 0;
+} catch (const std::exception& e) {
+  std::cerr << "bench_sequence: " << e.what() << '\n';
+  return 1;
 }

@@ -428,6 +428,23 @@ TEST(CliEndToEndEwc, MemoryPlanPrintsTheSeedsTable) {
   EXPECT_EQ(clhost("memory-plan --params -5").exit_code, 2);
 }
 
+// A config's plan at 1e9 parameters: weights, gradients and Adam (16 B/param) grow with the model;
+// the resident data and the replay buffer (a few MB here) stay as they are.
+TEST(CliEndToEndEwc, AConfigsPlanAtMoreParametersScalesOnlyWhatGrowsWithTheModel) {
+  const Result plan = clhost("memory-plan --config " + kQuick + " --plugins replay --params 1e9");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  for (const std::string part : {"= between tasks", "= peak"}) {
+    const size_t at = plan.output.find(part);
+    ASSERT_NE(at, std::string::npos) << plan.output;
+    const std::string line = plan.output.substr(at, plan.output.find('\n', at) - at);
+    const std::string scaled = line.substr(line.rfind("  ") + 2);
+    ASSERT_EQ(scaled.substr(scaled.size() - 2), "GB") << line;
+    const double gb = std::stod(scaled);
+    EXPECT_GE(gb, 16.0) << line;
+    EXPECT_LT(gb, 16.1) << line;
+  }
+}
+
 }  // namespace
 
 namespace {

@@ -269,6 +269,36 @@ std::string plan_footnotes(const MemoryPlan& plan) {
   return out;
 }
 
+std::string train_step_label(const MemoryPlan& plan) {
+  const std::string replayed =
+      plan.replay_samples_per_step > 0
+          ? ", " + std::to_string(plan.replay_samples_per_step) + " replayed"
+          : "";
+  return "training step activations (" + std::to_string(plan.train_samples) + " samples" +
+         replayed + ")";
+}
+
+std::string state_label(const MemoryPlan::Plugin& plugin, int64_t tasks) {
+  if (plugin.replay_capacity >= 0) {
+    return plugin.id + ": buffer of " + std::to_string(plugin.replay_capacity) + " samples";
+  }
+  return plugin.id + " state after " + std::to_string(tasks) + " tasks";
+}
+
+std::string consolidation_label(const MemoryPlan::Plugin& plugin) {
+  return plugin.id + (plugin.replay_capacity >= 0 ? ": the old buffer at a task's end"
+                                                  : " consolidation buffers");
+}
+
+// Held between tasks and growing with the model: all but the data and the replay buffers.
+int64_t growing_bytes(const MemoryPlan& plan) {
+  int64_t growing = plan.between_tasks_bytes() - plan.data_bytes;
+  for (const auto& plugin : plan.plugins) {
+    if (plugin.replay_capacity >= 0) growing -= plugin.state_bytes.value_or(0);
+  }
+  return growing;
+}
+
 }  // namespace
 
 std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters) {
@@ -276,14 +306,23 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
   const double scale = scaled_parameters > 0.0 ? scaled_parameters / parameters : 0.0;
   std::string out;
   char line[256];
-  // A part that grows with the model scales in the extrapolated column; the others stay.
-  auto row = [&](const std::string& part, int64_t bytes, bool grows) {
-    const std::string scaled =
-        scale > 0.0 ? decimal_bytes(static_cast<double>(bytes) * (grows ? scale : 1.0)) : "";
+  // One part: its bytes, per parameter, and (with --params) its bytes at that many parameters.
+  auto row_scaled_to = [&](const std::string& part, int64_t bytes, double scaled_bytes) {
     std::snprintf(line, sizeof(line), "  %-52s %12s %8.2f %14s\n", part.c_str(),
                   decimal_bytes(static_cast<double>(bytes)).c_str(),
-                  static_cast<double>(bytes) / parameters, scaled.c_str());
+                  static_cast<double>(bytes) / parameters,
+                  scale > 0.0 ? decimal_bytes(scaled_bytes).c_str() : "");
     out += line;
+  };
+  // A part that grows with the model scales in the extrapolated column; the others stay.
+  auto row = [&](const std::string& part, int64_t bytes, bool grows) {
+    row_scaled_to(part, bytes, static_cast<double>(bytes) * (grows ? scale : 1.0));
+  };
+  // A sum scales its growing parts only.
+  const int64_t growing = growing_bytes(plan);
+  auto sum_row = [&](const std::string& part, int64_t bytes) {
+    row_scaled_to(part, bytes,
+                  static_cast<double>(growing) * scale + static_cast<double>(bytes - growing));
   };
   std::snprintf(line, sizeof(line), "memory plan: %lld parameters, %lld task%s (decimal units)\n",
                 static_cast<long long>(plan.parameters), static_cast<long long>(plan.tasks),
@@ -301,48 +340,21 @@ std::string format_memory_plan(const MemoryPlan& plan, double scaled_parameters)
   row("optimizer state (" + plan.optimizer + ")", plan.optimizer_bytes, true);
   row("data (resident samples and labels)", plan.data_bytes, false);
   for (const auto& plugin : plan.plugins) {
-    if (plugin.state_bytes && plugin.replay_capacity >= 0) {
-      row(plugin.id + ": buffer of " + std::to_string(plugin.replay_capacity) + " samples",
-          *plugin.state_bytes, false);
-    } else if (plugin.state_bytes) {
-      row(plugin.id + " state after " + std::to_string(plan.tasks) + " tasks", *plugin.state_bytes,
-          true);
+    if (plugin.state_bytes) {
+      row(state_label(plugin, plan.tasks), *plugin.state_bytes, plugin.replay_capacity < 0);
     } else {
       out += "  " + plugin.id + ": not planned (the plug-in has no clhost.memory_plan/1)\n";
     }
   }
-  row("= between tasks", plan.between_tasks_bytes(), true);
-  if (plan.activations_planned) {
-    const std::string replayed =
-        plan.replay_samples_per_step > 0
-            ? ", " + std::to_string(plan.replay_samples_per_step) + " replayed"
-            : "";
-    row("training step activations (" + std::to_string(plan.train_samples) + " samples" + replayed +
-            ")",
-        plan.train_activation_bytes, false);
-  }
+  sum_row("= between tasks", plan.between_tasks_bytes());
+  if (plan.activations_planned) row(train_step_label(plan), plan.train_activation_bytes, false);
   if (plan.fisher_pass_bytes > 0) row(fisher_pass_label(plan), plan.fisher_pass_bytes, false);
   for (const auto& plugin : plan.plugins) {
     if (plugin.consolidation_bytes > 0) {
-      row(plugin.id + (plugin.replay_capacity >= 0 ? ": the old buffer at a task's end"
-                                                   : " consolidation buffers"),
-          plugin.consolidation_bytes, false);
+      row(consolidation_label(plugin), plugin.consolidation_bytes, false);
     }
   }
-  // The data and replay buffers stay as they are on a larger model.
-  int64_t growing = plan.between_tasks_bytes() - plan.data_bytes;
-  for (const auto& plugin : plan.plugins) {
-    if (plugin.replay_capacity >= 0) growing -= plugin.state_bytes.value_or(0);
-  }
-  const int64_t fixed = plan.peak_bytes() - growing;
-  std::snprintf(
-      line, sizeof(line), "  %-52s %12s %8.2f %14s\n", "= peak",
-      decimal_bytes(static_cast<double>(plan.peak_bytes())).c_str(),
-      static_cast<double>(plan.peak_bytes()) / parameters,
-      scale > 0.0
-          ? decimal_bytes(static_cast<double>(growing) * scale + static_cast<double>(fixed)).c_str()
-          : "");
-  out += line;
+  sum_row("= peak", plan.peak_bytes());
   row("fisher.h5, every task stored (before compression)", plan.store_bytes, true);
   out += plan_footnotes(plan);
   return out;
