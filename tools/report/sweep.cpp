@@ -575,39 +575,57 @@ double score_after(const std::string& dir, int64_t tasks) {
 }
 
 // One round of successive halving: every live combination's mean score after `rung` tasks;
-// the best 1/ETA go on, the others are stopped there.
+// the best 1/ETA go on, and those the seeds cannot tell from the last of them (goes_on_beside);
+// the others are stopped there.
 std::vector<size_t> keep_best(const std::vector<size_t>& live, int64_t rung,
                               const std::vector<std::vector<std::string>>& dirs,
                               const SweepPlan& plan, const SweepOptions& options, Scores& scores) {
   std::vector<std::pair<double, size_t>> ranked;
+  std::map<size_t, std::vector<double>> per_seed;
   for (const size_t p : live) {
-    double sum = 0.0;
-    for (const auto& dir : dirs[p]) sum += score_after(dir, rung);
-    const double mean = sum / static_cast<double>(dirs[p].size());
+    for (const auto& dir : dirs[p]) per_seed[p].push_back(score_after(dir, rung));
+    const double mean = std::accumulate(per_seed[p].begin(), per_seed[p].end(), 0.0) /
+                        static_cast<double>(per_seed[p].size());
     scores.rungs[p].push_back({{"tasks", rung}, {"score", mean}});
     ranked.emplace_back(plan.higher_is_better ? -mean : mean, p);
   }
   std::stable_sort(ranked.begin(), ranked.end());
   const size_t keep = (live.size() + static_cast<size_t>(options.halving) - 1) /
                       static_cast<size_t>(options.halving);
+  const std::vector<double>& last_kept = per_seed[ranked[keep - 1].second];
   std::vector<size_t> kept;
+  size_t undecided = 0;
   for (size_t i = 0; i < ranked.size(); ++i) {
-    // A combination that ties the last one kept goes on too: equal scores give no ranking.
-    if (i < keep || ranked[i].first == ranked[keep - 1].first) {
-      kept.push_back(ranked[i].second);
+    const size_t p = ranked[i].second;
+    if (i < keep) {
+      kept.push_back(p);
+    } else if (goes_on_beside(per_seed[p], last_kept, plan.higher_is_better)) {
+      kept.push_back(p);
+      ++undecided;
     } else {
-      scores.stopped_after[ranked[i].second] = rung;
+      scores.stopped_after[p] = rung;
     }
   }
   std::sort(kept.begin(), kept.end());
   if (!options.quiet) {
-    std::fprintf(stderr, "[sweep] after task %lld: %zu of %zu combinations go on\n",
-                 static_cast<long long>(rung), kept.size(), live.size());
+    std::fprintf(stderr, "[sweep] after task %lld: %zu of %zu combinations go on%s\n",
+                 static_cast<long long>(rung), kept.size(), live.size(),
+                 undecided == 0 ? ""
+                                : (" (" + std::to_string(undecided) +
+                                   " not significantly worse than the last of the best)")
+                                      .c_str());
   }
   return kept;
 }
 
 }  // namespace
+
+bool goes_on_beside(const std::vector<double>& candidate, const std::vector<double>& last_kept,
+                    bool higher_is_better) {
+  if (candidate.size() < 2) return candidate == last_kept;
+  const PairedDifference paired = paired_difference(last_kept, candidate);  // candidate - kept
+  return higher_is_better ? paired.difference.high >= 0.0 : paired.difference.low <= 0.0;
+}
 
 SweepAxis parse_grid(const std::string& spec) {
   const size_t equals = spec.find('=');

@@ -48,6 +48,13 @@ struct SweepOptions {
   bool force = false;  // as compare's: rerun finished runs with other settings
 };
 
+// Successive halving's rule for a combination ranked below a round's cut: it goes on when its
+// scores (one per seed) are not significantly worse than those of the last one kept — the 95%
+// paired t-interval of the seed-by-seed difference reaches the kept one's side — or, with one
+// seed, when they are equal. A cut between settings the seeds cannot tell apart is a coin toss.
+bool goes_on_beside(const std::vector<double>& candidate, const std::vector<double>& last_kept,
+                    bool higher_is_better);
+
 // The values of every combination swept, one per axis: the grid's product, or with
 // options.samples the drawn ones (repeats dropped).
 std::vector<std::vector<std::string>> sweep_combinations(const SweepOptions& options);
