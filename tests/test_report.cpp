@@ -186,6 +186,9 @@ TEST(SweepGrid, ListsAndRangesOfValues) {
   const auto listed = parse_grid("pipeline.0.lambda=[1, 10, 1e2]");
   EXPECT_EQ(listed.key, "pipeline.0.lambda");
   EXPECT_EQ(listed.values, (std::vector<std::string>{"1", "10", "100.0"}));
+  // Listed floats exactly as given, in their shortest text (not 0.10000000000000001).
+  EXPECT_EQ(parse_grid("l2.lambda=[0.1, 0.123456789, 1e-3]").values,
+            (std::vector<std::string>{"0.1", "0.123456789", "0.001"}));
   EXPECT_EQ(parse_grid("ewc.mode=[\"separate\", \"online\"]").values,
             (std::vector<std::string>{"'separate'", "'online'"}));  // TOML literal strings
   EXPECT_EQ(parse_grid("ewc.lambda=logspace(1, 1000, 4)").values,
@@ -224,8 +227,6 @@ TEST(SweepGrid, ListsAndRangesOfValues) {
   }
 }
 
-// A real sweep on the quick config: two values, held-out validation samples added, the best
-// chosen on them; bad grids are refused before anything runs.
 // Below a round's cut, a combination the seeds cannot tell from the last one kept goes on: the
 // permuted Fashion-MNIST sweep's first round had four values of lambda within 0.3 points.
 TEST(SweepHalving, ACombinationTheSeedsCannotTellApartGoesOn) {
@@ -242,6 +243,8 @@ TEST(SweepHalving, ACombinationTheSeedsCannotTellApartGoesOn) {
   EXPECT_FALSE(goes_on_beside({0.4999}, {0.5}, true));
 }
 
+// A real sweep on the quick config: two values, held-out validation samples added, the best
+// chosen on them; bad grids are refused before anything runs.
 TEST(SweepRun, ScoresEveryValueOnValidationSamplesAndWritesTheBest) {
   clhost::test::TempDir dir;
   const Output bad = clhost("sweep --config " + kQuick +

@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -29,6 +30,29 @@ using nlohmann::json;
 
 // --- the grid --------------------------------------------------------------------------------
 
+// A float as TOML writes one: always with a '.' or an exponent, so that it stays a float.
+std::string toml_float(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.6g", value);
+  std::string out = text;
+  if (out.find_first_of(".e") == std::string::npos) out += ".0";
+  return out;
+}
+
+// The shortest text that reads back as exactly `value` (0.1, not toml++'s 0.10000000000000001),
+// still a TOML float.
+std::string exact_toml_float(double value) {
+  char text[400];  // fixed notation of the largest double has 309 digits
+  const double size = std::fabs(value);
+  const bool fixed = size == 0.0 || (size >= 1e-5 && size < 1e15);
+  const auto written =
+      fixed ? std::to_chars(std::begin(text), std::end(text), value, std::chars_format::fixed)
+            : std::to_chars(std::begin(text), std::end(text), value);
+  std::string out(text, written.ptr);
+  if (out.find_first_of(".e") == std::string::npos) out += ".0";
+  return out;
+}
+
 std::vector<std::string> listed_values(const std::string& text, const std::string& spec) {
   toml::table parsed;
   try {
@@ -44,6 +68,11 @@ std::vector<std::string> listed_values(const std::string& text, const std::strin
   }
   std::vector<std::string> values;
   for (const toml::node& node : *array) {
+    if (const auto* real = node.as_floating_point();
+        real != nullptr && std::isfinite(real->get())) {
+      values.push_back(exact_toml_float(real->get()));
+      continue;
+    }
     std::ostringstream value;
     node.visit([&](const auto& item) { value << item; });
     values.push_back(value.str());
@@ -63,15 +92,6 @@ double range_end(const std::string& text, const std::string& spec) {
     throw ConfigError("--grid '" + spec + "': '" + text + "' is not a number");
   }
   return value;
-}
-
-// A float as TOML writes one: always with a '.' or an exponent, so that it stays a float.
-std::string toml_float(double value) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%.6g", value);
-  std::string out = text;
-  if (out.find_first_of(".e") == std::string::npos) out += ".0";
-  return out;
 }
 
 // A value of a range axis as --set takes it.
