@@ -179,8 +179,10 @@ namespace {
 TEST(Config, ResolvedTomlReadsBackToTheSameConfiguration) {
   clhost::test::TempDir dir;
   std::vector<std::string> paths;
-  for (const char* name : {"quick", "split_fmnist", "split_fmnist_ewc", "split_fmnist_ewc_tuned",
-                           "split_fmnist_l2", "permuted_fmnist", "permuted_fmnist_ewc"}) {
+  for (const char* name :
+       {"quick", "split_fmnist", "split_fmnist_ewc", "split_fmnist_ewc_tuned", "split_fmnist_l2",
+        "permuted_fmnist", "permuted_fmnist_ewc", "permuted_fmnist_l2",
+        "permuted_fmnist_online_ewc", "permuted_fmnist_lowrank"}) {
     paths.push_back(std::string(CLHOST_SOURCE_DIR) + "/configs/" + name + ".toml");
   }
   paths.push_back(dir.file("rich.toml", R"([run]

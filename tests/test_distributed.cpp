@@ -374,8 +374,10 @@ TEST_F(DataParallel, TwoRanksMatchOneProcessWithEwc) {
   expect_close(losses(one), losses(two), 1e-5, "per-step loss");
   expect_same_matrix(a, b);
   // The parameters a task's Fisher is taken at already differ in the order of the gradient sums
-  // (the Fisher pass itself agrees to 1e-6 at equal parameters: the test above).
-  EXPECT_LE(fisher_store_difference(one + "/fisher.h5", two + "/fisher.h5"), 1e-4);
+  // (the Fisher pass itself agrees to 1e-6 at equal parameters: the test above), and EWC's default
+  // state rounds its anchors to int8 steps, so a difference of 1e-7 that crosses a step moves the
+  // penalty by one step: 2.8e-4 here with int4_int8, under 1e-4 with the finer int8_fp16.
+  EXPECT_LE(fisher_store_difference(one + "/fisher.h5", two + "/fisher.h5"), 1e-3);
   EXPECT_EQ(a["optimizer_steps"], b["optimizer_steps"]);
   EXPECT_EQ(a["memory"]["samples_in_optimizer_steps"], b["memory"]["samples_in_optimizer_steps"]);
   // What only a data-parallel run reports.
