@@ -31,8 +31,8 @@ using clhost::test::read_file;
 using clhost::test::TempDir;
 
 // Small enough for seconds per run, with every kind of state: EWC (its default memory-efficient
-// state, a 4-bit Fisher and int8 anchors, each task's Fisher stored in fisher.h5), the dynamic batch policy, Adam,
-// mid-task checkpoints every 25 steps.
+// state, a 4-bit Fisher and int8 anchors, each task's Fisher stored in fisher.h5), the dynamic
+// batch policy, Adam, mid-task checkpoints every 25 steps.
 const char* const kConfig = R"([run]
 name = "crash"
 seed = 3
@@ -141,10 +141,17 @@ void expect_identical(const std::string& reference, const std::string& resumed,
       << what;
 }
 
-class Resume : public ::testing::Test {
+// kConfig's run directory set up, for the cases that compare with no uninterrupted run.
+class ResumeChecks : public ::testing::Test {
+ protected:
+  TempDir dir_;
+  std::string config_ = dir_.file("crash.toml", kConfig);
+};
+
+// The same with kConfig's uninterrupted run in dir_/reference, to compare resumed runs with.
+class Resume : public ResumeChecks {
  protected:
   void SetUp() override {
-    config_ = dir_.file("crash.toml", kConfig);
     const Outcome run = clhost("run -q --config " + config_ + plugin_path() + " --output " +
                                dir_.path("reference"));
     ASSERT_EQ(run.exit_code, 0) << run.output;
@@ -171,8 +178,6 @@ class Resume : public ::testing::Test {
     ++kills_;
   }
 
-  TempDir dir_;
-  std::string config_;
   int kills_ = 0;
 };
 
@@ -321,7 +326,7 @@ TEST_F(Resume, LogEveryMayChangeWithAllowConfigChange) {
   EXPECT_EQ(results_of(run_dir)["metrics"], results_of(dir_.path("reference"))["metrics"]);
 }
 
-TEST_F(Resume, PluginWithoutStateIsNotResumableUnlessResumeAnyway) {
+TEST_F(ResumeChecks, PluginWithoutStateIsNotResumableUnlessResumeAnyway) {
   const std::string run_dir = dir_.path("frozen");
   const std::string args = "run -q --config " + config_ + plugin_path() +
                            " --plugins ewc,abi_1_2_regularizer --output " + run_dir;
@@ -338,7 +343,7 @@ TEST_F(Resume, PluginWithoutStateIsNotResumableUnlessResumeAnyway) {
   EXPECT_EQ(results_of(run_dir)["resumes"][0]["plugins_restarted"][0]["id"], "abi_1_2_regularizer");
 }
 
-TEST_F(Resume, ARelativePluginPathIsStoredAbsoluteSoAResumeFromElsewhereFindsIt) {
+TEST_F(ResumeChecks, ARelativePluginPathIsStoredAbsoluteSoAResumeFromElsewhereFindsIt) {
   const std::filesystem::path test_plugins(CLHOST_TEST_PLUGIN_DIR);
   const std::string run_dir = dir_.path("relative");
   Outcome run =
@@ -353,7 +358,7 @@ TEST_F(Resume, ARelativePluginPathIsStoredAbsoluteSoAResumeFromElsewhereFindsIt)
   EXPECT_EQ(run.exit_code, 0) << run.output;
 }
 
-TEST_F(Resume, KilledInsideTheFirstCheckpointSaysWhyAPluginIsNotFound) {
+TEST_F(ResumeChecks, KilledInsideTheFirstCheckpointSaysWhyAPluginIsNotFound) {
   const std::string run_dir = dir_.path("first");
   Outcome run = clhost("run -q --config " + config_ + plugin_path() +
                            " --plugins ewc,abi_1_5_regularizer --output " + run_dir,
@@ -369,7 +374,7 @@ TEST_F(Resume, KilledInsideTheFirstCheckpointSaysWhyAPluginIsNotFound) {
   EXPECT_EQ(run.exit_code, 0) << run.output;
 }
 
-TEST_F(Resume, AResumedRunKeepsTheKeysTheUserGaveAndItsWarnings) {
+TEST_F(ResumeChecks, AResumedRunKeepsTheKeysTheUserGaveAndItsWarnings) {
   // No Fisher-computing plug-in: the config's [fisher_computation] key has no effect (a warning).
   const std::string args = "run -q --config " + config_ + plugin_path() + " --plugins l2";
   Outcome run = clhost(args + " --output " + dir_.path("whole"));
@@ -387,7 +392,7 @@ TEST_F(Resume, AResumedRunKeepsTheKeysTheUserGaveAndItsWarnings) {
   EXPECT_EQ(whole["warnings"].size(), 1U) << whole["warnings"].dump();
 }
 
-TEST_F(Resume, AStateThePluginRefusesCannotResumeExit3) {
+TEST_F(ResumeChecks, AStateThePluginRefusesCannotResumeExit3) {
   const std::string run_dir = dir_.path("refused");
   const std::string args = "run -q --config " + config_ + plugin_path() +
                            " --plugins ewc,refuses_restore --output " + run_dir;
@@ -402,7 +407,7 @@ TEST_F(Resume, AStateThePluginRefusesCannotResumeExit3) {
   EXPECT_EQ(read_file(run_dir + "/status.json"), status_before) << "nothing is written";
 }
 
-TEST_F(Resume, NanPenaltyStopsAndLeavesTheLastGoodCheckpoint) {
+TEST_F(ResumeChecks, NanPenaltyStopsAndLeavesTheLastGoodCheckpoint) {
   const std::string run_dir = dir_.path("nan");
   std::string config = kConfig;
   config.replace(config.find("plugin = \"dynamic\""), std::string("plugin = \"dynamic\"").size(),
@@ -486,9 +491,9 @@ TEST(ResumeOtherPlugins, ALowRankFactorOfAnotherShapeIsRefused) {
   text = text.substr(0, text.find("[[pipeline]]")) +
          "[[pipeline]]\nplugin = \"lowrank_fisher\"\nfisher_samples = 60\nstore = false\n";
   const std::string run_dir = dir.path("killed");
-  Outcome run = clhost("run -q --config " + dir.file("lowrank.toml", text) + plugin_path() +
-                           " --output " + run_dir,
-                       "CLHOST_TEST_KILL_AT=step:80");
+  Outcome run = clhost(
+      "run -q --config " + dir.file("lowrank.toml", text) + plugin_path() + " --output " + run_dir,
+      "CLHOST_TEST_KILL_AT=step:80");
   ASSERT_EQ(run.signal, SIGKILL) << run.output;
   const fs::path checkpoint = clhost::CheckpointDirectory(run_dir).load_latest().directory;
   const fs::path state_path = checkpoint / "plugin_0_lowrank_fisher.state";
@@ -517,9 +522,9 @@ TEST(ResumeOtherPlugins, ALowRankFactorOfAnotherShapeIsRefused) {
   json manifest = json::parse(read_file((checkpoint / "manifest.json").string()));
   for (auto& file : manifest["files"]) {
     if (file["name"] != state_path.filename().string()) continue;
-    file["crc32"] = static_cast<uint32_t>(
-        ::crc32(::crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(state.data()),
-                static_cast<uInt>(state.size())));
+    file["crc32"] = static_cast<uint32_t>(::crc32(::crc32(0L, Z_NULL, 0),
+                                                  reinterpret_cast<const Bytef*>(state.data()),
+                                                  static_cast<uInt>(state.size())));
   }
   clhost::write_file_synced((checkpoint / "manifest.json").string(), manifest.dump(2) + "\n");
   run = clhost("run -q --resume " + run_dir + plugin_path());
