@@ -234,7 +234,7 @@ TEST(CliEndToEnd, PluginsListAndShow) {
 }
 
 TEST(CliEndToEnd, VersionAndHelp) {
-  EXPECT_NE(clhost("--version").output.find("plug-in ABI 1.8"), std::string::npos);
+  EXPECT_NE(clhost("--version").output.find("plug-in ABI 1.9"), std::string::npos);
   const Result help = clhost("run --help");
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.output.find("--plugin-path"), std::string::npos);
