@@ -30,17 +30,20 @@ using nlohmann::json;
 
 // --- the grid --------------------------------------------------------------------------------
 
-// A float as TOML writes one: always with a '.' or an exponent, so that it stays a float.
+// `text` as a TOML float: with a '.' or an exponent, so that it does not read back as an integer.
+std::string as_toml_float(std::string text) {
+  if (text.find_first_of(".e") == std::string::npos) text += ".0";
+  return text;
+}
+
+// A generated value (a range's point) to 6 significant digits.
 std::string toml_float(double value) {
   char text[32];
   std::snprintf(text, sizeof(text), "%.6g", value);
-  std::string out = text;
-  if (out.find_first_of(".e") == std::string::npos) out += ".0";
-  return out;
+  return as_toml_float(text);
 }
 
-// The shortest text that reads back as exactly `value` (0.1, not toml++'s 0.10000000000000001),
-// still a TOML float.
+// The shortest text that reads back as exactly `value` (0.1, not toml++'s 0.10000000000000001).
 std::string exact_toml_float(double value) {
   char text[400];  // fixed notation of the largest double has 309 digits
   const double size = std::fabs(value);
@@ -48,9 +51,7 @@ std::string exact_toml_float(double value) {
   const auto written =
       fixed ? std::to_chars(std::begin(text), std::end(text), value, std::chars_format::fixed)
             : std::to_chars(std::begin(text), std::end(text), value);
-  std::string out(text, written.ptr);
-  if (out.find_first_of(".e") == std::string::npos) out += ".0";
-  return out;
+  return as_toml_float(std::string(text, written.ptr));
 }
 
 std::vector<std::string> listed_values(const std::string& text, const std::string& spec) {
