@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +34,24 @@ inline void check_arguments(int argc, char** argv, const char* usage,
       std::exit(2);
     }
   }
+}
+
+// argv[index] as a positive number (a whole one when `whole`; `what` names it in the error), or
+// `fallback` when absent; anything else prints `usage` and exits 2 rather than measuring with a
+// misread argument.
+inline double positive_number_argument(int argc, char** argv, int index, const char* what,
+                                       double fallback, const char* usage, bool whole = false) {
+  if (argc <= index) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const double value = std::strtod(argv[index], &end);
+  if (end == argv[index] || *end != '\0' || errno != 0 || !(value > 0.0) ||
+      (whole && (value != std::floor(value) || value > 1e9))) {
+    std::fprintf(stderr, "%s: %s must be a positive %s, got '%s'\n%s\n", argv[0], what,
+                 whole ? "integer" : "number", argv[index], usage);
+    std::exit(2);
+  }
+  return value;
 }
 
 // Writes `text` and a newline to `path` through a temporary beside it; exits 1 naming the path

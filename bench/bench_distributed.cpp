@@ -83,8 +83,10 @@ void record(const json& results, Measure& measure) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  clhost::bench::check_arguments(argc, argv, "usage: bench_distributed [OUT.json [REPETITIONS]]");
-  const int repetitions = argc > 2 ? std::max(1, std::atoi(argv[2])) : 3;
+  const char* usage = "usage: bench_distributed [OUT.json [REPETITIONS]]";
+  clhost::bench::check_arguments(argc, argv, usage);
+  const int repetitions = static_cast<int>(
+      clhost::bench::positive_number_argument(argc, argv, 2, "REPETITIONS", 3, usage, true));
   const fs::path scratch =
       fs::temp_directory_path() / ("bench_distributed_" + std::to_string(getpid()));
   const std::vector<Setting> settings = {

@@ -42,8 +42,10 @@ bool pin_to(int cpus) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  clhost::bench::check_arguments(argc, argv, "usage: bench_profiler [OUT.json [ROUNDS]]");
-  const int rounds = argc > 2 ? std::stoi(argv[2]) : 5;
+  const char* usage = "usage: bench_profiler [OUT.json [ROUNDS]]";
+  clhost::bench::check_arguments(argc, argv, usage);
+  const int rounds = static_cast<int>(
+      clhost::bench::positive_number_argument(argc, argv, 2, "ROUNDS", 5, usage, true));
   const std::string config_path = std::string(CLHOST_SOURCE_DIR) + "/configs/split_fmnist.toml";
   const std::vector<Arm> arms{
       {"no profiler", ""},

@@ -158,9 +158,10 @@ json at_scale(const clhost::bench::RealFisher& fisher, double gib, const fs::pat
 }  // namespace
 
 int main(int argc, char** argv) {
-  clhost::bench::check_arguments(argc, argv, "usage: bench_store [OUT.json [GIB]]");
+  const char* usage = "usage: bench_store [OUT.json [GIB]]";
+  clhost::bench::check_arguments(argc, argv, usage);
   at::set_num_threads(1);
-  const double gib = argc > 2 ? std::stod(argv[2]) : 1.0;
+  const double gib = clhost::bench::positive_number_argument(argc, argv, 2, "GIB", 1.0, usage);
   clhost::bench::MlpSetup setup = clhost::bench::make_mlp_setup();
   const clhost::bench::RealFisher fisher = clhost::bench::trained_mlp_fisher(setup);
   const fs::path dir = fs::temp_directory_path() / "clhost_bench_store";

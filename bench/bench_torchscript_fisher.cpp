@@ -44,9 +44,10 @@ double samples_per_second(const clhost::FisherContext& context, clhost_fisher_la
 }  // namespace
 
 int main(int argc, char** argv) {
-  clhost::bench::check_arguments(argc, argv, "usage: bench_torchscript_fisher MODEL.pt [OUT.json]");
+  const char* usage = "usage: bench_torchscript_fisher MODEL.pt [OUT.json]";
+  clhost::bench::check_arguments(argc, argv, usage);
   if (argc < 2) {
-    std::cerr << "usage: bench_torchscript_fisher MODEL.pt [OUTPUT.json]\n";
+    std::cerr << usage << '\n';
     return 2;
   }
   at::set_num_threads(1);
