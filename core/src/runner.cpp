@@ -678,6 +678,21 @@ RunConfig with_original_given_keys(const RunConfig& config, const RunOptions& op
   return resumed;
 }
 
+// Rank 0's files once the run has ended: the evaluation matrices, then results.json (written
+// last: with status.json's "complete" it marks a finished run to `compare`, `sweep`, `serve`).
+void write_run_outputs(const RunRecord& record, const std::string& run_dir) {
+  const std::string matrix_file = std::string(record.summary.metric.name) + "_matrix.csv";
+  write_evaluation_matrix(run_dir, record.sequence, record.summary.accuracy, matrix_file);
+  const bool validation = record.config.data.validation.enabled();
+  if (validation) {
+    write_evaluation_matrix(run_dir, record.sequence, record.state.validation_matrix,
+                            "validation_" + matrix_file);
+  }
+  json results = results_json(record);
+  if (validation) results["validation"] = validation_json(record);
+  write_file_atomic((fs::path(run_dir) / "results.json").string(), results.dump(2) + "\n");
+}
+
 RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& given_options,
                            std::string& created_run_dir) {
   const auto wall_start = Clock::now();
@@ -747,12 +762,6 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
                                                   runtime.fisher_samples_computed)
                                : json(nullptr);
   if (!collective->writes_outputs()) return summary;
-  const std::string matrix_file = std::string(summary.metric.name) + "_matrix.csv";
-  write_evaluation_matrix(run_dir, sequence, summary.accuracy, matrix_file);
-  if (config.data.validation.enabled()) {
-    write_evaluation_matrix(run_dir, sequence, state.validation_matrix,
-                            "validation_" + matrix_file);
-  }
   const RunRecord record{config,
                          sequence,
                          pipeline,
@@ -766,9 +775,7 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
                          runtime.budget_bytes,
                          trainer.last_checkpoint_bytes(),
                          checkpoints.root()};
-  json results = results_json(record);
-  if (config.data.validation.enabled()) results["validation"] = validation_json(record);
-  write_file_atomic((fs::path(run_dir) / "results.json").string(), results.dump(2) + "\n");
+  write_run_outputs(record, run_dir);
   return summary;
 }
 
