@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <sstream>
 
@@ -253,31 +254,113 @@ std::vector<PluginLoader::Candidate> PluginLoader::discover() {
   return out;
 }
 
-ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const PluginSpec& spec,
-                                           size_t pipeline_index) {
+namespace {
+
+using RawSetting = std::variant<bool, int64_t, double, std::string>;
+
+// A key the plug-in's schema does not have is refused with the keys it does have.
+void refuse_unknown_keys(const LoadedPlugin& plugin, const PluginSpec& spec,
+                         const std::string& prefix) {
   const auto* descriptor = plugin.descriptor;
-  const std::string prefix = "pipeline[" + std::to_string(pipeline_index) + "] (" + plugin.id + ")";
-  ResolvedPluginConfig resolved;
-  auto keep = [&](const std::string& text) {
-    resolved.strings_.push_back(std::make_unique<std::string>(text));
-    return resolved.strings_.back()->c_str();
-  };
   for (const auto& setting : spec.settings) {
     bool known = false;
     for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
       known = known || setting.key == descriptor->config_schema[i].key;
     }
-    if (!known) {
-      std::string keys;
-      for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
-        keys += (i ? ", " : "") + std::string(descriptor->config_schema[i].key);
+    if (known) continue;
+    std::string keys;
+    for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
+      keys += (i ? ", " : "") + std::string(descriptor->config_schema[i].key);
+    }
+    throw ConfigError(
+        setting.location + ": " + prefix + "." + setting.key +
+        ": unknown key for this plug-in (its keys: " + (keys.empty() ? "none" : keys) +
+        "; see `clhost plugins show " + plugin.id + "`)");
+  }
+}
+
+// Defaults are TOML literals in the schema: parse the few forms allowed.
+RawSetting schema_default(const clhost_config_key_t& schema) {
+  const std::string text = schema.default_value ? schema.default_value : "";
+  switch (schema.type) {
+    case CLHOST_CONFIG_TYPE_BOOL: return text == "true";
+    case CLHOST_CONFIG_TYPE_INT:
+      return static_cast<int64_t>(std::strtoll(text.c_str(), nullptr, 10));
+    case CLHOST_CONFIG_TYPE_FLOAT: return std::strtod(text.c_str(), nullptr);
+    default:
+      return (text.size() >= 2 && text.front() == '"') ? text.substr(1, text.size() - 2) : text;
+  }
+}
+
+// `raw` as the schema's type into `value` (strings through `keep`, which owns them); `where`
+// starts every error.
+void set_typed_value(const clhost_config_key_t& schema, const RawSetting& raw,
+                     const std::string& where,
+                     const std::function<const char*(const std::string&)>& keep,
+                     clhost_config_value_t& value) {
+  switch (schema.type) {
+    case CLHOST_CONFIG_TYPE_BOOL:
+      if (!std::holds_alternative<bool>(raw)) throw ConfigError(where + "expected a boolean");
+      value.bool_value = std::get<bool>(raw) ? 1 : 0;
+      return;
+    case CLHOST_CONFIG_TYPE_INT:
+      if (!std::holds_alternative<int64_t>(raw)) throw ConfigError(where + "expected an integer");
+      value.int_value = std::get<int64_t>(raw);
+      value.float_value = static_cast<double>(value.int_value);
+      return;
+    case CLHOST_CONFIG_TYPE_FLOAT:
+      if (std::holds_alternative<int64_t>(raw)) {
+        value.float_value = static_cast<double>(std::get<int64_t>(raw));
+      } else if (std::holds_alternative<double>(raw)) {
+        value.float_value = std::get<double>(raw);
+      } else {
+        throw ConfigError(where + "expected a number");
       }
-      throw ConfigError(
-          setting.location + ": " + prefix + "." + setting.key +
-          ": unknown key for this plug-in (its keys: " + (keys.empty() ? "none" : keys) +
-          "; see `clhost plugins show " + plugin.id + "`)");
+      return;
+    default: {
+      if (!std::holds_alternative<std::string>(raw)) throw ConfigError(where + "expected a string");
+      const std::string& text = std::get<std::string>(raw);
+      if (schema.choices != nullptr) {
+        std::vector<std::string> choices;
+        std::stringstream stream(schema.choices);
+        for (std::string item; std::getline(stream, item, '|');) choices.push_back(item);
+        if (std::find(choices.begin(), choices.end(), text) == choices.end()) {
+          throw ConfigError(where + "\"" + text + "\" is not one of: " + schema.choices);
+        }
+      }
+      value.string_value = keep(text);
+      return;
     }
   }
+}
+
+void check_range(const clhost_config_key_t& schema, const clhost_config_value_t& value,
+                 const std::string& where) {
+  if (schema.has_range == 0 ||
+      (schema.type != CLHOST_CONFIG_TYPE_INT && schema.type != CLHOST_CONFIG_TYPE_FLOAT)) {
+    return;
+  }
+  if (!std::isfinite(value.float_value) || value.float_value < schema.min_value ||
+      value.float_value > schema.max_value) {
+    std::ostringstream message;
+    message << where << "value " << value.float_value << " is out of range [" << schema.min_value
+            << ", " << schema.max_value << "]";
+    throw ConfigError(message.str());
+  }
+}
+
+}  // namespace
+
+ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const PluginSpec& spec,
+                                           size_t pipeline_index) {
+  const auto* descriptor = plugin.descriptor;
+  const std::string prefix = "pipeline[" + std::to_string(pipeline_index) + "] (" + plugin.id + ")";
+  refuse_unknown_keys(plugin, spec, prefix);
+  ResolvedPluginConfig resolved;
+  const auto keep = [&resolved](const std::string& text) {
+    resolved.strings_.push_back(std::make_unique<std::string>(text));
+    return resolved.strings_.back()->c_str();
+  };
   for (uint32_t i = 0; i < descriptor->config_schema_count; ++i) {
     const clhost_config_key_t& schema = descriptor->config_schema[i];
     clhost_config_value_t value{};
@@ -287,70 +370,12 @@ ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const Plu
     for (const auto& candidate : spec.settings) {
       if (candidate.key == schema.key) setting = &candidate;
     }
-    std::variant<bool, int64_t, double, std::string> raw;
-    std::string location = setting ? setting->location : std::string(plugin.path) + " (default)";
-    if (setting != nullptr) {
-      raw = setting->value;
-    } else {
-      // Defaults are TOML literals in the schema: parse the few forms allowed.
-      const std::string text = schema.default_value ? schema.default_value : "";
-      switch (schema.type) {
-        case CLHOST_CONFIG_TYPE_BOOL: raw = (text == "true"); break;
-        case CLHOST_CONFIG_TYPE_INT:
-          raw = static_cast<int64_t>(std::strtoll(text.c_str(), nullptr, 10));
-          break;
-        case CLHOST_CONFIG_TYPE_FLOAT: raw = std::strtod(text.c_str(), nullptr); break;
-        case CLHOST_CONFIG_TYPE_STRING:
-          raw = (text.size() >= 2 && text.front() == '"') ? text.substr(1, text.size() - 2) : text;
-          break;
-      }
-    }
+    const std::string location =
+        setting ? setting->location : std::string(plugin.path) + " (default)";
     const std::string where = location + ": " + prefix + "." + schema.key + ": ";
-    switch (schema.type) {
-      case CLHOST_CONFIG_TYPE_BOOL:
-        if (!std::holds_alternative<bool>(raw)) throw ConfigError(where + "expected a boolean");
-        value.bool_value = std::get<bool>(raw) ? 1 : 0;
-        break;
-      case CLHOST_CONFIG_TYPE_INT:
-        if (!std::holds_alternative<int64_t>(raw)) throw ConfigError(where + "expected an integer");
-        value.int_value = std::get<int64_t>(raw);
-        value.float_value = static_cast<double>(value.int_value);
-        break;
-      case CLHOST_CONFIG_TYPE_FLOAT:
-        if (std::holds_alternative<int64_t>(raw)) {
-          value.float_value = static_cast<double>(std::get<int64_t>(raw));
-        } else if (std::holds_alternative<double>(raw)) {
-          value.float_value = std::get<double>(raw);
-        } else {
-          throw ConfigError(where + "expected a number");
-        }
-        break;
-      case CLHOST_CONFIG_TYPE_STRING: {
-        if (!std::holds_alternative<std::string>(raw))
-          throw ConfigError(where + "expected a string");
-        const std::string& text = std::get<std::string>(raw);
-        if (schema.choices != nullptr) {
-          std::vector<std::string> choices;
-          std::stringstream stream(schema.choices);
-          for (std::string item; std::getline(stream, item, '|');) choices.push_back(item);
-          if (std::find(choices.begin(), choices.end(), text) == choices.end()) {
-            throw ConfigError(where + "\"" + text + "\" is not one of: " + schema.choices);
-          }
-        }
-        value.string_value = keep(text);
-        break;
-      }
-    }
-    if (schema.has_range != 0 &&
-        (schema.type == CLHOST_CONFIG_TYPE_INT || schema.type == CLHOST_CONFIG_TYPE_FLOAT)) {
-      if (!std::isfinite(value.float_value) || value.float_value < schema.min_value ||
-          value.float_value > schema.max_value) {
-        std::ostringstream message;
-        message << where << "value " << value.float_value << " is out of range ["
-                << schema.min_value << ", " << schema.max_value << "]";
-        throw ConfigError(message.str());
-      }
-    }
+    set_typed_value(schema, setting ? RawSetting(setting->value) : schema_default(schema), where,
+                    keep, value);
+    check_range(schema, value, where);
     resolved.values_.push_back(value);
   }
   resolved.config_.values = resolved.values_.data();
