@@ -372,7 +372,8 @@ ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin, const Plu
     }
     const std::string location =
         setting ? setting->location : std::string(plugin.path) + " (default)";
-    const std::string where = location + ": " + prefix + "." + schema.key + ": ";
+    std::string where = location;
+    where.append(": ").append(prefix).append(".").append(schema.key).append(": ");
     set_typed_value(schema, setting ? RawSetting(setting->value) : schema_default(schema), where,
                     keep, value);
     check_range(schema, value, where);

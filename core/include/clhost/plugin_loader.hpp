@@ -36,7 +36,8 @@ class ResolvedPluginConfig {
   [[nodiscard]] const std::vector<clhost_config_value_t>& values() const { return values_; }
 
  private:
-  friend ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin&, const PluginSpec&, size_t);
+  friend ResolvedPluginConfig resolve_plugin_config(const LoadedPlugin& plugin,
+                                                    const PluginSpec& spec, size_t pipeline_index);
   std::vector<std::unique_ptr<std::string>> strings_;
   std::vector<clhost_config_value_t> values_;
   clhost_config_t config_{sizeof(clhost_config_t), nullptr, 0};
