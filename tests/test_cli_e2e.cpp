@@ -143,6 +143,32 @@ TEST(CliEndToEnd, ConfigErrorExitsTwoAndWritesNothing) {
   EXPECT_EQ(validate.exit_code, 2);
 }
 
+// Runs that name their own directory (run.output_dir/<name>_<time>) and start in the same
+// second each take a directory of their own; one that fails before writing leaves none behind.
+TEST(CliEndToEnd, RunsStartedTogetherTakeDirectoriesOfTheirOwn) {
+  clhost::test::TempDir dir;
+  const std::string runs = dir.path("runs");
+  const std::string one = std::string(CLHOST_BINARY) + " run --config " + kQuick +
+                          " --quiet --set 'run.output_dir=\"" + runs + "\"'";
+  const Result together =
+      clhost::test::run_command(one + " & " + one + " & " + one + " & wait; echo all-ended");
+  ASSERT_NE(together.output.find("all-ended"), std::string::npos) << together.output;
+  std::vector<std::string> made;
+  for (const auto& entry : std::filesystem::directory_iterator(runs)) {
+    made.push_back(entry.path().string());
+    EXPECT_TRUE(std::filesystem::exists(entry.path() / "results.json")) << entry.path() << "\n"
+                                                                        << together.output;
+  }
+  EXPECT_EQ(made.size(), 3U) << together.output;
+
+  const Result failed =
+      clhost("run --config " + kQuick + " --set 'run.output_dir=\"" + dir.path("new/deeper") +
+             "\"' --set 'data.dir=\"" + dir.path("no_data") + "\"'");
+  EXPECT_NE(failed.exit_code, 0);
+  EXPECT_NE(failed.output.find("not found"), std::string::npos) << failed.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.path("new"))) << "a failed start leaves nothing";
+}
+
 TEST(CliEndToEnd, UnknownPluginExitsThree) {
   clhost::test::TempDir dir;
   const Result run =

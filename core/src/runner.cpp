@@ -58,17 +58,51 @@ std::string timestamp() {
   return buffer;
 }
 
-std::string choose_run_dir(const RunConfig& config, const RunOptions& options) {
+// A new run's directory, <output_dir>/<name>_<timestamp>[_N], taken by creating it: mkdir
+// fails on a name that exists, so two runs started in the same second (a sweep's, the web UI's)
+// never share one. Until keep(), the reservation removes what it created (only while empty) when
+// the run fails before writing anything.
+class RunDirReservation {
+ public:
+  RunDirReservation() = default;
+  RunDirReservation(const RunDirReservation&) = delete;
+  RunDirReservation& operator=(const RunDirReservation&) = delete;
+  ~RunDirReservation() {
+    std::error_code ignored;
+    for (const auto& dir : created_) fs::remove(dir, ignored);  // innermost first; empty only
+  }
+
+  std::string take(const std::string& base) {
+    std::error_code error;
+    for (fs::path parent = fs::path(base).parent_path();
+         !parent.empty() && !fs::exists(parent, error); parent = parent.parent_path()) {
+      created_.push_back(parent);
+    }
+    fs::create_directories(fs::path(base).parent_path(), error);
+    if (error) throw RunError(base + ": cannot create the output directory: " + error.message());
+    std::string candidate = base;
+    for (int suffix = 2; !fs::create_directory(candidate, error); ++suffix) {
+      if (error) throw RunError(candidate + ": cannot create run directory: " + error.message());
+      candidate = base + "_" + std::to_string(suffix);
+    }
+    created_.insert(created_.begin(), candidate);
+    return candidate;
+  }
+
+  void keep() { created_.clear(); }
+
+ private:
+  std::vector<fs::path> created_;
+};
+
+std::string choose_run_dir(const RunConfig& config, const RunOptions& options,
+                           RunDirReservation& reservation) {
   if (!options.run_dir.empty()) {
     check_new_run_dir(options.run_dir);
     return options.run_dir;
   }
-  const std::string base =
-      (fs::path(config.run.output_dir) / (config.run.name + "_" + timestamp())).string();
-  std::string candidate = base;
-  for (int suffix = 2; fs::exists(candidate); ++suffix)
-    candidate = base + "_" + std::to_string(suffix);
-  return candidate;
+  return reservation.take(
+      (fs::path(config.run.output_dir) / (config.run.name + "_" + timestamp())).string());
 }
 
 // --- resume: what the run continues from, checked before anything is written -------------------
@@ -709,9 +743,11 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
   PluginLoader loader(PluginLoader::search_path_for(plan.cli_plugin_path, config.run.plugin_path));
   LoadedPipeline pipeline = load_resumed_pipeline(loader, config, plan, options, *collective);
   // Rank 0 names a new run's directory; every rank learns it.
-  const std::string run_dir = collective->share(
-      "run_dir", options.resume || !collective->writes_outputs() ? options.run_dir
-                                                                 : choose_run_dir(config, options));
+  RunDirReservation reservation;
+  const std::string run_dir =
+      collective->share("run_dir", options.resume || !collective->writes_outputs()
+                                       ? options.run_dir
+                                       : choose_run_dir(config, options, reservation));
   if (plan.checkpoint) check_plugins_resumable(pipeline, plan, options);
 
   at::set_num_threads(config.run.threads);
@@ -739,6 +775,7 @@ RunSummary run_pipeline_in(const RunConfig& given_config, const RunOptions& give
 
   // 2. The run directory, then training.
   create_run_directory(output.path());
+  reservation.keep();
   if (collective->writes_outputs()) created_run_dir = run_dir;
   EventJournal journal(collective->writes_outputs() ? journal_path(run_dir) : "");
   const std::unique_ptr<MetricsLog> log =
