@@ -46,19 +46,27 @@ def run_figures(run_dir):
             "average_accuracy": metrics["average_accuracy"], "forgetting": metrics["forgetting"]}
 
 
+def number(text):
+    """A swept value as the README writes it: 0.01, 100, 1e5."""
+    value = float(text)
+    if value != 0 and abs(value) >= 1e4:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    return f"{value:g}"
+
+
+def key_name(key):
+    return key.split(".")[-1].replace("lambda", "λ").replace("gamma", "γ")
+
+
 def grid_text(axes):
-    parts = []
-    for axis in axes:
-        name = axis["key"].split(".")[-1].replace("lambda", "λ").replace("gamma", "γ")
-        values = ", ".join(f"{float(v):g}" for v in axis["values"])
-        parts.append(f"{name} ∈ {{{values}}}")
-    return " × ".join(parts)
+    return " × ".join(
+        f"{key_name(axis['key'])} ∈ {{{', '.join(number(v) for v in axis['values'])}}}"
+        for axis in axes)
 
 
-def chosen_text(values):
-    return ", ".join(
-        f"{key.split('.')[-1].replace('lambda', 'λ').replace('gamma', 'γ')} = {float(v):g}"
-        for key, v in values.items())
+def chosen_text(axes, values):
+    return ", ".join(f"{key_name(axis['key'])} = {number(values[axis['key']])}" for axis in axes)
 
 
 def arm_row(label, sweep_dir, finetune_by_seed, cpu_seconds):
@@ -73,7 +81,7 @@ def arm_row(label, sweep_dir, finetune_by_seed, cpu_seconds):
     paired = [r["average_accuracy"] - finetune_by_seed[r["seed"]]["average_accuracy"] for r in runs]
     validation = best["validation"]
     cpu = f"{cpu_seconds:,.0f} s" if cpu_seconds is not None else "—"
-    cells = [label, grid_text(sweep["axes"]), chosen_text(best["values"]),
+    cells = [label, grid_text(sweep["axes"]), chosen_text(sweep["axes"], best["values"]),
              f"{validation['mean']:.3f} [{validation['low']:.3f}, {validation['high']:.3f}]",
              with_interval(accuracy), with_sd([r["forgetting"] for r in runs]),
              f"{statistics.fmean(paired):+.3f} ± {half_width(paired):.3f}",
