@@ -203,6 +203,35 @@ TEST(Ewc, OnlineDecaysTheOldFisherAndMovesTheAnchor) {
   EXPECT_EQ(ewc.report()["state_bytes"].get<int64_t>(), 2 * 6 * 4) << "does not grow with tasks";
 }
 
+// mode = "online" means the same in the memory-efficient layouts: gamma*F + F_new anchored at
+// the latest parameters (not a decayed weighted mean of the old anchors), only stored compactly.
+TEST(Ewc, OnlineInTheEfficientLayoutsIsTheOnlineState) {
+  EwcHarness online("online", 0.5, false);
+  EwcHarness merged("online", 0.5, true, "fp32");
+  EwcHarness compact("online", 0.5, true, "int4_int8");
+  for (EwcHarness* ewc : {&online, &merged, &compact}) {
+    ewc->end_task(kFisher1);
+    ewc->host().values = {{2.0F, 2.0F, 2.0F, 4.0F}, {0.5F, 0.5F}};
+    ewc->end_task(kFisher2);
+    ewc->host().values = {{3.0F, 2.0F, 2.0F, 4.0F}, {0.5F, 1.5F}};
+  }
+  std::vector<std::vector<float>> g_online;
+  std::vector<std::vector<float>> g_merged;
+  std::vector<std::vector<float>> g_compact;
+  const double p_online = online.penalty(&g_online);
+  EXPECT_DOUBLE_EQ(p_online, 3.5) << "as OnlineDecaysTheOldFisherAndMovesTheAnchor";
+  EXPECT_DOUBLE_EQ(merged.penalty(&g_merged), p_online);
+  EXPECT_NEAR(compact.penalty(&g_compact), p_online, 0.1 * p_online);
+  for (size_t p = 0; p < g_online.size(); ++p) {
+    for (size_t i = 0; i < g_online[p].size(); ++i) {
+      EXPECT_FLOAT_EQ(g_merged[p][i], g_online[p][i]) << p << "," << i;
+      // The int8 anchor is within half a step (4/127 here) of the parameter: lambda*F*(4/127).
+      EXPECT_NEAR(g_compact[p][i], g_online[p][i], 0.1 * std::abs(g_online[p][i]) + 0.07)
+          << p << "," << i;
+    }
+  }
+}
+
 TEST(Ewc, MergedStateHasTheSeparateGradientAndAConstantPenaltyOffset) {
   EwcHarness separate("separate", 1.0, false);
   EwcHarness merged("separate", 1.0, true, "fp32");
