@@ -67,6 +67,8 @@ class RunDirReservation {
   RunDirReservation() = default;
   RunDirReservation(const RunDirReservation&) = delete;
   RunDirReservation& operator=(const RunDirReservation&) = delete;
+  RunDirReservation(RunDirReservation&&) = delete;
+  RunDirReservation& operator=(RunDirReservation&&) = delete;
   ~RunDirReservation() {
     std::error_code ignored;
     for (const auto& dir : created_) fs::remove(dir, ignored);  // innermost first; empty only
