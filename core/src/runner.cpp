@@ -84,7 +84,10 @@ class RunDirReservation {
     if (error) throw RunError(base + ": cannot create the output directory: " + error.message());
     std::string candidate = base;
     for (int suffix = 2; !fs::create_directory(candidate, error); ++suffix) {
-      if (error) throw RunError(candidate + ": cannot create run directory: " + error.message());
+      // Taken (by a directory or a file of that name): the next suffix; anything else is an error.
+      if (error && !fs::exists(candidate)) {
+        throw RunError(candidate + ": cannot create run directory: " + error.message());
+      }
       candidate = base + "_" + std::to_string(suffix);
     }
     created_.insert(created_.begin(), candidate);

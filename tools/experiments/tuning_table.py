@@ -39,8 +39,16 @@ def with_sd(values):
     return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
 
 
+def read_json(path):
+    """The JSON file at `path`, or exit naming it and what is wrong."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError) as error:
+        sys.exit(f"{path}: {error}")
+
+
 def run_figures(run_dir):
-    results = json.loads((pathlib.Path(run_dir) / "results.json").read_text())
+    results = read_json(pathlib.Path(run_dir) / "results.json")
     metrics = results["metrics"]
     return {"seed": results["config"]["run"]["seed"], "run": str(run_dir),
             "average_accuracy": metrics["average_accuracy"], "forgetting": metrics["forgetting"]}
@@ -70,7 +78,7 @@ def chosen_text(axes, values):
 
 
 def arm_row(label, sweep_dir, finetune_by_seed, cpu_seconds):
-    sweep = json.loads((pathlib.Path(sweep_dir) / "sweep.json").read_text())
+    sweep = read_json(pathlib.Path(sweep_dir) / "sweep.json")
     best = sweep["best"]
     point = next(p for p in sweep["points"] if p["index"] == best["index"])
     runs = sorted((run_figures(run) for run in point["runs"]), key=lambda r: r["seed"])
@@ -105,7 +113,10 @@ def main():
     cpu_by_dir = {}
     for item in args.cpu:
         directory, _, seconds = item.rpartition("=")
-        cpu_by_dir[str(pathlib.Path(directory))] = float(seconds)
+        try:
+            cpu_by_dir[str(pathlib.Path(directory))] = float(seconds)
+        except ValueError:
+            sys.exit(f"--cpu {item!r}: expected SWEEP_DIR=SECONDS")
     header = ("| Arm | Grid | Chosen | Validation | Test: average accuracy | Test: forgetting | "
               "vs fine-tuning | Sweep: tasks trained (of all) | CPU |")
     rows = [header, "|" + "---|" * 9,
